@@ -1,0 +1,1 @@
+"""Applications built on llmapps, one module per app (``news_riddle`` first)."""

@@ -1,0 +1,150 @@
+"""news-riddle: turn a news article into a one-sentence summary, a riddle and its answer.
+
+The seed's flagship app. One-step (summary, riddle and answer in one generation) or two-step
+(summarise, then riddle the summary) on any registered strategy::
+
+    from llmapps import load_chain
+    chain = load_chain("news-riddle", strategy="few-shot")
+    chain.invoke({"title": "...", "text": "..."})   # -> {"summary", "riddle", "answer", "valid", ...}
+
+Generations are parsed tolerantly: a malformed one yields a result with ``valid=False`` and the
+reasons, never an exception that would lose the rest of a batch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from typing import Any
+
+from langchain_core.messages import BaseMessage
+from langchain_core.runnables import Runnable, RunnableLambda, RunnableParallel, RunnablePassthrough
+
+from chains import news_data
+from llmapps.apps import AppSpec
+from llmapps.errors import InputError
+from llmapps.strategies.base import Strategy
+from prompts import load_task
+
+log = logging.getLogger(__name__)
+
+LABELS = ("summary", "riddle", "answer")
+_LABEL_RE = re.compile(r"^\s*(?:\[|\*\*)?\s*(summary|riddle|answer)\s*(?:\d+)?\s*(?:\]|\*\*)?\s*:\s*", re.I | re.M)
+
+
+def validate_article(article: Any) -> dict[str, Any]:
+    """Check an input at the edge: a mapping with a non-empty ``text`` (and a title, or one is made)."""
+    if not isinstance(article, dict):
+        raise InputError(f"an article must be a dict with 'title' and 'text', got {type(article).__name__}")
+    text = article.get("text")
+    ident = article.get("id") or article.get("title") or "(untitled)"
+    if not isinstance(text, str) or not text.strip():
+        raise InputError(f"article {ident!r} has an empty 'text': give the article body in 'text'")
+    title = str(article.get("title") or "").strip() or text.strip().split(".")[0][:80]
+    return {**article, "title": " ".join(title.split()), "text": " ".join(text.split())}
+
+
+def to_text(output: Any) -> str:
+    """Model output (str or chat message) as text."""
+    if isinstance(output, BaseMessage):
+        return output.text if not isinstance(output.content, str) else output.content
+    return str(output)
+
+
+def parse_fields(text: str, expected: tuple[str, ...] = LABELS, leading: str | None = "summary") -> dict[str, Any]:
+    """Parse labelled fields (``Summary:``, ``[Riddle]:`` ...) or a JSON object out of ``text``.
+
+    ``leading`` names the field a completion starts with unlabelled (the prompt ended on its label).
+    Returns the fields found plus ``valid``, ``errors`` and ``raw``; never raises.
+    """
+    raw = text
+    found: dict[str, str] = {}
+    stripped = text.strip()
+    if stripped.startswith("{"):
+        try:
+            obj = json.loads(stripped[: stripped.rfind("}") + 1])
+            found = {k: str(obj[k]).strip() for k in expected if k in obj}
+        except (json.JSONDecodeError, ValueError):
+            found = {}
+    if not found:
+        matches = list(_LABEL_RE.finditer(text))
+        if leading and (not matches or matches[0].start() > 0) and text[: matches[0].start() if matches else None].strip():
+            head_end = matches[0].start() if matches else len(text)
+            found[leading] = text[:head_end].strip()
+        for m, nxt in zip(matches, [*matches[1:], None], strict=False):
+            key = m.group(1).lower()
+            value = text[m.end() : nxt.start() if nxt else len(text)].strip()
+            if key not in found and value:
+                found[key] = value
+    result: dict[str, Any] = {k: found.get(k, "") for k in expected}
+    errors = [f"no {k}" for k in expected if not result[k]]
+    if result.get("answer"):
+        result["answer"] = result["answer"].splitlines()[0].strip().rstrip(".")
+    if result.get("summary"):
+        result["summary"] = " ".join(result["summary"].split())
+    if result.get("riddle") and result.get("answer"):
+        riddle_words = set(re.findall(r"[a-z]+", result["riddle"].lower()))
+        named = [w for w in re.findall(r"[a-z]+", result["answer"].lower()) if len(w) > 3 and w in riddle_words]
+        if named:
+            result["names_answer"] = named
+    result.update(valid=not errors, errors=errors, raw=raw)
+    return result
+
+
+def _parser(expected: tuple[str, ...], leading: str | None) -> Runnable[Any, dict[str, Any]]:
+    return RunnableLambda(lambda out: parse_fields(to_text(out), expected, leading), name="parse")
+
+
+def _examples() -> list[dict[str, Any]]:
+    try:
+        return news_data.examples("train")
+    except InputError:
+        raise
+    except FileNotFoundError:  # pragma: no cover - data folder missing
+        return []
+
+
+def build(strategy: Strategy, *, variant: str = "one-step") -> Runnable[Any, dict[str, Any]]:
+    """The news-riddle chain on ``strategy``: article dict in, ``{summary, riddle, answer, valid, ...}`` out."""
+    examples = _examples()
+    validate = RunnableLambda(validate_article, name="validate_article")
+    if variant == "one-step":
+        task = load_task("news_riddle/one_step", examples)
+        gen = strategy.build(task)
+        return (validate | gen | _parser(LABELS, "summary")).with_config(run_name=f"news-riddle[{strategy.name}]")
+    if variant == "two-step":
+        summarize = strategy.build(load_task("news_riddle/summarize", examples)) | _parser(("summary",), "summary")
+        riddle = strategy.build(load_task("news_riddle/riddle", examples)) | _parser(("riddle", "answer"), "riddle")
+
+        def combine(x: dict[str, Any]) -> dict[str, Any]:
+            s, r = x["s"], x["r"]
+            errors = s["errors"] + r["errors"]
+            out = {"summary": s["summary"], "riddle": r["riddle"], "answer": r["answer"],
+                   "valid": not errors, "errors": errors, "raw": s["raw"] + "\n---\n" + r["raw"]}
+            if "names_answer" in r:
+                out["names_answer"] = r["names_answer"]
+            return out
+
+        chain = (
+            validate
+            | RunnableParallel(s=summarize, passthrough=RunnablePassthrough())
+            | RunnableLambda(lambda x: {"s": x["s"], "summary": x["s"]["summary"] or x["passthrough"]["title"]})
+            | RunnablePassthrough.assign(r=riddle)
+            | RunnableLambda(combine, name="combine")
+        )
+        return chain.with_config(run_name=f"news-riddle-2step[{strategy.name}]")
+    raise InputError(f"unknown news-riddle variant {variant!r}; use one-step or two-step")
+
+
+APP = AppSpec(
+    name="news-riddle",
+    description="news article -> one-sentence summary, riddle and answer",
+    build=build,
+    samples=news_data.samples,
+    read_inputs=news_data.read_articles,
+    corpus=news_data.corpus,
+    input_keys=("title", "text"),
+    reference_keys=("summary", "riddle", "answer"),
+    options={"variant": "one-step (default) or two-step (summarise, then riddle the summary)"},
+)

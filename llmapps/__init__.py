@@ -1,0 +1,33 @@
+"""llmapps: build LLM applications on LangChain, and decide with numbers how to build them.
+
+Quick start::
+
+    from llmapps import load_chain
+    chain = load_chain("news-riddle", strategy="few-shot")   # a LangChain Runnable
+    chain.invoke({"title": "...", "text": "..."})
+
+Heavy libraries (torch, transformers) load only when a model is first used.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+__all__ = ["__version__", "get_app", "load_chain", "make_strategy"]
+
+if TYPE_CHECKING:
+    from llmapps.apps import get_app, load_chain
+    from llmapps.strategies.base import make_strategy
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("load_chain", "get_app"):
+        from llmapps import apps
+
+        return getattr(apps, name)
+    if name == "make_strategy":
+        from llmapps.strategies.base import make_strategy
+
+        return make_strategy
+    raise AttributeError(f"module 'llmapps' has no attribute {name!r}")

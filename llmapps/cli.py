@@ -1,0 +1,247 @@
+"""The ``llmapps`` command line.
+
+Sub-commands of the core live here; apps and packages add their own through the ``llmapps.cli``
+entry-point group: each entry is a function ``register(subparsers)`` that adds parsers whose
+``func(args) -> int`` does the work. Errors become one-line messages and exit codes; ``--debug``
+shows the traceback. Heavy libraries are imported inside the commands, so ``--help`` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from llmapps.errors import ConfigError, LlmappsError
+
+log = logging.getLogger("llmapps")
+
+MODEL_FLAGS = {"base_model": "--base-model", "instruct_model": "--instruct-model"}
+
+
+def _parse_value(raw: str) -> Any:
+    import yaml
+
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw
+
+
+def add_strategy_flags(p: argparse.ArgumentParser, *, multiple: bool = False) -> None:
+    """The flags every command that builds a strategy shares."""
+    if multiple:
+        p.add_argument("--strategies", default=None, help="comma-separated strategy names (default: all registered)")
+    else:
+        p.add_argument("--strategy", "-s", default="few-shot", help="strategy name (llmapps strategies)")
+    p.add_argument("--base-model", help="base model: hub id or directory (default: tiny-base)")
+    p.add_argument("--instruct-model", help="instruction model: hub id or directory (default: tiny-instruct)")
+    p.add_argument("--adapter", help="LoRA adapter folder (lora strategy)")
+    p.add_argument("--batch-size", type=int, help="prompts per generate() call")
+    p.add_argument("--max-new-tokens", type=int, help="generation budget")
+    p.add_argument("--variant", help="app variant (news-riddle: one-step or two-step)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="any strategy config field, e.g. --set temperature=0.7 (repeatable)")
+
+
+def strategy_options(name: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Strategy config options from CLI flags; flags the strategy has no field for are ignored,
+    ``--set`` fields it lacks are rejected by its config."""
+    from llmapps.strategies.base import STRATEGIES
+
+    fields = STRATEGIES.get(name).config_class.model_fields
+    opts: dict[str, Any] = {}
+    for attr in ("base_model", "instruct_model", "adapter", "batch_size", "max_new_tokens"):
+        value = getattr(args, attr, None)
+        if value is not None and attr in fields:
+            opts[attr] = value
+    for item in getattr(args, "set", []) or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
+        opts[key.strip().replace("-", "_")] = _parse_value(value)
+    return opts
+
+
+def app_options(args: argparse.Namespace) -> dict[str, Any]:
+    return {"variant": args.variant} if getattr(args, "variant", None) else {}
+
+
+# ---------------------------------------------------------------- commands
+
+
+def cmd_strategies(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from llmapps.strategies.base import STRATEGIES
+
+    table = Table(title="registered strategies")
+    for col in ("name", "what it is", "what it needs"):
+        table.add_column(col)
+    for name in STRATEGIES.names():
+        try:
+            cls = STRATEGIES.get(name)
+            table.add_row(name, cls.summary, cls.requires)
+        except LlmappsError as err:
+            table.add_row(name, "[red]cannot load[/red]", str(err))
+    Console().print(table)
+    return 0
+
+
+def cmd_apps(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from llmapps.apps import APPS
+
+    table = Table(title="registered apps")
+    for col in ("name", "what it does", "options"):
+        table.add_column(col)
+    for name in APPS.names():
+        spec = APPS.get(name)
+        table.add_row(name, spec.description, "; ".join(f"{k}: {v}" for k, v in spec.options.items()))
+    Console().print(table)
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from llmapps.apps import get_app, load_chain
+    from llmapps.runner import run_file
+
+    spec = get_app(args.app)
+    if spec.read_inputs is None:
+        raise ConfigError(f"the app {args.app!r} cannot read input files")
+    inputs = spec.read_inputs(Path(args.input))
+    if not inputs:
+        raise ConfigError(f"{args.input} holds no inputs")
+    chain = load_chain(args.app, args.strategy, app_options=app_options(args),
+                       **strategy_options(args.strategy, args))
+    done, skipped = run_file(chain, inputs, Path(args.out), batch_size=args.batch_size or 16,
+                             extra={"strategy": args.strategy}, progress=not args.quiet)
+    print(f"{done} done, {skipped} already in {args.out}", file=sys.stderr)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from llmapps.demo import run_demo
+
+    names = args.strategies.split(",") if args.strategies else None
+    run_demo(args.app, names, n=args.n, variant=args.variant, flags=args)
+    return 0
+
+
+def cmd_models_build(args: argparse.Namespace) -> int:
+    import shutil
+
+    from llmapps.models.tiny import TEST_SPEC, TinySpec, ensure_tiny_models
+    from llmapps.settings import get_settings
+
+    settings = get_settings()
+    spec = TEST_SPEC if args.spec == "test" else TinySpec()
+    if args.force:
+        for name in ("tiny-base", "tiny-instruct"):
+            shutil.rmtree(settings.models_dir / name, ignore_errors=True)
+    ensure_tiny_models(settings.models_dir, spec)
+    print(f"tiny-base and tiny-instruct are in {settings.models_dir}")
+    return 0
+
+
+def cmd_models_list(args: argparse.Namespace) -> int:
+    import json
+
+    from llmapps.settings import get_settings
+
+    settings = get_settings()
+    for name in ("tiny-base", "tiny-instruct"):
+        manifest = settings.models_dir / name / "llmapps-tiny.json"
+        state = "built" if manifest.exists() else "not built (llmapps models build)"
+        detail = ""
+        if manifest.exists():
+            data = json.loads(manifest.read_text())
+            detail = f" final loss {data.get('final_loss', float('nan')):.3f}, {data.get('documents')} documents"
+        print(f"{name:14} {state}{detail}  {settings.models_dir / name}")
+    print(f"base model in use:     {settings.base_model}")
+    print(f"instruct model in use: {settings.instruct_model}")
+    return 0
+
+
+# ---------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="llmapps",
+        description="Build LLM apps on LangChain; compare few-shot, zero-shot, service and LoRA.",
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    parser.add_argument("-v", "--verbose", action="store_true", help="info logs")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("strategies", help="list registered strategies and what they need")
+    p.set_defaults(func=cmd_strategies)
+    p = sub.add_parser("apps", help="list registered apps")
+    p.set_defaults(func=cmd_apps)
+
+    p = sub.add_parser("run", help="run an app over a file of inputs, resumable")
+    p.add_argument("app", help="app name, e.g. news-riddle")
+    p.add_argument("--input", "-i", required=True, help="JSONL file, text file or folder")
+    p.add_argument("--out", "-o", required=True, help="JSONL results file (appended, resumable)")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    add_strategy_flags(p)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("demo", help="run an app on bundled test samples with every strategy")
+    p.add_argument("--app", default="news-riddle")
+    p.add_argument("-n", type=int, default=5, help="number of test samples")
+    add_strategy_flags(p, multiple=True)
+    p.set_defaults(func=cmd_demo)
+
+    models = sub.add_parser("models", help="the built-in tiny models")
+    msub = models.add_subparsers(dest="models_command", metavar="ACTION", required=True)
+    p = msub.add_parser("build", help="train the tokenizer, tiny-base and tiny-instruct")
+    p.add_argument("--force", action="store_true", help="rebuild even if built")
+    p.add_argument("--spec", choices=["default", "test"], default="default")
+    p.set_defaults(func=cmd_models_build)
+    p = msub.add_parser("list", help="show the models and where they are")
+    p.set_defaults(func=cmd_models_list)
+
+    _register_plugins(sub)
+    return parser
+
+
+def _register_plugins(sub: Any) -> None:
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group="llmapps.cli"):
+        try:
+            ep.load()(sub)
+        except Exception as err:  # a broken plugin must not take the CLI down
+            log.warning("CLI plugin %s failed to load: %s", ep.name, err)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.DEBUG if args.debug else logging.INFO if args.verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    try:
+        return int(args.func(args) or 0)
+    except LlmappsError as err:
+        if args.debug:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("interrupted; results written so far are kept", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,91 @@
+"""``llmapps demo``: an app on a few bundled test samples with every registered strategy, side by side."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from typing import Any
+
+from llmapps.errors import LlmappsError
+
+log = logging.getLogger(__name__)
+
+
+def run_demo(
+    app: str = "news-riddle",
+    strategies: list[str] | None = None,
+    *,
+    n: int = 5,
+    variant: str | None = None,
+    flags: argparse.Namespace | None = None,
+) -> dict[str, list[dict[str, Any]]]:
+    """Run ``app`` on ``n`` test samples with each strategy; print and return the results."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from llmapps.apps import get_app, load_chain
+    from llmapps.cli import strategy_options
+    from llmapps.models.tiny import ensure_tiny_models
+    from llmapps.runner import run_batches
+    from llmapps.settings import get_settings
+    from llmapps.strategies.base import STRATEGIES
+
+    console = Console()
+    settings = get_settings()
+    spec = get_app(app)
+    if spec.samples is None:
+        raise LlmappsError(f"the app {app!r} has no bundled samples to demo")
+    samples = spec.samples("test")[:n]
+    names = strategies or STRATEGIES.names()
+    console.print(f"[bold]{app}[/bold] on {len(samples)} test samples with: {', '.join(names)}")
+    if "tiny-base" in (settings.base_model, settings.instruct_model) or "tiny-instruct" in (
+        settings.base_model, settings.instruct_model
+    ):
+        console.print(f"models: {settings.models_dir} (built on first use)")
+        ensure_tiny_models(settings.models_dir)
+    inputs = [{k: s[k] for k in ("id", *spec.input_keys) if k in s} for s in samples]
+    results: dict[str, list[dict[str, Any]]] = {}
+    timing: dict[str, tuple[float, int, str]] = {}
+    for name in names:
+        cls = STRATEGIES.get(name)
+        with cls.demo_options(settings) as demo_opts:
+            if demo_opts is None:
+                console.print(f"[yellow]{name}: skipped (not available offline here)[/yellow]")
+                continue
+            opts = {**demo_opts, **(strategy_options(name, flags) if flags else {})}
+            try:
+                started = time.perf_counter()
+                chain = load_chain(app, name, app_options={"variant": variant} if variant else None, **opts)
+                rows = run_batches(chain, inputs, batch_size=len(inputs), desc=name)
+                timing[name] = (time.perf_counter() - started, sum(r.get("output_tokens", 0) for r in rows), "")
+            except LlmappsError as err:
+                console.print(f"[red]{name}: {err}[/red]")
+                timing[name] = (0.0, 0, str(err))
+                continue
+        results[name] = rows
+    for i, sample in enumerate(samples):
+        table = Table(title=f"{sample.get('title', sample.get('id'))}", show_lines=True, expand=True)
+        table.add_column("strategy", no_wrap=True)
+        table.add_column("riddle / output", ratio=3)
+        table.add_column("answer", ratio=1)
+        table.add_column("ok", no_wrap=True)
+        table.add_column("tokens in/out", no_wrap=True)
+        if spec.reference_keys and "reference_riddle" in sample:
+            table.add_row("reference", sample["reference_riddle"], sample.get("reference_answer", ""), "", "")
+        for name, rows in results.items():
+            r = rows[i]
+            body = r.get("riddle") or r.get("error") or " ".join((r.get("raw") or "").split())[:200]
+            table.add_row(name, body, r.get("answer", ""), "yes" if r.get("valid") else "no",
+                          f"{r.get('input_tokens', 0)}/{r.get('output_tokens', 0)}")
+        console.print(table)
+    summary = Table(title="per strategy")
+    for col in ("strategy", "valid", "wall s (load+generate)", "s / sample", "output tokens", "tokens/s", "error"):
+        summary.add_column(col)
+    for name, (secs, toks, err) in timing.items():
+        rows = results.get(name, [])
+        valid = sum(1 for r in rows if r.get("valid"))
+        summary.add_row(name, f"{valid}/{len(rows)}", f"{secs:.1f}", f"{secs / max(1, len(rows)):.2f}",
+                        str(toks), f"{toks / secs:.1f}" if secs else "-", err[:60])
+    console.print(summary)
+    return results

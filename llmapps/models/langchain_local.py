@@ -1,0 +1,299 @@
+"""LangChain models over ``LocalModel``: ``LocalLLM`` (completion) and ``ChatLocal`` (chat).
+
+Both load any Hugging Face causal LM by hub id or directory (see ``load_local_model``). Their
+``batch`` runs one real batched ``generate`` (``BaseLLM`` already hands ``_generate`` all prompts;
+``ChatLocal`` overrides ``batch``), report token usage, honour stop strings and never echo the
+prompt.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from langchain_core.callbacks import CallbackManager, CallbackManagerForLLMRun
+from langchain_core.language_models import BaseChatModel, BaseLLM
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
+from langchain_core.outputs import (
+    ChatGeneration,
+    ChatGenerationChunk,
+    ChatResult,
+    Generation,
+    GenerationChunk,
+    LLMResult,
+)
+from langchain_core.runnables import RunnableConfig
+from langchain_core.runnables.config import get_config_list
+from pydantic import ConfigDict, Field, PrivateAttr
+
+from llmapps.models.local import (
+    GenerationOutput,
+    GenerationParams,
+    LocalModel,
+    load_local_model,
+    stream_local,
+)
+
+
+class _LocalMixin:
+    """Fields and loading shared by the completion and chat classes."""
+
+    model: str
+    device: str | None
+    dtype: str | None
+    batch_size: int | None
+    max_new_tokens: int
+    temperature: float
+    top_p: float
+    seed: int | None
+    _lm: LocalModel | None
+
+    @property
+    def local_model(self) -> LocalModel:
+        if self._lm is None:
+            self._lm = load_local_model(
+                self.model, device=self.device, dtype=self.dtype, batch_size=self.batch_size
+            )
+        return self._lm
+
+    def _params(self, stop: list[str] | None, **kwargs: Any) -> GenerationParams:
+        return GenerationParams(
+            max_new_tokens=int(kwargs.get("max_new_tokens", kwargs.get("max_tokens", self.max_new_tokens))),
+            temperature=float(kwargs.get("temperature", self.temperature)),
+            top_p=float(kwargs.get("top_p", self.top_p)),
+            stop=list(stop or []),
+            seed=kwargs.get("seed", self.seed),
+        )
+
+
+def _usage(out: GenerationOutput) -> dict[str, int]:
+    return {
+        "input_tokens": out.prompt_tokens,
+        "output_tokens": out.completion_tokens,
+        "total_tokens": out.prompt_tokens + out.completion_tokens,
+    }
+
+
+class LocalLLM(_LocalMixin, BaseLLM):
+    """A local Hugging Face causal LM as a LangChain completion model.
+
+    Example:
+        >>> llm = LocalLLM(model="Qwen/Qwen2.5-0.5B", max_new_tokens=64)  # doctest: +SKIP
+        >>> llm.batch(["The capital of France is", "2 + 2 ="], stop=["\\n"])  # doctest: +SKIP
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    model: str = Field(description="hub id, directory, or tiny-base/tiny-instruct")
+    device: str | None = None
+    dtype: str | None = None
+    batch_size: int | None = None
+    max_new_tokens: int = 96
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+    _lm: LocalModel | None = PrivateAttr(default=None)
+
+    @classmethod
+    def from_local(cls, lm: LocalModel, **kwargs: Any) -> LocalLLM:
+        obj = cls(model=lm.name, **kwargs)
+        obj._lm = lm
+        return obj
+
+    @property
+    def _llm_type(self) -> str:
+        return "llmapps-local"
+
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
+        return {"model": self.model, "max_new_tokens": self.max_new_tokens,
+                "temperature": self.temperature, "top_p": self.top_p}
+
+    def _generate(
+        self,
+        prompts: list[str],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> LLMResult:
+        outs = self.local_model.generate(prompts, self._params(stop, **kwargs))
+        gens = [
+            [Generation(text=o.text, generation_info={"finish_reason": o.finish_reason, **_usage(o)})]
+            for o in outs
+        ]
+        total = {
+            "prompt_tokens": sum(o.prompt_tokens for o in outs),
+            "completion_tokens": sum(o.completion_tokens for o in outs),
+        }
+        return LLMResult(generations=gens, llm_output={"token_usage": total, "model_name": self.model})
+
+    def _stream(
+        self,
+        prompt: str,
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> Iterator[GenerationChunk]:
+        for piece in stream_local(self.local_model, prompt, self._params(stop, **kwargs)):
+            chunk = GenerationChunk(text=piece)
+            if run_manager:
+                run_manager.on_llm_new_token(piece, chunk=chunk)
+            yield chunk
+
+
+def _to_dicts(messages: Sequence[BaseMessage]) -> list[dict[str, str]]:
+    roles = {"human": "user", "ai": "assistant", "system": "system", "tool": "tool"}
+    out = []
+    for m in messages:
+        content = m.content if isinstance(m.content, str) else m.text
+        out.append({"role": roles.get(m.type, m.type), "content": content})
+    return out
+
+
+class ChatLocal(_LocalMixin, BaseChatModel):
+    """A local instruction/chat model (Hugging Face, with a chat template) as a LangChain chat model.
+
+    Example:
+        >>> chat = ChatLocal(model="Qwen/Qwen2.5-0.5B-Instruct")  # doctest: +SKIP
+        >>> chat.invoke("Summarise: ...").content                  # doctest: +SKIP
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    model: str = Field(description="hub id, directory, or tiny-instruct")
+    device: str | None = None
+    dtype: str | None = None
+    batch_size: int | None = None
+    max_new_tokens: int = 96
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: list[str] | None = None
+    _lm: LocalModel | None = PrivateAttr(default=None)
+
+    @classmethod
+    def from_local(cls, lm: LocalModel, **kwargs: Any) -> ChatLocal:
+        obj = cls(model=lm.name, **kwargs)
+        obj._lm = lm
+        return obj
+
+    @property
+    def _llm_type(self) -> str:
+        return "llmapps-chat-local"
+
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
+        return {"model": self.model, "max_new_tokens": self.max_new_tokens,
+                "temperature": self.temperature, "top_p": self.top_p}
+
+    def _prompt(self, messages: Sequence[BaseMessage]) -> str:
+        return self.local_model.apply_chat_template(_to_dicts(messages))
+
+    def _message(self, out: GenerationOutput) -> AIMessage:
+        return AIMessage(
+            content=out.text,
+            usage_metadata=_usage(out),  # type: ignore[arg-type]
+            response_metadata={"finish_reason": out.finish_reason, "model_name": self.model,
+                               "model_provider": "llmapps"},
+        )
+
+    def _stops(self, stop: list[str] | None) -> list[str]:
+        return list(stop if stop is not None else self.stop or [])
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        (out,) = self.local_model.generate([self._prompt(messages)], self._params(self._stops(stop), **kwargs))
+        return ChatResult(generations=[ChatGeneration(message=self._message(out))])
+
+    def _stream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> Iterator[ChatGenerationChunk]:
+        lm = self.local_model
+        prompt = self._prompt(messages)
+        params = self._params(self._stops(stop), **kwargs)
+        pieces = []
+        for piece in stream_local(lm, prompt, params):
+            pieces.append(piece)
+            chunk = ChatGenerationChunk(message=AIMessageChunk(content=piece))
+            if run_manager:
+                run_manager.on_llm_new_token(piece, chunk=chunk)
+            yield chunk
+        n_in = lm.count_tokens(prompt)
+        n_out = len(lm.tokenizer("".join(pieces), add_special_tokens=False)["input_ids"])
+        yield ChatGenerationChunk(
+            message=AIMessageChunk(
+                content="",
+                usage_metadata={"input_tokens": n_in, "output_tokens": n_out, "total_tokens": n_in + n_out},
+                response_metadata={"finish_reason": "stop", "model_name": self.model,
+                                   "model_provider": "llmapps"},
+                chunk_position="last",
+            )
+        )
+
+    def batch(
+        self,
+        inputs: list[Any],
+        config: RunnableConfig | list[RunnableConfig] | None = None,
+        *,
+        return_exceptions: bool = False,
+        **kwargs: Any,
+    ) -> list[BaseMessage]:  # type: ignore[override]
+        """One batched ``generate`` for all inputs (the base class would loop one by one)."""
+        if not inputs:
+            return []
+        configs = get_config_list(config, len(inputs))
+        if configs[0].get("max_concurrency") is not None:
+            return super().batch(inputs, config, return_exceptions=return_exceptions, **kwargs)  # type: ignore[return-value]
+        stop = self._stops(kwargs.pop("stop", None))
+        message_lists = [self._convert_input(x).to_messages() for x in inputs]
+        managers = []
+        for msgs, cfg in zip(message_lists, configs, strict=True):
+            cm = CallbackManager.configure(
+                cfg.get("callbacks"), self.callbacks, self.verbose,
+                cfg.get("tags"), self.tags, cfg.get("metadata"), self.metadata,
+            )
+            (rm,) = cm.on_chat_model_start(
+                self._serialized, [msgs], invocation_params=self._identifying_params,
+                name=cfg.get("run_name"), run_id=cfg.get("run_id"), batch_size=len(inputs),
+            )
+            managers.append(rm)
+        try:
+            outs = self.local_model.generate(
+                [self._prompt(m) for m in message_lists], self._params(stop, **kwargs)
+            )
+        except BaseException as err:
+            for rm in managers:
+                rm.on_llm_error(err)
+            if return_exceptions and isinstance(err, Exception):
+                return [err] * len(inputs)  # type: ignore[list-item]
+            raise
+        results: list[BaseMessage] = []
+        for rm, out in zip(managers, outs, strict=True):
+            msg = self._message(out)
+            msg.id = f"lc_run-{rm.run_id}"
+            rm.on_llm_end(LLMResult(generations=[[ChatGeneration(message=msg)]]))
+            results.append(msg)
+        return results
+
+    async def abatch(
+        self,
+        inputs: list[Any],
+        config: RunnableConfig | list[RunnableConfig] | None = None,
+        *,
+        return_exceptions: bool = False,
+        **kwargs: Any,
+    ) -> list[BaseMessage]:  # type: ignore[override]
+        import asyncio
+
+        return await asyncio.to_thread(
+            self.batch, inputs, config, return_exceptions=return_exceptions, **kwargs
+        )

@@ -1,0 +1,417 @@
+"""Load any Hugging Face causal LM (hub id or directory) and generate from it in real batches.
+
+``load_local_model`` resolves a name to weights (the built-in ``tiny-base``/``tiny-instruct``,
+a local directory, or a hub id with ``local_files_only`` first), picks the device (CUDA when
+present) and dtype (bf16 on capable GPUs), and caches the loaded model per process.
+
+``LocalModel.generate`` is the one batched generation path every local strategy uses: prompts are
+sorted by length, left-padded in batches, stop strings end each row on its own, the prompt is never
+echoed, and a CUDA out-of-memory halves the batch and retries.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from llmapps.errors import BackendError, InputError, ModelNotFoundError
+from llmapps.settings import Settings, get_settings
+
+if TYPE_CHECKING:  # heavy imports stay lazy
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+log = logging.getLogger(__name__)
+
+BUILTIN_MODELS = ("tiny-base", "tiny-instruct")
+
+
+@dataclass
+class GenerationParams:
+    """Sampling settings for one generate call; greedy when ``temperature`` is 0."""
+
+    max_new_tokens: int = 96
+    temperature: float = 0.0
+    top_p: float = 1.0
+    stop: list[str] = field(default_factory=list)
+    seed: int | None = None
+
+
+@dataclass
+class GenerationOutput:
+    """One completion: text without the prompt, cut before the first stop string."""
+
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str  # "stop" (eos or stop string) or "length"
+    truncated_prompt: bool = False
+
+
+def pick_device(requested: str = "auto") -> str:
+    import torch
+
+    if requested != "auto":
+        return requested
+    if torch.cuda.is_available():
+        return "cuda"
+    return "cpu"
+
+
+def pick_dtype(requested: str, device: str) -> torch.dtype:
+    import torch
+
+    if requested != "auto":
+        try:
+            return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
+                    "bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[requested]
+        except KeyError as err:
+            raise InputError(
+                f"dtype {requested!r} is not one of auto, float32, bfloat16, float16"
+            ) from err
+    if device.startswith("cuda") and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def resolve_model_path(name: str, settings: Settings | None = None, *, build: bool = True) -> str:
+    """Turn a model name into something ``from_pretrained`` accepts.
+
+    Built-in names map to ``$LLMAPPS_HOME/models/NAME`` and are built on first use when ``build``
+    is true. An existing directory is used as is. Anything else is treated as a hub id.
+    """
+    settings = settings or get_settings()
+    if name in BUILTIN_MODELS:
+        path = settings.models_dir / name
+        if not (path / "config.json").exists():
+            if not build:
+                raise ModelNotFoundError(
+                    f"the built-in model {name!r} is not built yet at {path}; "
+                    "run `llmapps models build`"
+                )
+            from llmapps.models.tiny import ensure_tiny_models
+
+            ensure_tiny_models(settings.models_dir)
+        return str(path)
+    path = Path(name).expanduser()
+    if path.exists():
+        if not (path / "config.json").exists():
+            raise ModelNotFoundError(
+                f"{path} exists but holds no config.json: point to a folder written by "
+                "save_pretrained (or a Hugging Face snapshot)"
+            )
+        return str(path)
+    return name
+
+
+class LocalModel:
+    """A loaded causal LM and its tokenizer, with one batched generation path."""
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        *,
+        name: str,
+        device: str,
+        batch_size: int = 16,
+    ) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.name = name
+        self.device = device
+        self.batch_size = batch_size
+        self._lock = threading.Lock()  # generate() is not re-entrant on one model
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        tokenizer.padding_side = "left"
+
+    @property
+    def context_length(self) -> int:
+        cfg = self.model.config
+        for attr in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+            value = getattr(cfg, attr, None)
+            if value:
+                return int(value)
+        return int(getattr(self.tokenizer, "model_max_length", 2048))
+
+    @property
+    def has_chat_template(self) -> bool:
+        return bool(getattr(self.tokenizer, "chat_template", None))
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=True)["input_ids"])
+
+    def apply_chat_template(self, messages: list[dict[str, str]]) -> str:
+        if not self.has_chat_template:
+            raise BackendError(
+                f"the model {self.name!r} has no chat template; use a completion strategy "
+                "(few-shot) with it, or an instruction-tuned model for chat"
+            )
+        text = self.tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=True
+        )
+        return str(text)
+
+    def generate(
+        self, prompts: Sequence[str], params: GenerationParams | None = None
+    ) -> list[GenerationOutput]:
+        """Generate one completion per prompt, batched; the outputs keep the input order."""
+        params = params or GenerationParams()
+        if not prompts:
+            return []
+        encoded = [self.tokenizer(p, add_special_tokens=True)["input_ids"] for p in prompts]
+        limit = self.context_length - params.max_new_tokens
+        if limit <= 0:
+            raise InputError(
+                f"max_new_tokens={params.max_new_tokens} leaves no room for a prompt in the "
+                f"{self.context_length}-token context of {self.name!r}; lower max_new_tokens"
+            )
+        truncated = [False] * len(encoded)
+        for i, ids in enumerate(encoded):
+            if len(ids) > limit:
+                log.warning(
+                    "prompt %d has %d tokens, more than the %d that fit %r with %d new tokens: "
+                    "keeping its last %d tokens", i, len(ids), limit, self.name,
+                    params.max_new_tokens, limit,
+                )
+                encoded[i] = ids[-limit:]
+                truncated[i] = True
+        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]), reverse=True)
+        results: list[GenerationOutput | None] = [None] * len(encoded)
+        with self._lock:
+            pos = 0
+            batch_size = self.batch_size
+            while pos < len(order):
+                chunk = order[pos : pos + batch_size]
+                try:
+                    outs = self._generate_chunk([encoded[i] for i in chunk], params)
+                except Exception as err:  # CUDA OOM: halve the batch and retry
+                    if _is_oom(err) and batch_size > 1:
+                        batch_size = max(1, batch_size // 2)
+                        log.warning("out of memory: retrying with batch size %d", batch_size)
+                        _empty_cache()
+                        continue
+                    raise
+                for i, out in zip(chunk, outs, strict=True):
+                    out.truncated_prompt = truncated[i]
+                    results[i] = out
+                pos += len(chunk)
+        return [r for r in results if r is not None]
+
+    def _generate_chunk(
+        self, batch: list[list[int]], params: GenerationParams
+    ) -> list[GenerationOutput]:
+        import torch
+
+        tok = self.tokenizer
+        width = max(len(ids) for ids in batch)
+        pad_id = tok.pad_token_id
+        input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+        attention = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, ids in enumerate(batch):
+            input_ids[row, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
+            attention[row, width - len(ids) :] = 1
+        input_ids = input_ids.to(self.model.device)
+        attention = attention.to(self.model.device)
+        kwargs: dict[str, Any] = {
+            "max_new_tokens": params.max_new_tokens,
+            "pad_token_id": pad_id,
+            "do_sample": params.temperature > 0,
+        }
+        if params.temperature > 0:
+            kwargs.update(temperature=params.temperature, top_p=params.top_p)
+            if params.seed is not None:
+                torch.manual_seed(params.seed)
+        else:  # silence "temperature is set but do_sample is False" from model defaults
+            kwargs.update(temperature=None, top_p=None, top_k=None)
+        if params.stop:
+            kwargs.update(stop_strings=list(params.stop), tokenizer=tok)
+        with torch.inference_mode():
+            out = self.model.generate(input_ids=input_ids, attention_mask=attention, **kwargs)
+        new = out[:, width:].tolist()
+        eos = self.model.generation_config.eos_token_id
+        eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        eos_ids.add(pad_id) if pad_id is not None else None
+        results = []
+        for row, ids in enumerate(new):
+            finish = "length"
+            cut = len(ids)
+            for j, t in enumerate(ids):
+                if t in eos_ids:
+                    cut, finish = j, "stop"
+                    break
+            ids = ids[:cut]
+            text = tok.decode(ids, skip_special_tokens=True)
+            text, hit = cut_at_stop(text, params.stop)
+            if hit:
+                finish = "stop"
+            results.append(
+                GenerationOutput(
+                    text=text,
+                    prompt_tokens=len(batch[row]),
+                    completion_tokens=len(ids),
+                    finish_reason=finish,
+                )
+            )
+        return results
+
+
+def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
+    """Cut ``text`` before the earliest stop string; say whether one was found."""
+    first = min((i for s in stop if s and (i := text.find(s)) >= 0), default=-1)
+    return (text[:first], True) if first >= 0 else (text, False)
+
+
+def _is_oom(err: Exception) -> bool:
+    return "out of memory" in str(err).lower()
+
+
+def _empty_cache() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+_CACHE: dict[tuple[str, str, str, str | None], LocalModel] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def load_local_model(
+    name: str,
+    *,
+    settings: Settings | None = None,
+    device: str | None = None,
+    dtype: str | None = None,
+    batch_size: int | None = None,
+    adapter: str | None = None,
+) -> LocalModel:
+    """Load (once per process) the model ``name`` with its tokenizer.
+
+    Args:
+        name: ``tiny-base``/``tiny-instruct``, a directory written by ``save_pretrained``, or a
+            Hugging Face hub id (looked up in the local cache first; downloaded only when not
+            offline).
+        settings: resolved settings; read from the environment when omitted.
+        device: ``auto`` (CUDA when present), ``cpu``, ``cuda``...
+        dtype: ``auto`` (bf16 on capable GPUs, float32 otherwise) or a dtype name.
+        batch_size: prompts per ``generate`` call.
+        adapter: reserved key so adapted models get their own cache slot.
+    """
+    settings = settings or get_settings()
+    path = resolve_model_path(name, settings)
+    dev = pick_device(device or settings.device)
+    dt = dtype or settings.dtype
+    key = (path, dev, dt, adapter)
+    with _CACHE_LOCK:
+        cached = _CACHE.get(key)
+        if cached is not None:
+            if batch_size:
+                cached.batch_size = batch_size
+            return cached
+        model, tokenizer = _from_pretrained(path, dev, dt, settings)
+        lm = LocalModel(
+            model, tokenizer, name=name, device=dev,
+            batch_size=batch_size or settings.generation.batch_size,
+        )
+        _CACHE[key] = lm
+        return lm
+
+
+def _from_pretrained(
+    path: str, device: str, dtype: str, settings: Settings
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch_dtype = pick_dtype(dtype, device)
+    common = {"trust_remote_code": settings.trust_remote_code}
+    attempts = [True] if settings.offline or Path(path).exists() else [True, False]
+    last: Exception | None = None
+    started = time.perf_counter()
+    for local_only in attempts:
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=local_only, **common)
+            model = AutoModelForCausalLM.from_pretrained(
+                path, local_files_only=local_only, dtype=torch_dtype, **common
+            )
+            break
+        except OSError as err:
+            last = err
+    else:
+        raise ModelNotFoundError(
+            f"cannot load the model {path!r}: not found on disk or in the Hugging Face cache"
+            f"{'' if settings.offline else ', and the hub could not be reached'}. Download it "
+            f"where you have network (`hf download {path}`) and set HF_HOME, or pass a directory "
+            "written by save_pretrained (--base-model/--instruct-model or LLMAPPS_BASE_MODEL)."
+        ) from last
+    model.to(device)  # type: ignore[arg-type]
+    model.eval()
+    log.info("loaded %s on %s (%s) in %.1fs", path, device, torch_dtype, time.perf_counter() - started)
+    return model, tokenizer
+
+
+def clear_model_cache() -> None:
+    """Forget every loaded model (frees memory; the next load reads from disk again)."""
+    with _CACHE_LOCK:
+        _CACHE.clear()
+    _empty_cache()
+
+
+def stream_local(lm: LocalModel, prompt: str, params: GenerationParams) -> Any:
+    """Yield text pieces of one completion as they are generated (stop strings honoured)."""
+    import torch
+    from transformers import TextIteratorStreamer
+
+    ids = lm.tokenizer(prompt, add_special_tokens=True, return_tensors="pt")
+    limit = lm.context_length - params.max_new_tokens
+    input_ids = ids["input_ids"][:, -limit:].to(lm.model.device)
+    streamer = TextIteratorStreamer(lm.tokenizer, skip_prompt=True, skip_special_tokens=True)
+    kwargs: dict[str, Any] = {
+        "input_ids": input_ids,
+        "attention_mask": torch.ones_like(input_ids),
+        "max_new_tokens": params.max_new_tokens,
+        "pad_token_id": lm.tokenizer.pad_token_id,
+        "do_sample": params.temperature > 0,
+        "streamer": streamer,
+    }
+    if params.temperature > 0:
+        kwargs.update(temperature=params.temperature, top_p=params.top_p)
+    else:
+        kwargs.update(temperature=None, top_p=None, top_k=None)
+    if params.stop:
+        kwargs.update(stop_strings=list(params.stop), tokenizer=lm.tokenizer)
+
+    def run() -> None:
+        with lm._lock, torch.inference_mode():
+            lm.model.generate(**kwargs)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    emitted = ""
+    held = ""
+    for piece in streamer:
+        held += piece
+        text, hit = cut_at_stop(emitted + held, params.stop)
+        if hit:
+            if len(text) > len(emitted):
+                yield text[len(emitted):]
+            break
+        # hold back a tail that could be the start of a stop string
+        keep = max((len(s) - 1 for s in params.stop), default=0)
+        safe = len(held) - keep if keep else len(held)
+        if safe > 0:
+            yield held[:safe]
+            emitted += held[:safe]
+            held = held[safe:]
+    else:
+        if held:
+            yield held
+    for _ in streamer:  # drain so the generate thread can finish
+        pass
+    thread.join()

@@ -1,0 +1,314 @@
+"""The embedded default models, built from a text corpus because nothing can be downloaded.
+
+``build_tiny_models`` trains, seeded and reproducibly:
+
+1. a byte-level BPE tokenizer on the corpus (with a chat template and chat special tokens);
+2. ``tiny-base``: a small Llama-architecture causal LM pretrained on the corpus documents;
+3. ``tiny-instruct``: ``tiny-base`` further tuned on generic instructions derived from each
+   document (write a headline, summarise in one sentence, list key facts), answered through the
+   chat template. No task of any app (riddles included) is in that mix, so prompting it on such a
+   task is truly zero-shot.
+
+All three are saved with ``save_pretrained`` in standard Hugging Face format and are loaded back
+with ``from_pretrained`` like any real model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import random
+import re
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from llmapps.errors import InputError
+
+log = logging.getLogger(__name__)
+
+SPECIALS = ["<pad>", "<s>", "</s>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}<|end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+MANIFEST = "llmapps-tiny.json"
+
+
+@dataclass(frozen=True)
+class TinySpec:
+    """Size and training budget of the tiny models (the defaults take ~2 min on 2 CPU cores)."""
+
+    vocab_size: int = 4096
+    hidden_size: int = 128
+    num_layers: int = 4
+    num_heads: int = 4
+    intermediate_size: int = 352
+    context_length: int = 1024
+    block_size: int = 256
+    batch_size: int = 8
+    base_steps: int = 300
+    instruct_steps: int = 200
+    learning_rate: float = 3e-3
+    seed: int = 0
+
+
+TEST_SPEC = TinySpec(
+    vocab_size=1024, hidden_size=64, num_layers=2, num_heads=2, intermediate_size=160,
+    context_length=1024, block_size=128, batch_size=8, base_steps=60, instruct_steps=40,
+)
+
+
+def corpus_hash(corpus: Sequence[dict[str, str]]) -> str:
+    h = hashlib.sha256()
+    for doc in corpus:
+        h.update(doc.get("title", "").encode())
+        h.update(b"\x00")
+        h.update(doc["text"].encode())
+        h.update(b"\x01")
+    return h.hexdigest()[:16]
+
+
+def _is_built(models_dir: Path, spec: TinySpec, corpus_id: str | None = None) -> bool:
+    for name in ("tiny-base", "tiny-instruct"):
+        manifest = models_dir / name / MANIFEST
+        if not manifest.exists():
+            return False
+        try:
+            data = json.loads(manifest.read_text())
+        except json.JSONDecodeError:
+            return False
+        if data.get("spec") != asdict(spec):
+            return False
+        if corpus_id is not None and data.get("corpus_sha256_16") != corpus_id:
+            return False
+    return True
+
+
+def ensure_tiny_models(
+    models_dir: Path,
+    spec: TinySpec | None = None,
+    corpus: Sequence[dict[str, str]] | None = None,
+    *,
+    progress: bool = True,
+) -> Path:
+    """Build the tiny models under ``models_dir`` unless an identical build is already there."""
+    spec = spec or spec_from_env()
+    if corpus is None:
+        if _is_built(models_dir, spec):
+            return models_dir
+        from llmapps.apps import default_corpus
+
+        corpus = default_corpus()
+    if _is_built(models_dir, spec, corpus_hash([d for d in corpus if d.get("text", "").strip()])):
+        return models_dir
+    build_tiny_models(models_dir, corpus, spec, progress=progress)
+    return models_dir
+
+
+def spec_from_env() -> TinySpec:
+    """``LLMAPPS_TINY_SPEC=test`` selects the smaller test spec (used by the test suite)."""
+    return TEST_SPEC if os.environ.get("LLMAPPS_TINY_SPEC") == "test" else TinySpec()
+
+
+def _sentences(text: str) -> list[str]:
+    parts = re.split(r"(?<=[.!?])[\"”’']?\s+", " ".join(text.split()))
+    return [p.strip() for p in parts if len(p.split()) >= 4]
+
+
+def instruction_pairs(corpus: Sequence[dict[str, str]]) -> list[tuple[str, str]]:
+    """Generic instruction/response pairs derived from each document (no app task among them)."""
+    pairs: list[tuple[str, str]] = []
+    for doc in corpus:
+        text = " ".join(doc["text"].split())
+        sents = _sentences(text)
+        if not sents:
+            continue
+        body = f"Article: {text}"
+        if doc.get("title"):
+            pairs.append((f"Write a headline for this article.\n{body}", doc["title"]))
+        pairs.append((f"Summarize this article in one sentence.\n{body}", sents[0]))
+        facts = [s for s in sents if any(c.isdigit() for c in s)][:3] or sents[1:3] or sents[:1]
+        pairs.append((f"List the key facts of this article.\n{body}", "\n".join(f"- {f}" for f in facts)))
+    return pairs
+
+
+def _train_tokenizer(corpus: Sequence[dict[str, str]], spec: TinySpec) -> Any:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=spec.vocab_size,
+        special_tokens=SPECIALS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    texts = [f"{d.get('title', '')}\n\n{d['text']}" for d in corpus]
+    texts += ["Write a headline for this article.", "Summarize this article in one sentence.",
+              "List the key facts of this article.", "Summary: Riddle: Answer: Article: ###"]
+    tok.train_from_iterator(texts, trainer=trainer)
+    bos = tok.token_to_id("<s>")
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos)]
+    )
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+        model_max_length=spec.context_length,
+        additional_special_tokens=["<|system|>", "<|user|>", "<|assistant|>", "<|end|>"],
+    )
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+def _new_model(tokenizer: Any, spec: TinySpec) -> Any:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=spec.hidden_size,
+        intermediate_size=spec.intermediate_size,
+        num_hidden_layers=spec.num_layers,
+        num_attention_heads=spec.num_heads,
+        num_key_value_heads=spec.num_heads,
+        max_position_embeddings=spec.context_length,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=True,
+    )
+    return LlamaForCausalLM(config)
+
+
+def _lr(step: int, total: int, peak: float) -> float:
+    warm = max(1, total // 10)
+    if step < warm:
+        return peak * (step + 1) / warm
+    return peak * 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+
+
+def _train(model: Any, batches: Any, steps: int, spec: TinySpec, desc: str, progress: bool) -> float:
+    import torch
+    from tqdm.auto import tqdm
+
+    opt = torch.optim.AdamW(model.parameters(), lr=spec.learning_rate, weight_decay=0.01)
+    model.train()
+    loss_value = float("nan")
+    bar = tqdm(range(steps), desc=desc, disable=not progress, leave=False)
+    for step in bar:
+        for group in opt.param_groups:
+            group["lr"] = _lr(step, steps, spec.learning_rate)
+        input_ids, labels, attention = next(batches)
+        out = model(input_ids=input_ids, attention_mask=attention, labels=labels)
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        loss_value = float(out.loss)
+        bar.set_postfix(loss=f"{loss_value:.3f}")
+    model.eval()
+    return loss_value
+
+
+def _pretrain_batches(ids: list[int], spec: TinySpec, rng: random.Random) -> Any:
+    import torch
+
+    block = spec.block_size
+    starts = list(range(0, max(1, len(ids) - block - 1), block // 2))
+    while True:
+        chosen = [rng.choice(starts) for _ in range(spec.batch_size)]
+        x = torch.tensor([ids[s : s + block] for s in chosen], dtype=torch.long)
+        yield x, x.clone(), torch.ones_like(x)
+
+
+def _sft_batches(rows: list[tuple[list[int], int]], pad: int, spec: TinySpec, rng: random.Random) -> Any:
+    import torch
+
+    while True:
+        chosen = [rng.choice(rows) for _ in range(spec.batch_size)]
+        width = max(len(r[0]) for r in chosen)
+        x = torch.full((len(chosen), width), pad, dtype=torch.long)
+        y = torch.full((len(chosen), width), -100, dtype=torch.long)
+        a = torch.zeros((len(chosen), width), dtype=torch.long)
+        for i, (ids, prompt_len) in enumerate(chosen):
+            x[i, : len(ids)] = torch.tensor(ids)
+            y[i, prompt_len : len(ids)] = torch.tensor(ids[prompt_len:])
+            a[i, : len(ids)] = 1
+        yield x, y, a
+
+
+def _save_atomic(models_dir: Path, name: str, model: Any, tokenizer: Any, manifest: dict[str, Any]) -> None:
+    models_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=models_dir))
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    final = models_dir / name
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+
+
+def build_tiny_models(
+    models_dir: Path,
+    corpus: Sequence[dict[str, str]],
+    spec: TinySpec | None = None,
+    *,
+    progress: bool = True,
+) -> dict[str, float]:
+    """Train and save ``tiny-base`` and ``tiny-instruct`` under ``models_dir``; return final losses."""
+    import torch
+    from transformers import GenerationConfig
+
+    spec = spec or TinySpec()
+    docs = [d for d in corpus if d.get("text", "").strip()]
+    if len(docs) < 5:
+        raise InputError(f"the corpus has {len(docs)} non-empty documents; at least 5 are needed")
+    torch.manual_seed(spec.seed)
+    rng = random.Random(spec.seed)
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    log.info("building tiny models (%s) from %d documents", spec, len(docs))
+
+    tokenizer = _train_tokenizer(docs, spec)
+    eos = tokenizer.eos_token_id
+    stream: list[int] = []
+    for d in docs:
+        stream += tokenizer(f"{d.get('title', '')}\n\n{d['text']}", add_special_tokens=True)["input_ids"] + [eos]
+    base = _new_model(tokenizer, spec)
+    base_loss = _train(base, _pretrain_batches(stream, spec, rng), spec.base_steps, spec,
+                       "pretraining tiny-base", progress)
+    meta = {"spec": asdict(spec), "corpus_sha256_16": corpus_hash(docs), "documents": len(docs)}
+    base.generation_config = GenerationConfig(
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=eos, pad_token_id=tokenizer.pad_token_id
+    )
+    _save_atomic(models_dir, "tiny-base", base, tokenizer, {**meta, "final_loss": base_loss})
+
+    end = tokenizer.convert_tokens_to_ids("<|end|>")
+    rows: list[tuple[list[int], int]] = []
+    limit = spec.context_length
+    for instruction, response in instruction_pairs(docs):
+        prompt = tokenizer.apply_chat_template(
+            [{"role": "user", "content": instruction}], tokenize=False, add_generation_prompt=True
+        )
+        p_ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]
+        r_ids = tokenizer(response, add_special_tokens=False)["input_ids"] + [end]
+        ids = (p_ids + r_ids)[-limit:]
+        rows.append((ids, max(0, len(ids) - len(r_ids))))
+    instruct = base
+    inst_spec = replace(spec, learning_rate=spec.learning_rate / 2)
+    inst_loss = _train(instruct, _sft_batches(rows, tokenizer.pad_token_id, spec, rng),
+                       spec.instruct_steps, inst_spec, "instruction-tuning tiny-instruct", progress)
+    instruct.generation_config = GenerationConfig(
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=[end, eos], pad_token_id=tokenizer.pad_token_id
+    )
+    _save_atomic(models_dir, "tiny-instruct", instruct, tokenizer,
+                 {**meta, "final_loss": inst_loss, "instruction_pairs": len(rows)})
+    return {"tiny-base": base_loss, "tiny-instruct": inst_loss}

@@ -1,0 +1,88 @@
+"""Settings, resolved once with a stated precedence.
+
+defaults < YAML file (``LLMAPPS_CONFIG`` or ``$LLMAPPS_HOME/config.yaml``) < environment
+(``LLMAPPS_*``, nested with ``__``, e.g. ``LLMAPPS_SERVICE__BASE_URL``) < CLI flags / keyword
+arguments. Secrets come only from the environment and are ``SecretStr``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+from llmapps.errors import config_error_from_validation
+
+
+def default_home() -> Path:
+    """``LLMAPPS_HOME`` or ``~/.cache/llmapps``: where built models, adapters and caches live."""
+    return Path(os.environ.get("LLMAPPS_HOME", Path.home() / ".cache" / "llmapps")).expanduser()
+
+
+class GenerationSettings(BaseModel):
+    """Defaults for local generation."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    batch_size: int = Field(16, ge=1, description="prompts per generate() call")
+    max_new_tokens: int = Field(96, ge=1)
+
+
+class Settings(BaseSettings):
+    """Every setting llmapps reads; see the module docstring for precedence."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="LLMAPPS_",
+        env_nested_delimiter="__",
+        extra="forbid",
+    )
+
+    home: Path = Field(default_factory=default_home)
+    base_model: str = Field("tiny-base", description="hub id or directory of a base (foundation) model")
+    instruct_model: str = Field(
+        "tiny-instruct", description="hub id or directory of an instruction-tuned model"
+    )
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps")
+    dtype: str = Field("auto", description="auto (bf16 on capable GPUs, else float32), float32, bfloat16, float16")
+    offline: bool = Field(False, description="never try the Hugging Face hub; local files only")
+    trust_remote_code: bool = False
+    generation: GenerationSettings = Field(default_factory=GenerationSettings)  # type: ignore[arg-type]
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        config = os.environ.get("LLMAPPS_CONFIG") or str(default_home() / "config.yaml")
+        yaml_source = YamlConfigSettingsSource(settings_cls, yaml_file=config)
+        return (init_settings, env_settings, yaml_source)
+
+    @property
+    def models_dir(self) -> Path:
+        return self.home / "models"
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Resolve settings; ``overrides`` (CLI flags, keyword arguments) win over everything."""
+    clean = {k: v for k, v in overrides.items() if v is not None}
+    try:
+        return Settings(**clean)
+    except ValidationError as err:
+        raise config_error_from_validation("settings", err) from err
+
+
+def get_settings() -> Settings:
+    """Settings from file and environment, read afresh (cheap) so env changes are seen."""
+    return load_settings()

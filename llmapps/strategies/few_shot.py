@@ -1,0 +1,135 @@
+"""``few-shot``: a base (foundation) model prompted with worked examples.
+
+The seed's first path. Examples are packed, ranked per input, into the model's context minus the
+generation budget, counted with the model's own tokenizer, in the task's ``###``-separated layout.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import Field
+
+from llmapps.errors import ConfigError
+from llmapps.strategies.base import Strategy, StrategyConfig
+
+if TYPE_CHECKING:
+    from langchain_core.runnables import Runnable
+
+    from llmapps.models.local import LocalModel
+    from llmapps.tasks import Task
+
+EXAMPLE_SELECTIONS = ("order", "similarity", "mmr")
+
+
+class FewShotStrategyConfig(StrategyConfig):
+    """Options of the ``few-shot`` strategy."""
+
+    kind: Literal["few-shot"] = "few-shot"
+    base_model: str | None = Field(None, description="hub id or directory; default: settings.base_model")
+    max_new_tokens: int | None = Field(None, ge=1, description="default: the task's budget")
+    temperature: float = Field(0.0, ge=0.0, le=2.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    max_examples: int | None = Field(None, ge=0)
+    example_selection: Literal["order", "similarity", "mmr"] = "order"
+    batch_size: int | None = Field(None, ge=1)
+    device: str | None = None
+    dtype: str | None = None
+
+
+def fit_inputs(task: Task, lm: LocalModel, max_new: int, render: Any) -> Any:
+    """A function that truncates an input so its prompt fits ``lm``'s context with ``max_new``."""
+    from llmapps.prompting import truncate_to_fit
+
+    limit = lm.context_length - max_new
+
+    def fit(inputs: dict[str, Any]) -> dict[str, Any]:
+        return truncate_to_fit(inputs, task.truncate_variable, render, lm.count_tokens, limit,
+                               what=f"{task.name} input")
+
+    return fit
+
+
+class FewShotStrategy(Strategy):
+    """Prompt a base model with as many ranked worked examples as fit its context."""
+
+    name = "few-shot"
+    config_class = FewShotStrategyConfig
+    summary = "base (foundation) model + worked examples packed into its context"
+    requires = "a base causal LM (default: tiny-base, built locally on first use)"
+    config: FewShotStrategyConfig
+
+    def __init__(self, config: FewShotStrategyConfig | None = None, **options: Any) -> None:
+        super().__init__(config, **options)
+        self._lm: LocalModel | None = None
+        self.selectors: dict[str, Any] = {}
+
+    @property
+    def local_model(self) -> LocalModel:
+        from llmapps.models.local import load_local_model
+        from llmapps.settings import get_settings
+
+        if self._lm is None:
+            c = self.config
+            self._lm = load_local_model(
+                c.base_model or get_settings().base_model,
+                device=c.device, dtype=c.dtype, batch_size=c.batch_size,
+            )
+        return self._lm
+
+    def scoring_model(self) -> LocalModel:
+        return self.local_model
+
+    def ranker(self, task: Task) -> Any:
+        """Orders the example bank per input; ``order`` keeps the bank's order."""
+        if self.config.example_selection == "order":
+            return None
+        from llmapps.strategies import selection
+
+        try:
+            return selection.make_ranker(self.config.example_selection, task)
+        except (ImportError, AttributeError) as err:
+            raise ConfigError(
+                f"example_selection={self.config.example_selection!r} needs the retrieval "
+                f"extension, which is not available: {err}"
+            ) from err
+
+    def build(self, task: Task) -> Runnable[dict[str, Any], str]:
+        from langchain_core.prompts import FewShotPromptTemplate, PromptTemplate
+        from langchain_core.runnables import RunnableLambda
+
+        from llmapps.models.langchain_local import LocalLLM
+        from llmapps.prompting import TokenBudgetExampleSelector
+
+        lm = self.local_model
+        c = self.config
+        max_new = c.max_new_tokens or task.max_new_tokens
+        layout = task.completion
+        example_prompt = PromptTemplate.from_template(layout.example_template)
+        sep_tokens = max(1, len(lm.tokenizer(layout.separator, add_special_tokens=False)["input_ids"]))
+        limit = lm.context_length - max_new
+
+        def budget(inputs: dict[str, Any]) -> int:
+            return limit - lm.count_tokens(layout.render(inputs)) - sep_tokens
+
+        selector = TokenBudgetExampleSelector(
+            task.examples, example_prompt, lm.count_tokens, budget,
+            separator_tokens=sep_tokens, ranker=self.ranker(task), max_examples=c.max_examples,
+        )
+        prompt = FewShotPromptTemplate(
+            example_selector=selector,
+            example_prompt=example_prompt,
+            prefix=layout.prefix,
+            suffix=layout.suffix,
+            example_separator=layout.separator,
+            input_variables=list(task.input_variables),
+        )
+        llm = LocalLLM.from_local(lm, max_new_tokens=max_new, temperature=c.temperature, top_p=c.top_p)
+        fit = fit_inputs(task, lm, max_new, layout.render)
+        chain = (
+            RunnableLambda(fit, name="fit_context")
+            | prompt
+            | llm.bind(stop=list(task.stop))
+        )
+        self.selectors[task.name] = selector  # its last_selection shows in debug output
+        return chain.with_config(run_name=f"few-shot:{task.name}")

@@ -1,0 +1,78 @@
+"""``zero-shot``: an instruction-tuned model, asked through its chat template, with no examples."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import Field
+
+from llmapps.strategies.base import Strategy, StrategyConfig
+from llmapps.strategies.few_shot import fit_inputs
+
+if TYPE_CHECKING:
+    from langchain_core.runnables import Runnable
+
+    from llmapps.models.local import LocalModel
+    from llmapps.tasks import Task
+
+
+class ZeroShotStrategyConfig(StrategyConfig):
+    """Options of the ``zero-shot`` strategy."""
+
+    kind: Literal["zero-shot"] = "zero-shot"
+    instruct_model: str | None = Field(None, description="hub id or directory; default: settings.instruct_model")
+    max_new_tokens: int | None = Field(None, ge=1)
+    temperature: float = Field(0.0, ge=0.0, le=2.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    batch_size: int | None = Field(None, ge=1)
+    device: str | None = None
+    dtype: str | None = None
+
+
+class ZeroShotStrategy(Strategy):
+    """Describe the task to an instruction model and hand it the input; no worked examples."""
+
+    name = "zero-shot"
+    config_class = ZeroShotStrategyConfig
+    summary = "instruction-tuned model, task described zero-shot through its chat template"
+    requires = "an instruct/chat causal LM (default: tiny-instruct, built locally on first use)"
+    config: ZeroShotStrategyConfig
+
+    def __init__(self, config: ZeroShotStrategyConfig | None = None, **options: Any) -> None:
+        super().__init__(config, **options)
+        self._lm: LocalModel | None = None
+
+    @property
+    def local_model(self) -> LocalModel:
+        from llmapps.models.local import load_local_model
+        from llmapps.settings import get_settings
+
+        if self._lm is None:
+            c = self.config
+            self._lm = load_local_model(
+                c.instruct_model or get_settings().instruct_model,
+                device=c.device, dtype=c.dtype, batch_size=c.batch_size,
+            )
+        return self._lm
+
+    def scoring_model(self) -> LocalModel:
+        return self.local_model
+
+    def build(self, task: Task) -> Runnable[dict[str, Any], Any]:
+        from langchain_core.runnables import RunnableLambda
+
+        from llmapps.models.langchain_local import ChatLocal
+
+        lm = self.local_model
+        c = self.config
+        max_new = c.max_new_tokens or task.max_new_tokens
+        chat = ChatLocal.from_local(lm, max_new_tokens=max_new, temperature=c.temperature, top_p=c.top_p)
+
+        def render(inputs: dict[str, Any]) -> str:
+            msgs = task.chat.format_messages(**{k: inputs[k] for k in task.input_variables})
+            return chat._prompt(msgs)
+
+        fit = fit_inputs(task, lm, max_new, render)
+        return (RunnableLambda(fit, name="fit_context") | task.chat | chat).with_config(
+            run_name=f"zero-shot:{task.name}"
+        )

@@ -1,0 +1,56 @@
+"""Shared fixtures: tiny models built once per session from the bundled corpus.
+
+The models are real (a trained BPE tokenizer and 2-layer Llama models saved with
+``save_pretrained``) so every test goes through the real ``from_pretrained`` path. They are built
+with the small test spec under ``.pytest_cache/llmapps-home`` (reused while the spec and corpus are
+unchanged; ~20 s to build on 2 cores).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+TEST_HOME = Path(os.environ.get("LLMAPPS_TEST_HOME", ROOT / ".pytest_cache" / "llmapps-home"))
+
+# Point the library at the test home before anything reads settings: tests never touch ~/.cache.
+os.environ["LLMAPPS_HOME"] = str(TEST_HOME)
+os.environ["LLMAPPS_TINY_SPEC"] = "test"
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.pop("LLMAPPS_DATA_DIR", None)
+os.environ.pop("LLMAPPS_CONFIG", None)
+os.environ.pop("LLMAPPS_BASE_MODEL", None)
+os.environ.pop("LLMAPPS_INSTRUCT_MODEL", None)
+
+
+@pytest.fixture(scope="session")
+def tiny_models() -> Path:
+    """Directory holding ``tiny-base`` and ``tiny-instruct`` (built with the test spec)."""
+    from llmapps.models.tiny import TEST_SPEC, ensure_tiny_models
+
+    models_dir = TEST_HOME / "models"
+    ensure_tiny_models(models_dir, TEST_SPEC, progress=False)
+    return models_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_base(tiny_models: Path) -> str:
+    return str(tiny_models / "tiny-base")
+
+
+@pytest.fixture(scope="session")
+def tiny_instruct(tiny_models: Path) -> str:
+    return str(tiny_models / "tiny-instruct")
+
+
+@pytest.fixture(scope="session")
+def test_articles() -> list[dict]:
+    """The bundled test split (articles with reference summary, riddle and answer)."""
+    from chains.news_data import samples
+
+    return samples("test")
