@@ -1,0 +1,250 @@
+"""The daily riddle edition: fetch -> clean -> riddle -> a static HTML page, Markdown and JSON.
+
+::
+
+    llmapps daily --feed https://example.org/rss.xml --strategy zero-shot --out site/
+
+or in Python::
+
+    from chains.daily import make_edition, write_edition
+    edition = make_edition(articles, strategy="zero-shot")
+    write_edition(edition, Path("site"))
+
+The page needs no JavaScript: each answer sits in a ``<details>`` element that opens on a click.
+Everything that came from a feed or from the model is escaped (Jinja2 autoescape), links are kept
+only when they are http(s), a Content-Security-Policy allows no script at all, and a visible label
+says the riddles are AI-generated. Article text reaches the model only through the news-riddle
+prompt, which wraps it in ``<article>`` delimiters as data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import datetime as dt
+import hashlib
+import json
+import logging
+import re
+import sys
+from collections.abc import Sequence
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from llmapps.errors import ConfigError, InputError
+from llmapps.ingest.models import NewsItem, SourceReport, safe_http_url
+
+log = logging.getLogger(__name__)
+
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+APP = "news-riddle"
+
+
+class EditionItem(BaseModel):
+    """One riddle of the edition, with its article's title, source and link."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    title: str
+    riddle: str
+    answer: str = ""
+    summary: str = ""
+    source: str = ""
+    url: str = Field("", description="http(s) only; anything else is dropped before it gets here")
+    date: str = ""
+    valid: bool = True
+    errors: list[str] = Field(default_factory=list)
+
+    @property
+    def url_host(self) -> str:
+        return urlsplit(self.url).hostname or "" if self.url else ""
+
+
+class Edition(BaseModel):
+    """A day's riddles plus what produced them (strategy, sources, skipped articles)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    title: str = "The Daily Riddle"
+    date: str
+    generated_at: str
+    strategy: str
+    language: str = "en"
+    ai_generated: bool = Field(True, description="always true: the riddles come from a model")
+    items: list[EditionItem] = Field(default_factory=list)
+    skipped: list[str] = Field(default_factory=list, description="'<title>: <why>' per article not riddled")
+    sources: list[SourceReport] = Field(default_factory=list)
+
+
+def _as_article(a: NewsItem | dict[str, Any]) -> dict[str, Any]:
+    row = a.model_dump() if isinstance(a, NewsItem) else dict(a)
+    if not str(row.get("text", "")).strip():
+        raise InputError(f"article {row.get('id') or row.get('title')!r} has no text")
+    return row
+
+
+def make_edition(
+    articles: Sequence[NewsItem | dict[str, Any]],
+    strategy: Any = "zero-shot",
+    *,
+    max_riddles: int = 10,
+    title: str = "The Daily Riddle",
+    date: str | None = None,
+    app_options: dict[str, Any] | None = None,
+    sources: Sequence[SourceReport] = (),
+    batch_size: int = 4,
+    **strategy_options: Any,
+) -> Edition:
+    """Riddle up to ``max_riddles`` articles with ``strategy`` and gather them into an ``Edition``.
+
+    Args:
+        articles: ``NewsItem`` objects or dicts with ``title`` and ``text`` (``url``, ``source``...).
+        strategy: a registered strategy name or a ``Strategy`` instance.
+        max_riddles: the first this many articles are riddled.
+        title: the edition's headline.
+        date: ISO date of the edition (default: today, UTC).
+        app_options: news-riddle options, e.g. ``{"variant": "two-step"}``.
+        sources: per-source ingestion reports, kept in the JSON edition.
+        batch_size: articles per model batch.
+        **strategy_options: the strategy's config fields (e.g. ``instruct_model=...``).
+    """
+    from llmapps.apps import load_chain
+
+    if max_riddles < 1:
+        raise ConfigError(f"max_riddles must be at least 1, got {max_riddles}")
+    rows = [_as_article(a) for a in articles][:max_riddles]
+    name = strategy if isinstance(strategy, str) else getattr(strategy, "name", type(strategy).__name__)
+    now = dt.datetime.now(dt.timezone.utc)
+    edition = Edition(title=title, date=date or now.date().isoformat(), strategy=name,
+                      generated_at=now.strftime("%Y-%m-%d %H:%M UTC"), sources=list(sources))
+    if not rows:
+        return edition
+    chain = load_chain(APP, strategy, app_options=app_options, **strategy_options)
+    inputs = [{"id": r.get("id", ""), "title": r.get("title", ""), "text": r["text"]} for r in rows]
+    outputs = chain.batch(inputs, config={"max_concurrency": batch_size}, return_exceptions=True)
+    for row, out in zip(rows, outputs, strict=True):
+        label = row.get("title") or row.get("id") or "(untitled)"
+        if isinstance(out, Exception):
+            edition.skipped.append(f"{label}: {type(out).__name__}: {out}")
+            continue
+        riddle = str(out.get("riddle") or "").strip()
+        if not riddle:
+            edition.skipped.append(f"{label}: the model gave no riddle ({'; '.join(out.get('errors', []))})")
+            continue
+        edition.items.append(EditionItem(
+            id=str(row.get("id") or ""), title=str(row.get("title") or ""), riddle=riddle,
+            answer=str(out.get("answer") or "").strip(), summary=str(out.get("summary") or "").strip(),
+            source=str(row.get("source") or ""), url=safe_http_url(row.get("url")) or "",
+            date=str(row.get("date") or "")[:40], valid=bool(out.get("valid")),
+            errors=list(out.get("errors") or []),
+        ))
+    return edition
+
+
+# ----------------------------------------------------------------------------- rendering
+
+_MD_INLINE = re.compile(r"([\\`*_{}\[\]()#|~!])")
+_MD_LINE_START = re.compile(r"^(\s*)([-+]|\d+[.)])(?=\s|$)")
+
+
+def md_escape(value: object) -> str:
+    """Text made inert for Markdown: HTML special characters as entities, Markdown syntax escaped."""
+    text = " ".join(str(value).split())
+    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    text = _MD_INLINE.sub(r"\\\1", text)
+    # A leading "-", "+" or "1." would turn the line into a list item.
+    return _MD_LINE_START.sub(lambda m: m.group(1) + m.group(2)[:-1] + "\\" + m.group(2)[-1], text)
+
+
+def md_url(value: object) -> str:
+    """An http(s) URL for a Markdown ``<...>`` link: characters that could end it are percent-encoded."""
+    url = safe_http_url(value) or ""
+    return quote(url, safe=":/?#[]@!$&'*+,;=%-._~")
+
+
+@lru_cache(maxsize=1)
+def _env() -> Any:
+    from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+
+    env = Environment(
+        loader=FileSystemLoader(str(TEMPLATES)),
+        autoescape=select_autoescape(enabled_extensions=("html", "html.j2"), default_for_string=True),
+        undefined=StrictUndefined,
+        keep_trailing_newline=True,
+    )
+    env.filters["md"] = md_escape
+    env.filters["mdurl"] = md_url
+    return env
+
+
+def _css() -> tuple[str, str]:
+    css = (TEMPLATES / "daily.css").read_text(encoding="utf-8")
+    if "</" in css:  # our own file, marked safe in the template: keep it unable to end <style>
+        raise ConfigError(f"{TEMPLATES / 'daily.css'} must not contain '</'")
+    digest = base64.b64encode(hashlib.sha256(css.encode("utf-8")).digest()).decode()
+    return css, f"sha256-{digest}"
+
+
+def render_html(edition: Edition) -> str:
+    """The edition as one self-contained HTML page (inline CSS, no scripts)."""
+    css, css_hash = _css()
+    return str(_env().get_template("daily.html.j2").render(edition=edition, css=css, css_hash=css_hash))
+
+
+def render_markdown(edition: Edition) -> str:
+    """The edition as Markdown (answers in ``<details>``, untrusted text escaped)."""
+    return str(_env().get_template("daily.md.j2").render(edition=edition))
+
+
+def write_edition(edition: Edition, out_dir: Path) -> dict[str, Path]:
+    """Write ``index.html``, ``edition.md`` and ``edition.json`` into ``out_dir``; returns the paths."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"html": out_dir / "index.html", "markdown": out_dir / "edition.md", "json": out_dir / "edition.json"}
+    paths["html"].write_text(render_html(edition), encoding="utf-8")
+    paths["markdown"].write_text(render_markdown(edition), encoding="utf-8")
+    paths["json"].write_text(json.dumps(edition.model_dump(mode="json"), indent=2, ensure_ascii=False) + "\n",
+                             encoding="utf-8")
+    return paths
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def cmd_daily(args: argparse.Namespace) -> int:
+    from llmapps.cli import app_options, strategy_options
+    from llmapps.ingest.cli import run_ingest
+
+    result = run_ingest(args, quiet=args.quiet)
+    if not result.items:
+        raise InputError("no article landed from any source; see the per-source table above")
+    edition = make_edition(
+        result.items, args.strategy, max_riddles=args.max_riddles, title=args.title, date=args.date,
+        app_options=app_options(args), sources=result.reports, batch_size=args.batch_size or 4,
+        **strategy_options(args.strategy, args),
+    )
+    paths = write_edition(edition, Path(args.out))
+    print(f"{len(edition.items)} riddles ({len(edition.skipped)} skipped) -> {paths['html']}, "
+          f"{paths['markdown'].name}, {paths['json'].name}", file=sys.stderr)
+    return 0
+
+
+def register_cli(subparsers: Any) -> None:
+    """Add ``daily`` to the ``llmapps`` command line (entry point ``daily = "chains.daily:register_cli"``)."""
+    from llmapps.cli import add_strategy_flags
+    from llmapps.ingest.cli import add_source_flags
+
+    p = subparsers.add_parser("daily", help="fetch news and publish the day's riddles as HTML, Markdown and JSON")
+    add_source_flags(p)
+    add_strategy_flags(p)
+    p.set_defaults(strategy="zero-shot")
+    p.add_argument("--out", "-o", required=True, help="folder for index.html, edition.md and edition.json")
+    p.add_argument("--max-riddles", type=int, default=10, help="riddle at most this many articles (default 10)")
+    p.add_argument("--title", default="The Daily Riddle", help="the page's headline")
+    p.add_argument("--date", default=None, help="edition date, YYYY-MM-DD (default: today, UTC)")
+    p.add_argument("--quiet", "-q", action="store_true", help="no per-source table")
+    p.set_defaults(func=cmd_daily)
