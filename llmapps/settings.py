@@ -50,6 +50,34 @@ class IngestSettings(BaseModel):
     newsapi_key: SecretStr | None = Field(None, description="from LLMAPPS_INGEST__NEWSAPI_KEY or NEWSAPI_KEY")
 
 
+class BenchSettings(BaseModel):
+    """Defaults of ``llmapps bench`` and the evaluation metrics (all overridable per run)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    batch_size: int = Field(4, ge=1, description="articles per batch in a bench (latency is per batch)")
+    compute_price_per_hour: float = Field(
+        0.0, ge=0.0, description="price of the machine running local strategies, per hour (0: free)"
+    )
+    prices: dict[str, dict[str, float]] = Field(
+        default_factory=dict,
+        description="per strategy: usd_per_1k_input_tokens, usd_per_1k_output_tokens, usd_per_hour",
+    )
+    primary_field: str | None = Field(
+        None, description="output field the quality table reports (default: riddle_field if the app has it)"
+    )
+    riddle_field: str = Field("riddle", description="field holding the riddle (solvability, leakage)")
+    answer_field: str = Field("answer", description="field holding the answer (leakage)")
+    leak_fields: list[str] = Field(
+        default_factory=lambda: ["answer", "title"],
+        description="output or input fields whose content words must not appear in the riddle",
+    )
+    source_fields: list[str] = Field(
+        default_factory=lambda: ["title", "text"], description="input fields that make the source document"
+    )
+    solvability_k: list[int] = Field(default_factory=lambda: [1, 3])
+
+
 class Settings(BaseSettings):
     """Every setting llmapps reads; see the module docstring for precedence."""
 
@@ -69,6 +97,7 @@ class Settings(BaseSettings):
     offline: bool = Field(False, description="never try the Hugging Face hub; local files only")
     trust_remote_code: bool = False
     generation: GenerationSettings = Field(default_factory=GenerationSettings)  # type: ignore[arg-type]
+    bench: BenchSettings = Field(default_factory=BenchSettings)  # type: ignore[arg-type]
     ingest: IngestSettings = Field(default_factory=IngestSettings)  # type: ignore[arg-type]
 
     @classmethod

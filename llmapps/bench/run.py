@@ -1,0 +1,349 @@
+"""Run an app on every strategy over the same samples, writing each scored result as it is done.
+
+Layout of a bench folder::
+
+    config.json            resolved config, strategy configs and library versions
+    references.jsonl       the samples (inputs + reference_<field>) every strategy ran on
+    samples/<strategy>.jsonl   one row per sample: outputs, latency, tokens, cost, metrics, error
+    strategies.json        per strategy: status, error, load time, peak memory
+    summary.{md,csv,json}  one row per strategy          plots/*.png
+
+Rows are appended and fsynced one by one; a rerun into the same folder skips the ids already in a
+strategy's file (a torn last line from a kill is dropped), so a killed bench loses and repeats
+nothing already written. A strategy that cannot be built is recorded with its error and the
+others go on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import json
+import logging
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from llmapps.errors import ConfigError, InputError
+
+log = logging.getLogger(__name__)
+
+
+class BenchConfig(BaseModel):
+    """What a bench runs; saved as ``config.json`` beside the results.
+
+    Attributes:
+        app: registered app name.
+        strategies: strategy names (default: every registered strategy).
+        split: the app's sample split.
+        limit: use only the first ``limit`` samples.
+        batch_size: samples per batch (latency is measured per batch).
+        strategy_options: per strategy, config options over its offline demo options.
+        app_options: options of the app (e.g. ``{"variant": "two-step"}``).
+        perplexity: score the primary reference field under each strategy's local model.
+        judge: a strategy used as LLM judge through ``judge_app`` (None: no judge).
+        judge_app: the app that wraps the judge prompt.
+        retry_failed: run rows that failed in an earlier run again.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    app: str
+    strategies: list[str] = Field(default_factory=list)
+    split: str = "test"
+    limit: int | None = Field(None, ge=1)
+    batch_size: int = Field(4, ge=1)
+    strategy_options: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    app_options: dict[str, Any] = Field(default_factory=dict)
+    perplexity: bool = True
+    judge: str | None = None
+    judge_app: str = "riddle-judge"
+    retry_failed: bool = False
+
+
+def _write_json(path: Path, data: Any) -> None:
+    """Write atomically, so a kill leaves the old file or the new one, never half of one."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _check_folder(out: Path, config: BenchConfig) -> None:
+    """A folder is reused only for the same app and split: ids would otherwise mean other things."""
+    path = out / "config.json"
+    if not path.exists():
+        return
+    try:
+        old = json.loads(path.read_text()).get("bench", {})
+    except json.JSONDecodeError:
+        return
+    for key in ("app", "split", "limit"):
+        if key in old and old[key] != getattr(config, key):
+            raise ConfigError(
+                f"{out} holds a bench of {key}={old[key]!r}, not {getattr(config, key)!r}; "
+                "pass another --out folder to start a new bench"
+            )
+
+
+def _load_rows(path: Path, retry_failed: bool) -> dict[str, dict[str, Any]]:
+    from llmapps.runner import read_done
+
+    done = read_done(path)
+    if retry_failed and any(r.get("error") for r in done.values()):
+        done = {k: r for k, r in done.items() if not r.get("error")}
+        tmp = path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in done.values()), encoding="utf-8")
+        os.replace(tmp, path)
+    return done
+
+
+def _reference_text(sample: dict[str, Any], field: str) -> str:
+    value = sample.get(f"reference_{field}")
+    return value if isinstance(value, str) else ""
+
+
+class _StrategyRun:
+    """One strategy's pass over the samples it has not done yet."""
+
+    def __init__(self, bench: Bench, name: str) -> None:
+        self.bench = bench
+        self.name = name
+        self.path = bench.out / "samples" / f"{name}.jsonl"
+
+    def run(self, todo: Sequence[dict[str, Any]], options: dict[str, Any]) -> dict[str, Any]:
+        from llmapps.apps import load_chain
+        from llmapps.bench.measure import PeakMemory, Price
+        from llmapps.runner import JsonlWriter
+        from llmapps.strategies.base import make_strategy
+
+        b = self.bench
+        status: dict[str, Any] = {"status": "ran", "error": None, "options": options}
+        price = Price.for_strategy(self.name, b.settings)
+        with PeakMemory() as mem:
+            started = time.perf_counter()
+            try:
+                strategy = make_strategy(self.name, **options)
+                status["config"] = strategy.describe()
+                chain = load_chain(b.config.app, strategy, app_options=b.config.app_options)
+                scoring = self._scoring_model(strategy)
+            except Exception as err:  # any backend fault: record it, let the others run
+                log.warning("strategy %s cannot run: %s", self.name, err)
+                status.update(status="failed", error=f"{type(err).__name__}: {err}")
+                return status
+            status["load_s"] = round(time.perf_counter() - started, 3)
+            status["scores_perplexity"] = scoring is not None
+            with JsonlWriter(self.path) as writer:
+                for chunk in _batched(todo, b.config.batch_size):
+                    rows = self._generate(chain, chunk)
+                    self._score(chunk, rows, scoring)
+                    for sample, row in zip(chunk, rows, strict=True):
+                        row["cost_usd"] = round(price.cost(row), 10)
+                        writer.write({"id": str(sample["id"]), "strategy": self.name, **row})
+                    b.advance(len(chunk))
+        status.update(peak_rss_mb=mem.peak_mb, rss_delta_mb=mem.delta_mb, gpu_peak_mb=mem.gpu_peak_mb)
+        return status
+
+    def _scoring_model(self, strategy: Any) -> Any:
+        if not self.bench.config.perplexity:
+            return None
+        try:
+            return strategy.scoring_model()
+        except Exception as err:  # perplexity is optional: say why it is missing
+            log.warning("strategy %s has no scoring model: %s", self.name, err)
+            return None
+
+    def _generate(self, chain: Any, chunk: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+        from llmapps.bench.measure import CostTracker
+
+        keys = ("id", *self.bench.spec.input_keys)
+        inputs = [{k: s[k] for k in keys if k in s} for s in chunk]
+        trackers = [CostTracker() for _ in chunk]
+        started = time.perf_counter()
+        try:
+            outs: list[Any] = chain.batch(inputs, config=[{"callbacks": [t]} for t in trackers],
+                                          return_exceptions=True)
+        except Exception as err:  # a batch that fails as a whole fails each of its rows
+            outs = [err] * len(chunk)
+        elapsed = time.perf_counter() - started
+        rows = []
+        for out, tracker in zip(outs, trackers, strict=True):
+            if isinstance(out, Exception):
+                row: dict[str, Any] = {"valid": False, "error": f"{type(out).__name__}: {out}"}
+            elif isinstance(out, dict):
+                row = dict(out)
+            else:
+                row = {"output": str(out)}
+            row.update(latency_s=round(elapsed, 4), batch_size=len(chunk),
+                       sample_s=round(elapsed / len(chunk), 4), **tracker.as_dict())
+            rows.append(row)
+        return rows
+
+    def _score(self, chunk: Sequence[dict[str, Any]], rows: list[dict[str, Any]], scoring: Any) -> None:
+        b = self.bench
+        for row, sample in zip(rows, chunk, strict=True):
+            row["id"] = str(sample["id"])
+        metrics = b.scorer.score(rows)
+        if scoring is not None:
+            from llmapps.evaluate.perplexity import token_nll
+
+            field = b.scorer.config.primary_field
+            for m, (nll, n) in zip(metrics, token_nll(scoring, [_reference_text(s, field) for s in chunk]), strict=True):
+                m.update(ppl_nll=round(nll, 6), ppl_tokens=n)
+        if b.judge is not None:
+            from llmapps.evaluate.judge import judge_rows
+
+            for m, verdict in zip(metrics, judge_rows(b.judge, chunk, rows), strict=True):
+                m.update(verdict)
+        for row, m in zip(rows, metrics, strict=True):
+            del row["id"]
+            row["metrics"] = m
+
+
+def _batched(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+class Bench:
+    """A bench run over one folder; ``run()`` does the work, ``summary()`` reads it back."""
+
+    def __init__(self, config: BenchConfig, out: Path, *, settings: Any = None, progress: bool = True,
+                 metrics: Any = None) -> None:
+        from llmapps.apps import get_app
+        from llmapps.evaluate.scoring import MetricsConfig, Scorer
+        from llmapps.settings import get_settings
+        from llmapps.strategies.base import STRATEGIES
+
+        self.settings = settings or get_settings()
+        self.spec = get_app(config.app)
+        if self.spec.samples is None:
+            raise ConfigError(f"the app {config.app!r} ships no samples to bench on")
+        if not config.strategies:
+            config = config.model_copy(update={"strategies": STRATEGIES.names()})
+        for name in config.strategies:  # unknown names fail before anything runs
+            STRATEGIES.get(name)
+        self.config = config
+        self.out = Path(out)
+        samples = self.spec.samples(config.split)
+        if config.limit:
+            samples = samples[: config.limit]
+        if not samples:
+            raise InputError(f"the {config.split!r} split of {config.app!r} is empty")
+        self.samples = samples
+        self.metrics = metrics or MetricsConfig.for_fields(self.spec.reference_keys, self.settings)
+        self.scorer = Scorer(samples, self.metrics)
+        self.progress = progress
+        self.judge: Any = None
+        self._bar: Any = None
+
+    def advance(self, n: int) -> None:
+        if self._bar is not None:
+            self._bar.update(n)
+
+    def _write_config(self) -> None:
+        from llmapps.bench.measure import versions
+
+        path = self.out / "config.json"
+        old: dict[str, Any] = {}
+        if path.exists():
+            with contextlib.suppress(json.JSONDecodeError):
+                old = json.loads(path.read_text())
+        ran = sorted(set(old.get("bench", {}).get("strategies", [])) | set(self.config.strategies))
+        data = {
+            "bench": {**self.config.model_dump(mode="json"), "strategies": ran},
+            "metrics": self.metrics.model_dump(mode="json"),
+            "settings": self.settings.model_dump(mode="json"),
+            "versions": versions(),
+            "runs": [*old.get("runs", []), {"strategies": self.config.strategies, "started": time.time()}],
+        }
+        _write_json(path, data)
+        refs = self.out / "references.jsonl"
+        if not refs.exists():
+            tmp = refs.with_suffix(".jsonl.tmp")
+            tmp.write_text("".join(json.dumps(s, ensure_ascii=False) + "\n" for s in self.samples), encoding="utf-8")
+            os.replace(tmp, refs)
+
+    def statuses(self) -> dict[str, dict[str, Any]]:
+        path = self.out / "strategies.json"
+        return json.loads(path.read_text()) if path.exists() else {}
+
+    def run(self) -> list[dict[str, Any]]:
+        """Run every strategy on the samples it has not done; return the summary rows."""
+        from tqdm.auto import tqdm
+
+        from llmapps.models.local import clear_model_cache
+        from llmapps.strategies.base import STRATEGIES
+
+        _check_folder(self.out, self.config)
+        (self.out / "samples").mkdir(parents=True, exist_ok=True)
+        self._write_config()
+        if self.config.judge:
+            from llmapps.apps import load_chain
+
+            self.judge = load_chain(self.config.judge_app, self.config.judge)
+        if self.scorer.config.semantic or self.scorer.config.riddle_field:
+            _ = self.scorer.index  # load the embedder before measuring any strategy's memory
+        statuses = self.statuses()
+        for name in self.config.strategies:
+            srun = _StrategyRun(self, name)
+            done = _load_rows(srun.path, self.config.retry_failed)
+            todo = [s for s in self.samples if str(s["id"]) not in done]
+            if not todo:
+                log.info("%s: all %d samples already done", name, len(self.samples))
+                continue
+            cls = STRATEGIES.get(name)
+            clear_model_cache()  # each strategy's memory is measured without the previous one's
+            gc.collect()
+            with cls.demo_options(self.settings) as demo:
+                if demo is None:
+                    statuses[name] = {"status": "skipped", "error": "not available offline here (demo_options gave None)"}
+                    _write_json(self.out / "strategies.json", statuses)
+                    continue
+                options = {**demo, **self.config.strategy_options.get(name, {})}
+                self._bar = tqdm(total=len(todo), desc=name, unit="sample", disable=not self.progress)
+                try:
+                    status = srun.run(todo, options)
+                finally:
+                    self._bar.close()
+                    self._bar = None
+            prev = statuses.get(name, {})
+            if prev.get("status") == "ran" and status["status"] == "ran":  # resumed: keep the worst case
+                for key in ("peak_rss_mb", "rss_delta_mb", "load_s"):
+                    if isinstance(prev.get(key), (int, float)) and isinstance(status.get(key), (int, float)):
+                        status[key] = max(prev[key], status[key])
+            statuses[name] = status
+            _write_json(self.out / "strategies.json", statuses)
+        clear_model_cache()
+        return self.summary()
+
+    def rows(self, name: str) -> list[dict[str, Any]]:
+        from llmapps.runner import read_done
+
+        ids = {str(s["id"]) for s in self.samples}
+        return [r for k, r in read_done(self.out / "samples" / f"{name}.jsonl").items() if k in ids]
+
+    def summary(self) -> list[dict[str, Any]]:
+        """One row per strategy of this bench, from what is on disk."""
+        from llmapps.bench.report import summarise
+
+        statuses = self.statuses()
+        refs = {str(s["id"]): s for s in self.samples}
+        return [summarise(name, self.rows(name), statuses.get(name, {}), self.metrics, refs, len(self.samples))
+                for name in self.config.strategies]
+
+
+def run_bench(config: BenchConfig, out: Path, *, progress: bool = True, settings: Any = None) -> list[dict[str, Any]]:
+    """Run a bench into ``out`` and write its summary and plots; return the summary rows.
+
+    Example:
+        >>> rows = run_bench(BenchConfig(app="news-riddle", strategies=["few-shot"]), Path("runs/x"))  # doctest: +SKIP
+    """
+    from llmapps.bench.report import write_reports
+
+    bench = Bench(config, out, settings=settings, progress=progress)
+    rows = bench.run()
+    write_reports(rows, bench.out, bench.metrics)
+    return rows

@@ -1,0 +1,85 @@
+"""Score a predictions file against a references file (what ``llmapps evaluate`` does)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from llmapps.errors import InputError, format_problems
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """Rows of a JSONL file, each a JSON object with an ``id``; every bad line reported at once."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path} does not exist")
+    rows, problems = [], []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            problems.append(f"{path}:{n}: not valid JSON ({err.msg})")
+            continue
+        if not isinstance(row, dict) or "id" not in row:
+            problems.append(f"{path}:{n}: expected a JSON object with an 'id'")
+            continue
+        row["id"] = str(row["id"])
+        rows.append(row)
+    if problems:
+        raise InputError(format_problems(f"{len(problems)} bad line(s) in {path}:", problems[:20]))
+    if not rows:
+        raise InputError(f"{path} holds no rows")
+    return rows
+
+
+def normalise_references(rows: list[dict[str, Any]], fields: Sequence[str] | None) -> tuple[list[dict[str, Any]], list[str]]:
+    """References with ``reference_<field>`` keys, and the fields to score.
+
+    A references file either uses ``reference_<field>`` keys (as ``llmapps bench`` writes
+    ``references.jsonl``) or plain ``<field>`` keys, in which case ``fields`` must name them.
+    """
+    prefixed = sorted({k[len("reference_"):] for r in rows for k in r if k.startswith("reference_")})
+    if prefixed:
+        chosen = list(fields or prefixed)
+        unknown = [f for f in chosen if f not in prefixed]
+        if unknown:
+            raise InputError(f"the references have no field(s) {unknown}; they have {prefixed}")
+        return rows, chosen
+    if not fields:
+        raise InputError("the references have no reference_<field> keys: name the fields to score with --fields")
+    out = [{**r, **{f"reference_{f}": r[f] for f in fields if f in r}} for r in rows]
+    return out, list(fields)
+
+
+def evaluate_files(
+    predictions: Path,
+    references: Path,
+    *,
+    fields: Sequence[str] | None = None,
+    primary_field: str | None = None,
+    semantic: bool = True,
+) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]], Any]:
+    """Score ``predictions`` against ``references``.
+
+    Rows with a ``strategy`` key are grouped by it (a bench's sample files can be concatenated).
+
+    Returns:
+        (aggregate metrics per group, per-row results with ``metrics``, the MetricsConfig used).
+    """
+    from llmapps.evaluate.scoring import MetricsConfig, Scorer, aggregate
+
+    preds = read_jsonl(predictions)
+    refs, chosen = normalise_references(read_jsonl(references), fields)
+    config = MetricsConfig.for_fields(chosen, primary_field=primary_field, semantic=semantic)
+    scorer = Scorer(refs, config)
+    metrics = scorer.score(preds)
+    scored = [{**p, "metrics": m} for p, m in zip(preds, metrics, strict=True)]
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for row in scored:
+        groups.setdefault(str(row.get("strategy", "predictions")), []).append(row)
+    by_id = {r["id"]: r for r in refs}
+    return {g: {"samples": len(rows), **aggregate(rows, config, by_id)} for g, rows in groups.items()}, scored, config
