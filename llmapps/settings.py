@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_settings import (
@@ -78,6 +78,26 @@ class BenchSettings(BaseModel):
     solvability_k: list[int] = Field(default_factory=lambda: [1, 3])
 
 
+class RetrievalSettings(BaseModel):
+    """Embeddings and vector indexes (``LLMAPPS_RETRIEVAL__*``)."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    embedding_model: str = Field(
+        "all-MiniLM-L6-v2",
+        description="all-MiniLM-L6-v2 (bundled offline), any sentence-transformers id or directory, "
+        "or openai:<model> for OpenAI embeddings",
+    )
+    batch_size: int = Field(64, ge=1, description="texts per embedding forward pass")
+    index_kind: Literal["auto", "flat", "hnsw", "ivf"] = Field(
+        "auto", description="flat (exact), hnsw or ivf (approximate); auto: flat below auto_ann_above vectors"
+    )
+    auto_ann_above: int = Field(200_000, ge=1, description="auto switches to HNSW above this many vectors")
+    cache_dir: Path | None = Field(None, description="embedding cache; default $LLMAPPS_HOME/embeddings")
+    chunk_tokens: int = Field(200, ge=16, description="split documents longer than this (model tokens)")
+    chunk_overlap: int = Field(24, ge=0)
+
+
 class Settings(BaseSettings):
     """Every setting llmapps reads; see the module docstring for precedence."""
 
@@ -97,6 +117,7 @@ class Settings(BaseSettings):
     offline: bool = Field(False, description="never try the Hugging Face hub; local files only")
     trust_remote_code: bool = False
     generation: GenerationSettings = Field(default_factory=GenerationSettings)  # type: ignore[arg-type]
+    retrieval: RetrievalSettings = Field(default_factory=RetrievalSettings)  # type: ignore[arg-type]
     bench: BenchSettings = Field(default_factory=BenchSettings)  # type: ignore[arg-type]
     ingest: IngestSettings = Field(default_factory=IngestSettings)  # type: ignore[arg-type]
 

@@ -1,0 +1,431 @@
+"""A FAISS vector index with its documents, persisted without pickle.
+
+``VectorIndex`` works on vectors (no embedding model): an exact index (``flat``: inner product on
+normalised vectors, i.e. cosine) or an approximate one (``hnsw``, ``ivf``), wrapped so every vector
+carries a stable int64 label; a docstore maps labels to document ids, texts, metadata and content
+hashes.
+
+On disk a folder holds::
+
+    manifest.json            model id, dimension, normalisation, count, index kind and parameters,
+                             file names and their SHA-256, the generation number
+    index-<gen>.faiss        faiss.write_index output
+    docstore-<gen>.jsonl     one JSON object per vector: label, id, text, metadata, hash
+
+Saving writes a new generation beside the old one and then atomically replaces ``manifest.json``,
+so a reader sees either the old index or the new one, never a mix; a crash leaves the old one
+intact. Loading checks the manifest (model, dimension, checksums, counts) and raises
+``RetrievalError`` with what to do.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from llmapps.errors import RetrievalError
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+IndexKind = Literal["flat", "hnsw", "ivf"]
+
+
+def build_hint(path: Path | str) -> str:
+    return f"build one with: llmapps index build --input FILE_OR_FOLDER --out {path}"
+
+
+@dataclass
+class Record:
+    """One stored document (or chunk): its faiss label, id, text, metadata and content hash."""
+
+    label: int
+    id: str
+    text: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+    hash: str = ""
+
+
+@dataclass
+class IndexParams:
+    """How the FAISS index is built and searched (saved in the manifest)."""
+
+    kind: IndexKind = "flat"
+    hnsw_m: int = 32
+    hnsw_ef_construction: int = 80
+    hnsw_ef_search: int = 96
+    ivf_nlist: int | None = None
+    ivf_nprobe: int | None = None
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _fsync_replace(tmp: Path, final: Path) -> None:
+    with tmp.open("rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, final)
+
+
+class VectorIndex:
+    """Vectors in FAISS plus their documents; upsert, delete by id, search, save and load.
+
+    Args:
+        dimension: vector size.
+        model_id: the embedding model the vectors come from (checked when loading).
+        params: index kind and parameters.
+    """
+
+    def __init__(self, dimension: int, model_id: str, params: IndexParams | None = None) -> None:
+        self.dimension = int(dimension)
+        self.model_id = model_id
+        self.params = params or IndexParams()
+        self.records: dict[str, Record] = {}
+        self._by_label: dict[int, str] = {}
+        self._by_hash: dict[str, set[str]] = {}
+        self.next_label = 0
+        self.index: Any = None  # created on the first add (IVF needs vectors to train)
+        self.path: Path | None = None
+        self.generation = 0
+        self.extra: dict[str, Any] = {}  # saved in the manifest (e.g. chunking settings)
+
+    # ---------------------------------------------------------------- faiss
+    def _new_faiss(self, train: np.ndarray | None) -> Any:
+        import faiss
+
+        p, d = self.params, self.dimension
+        if p.kind == "flat":
+            inner = faiss.IndexFlatIP(d)
+        elif p.kind == "hnsw":
+            inner = faiss.IndexHNSWFlat(d, p.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+            inner.hnsw.efConstruction = p.hnsw_ef_construction
+            inner.hnsw.efSearch = p.hnsw_ef_search
+        elif p.kind == "ivf":
+            n = 0 if train is None else len(train)
+            nlist = p.ivf_nlist or max(1, min(int(4 * np.sqrt(max(n, 1))), n // 39 or 1))
+            if n < nlist:
+                raise RetrievalError(
+                    f"an IVF index with {nlist} lists needs at least {nlist} vectors to train, got {n}; "
+                    "use index kind flat or hnsw for small collections"
+                )
+            quantizer = faiss.IndexFlatIP(d)
+            inner = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
+            inner.train(train)
+            inner.nprobe = p.ivf_nprobe or max(8, nlist // 8)
+            p.ivf_nlist, p.ivf_nprobe = nlist, inner.nprobe
+            self._quantizer = quantizer  # keep the Python object alive with the index
+        else:  # pragma: no cover - guarded by the Literal
+            raise RetrievalError(f"unknown index kind {p.kind!r}; use flat, hnsw or ivf")
+        idx = faiss.IndexIDMap2(inner)
+        self._inner = inner
+        return idx
+
+    def _apply_search_params(self) -> None:
+        import faiss
+
+        inner = faiss.downcast_index(self.index.index)
+        if self.params.kind == "hnsw":
+            inner.hnsw.efSearch = self.params.hnsw_ef_search
+        elif self.params.kind == "ivf" and self.params.ivf_nprobe:
+            inner.nprobe = self.params.ivf_nprobe
+        self._inner = inner
+
+    def _check_vectors(self, vectors: np.ndarray) -> np.ndarray:
+        v = np.ascontiguousarray(vectors, dtype=np.float32)
+        if v.ndim != 2 or v.shape[1] != self.dimension:
+            raise RetrievalError(
+                f"vectors of shape {tuple(v.shape)} do not fit this index of dimension {self.dimension} "
+                f"(built with {self.model_id}); embed with the same model"
+            )
+        return v
+
+    # ---------------------------------------------------------------- content
+    def __len__(self) -> int:
+        return len(self.records)
+
+    @property
+    def ntotal(self) -> int:
+        return 0 if self.index is None else int(self.index.ntotal)
+
+    def ids_with_hash(self, content_hash: str) -> set[str]:
+        """Ids of stored documents whose content hash is ``content_hash``."""
+        return set(self._by_hash.get(content_hash, ()))
+
+    def add(self, ids: Sequence[str], texts: Sequence[str], vectors: np.ndarray,
+            metadatas: Sequence[dict[str, Any]] | None = None,
+            hashes: Sequence[str] | None = None) -> list[str]:
+        """Insert documents; an id already stored is replaced (upsert)."""
+        if not ids:
+            return []
+        v = self._check_vectors(vectors)
+        if not (len(ids) == len(texts) == len(v)):
+            raise RetrievalError(f"got {len(ids)} ids, {len(texts)} texts and {len(v)} vectors; they must match")
+        if len(set(ids)) != len(ids):
+            # keep the last occurrence, as sequential upserts would
+            last = {i: n for n, i in enumerate(ids)}
+            keep = sorted(last.values())
+            ids = [ids[n] for n in keep]
+            texts = [texts[n] for n in keep]
+            v = v[keep]
+            metadatas = [metadatas[n] for n in keep] if metadatas else None
+            hashes = [hashes[n] for n in keep] if hashes else None
+        self.delete([i for i in ids if i in self.records])
+        if self.index is None:
+            self.index = self._new_faiss(v)
+        labels = np.arange(self.next_label, self.next_label + len(ids), dtype=np.int64)
+        self.index.add_with_ids(v, labels)
+        self.next_label += len(ids)
+        from llmapps.retrieval.embeddings import text_hash
+
+        for n, (i, t) in enumerate(zip(ids, texts, strict=True)):
+            h = hashes[n] if hashes else text_hash(t)
+            rec = Record(int(labels[n]), str(i), t, dict(metadatas[n]) if metadatas else {}, h)
+            self.records[rec.id] = rec
+            self._by_label[rec.label] = rec.id
+            self._by_hash.setdefault(h, set()).add(rec.id)
+        return [str(i) for i in ids]
+
+    def delete(self, ids: Iterable[str]) -> int:
+        """Remove documents by id (unknown ids are ignored); returns how many were removed."""
+        recs = [self.records[i] for i in dict.fromkeys(ids) if i in self.records]
+        if not recs:
+            return 0
+        labels = np.array([r.label for r in recs], dtype=np.int64)
+        if self.params.kind == "flat":
+            self.index.remove_ids(labels)
+        else:
+            # HNSW cannot remove in place; IVF keeps its training: re-add the survivors.
+            all_labels, all_vecs = self.labels_and_vectors()
+            keep = ~np.isin(all_labels, labels)
+            self.index.reset()
+            if keep.any():
+                self.index.add_with_ids(all_vecs[keep], all_labels[keep])
+        for r in recs:
+            del self.records[r.id]
+            del self._by_label[r.label]
+            bucket = self._by_hash.get(r.hash)
+            if bucket:
+                bucket.discard(r.id)
+                if not bucket:
+                    del self._by_hash[r.hash]
+        return len(recs)
+
+    def get(self, ids: Sequence[str]) -> list[Record]:
+        """Stored records for ``ids``, in order; unknown ids are left out."""
+        return [self.records[i] for i in ids if i in self.records]
+
+    def labels_and_vectors(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every stored label and its vector (read back from FAISS)."""
+        import faiss
+
+        if self.ntotal == 0:
+            return np.zeros(0, dtype=np.int64), np.zeros((0, self.dimension), dtype=np.float32)
+        labels = faiss.vector_to_array(self.index.id_map).astype(np.int64)
+        vecs = self._inner.reconstruct_n(0, self.ntotal)
+        return labels, np.asarray(vecs, dtype=np.float32)
+
+    def vectors_for(self, ids: Sequence[str]) -> np.ndarray:
+        """The stored vectors of ``ids`` (all must exist)."""
+        labels = [self.records[i].label for i in ids]
+        return np.stack([self.index.reconstruct(int(lb)) for lb in labels]) if labels else \
+            np.zeros((0, self.dimension), dtype=np.float32)
+
+    def search(self, queries: np.ndarray, k: int) -> list[list[tuple[Record, float]]]:
+        """The ``k`` nearest stored documents of each query row, best first, with cosine scores."""
+        q = self._check_vectors(queries)
+        if self.ntotal == 0 or k <= 0:
+            return [[] for _ in range(len(q))]
+        scores, labels = self.index.search(q, min(k, self.ntotal))
+        out = []
+        for srow, lrow in zip(scores, labels, strict=True):
+            hits = [(self.records[self._by_label[int(lb)]], float(s))
+                    for s, lb in zip(srow, lrow, strict=True) if lb >= 0 and int(lb) in self._by_label]
+            out.append(hits)
+        return out
+
+    def recall_at_k(self, k: int = 10, n_queries: int = 200, seed: int = 0) -> float:
+        """Recall@k of this index against exact search, queried with perturbed stored vectors."""
+        import faiss
+
+        labels, vecs = self.labels_and_vectors()
+        if len(vecs) == 0:
+            raise RetrievalError("the index is empty; there is nothing to check")
+        if self.params.kind == "flat":
+            return 1.0
+        rng = np.random.default_rng(seed)
+        pick = rng.choice(len(vecs), size=min(n_queries, len(vecs)), replace=False)
+        q = vecs[pick] + rng.normal(scale=0.05, size=(len(pick), self.dimension)).astype(np.float32)
+        q /= np.linalg.norm(q, axis=1, keepdims=True)
+        exact = faiss.IndexFlatIP(self.dimension)
+        exact.add(vecs)
+        kk = min(k, len(vecs))
+        _, truth = exact.search(q, kk)
+        _, approx = self.index.search(q, kk)
+        truth_labels = labels[truth]
+        hits = sum(len(set(t) & set(a)) for t, a in zip(truth_labels.tolist(), approx.tolist(), strict=True))
+        return hits / (len(q) * kk)
+
+    # ---------------------------------------------------------------- persistence
+    def manifest(self, files: dict[str, str] | None = None) -> dict[str, Any]:
+        return {
+            "format_version": FORMAT_VERSION,
+            "embedding_model": self.model_id,
+            "dimension": self.dimension,
+            "normalized": True,
+            "metric": "inner_product",
+            "count": len(self.records),
+            "next_label": self.next_label,
+            "index": self.params.__dict__,
+            "generation": self.generation,
+            "files": files or {},
+            "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            **({"config": self.extra} if self.extra else {}),
+        }
+
+    def save(self, path: Path | str | None = None) -> Path:
+        """Write the index atomically to ``path`` (default: where it was loaded from)."""
+        import faiss
+
+        target = Path(path) if path is not None else self.path
+        if target is None:
+            raise RetrievalError("this index has no folder yet; pass save(path)")
+        target.mkdir(parents=True, exist_ok=True)
+        old = _read_manifest(target) if (target / "manifest.json").exists() else None
+        gen = max(self.generation, int(old.get("generation", 0)) if old else 0) + 1
+        index_name, doc_name = f"index-{gen}.faiss", f"docstore-{gen}.jsonl"
+        tmp_index = target / f".{index_name}.tmp"
+        if self.index is None:
+            self.index = self._new_faiss(np.zeros((0, self.dimension), np.float32)) \
+                if self.params.kind != "ivf" else None
+        if self.index is not None:
+            faiss.write_index(self.index, str(tmp_index))
+        else:  # an empty IVF index has not been trained: store an empty flat one
+            faiss.write_index(faiss.IndexIDMap2(faiss.IndexFlatIP(self.dimension)), str(tmp_index))
+        _fsync_replace(tmp_index, target / index_name)
+        tmp_doc = target / f".{doc_name}.tmp"
+        with tmp_doc.open("w", encoding="utf-8") as f:
+            for rec in sorted(self.records.values(), key=lambda r: r.label):
+                f.write(json.dumps({"label": rec.label, "id": rec.id, "text": rec.text,
+                                    "metadata": rec.metadata, "hash": rec.hash}, ensure_ascii=False) + "\n")
+        _fsync_replace(tmp_doc, target / doc_name)
+        self.generation = gen
+        files = {index_name: _sha256(target / index_name), doc_name: _sha256(target / doc_name)}
+        tmp_manifest = target / ".manifest.json.tmp"
+        tmp_manifest.write_text(json.dumps(self.manifest(files), indent=2) + "\n", encoding="utf-8")
+        _fsync_replace(tmp_manifest, target / "manifest.json")
+        # The new manifest is in place: older generations are garbage now.
+        for stale in [*target.glob("index-*.faiss"), *target.glob("docstore-*.jsonl")]:
+            if stale.name not in files:
+                with contextlib.suppress(OSError):
+                    stale.unlink()
+        self.path = target
+        log.info("saved %d vectors to %s (generation %d)", len(self.records), target, gen)
+        return target
+
+    @classmethod
+    def load(cls, path: Path | str, *, expected_model: str | None = None) -> VectorIndex:
+        """Load and verify an index folder written by ``save``.
+
+        Raises:
+            RetrievalError: missing folder or manifest, another embedding model than
+                ``expected_model``, a dimension mismatch, a checksum mismatch or a bad docstore.
+        """
+        import faiss
+
+        folder = Path(path)
+        m = _read_manifest(folder)
+        problems = [k for k in ("embedding_model", "dimension", "files", "index", "count") if k not in m]
+        if problems or m.get("format_version") != FORMAT_VERSION:
+            raise RetrievalError(f"{folder / 'manifest.json'} is not an llmapps index manifest "
+                                 f"(format {m.get('format_version')!r}, missing {problems}); rebuild it: "
+                                 + build_hint(folder))
+        if expected_model is not None and expected_model != m["embedding_model"]:
+            raise RetrievalError(
+                f"the index at {folder} was built with embedding model {m['embedding_model']!r}, "
+                f"but the embedding model in use is {expected_model!r}; set "
+                f"LLMAPPS_RETRIEVAL__EMBEDDING_MODEL={m['embedding_model']} or rebuild the index"
+            )
+        files = m["files"]
+        index_name = next((n for n in files if n.endswith(".faiss")), None)
+        doc_name = next((n for n in files if n.endswith(".jsonl")), None)
+        if not index_name or not doc_name:
+            raise RetrievalError(f"{folder / 'manifest.json'} names no index or docstore file; rebuild it")
+        for name, digest in files.items():
+            f = folder / name
+            if not f.exists():
+                raise RetrievalError(f"{f} is missing (listed in the manifest); rebuild: " + build_hint(folder))
+            if _sha256(f) != digest:
+                raise RetrievalError(f"{f} is corrupted (its SHA-256 does not match the manifest); "
+                                     "rebuild: " + build_hint(folder))
+        params = IndexParams(**m["index"])
+        self = cls(int(m["dimension"]), m["embedding_model"], params)
+        self.index = faiss.read_index(str(folder / index_name))
+        if self.index.d != self.dimension:
+            raise RetrievalError(f"{folder}: the FAISS index has dimension {self.index.d} but the manifest "
+                                 f"says {self.dimension}; rebuild it")
+        if params.kind == "ivf" and not isinstance(faiss.downcast_index(self.index.index), faiss.IndexIVF):
+            self.index = None  # saved empty before training
+        else:
+            self._apply_search_params()
+        for lineno, line in enumerate((folder / doc_name).read_text(encoding="utf-8").splitlines(), 1):
+            try:
+                row = json.loads(line)
+                rec = Record(int(row["label"]), str(row["id"]), str(row["text"]), dict(row.get("metadata") or {}),
+                             str(row.get("hash", "")))
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+                raise RetrievalError(f"{folder / doc_name}:{lineno}: bad docstore row ({err}); rebuild it") from err
+            self.records[rec.id] = rec
+            self._by_label[rec.label] = rec.id
+            self._by_hash.setdefault(rec.hash, set()).add(rec.id)
+        if not (len(self.records) == self.ntotal == int(m["count"])):
+            raise RetrievalError(f"{folder}: {self.ntotal} vectors, {len(self.records)} documents and a manifest "
+                                 f"count of {m['count']} disagree; rebuild: " + build_hint(folder))
+        self.next_label = int(m.get("next_label", max(self._by_label, default=-1) + 1))
+        self.generation = int(m.get("generation", 0))
+        self.extra = dict(m.get("config") or {})
+        self.path = folder
+        return self
+
+
+def _read_manifest(folder: Path) -> dict[str, Any]:
+    f = folder / "manifest.json"
+    if not folder.exists():
+        raise RetrievalError(f"no index at {folder}; " + build_hint(folder))
+    if not f.exists():
+        raise RetrievalError(f"{folder} holds no manifest.json, so it is not an llmapps index; " + build_hint(folder))
+    try:
+        data = json.loads(f.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise RetrievalError(f"{f} is corrupted ({err.msg}); rebuild: " + build_hint(folder)) from err
+    if not isinstance(data, dict):
+        raise RetrievalError(f"{f} is not a JSON object; rebuild: " + build_hint(folder))
+    return data
+
+
+def read_manifest(path: Path | str) -> dict[str, Any]:
+    """The manifest of the index at ``path`` (``RetrievalError`` if there is none)."""
+    return _read_manifest(Path(path))
+
+
+def choose_kind(requested: str, n: int, ann_above: int) -> IndexKind:
+    """``auto``: exact below ``ann_above`` vectors, HNSW above; otherwise what was asked."""
+    if requested == "auto":
+        return "hnsw" if n > ann_above else "flat"
+    if requested not in ("flat", "hnsw", "ivf"):
+        raise RetrievalError(f"unknown index kind {requested!r}; use auto, flat, hnsw or ivf")
+    return requested  # type: ignore[return-value]
