@@ -1,0 +1,230 @@
+"""The daily riddle edition: feeds -> clean -> riddles (tiny models) -> HTML, Markdown and JSON.
+
+The page is checked as HTML (every tag and attribute it contains, with hostile feed content) and in
+a real headless Chromium (Debian's package, driven by Playwright): answers are hidden until their
+summary is clicked, and no injected script runs. The browser test skips, saying why, where no
+Chromium binary is installed (``.ci/apt-packages.txt`` lists the packages CI installs).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import shutil
+import threading
+from html.parser import HTMLParser
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from chains.daily import Edition, EditionItem, make_edition, md_escape, render_html, render_markdown, write_edition
+from feed_server import FIXTURES, FeedServer
+from llmapps.errors import ConfigError
+
+PAYLOADS = [
+    "<script>window.__pwned=1</script>",
+    '"><img src=x onerror="window.__pwned=2">',
+    "</style><script>window.__pwned=3</script>",
+    "<a href=\"javascript:window.__pwned=4\">x</a>",
+    '<p style="position:fixed;inset:0;background:red" onclick="window.__pwned=5">cover</p>',
+    "{{ 7*7 }} {% raw %}",
+]
+
+
+@pytest.fixture(scope="module")
+def server():
+    srv = FeedServer().start()
+    yield srv
+    srv.stop()
+
+
+class PageAudit(HTMLParser):
+    """Every tag, attribute and text run of a page, to check what escaping let through."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.tags: list[tuple[str, dict[str, str | None]]] = []
+        self.style_blocks: list[str] = []
+        self._in_style = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append((tag, dict(attrs)))
+        self._in_style = tag == "style"
+
+    def handle_endtag(self, tag: str) -> None:
+        self._in_style = False
+
+    def handle_data(self, data: str) -> None:
+        if self._in_style:
+            self.style_blocks.append(data)
+
+
+ALLOWED_TAGS = {"html", "head", "meta", "title", "style", "body", "header", "h1", "p", "time", "strong",
+                "main", "article", "h2", "span", "details", "summary", "a", "footer"}
+
+
+def audit(html: str) -> PageAudit:
+    a = PageAudit()
+    a.feed(html)
+    assert {t for t, _ in a.tags} <= ALLOWED_TAGS
+    for tag, attrs in a.tags:
+        assert not any(k.startswith("on") for k in attrs), (tag, attrs)
+        assert "style" not in attrs, (tag, attrs)
+        if tag == "a":
+            assert attrs["href"].startswith(("http://", "https://")), attrs
+            assert attrs["rel"] == "noopener noreferrer nofollow"
+    css = (Path(__file__).resolve().parent.parent / "chains" / "templates" / "daily.css").read_text()
+    assert a.style_blocks == [css]  # one <style>, ours, unbroken
+    return a
+
+
+def hostile_edition() -> Edition:
+    items = [EditionItem(id=str(i), title=f"Title {p}", riddle=f"I am hidden {p}\nsecond line", answer=f"answer {p}",
+                         summary=f"summary {p}", source=f"Source {p}", url="https://example.org/a?q=\"><script>",
+                         date="2026-11-21") for i, p in enumerate(PAYLOADS)]
+    items.append(EditionItem(id="plain", title="The harbour wall", riddle="Grey and tall, I keep out the sea",
+                             answer="The harbour wall", source="Saltmere Weekly", url=""))
+    return Edition(title="The <b>Daily</b> Riddle", date="2026-11-21", generated_at="2026-11-21 06:00 UTC",
+                   strategy="zero-shot <i>", items=items)
+
+
+def test_hostile_text_never_reaches_the_page_unescaped():
+    html = render_html(hostile_edition())
+    a = audit(html)
+    assert "<script" not in html and "javascript:" not in html.replace("javascript:window.__pwned=4", "")
+    assert "&lt;script&gt;window.__pwned=1&lt;/script&gt;" in html
+    assert "{{ 7*7 }}" in html  # data is never rendered as a template
+    assert sum(1 for t, _ in a.tags if t == "details") == len(PAYLOADS) + 1
+    csp = next(attrs["content"] for t, attrs in a.tags if t == "meta" and attrs.get("http-equiv"))
+    assert "default-src 'none'" in csp and "script-src" not in csp and "'sha256-" in csp
+
+
+def test_page_has_the_ai_label_hidden_answers_and_links_only_to_http(tmp_path):
+    edition = hostile_edition()
+    paths = write_edition(edition, tmp_path)
+    html = paths["html"].read_text(encoding="utf-8")
+    assert 'class="ai-label"' in html and "<strong>AI-generated</strong>" in html
+    assert html.count("<summary>Show the answer</summary>") == len(edition.items)
+    assert '<meta name="viewport" content="width=device-width, initial-scale=1">' in html
+    data = json.loads(paths["json"].read_text(encoding="utf-8"))
+    assert data["ai_generated"] is True and len(data["items"]) == len(edition.items)
+    md = paths["markdown"].read_text(encoding="utf-8")
+    assert "**AI-generated:**" in md and "<script" not in md and "<img" not in md
+    assert r"&lt;script&gt;window.\_\_pwned=1&lt;/script&gt;" in md
+    assert "](<https://example.org/a?q=%22%3E%3Cscript%3E>)" in md
+
+
+def test_markdown_escaping_keeps_text_inert():
+    assert md_escape("[click](javascript:x) *b* <i>") == r"\[click\]\(javascript:x\) \*b\* &lt;i&gt;"
+    assert md_escape("- not a list") == r"\- not a list" and md_escape("3. nor this") == r"3\. nor this"
+
+
+def test_make_edition_rejects_a_bad_count():
+    with pytest.raises(ConfigError, match="max_riddles must be at least 1"):
+        make_edition([{"title": "t", "text": "x"}], max_riddles=0)
+
+
+def test_daily_cli_from_feeds_with_zero_shot_on_tiny_models(server, tiny_instruct, tmp_path, capsys):
+    from llmapps.cli import main
+
+    out = tmp_path / "site"
+    rc = main(["daily", "--feed", server.url("xss.xml"), "--feed", server.url("rdf.xml"),
+               "--feed", server.url("status/500"), "--strategy", "zero-shot", "--instruct-model", tiny_instruct,
+               "--max-riddles", "3", "--max-new-tokens", "48", "--retries", "0", "--timeout", "2",
+               "--min-words", "20", "--out", str(out), "--date", "2026-11-21"])
+    assert rc == 0, capsys.readouterr().err
+    data = json.loads((out / "edition.json").read_text(encoding="utf-8"))
+    assert data["date"] == "2026-11-21" and data["strategy"] == "zero-shot"
+    assert [s["status"] for s in data["sources"]] == ["partial", "ok", "failed"]
+    assert data["sources"][2]["error"] == "HTTP 500 Internal Server Error (1 attempt)"
+    assert len(data["items"]) + len(data["skipped"]) == 3  # two xss.xml stories and the frost story
+    assert all(i["url"] == "" or i["url"].startswith(server.base) for i in data["items"])
+    html = (out / "index.html").read_text(encoding="utf-8")
+    audit(html)
+    assert "<script" not in html and "onerror" not in html and "AI-generated" in html
+    assert (out / "edition.md").exists()
+
+
+def test_few_shot_edition_riddles_articles_in_order(tiny_base):
+    stories = json.loads((FIXTURES / "stories.json").read_text(encoding="utf-8"))
+    articles = [{"id": k, "title": stories[k]["title"], "text": stories[k]["text"], "source": "Gazette",
+                 "url": "javascript:alert(1)" if k == "frost" else f"https://example.org/{k}"}
+                for k in ("bridge", "frost")]
+    edition = make_edition(articles, "few-shot", base_model=tiny_base, max_new_tokens=40, date="2026-11-21")
+    assert len(edition.items) + len(edition.skipped) == 2
+    for item in edition.items:
+        assert item.riddle
+        assert item.url == ("" if item.id == "frost" else f"https://example.org/{item.id}")
+    audit(render_html(edition))
+
+
+# ----------------------------------------------------------------------------- real browser
+
+
+def find_chromium() -> str | None:
+    for name in (os.environ.get("LLMAPPS_CHROMIUM"), "chromium", "chromium-browser", "google-chrome"):
+        if name and (path := shutil.which(name)):
+            return path
+    return None
+
+
+CHROMIUM = find_chromium()
+
+
+class QuietHandler(SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no chromium binary on PATH (apt-get install chromium; "
+                    "see .ci/apt-packages.txt); the page's HTML is still checked by the other tests")
+def test_answers_reveal_on_click_in_headless_chromium(tmp_path):
+    playwright = pytest.importorskip("playwright.sync_api", reason="playwright (dev extra) is not installed")
+    site = tmp_path / "site"
+    write_edition(hostile_edition(), site)
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(QuietHandler, directory=str(site)))
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{httpd.server_address[1]}/index.html"
+    try:
+        with playwright.sync_playwright() as p:
+            ctx = p.chromium.launch_persistent_context(
+                str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS,
+                viewport={"width": 390, "height": 844}, device_scale_factor=2, is_mobile=True, has_touch=True,
+            )
+            try:
+                dialogs: list[str] = []
+                page = ctx.new_page()
+                page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+                # Only loopback traffic: anything else the page asks for is refused and recorded.
+                outside: list[str] = []
+                page.route("**/*", lambda route: route.continue_() if route.request.url.startswith(
+                    "http://127.0.0.1") else (outside.append(route.request.url), route.abort()))
+                page.goto(url)
+                shots = Path(os.environ.get("LLMAPPS_SCREENSHOT_DIR", tmp_path))
+                shots.mkdir(parents=True, exist_ok=True)
+                page.screenshot(path=str(shots / "daily-phone.png"))
+                last = page.locator("article.riddle").last
+                answer = last.locator(".answer")
+                assert answer.text_content() == "The harbour wall"  # in the DOM, but not shown
+                assert not answer.is_visible()
+                last.locator("summary").click()
+                assert answer.is_visible()
+                assert last.locator("details").get_attribute("open") is not None
+                first = page.locator("article.riddle").first.locator(".answer")
+                assert not first.is_visible()  # one click opens one answer
+                assert page.evaluate("typeof window.__pwned") == "undefined" and dialogs == []
+                assert outside == []
+                assert page.locator(".ai-label").is_visible()
+                # Readable on a phone: nothing wider than the viewport.
+                assert page.evaluate("document.documentElement.scrollWidth") <= 390
+                page.screenshot(path=str(shots / "daily-phone-answer.png"))
+                assert (shots / "daily-phone.png").stat().st_size > 1000
+            finally:
+                ctx.close()
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
