@@ -1,0 +1,151 @@
+"""Dataset formatting for supervised fine-tuning, from the same prompt the ``lora`` strategy uses.
+
+Each example becomes ``prompt + completion``:
+
+- ``prompt`` = ``task.completion.render(inputs, [])``: the task's completion layout with zero
+  worked examples, exactly what ``LoraStrategy.build`` sends to the model at inference;
+- ``completion`` = what the layout's ``example_template`` adds after its ``suffix`` (for
+  news-riddle: `` summary\\n[Riddle]: ...\\n[Answer]: ...``), then the end-of-sequence token.
+
+Prompt and completion are tokenised separately, as at inference (the prompt alone is encoded and
+the model continues it), and the labels mask the prompt: the loss is on completion tokens only.
+Too long an example has its ``truncate_variable`` (the article text) shortened to fit.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from llmapps.errors import ConfigError, InputError, format_problems
+
+if TYPE_CHECKING:
+    from llmapps.tasks import Task
+
+IGNORE = -100
+
+
+def split_example(task: Task, example: dict[str, Any]) -> tuple[str, str]:
+    """The (prompt, completion) texts of one worked example."""
+    layout = task.completion
+    inputs = {k: example[k] for k in task.input_variables}
+    prompt = layout.render(inputs, [])
+    suffix = layout.suffix.format(**inputs)
+    full = layout.example_template.format(**{k: example[k] for k in (*task.input_variables, *task.output_variables)})
+    if not full.startswith(suffix):
+        raise ConfigError(
+            f"the prompt {task.name!r} cannot train a completion model: its example_template does "
+            "not begin with its suffix, so a worked example is not 'prompt + completion'"
+        )
+    return prompt, full[len(suffix):]
+
+
+def read_examples(source: str, task: Task) -> list[dict[str, Any]]:
+    """Examples from a bundled split name or a JSONL file (every bad line named with its number)."""
+    needed = (*task.input_variables, *task.output_variables)
+    path = Path(source).expanduser()
+    if not path.suffix and not path.exists():
+        from chains import news_data
+
+        if source not in news_data.SPLITS:
+            raise ConfigError(f"data source {source!r}: not a file, nor a split ({', '.join(news_data.SPLITS)})")
+        return news_data.examples(source)
+    if not path.exists():
+        raise InputError(f"data file {path} does not exist")
+    rows: list[dict[str, Any]] = []
+    problems: list[str] = []
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            problems.append(f"{path}:{lineno}: not valid JSON ({err.msg})")
+            continue
+        if not isinstance(row, dict):
+            problems.append(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+            continue
+        bad = [k for k in needed if not isinstance(row.get(k), str) or not row[k].strip()]
+        if bad:
+            problems.append(f"{path}:{lineno}: missing or empty {', '.join(bad)}")
+            continue
+        rows.append(row)
+    if problems:
+        raise InputError(format_problems(
+            f"{len(problems)} malformed row(s) in {path} (each needs {', '.join(needed)}):", problems[:50]
+        ))
+    if not rows:
+        raise InputError(f"{path} holds no examples")
+    return rows
+
+
+def tokenize_example(task: Task, example: dict[str, Any], tokenizer: Any, max_length: int) -> dict[str, Any]:
+    """``input_ids`` and ``labels`` (prompt masked) of one example, cut to ``max_length`` tokens."""
+    from llmapps.prompting import truncate_to_fit
+
+    prompt, completion = split_example(task, example)
+    c_ids = tokenizer(completion, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    limit = max_length - len(c_ids)
+    if limit < 8:
+        raise InputError(f"training.max_length={max_length} leaves no room for a prompt before a "
+                         f"{len(c_ids)}-token completion; raise max_length")
+
+    def count(text: str) -> int:
+        return len(tokenizer(text, add_special_tokens=True)["input_ids"])
+
+    if count(prompt) > limit:
+        inputs = {k: example[k] for k in task.input_variables}
+        fitted = truncate_to_fit(inputs, task.truncate_variable, lambda x: task.completion.render(x, []),
+                                 count, limit, what=f"{task.name} example")
+        prompt = task.completion.render(fitted, [])
+    p_ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]
+    ids = p_ids + c_ids
+    return {"input_ids": ids, "labels": [IGNORE] * len(p_ids) + c_ids, "length": len(ids)}
+
+
+def build_dataset(task: Task, examples: list[dict[str, Any]], tokenizer: Any, max_length: int) -> Any:
+    """A ``datasets.Dataset`` of tokenised examples (with a ``length`` column for grouping)."""
+    from datasets import Dataset
+
+    return Dataset.from_list([tokenize_example(task, ex, tokenizer, max_length) for ex in examples])
+
+
+@dataclass
+class CompletionCollator:
+    """Batches tokenised examples.
+
+    ``padding-free=False``: right-pad to the batch's longest row (labels padded with -100).
+    ``padding_free=True``: concatenate the batch into one row with ``position_ids`` restarting at
+    every example and no attention mask, so no pad token is computed; transformers turns the
+    position ids into a block-diagonal mask (or varlen flash attention on GPU).
+    """
+
+    pad_token_id: int
+    padding_free: bool = False
+
+    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        import torch
+
+        if self.padding_free:
+            ids = [t for r in rows for t in r["input_ids"]]
+            labels: list[int] = []
+            for r in rows:  # the first token of each example has no predecessor in it
+                labels += [IGNORE, *r["labels"][1:]]
+            pos = [i for r in rows for i in range(len(r["input_ids"]))]
+            return {
+                "input_ids": torch.tensor([ids]),
+                "labels": torch.tensor([labels]),
+                "position_ids": torch.tensor([pos]),
+            }
+        width = max(len(r["input_ids"]) for r in rows)
+        input_ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
+        labels_t = torch.full((len(rows), width), IGNORE, dtype=torch.long)
+        attention = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            n = len(r["input_ids"])
+            input_ids[i, :n] = torch.tensor(r["input_ids"])
+            labels_t[i, :n] = torch.tensor(r["labels"])
+            attention[i, :n] = 1
+        return {"input_ids": input_ids, "labels": labels_t, "attention_mask": attention}

@@ -1,0 +1,387 @@
+"""Supervised fine-tuning with PEFT (LoRA or prompt tuning) through the Hugging Face ``Trainer``.
+
+``train(recipe, out)`` formats the recipe's data with the prompt the ``lora`` strategy uses (see
+``finetune.data``), wraps the base in a PEFT model, trains seeded, evaluates on the validation
+split every epoch (loss and perplexity), keeps checkpoints, and writes the adapter folder: PEFT's
+files plus the manifest the ``lora`` strategy checks (``llmapps.strategies.lora.AdapterManifest``).
+
+Throughput, beyond the ``Trainer`` defaults:
+
+- ``length-grouped`` batching (the ``Trainer``'s length-grouped sampler): little padding;
+- ``padding-free`` batching: each batch packed into one row with restarting position ids;
+- ``completion_only_logits``: the loss is on completion tokens only, so only those positions are
+  projected onto the vocabulary (``logits_to_keep`` with a boolean mask), the same loss for less
+  work.
+
+Durability: checkpoints are written into ``<out>.checkpoints/.staging`` and renamed into place, and
+the adapter into a staging folder renamed to ``out``, so a folder that looks complete is complete.
+A run killed at any point continues with ``resume=True`` from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import platform
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from llmapps.errors import ConfigError, ModelNotFoundError
+from llmapps.settings import Settings, get_settings
+
+from finetune.recipe import Recipe
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced."""
+
+    adapter: Path
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def checkpoints_dir(out: Path) -> Path:
+    """Where a run writing the adapter ``out`` keeps its checkpoints (``<out>.checkpoints``)."""
+    return out.with_name(out.name + ".checkpoints")
+
+
+def last_checkpoint(folder: Path) -> Path | None:
+    """The highest-step complete checkpoint in ``folder`` (staged ones are complete by construction)."""
+    if not folder.is_dir():
+        return None
+    steps = [(int(p.name.split("-")[1]), p) for p in folder.iterdir()
+             if p.is_dir() and p.name.startswith("checkpoint-") and p.name.split("-")[1].isdigit()
+             and (p / "trainer_state.json").exists()]
+    return max(steps)[1] if steps else None
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries a run depends on (recorded in the manifest)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for name in ("torch", "transformers", "peft", "datasets", "accelerate", "bitsandbytes", "llmapps"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            continue
+    return out
+
+
+def _wants_4bit(recipe: Recipe, device: str) -> bool:
+    import importlib.util
+
+    q = recipe.quantization.load_in_4bit
+    available = device.startswith("cuda") and importlib.util.find_spec("bitsandbytes") is not None
+    if q is True and not available:
+        raise ConfigError(
+            "quantization.load_in_4bit: true needs a CUDA GPU and bitsandbytes "
+            "(pip install 'llmapps[gpu]'); set it to auto or false to train unquantized"
+        )
+    return bool(q is True or (q == "auto" and available))
+
+
+def _precision(recipe: Recipe, device: str) -> str:
+    import torch
+
+    p = recipe.training.precision
+    if p == "auto":
+        return "bf16" if device.startswith("cuda") and torch.cuda.is_bf16_supported() else "float32"
+    if p in ("bf16", "fp16") and not device.startswith("cuda"):
+        raise ConfigError(f"training.precision: {p} needs a CUDA GPU here; use auto or float32")
+    return p
+
+
+def load_base(recipe: Recipe, settings: Settings, device: str) -> tuple[Any, Any, str, bool]:
+    """The base model (4-bit when QLoRA applies), its tokenizer, its path and whether it is 4-bit."""
+    from llmapps.models.local import _from_pretrained, resolve_model_path
+
+    name = recipe.base_model
+    looks_like_path = name.startswith((".", "~", "/")) or name.count("/") > 1
+    if looks_like_path and not Path(name).expanduser().exists():
+        raise ModelNotFoundError(
+            f"base_model {name!r} is neither a folder on this machine nor a hub id: point it to a "
+            "folder written by save_pretrained, or download the model where you have network "
+            "(`hf download ORG/NAME`) and name it by its hub id"
+        )
+    path = resolve_model_path(name, settings)
+    if _wants_4bit(recipe, device):
+        import torch
+        from peft import prepare_model_for_kbit_training
+        from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+
+        quant = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type=recipe.quantization.quant_type,
+            bnb_4bit_compute_dtype=torch.bfloat16, bnb_4bit_use_double_quant=True,
+        )
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=settings.trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(
+            path, quantization_config=quant, device_map={"": 0}, trust_remote_code=settings.trust_remote_code
+        )
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=recipe.training.gradient_checkpointing
+        )
+        return model, tokenizer, path, True
+    dtype = "bfloat16" if _precision(recipe, device) == "bf16" else "float32"
+    model, tokenizer = _from_pretrained(path, device, dtype, settings)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer, path, False
+
+
+def peft_model(recipe: Recipe, base: Any) -> Any:
+    """Wrap ``base`` in the recipe's PEFT method."""
+    from peft import LoraConfig, PromptTuningConfig, TaskType, get_peft_model
+
+    if recipe.method == "lora":
+        lc = recipe.lora
+        config: Any = LoraConfig(
+            r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout, target_modules=lc.target_modules,
+            task_type=TaskType.CAUSAL_LM,
+        )
+    else:
+        config = PromptTuningConfig(task_type=TaskType.CAUSAL_LM,
+                                    num_virtual_tokens=recipe.prompt_tuning.num_virtual_tokens)
+    try:
+        return get_peft_model(base, config)
+    except ValueError as err:  # e.g. target modules this architecture does not have
+        raise ConfigError(f"lora.target_modules: {err}") from err
+
+
+def make_trainer_class() -> type:
+    """The ``Trainer`` subclass (built lazily so importing this module stays light)."""
+    import torch
+    import torch.nn.functional as F
+    from transformers import Trainer
+    from transformers.trainer_utils import rotate_checkpoints
+
+    class SftTrainer(Trainer):  # type: ignore[misc]
+        """``Trainer`` with completion-only logits, real-token throughput and atomic checkpoints."""
+
+        def __init__(self, *args: Any, completion_only_logits: bool = True, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.completion_only_logits = completion_only_logits
+            self.model_accepts_loss_kwargs = False  # we return a mean loss; Trainer scales for GA
+            self.real_tokens = 0
+            self.started = time.perf_counter()
+            self._staging: str | None = None
+
+        def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
+                         num_items_in_batch: Any = None) -> Any:
+            if model.training:
+                mask = inputs.get("attention_mask")
+                self.real_tokens += int(mask.sum()) if mask is not None else int(inputs["input_ids"].numel())
+            if return_outputs or not self.completion_only_logits:
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            labels = inputs["labels"]
+            targets = labels[:, 1:]
+            keep = torch.zeros_like(labels, dtype=torch.bool)
+            keep[:, :-1] = targets != -100
+            forward = {k: v for k, v in inputs.items() if k != "labels"}
+            logits = model(**forward, logits_to_keep=keep).logits
+            return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets[targets != -100])
+
+        def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+            if "loss" in logs:
+                secs = time.perf_counter() - self.started
+                logs["tokens_per_s"] = round(self.real_tokens / secs, 1) if secs > 0 else 0.0
+            if "eval_loss" in logs:
+                logs["eval_perplexity"] = round(math.exp(min(50.0, logs["eval_loss"])), 3)
+            super().log({k: round(v, 5) if isinstance(v, float) else v for k, v in logs.items()}, start_time)
+
+        def _get_output_dir(self, trial: Any) -> str:
+            return self._staging or super()._get_output_dir(trial)
+
+        def _save_checkpoint(self, model: Any, trial: Any) -> None:
+            root = self.args.output_dir
+            staging = os.path.join(root, ".staging")
+            shutil.rmtree(staging, ignore_errors=True)
+            os.makedirs(staging)
+            self._staging = staging
+            try:
+                super()._save_checkpoint(model, trial)
+            finally:
+                self._staging = None
+            name = f"checkpoint-{self.state.global_step}"
+            final = os.path.join(root, name)
+            if os.path.exists(final):
+                shutil.rmtree(final)
+            os.replace(os.path.join(staging, name), final)  # complete or absent, never half
+            shutil.rmtree(staging, ignore_errors=True)
+            rotate_checkpoints(output_dir=root, save_total_limit=self.args.save_total_limit)
+
+    return SftTrainer
+
+
+def _write_adapter_atomically(model: Any, tokenizer: Any, out: Path, manifest: Any) -> None:
+    from llmapps.strategies.lora import write_manifest
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        write_manifest(tmp, manifest)  # last: a folder with a manifest is complete
+        old = None
+        if out.exists():
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            os.replace(out, old)
+        os.replace(tmp, out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def train(
+    recipe: Recipe,
+    out: str | Path,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    settings: Settings | None = None,
+) -> TrainResult:
+    """Train the recipe's adapter into ``out``.
+
+    Args:
+        recipe: a validated recipe (``load_recipe``).
+        out: the adapter folder to write (checkpoints go to ``<out>.checkpoints``).
+        resume: continue from the last checkpoint of an interrupted run of the same recipe.
+        overwrite: start afresh even if ``<out>.checkpoints`` holds an earlier run's checkpoints.
+        progress: show a progress bar with loss, tokens/s and eta.
+        settings: resolved settings (device, home); read from the environment when omitted.
+
+    Raises:
+        ConfigError: bad recipe combination, nothing to resume, or a different recipe's checkpoints.
+        InputError: malformed data rows (file and line numbers named).
+        ModelNotFoundError: the base model cannot be found (says how to get one).
+    """
+    from transformers import TrainingArguments, set_seed
+
+    from llmapps.models.local import pick_device
+    from llmapps.strategies.lora import AdapterManifest, layout_hash, model_fingerprint
+    from prompts import load_task
+
+    from finetune.data import CompletionCollator, build_dataset, read_examples
+
+    settings = settings or get_settings()
+    out = Path(out).expanduser().resolve()
+    ckpt_root = checkpoints_dir(out)
+    recipe_json = recipe.model_dump(mode="json")
+    resume_from = _prepare_checkpoints(ckpt_root, recipe_json, resume=resume, overwrite=overwrite)
+
+    t = recipe.training
+    task = load_task(recipe.prompt)
+    train_rows = read_examples(recipe.data.train, task)
+    val_rows = read_examples(recipe.data.validation, task)
+    device = pick_device(settings.device)
+    set_seed(t.seed)
+    base, tokenizer, base_path, four_bit = load_base(recipe, settings, device)
+    base_hash = model_fingerprint(base_path)
+    train_ds = build_dataset(task, train_rows, tokenizer, t.max_length)
+    val_ds = build_dataset(task, val_rows, tokenizer, t.max_length)
+    model = peft_model(recipe, base)
+    if t.gradient_checkpointing and not four_bit:
+        model.gradient_checkpointing_enable()
+    precision = "bf16" if four_bit else _precision(recipe, device)
+    args = TrainingArguments(
+        output_dir=str(ckpt_root),
+        num_train_epochs=t.epochs,
+        max_steps=t.max_steps or -1,
+        per_device_train_batch_size=t.batch_size,
+        per_device_eval_batch_size=t.batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation,
+        learning_rate=t.learning_rate,
+        lr_scheduler_type=t.lr_scheduler,
+        warmup_steps=t.warmup_ratio,
+        weight_decay=t.weight_decay,
+        eval_strategy="epoch",
+        save_strategy="steps",
+        save_steps=t.save_steps,
+        save_total_limit=t.save_total_limit,
+        logging_steps=t.logging_steps,
+        seed=t.seed,
+        data_seed=t.seed,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        use_cpu=device == "cpu",
+        train_sampling_strategy="group_by_length" if t.batching == "length-grouped" else "random",
+        remove_unused_columns=False,
+        report_to=[],
+        disable_tqdm=not progress,
+        dataloader_num_workers=0,
+    )
+    collator = CompletionCollator(tokenizer.pad_token_id, padding_free=t.batching == "padding-free")
+    trainer_cls = make_trainer_class()
+    trainer = trainer_cls(
+        model=model, args=args, train_dataset=train_ds,
+        eval_dataset=val_ds, data_collator=collator, processing_class=tokenizer,
+        completion_only_logits=t.completion_only_logits and recipe.method == "lora",
+    )
+    started = time.perf_counter()
+    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    train_secs = time.perf_counter() - started
+    final_eval = trainer.evaluate()
+    by_epoch = {h["epoch"]: h["eval_loss"] for h in trainer.state.log_history[:-1] if "eval_loss" in h}
+    epochs = [{"epoch": e, "eval_loss": v, "eval_perplexity": math.exp(min(50.0, v))} for e, v in by_epoch.items()]
+    train_losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    metrics = {
+        "eval_loss": final_eval["eval_loss"],
+        "eval_perplexity": math.exp(min(50.0, final_eval["eval_loss"])),
+        "train_loss": train_losses[-1] if train_losses else None,
+        "steps": trainer.state.global_step,
+        "epochs": epochs,
+        "train_seconds_this_session": round(train_secs, 2),
+        "real_tokens_this_session": trainer.real_tokens,
+        "tokens_per_s": round(trainer.real_tokens / train_secs, 1) if train_secs else None,
+        "resumed_from": resume_from.name if resume_from else None,
+        "train_examples": len(train_rows),
+        "validation_examples": len(val_rows),
+        "device": device,
+        "precision": precision,
+        "quantized_4bit": four_bit,
+    }
+    manifest = AdapterManifest(
+        method=recipe.method, base_model=recipe.base_model, base_model_sha256=base_hash,
+        task=task.name, prompt=recipe.prompt, prompt_sha256=layout_hash(task.completion),
+        recipe=recipe_json, metrics=metrics, versions=library_versions(),
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    )
+    _write_adapter_atomically(trainer.model, tokenizer, out, manifest)
+    log.info("adapter written to %s (eval loss %.4f)", out, metrics["eval_loss"])
+    return TrainResult(adapter=out, metrics=metrics)
+
+
+def _prepare_checkpoints(root: Path, recipe_json: dict[str, Any], *, resume: bool, overwrite: bool) -> Path | None:
+    """Check the checkpoint folder against the request; return the checkpoint to resume from."""
+    saved = root / "recipe.json"
+    last = last_checkpoint(root)
+    if resume:
+        if last is None:
+            raise ConfigError(f"--resume: {root} holds no checkpoint to continue from; run without --resume")
+        if saved.exists() and json.loads(saved.read_text()) != recipe_json:
+            raise ConfigError(
+                f"--resume: the checkpoints in {root} were made with a different recipe; resume with "
+                "the same recipe, or start afresh with --overwrite"
+            )
+        return last
+    if last is not None and not overwrite:
+        raise ConfigError(
+            f"{root} holds checkpoints of an earlier run (last: {last.name}): pass --resume to "
+            "continue it or --overwrite to start afresh"
+        )
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True, exist_ok=True)
+    saved.write_text(json.dumps(recipe_json, indent=2))
+    return None
