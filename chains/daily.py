@@ -77,7 +77,9 @@ class Edition(BaseModel):
     language: str = "en"
     ai_generated: bool = Field(True, description="always true: the riddles come from a model")
     items: list[EditionItem] = Field(default_factory=list)
-    skipped: list[str] = Field(default_factory=list, description="'<title>: <why>' per article not riddled")
+    skipped: list[str] = Field(
+        default_factory=list, description="'<title>: <why>' per article not riddled"
+    )
     sources: list[SourceReport] = Field(default_factory=list)
 
 
@@ -103,7 +105,8 @@ def make_edition(
     """Riddle up to ``max_riddles`` articles with ``strategy`` and gather them into an ``Edition``.
 
     Args:
-        articles: ``NewsItem`` objects or dicts with ``title`` and ``text`` (``url``, ``source``...).
+        articles: ``NewsItem`` objects or dicts with ``title`` and ``text`` (and ``url``,
+            ``source``, ``date``).
         strategy: a registered strategy name or a ``Strategy`` instance.
         max_riddles: the first this many articles are riddled.
         title: the edition's headline.
@@ -118,10 +121,19 @@ def make_edition(
     if max_riddles < 1:
         raise ConfigError(f"max_riddles must be at least 1, got {max_riddles}")
     rows = [_as_article(a) for a in articles][:max_riddles]
-    name = strategy if isinstance(strategy, str) else getattr(strategy, "name", type(strategy).__name__)
+    name = (
+        strategy
+        if isinstance(strategy, str)
+        else getattr(strategy, "name", type(strategy).__name__)
+    )
     now = dt.datetime.now(dt.timezone.utc)
-    edition = Edition(title=title, date=date or now.date().isoformat(), strategy=name,
-                      generated_at=now.strftime("%Y-%m-%d %H:%M UTC"), sources=list(sources))
+    edition = Edition(
+        title=title,
+        date=date or now.date().isoformat(),
+        strategy=name,
+        generated_at=now.strftime("%Y-%m-%d %H:%M UTC"),
+        sources=list(sources),
+    )
     if not rows:
         return edition
     chain = load_chain(APP, strategy, app_options=app_options, **strategy_options)
@@ -134,15 +146,24 @@ def make_edition(
             continue
         riddle = str(out.get("riddle") or "").strip()
         if not riddle:
-            edition.skipped.append(f"{label}: the model gave no riddle ({'; '.join(out.get('errors', []))})")
+            edition.skipped.append(
+                f"{label}: the model gave no riddle ({'; '.join(out.get('errors', []))})"
+            )
             continue
-        edition.items.append(EditionItem(
-            id=str(row.get("id") or ""), title=str(row.get("title") or ""), riddle=riddle,
-            answer=str(out.get("answer") or "").strip(), summary=str(out.get("summary") or "").strip(),
-            source=str(row.get("source") or ""), url=safe_http_url(row.get("url")) or "",
-            date=str(row.get("date") or "")[:40], valid=bool(out.get("valid")),
-            errors=list(out.get("errors") or []),
-        ))
+        edition.items.append(
+            EditionItem(
+                id=str(row.get("id") or ""),
+                title=str(row.get("title") or ""),
+                riddle=riddle,
+                answer=str(out.get("answer") or "").strip(),
+                summary=str(out.get("summary") or "").strip(),
+                source=str(row.get("source") or ""),
+                url=safe_http_url(row.get("url")) or "",
+                date=str(row.get("date") or "")[:40],
+                valid=bool(out.get("valid")),
+                errors=list(out.get("errors") or []),
+            )
+        )
     return edition
 
 
@@ -153,7 +174,7 @@ _MD_LINE_START = re.compile(r"^(\s*)([-+]|\d+[.)])(?=\s|$)")
 
 
 def md_escape(value: object) -> str:
-    """Text made inert for Markdown: HTML special characters as entities, Markdown syntax escaped."""
+    """Text made inert for Markdown: HTML characters as entities, Markdown syntax escaped."""
     text = " ".join(str(value).split())
     text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
     text = _MD_INLINE.sub(r"\\\1", text)
@@ -162,7 +183,7 @@ def md_escape(value: object) -> str:
 
 
 def md_url(value: object) -> str:
-    """An http(s) URL for a Markdown ``<...>`` link: characters that could end it are percent-encoded."""
+    """An http(s) URL for a Markdown ``<...>`` link, with characters that could end it encoded."""
     url = safe_http_url(value) or ""
     return quote(url, safe=":/?#[]@!$&'*+,;=%-._~")
 
@@ -173,7 +194,9 @@ def _env() -> Any:
 
     env = Environment(
         loader=FileSystemLoader(str(TEMPLATES)),
-        autoescape=select_autoescape(enabled_extensions=("html", "html.j2"), default_for_string=True),
+        autoescape=select_autoescape(
+            enabled_extensions=("html", "html.j2"), default_for_string=True
+        ),
         undefined=StrictUndefined,
         keep_trailing_newline=True,
     )
@@ -193,7 +216,9 @@ def _css() -> tuple[str, str]:
 def render_html(edition: Edition) -> str:
     """The edition as one self-contained HTML page (inline CSS, no scripts)."""
     css, css_hash = _css()
-    return str(_env().get_template("daily.html.j2").render(edition=edition, css=css, css_hash=css_hash))
+    return str(
+        _env().get_template("daily.html.j2").render(edition=edition, css=css, css_hash=css_hash)
+    )
 
 
 def render_markdown(edition: Edition) -> str:
@@ -202,13 +227,19 @@ def render_markdown(edition: Edition) -> str:
 
 
 def write_edition(edition: Edition, out_dir: Path) -> dict[str, Path]:
-    """Write ``index.html``, ``edition.md`` and ``edition.json`` into ``out_dir``; returns the paths."""
+    """Write ``index.html``, ``edition.md`` and ``edition.json`` in ``out_dir``; return paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {"html": out_dir / "index.html", "markdown": out_dir / "edition.md", "json": out_dir / "edition.json"}
+    paths = {
+        "html": out_dir / "index.html",
+        "markdown": out_dir / "edition.md",
+        "json": out_dir / "edition.json",
+    }
     paths["html"].write_text(render_html(edition), encoding="utf-8")
     paths["markdown"].write_text(render_markdown(edition), encoding="utf-8")
-    paths["json"].write_text(json.dumps(edition.model_dump(mode="json"), indent=2, ensure_ascii=False) + "\n",
-                             encoding="utf-8")
+    paths["json"].write_text(
+        json.dumps(edition.model_dump(mode="json"), indent=2, ensure_ascii=False) + "\n",
+        encoding="utf-8",
+    )
     return paths
 
 
@@ -223,27 +254,42 @@ def cmd_daily(args: argparse.Namespace) -> int:
     if not result.items:
         raise InputError("no article landed from any source; see the per-source table above")
     edition = make_edition(
-        result.items, args.strategy, max_riddles=args.max_riddles, title=args.title, date=args.date,
-        app_options=app_options(args), sources=result.reports, batch_size=args.batch_size or 4,
+        result.items,
+        args.strategy,
+        max_riddles=args.max_riddles,
+        title=args.title,
+        date=args.date,
+        app_options=app_options(args),
+        sources=result.reports,
+        batch_size=args.batch_size or 4,
         **strategy_options(args.strategy, args),
     )
     paths = write_edition(edition, Path(args.out))
-    print(f"{len(edition.items)} riddles ({len(edition.skipped)} skipped) -> {paths['html']}, "
-          f"{paths['markdown'].name}, {paths['json'].name}", file=sys.stderr)
+    print(
+        f"{len(edition.items)} riddles ({len(edition.skipped)} skipped) -> {paths['html']}, "
+        f"{paths['markdown'].name}, {paths['json'].name}",
+        file=sys.stderr,
+    )
     return 0
 
 
 def register_cli(subparsers: Any) -> None:
-    """Add ``daily`` to the ``llmapps`` command line (entry point ``daily = "chains.daily:register_cli"``)."""
+    """Add ``daily`` to the ``llmapps`` command line (entry point ``chains.daily:register_cli``)."""
     from llmapps.cli import add_strategy_flags
     from llmapps.ingest.cli import add_source_flags
 
-    p = subparsers.add_parser("daily", help="fetch news and publish the day's riddles as HTML, Markdown and JSON")
+    p = subparsers.add_parser(
+        "daily", help="fetch news and publish the day's riddles as HTML, Markdown and JSON"
+    )
     add_source_flags(p)
     add_strategy_flags(p)
     p.set_defaults(strategy="zero-shot")
-    p.add_argument("--out", "-o", required=True, help="folder for index.html, edition.md and edition.json")
-    p.add_argument("--max-riddles", type=int, default=10, help="riddle at most this many articles (default 10)")
+    p.add_argument(
+        "--out", "-o", required=True, help="folder for index.html, edition.md and edition.json"
+    )
+    p.add_argument(
+        "--max-riddles", type=int, default=10, help="riddle at most this many articles (default 10)"
+    )
     p.add_argument("--title", default="The Daily Riddle", help="the page's headline")
     p.add_argument("--date", default=None, help="edition date, YYYY-MM-DD (default: today, UTC)")
     p.add_argument("--quiet", "-q", action="store_true", help="no per-source table")

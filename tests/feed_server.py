@@ -6,7 +6,8 @@ and these routes that misbehave on purpose:
 - ``/status/<code>``: that status, with a short body;
 - ``/slow?s=SECONDS``: waits before answering (beyond a client's timeout);
 - ``/flaky/<name>``: 500 on the first request for each name, then the fixture file ``name``;
-- ``/redirect/<name>`` (302 to the fixture), ``/redirect-loop``, ``/redirect-js`` (to ``javascript:``);
+- ``/redirect/<name>`` (302 to the fixture), ``/redirect-loop``,
+  ``/redirect-js`` (to ``javascript:``);
 - ``/huge-entry.xml``: a feed with one normal entry and one of ``HUGE_CHARS`` characters;
 - ``/huge-body``: a body larger than any test's response limit;
 - ``/html-as-xml``: an HTML page served as ``application/rss+xml``;
@@ -18,6 +19,7 @@ fixture requests in flight at once.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -27,8 +29,11 @@ from urllib.parse import parse_qs, urlsplit
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "feeds"
 HUGE_CHARS = 1_200_000
-TYPES = {".xml": "application/rss+xml; charset=utf-8", ".html": "text/html; charset=utf-8",
-         ".json": "application/json"}
+TYPES = {
+    ".xml": "application/rss+xml; charset=utf-8",
+    ".html": "text/html; charset=utf-8",
+    ".json": "application/json",
+}
 
 
 class FeedServer(ThreadingHTTPServer):
@@ -63,17 +68,22 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: object) -> None:  # keep test output quiet
         pass
 
-    def _send(self, code: int, body: bytes, ctype: str = "text/plain; charset=utf-8", headers: dict[str, str] | None = None) -> None:
+    def _send(
+        self,
+        code: int,
+        body: bytes,
+        ctype: str = "text/plain; charset=utf-8",
+        headers: dict[str, str] | None = None,
+    ) -> None:
         self.send_response(code)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(body)))
         for k, v in (headers or {}).items():
             self.send_header(k, v)
         self.end_headers()
-        try:
+        # The client may have given up (timeout): fine.
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
             self.wfile.write(body)
-        except (BrokenPipeError, ConnectionResetError):  # the client gave up (timeout): fine
-            pass
 
     def _fixture(self, name: str) -> tuple[bytes, str] | None:
         path = (FIXTURES / name).resolve()
@@ -85,7 +95,7 @@ class _Handler(BaseHTTPRequestHandler):
             ctype = "application/rss+xml"  # let the XML declaration speak (wrongly)
         return body, ctype
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+    def do_GET(self) -> None:
         s = self.server
         with s.lock:
             s.requests.append((self.path, self.headers.get("User-Agent", "")))
@@ -99,9 +109,13 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(code, f"status {code}".encode())
         if path == "/slow":
             time.sleep(float(query.get("s", ["3"])[0]))
-            return self._send(200, b"<rss version='2.0'><channel><title>slow</title></channel></rss>", TYPES[".xml"])
+            return self._send(
+                200,
+                b"<rss version='2.0'><channel><title>slow</title></channel></rss>",
+                TYPES[".xml"],
+            )
         if path.startswith("/flaky/"):
-            name = path[len("/flaky/"):]
+            name = path[len("/flaky/") :]
             with self.server.lock:
                 first = name not in self.server.flaky_seen
                 self.server.flaky_seen.add(name)
@@ -109,7 +123,7 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._send(500, b"try again")
             path = "/" + name
         if path.startswith("/redirect/"):
-            return self._send(302, b"", headers={"Location": "/" + path[len("/redirect/"):]})
+            return self._send(302, b"", headers={"Location": "/" + path[len("/redirect/") :]})
         if path == "/redirect-loop":
             return self._send(302, b"", headers={"Location": "/redirect-loop"})
         if path == "/redirect-js":
@@ -140,7 +154,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _newsapi(self, query: dict[str, list[str]]) -> None:
         if self.headers.get("X-Api-Key") != "test-key":
-            body = {"status": "error", "code": "apiKeyInvalid", "message": "Your API key is invalid or incorrect."}
+            body = {
+                "status": "error",
+                "code": "apiKeyInvalid",
+                "message": "Your API key is invalid or incorrect.",
+            }
             return self._send(401, json.dumps(body).encode(), "application/json")
         stories = json.loads((FIXTURES / "stories.json").read_text(encoding="utf-8"))
         q = query.get("q", [""])[0].lower()
@@ -149,13 +167,18 @@ class _Handler(BaseHTTPRequestHandler):
             s = stories[key]
             if q and q not in s["text"].lower() and q not in s["title"].lower():
                 continue
-            articles.append({
-                "source": {"id": None, "name": "Wire Service"}, "author": "Staff",
-                "title": s["title"], "description": s["text"].split("\n")[0][:120],
-                "url": f"{self.server.base}/pages/{key}.html", "urlToImage": None,
-                "publishedAt": "2026-11-18T06:00:00Z",
-                "content": s["text"][:200] + f"… [+{len(s['text']) - 200} chars]",
-            })
+            articles.append(
+                {
+                    "source": {"id": None, "name": "Wire Service"},
+                    "author": "Staff",
+                    "title": s["title"],
+                    "description": s["text"].split("\n")[0][:120],
+                    "url": f"{self.server.base}/pages/{key}.html",
+                    "urlToImage": None,
+                    "publishedAt": "2026-11-18T06:00:00Z",
+                    "content": s["text"][:200] + f"… [+{len(s['text']) - 200} chars]",
+                }
+            )
         body = {"status": "ok", "totalResults": len(articles), "articles": articles}
         return self._send(200, json.dumps(body).encode(), "application/json")
 
@@ -165,6 +188,7 @@ def _huge_entry_feed(base: str) -> bytes:
     s = stories["library"]
     huge = "word " * (HUGE_CHARS // 5)
     return f"""<?xml version="1.0" encoding="utf-8"?><rss version="2.0"><channel><title>Huge</title>
-<item><title>{s['title']}</title><link>{base}/pages/library.html</link><description>{s['text']}</description></item>
-<item><title>The endless entry</title><link>{base}/pages/endless.html</link><description>{huge}</description></item>
+<item><title>{s["title"]}</title><link>{base}/pages/library.html</link><description>{s["text"]}</description></item>
+<item><title>The endless entry</title><link>{base}/pages/endless.html</link>
+<description>{huge}</description></item>
 </channel></rss>""".encode()

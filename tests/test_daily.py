@@ -18,16 +18,23 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-
-from chains.daily import Edition, EditionItem, make_edition, md_escape, render_html, render_markdown, write_edition
 from feed_server import FIXTURES, FeedServer
+
+from chains.daily import (
+    Edition,
+    EditionItem,
+    make_edition,
+    md_escape,
+    render_html,
+    write_edition,
+)
 from llmapps.errors import ConfigError
 
 PAYLOADS = [
     "<script>window.__pwned=1</script>",
     '"><img src=x onerror="window.__pwned=2">',
     "</style><script>window.__pwned=3</script>",
-    "<a href=\"javascript:window.__pwned=4\">x</a>",
+    '<a href="javascript:window.__pwned=4">x</a>',
     '<p style="position:fixed;inset:0;background:red" onclick="window.__pwned=5">cover</p>',
     "{{ 7*7 }} {% raw %}",
 ]
@@ -61,8 +68,27 @@ class PageAudit(HTMLParser):
             self.style_blocks.append(data)
 
 
-ALLOWED_TAGS = {"html", "head", "meta", "title", "style", "body", "header", "h1", "p", "time", "strong",
-                "main", "article", "h2", "span", "details", "summary", "a", "footer"}
+ALLOWED_TAGS = {
+    "html",
+    "head",
+    "meta",
+    "title",
+    "style",
+    "body",
+    "header",
+    "h1",
+    "p",
+    "time",
+    "strong",
+    "main",
+    "article",
+    "h2",
+    "span",
+    "details",
+    "summary",
+    "a",
+    "footer",
+}
 
 
 def audit(html: str) -> PageAudit:
@@ -75,25 +101,52 @@ def audit(html: str) -> PageAudit:
         if tag == "a":
             assert attrs["href"].startswith(("http://", "https://")), attrs
             assert attrs["rel"] == "noopener noreferrer nofollow"
-    css = (Path(__file__).resolve().parent.parent / "chains" / "templates" / "daily.css").read_text()
+    css = (
+        Path(__file__).resolve().parent.parent / "chains" / "templates" / "daily.css"
+    ).read_text()
     assert a.style_blocks == [css]  # one <style>, ours, unbroken
     return a
 
 
 def hostile_edition() -> Edition:
-    items = [EditionItem(id=str(i), title=f"Title {p}", riddle=f"I am hidden {p}\nsecond line", answer=f"answer {p}",
-                         summary=f"summary {p}", source=f"Source {p}", url="https://example.org/a?q=\"><script>",
-                         date="2026-11-21") for i, p in enumerate(PAYLOADS)]
-    items.append(EditionItem(id="plain", title="The harbour wall", riddle="Grey and tall, I keep out the sea",
-                             answer="The harbour wall", source="Saltmere Weekly", url=""))
-    return Edition(title="The <b>Daily</b> Riddle", date="2026-11-21", generated_at="2026-11-21 06:00 UTC",
-                   strategy="zero-shot <i>", items=items)
+    items = [
+        EditionItem(
+            id=str(i),
+            title=f"Title {p}",
+            riddle=f"I am hidden {p}\nsecond line",
+            answer=f"answer {p}",
+            summary=f"summary {p}",
+            source=f"Source {p}",
+            url='https://example.org/a?q="><script>',
+            date="2026-11-21",
+        )
+        for i, p in enumerate(PAYLOADS)
+    ]
+    items.append(
+        EditionItem(
+            id="plain",
+            title="The harbour wall",
+            riddle="Grey and tall, I keep out the sea",
+            answer="The harbour wall",
+            source="Saltmere Weekly",
+            url="",
+        )
+    )
+    return Edition(
+        title="The <b>Daily</b> Riddle",
+        date="2026-11-21",
+        generated_at="2026-11-21 06:00 UTC",
+        strategy="zero-shot <i>",
+        items=items,
+    )
 
 
 def test_hostile_text_never_reaches_the_page_unescaped():
     html = render_html(hostile_edition())
     a = audit(html)
-    assert "<script" not in html and "javascript:" not in html.replace("javascript:window.__pwned=4", "")
+    assert "<script" not in html and "javascript:" not in html.replace(
+        "javascript:window.__pwned=4", ""
+    )
     assert "&lt;script&gt;window.__pwned=1&lt;/script&gt;" in html
     assert "{{ 7*7 }}" in html  # data is never rendered as a template
     assert sum(1 for t, _ in a.tags if t == "details") == len(PAYLOADS) + 1
@@ -117,8 +170,13 @@ def test_page_has_the_ai_label_hidden_answers_and_links_only_to_http(tmp_path):
 
 
 def test_markdown_escaping_keeps_text_inert():
-    assert md_escape("[click](javascript:x) *b* <i>") == r"\[click\]\(javascript:x\) \*b\* &lt;i&gt;"
-    assert md_escape("- not a list") == r"\- not a list" and md_escape("3. nor this") == r"3\. nor this"
+    assert (
+        md_escape("[click](javascript:x) *b* <i>") == r"\[click\]\(javascript:x\) \*b\* &lt;i&gt;"
+    )
+    assert (
+        md_escape("- not a list") == r"\- not a list"
+        and md_escape("3. nor this") == r"3\. nor this"
+    )
 
 
 def test_make_edition_rejects_a_bad_count():
@@ -126,14 +184,41 @@ def test_make_edition_rejects_a_bad_count():
         make_edition([{"title": "t", "text": "x"}], max_riddles=0)
 
 
-def test_daily_cli_from_feeds_with_zero_shot_on_tiny_models(server, tiny_instruct, tmp_path, capsys):
+def test_daily_cli_from_feeds_with_zero_shot_on_tiny_models(
+    server, tiny_instruct, tmp_path, capsys
+):
     from llmapps.cli import main
 
     out = tmp_path / "site"
-    rc = main(["daily", "--feed", server.url("xss.xml"), "--feed", server.url("rdf.xml"),
-               "--feed", server.url("status/500"), "--strategy", "zero-shot", "--instruct-model", tiny_instruct,
-               "--max-riddles", "3", "--max-new-tokens", "48", "--retries", "0", "--timeout", "2",
-               "--min-words", "20", "--out", str(out), "--date", "2026-11-21"])
+    rc = main(
+        [
+            "daily",
+            "--feed",
+            server.url("xss.xml"),
+            "--feed",
+            server.url("rdf.xml"),
+            "--feed",
+            server.url("status/500"),
+            "--strategy",
+            "zero-shot",
+            "--instruct-model",
+            tiny_instruct,
+            "--max-riddles",
+            "3",
+            "--max-new-tokens",
+            "48",
+            "--retries",
+            "0",
+            "--timeout",
+            "2",
+            "--min-words",
+            "20",
+            "--out",
+            str(out),
+            "--date",
+            "2026-11-21",
+        ]
+    )
     assert rc == 0, capsys.readouterr().err
     data = json.loads((out / "edition.json").read_text(encoding="utf-8"))
     assert data["date"] == "2026-11-21" and data["strategy"] == "zero-shot"
@@ -149,10 +234,19 @@ def test_daily_cli_from_feeds_with_zero_shot_on_tiny_models(server, tiny_instruc
 
 def test_few_shot_edition_riddles_articles_in_order(tiny_base):
     stories = json.loads((FIXTURES / "stories.json").read_text(encoding="utf-8"))
-    articles = [{"id": k, "title": stories[k]["title"], "text": stories[k]["text"], "source": "Gazette",
-                 "url": "javascript:alert(1)" if k == "frost" else f"https://example.org/{k}"}
-                for k in ("bridge", "frost")]
-    edition = make_edition(articles, "few-shot", base_model=tiny_base, max_new_tokens=40, date="2026-11-21")
+    articles = [
+        {
+            "id": k,
+            "title": stories[k]["title"],
+            "text": stories[k]["text"],
+            "source": "Gazette",
+            "url": "javascript:alert(1)" if k == "frost" else f"https://example.org/{k}",
+        }
+        for k in ("bridge", "frost")
+    ]
+    edition = make_edition(
+        articles, "few-shot", base_model=tiny_base, max_new_tokens=40, date="2026-11-21"
+    )
     assert len(edition.items) + len(edition.skipped) == 2
     for item in edition.items:
         assert item.riddle
@@ -164,7 +258,12 @@ def test_few_shot_edition_riddles_articles_in_order(tiny_base):
 
 
 def find_chromium() -> str | None:
-    for name in (os.environ.get("LLMAPPS_CHROMIUM"), "chromium", "chromium-browser", "google-chrome"):
+    for name in (
+        os.environ.get("LLMAPPS_CHROMIUM"),
+        "chromium",
+        "chromium-browser",
+        "google-chrome",
+    ):
         if name and (path := shutil.which(name)):
             return path
     return None
@@ -176,24 +275,46 @@ CHROMIUM = find_chromium()
 class QuietHandler(SimpleHTTPRequestHandler):
     def log_message(self, format: str, *args: object) -> None:
         pass
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="no chromium binary on PATH (apt-get install chromium; "
-                    "see .ci/apt-packages.txt); the page's HTML is still checked by the other tests")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+@pytest.mark.skipif(
+    CHROMIUM is None,
+    reason="no chromium binary on PATH (apt-get install chromium; "
+    "see .ci/apt-packages.txt); the page's HTML is still checked by the other tests",
+)
 def test_answers_reveal_on_click_in_headless_chromium(tmp_path):
-    playwright = pytest.importorskip("playwright.sync_api", reason="playwright (dev extra) is not installed")
+    playwright = pytest.importorskip(
+        "playwright.sync_api", reason="playwright (dev extra) is not installed"
+    )
     site = tmp_path / "site"
     write_edition(hostile_edition(), site)
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(QuietHandler, directory=str(site)))
+    httpd = ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(QuietHandler, directory=str(site))
+    )
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{httpd.server_address[1]}/index.html"
     try:
         with playwright.sync_playwright() as p:
             ctx = p.chromium.launch_persistent_context(
-                str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS,
-                viewport={"width": 390, "height": 844}, device_scale_factor=2, is_mobile=True, has_touch=True,
+                str(tmp_path / "profile"),
+                executable_path=CHROMIUM,
+                headless=True,
+                args=CHROMIUM_ARGS,
+                viewport={"width": 390, "height": 844},
+                device_scale_factor=2,
+                is_mobile=True,
+                has_touch=True,
             )
             try:
                 dialogs: list[str] = []
@@ -201,8 +322,14 @@ def test_answers_reveal_on_click_in_headless_chromium(tmp_path):
                 page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
                 # Only loopback traffic: anything else the page asks for is refused and recorded.
                 outside: list[str] = []
-                page.route("**/*", lambda route: route.continue_() if route.request.url.startswith(
-                    "http://127.0.0.1") else (outside.append(route.request.url), route.abort()))
+                page.route(
+                    "**/*",
+                    lambda route: (
+                        route.continue_()
+                        if route.request.url.startswith("http://127.0.0.1")
+                        else (outside.append(route.request.url), route.abort())
+                    ),
+                )
                 page.goto(url)
                 shots = Path(os.environ.get("LLMAPPS_SCREENSHOT_DIR", tmp_path))
                 shots.mkdir(parents=True, exist_ok=True)

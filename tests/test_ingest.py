@@ -13,8 +13,8 @@ import unicodedata
 from pathlib import Path
 
 import pytest
-
 from feed_server import FIXTURES, FeedServer
+
 from llmapps.errors import InputError
 from llmapps.ingest import (
     CleanOptions,
@@ -28,7 +28,13 @@ from llmapps.ingest import (
     safe_http_url,
     scrub_pii,
 )
-from llmapps.ingest.clean import jaccard, near_duplicate_groups, repeated_lines, strip_boilerplate, truncate_text
+from llmapps.ingest.clean import (
+    jaccard,
+    near_duplicate_groups,
+    repeated_lines,
+    strip_boilerplate,
+    truncate_text,
+)
 from llmapps.ingest.feeds import FeedError, parse_feed
 
 STORIES = json.loads((FIXTURES / "stories.json").read_text(encoding="utf-8"))
@@ -43,8 +49,13 @@ def server():
 
 def fast(**fetch: object) -> IngestOptions:
     """Options with short timeouts and back-off, so fault tests take fractions of a second."""
-    base = {"timeout_s": 0.5, "retries": 1, "backoff_s": 0.01, "max_response_bytes": 2_000_000,
-            "user_agent": "llmapps-test/1.0"}
+    base = {
+        "timeout_s": 0.5,
+        "retries": 1,
+        "backoff_s": 0.01,
+        "max_response_bytes": 2_000_000,
+        "user_agent": "llmapps-test/1.0",
+    }
     base.update(fetch)
     return IngestOptions(fetch=FetchOptions(**base))
 
@@ -57,10 +68,16 @@ def by_source(result, server):
 
 
 def test_rss_atom_rdf_and_rss091_land_with_teasers_filled_from_pages(server):
-    result = ingest([server.url(p) for p in ("rss2.xml", "atom.xml", "rdf.xml", "rss091.xml")], options=fast())
+    result = ingest(
+        [server.url(p) for p in ("rss2.xml", "atom.xml", "rdf.xml", "rss091.xml")], options=fast()
+    )
     reports = by_source(result, server)
     assert {k: r.status for k, r in reports.items()} == {
-        "/rss2.xml": "partial", "/atom.xml": "ok", "/rdf.xml": "ok", "/rss091.xml": "ok"}
+        "/rss2.xml": "partial",
+        "/atom.xml": "ok",
+        "/rdf.xml": "ok",
+        "/rss091.xml": "ok",
+    }
     assert "javascript:alert(document.cookie)" in reports["/rss2.xml"].warnings[0]
     titles = [it.title for it in result.items]
     for key in ("bridge", "comet", "mower", "cycling", "library", "frost", "bakery"):
@@ -68,7 +85,9 @@ def test_rss_atom_rdf_and_rss091_land_with_teasers_filled_from_pages(server):
     comet = next(it for it in result.items if it.title == STORIES["comet"]["title"])
     # The feed only had a one-line teaser: the rest came from the article page, minus its furniture.
     assert comet.full_text and "Minor Planet Center" in comet.text
-    assert not re.search(r"Most read|Share this article|All rights reserved|trackVisitor", comet.text)
+    assert not re.search(
+        r"Most read|Share this article|All rights reserved|trackVisitor", comet.text
+    )
     bridge = next(it for it in result.items if it.title == STORIES["bridge"]["title"])
     assert "appeared first on" not in bridge.text and not bridge.full_text
     cycling = next(it for it in result.items if it.title == STORIES["cycling"]["title"])
@@ -106,7 +125,10 @@ FAULTS = {
 
 
 def test_every_faulty_source_is_reported_with_its_reason_and_the_good_one_still_lands(server):
-    sources = [server.url(p) for p in FAULTS] + [server.url("rdf.xml"), str(FIXTURES / "missing.jsonl")]
+    sources = [server.url(p) for p in FAULTS] + [
+        server.url("rdf.xml"),
+        str(FIXTURES / "missing.jsonl"),
+    ]
     result = ingest(sources, options=fast())
     reports = by_source(result, server)
     for path, reason in FAULTS.items():
@@ -123,13 +145,17 @@ def test_gigantic_entry_is_skipped_and_reported_while_its_neighbour_lands(server
     result = ingest([server.url("huge-entry.xml")], options=fast())
     (report,) = result.reports
     assert report.status == "partial" and report.entries == 2 and report.landed == 1
-    assert re.search(r"entry 2 \('The endless entry'\) has \d+ characters, over the 200000 limit: skipped",
-                     report.warnings[0])
+    assert re.search(
+        r"entry 2 \('The endless entry'\) has \d+ characters, over the 200000 limit: skipped",
+        report.warnings[0],
+    )
     assert [it.title for it in result.items] == [STORIES["library"]["title"]]
 
 
 def test_lenient_mode_keeps_a_wrongly_declared_utf8_feed_decoded_right(server):
-    result = ingest([server.url("wrong_encoding.xml")], options=fast().model_copy(update={"lenient": True}))
+    result = ingest(
+        [server.url("wrong_encoding.xml")], options=fast().model_copy(update={"lenient": True})
+    )
     (report,) = result.reports
     assert report.status == "partial" and "read as UTF-8" in report.warnings[0]
     (item,) = result.items
@@ -137,9 +163,14 @@ def test_lenient_mode_keeps_a_wrongly_declared_utf8_feed_decoded_right(server):
 
 
 def test_redirects_are_followed_and_a_flaky_server_is_retried_with_our_user_agent(server):
-    result = ingest([server.url("redirect/rdf.xml"), server.url("flaky/rss091.xml")], options=fast())
+    result = ingest(
+        [server.url("redirect/rdf.xml"), server.url("flaky/rss091.xml")], options=fast()
+    )
     assert [r.status for r in result.reports] == ["ok", "ok"]
-    assert {it.title for it in result.items} == {STORIES["frost"]["title"], STORIES["bakery"]["title"]}
+    assert {it.title for it in result.items} == {
+        STORIES["frost"]["title"],
+        STORIES["bakery"]["title"],
+    }
     flaky = [ua for path, ua in server.requests if path == "/flaky/rss091.xml"]
     assert flaky == ["llmapps-test/1.0", "llmapps-test/1.0"]  # a 500, then the retry that worked
 
@@ -183,7 +214,9 @@ def test_local_directory_of_jsonl_csv_text_and_html():
     assert report.status == "partial"
     assert any("articles.jsonl: line 3: not valid JSON" in w for w in report.warnings)
     titles = {it.title for it in result.items}
-    assert titles == {STORIES[k]["title"] for k in ("bridge", "library", "frost", "cycling", "bakery")}
+    assert titles == {
+        STORIES[k]["title"] for k in ("bridge", "library", "frost", "cycling", "bakery")
+    }
     library = next(it for it in result.items if it.title == STORIES["library"]["title"])
     assert library.url == ""  # javascript: link dropped
     bakery = next(it for it in result.items if it.title == STORIES["bakery"]["title"])
@@ -214,8 +247,10 @@ def test_parse_feed_rejects_and_describes():
 
 
 def test_html_to_text_drops_scripts_styles_and_comments():
-    html = ("<p>Hello <b>world</b></p><script>alert(1)</script><style>p{}</style><!-- c -->"
-            "<ul><li>one</li><li>two</li></ul>&amp; more")
+    html = (
+        "<p>Hello <b>world</b></p><script>alert(1)</script><style>p{}</style><!-- c -->"
+        "<ul><li>one</li><li>two</li></ul>&amp; more"
+    )
     text = normalize_text(html_to_text(html))
     assert text == "Hello world\n\none\n\ntwo\n\n& more"
     assert html_to_text("plain text, no tags") == "plain text, no tags"
@@ -229,7 +264,9 @@ def test_normalize_text_nfc_invisible_characters_and_spaces():
 
 
 def test_boilerplate_lines_and_lines_repeated_across_a_source():
-    text, removed = strip_boilerplate("Story line.\nRead more\nSubscribe to our newsletter today\nEnd.")
+    text, removed = strip_boilerplate(
+        "Story line.\nRead more\nSubscribe to our newsletter today\nEnd."
+    )
     assert (text, removed) == ("Story line.\nEnd.", 2)
     texts = [f"Story {i} body.\nFrom the desk of the Gazette" for i in range(4)]
     assert repeated_lines(texts) == frozenset({"From the desk of the Gazette"})
@@ -239,7 +276,10 @@ def test_length_bounds_drop_short_and_cut_long_at_a_sentence():
     long = " ".join(f"Sentence number {i} is here." for i in range(200))
     cut = truncate_text(long, 300)
     assert len(cut) <= 300 and cut.endswith(".")
-    items = [NewsItem(id="a", title="Short", text="too short"), NewsItem(id="b", title="Long", text=long)]
+    items = [
+        NewsItem(id="a", title="Short", text="too short"),
+        NewsItem(id="b", title="Long", text=long),
+    ]
     kept, stats = clean_items(items, CleanOptions(min_words=5, max_chars=300))
     assert [k.id for k in kept] == ["b"] and stats.too_short == 1 and stats.truncated == 1
 
@@ -250,8 +290,12 @@ def test_exact_and_near_duplicates():
     other = STORIES["frost"]["text"]
     assert jaccard(base, variant) > 0.7 > jaccard(base, other)
     assert near_duplicate_groups([base, other, variant]) == [[0, 2]]
-    items = [NewsItem(id="1", title="A", text=base), NewsItem(id="2", title="B", text=base.upper()),
-             NewsItem(id="3", title="C", text=variant), NewsItem(id="4", title="D", text=other)]
+    items = [
+        NewsItem(id="1", title="A", text=base),
+        NewsItem(id="2", title="B", text=base.upper()),
+        NewsItem(id="3", title="C", text=variant),
+        NewsItem(id="4", title="D", text=other),
+    ]
     kept, stats = clean_items(items)
     # "evening" is longer than "night": the fuller version wins, in the place of the first one seen.
     assert [k.id for k in kept] == ["3", "4"]
@@ -261,22 +305,37 @@ def test_exact_and_near_duplicates():
 
 
 def test_pii_scrubbing_replaces_contacts_but_not_figures():
-    text = ("Write to jane.doe@example.org or call +44 20 7946 0958 or (555) 123-4567; card 4111 1111 1111 1111 "
-            "from 192.168.1.20. Turnout was 21,000 in 1974 2006 and 2010, ref 1234 5678.")
+    text = (
+        "Write to jane.doe@example.org or call +44 20 7946 0958 or (555) 123-4567; "
+        "card 4111 1111 1111 1111 "
+        "from 192.168.1.20. Turnout was 21,000 in 1974 2006 and 2010, ref 1234 5678."
+    )
     out, n = scrub_pii(text)
     assert n == 5
     for tag in ("[EMAIL]", "[PHONE]", "[CARD]", "[IP]"):
         assert tag in out
     assert "21,000 in 1974 2006 and 2010" in out and "1234 5678" in out
-    kept, stats = clean_items([NewsItem(id="1", title="t", text=text * 3)], CleanOptions(min_words=1, scrub_pii=True))
+    kept, stats = clean_items(
+        [NewsItem(id="1", title="t", text=text * 3)], CleanOptions(min_words=1, scrub_pii=True)
+    )
     assert "@" not in kept[0].text and stats.pii_replacements == 15
 
 
-@pytest.mark.parametrize(("url", "ok"), [
-    ("https://example.org/a?b=1", True), ("HTTP://EXAMPLE.ORG", True), ("javascript:alert(1)", False),
-    ("data:text/html,x", False), ("file:///etc/passwd", False), ("/relative/path", False),
-    ("https://exa mple.org", False), ("https://example.org/\nx", False), ("http://", False), (None, False),
-])
+@pytest.mark.parametrize(
+    ("url", "ok"),
+    [
+        ("https://example.org/a?b=1", True),
+        ("HTTP://EXAMPLE.ORG", True),
+        ("javascript:alert(1)", False),
+        ("data:text/html,x", False),
+        ("file:///etc/passwd", False),
+        ("/relative/path", False),
+        ("https://exa mple.org", False),
+        ("https://example.org/\nx", False),
+        ("http://", False),
+        (None, False),
+    ],
+)
 def test_only_absolute_http_urls_are_safe(url, ok):
     assert (safe_http_url(url) is not None) is ok
 
@@ -289,9 +348,24 @@ def test_news_fetch_cli_writes_jsonl_and_report_read_by_news_riddle(server, tmp_
     from llmapps.cli import main
 
     out = tmp_path / "today.jsonl"
-    rc = main(["news", "fetch", "--feed", server.url("rss2.xml"), "--feed", server.url("status/404"),
-               "--feed", str(FIXTURES / "local" / "cycling.txt"), "--timeout", "1", "--retries", "0",
-               "--out", str(out)])
+    rc = main(
+        [
+            "news",
+            "fetch",
+            "--feed",
+            server.url("rss2.xml"),
+            "--feed",
+            server.url("status/404"),
+            "--feed",
+            str(FIXTURES / "local" / "cycling.txt"),
+            "--timeout",
+            "1",
+            "--retries",
+            "0",
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0
     rows = read_articles(out)  # the app's own reader accepts what ingestion wrote
     assert len(rows) == 4 and all(r["text"] for r in rows)
@@ -325,5 +399,6 @@ def test_fetcher_refuses_non_http_urls():
 
 def test_fixture_pages_exist():
     assert sorted(p.stem for p in (FIXTURES / "pages").glob("*.html")) == sorted(
-        ["bakery", "bridge", "comet", "frost", "library", "mower"])
+        ["bakery", "bridge", "comet", "frost", "library", "mower"]
+    )
     assert Path(FIXTURES / "stories.json").exists()

@@ -1,4 +1,4 @@
-"""Cleaning on the way in: HTML to text, Unicode normalisation, boilerplate, length, duplicates, PII.
+"""Cleaning on the way in: HTML to text, Unicode NFC, boilerplate, length, duplicates, PII.
 
 Everything here works on plain Python data and is deterministic, so a cleaning step can be tested
 on its own and rerun on saved JSONL. ``clean_items`` runs the whole sequence with ``CleanOptions``.
@@ -18,18 +18,59 @@ from pydantic import BaseModel, ConfigDict, Field
 from llmapps.ingest.models import CleanStats, NewsItem
 
 # Elements whose text is never article text (and must never reach a page or a prompt as markup).
-_DROP_TAGS = ("script", "style", "noscript", "template", "iframe", "object", "embed", "svg", "head",
-              "form", "button", "select", "textarea")
-_BLOCK_TAGS = frozenset({"p", "div", "br", "li", "ul", "ol", "h1", "h2", "h3", "h4", "h5", "h6",
-                         "blockquote", "pre", "tr", "table", "section", "article", "header",
-                         "footer", "figure", "figcaption", "hr", "dd", "dt", "main", "aside"})
+_DROP_TAGS = (
+    "script",
+    "style",
+    "noscript",
+    "template",
+    "iframe",
+    "object",
+    "embed",
+    "svg",
+    "head",
+    "form",
+    "button",
+    "select",
+    "textarea",
+)
+_BLOCK_TAGS = frozenset(
+    {
+        "p",
+        "div",
+        "br",
+        "li",
+        "ul",
+        "ol",
+        "h1",
+        "h2",
+        "h3",
+        "h4",
+        "h5",
+        "h6",
+        "blockquote",
+        "pre",
+        "tr",
+        "table",
+        "section",
+        "article",
+        "header",
+        "footer",
+        "figure",
+        "figcaption",
+        "hr",
+        "dd",
+        "dt",
+        "main",
+        "aside",
+    }
+)
 # Invisible or look-alike characters that survive NFC and break duplicate detection.
 _INVISIBLE = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff\u00ad"), None)
 _SPACES = dict.fromkeys(map(ord, "\u00a0\u2007\u202f\u2009\u200a\u3000\t"), " ")
 
 
 def html_to_text(markup: str) -> str:
-    """Plain text of an HTML fragment or page: scripts, styles and comments dropped, blocks as lines.
+    """Plain text of an HTML fragment or page: scripts, styles, comments dropped; blocks as lines.
 
     Uses lxml's HTML parser (no regular expressions over markup), so broken HTML degrades to its
     text rather than leaking tags. Text without markup is returned unchanged (but unescaped).
@@ -47,8 +88,9 @@ def html_to_text(markup: str) -> str:
         root = lxml.html.fragment_fromstring(markup, create_parent="div")
     except (lxml.etree.ParserError, ValueError):
         return html.unescape(markup)
-    lxml.etree.strip_elements(root, *_DROP_TAGS, lxml.etree.Comment, lxml.etree.ProcessingInstruction,
-                              with_tail=False)
+    lxml.etree.strip_elements(
+        root, *_DROP_TAGS, lxml.etree.Comment, lxml.etree.ProcessingInstruction, with_tail=False
+    )
     for el in root.iter():
         if isinstance(el.tag, str) and el.tag.lower() in _BLOCK_TAGS:
             el.tail = "\n" + (el.tail or "")
@@ -74,18 +116,26 @@ def normalize_text(text: str) -> str:
 # plain-text lines (never against markup).
 BOILERPLATE_PATTERNS = [
     r"(read|continue reading|read the full story|full story)( more)?( here| at .*| on .*)?\W*",
-    r"click here.*", r"(sign up|subscribe)( now)?( to| for)? .*newsletter.*", r"subscribe( now)?\W*",
-    r"share (this|the) (article|story|post)\W*.*", r"follow us on .*",
-    r"(all rights reserved|copyright|©).*", r".*all rights reserved\W*",
-    r"the post .* appeared first on .*", r"advertisement\W*", r"(related|more on this story|see also)\W*",
-    r"this article (was )?originally (appeared|published) .*", r"(image|photo|picture)( credit)?:.*",
-    r"\[\+\d+ chars\]", r".*\[\+\d+ chars\]",
+    r"click here.*",
+    r"(sign up|subscribe)( now)?( to| for)? .*newsletter.*",
+    r"subscribe( now)?\W*",
+    r"share (this|the) (article|story|post)\W*.*",
+    r"follow us on .*",
+    r"(all rights reserved|copyright|©).*",
+    r".*all rights reserved\W*",
+    r"the post .* appeared first on .*",
+    r"advertisement\W*",
+    r"(related|more on this story|see also)\W*",
+    r"this article (was )?originally (appeared|published) .*",
+    r"(image|photo|picture)( credit)?:.*",
+    r"\[\+\d+ chars\]",
+    r".*\[\+\d+ chars\]",
 ]
 _BOILERPLATE_RE = re.compile("|".join(f"(?:{p})" for p in BOILERPLATE_PATTERNS), re.I)
 
 
 def strip_boilerplate(text: str, extra_lines: frozenset[str] = frozenset()) -> tuple[str, int]:
-    """Drop boilerplate lines (known patterns, or lines in ``extra_lines``); returns (text, removed)."""
+    """Drop boilerplate lines (known patterns or ``extra_lines``); returns (text, lines removed)."""
     kept, removed = [], 0
     for line in text.split("\n"):
         if line and (_BOILERPLATE_RE.fullmatch(line.strip()) or line in extra_lines):
@@ -120,7 +170,9 @@ def truncate_text(text: str, max_chars: int) -> str:
 _EMAIL_RE = re.compile(r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}\b")
 _IPV4_RE = re.compile(r"\b(?:(?:25[0-5]|2[0-4]\d|1?\d?\d)\.){3}(?:25[0-5]|2[0-4]\d|1?\d?\d)\b")
 _CARD_RE = re.compile(r"\b(?:\d[ -]?){12,18}\d\b")
-_PHONE_RE = re.compile(r"(?<![\w+])(?:\+\d{1,3}[ .-]?)?(?:\(\d{1,4}\)[ .-]?)?\d{2,4}(?:[ .-]\d{2,5}){1,4}(?![\w-])")
+_PHONE_RE = re.compile(
+    r"(?<![\w+])(?:\+\d{1,3}[ .-]?)?(?:\(\d{1,4}\)[ .-]?)?\d{2,4}(?:[ .-]\d{2,5}){1,4}(?![\w-])"
+)
 
 
 def _luhn_ok(digits: str) -> bool:
@@ -136,8 +188,18 @@ def _phone_like(match: str) -> bool:
     if not 9 <= len(digits) <= 15:
         return False
     # Plain groups of numbers separated by spaces ("1974 2006 2010") are figures, not phones.
-    return match.startswith("+") or "(" in match or "-" in match or "." in match or " " in match and len(
-        match.split()) <= 4 and len(match.split()[0]) <= 5 and match.split()[0].startswith("0")
+    return (
+        match.startswith("+")
+        or "(" in match
+        or "-" in match
+        or "." in match
+        or (
+            " " in match
+            and len(match.split()) <= 4
+            and len(match.split()[0]) <= 5
+            and match.split()[0].startswith("0")
+        )
+    )
 
 
 def scrub_pii(text: str) -> tuple[str, int]:
@@ -185,7 +247,9 @@ class MinHasher:
 
     def __init__(self, num_perm: int = 64, shingle_words: int = 5, seed: int = 1) -> None:
         rng = np.random.default_rng(seed)
-        self.a = rng.integers(1, 2**63, size=num_perm, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
+        self.a = rng.integers(1, 2**63, size=num_perm, dtype=np.uint64) * np.uint64(2) + np.uint64(
+            1
+        )
         self.b = rng.integers(0, 2**63, size=num_perm, dtype=np.uint64)
         self.k = shingle_words
 
@@ -194,8 +258,13 @@ class MinHasher:
         sh = _shingles(text, self.k)
         if not sh:
             return np.full(len(self.a), np.iinfo(np.uint64).max, dtype=np.uint64)
-        x = np.array([int.from_bytes(hashlib.blake2b(s.encode(), digest_size=8).digest(), "little")
-                      for s in sh], dtype=np.uint64)
+        x = np.array(
+            [
+                int.from_bytes(hashlib.blake2b(s.encode(), digest_size=8).digest(), "little")
+                for s in sh
+            ],
+            dtype=np.uint64,
+        )
         with np.errstate(over="ignore"):
             h = (np.outer(x, self.a) + self.b) >> np.uint64(32)
         return h.min(axis=0)
@@ -207,8 +276,9 @@ def jaccard(a: str, b: str, k: int = 5) -> float:
     return len(sa & sb) / len(sa | sb) if sa or sb else 1.0
 
 
-def near_duplicate_groups(texts: Sequence[str], threshold: float = 0.7, num_perm: int = 64,
-                          bands: int = 16) -> list[list[int]]:
+def near_duplicate_groups(
+    texts: Sequence[str], threshold: float = 0.7, num_perm: int = 64, bands: int = 16
+) -> list[list[int]]:
     """Groups (index lists, size > 1) of texts whose estimated shingle Jaccard is >= ``threshold``.
 
     Locality-sensitive hashing over ``bands`` bands finds candidate pairs without comparing every
@@ -250,13 +320,21 @@ class CleanOptions(BaseModel):
 
     min_words: int = Field(30, ge=0, description="shorter articles are dropped")
     max_chars: int = Field(20_000, ge=100, description="longer articles are cut at a sentence end")
-    boilerplate: bool = Field(True, description="drop known furniture lines and lines repeated across a source")
+    boilerplate: bool = Field(
+        True, description="drop known furniture lines and lines repeated across a source"
+    )
     dedup: bool = Field(True, description="drop exact duplicates (same text)")
-    near_dup_threshold: float | None = Field(0.7, gt=0.0, le=1.0, description="None: no near-duplicate pass")
-    scrub_pii: bool = Field(False, description="replace e-mails, phones, cards, IPs (for training text)")
+    near_dup_threshold: float | None = Field(
+        0.7, gt=0.0, le=1.0, description="None: no near-duplicate pass"
+    )
+    scrub_pii: bool = Field(
+        False, description="replace e-mails, phones, cards, IPs (for training text)"
+    )
 
 
-def clean_items(items: Sequence[NewsItem], options: CleanOptions | None = None) -> tuple[list[NewsItem], CleanStats]:
+def clean_items(
+    items: Sequence[NewsItem], options: CleanOptions | None = None
+) -> tuple[list[NewsItem], CleanStats]:
     """Normalise, strip boilerplate, bound lengths and drop duplicates; returns (kept, stats).
 
     Of a group of duplicates the longest text is kept (a full article beats a syndicated teaser),
@@ -269,15 +347,21 @@ def clean_items(items: Sequence[NewsItem], options: CleanOptions | None = None) 
     normed = []
     for item in items:
         text = normalize_text(html_to_text(item.text))
-        line = {k: " ".join(normalize_text(html_to_text(getattr(item, k))).split())
-                for k in ("title", "source", "author")}
+        line = {
+            k: " ".join(normalize_text(html_to_text(getattr(item, k))).split())
+            for k in ("title", "source", "author")
+        }
         normed.append(item.model_copy(update={"text": text, **line}))
         by_source[item.origin or item.source].append(text)
-    furniture = {src: repeated_lines(texts) for src, texts in by_source.items()} if opts.boilerplate else {}
+    furniture = (
+        {src: repeated_lines(texts) for src, texts in by_source.items()} if opts.boilerplate else {}
+    )
     for item in normed:
         text = item.text
         if opts.boilerplate:
-            text, removed = strip_boilerplate(text, furniture.get(item.origin or item.source, frozenset()))
+            text, removed = strip_boilerplate(
+                text, furniture.get(item.origin or item.source, frozenset())
+            )
             stats.boilerplate_lines += removed
         if opts.scrub_pii:
             text, n = scrub_pii(text)
@@ -286,18 +370,24 @@ def clean_items(items: Sequence[NewsItem], options: CleanOptions | None = None) 
             item = item.model_copy(update={"title": title})
         if len(text.split()) < opts.min_words:
             stats.too_short += 1
-            stats.dropped.append(f"{item.title or item.id}: {len(text.split())} words, fewer than {opts.min_words}")
+            stats.dropped.append(
+                f"{item.title or item.id}: {len(text.split())} words, fewer than {opts.min_words}"
+            )
             continue
         if len(text) > opts.max_chars:
             text = truncate_text(text, opts.max_chars)
             stats.truncated += 1
-        staged.append(item.model_copy(update={"text": text, "title": item.title or text.split(".")[0][:80]}))
+        staged.append(
+            item.model_copy(update={"text": text, "title": item.title or text.split(".")[0][:80]})
+        )
 
     drop: set[int] = set()
     if opts.dedup:
         first: dict[str, int] = {}
         for i, item in enumerate(staged):
-            key = hashlib.sha256(" ".join(re.findall(r"\w+", item.text.lower())).encode()).hexdigest()
+            key = hashlib.sha256(
+                " ".join(re.findall(r"\w+", item.text.lower())).encode()
+            ).hexdigest()
             if key in first:
                 drop.add(i)
                 stats.exact_duplicates += 1
@@ -307,14 +397,18 @@ def clean_items(items: Sequence[NewsItem], options: CleanOptions | None = None) 
     replace_at: dict[int, int] = {}
     if opts.near_dup_threshold is not None:
         alive = [i for i in range(len(staged)) if i not in drop]
-        for group in near_duplicate_groups([staged[i].text for i in alive], opts.near_dup_threshold):
+        for group in near_duplicate_groups(
+            [staged[i].text for i in alive], opts.near_dup_threshold
+        ):
             members = sorted(alive[g] for g in group)
             best = max(members, key=lambda i: (staged[i].full_text, len(staged[i].text)))
             for i in members:
                 if i != best:
                     stats.near_duplicates += 1
-                    stats.dropped.append(f"{staged[i].title}: near-duplicate of {staged[best].title!r} "
-                                         f"({staged[best].origin or staged[best].source})")
+                    stats.dropped.append(
+                        f"{staged[i].title}: near-duplicate of {staged[best].title!r} "
+                        f"({staged[best].origin or staged[best].source})"
+                    )
             # The kept version takes the place of the group's first member, keeping feed order.
             drop.update(members[1:])
             replace_at[members[0]] = best

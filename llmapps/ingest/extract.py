@@ -1,4 +1,4 @@
-"""Main-text extraction from article pages with trafilatura (a maintained extractor, not regexes)."""
+"""Main-text extraction from article pages with trafilatura (a maintained extractor, no regexes)."""
 
 from __future__ import annotations
 
@@ -20,8 +20,14 @@ def extract_page(html: str | bytes, url: str | None = None) -> tuple[str, str]:
     if isinstance(html, bytes):
         html = html.decode("utf-8", errors="replace")
     try:
-        doc = trafilatura.bare_extraction(html, url=url, include_comments=False, include_tables=False,
-                                          favor_precision=True, with_metadata=True)
+        doc = trafilatura.bare_extraction(
+            html,
+            url=url,
+            include_comments=False,
+            include_tables=False,
+            favor_precision=True,
+            with_metadata=True,
+        )
     except Exception as err:  # trafilatura raises assorted lxml errors on hostile pages
         log.info("trafilatura failed on %s: %s", url or "page", err)
         return "", ""

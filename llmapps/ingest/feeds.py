@@ -68,8 +68,9 @@ def _entry_text(entry: Any) -> str:
     return max(candidates, key=len) if candidates else ""
 
 
-def parse_feed(content: bytes, *, content_type: str = "", lenient: bool = False,
-               max_entry_chars: int = 200_000) -> ParsedFeed:
+def parse_feed(
+    content: bytes, *, content_type: str = "", lenient: bool = False, max_entry_chars: int = 200_000
+) -> ParsedFeed:
     """Parse a feed body; raise ``FeedError`` when it cannot be trusted.
 
     Args:
@@ -93,20 +94,27 @@ def parse_feed(content: bytes, *, content_type: str = "", lenient: bool = False,
             if not lenient:
                 raise FeedError(msg)
             warnings.append(msg + " (read as UTF-8)")
-            content = _XML_DECL_RE.sub(lambda m: m.group(0).replace(m.group(1), b"utf-8"), content, count=1)
-            content_type = re.sub(r"charset\s*=\s*\"?[A-Za-z0-9._-]+\"?", "charset=utf-8", content_type, flags=re.I)
+            content = _XML_DECL_RE.sub(
+                lambda m: m.group(0).replace(m.group(1), b"utf-8"), content, count=1
+            )
+            content_type = re.sub(
+                r"charset\s*=\s*\"?[A-Za-z0-9._-]+\"?", "charset=utf-8", content_type, flags=re.I
+            )
         except UnicodeDecodeError:
             pass
     headers = {"content-type": content_type} if content_type else {}
-    parsed = feedparser.parse(content, response_headers=headers, sanitize_html=True,
-                              resolve_relative_uris=True)
+    parsed = feedparser.parse(
+        content, response_headers=headers, sanitize_html=True, resolve_relative_uris=True
+    )
     version = parsed.get("version") or ""
     entries = parsed.get("entries") or []
     bozo = parsed.get("bozo_exception") if parsed.get("bozo") else None
     if not version and not entries:
         if _looks_like_html(content, content_type):
             raise FeedError(f"not a feed: got an HTML page ({content_type or 'no content type'})")
-        raise FeedError(f"not a feed: {_describe(bozo) if bozo else 'no RSS, RDF or Atom root element'}")
+        raise FeedError(
+            f"not a feed: {_describe(bozo) if bozo else 'no RSS, RDF or Atom root element'}"
+        )
     if bozo is not None and not _harmless(bozo):
         msg = _describe(bozo)
         if not lenient or not entries:
@@ -118,8 +126,10 @@ def parse_feed(content: bytes, *, content_type: str = "", lenient: bool = False,
         title = str(e.get("title", "") or "")
         text = _entry_text(e)
         if len(text) + len(title) > max_entry_chars:
-            warnings.append(f"entry {i + 1} ({title[:60]!r}) has {len(text) + len(title)} characters, "
-                            f"over the {max_entry_chars} limit: skipped")
+            warnings.append(
+                f"entry {i + 1} ({title[:60]!r}) has {len(text) + len(title)} characters, "
+                f"over the {max_entry_chars} limit: skipped"
+            )
             continue
         link = str(e.get("link", "") or "")
         url = safe_http_url(link) or ""
@@ -128,9 +138,16 @@ def parse_feed(content: bytes, *, content_type: str = "", lenient: bool = False,
         if not title.strip() and not text.strip():
             warnings.append(f"entry {i + 1}: no title and no text: skipped")
             continue
-        out.append(RawEntry(title=title, text=text, url=url,
-                            date=str(e.get("published", "") or e.get("updated", "") or ""),
-                            author=str(e.get("author", "") or ""), source=feed_title))
+        out.append(
+            RawEntry(
+                title=title,
+                text=text,
+                url=url,
+                date=str(e.get("published", "") or e.get("updated", "") or ""),
+                author=str(e.get("author", "") or ""),
+                source=feed_title,
+            )
+        )
     return ParsedFeed(title=feed_title, entries=out, total=len(entries), warnings=warnings)
 
 
@@ -144,7 +161,8 @@ def _describe(exc: Exception) -> str:
     if name == "SAXParseException":
         line = getattr(exc, "getLineNumber", lambda: "?")()
         col = getattr(exc, "getColumnNumber", lambda: "?")()
-        return f"not well-formed XML: {exc.getMessage() if hasattr(exc, 'getMessage') else exc} (line {line}, column {col})"
+        msg = exc.getMessage() if hasattr(exc, "getMessage") else exc
+        return f"not well-formed XML: {msg} (line {line}, column {col})"
     if name == "CharacterEncodingOverride":
         return f"wrong declared encoding: {exc}"
     if name == "CharacterEncodingUnknown":

@@ -33,10 +33,16 @@ class FetchOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     timeout_s: float = Field(10.0, gt=0, description="connect/read/write timeout of one request")
-    total_timeout_s: float | None = Field(None, gt=0, description="whole request incl. body; default 3x timeout_s")
-    retries: int = Field(2, ge=0, le=10, description="extra attempts after 5xx, 429, timeouts, network errors")
+    total_timeout_s: float | None = Field(
+        None, gt=0, description="whole request incl. body; default 3x timeout_s"
+    )
+    retries: int = Field(
+        2, ge=0, le=10, description="extra attempts after 5xx, 429, timeouts, network errors"
+    )
     backoff_s: float = Field(0.5, ge=0, description="first back-off; doubles per attempt")
-    max_backoff_s: float = Field(30.0, ge=0, description="cap on back-off, also on a server's Retry-After")
+    max_backoff_s: float = Field(
+        30.0, ge=0, description="cap on back-off, also on a server's Retry-After"
+    )
     concurrency: int = Field(4, ge=1, le=64, description="requests in flight at once")
     user_agent: str = Field("llmapps-news/0.1", min_length=1)
     max_response_bytes: int = Field(5_000_000, ge=1, description="larger bodies are rejected")
@@ -48,10 +54,15 @@ class FetchOptions(BaseModel):
         from llmapps.settings import get_settings
 
         s = get_settings().ingest
-        base = {"timeout_s": s.timeout_s, "retries": s.retries, "concurrency": s.concurrency,
-                "user_agent": s.user_agent, "max_response_bytes": s.max_response_bytes}
+        base: dict[str, Any] = {
+            "timeout_s": s.timeout_s,
+            "retries": s.retries,
+            "concurrency": s.concurrency,
+            "user_agent": s.user_agent,
+            "max_response_bytes": s.max_response_bytes,
+        }
         base.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**base)
+        return cls.model_validate(base)
 
 
 @dataclass
@@ -75,7 +86,12 @@ class Fetcher:
     ``options.concurrency`` requests run at once, across all sources.
     """
 
-    def __init__(self, options: FetchOptions | None = None, *, transport: httpx.AsyncBaseTransport | None = None) -> None:
+    def __init__(
+        self,
+        options: FetchOptions | None = None,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
         self.options = options or FetchOptions()
         self._transport = transport
         self._client: httpx.AsyncClient | None = None
@@ -99,8 +115,14 @@ class Fetcher:
         if self._client is not None:
             await self._client.aclose()
 
-    async def get(self, url: str, *, params: dict[str, Any] | None = None,
-                  headers: dict[str, str] | None = None, accept: str | None = None) -> Fetched:
+    async def get(
+        self,
+        url: str,
+        *,
+        params: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+        accept: str | None = None,
+    ) -> Fetched:
         """GET ``url`` with retries; raise ``FetchError`` with the reason when it cannot be had."""
         if safe_http_url(url) is None:
             raise FetchError(url, "not an http(s) URL")
@@ -116,8 +138,9 @@ class Fetcher:
             try:
                 async with self._sem:
                     self.requests += 1
-                    return await asyncio.wait_for(self._once(url, params, hdrs),
-                                                  o.total_timeout_s or 3 * o.timeout_s)
+                    return await asyncio.wait_for(
+                        self._once(url, params, hdrs), o.total_timeout_s or 3 * o.timeout_s
+                    )
             except _Retryable as err:
                 last, retry_after = err.reason, err.retry_after
             except (httpx.TimeoutException, asyncio.TimeoutError):
@@ -125,25 +148,34 @@ class Fetcher:
             except httpx.TooManyRedirects:
                 raise FetchError(url, f"too many redirects (more than {o.max_redirects})") from None
             except (httpx.UnsupportedProtocol, httpx.InvalidURL) as err:
-                raise FetchError(url, f"invalid or unsupported address after redirects ({err})") from None
+                raise FetchError(
+                    url, f"invalid or unsupported address after redirects ({err})"
+                ) from None
             except httpx.TransportError as err:
                 last = f"network error: {type(err).__name__}: {err}".rstrip(": ")
             except httpx.HTTPError as err:  # anything else httpx reports is not worth retrying
                 raise FetchError(url, f"{type(err).__name__}: {err}") from None
             if attempt < o.retries:
-                delay = min(o.max_backoff_s, retry_after if retry_after is not None else o.backoff_s * 2**attempt)
+                delay = min(
+                    o.max_backoff_s,
+                    retry_after if retry_after is not None else o.backoff_s * 2**attempt,
+                )
                 log.info("retrying %s in %.2f s after: %s", url, delay, last)
                 await asyncio.sleep(delay)
         tries = o.retries + 1
         raise FetchError(url, f"{last} ({tries} attempt{'s' if tries > 1 else ''})")
 
-    async def _once(self, url: str, params: dict[str, Any] | None, headers: dict[str, str]) -> Fetched:
+    async def _once(
+        self, url: str, params: dict[str, Any] | None, headers: dict[str, str]
+    ) -> Fetched:
         assert self._client is not None
         limit = self.options.max_response_bytes
         async with self._client.stream("GET", url, params=params, headers=headers) as resp:
             if resp.status_code in RETRY_STATUS:
-                raise _Retryable(f"HTTP {resp.status_code} {resp.reason_phrase}".strip(),
-                                 _retry_after(resp.headers.get("retry-after")))
+                raise _Retryable(
+                    f"HTTP {resp.status_code} {resp.reason_phrase}".strip(),
+                    _retry_after(resp.headers.get("retry-after")),
+                )
             if resp.status_code >= 400:
                 raise FetchError(url, f"HTTP {resp.status_code} {resp.reason_phrase}".strip())
             final = str(resp.url)
@@ -151,15 +183,21 @@ class Fetcher:
                 raise FetchError(url, f"redirected to a non-http(s) address {final!r}")
             declared = resp.headers.get("content-length")
             if declared and declared.isdigit() and int(declared) > limit:
-                raise FetchError(url, f"response of {int(declared)} bytes is over the {limit}-byte limit")
+                raise FetchError(
+                    url, f"response of {int(declared)} bytes is over the {limit}-byte limit"
+                )
             chunks, size = [], 0
             async for chunk in resp.aiter_bytes():
                 size += len(chunk)
                 if size > limit:
                     raise FetchError(url, f"response is over the {limit}-byte limit")
                 chunks.append(chunk)
-            return Fetched(final, resp.status_code, b"".join(chunks),
-                           {k.lower(): v for k, v in resp.headers.items()})
+            return Fetched(
+                final,
+                resp.status_code,
+                b"".join(chunks),
+                {k.lower(): v for k, v in resp.headers.items()},
+            )
 
 
 class _Retryable(Exception):

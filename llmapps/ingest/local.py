@@ -1,7 +1,7 @@
 """Local sources: JSONL, CSV, text, Markdown, HTML and feed files, or a directory of them.
 
 Column and key names are matched loosely (``text``/``content``/``body``/``description``,
-``url``/``link``, ``date``/``published``/``publishedAt``) so exports from common tools load as they are.
+``url``/``link``, ``date``/``published``/``publishedAt``) so exports of common tools load as-is.
 """
 
 from __future__ import annotations
@@ -16,8 +16,19 @@ from llmapps.ingest.extract import extract_page
 from llmapps.ingest.feeds import FeedError, RawEntry, parse_feed
 from llmapps.ingest.models import safe_http_url
 
-SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".txt": "text", ".md": "text",
-            ".html": "html", ".htm": "html", ".xml": "feed", ".rss": "feed", ".atom": "feed", ".rdf": "feed"}
+SUFFIXES = {
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".csv": "csv",
+    ".txt": "text",
+    ".md": "text",
+    ".html": "html",
+    ".htm": "html",
+    ".xml": "feed",
+    ".rss": "feed",
+    ".atom": "feed",
+    ".rdf": "feed",
+}
 _KEYS = {
     "title": ("title", "headline", "name"),
     "text": ("text", "content", "body", "article", "description", "summary"),
@@ -40,15 +51,25 @@ def _pick(row: dict[str, Any], field: str) -> str:
 
 def _row_entry(row: dict[str, Any]) -> RawEntry:
     link = _pick(row, "url")
-    return RawEntry(title=_pick(row, "title"), text=_pick(row, "text"), url=safe_http_url(link) or "",
-                    date=_pick(row, "date"), author=_pick(row, "author"), source=_pick(row, "source"))
+    return RawEntry(
+        title=_pick(row, "title"),
+        text=_pick(row, "text"),
+        url=safe_http_url(link) or "",
+        date=_pick(row, "date"),
+        author=_pick(row, "author"),
+        source=_pick(row, "source"),
+    )
 
 
-def read_file(path: Path, *, lenient: bool = False, max_entry_chars: int = 200_000) -> tuple[list[RawEntry], list[str]]:
+def read_file(
+    path: Path, *, lenient: bool = False, max_entry_chars: int = 200_000
+) -> tuple[list[RawEntry], list[str]]:
     """Entries of one local file and the warnings met; raise ``FeedError`` if it is unusable."""
     kind = SUFFIXES.get(path.suffix.lower())
     if kind is None:
-        raise FeedError(f"unsupported file type {path.suffix!r}; use one of {', '.join(sorted(SUFFIXES))}")
+        raise FeedError(
+            f"unsupported file type {path.suffix!r}; use one of {', '.join(sorted(SUFFIXES))}"
+        )
     raw = path.read_bytes()
     if kind == "feed":
         parsed = parse_feed(raw, lenient=lenient, max_entry_chars=max_entry_chars)
@@ -78,7 +99,10 @@ def read_file(path: Path, *, lenient: bool = False, max_entry_chars: int = 200_0
                 continue
             entry = _row_entry({k.strip(): v for k, v in row.items() if k})
             if not entry.text and not entry.title:
-                warnings.append(f"row {lineno}: no title or text column (expected one of {_KEYS['text']}): skipped")
+                warnings.append(
+                    f"row {lineno}: no title or text column "
+                    f"(expected one of {', '.join(_KEYS['text'])}): skipped"
+                )
                 continue
             entries.append(entry)
     elif kind == "html":
@@ -92,16 +116,25 @@ def read_file(path: Path, *, lenient: bool = False, max_entry_chars: int = 200_0
         if len(nonempty) < 2:
             raise FeedError("a text article needs a title line and at least one line of text")
         first = nonempty[0]
-        entries.append(RawEntry(title=lines[first].strip().lstrip("# "), text="\n".join(lines[first + 1 :])))
+        entries.append(
+            RawEntry(title=lines[first].strip().lstrip("# "), text="\n".join(lines[first + 1 :]))
+        )
     too_long = [e for e in entries if len(e.text) + len(e.title) > max_entry_chars]
     for e in too_long:
-        warnings.append(f"entry {e.title[:60]!r} is over the {max_entry_chars}-character limit: skipped")
+        warnings.append(
+            f"entry {e.title[:60]!r} is over the {max_entry_chars}-character limit: skipped"
+        )
     return [e for e in entries if e not in too_long], warnings
 
 
 def local_files(path: Path) -> list[Path]:
     """``path`` itself, or the supported files under a directory (sorted, hidden ones skipped)."""
     if path.is_dir():
-        return sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in SUFFIXES
-                      and not any(part.startswith(".") for part in p.relative_to(path).parts))
+        return sorted(
+            p
+            for p in path.rglob("*")
+            if p.is_file()
+            and p.suffix.lower() in SUFFIXES
+            and not any(part.startswith(".") for part in p.relative_to(path).parts)
+        )
     return [path]

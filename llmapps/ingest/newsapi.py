@@ -26,8 +26,14 @@ def newsapi_key() -> str | None:
     return key.get_secret_value() if key else os.environ.get("NEWSAPI_KEY") or None
 
 
-def newsapi_request(query: str, base_url: str, *, page_size: int = 20, language: str | None = None,
-                    key: str | None = None) -> tuple[str, dict[str, Any], dict[str, str]]:
+def newsapi_request(
+    query: str,
+    base_url: str,
+    *,
+    page_size: int = 20,
+    language: str | None = None,
+    key: str | None = None,
+) -> tuple[str, dict[str, Any], dict[str, str]]:
     """The (url, params, headers) of an ``everything`` search for ``query``."""
     base = safe_http_url(base_url)
     if base is None:
@@ -61,12 +67,14 @@ def parse_newsapi(content: bytes) -> tuple[list[RawEntry], list[str]]:
         name = source.get("name", "") if isinstance(source, dict) else str(source or "")
         content_text = _TRUNCATED_RE.sub("", str(a.get("content") or ""))
         description = str(a.get("description") or "")
-        entries.append(RawEntry(
-            title=str(a.get("title") or ""),
-            text=max(content_text, description, key=len),
-            url=safe_http_url(a.get("url")) or "",
-            date=str(a.get("publishedAt") or ""),
-            author=str(a.get("author") or ""),
-            source=str(name or ""),
-        ))
+        entries.append(
+            RawEntry(
+                title=str(a.get("title") or ""),
+                text=max(content_text, description, key=len),
+                url=safe_http_url(a.get("url")) or "",
+                date=str(a.get("publishedAt") or ""),
+                author=str(a.get("author") or ""),
+                source=str(name or ""),
+            )
+        )
     return entries, warnings

@@ -24,13 +24,23 @@ from llmapps.ingest.clean import CleanOptions, clean_items, html_to_text
 from llmapps.ingest.extract import extract_page
 from llmapps.ingest.feeds import FeedError, RawEntry, parse_feed
 from llmapps.ingest.fetcher import Fetcher, FetchError, FetchOptions
-from llmapps.ingest.local import local_files, read_file
-from llmapps.ingest.models import IngestResult, NewsItem, SourceKind, SourceReport, content_id, safe_http_url
+from llmapps.ingest.local import SUFFIXES, local_files, read_file
+from llmapps.ingest.models import (
+    IngestResult,
+    NewsItem,
+    SourceKind,
+    SourceReport,
+    content_id,
+    safe_http_url,
+)
 from llmapps.ingest.newsapi import newsapi_key, newsapi_request, parse_newsapi
 
 log = logging.getLogger(__name__)
 
-FEED_ACCEPT = "application/rss+xml, application/atom+xml, application/rdf+xml, application/xml;q=0.9, text/xml;q=0.8, */*;q=0.1"
+FEED_ACCEPT = (
+    "application/rss+xml, application/atom+xml, application/rdf+xml, application/xml;q=0.9, "
+    "text/xml;q=0.8, */*;q=0.1"
+)
 
 
 class IngestOptions(BaseModel):
@@ -40,11 +50,19 @@ class IngestOptions(BaseModel):
 
     fetch: FetchOptions = Field(default_factory=FetchOptions)
     clean: CleanOptions = Field(default_factory=CleanOptions)
-    full_text: bool = Field(True, description="fetch the article page when an entry is only a teaser")
+    full_text: bool = Field(
+        True, description="fetch the article page when an entry is only a teaser"
+    )
     teaser_words: int = Field(80, ge=0, description="entries with fewer words count as teasers")
-    max_entry_chars: int = Field(200_000, ge=100, description="a larger entry is skipped and reported")
-    max_per_source: int | None = Field(None, ge=1, description="keep at most this many entries per source")
-    lenient: bool = Field(False, description="keep entries recovered from broken XML or wrong encodings")
+    max_entry_chars: int = Field(
+        200_000, ge=100, description="a larger entry is skipped and reported"
+    )
+    max_per_source: int | None = Field(
+        None, ge=1, description="keep at most this many entries per source"
+    )
+    lenient: bool = Field(
+        False, description="keep entries recovered from broken XML or wrong encodings"
+    )
     newsapi_base_url: str = Field("https://newsapi.org")
     newsapi_page_size: int = Field(20, ge=1, le=100)
     newsapi_language: str | None = None
@@ -55,22 +73,28 @@ def source_kind(source: str) -> SourceKind:
     return "feed" if safe_http_url(source) else "file"
 
 
-async def aingest(sources: Sequence[str] = (), *, newsapi_queries: Sequence[str] = (),
-                  options: IngestOptions | None = None,
-                  progress: Callable[[SourceReport], None] | None = None,
-                  fetcher: Fetcher | None = None) -> IngestResult:
+async def aingest(
+    sources: Sequence[str] = (),
+    *,
+    newsapi_queries: Sequence[str] = (),
+    options: IngestOptions | None = None,
+    progress: Callable[[SourceReport], None] | None = None,
+    fetcher: Fetcher | None = None,
+) -> IngestResult:
     """Fetch ``sources`` (feed URLs or local paths) and ``newsapi_queries``; clean; report.
 
     Args:
         sources: http(s) feed URLs, or paths of local files/directories.
-        newsapi_queries: search queries for the NewsAPI-compatible API at ``options.newsapi_base_url``.
+        newsapi_queries: queries for the NewsAPI-compatible API at ``options.newsapi_base_url``.
         options: fetch, clean and limit options.
         progress: called with each source's report as it finishes.
         fetcher: an open ``Fetcher`` to share (tests pass one with a custom transport).
     """
     opts = options or IngestOptions()
     if not sources and not newsapi_queries:
-        raise InputError("no sources given: pass feed URLs or files (--feed) or a NewsAPI query (--newsapi)")
+        raise InputError(
+            "no sources given: pass feed URLs or files (--feed) or a NewsAPI query (--newsapi)"
+        )
     for s in sources:
         if "://" in s and source_kind(s) == "file":
             raise InputError(f"{s!r}: only http(s) URLs or local paths can be sources")
@@ -107,7 +131,9 @@ def ingest(sources: Sequence[str] = (), **kwargs: object) -> IngestResult:
     return asyncio.run(aingest(sources, **kwargs))  # type: ignore[arg-type]
 
 
-async def _timed(job: object, progress: Callable[[SourceReport], None] | None) -> tuple[SourceReport, list[NewsItem]]:
+async def _timed(
+    job: object, progress: Callable[[SourceReport], None] | None
+) -> tuple[SourceReport, list[NewsItem]]:
     t0 = time.perf_counter()
     report, items = await job  # type: ignore[misc]
     report.elapsed_s = round(time.perf_counter() - t0, 3)
@@ -116,15 +142,21 @@ async def _timed(job: object, progress: Callable[[SourceReport], None] | None) -
     return report, items
 
 
-async def _feed_or_file(f: Fetcher, source: str, opts: IngestOptions) -> tuple[SourceReport, list[NewsItem]]:
+async def _feed_or_file(
+    f: Fetcher, source: str, opts: IngestOptions
+) -> tuple[SourceReport, list[NewsItem]]:
     kind = source_kind(source)
     report = SourceReport(source=source, kind=kind)
     entries: list[RawEntry] = []
     try:
         if kind == "feed":
             resp = await f.get(source, accept=FEED_ACCEPT)
-            parsed = parse_feed(resp.content, content_type=resp.headers.get("content-type", ""),
-                                lenient=opts.lenient, max_entry_chars=opts.max_entry_chars)
+            parsed = parse_feed(
+                resp.content,
+                content_type=resp.headers.get("content-type", ""),
+                lenient=opts.lenient,
+                max_entry_chars=opts.max_entry_chars,
+            )
             entries, warnings, report.entries = parsed.entries, parsed.warnings, parsed.total
         else:
             path = Path(source).expanduser()
@@ -132,12 +164,13 @@ async def _feed_or_file(f: Fetcher, source: str, opts: IngestOptions) -> tuple[S
                 raise FeedError(f"no such file or directory: {path}")
             files = local_files(path)
             if not files:
-                raise FeedError(f"{path} holds no supported files ({', '.join(sorted({'.jsonl', '.csv', '.txt', '.md', '.html', '.xml'}))})")
+                raise FeedError(f"{path} holds no supported files ({', '.join(sorted(SUFFIXES))})")
             warnings = []
             for file in files:
                 try:
-                    got, w = await asyncio.to_thread(read_file, file, lenient=opts.lenient,
-                                                     max_entry_chars=opts.max_entry_chars)
+                    got, w = await asyncio.to_thread(
+                        read_file, file, lenient=opts.lenient, max_entry_chars=opts.max_entry_chars
+                    )
                 except FeedError as err:
                     if len(files) == 1:
                         raise
@@ -153,19 +186,26 @@ async def _feed_or_file(f: Fetcher, source: str, opts: IngestOptions) -> tuple[S
     except Exception as err:  # one source's surprise must never sink the others
         log.exception("source %s failed", source)
         return report.fail(f"unexpected {type(err).__name__}: {err}"), []
-    for w in warnings:
-        report.warn(w)
+    for message in warnings:
+        report.warn(message)
     return report, await _to_items(f, entries, report, opts)
 
 
-async def _newsapi(f: Fetcher, query: str, opts: IngestOptions) -> tuple[SourceReport, list[NewsItem]]:
+async def _newsapi(
+    f: Fetcher, query: str, opts: IngestOptions
+) -> tuple[SourceReport, list[NewsItem]]:
     report = SourceReport(source=f"newsapi:{query}", kind="newsapi")
     key = newsapi_key()
     if key is None and "newsapi.org" in opts.newsapi_base_url:
         return report.fail("no API key: set NEWSAPI_KEY or LLMAPPS_INGEST__NEWSAPI_KEY"), []
     try:
-        url, params, headers = newsapi_request(query, opts.newsapi_base_url, page_size=opts.newsapi_page_size,
-                                               language=opts.newsapi_language, key=key)
+        url, params, headers = newsapi_request(
+            query,
+            opts.newsapi_base_url,
+            page_size=opts.newsapi_page_size,
+            language=opts.newsapi_language,
+            key=key,
+        )
         resp = await f.get(url, params=params, headers=headers, accept="application/json")
         entries, warnings = parse_newsapi(resp.content)
     except Exception as err:
@@ -180,7 +220,9 @@ async def _newsapi(f: Fetcher, query: str, opts: IngestOptions) -> tuple[SourceR
     return report, await _to_items(f, entries, report, opts)
 
 
-async def _to_items(f: Fetcher, entries: list[RawEntry], report: SourceReport, opts: IngestOptions) -> list[NewsItem]:
+async def _to_items(
+    f: Fetcher, entries: list[RawEntry], report: SourceReport, opts: IngestOptions
+) -> list[NewsItem]:
     if opts.max_per_source:
         entries = entries[: opts.max_per_source]
 
@@ -197,9 +239,17 @@ async def _to_items(f: Fetcher, entries: list[RawEntry], report: SourceReport, o
                     report.warn(f"article page {e.url}: no main text found, kept the feed's teaser")
             except FetchError as err:
                 report.warn(f"article page {e.url}: {err.reason}; kept the feed's teaser")
-        return NewsItem(id=content_id(e.url) if e.url else content_id(e.title, text), title=e.title, text=text,
-                        url=e.url, source=e.source, date=e.date, author=e.author, origin=report.source,
-                        full_text=full)
+        return NewsItem(
+            id=content_id(e.url) if e.url else content_id(e.title, text),
+            title=e.title,
+            text=text,
+            url=e.url,
+            source=e.source,
+            date=e.date,
+            author=e.author,
+            origin=report.source,
+            full_text=full,
+        )
 
     return list(await asyncio.gather(*(one(e) for e in entries)))
 
@@ -215,6 +265,9 @@ def write_jsonl(items: Sequence[NewsItem], path: Path) -> None:
 def write_report(result: IngestResult, path: Path) -> None:
     """Write the per-source reports and cleaning counts as JSON."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    data = {"sources": [r.model_dump() for r in result.reports], "cleaning": result.cleaning.model_dump(),
-            "articles": len(result.items)}
+    data = {
+        "sources": [r.model_dump() for r in result.reports],
+        "cleaning": result.cleaning.model_dump(),
+        "articles": len(result.items),
+    }
     path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
