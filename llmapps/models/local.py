@@ -395,6 +395,7 @@ def stream_local(lm: LocalModel, prompt: str, params: GenerationParams) -> Any:
     thread.start()
     emitted = ""
     held = ""
+    hit = False
     for piece in streamer:
         held += piece
         text, hit = cut_at_stop(emitted + held, params.stop)
@@ -412,6 +413,7 @@ def stream_local(lm: LocalModel, prompt: str, params: GenerationParams) -> Any:
     else:
         if held:
             yield held
-    for _ in streamer:  # drain so the generate thread can finish
-        pass
+    if hit:  # stopped early: drain so the generate thread can finish (an exhausted
+        for _ in streamer:  # TextIteratorStreamer would block forever if iterated again)
+            pass
     thread.join()
