@@ -83,10 +83,26 @@ class Edition(BaseModel):
     sources: list[SourceReport] = Field(default_factory=list)
 
 
+_DELIMITER_RE = re.compile(r"<\s*/?\s*article\b[^>]*>", re.I)
+
+
+def defuse_delimiters(text: str) -> str:
+    """``text`` with look-alikes of the prompt's ``<article>``/``</article>`` delimiters defused.
+
+    The news-riddle prompt hands the article to chat models between those tags; an article that
+    contains ``</article>`` itself could otherwise end the data early and pose as instructions.
+    """
+    return _DELIMITER_RE.sub(
+        lambda m: m.group(0).replace("<", "\u2039").replace(">", "\u203a"), text
+    )
+
+
 def _as_article(a: NewsItem | dict[str, Any]) -> dict[str, Any]:
     row = a.model_dump() if isinstance(a, NewsItem) else dict(a)
     if not str(row.get("text", "")).strip():
         raise InputError(f"article {row.get('id') or row.get('title')!r} has no text")
+    for key in ("title", "text"):
+        row[key] = defuse_delimiters(str(row.get(key) or ""))
     return row
 
 
