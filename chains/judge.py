@@ -35,7 +35,12 @@ def parse_grade(text: str) -> dict[str, Any]:
             obj = json.loads(stripped[: stripped.rfind("}") + 1])
             score = int(obj["score"])
             if 1 <= score <= 5:
-                return {"score": score, "reason": str(obj.get("reason", "")).strip(), "valid": True, "raw": text}
+                return {
+                    "score": score,
+                    "reason": str(obj.get("reason", "")).strip(),
+                    "valid": True,
+                    "raw": text,
+                }
         except (ValueError, KeyError, TypeError):
             pass
     labelled = re.search(r"score\s*\]?\s*:\s*([1-5])\b", text, re.I)
@@ -51,7 +56,9 @@ def parse_grade(text: str) -> dict[str, Any]:
 
 def _validate(x: Any) -> dict[str, Any]:
     if not isinstance(x, dict) or not str(x.get("text") or "").strip():
-        raise InputError("the judge needs a dict with the article 'text' (and title, riddle, answer)")
+        raise InputError(
+            "the judge needs a dict with the article 'text' (and title, riddle, answer)"
+        )
     return {k: " ".join(str(x.get(k) or "").split()) or "(none)" for k in INPUTS}
 
 

@@ -24,26 +24,46 @@ def _lines(path: Path) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def first_run(tmp_path_factory: pytest.TempPathFactory, tiny_models: Path) -> tuple[Path, list[dict]]:
+def first_run(
+    tmp_path_factory: pytest.TempPathFactory, tiny_models: Path
+) -> tuple[Path, list[dict]]:
     """few-shot works; zero-shot points at a model that does not exist."""
     from llmapps.bench import BenchConfig, run_bench
 
     out = tmp_path_factory.mktemp("bench")
-    config = BenchConfig(app="news-riddle", strategies=["few-shot", "zero-shot"], limit=3, batch_size=2,
-                         strategy_options={"zero-shot": {"instruct_model": MISSING}})
+    config = BenchConfig(
+        app="news-riddle",
+        strategies=["few-shot", "zero-shot"],
+        limit=3,
+        batch_size=2,
+        strategy_options={
+            "few-shot": {"max_new_tokens": 32},
+            "zero-shot": {"instruct_model": MISSING},
+        },
+    )
     return out, run_bench(config, out, progress=False)
 
 
-def test_a_failing_strategy_is_a_row_with_its_error_and_the_others_finish(first_run: tuple[Path, list[dict]]) -> None:
+def test_a_failing_strategy_is_a_row_with_its_error_and_the_others_finish(
+    first_run: tuple[Path, list[dict]],
+) -> None:
     out, rows = first_run
     by = {r["strategy"]: r for r in rows}
-    assert by["few-shot"]["status"] == "ran" and by["few-shot"]["samples"] == 3 and by["few-shot"]["failures"] == 0
+    assert (
+        by["few-shot"]["status"] == "ran"
+        and by["few-shot"]["samples"] == 3
+        and by["few-shot"]["failures"] == 0
+    )
     assert by["zero-shot"]["status"] == "failed" and by["zero-shot"]["failures"] == 3
     assert MISSING in by["zero-shot"]["error"]
-    assert not (out / "samples" / "zero-shot.jsonl").exists()  # nothing written, so a rerun retries it
+    assert not (
+        out / "samples" / "zero-shot.jsonl"
+    ).exists()  # nothing written, so a rerun retries it
 
 
-def test_bench_folder_holds_rows_summary_plots_config_and_versions(first_run: tuple[Path, list[dict]]) -> None:
+def test_bench_folder_holds_rows_summary_plots_config_and_versions(
+    first_run: tuple[Path, list[dict]],
+) -> None:
     out, rows = first_run
     samples = [json.loads(x) for x in _lines(out / "samples" / "few-shot.jsonl")]
     assert len(samples) == 3 and len({s["id"] for s in samples}) == 3
@@ -51,14 +71,25 @@ def test_bench_folder_holds_rows_summary_plots_config_and_versions(first_run: tu
         assert s["strategy"] == "few-shot" and s["batch_size"] in (1, 2) and s["latency_s"] > 0
         assert s["output_tokens"] > 0 and s["cost_usd"] == 0.0
         m = s["metrics"]
-        assert {"rougeL_riddle", "bleu_riddle", "semsim_riddle", "format_valid", "solvability@1",
-                "solvability@3", "words_riddle", "ppl_nll", "ppl_tokens"} <= set(m)
+        assert {
+            "rougeL_riddle",
+            "bleu_riddle",
+            "semsim_riddle",
+            "format_valid",
+            "solvability@1",
+            "solvability@3",
+            "words_riddle",
+            "ppl_nll",
+            "ppl_tokens",
+        } <= set(m)
         assert m["ppl_tokens"] > 0
     fs = next(r for r in rows if r["strategy"] == "few-shot")
     assert isinstance(fs["perplexity"], float) and fs["perplexity"] > 1
     assert fs["latency_p50_s"] <= fs["latency_p95_s"] and fs["tokens_per_s"] > 0
     assert fs["peak_rss_mb"] > 0 and fs["cost_per_1k_usd"] == 0.0
-    assert json.loads((out / "summary.json").read_text()) == json.loads(json.dumps(rows, default=str))
+    assert json.loads((out / "summary.json").read_text()) == json.loads(
+        json.dumps(rows, default=str)
+    )
     assert (out / "summary.csv").read_text().splitlines()[0].startswith("strategy,status")
     md = (out / "summary.md").read_text()
     assert "| few-shot | 3/3 | 0 |" in md and "| zero-shot | 0/3 | 3 |" in md
@@ -72,31 +103,69 @@ def test_bench_folder_holds_rows_summary_plots_config_and_versions(first_run: tu
     assert len(_lines(out / "references.jsonl")) == 3
 
 
-def test_rerun_skips_done_samples_and_retries_the_failed_strategy(first_run: tuple[Path, list[dict]]) -> None:
+def test_rerun_skips_done_samples_and_retries_the_failed_strategy(
+    first_run: tuple[Path, list[dict]],
+) -> None:
     from llmapps.bench import BenchConfig, run_bench
 
     out, _ = first_run
     before = (out / "samples" / "few-shot.jsonl").read_bytes()
-    rows = run_bench(BenchConfig(app="news-riddle", strategies=["few-shot", "zero-shot"], limit=3, batch_size=3),
-                     out, progress=False)
+    rows = run_bench(
+        BenchConfig(
+            app="news-riddle",
+            strategies=["few-shot", "zero-shot"],
+            limit=3,
+            batch_size=3,
+            strategy_options={"zero-shot": {"max_new_tokens": 32}},
+        ),
+        out,
+        progress=False,
+    )
     assert (out / "samples" / "few-shot.jsonl").read_bytes() == before  # nothing repeated
     by = {r["strategy"]: r for r in rows}
     assert by["zero-shot"]["status"] == "ran" and by["zero-shot"]["samples"] == 3
     assert by["zero-shot"]["failures"] == 0 and by["zero-shot"]["error"] is None
-    assert json.loads((out / "config.json").read_text())["runs"][-1]["strategies"] == ["few-shot", "zero-shot"]
+    assert json.loads((out / "config.json").read_text())["runs"][-1]["strategies"] == [
+        "few-shot",
+        "zero-shot",
+    ]
     with pytest.raises(ConfigError, match="another --out"):
-        run_bench(BenchConfig(app="news-riddle", strategies=["few-shot"], split="validation", limit=3), out)
+        run_bench(
+            BenchConfig(app="news-riddle", strategies=["few-shot"], split="validation", limit=3),
+            out,
+        )
 
 
-def test_a_bench_killed_with_sigkill_loses_and_repeats_nothing(tmp_path: Path, tiny_models: Path) -> None:
+def test_a_bench_killed_with_sigkill_loses_and_repeats_nothing(
+    tmp_path: Path, tiny_models: Path
+) -> None:
     from llmapps.bench import BenchConfig, run_bench
 
     out = tmp_path / "killed"
     rows_file = out / "samples" / "few-shot.jsonl"
-    cmd = [sys.executable, "-m", "llmapps.cli", "bench", "news-riddle", "--strategies", "few-shot", "--limit", "4",
-           "--batch-size", "1", "--out", str(out), "--quiet", "--no-perplexity"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "llmapps.cli",
+        "bench",
+        "news-riddle",
+        "--strategies",
+        "few-shot",
+        "--limit",
+        "4",
+        "--batch-size",
+        "1",
+        "--max-new-tokens",
+        "24",
+        "--out",
+        str(out),
+        "--quiet",
+        "--no-perplexity",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.monotonic() + 120
     try:
         while len(_lines(rows_file)) < 1 and time.monotonic() < deadline and proc.poll() is None:
@@ -108,8 +177,18 @@ def test_a_bench_killed_with_sigkill_loses_and_repeats_nothing(tmp_path: Path, t
     assert 1 <= len(kept) < 4, "the bench must be killed mid-run"
     with rows_file.open("a") as f:  # what a kill in the middle of a write leaves
         f.write('{"id": "torn", "strat')
-    rows = run_bench(BenchConfig(app="news-riddle", strategies=["few-shot"], limit=4, batch_size=2,
-                                 perplexity=False), out, progress=False)
+    rows = run_bench(
+        BenchConfig(
+            app="news-riddle",
+            strategies=["few-shot"],
+            limit=4,
+            batch_size=2,
+            perplexity=False,
+            strategy_options={"few-shot": {"max_new_tokens": 24}},
+        ),
+        out,
+        progress=False,
+    )
     after = _lines(rows_file)
     assert after[: len(kept)] == kept  # written rows stay as they were
     ids = [json.loads(x)["id"] for x in after]
@@ -117,20 +196,47 @@ def test_a_bench_killed_with_sigkill_loses_and_repeats_nothing(tmp_path: Path, t
     assert rows[0]["samples"] == 4 and rows[0]["perplexity"] == "n/a"
 
 
-def test_cli_prints_the_table_and_writes_the_reports(tmp_path: Path, tiny_models: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_prints_the_table_and_writes_the_reports(
+    tmp_path: Path, tiny_models: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from llmapps.cli import main
 
     out = tmp_path / "cli"
-    code = main(["bench", "news-riddle", "--strategies", "few-shot", "--limit", "2", "--out", str(out), "-q",
-                 "--judge", "zero-shot", "--max-new-tokens", "8"])
+    code = main(
+        [
+            "bench",
+            "news-riddle",
+            "--strategies",
+            "few-shot",
+            "--limit",
+            "2",
+            "--out",
+            str(out),
+            "-q",
+            "--judge",
+            "zero-shot",
+            "--max-new-tokens",
+            "8",
+        ]
+    )
     printed = capsys.readouterr().out
     assert code == 0
     assert "speed, cost, memory" in printed and "few-shot" in printed and "p50 s" in printed
     assert (out / "summary.md").exists()
     row = json.loads(_lines(out / "samples" / "few-shot.jsonl")[0])
     assert "judge_score" in row["metrics"]
-    code = main(["evaluate", "--predictions", str(out / "samples" / "few-shot.jsonl"),
-                 "--references", str(out / "references.jsonl"), "--no-semantic", "--out", str(tmp_path / "e.json")])
+    code = main(
+        [
+            "evaluate",
+            "--predictions",
+            str(out / "samples" / "few-shot.jsonl"),
+            "--references",
+            str(out / "references.jsonl"),
+            "--no-semantic",
+            "--out",
+            str(tmp_path / "e.json"),
+        ]
+    )
     assert code == 0 and "rougeL_riddle" in capsys.readouterr().out
     assert json.loads((tmp_path / "e.json").read_text())["metrics"]["few-shot"]["samples"] == 2
 
@@ -138,7 +244,12 @@ def test_cli_prints_the_table_and_writes_the_reports(tmp_path: Path, tiny_models
 def test_cli_errors_are_messages(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from llmapps.cli import main
 
-    assert main(["bench", "news-riddle", "--strategies", "few-shot,zero-shoot", "--out", str(tmp_path)]) == 2
+    assert (
+        main(
+            ["bench", "news-riddle", "--strategies", "few-shot,zero-shoot", "--out", str(tmp_path)]
+        )
+        == 2
+    )
     assert "did you mean 'zero-shot'" in capsys.readouterr().err.lower()
     try:
         import mlflow  # noqa: F401
@@ -148,9 +259,16 @@ def test_cli_errors_are_messages(tmp_path: Path, capsys: pytest.CaptureFixture[s
 
 
 def test_script_has_the_same_flags() -> None:
-    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench.py"), "--help"], capture_output=True,
-                          text=True, cwd=ROOT, timeout=60)
-    assert done.returncode == 0 and "--strategies" in done.stdout and "--retry-failed" in done.stdout
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "bench.py"), "--help"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
+    assert (
+        done.returncode == 0 and "--strategies" in done.stdout and "--retry-failed" in done.stdout
+    )
 
 
 def test_peak_memory_sees_an_allocation_and_cost_uses_reported_cost_then_prices() -> None:
@@ -167,14 +285,26 @@ def test_peak_memory_sees_an_allocation_and_cost_uses_reported_cost_then_prices(
     del block
     assert mem.delta_mb >= 48 and mem.peak_mb >= mem.start_mb
     tracker = CostTracker()
-    msg = AIMessage("x", usage_metadata={"input_tokens": 10, "output_tokens": 5, "total_tokens": 15},
-                    response_metadata={"cost_usd": 0.002})
-    tracker.on_llm_end(LLMResult(generations=[[ChatGeneration(message=msg)]], llm_output={"cost_usd": 0.002}))
+    msg = AIMessage(
+        "x",
+        usage_metadata={"input_tokens": 10, "output_tokens": 5, "total_tokens": 15},
+        response_metadata={"cost_usd": 0.002},
+    )
+    tracker.on_llm_end(
+        LLMResult(generations=[[ChatGeneration(message=msg)]], llm_output={"cost_usd": 0.002})
+    )
     row = tracker.as_dict()
-    assert row == {"input_tokens": 10, "output_tokens": 5, "llm_calls": 1, "reported_cost_usd": 0.002}
+    assert row == {
+        "input_tokens": 10,
+        "output_tokens": 5,
+        "llm_calls": 1,
+        "reported_cost_usd": 0.002,
+    }
     price = Price(usd_per_1k_input_tokens=1.0, usd_per_1k_output_tokens=2.0, usd_per_hour=36.0)
     assert price.cost(row) == pytest.approx(0.002)  # the endpoint's own figure wins over the table
-    assert price.cost({"input_tokens": 1000, "output_tokens": 500, "sample_s": 10}) == pytest.approx(2.0 + 0.1)
+    assert price.cost(
+        {"input_tokens": 1000, "output_tokens": 500, "sample_s": 10}
+    ) == pytest.approx(2.0 + 0.1)
     settings = load_settings(bench={"prices": {"service": {"usd_per_1k_tokens": 1.0}}})
     with pytest.raises(ConfigError, match="usd_per_1k_tokens"):
         Price.for_strategy("service", settings)

@@ -51,11 +51,15 @@ def articles(test_articles: list[dict]) -> list[dict]:
     return test_articles[:8]
 
 
-def test_solvability_finds_the_source_of_a_telling_riddle_and_not_of_an_empty_one(articles: list[dict]) -> None:
+def test_solvability_finds_the_source_of_a_telling_riddle_and_not_of_an_empty_one(
+    articles: list[dict],
+) -> None:
     from llmapps.evaluate.embedding import NearestIndex, cosine_similarities
     from llmapps.evaluate.riddle import solvability_at_k
 
-    index = NearestIndex([a["id"] for a in articles], [f"{a['title']}\n{a['text']}" for a in articles])
+    index = NearestIndex(
+        [a["id"] for a in articles], [f"{a['title']}\n{a['text']}" for a in articles]
+    )
     # a riddle that is the article's own summary points at the article; an empty one at nothing
     riddles = [articles[0]["reference_summary"], "", articles[1]["reference_summary"]]
     ids = [articles[0]["id"], articles[0]["id"], articles[1]["id"]]
@@ -63,13 +67,17 @@ def test_solvability_finds_the_source_of_a_telling_riddle_and_not_of_an_empty_on
     assert solved[0]["solvability@3"] == 1.0 and solved[0]["source_rank"] is not None
     assert solved[1] == {"solvability@1": 0.0, "solvability@3": 0.0, "source_rank": None}
     assert solved[2]["solvability@3"] == 1.0
-    sims = cosine_similarities([articles[0]["reference_riddle"], ""], [articles[0]["reference_riddle"]] * 2)
+    sims = cosine_similarities(
+        [articles[0]["reference_riddle"], ""], [articles[0]["reference_riddle"]] * 2
+    )
     assert sims[0] == pytest.approx(1.0, abs=1e-4) and sims[1] == 0.0
     with pytest.raises(InputError, match="unique"):
         NearestIndex(["a", "a"], ["x", "y"])
 
 
-def test_perplexity_is_lower_for_text_like_the_training_corpus(tiny_base: str, articles: list[dict]) -> None:
+def test_perplexity_is_lower_for_text_like_the_training_corpus(
+    tiny_base: str, articles: list[dict]
+) -> None:
     from llmapps.evaluate.perplexity import perplexities, perplexity, token_nll
     from llmapps.models.local import load_local_model
 
@@ -92,16 +100,31 @@ def _write_jsonl(path: Path, rows: list[dict]) -> Path:
     return path
 
 
-def test_evaluate_files_groups_by_strategy_and_scores_a_copy_best(tmp_path: Path, articles: list[dict]) -> None:
+def test_evaluate_files_groups_by_strategy_and_scores_a_copy_best(
+    tmp_path: Path, articles: list[dict]
+) -> None:
     from llmapps.evaluate.files import evaluate_files
 
     refs = _write_jsonl(tmp_path / "refs.jsonl", articles[:4])
-    preds = [{"id": a["id"], "strategy": "copy", "summary": a["reference_summary"], "riddle": a["reference_riddle"],
-              "answer": a["reference_answer"]} for a in articles[:4]]
-    preds += [{"id": a["id"], "strategy": "empty", "summary": "", "riddle": "", "answer": ""} for a in articles[:4]]
+    preds = [
+        {
+            "id": a["id"],
+            "strategy": "copy",
+            "summary": a["reference_summary"],
+            "riddle": a["reference_riddle"],
+            "answer": a["reference_answer"],
+        }
+        for a in articles[:4]
+    ]
+    preds += [
+        {"id": a["id"], "strategy": "empty", "summary": "", "riddle": "", "answer": ""}
+        for a in articles[:4]
+    ]
     groups, scored, config = evaluate_files(_write_jsonl(tmp_path / "p.jsonl", preds), refs)
     assert config.fields == ["answer", "riddle", "summary"] and config.primary_field == "riddle"
-    assert groups["copy"]["rougeL_riddle"] == 1.0 and groups["copy"]["bleu_riddle"] == pytest.approx(1.0)
+    assert groups["copy"]["rougeL_riddle"] == 1.0 and groups["copy"][
+        "bleu_riddle"
+    ] == pytest.approx(1.0)
     assert groups["copy"]["format_valid"] == 1.0 and groups["empty"]["format_valid"] == 0.0
     assert groups["empty"]["rougeL_riddle"] == 0.0 and groups["empty"]["solvability@1"] == 0.0
     assert groups["copy"]["semsim_riddle"] > 0.99
@@ -130,31 +153,45 @@ def test_judge_grades_are_parsed_from_labels_json_or_nothing() -> None:
     from chains.judge import parse_grade
 
     assert parse_grade("4\nReason: fair and fun")["score"] == 4
-    assert parse_grade("Score: 2\nReason: names it") == {"score": 2, "reason": "names it", "valid": True,
-                                                          "raw": "Score: 2\nReason: names it"}
+    assert parse_grade("Score: 2\nReason: names it") == {
+        "score": 2,
+        "reason": "names it",
+        "valid": True,
+        "raw": "Score: 2\nReason: names it",
+    }
     assert parse_grade('{"score": 5, "reason": "great"}')["score"] == 5
     assert parse_grade("no grade here")["score"] is None
 
 
-def test_judge_rows_on_a_real_strategy_skips_failed_rows(tiny_instruct: str, articles: list[dict]) -> None:
+def test_judge_rows_on_a_real_strategy_skips_failed_rows(
+    tiny_instruct: str, articles: list[dict]
+) -> None:
     from llmapps.apps import load_chain
     from llmapps.evaluate.judge import judge_rows
 
     judge = load_chain("riddle-judge", "zero-shot", instruct_model=tiny_instruct, max_new_tokens=8)
-    rows = [{"riddle": articles[0]["reference_riddle"], "answer": articles[0]["reference_answer"]},
-            {"error": "BackendError: down"}]
+    rows = [
+        {"riddle": articles[0]["reference_riddle"], "answer": articles[0]["reference_answer"]},
+        {"error": "BackendError: down"},
+    ]
     verdicts = judge_rows(judge, articles[:2], rows)
     assert verdicts[1] == {"judge_score": None}
     assert "judge_reason" in verdicts[0]  # a tiny model rarely grades; the row is still judged
     assert verdicts[0]["judge_score"] is None or 1 <= verdicts[0]["judge_score"] <= 5
 
 
-def test_human_sheet_round_trip_unblinds_win_rates_and_agreement(tmp_path: Path, articles: list[dict]) -> None:
+def test_human_sheet_round_trip_unblinds_win_rates_and_agreement(
+    tmp_path: Path, articles: list[dict]
+) -> None:
     from llmapps.evaluate.human import cohen_kappa, export_sheet, import_ratings
 
-    outputs = {name: {a["id"]: {"riddle": f"riddle {n} of {a['id']}", "answer": "x"} for a in articles[:4]}
-               for n, name in enumerate(("zzgood", "zzbad"))}
-    paths = export_sheet(outputs, articles[:4], tmp_path / "sheet", fields=["riddle", "answer"], seed=1)
+    outputs = {
+        name: {a["id"]: {"riddle": f"riddle {n} of {a['id']}", "answer": "x"} for a in articles[:4]}
+        for n, name in enumerate(("zzgood", "zzbad"))
+    }
+    paths = export_sheet(
+        outputs, articles[:4], tmp_path / "sheet", fields=["riddle", "answer"], seed=1
+    )
     assert "riddle 0 of" in paths["html"].read_text() and "riddle 1 of" in paths["html"].read_text()
     sheet = paths["csv"].read_text()
     assert "zzgood" not in sheet and "zzbad" not in sheet  # blinded: names only in the key
@@ -169,7 +206,9 @@ def test_human_sheet_round_trip_unblinds_win_rates_and_agreement(tmp_path: Path,
         filled = []
         for r in rows:
             good_side = "A" if key[r["item"]]["A"] == "zzgood" else "B"
-            filled.append({**r, "preference": "tie" if r["item"] == tie_at else good_side, "rater": rater})
+            filled.append(
+                {**r, "preference": "tie" if r["item"] == tie_at else good_side, "rater": rater}
+            )
         with (tmp_path / f"{rater}.csv").open("w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=list(rows[0]))
             w.writeheader()
@@ -192,5 +231,11 @@ def test_the_core_evaluation_and_bench_import_no_app_code() -> None:
     for folder in ("evaluate", "bench"):
         for path in (root / folder).glob("*.py"):
             text = path.read_text()
-            for banned in ("import chains", "from chains", "import prompts", "from prompts", "finetune"):
+            for banned in (
+                "import chains",
+                "from chains",
+                "import prompts",
+                "from prompts",
+                "finetune",
+            ):
                 assert banned not in text, f"{path} mentions {banned!r}"

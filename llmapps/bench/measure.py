@@ -97,7 +97,9 @@ class CostTracker(UsageTracker):
         sources: list[Any] = [response.llm_output or {}]
         for gens in response.generations:
             for g in gens:
-                sources.append(getattr(getattr(g, "message", None), "response_metadata", None) or {})
+                sources.append(
+                    getattr(getattr(g, "message", None), "response_metadata", None) or {}
+                )
                 sources.append(g.generation_info or {})
         for src in sources:
             if not isinstance(src, dict):
@@ -135,12 +137,16 @@ class Price(BaseModel):
         try:
             return cls(**raw)
         except ValidationError as err:
-            raise config_error_from_validation(f"bench price of {name!r} (LLMAPPS_BENCH__PRICES)", err) from err
+            raise config_error_from_validation(
+                f"bench price of {name!r} (LLMAPPS_BENCH__PRICES)", err
+            ) from err
 
     def cost(self, row: dict[str, Any]) -> float:
         """Cost of one row: its reported cost if any, else its tokens, plus its share of compute time."""
-        tokens = (row.get("input_tokens", 0) * self.usd_per_1k_input_tokens
-                  + row.get("output_tokens", 0) * self.usd_per_1k_output_tokens) / 1000.0
+        tokens = (
+            row.get("input_tokens", 0) * self.usd_per_1k_input_tokens
+            + row.get("output_tokens", 0) * self.usd_per_1k_output_tokens
+        ) / 1000.0
         reported = row.get("reported_cost_usd")
         compute = float(row.get("sample_s", 0.0)) * self.usd_per_hour / 3600.0
         return (float(reported) if isinstance(reported, (int, float)) else tokens) + compute
@@ -150,9 +156,24 @@ def versions() -> dict[str, str]:
     """Versions of python, the platform and the libraries a bench result depends on."""
     from importlib.metadata import PackageNotFoundError, version
 
-    out = {"python": sys.version.split()[0], "platform": platform.platform(), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    for dist in ("llmapps", "torch", "transformers", "peft", "langchain-core", "langchain-openai",
-                 "sentence-transformers", "faiss-cpu", "rouge-score", "sacrebleu", "numpy"):
+    out = {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    for dist in (
+        "llmapps",
+        "torch",
+        "transformers",
+        "peft",
+        "langchain-core",
+        "langchain-openai",
+        "sentence-transformers",
+        "faiss-cpu",
+        "rouge-score",
+        "sacrebleu",
+        "numpy",
+    ):
         try:
             out[dist] = version(dist)
         except PackageNotFoundError:

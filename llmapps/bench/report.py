@@ -15,8 +15,18 @@ from llmapps.errors import ConfigError
 
 # Columns shown in the printed and Markdown tables; every aggregate goes to JSON and CSV.
 SPEED_COLUMNS = ("latency_p50_s", "latency_p95_s", "tokens_per_s", "cost_per_1k_usd", "peak_rss_mb")
-LOWER_IS_BETTER = ("perplexity", "leakage", "latency_p50_s", "latency_p95_s", "cost_per_1k_usd",
-                   "peak_rss_mb", "rss_delta_mb", "gpu_peak_mb", "failures", "load_s")
+LOWER_IS_BETTER = (
+    "perplexity",
+    "leakage",
+    "latency_p50_s",
+    "latency_p95_s",
+    "cost_per_1k_usd",
+    "peak_rss_mb",
+    "rss_delta_mb",
+    "gpu_peak_mb",
+    "failures",
+    "load_s",
+)
 
 
 def _percentile(values: Sequence[float], q: float) -> float | None:
@@ -63,7 +73,9 @@ def summarise(
             sample_s=round(secs / len(ok), 4) if ok else None,
             tokens_per_s=round(toks / secs, 2) if secs > 0 else None,
             output_tokens_mean=round(toks / len(ok), 2) if ok else None,
-            cost_per_1k_usd=round(1000 * sum(float(r.get("cost_usd", 0.0)) for r in rows) / len(rows), 6),
+            cost_per_1k_usd=round(
+                1000 * sum(float(r.get("cost_usd", 0.0)) for r in rows) / len(rows), 6
+            ),
         )
     for key in ("load_s", "peak_rss_mb", "rss_delta_mb", "gpu_peak_mb"):
         out[key] = status.get(key)
@@ -73,9 +85,17 @@ def summarise(
 def quality_columns(metrics_config: Any, rows: Sequence[Mapping[str, Any]]) -> list[str]:
     """The quality columns worth a glance, in order, that some row has."""
     p = metrics_config.primary_field
-    wanted = [f"rougeL_{p}", f"bleu_{p}", f"semsim_{p}", "perplexity",
-              *(f"solvability@{k}" for k in metrics_config.solvability_k), "leakage", "format_valid",
-              f"words_{p}", "judge_score"]
+    wanted = [
+        f"rougeL_{p}",
+        f"bleu_{p}",
+        f"semsim_{p}",
+        "perplexity",
+        *(f"solvability@{k}" for k in metrics_config.solvability_k),
+        "leakage",
+        "format_valid",
+        f"words_{p}",
+        "judge_score",
+    ]
     return [c for c in wanted if any(c in r for r in rows)]
 
 
@@ -90,7 +110,14 @@ def _fmt(value: Any) -> str:
 
 
 def table_columns(rows: Sequence[Mapping[str, Any]], metrics_config: Any) -> list[str]:
-    return ["strategy", "samples", "failures", *quality_columns(metrics_config, rows), *SPEED_COLUMNS, "error"]
+    return [
+        "strategy",
+        "samples",
+        "failures",
+        *quality_columns(metrics_config, rows),
+        *SPEED_COLUMNS,
+        "error",
+    ]
 
 
 def to_markdown(rows: Sequence[Mapping[str, Any]], metrics_config: Any) -> str:
@@ -115,7 +142,9 @@ def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
 
 
-def plot(rows: Sequence[Mapping[str, Any]], out: Path, metrics_config: Any, quality: str | None = None) -> list[Path]:
+def plot(
+    rows: Sequence[Mapping[str, Any]], out: Path, metrics_config: Any, quality: str | None = None
+) -> list[Path]:
     """Quality against latency (one point per strategy) and one bar chart per metric, as PNGs."""
     import matplotlib
 
@@ -127,10 +156,16 @@ def plot(rows: Sequence[Mapping[str, Any]], out: Path, metrics_config: Any, qual
     qcols = quality_columns(metrics_config, rows)
     numeric = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)  # noqa: E731
     if quality is None:
-        preferred = [f"solvability@{metrics_config.solvability_k[0]}" if metrics_config.solvability_k else "",
-                     f"rougeL_{metrics_config.primary_field}"]
+        preferred = [
+            f"solvability@{metrics_config.solvability_k[0]}"
+            if metrics_config.solvability_k
+            else "",
+            f"rougeL_{metrics_config.primary_field}",
+        ]
         quality = next((q for q in preferred if any(numeric(r.get(q)) for r in rows)), None)
-    pts = [r for r in rows if quality and numeric(r.get(quality)) and numeric(r.get("latency_p50_s"))]
+    pts = [
+        r for r in rows if quality and numeric(r.get(quality)) and numeric(r.get("latency_p50_s"))
+    ]
     if pts:
         fig, ax = plt.subplots(figsize=(6, 4.5))
         for r in pts:
@@ -138,7 +173,12 @@ def plot(rows: Sequence[Mapping[str, Any]], out: Path, metrics_config: Any, qual
             p95 = r.get("latency_p95_s")
             if numeric(p95):
                 ax.plot([r["latency_p50_s"], p95], [r[quality]] * 2, alpha=0.4)
-            ax.annotate(r["strategy"], (r["latency_p50_s"], r[quality]), textcoords="offset points", xytext=(5, 5))
+            ax.annotate(
+                r["strategy"],
+                (r["latency_p50_s"], r[quality]),
+                textcoords="offset points",
+                xytext=(5, 5),
+            )
         ax.set_xlabel("latency per batch, p50 (line to p95), s")
         ax.set_ylabel(quality)
         ax.set_title(f"{quality} against latency")
@@ -165,7 +205,9 @@ def plot(rows: Sequence[Mapping[str, Any]], out: Path, metrics_config: Any, qual
     return written
 
 
-def write_reports(rows: Sequence[Mapping[str, Any]], out: Path, metrics_config: Any) -> dict[str, Path]:
+def write_reports(
+    rows: Sequence[Mapping[str, Any]], out: Path, metrics_config: Any
+) -> dict[str, Path]:
     """Write ``summary.md``, ``summary.csv``, ``summary.json`` and ``plots/`` into ``out``."""
     out = Path(out)
     paths = {"md": out / "summary.md", "csv": out / "summary.csv", "json": out / "summary.json"}
@@ -182,10 +224,23 @@ def write_reports(rows: Sequence[Mapping[str, Any]], out: Path, metrics_config: 
     return paths
 
 
-SHORT = {"samples": "done", "failures": "fail", "perplexity": "ppl", "leakage": "leak", "format_valid": "valid",
-         "latency_p50_s": "p50 s", "latency_p95_s": "p95 s", "tokens_per_s": "tok/s", "sample_s": "s/sample",
-         "cost_per_1k_usd": "$/1k", "peak_rss_mb": "peak MB", "rss_delta_mb": "+MB", "gpu_peak_mb": "GPU MB",
-         "load_s": "load s", "judge_score": "judge"}
+SHORT = {
+    "samples": "done",
+    "failures": "fail",
+    "perplexity": "ppl",
+    "leakage": "leak",
+    "format_valid": "valid",
+    "latency_p50_s": "p50 s",
+    "latency_p95_s": "p95 s",
+    "tokens_per_s": "tok/s",
+    "sample_s": "s/sample",
+    "cost_per_1k_usd": "$/1k",
+    "peak_rss_mb": "peak MB",
+    "rss_delta_mb": "+MB",
+    "gpu_peak_mb": "GPU MB",
+    "load_s": "load s",
+    "judge_score": "judge",
+}
 
 
 def _short(col: str, primary: str) -> str:
@@ -194,28 +249,53 @@ def _short(col: str, primary: str) -> str:
     return col.replace(f"_{primary}", "").replace("solvability", "solv").replace("semsim", "sem")
 
 
-def rich_tables(rows: Sequence[Mapping[str, Any]], metrics_config: Any, title: str = "bench") -> list[Any]:
+def rich_tables(
+    rows: Sequence[Mapping[str, Any]], metrics_config: Any, title: str = "bench"
+) -> list[Any]:
     """The summary as two ``rich`` tables, quality and cost, narrow enough for a terminal; the best
     value of each column is bold."""
     from rich.table import Table
 
     p = metrics_config.primary_field
     groups = [
-        (f"{title}: quality of {p!r}", ["strategy", "samples", "failures", *quality_columns(metrics_config, rows)]),
-        (f"{title}: speed, cost, memory", ["strategy", "latency_p50_s", "latency_p95_s", "sample_s", "tokens_per_s",
-                                           "cost_per_1k_usd", "peak_rss_mb", "rss_delta_mb",
-                                           *(["gpu_peak_mb"] if any(r.get("gpu_peak_mb") for r in rows) else []),
-                                           "load_s", "error"]),
+        (
+            f"{title}: quality of {p!r}",
+            ["strategy", "samples", "failures", *quality_columns(metrics_config, rows)],
+        ),
+        (
+            f"{title}: speed, cost, memory",
+            [
+                "strategy",
+                "latency_p50_s",
+                "latency_p95_s",
+                "sample_s",
+                "tokens_per_s",
+                "cost_per_1k_usd",
+                "peak_rss_mb",
+                "rss_delta_mb",
+                *(["gpu_peak_mb"] if any(r.get("gpu_peak_mb") for r in rows) else []),
+                "load_s",
+                "error",
+            ],
+        ),
     ]
     tables = []
     for heading, cols in groups:
         table = Table(title=heading, title_justify="left")
         for c in cols:
-            table.add_column(_short(c, p), overflow="fold", max_width=48 if c == "error" else None,
-                             justify="left" if c in ("strategy", "error") else "right")
+            table.add_column(
+                _short(c, p),
+                overflow="fold",
+                max_width=48 if c == "error" else None,
+                justify="left" if c in ("strategy", "error") else "right",
+            )
         best: dict[str, float] = {}
         for c in cols:
-            vals = [float(r[c]) for r in rows if isinstance(r.get(c), (int, float)) and not isinstance(r.get(c), bool)]
+            vals = [
+                float(r[c])
+                for r in rows
+                if isinstance(r.get(c), (int, float)) and not isinstance(r.get(c), bool)
+            ]
             if len(vals) > 1 and c not in ("samples", "failures") and len(set(vals)) > 1:
                 best[c] = min(vals) if c in LOWER_IS_BETTER else max(vals)
         for r in rows:
@@ -243,17 +323,26 @@ def log_mlflow(rows: Sequence[Mapping[str, Any]], out: Path, experiment: str | N
     try:
         import mlflow
     except ImportError as err:
-        raise ConfigError("--mlflow needs the optional extra: pip install 'llmapps[mlflow]'") from err
+        raise ConfigError(
+            "--mlflow needs the optional extra: pip install 'llmapps[mlflow]'"
+        ) from err
     config = json.loads((Path(out) / "config.json").read_text())
     bench = config.get("bench", {})
     if experiment:
         mlflow.set_experiment(experiment)
     with mlflow.start_run(run_name=f"bench-{bench.get('app')}-{Path(out).name}") as run:
-        mlflow.log_params({k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in bench.items()})
-        mlflow.log_params({f"version.{k}": v for k, v in config.get("versions", {}).items() if k != "time"})
+        mlflow.log_params(
+            {k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in bench.items()}
+        )
+        mlflow.log_params(
+            {f"version.{k}": v for k, v in config.get("versions", {}).items() if k != "time"}
+        )
         for r in rows:
-            metrics = {f"{r['strategy']}.{_slug(k).replace('@', '_at_')}": float(v) for k, v in r.items()
-                       if isinstance(v, (int, float)) and not isinstance(v, bool)}
+            metrics = {
+                f"{r['strategy']}.{_slug(k).replace('@', '_at_')}": float(v)
+                for k, v in r.items()
+                if isinstance(v, (int, float)) and not isinstance(v, bool)
+            }
             mlflow.log_metrics(metrics)
         mlflow.log_artifacts(str(out))
         return str(run.info.run_id)

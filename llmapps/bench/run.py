@@ -68,7 +68,9 @@ class BenchConfig(BaseModel):
 def _write_json(path: Path, data: Any) -> None:
     """Write atomically, so a kill leaves the old file or the new one, never half of one."""
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
+    tmp.write_text(
+        json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8"
+    )
     os.replace(tmp, path)
 
 
@@ -96,7 +98,10 @@ def _load_rows(path: Path, retry_failed: bool) -> dict[str, dict[str, Any]]:
     if retry_failed and any(r.get("error") for r in done.values()):
         done = {k: r for k, r in done.items() if not r.get("error")}
         tmp = path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in done.values()), encoding="utf-8")
+        tmp.write_text(
+            "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in done.values()),
+            encoding="utf-8",
+        )
         os.replace(tmp, path)
     return done
 
@@ -144,7 +149,9 @@ class _StrategyRun:
                         row["cost_usd"] = round(price.cost(row), 10)
                         writer.write({"id": str(sample["id"]), "strategy": self.name, **row})
                     b.advance(len(chunk))
-        status.update(peak_rss_mb=mem.peak_mb, rss_delta_mb=mem.delta_mb, gpu_peak_mb=mem.gpu_peak_mb)
+        status.update(
+            peak_rss_mb=mem.peak_mb, rss_delta_mb=mem.delta_mb, gpu_peak_mb=mem.gpu_peak_mb
+        )
         return status
 
     def _scoring_model(self, strategy: Any) -> Any:
@@ -164,8 +171,9 @@ class _StrategyRun:
         trackers = [CostTracker() for _ in chunk]
         started = time.perf_counter()
         try:
-            outs: list[Any] = chain.batch(inputs, config=[{"callbacks": [t]} for t in trackers],
-                                          return_exceptions=True)
+            outs: list[Any] = chain.batch(
+                inputs, config=[{"callbacks": [t]} for t in trackers], return_exceptions=True
+            )
         except Exception as err:  # a batch that fails as a whole fails each of its rows
             outs = [err] * len(chunk)
         elapsed = time.perf_counter() - started
@@ -177,12 +185,18 @@ class _StrategyRun:
                 row = dict(out)
             else:
                 row = {"output": str(out)}
-            row.update(latency_s=round(elapsed, 4), batch_size=len(chunk),
-                       sample_s=round(elapsed / len(chunk), 4), **tracker.as_dict())
+            row.update(
+                latency_s=round(elapsed, 4),
+                batch_size=len(chunk),
+                sample_s=round(elapsed / len(chunk), 4),
+                **tracker.as_dict(),
+            )
             rows.append(row)
         return rows
 
-    def _score(self, chunk: Sequence[dict[str, Any]], rows: list[dict[str, Any]], scoring: Any) -> None:
+    def _score(
+        self, chunk: Sequence[dict[str, Any]], rows: list[dict[str, Any]], scoring: Any
+    ) -> None:
         b = self.bench
         for row, sample in zip(rows, chunk, strict=True):
             row["id"] = str(sample["id"])
@@ -191,7 +205,9 @@ class _StrategyRun:
             from llmapps.evaluate.perplexity import token_nll
 
             field = b.scorer.config.primary_field
-            for m, (nll, n) in zip(metrics, token_nll(scoring, [_reference_text(s, field) for s in chunk]), strict=True):
+            for m, (nll, n) in zip(
+                metrics, token_nll(scoring, [_reference_text(s, field) for s in chunk]), strict=True
+            ):
                 m.update(ppl_nll=round(nll, 6), ppl_tokens=n)
         if b.judge is not None:
             from llmapps.evaluate.judge import judge_rows
@@ -210,8 +226,15 @@ def _batched(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
 class Bench:
     """A bench run over one folder; ``run()`` does the work, ``summary()`` reads it back."""
 
-    def __init__(self, config: BenchConfig, out: Path, *, settings: Any = None, progress: bool = True,
-                 metrics: Any = None) -> None:
+    def __init__(
+        self,
+        config: BenchConfig,
+        out: Path,
+        *,
+        settings: Any = None,
+        progress: bool = True,
+        metrics: Any = None,
+    ) -> None:
         from llmapps.apps import get_app
         from llmapps.evaluate.scoring import MetricsConfig, Scorer
         from llmapps.settings import get_settings
@@ -257,13 +280,19 @@ class Bench:
             "metrics": self.metrics.model_dump(mode="json"),
             "settings": self.settings.model_dump(mode="json"),
             "versions": versions(),
-            "runs": [*old.get("runs", []), {"strategies": self.config.strategies, "started": time.time()}],
+            "runs": [
+                *old.get("runs", []),
+                {"strategies": self.config.strategies, "started": time.time()},
+            ],
         }
         _write_json(path, data)
         refs = self.out / "references.jsonl"
         if not refs.exists():
             tmp = refs.with_suffix(".jsonl.tmp")
-            tmp.write_text("".join(json.dumps(s, ensure_ascii=False) + "\n" for s in self.samples), encoding="utf-8")
+            tmp.write_text(
+                "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in self.samples),
+                encoding="utf-8",
+            )
             os.replace(tmp, refs)
 
     def statuses(self) -> dict[str, dict[str, Any]]:
@@ -284,6 +313,13 @@ class Bench:
             from llmapps.apps import load_chain
 
             self.judge = load_chain(self.config.judge_app, self.config.judge)
+        from llmapps.models.local import BUILTIN_MODELS
+
+        if {self.settings.base_model, self.settings.instruct_model} & set(BUILTIN_MODELS):
+            from llmapps.models.tiny import ensure_tiny_models
+
+            # build once up front, so no strategy's load time or memory includes training
+            ensure_tiny_models(self.settings.models_dir, progress=self.progress)
         if self.scorer.config.semantic or self.scorer.config.riddle_field:
             _ = self.scorer.index  # load the embedder before measuring any strategy's memory
         statuses = self.statuses()
@@ -299,20 +335,29 @@ class Bench:
             gc.collect()
             with cls.demo_options(self.settings) as demo:
                 if demo is None:
-                    statuses[name] = {"status": "skipped", "error": "not available offline here (demo_options gave None)"}
+                    statuses[name] = {
+                        "status": "skipped",
+                        "error": "not available offline here (demo_options gave None)",
+                    }
                     _write_json(self.out / "strategies.json", statuses)
                     continue
                 options = {**demo, **self.config.strategy_options.get(name, {})}
-                self._bar = tqdm(total=len(todo), desc=name, unit="sample", disable=not self.progress)
+                self._bar = tqdm(
+                    total=len(todo), desc=name, unit="sample", disable=not self.progress
+                )
                 try:
                     status = srun.run(todo, options)
                 finally:
                     self._bar.close()
                     self._bar = None
             prev = statuses.get(name, {})
-            if prev.get("status") == "ran" and status["status"] == "ran":  # resumed: keep the worst case
+            if (
+                prev.get("status") == "ran" and status["status"] == "ran"
+            ):  # resumed: keep the worst case
                 for key in ("peak_rss_mb", "rss_delta_mb", "load_s"):
-                    if isinstance(prev.get(key), (int, float)) and isinstance(status.get(key), (int, float)):
+                    if isinstance(prev.get(key), (int, float)) and isinstance(
+                        status.get(key), (int, float)
+                    ):
                         status[key] = max(prev[key], status[key])
             statuses[name] = status
             _write_json(self.out / "strategies.json", statuses)
@@ -331,11 +376,17 @@ class Bench:
 
         statuses = self.statuses()
         refs = {str(s["id"]): s for s in self.samples}
-        return [summarise(name, self.rows(name), statuses.get(name, {}), self.metrics, refs, len(self.samples))
-                for name in self.config.strategies]
+        return [
+            summarise(
+                name, self.rows(name), statuses.get(name, {}), self.metrics, refs, len(self.samples)
+            )
+            for name in self.config.strategies
+        ]
 
 
-def run_bench(config: BenchConfig, out: Path, *, progress: bool = True, settings: Any = None) -> list[dict[str, Any]]:
+def run_bench(
+    config: BenchConfig, out: Path, *, progress: bool = True, settings: Any = None
+) -> list[dict[str, Any]]:
     """Run a bench into ``out`` and write its summary and plots; return the summary rows.
 
     Example:

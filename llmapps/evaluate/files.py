@@ -36,13 +36,17 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def normalise_references(rows: list[dict[str, Any]], fields: Sequence[str] | None) -> tuple[list[dict[str, Any]], list[str]]:
+def normalise_references(
+    rows: list[dict[str, Any]], fields: Sequence[str] | None
+) -> tuple[list[dict[str, Any]], list[str]]:
     """References with ``reference_<field>`` keys, and the fields to score.
 
     A references file either uses ``reference_<field>`` keys (as ``llmapps bench`` writes
     ``references.jsonl``) or plain ``<field>`` keys, in which case ``fields`` must name them.
     """
-    prefixed = sorted({k[len("reference_"):] for r in rows for k in r if k.startswith("reference_")})
+    prefixed = sorted(
+        {k[len("reference_") :] for r in rows for k in r if k.startswith("reference_")}
+    )
     if prefixed:
         chosen = list(fields or prefixed)
         unknown = [f for f in chosen if f not in prefixed]
@@ -50,7 +54,9 @@ def normalise_references(rows: list[dict[str, Any]], fields: Sequence[str] | Non
             raise InputError(f"the references have no field(s) {unknown}; they have {prefixed}")
         return rows, chosen
     if not fields:
-        raise InputError("the references have no reference_<field> keys: name the fields to score with --fields")
+        raise InputError(
+            "the references have no reference_<field> keys: name the fields to score with --fields"
+        )
     out = [{**r, **{f"reference_{f}": r[f] for f in fields if f in r}} for r in rows]
     return out, list(fields)
 
@@ -82,4 +88,8 @@ def evaluate_files(
     for row in scored:
         groups.setdefault(str(row.get("strategy", "predictions")), []).append(row)
     by_id = {r["id"]: r for r in refs}
-    return {g: {"samples": len(rows), **aggregate(rows, config, by_id)} for g, rows in groups.items()}, scored, config
+    return (
+        {g: {"samples": len(rows), **aggregate(rows, config, by_id)} for g, rows in groups.items()},
+        scored,
+        config,
+    )

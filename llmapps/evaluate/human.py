@@ -54,7 +54,9 @@ def export_sheet(
     """
     names = sorted(outputs)
     if len(names) < 2:
-        raise InputError(f"a side-by-side sheet needs two strategies or more, got {names or 'none'}")
+        raise InputError(
+            f"a side-by-side sheet needs two strategies or more, got {names or 'none'}"
+        )
     rng = random.Random(seed)
     items: list[dict[str, Any]] = []
     key: dict[str, dict[str, str]] = {}
@@ -75,20 +77,31 @@ def export_sheet(
         context = "\n".join(str(item["sample"].get(f) or "") for f in context_fields)
         if len(context) > context_chars:
             context = context[:context_chars].rsplit(" ", 1)[0] + " …"
-        rows.append({"item": iid, "context": context,
-                     "A": _show(outputs[item["a"]].get(item["sid"]), fields),
-                     "B": _show(outputs[item["b"]].get(item["sid"]), fields),
-                     "preference": "", "rater": ""})
+        rows.append(
+            {
+                "item": iid,
+                "context": context,
+                "A": _show(outputs[item["a"]].get(item["sid"]), fields),
+                "B": _show(outputs[item["b"]].get(item["sid"]), fields),
+                "preference": "",
+                "rater": "",
+            }
+        )
     paths = {"csv": out / "sheet.csv", "html": out / "sheet.html", "key": out / "key.json"}
     with paths["csv"].open("w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=["item", "context", "A", "B", "preference", "rater"])
         writer.writeheader()
         writer.writerows(rows)
-    paths["key"].write_text(json.dumps({"strategies": names, "items": key}, indent=2) + "\n", encoding="utf-8")
+    paths["key"].write_text(
+        json.dumps({"strategies": names, "items": key}, indent=2) + "\n", encoding="utf-8"
+    )
     cells = "".join(
         "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td></td></tr>".format(
-            html.escape(r["item"]), *(html.escape(r[c]).replace("\n", "<br>") for c in ("context", "A", "B")))
-        for r in rows)
+            html.escape(r["item"]),
+            *(html.escape(r[c]).replace("\n", "<br>") for c in ("context", "A", "B")),
+        )
+        for r in rows
+    )
     paths["html"].write_text(
         "<!doctype html><meta charset='utf-8'><title>side-by-side</title>"
         "<style>body{font-family:sans-serif}td{vertical-align:top;border:1px solid #ccc;padding:6px}"
@@ -96,7 +109,8 @@ def export_sheet(
         "<p>For each item, which output is better: A, B or tie? Enter it in the <code>preference</code> "
         "column of sheet.csv, with your name in <code>rater</code>.</p>"
         f"<table><tr><th>item</th><th>article</th><th>A</th><th>B</th><th>preference</th></tr>{cells}</table>\n",
-        encoding="utf-8")
+        encoding="utf-8",
+    )
     return paths
 
 
@@ -113,7 +127,9 @@ def _read_ratings(paths: Sequence[Path]) -> list[dict[str, str]]:
                     problems.append(f"{path}:{n}: preference {pref!r} is not A, B or tie")
                     continue
                 rater = (row.get("rater") or "").strip() or Path(path).stem
-                ratings.append({"item": (row.get("item") or "").strip(), "preference": norm, "rater": rater})
+                ratings.append(
+                    {"item": (row.get("item") or "").strip(), "preference": norm, "rater": rater}
+                )
     if problems:
         from llmapps.errors import format_problems
 
@@ -144,7 +160,9 @@ def import_ratings(sheets: Sequence[Path], key_path: Path) -> dict[str, Any]:
     ratings = _read_ratings(sheets)
     unknown = sorted({r["item"] for r in ratings if r["item"] not in key})
     if unknown:
-        raise InputError(f"items {unknown[:10]} are not in {key_path}: use the key written with the sheet")
+        raise InputError(
+            f"items {unknown[:10]} are not in {key_path}: use the key written with the sheet"
+        )
     if not ratings:
         raise InputError("no filled ratings: put A, B or tie in the preference column")
     wins: dict[str, float] = {}
@@ -164,7 +182,11 @@ def import_ratings(sheets: Sequence[Path], key_path: Path) -> dict[str, Any]:
         k = key[r["item"]]
         # unblind to a label that means the same whichever side a strategy was shown on
         first = sorted((k["A"], k["B"]))[0]
-        label = "tie" if r["preference"] == "tie" else ("first" if k[r["preference"]] == first else "second")
+        label = (
+            "tie"
+            if r["preference"] == "tie"
+            else ("first" if k[r["preference"]] == first else "second")
+        )
         by_rater.setdefault(r["rater"], {})[r["item"]] = label
     agree, kappas, shared_items = [], [], 0
     for x, y in itertools.combinations(sorted(by_rater), 2):
@@ -183,9 +205,19 @@ def import_ratings(sheets: Sequence[Path], key_path: Path) -> dict[str, Any]:
         "raters": sorted(by_rater),
         "win_rate": {n: round(wins[n] / games[n], 4) for n in sorted(wins)},
         "comparisons": games,
-        "pairs": [{"first": p[0], "second": p[1], "first_win_rate": round(sum(v) / len(v), 4), "n": len(v)}
-                  for p, v in sorted(pairs.items())],
-        "agreement": {"rater_pairs": len(agree), "shared_ratings": shared_items,
-                      "percent": round(sum(agree) / len(agree), 4) if agree else None,
-                      "cohen_kappa": round(sum(kappas) / len(kappas), 4) if kappas else None},
+        "pairs": [
+            {
+                "first": p[0],
+                "second": p[1],
+                "first_win_rate": round(sum(v) / len(v), 4),
+                "n": len(v),
+            }
+            for p, v in sorted(pairs.items())
+        ],
+        "agreement": {
+            "rater_pairs": len(agree),
+            "shared_ratings": shared_items,
+            "percent": round(sum(agree) / len(agree), 4) if agree else None,
+            "cohen_kappa": round(sum(kappas) / len(kappas), 4) if kappas else None,
+        },
     }

@@ -32,8 +32,13 @@ def judge_rows(
     """
     out: list[dict[str, Any]] = [{"judge_score": None} for _ in rows]
     todo = [i for i, r in enumerate(rows) if not r.get("error")]
-    inputs = [{**{k: v for k, v in samples[i].items() if not k.startswith("reference_")},
-               **{k: v for k, v in rows[i].items() if isinstance(v, str)}} for i in todo]
+    inputs = [
+        {
+            **{k: v for k, v in samples[i].items() if not k.startswith("reference_")},
+            **{k: v for k, v in rows[i].items() if isinstance(v, str)},
+        }
+        for i in todo
+    ]
     if not inputs:
         return out
     verdicts = judge.batch(inputs, return_exceptions=True)

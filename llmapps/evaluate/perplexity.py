@@ -28,7 +28,9 @@ def token_nll(lm: LocalModel, texts: Sequence[str], batch_size: int = 8) -> list
 
     tok = lm.tokenizer
     limit = lm.context_length
-    encoded = [tok(t, add_special_tokens=True)["input_ids"][:limit] if t.strip() else [] for t in texts]
+    encoded = [
+        tok(t, add_special_tokens=True)["input_ids"][:limit] if t.strip() else [] for t in texts
+    ]
     results: list[tuple[float, int]] = [(0.0, 0)] * len(texts)
     order = [i for i in range(len(texts)) if len(encoded[i]) >= 2]
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0

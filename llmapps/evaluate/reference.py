@@ -49,7 +49,11 @@ def corpus_bleu(predictions: Sequence[str], references: Sequence[str]) -> float:
     if len(predictions) != len(references):
         from llmapps.errors import InputError
 
-        raise InputError(f"{len(predictions)} predictions but {len(references)} references; they must align")
+        raise InputError(
+            f"{len(predictions)} predictions but {len(references)} references; they must align"
+        )
     if not predictions:
         return 0.0
-    return round(float(sacrebleu.corpus_bleu(list(predictions), [list(references)]).score) / 100.0, 6)
+    return round(
+        float(sacrebleu.corpus_bleu(list(predictions), [list(references)]).score) / 100.0, 6
+    )

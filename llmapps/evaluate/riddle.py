@@ -26,7 +26,7 @@ STOPWORDS = frozenset(
     more most my no nor not now of off on once only or other our out over own same she should so
     some such than that the their them then there these they this those through to too under until
     up very was we were what when where which while who whom why will with would you your new says
-    said""".split()
+    said""".split()  # noqa: SIM905 - a word list reads better as text
 )
 _WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
 
@@ -83,14 +83,18 @@ def solvability_at_k(
     if len(riddles) != len(source_ids):
         from llmapps.errors import InputError
 
-        raise InputError(f"{len(riddles)} riddles but {len(source_ids)} source ids; they must align")
+        raise InputError(
+            f"{len(riddles)} riddles but {len(source_ids)} source ids; they must align"
+        )
     if not riddles:
         return []
     hits = index.search(riddles, len(index))
     out = []
     for found, source in zip(hits, source_ids, strict=True):
         rank = found.index(str(source)) + 1 if str(source) in found else None
-        row: dict[str, float] = {f"solvability@{k}": float(rank is not None and rank <= k) for k in ks}
+        row: dict[str, float] = {
+            f"solvability@{k}": float(rank is not None and rank <= k) for k in ks
+        }
         row["source_rank"] = rank  # type: ignore[assignment]
         out.append(row)
     return out

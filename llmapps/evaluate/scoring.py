@@ -18,7 +18,16 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from llmapps.errors import InputError
 
-QUALITY_HIGHER = ("rouge1", "rouge2", "rougeL", "bleu", "semsim", "solvability", "format_valid", "judge_score")
+QUALITY_HIGHER = (
+    "rouge1",
+    "rouge2",
+    "rougeL",
+    "bleu",
+    "semsim",
+    "solvability",
+    "format_valid",
+    "judge_score",
+)
 
 
 class MetricsConfig(BaseModel):
@@ -47,21 +56,31 @@ class MetricsConfig(BaseModel):
     embedder: str = "all-MiniLM-L6-v2"
 
     @classmethod
-    def for_fields(cls, fields: Sequence[str], settings: Any = None, **overrides: Any) -> MetricsConfig:
+    def for_fields(
+        cls, fields: Sequence[str], settings: Any = None, **overrides: Any
+    ) -> MetricsConfig:
         """Defaults from ``settings.bench`` for an app whose references have ``fields``."""
         from llmapps.settings import get_settings
 
         b = (settings or get_settings()).bench
         fields = list(fields)
         if not fields:
-            raise InputError("nothing to score: the app declares no reference fields (AppSpec.reference_keys)")
+            raise InputError(
+                "nothing to score: the app declares no reference fields (AppSpec.reference_keys)"
+            )
         riddle = b.riddle_field if b.riddle_field in fields else None
         primary = b.primary_field or riddle or fields[0]
         if primary not in fields:
-            raise InputError(f"primary field {primary!r} is not a reference field; choose one of {', '.join(fields)}")
+            raise InputError(
+                f"primary field {primary!r} is not a reference field; choose one of {', '.join(fields)}"
+            )
         values: dict[str, Any] = dict(
-            fields=fields, primary_field=primary, riddle_field=riddle, leak_fields=list(b.leak_fields),
-            source_fields=list(b.source_fields), solvability_k=list(b.solvability_k),
+            fields=fields,
+            primary_field=primary,
+            riddle_field=riddle,
+            leak_fields=list(b.leak_fields),
+            source_fields=list(b.source_fields),
+            solvability_k=list(b.solvability_k),
         )
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
@@ -114,7 +133,9 @@ class Scorer:
         c = self.config
         missing = [str(r.get("id")) for r in rows if str(r.get("id")) not in self.references]
         if missing:
-            raise InputError(f"no reference for id(s) {', '.join(missing[:10])}; check the references file")
+            raise InputError(
+                f"no reference for id(s) {', '.join(missing[:10])}; check the references file"
+            )
         refs = [self.references[str(r["id"])] for r in rows]
         out: list[dict[str, Any]] = [{} for _ in rows]
         for f in c.fields:
@@ -130,7 +151,9 @@ class Scorer:
                 from llmapps.evaluate.embedding import cosine_similarities
 
                 pairs = [i for i, g in enumerate(golds) if g]
-                sims = cosine_similarities([preds[i] for i in pairs], [golds[i] for i in pairs], c.embedder)
+                sims = cosine_similarities(
+                    [preds[i] for i in pairs], [golds[i] for i in pairs], c.embedder
+                )
                 for i, s in zip(pairs, sims, strict=True):
                     out[i][f"semsim_{f}"] = s
         for m, r in zip(out, rows, strict=True):
@@ -138,11 +161,18 @@ class Scorer:
             m[f"words_{c.primary_field}"] = word_count(_text(r.get(c.primary_field)))
         if c.riddle_field:
             for m, r, ref in zip(out, rows, refs, strict=True):
-                sources = [_text(r.get(f)) or _text(ref.get(f)) or _text(ref.get(f"reference_{f}")) for f in c.leak_fields]
+                sources = [
+                    _text(r.get(f)) or _text(ref.get(f)) or _text(ref.get(f"reference_{f}"))
+                    for f in c.leak_fields
+                ]
                 m["leakage"] = leakage(_text(r.get(c.riddle_field)), [s for s in sources if s])
             if self._can_solve() and self.index is not None:
-                solved = solvability_at_k([_text(r.get(c.riddle_field)) for r in rows],
-                                          [str(r["id"]) for r in rows], self.index, c.solvability_k)
+                solved = solvability_at_k(
+                    [_text(r.get(c.riddle_field)) for r in rows],
+                    [str(r["id"]) for r in rows],
+                    self.index,
+                    c.solvability_k,
+                )
                 for m, s in zip(out, solved, strict=True):
                     m.update(s)
         return out
@@ -162,17 +192,30 @@ def aggregate(
     from llmapps.evaluate.reference import corpus_bleu
 
     metrics = [r.get("metrics") or {} for r in rows]
-    keys = sorted({k for m in metrics for k, v in m.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
+    keys = sorted(
+        {
+            k
+            for m in metrics
+            for k, v in m.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)
+        }
+    )
     out: dict[str, Any] = {}
     for k in keys:
         if k in ("ppl_nll", "ppl_tokens", "source_rank"):
             continue
         out[k] = _mean([float(m[k]) for m in metrics if isinstance(m.get(k), (int, float))])
     for f in config.fields if references else ():
-        scored = [r for r, m in zip(rows, metrics, strict=True) if f"bleu_{f}" in m and str(r.get("id")) in references]
+        scored = [
+            r
+            for r, m in zip(rows, metrics, strict=True)
+            if f"bleu_{f}" in m and str(r.get("id")) in references
+        ]
         if scored:
-            out[f"bleu_{f}"] = corpus_bleu([_text(r.get(f)) for r in scored],
-                                           [_text(references[str(r["id"])].get(f"reference_{f}")) for r in scored])
+            out[f"bleu_{f}"] = corpus_bleu(
+                [_text(r.get(f)) for r in scored],
+                [_text(references[str(r["id"])].get(f"reference_{f}")) for r in scored],
+            )
     nll = sum(float(m.get("ppl_nll", 0.0)) for m in metrics)
     toks = sum(int(m.get("ppl_tokens", 0)) for m in metrics)
     if toks:
