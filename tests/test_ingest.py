@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from feed_server import FIXTURES, FeedServer
 
-from llmapps.errors import InputError
+from llmapps.errors import ConfigError, InputError
 from llmapps.ingest import (
     CleanOptions,
     FetchOptions,
@@ -227,6 +227,18 @@ def test_local_feed_file_is_parsed_like_a_fetched_one():
     result = ingest([str(FIXTURES / "rdf.xml")], options=fast())
     assert [it.title for it in result.items] == [STORIES["frost"]["title"]]
     assert result.items[0].url == ""  # "__BASE__/..." is no http(s) URL: dropped
+
+
+def test_defaults_come_from_settings_and_environment(monkeypatch):
+    monkeypatch.setenv("LLMAPPS_INGEST__USER_AGENT", "my-bot/2.0")
+    monkeypatch.setenv("LLMAPPS_INGEST__TIMEOUT_S", "3.5")
+    monkeypatch.setenv("LLMAPPS_INGEST__NEWSAPI_BASE_URL", "http://127.0.0.1:9/news")
+    opts = IngestOptions()
+    assert (opts.fetch.user_agent, opts.fetch.timeout_s) == ("my-bot/2.0", 3.5)
+    assert opts.newsapi_base_url == "http://127.0.0.1:9/news"
+    monkeypatch.setenv("LLMAPPS_INGEST__CONCURRENCY", "0")
+    with pytest.raises(ConfigError, match=r"ingest\.concurrency: Input should be greater than or equal to 1"):
+        IngestOptions()
 
 
 def test_bad_source_lists_are_rejected_up_front():

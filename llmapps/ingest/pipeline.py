@@ -16,6 +16,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -48,7 +49,8 @@ class IngestOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    fetch: FetchOptions = Field(default_factory=FetchOptions)
+    # Defaults come from settings (LLMAPPS_INGEST__*), so the library and the CLI agree.
+    fetch: FetchOptions = Field(default_factory=FetchOptions.from_settings)
     clean: CleanOptions = Field(default_factory=CleanOptions)
     full_text: bool = Field(
         True, description="fetch the article page when an entry is only a teaser"
@@ -63,9 +65,15 @@ class IngestOptions(BaseModel):
     lenient: bool = Field(
         False, description="keep entries recovered from broken XML or wrong encodings"
     )
-    newsapi_base_url: str = Field("https://newsapi.org")
+    newsapi_base_url: str = Field(default_factory=lambda: _settings_ingest().newsapi_base_url)
     newsapi_page_size: int = Field(20, ge=1, le=100)
     newsapi_language: str | None = None
+
+
+def _settings_ingest() -> Any:
+    from llmapps.settings import get_settings
+
+    return get_settings().ingest
 
 
 def source_kind(source: str) -> SourceKind:
