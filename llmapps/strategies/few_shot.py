@@ -31,7 +31,9 @@ class FewShotStrategyConfig(StrategyConfig):
     temperature: float = Field(0.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     max_examples: int | None = Field(None, ge=0)
-    example_selection: Literal["order", "similarity", "mmr"] = "order"
+    example_selection: Literal["order", "similarity", "mmr"] = Field(
+        "similarity", description="similarity/mmr: rank the examples per input (embeddings); order: bank order"
+    )
     batch_size: int | None = Field(None, ge=1)
     device: str | None = None
     dtype: str | None = None

@@ -73,9 +73,7 @@ def make_ranker(kind: str, task: Task, *, embeddings: Embeddings | None = None,
         key = (id(examples), len(examples))
         if state["key"] != key:
             if state["emb"] is None:
-                from llmapps.retrieval.embeddings import make_embeddings
-
-                state["emb"] = make_embeddings()
+                state["emb"] = shared_embeddings()
             texts = [_text(ex, keys) for ex in examples]
             state["vectors"] = _embed(state["emb"], texts)
             state["texts"] = texts
@@ -105,6 +103,21 @@ def make_ranker(kind: str, task: Task, *, embeddings: Embeddings | None = None,
         return order
 
     return rank
+
+
+_SHARED: dict[tuple[str, str], Embeddings] = {}
+
+
+def shared_embeddings() -> Embeddings:
+    """The settings' embeddings, one per process and model: every few-shot build reuses the loaded model."""
+    from llmapps.retrieval.embeddings import make_embeddings
+    from llmapps.settings import get_settings
+
+    r = get_settings().retrieval
+    key = (r.embedding_model, str(r.cache_dir))
+    if key not in _SHARED:
+        _SHARED[key] = make_embeddings()
+    return _SHARED[key]
 
 
 def _embed(emb: Embeddings, texts: list[str]) -> np.ndarray:
