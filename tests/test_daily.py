@@ -435,3 +435,13 @@ def test_answers_reveal_on_click_in_headless_chromium(tmp_path):
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+def test_an_empty_edition_says_so_and_keeps_the_label():
+    edition = Edition(
+        date="2026-11-21", generated_at="now", strategy="few-shot", skipped=["x: no riddle"]
+    )
+    html = render_html(edition)
+    audit(html)
+    assert "No riddles today" in html and "<strong>AI-generated</strong>" in html
+    assert "_No riddles today._" in render_markdown(edition)
