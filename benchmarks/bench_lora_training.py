@@ -1,0 +1,149 @@
+"""LoRA training throughput: finetune's trainer against a naive HF Trainer + PEFT, side by side.
+
+Both runs use the same base, data (the bundled train split in the news-riddle prompt layout), LoRA
+config, optimiser settings, batch size and number of steps. They differ only in what the issue
+asks to compare:
+
+- **naive**: ``transformers.Trainer`` + PEFT, random batches, each example padded to the longest
+  in its batch (``DataCollatorForSeq2Seq``), the model's own loss over full-vocabulary logits;
+- **finetune**: ``finetune.train``'s ``SftTrainer``: length-grouped batches (little padding) and
+  completion-only logits (only completion positions are projected onto the vocabulary).
+
+Throughput is tokens/s of real (non-pad) tokens; after training both are evaluated on the
+validation split with the same standard loss. Prints a table and writes JSON beside this file::
+
+    OMP_NUM_THREADS=2 python benchmarks/bench_lora_training.py            # tiny-base, CPU
+    python benchmarks/bench_lora_training.py --device cuda                 # bf16 on a CUDA GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+
+
+class CountingCollator:
+    """Wraps a collator and counts the real (non-pad) tokens of every batch it builds."""
+
+    def __init__(self, inner: Any, pad_id: int) -> None:
+        self.inner, self.pad_id, self.real = inner, pad_id, 0
+
+    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        self.real += sum(len(r["input_ids"]) for r in rows)
+        return self.inner(rows)
+
+
+def run(mode: str, args: argparse.Namespace, data: dict[str, Any], tmp: Path) -> dict[str, Any]:
+    import torch
+    from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments, set_seed
+
+    from finetune.data import CompletionCollator
+    from finetune.recipe import load_recipe
+    from finetune.train import load_base, make_trainer_class, peft_model
+    from llmapps.settings import load_settings
+
+    recipe = load_recipe(args.recipe, base_model=args.base_model, **{"training.max_length": args.max_length})
+    set_seed(recipe.training.seed)
+    base, tok, _, _ = load_base(recipe, load_settings(device=args.device), args.device)
+    model = peft_model(recipe, base)
+    cuda = args.device.startswith("cuda")
+    targs = TrainingArguments(
+        output_dir=str(tmp / mode), max_steps=args.steps, per_device_train_batch_size=args.batch_size,
+        per_device_eval_batch_size=args.batch_size, learning_rate=recipe.training.learning_rate,
+        lr_scheduler_type=recipe.training.lr_scheduler, warmup_steps=recipe.training.warmup_ratio,
+        seed=recipe.training.seed, data_seed=recipe.training.seed, save_strategy="no", eval_strategy="no",
+        logging_steps=10_000, report_to=[], disable_tqdm=True, remove_unused_columns=False,
+        bf16=cuda and torch.cuda.is_bf16_supported(), use_cpu=not cuda, dataloader_num_workers=0,
+        train_sampling_strategy="group_by_length" if mode == "finetune" else "random",
+    )
+    if mode == "naive":
+        inner: Any = DataCollatorForSeq2Seq(tok, padding=True, label_pad_token_id=-100)
+        collator = CountingCollator(lambda rows: inner([{k: r[k] for k in ("input_ids", "labels")} for r in rows]),
+                                    tok.pad_token_id)
+        trainer = Trainer(model=model, args=targs, train_dataset=data["train"], eval_dataset=data["validation"],
+                          data_collator=collator, processing_class=tok)
+    else:
+        collator = CountingCollator(CompletionCollator(tok.pad_token_id), tok.pad_token_id)
+        trainer = make_trainer_class()(model=model, args=targs, train_dataset=data["train"],
+                                       eval_dataset=data["validation"], data_collator=collator,
+                                       processing_class=tok, completion_only_logits=True)
+    if cuda:
+        torch.cuda.synchronize()
+    started = time.perf_counter()
+    trainer.train()
+    if cuda:
+        torch.cuda.synchronize()
+    secs = time.perf_counter() - started
+    real = collator.real
+    collator.real = 0
+    eval_loss = trainer.evaluate()["eval_loss"]
+    return {"mode": mode, "seconds": secs, "real_tokens": real, "tokens_per_s": real / secs,
+            "eval_loss": eval_loss, "eval_perplexity": math.exp(eval_loss)}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--recipe", default="tiny")
+    p.add_argument("--base-model", default="tiny-base")
+    p.add_argument("--steps", type=int, default=18)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--max-length", type=int, default=1024)
+    p.add_argument("--repeats", type=int, default=1, help="alternating runs of each; medians reported")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", default=str(HERE / "results" / "bench_lora_training.json"))
+    args = p.parse_args()
+
+    import tempfile
+
+    import torch
+    from rich.console import Console
+    from rich.table import Table
+
+    from finetune.data import build_dataset, read_examples
+    from llmapps.models.local import resolve_model_path
+    from prompts import load_task
+    from transformers import AutoTokenizer
+
+    task = load_task("news_riddle/one_step")
+    tok = AutoTokenizer.from_pretrained(resolve_model_path(args.base_model))
+    data = {s: build_dataset(task, read_examples(s, task), tok, args.max_length) for s in ("train", "validation")}
+    results: dict[str, list[dict[str, Any]]] = {"naive": [], "finetune": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for _ in range(args.repeats):
+            for mode in ("naive", "finetune"):
+                results[mode].append(run(mode, args, data, Path(tmp)))
+    med = {m: {k: statistics.median(r[k] for r in rs) for k in ("tokens_per_s", "seconds", "eval_loss", "real_tokens")}
+           for m, rs in results.items()}
+    speedup = med["finetune"]["tokens_per_s"] / med["naive"]["tokens_per_s"]
+    loss_gap = abs(med["finetune"]["eval_loss"] - med["naive"]["eval_loss"]) / med["naive"]["eval_loss"]
+    table = Table(title=f"LoRA training, {args.steps} steps x {args.batch_size} rows, {args.base_model} on {args.device}")
+    for col in ("run", "real tokens", "seconds", "real tokens/s", "validation loss", "ratio"):
+        table.add_column(col)
+    for m in ("naive", "finetune"):
+        r = med[m]
+        ratio = r["tokens_per_s"] / med["naive"]["tokens_per_s"]
+        table.add_row(m, f"{r['real_tokens']:.0f}", f"{r['seconds']:.1f}", f"{r['tokens_per_s']:.0f}",
+                      f"{r['eval_loss']:.4f}", f"{ratio:.2f}x")
+    console = Console()
+    console.print(table)
+    console.print(f"speed-up {speedup:.2f}x (target >= 1.5x); validation loss gap {100 * loss_gap:.2f}% (target <= 5%)")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({
+        "config": {**vars(args), "torch_threads": torch.get_num_threads()},
+        "runs": results, "median": med, "speedup": speedup, "eval_loss_gap": loss_gap,
+        "meets_targets": speedup >= 1.5 and loss_gap <= 0.05,
+    }, indent=2))
+    console.print(f"results: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
