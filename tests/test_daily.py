@@ -26,6 +26,7 @@ from chains.daily import (
     make_edition,
     md_escape,
     render_html,
+    render_markdown,
     write_edition,
 )
 from llmapps.errors import ConfigError
