@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -34,20 +34,6 @@ class GenerationSettings(BaseModel):
 
     batch_size: int = Field(16, ge=1, description="prompts per generate() call")
     max_new_tokens: int = Field(96, ge=1)
-
-
-class IngestSettings(BaseModel):
-    """Defaults for news ingestion (``llmapps news fetch``, ``llmapps daily``)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    timeout_s: float = Field(10.0, gt=0, description="connect/read timeout of one HTTP request")
-    retries: int = Field(2, ge=0, le=10, description="extra attempts after a 5xx, 429 or network error")
-    concurrency: int = Field(4, ge=1, le=64, description="HTTP requests in flight at once")
-    user_agent: str = Field("llmapps-news/0.1 (+https://github.com/llmapps)", min_length=1)
-    max_response_bytes: int = Field(5_000_000, ge=1024, description="a larger response is rejected")
-    newsapi_base_url: str = Field("https://newsapi.org", description="any NewsAPI-compatible server")
-    newsapi_key: SecretStr | None = Field(None, description="from LLMAPPS_INGEST__NEWSAPI_KEY or NEWSAPI_KEY")
 
 
 class BenchSettings(BaseModel):
@@ -76,6 +62,81 @@ class BenchSettings(BaseModel):
         default_factory=lambda: ["title", "text"], description="input fields that make the source document"
     )
     solvability_k: list[int] = Field(default_factory=lambda: [1, 3])
+
+
+class IngestSettings(BaseModel):
+    """Defaults for news ingestion (``llmapps news fetch``, ``llmapps daily``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    timeout_s: float = Field(10.0, gt=0, description="connect/read timeout of one HTTP request")
+    retries: int = Field(2, ge=0, le=10, description="extra attempts after a 5xx, 429 or network error")
+    concurrency: int = Field(4, ge=1, le=64, description="HTTP requests in flight at once")
+    user_agent: str = Field("llmapps-news/0.1 (+https://github.com/llmapps)", min_length=1)
+    max_response_bytes: int = Field(5_000_000, ge=1024, description="a larger response is rejected")
+    newsapi_base_url: str = Field("https://newsapi.org", description="any NewsAPI-compatible server")
+    newsapi_key: SecretStr | None = Field(None, description="from LLMAPPS_INGEST__NEWSAPI_KEY or NEWSAPI_KEY")
+
+
+class ModelPrice(BaseModel):
+    """What one model costs, in US dollars per million tokens."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    input_per_1m: float = Field(0.0, ge=0.0)
+    output_per_1m: float = Field(0.0, ge=0.0)
+
+
+def _default_prices() -> dict[str, ModelPrice]:
+    # List prices at the time of writing; override per model in config.yaml (service.prices).
+    return {
+        "gpt-4o-mini": ModelPrice(input_per_1m=0.15, output_per_1m=0.60),
+        "gpt-4o": ModelPrice(input_per_1m=2.50, output_per_1m=10.00),
+        "gpt-4.1-mini": ModelPrice(input_per_1m=0.40, output_per_1m=1.60),
+        "gpt-4.1-nano": ModelPrice(input_per_1m=0.10, output_per_1m=0.40),
+    }
+
+
+def _openai_key_from_env() -> SecretStr | None:
+    key = os.environ.get("OPENAI_API_KEY")
+    return SecretStr(key) if key else None
+
+
+class ServerSettings(BaseModel):
+    """``llmapps serve``: where it listens and what it accepts (``LLMAPPS_SERVICE__SERVER__*``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    host: str = Field("127.0.0.1", description="bind address; loopback unless you mean to expose it")
+    port: int = Field(8000, ge=0, le=65535, description="0 picks a free port")
+    api_key: SecretStr | None = Field(None, description="bearer token clients must send; none: open")
+    max_body_bytes: int = Field(1_000_000, ge=1024, description="larger request bodies get 413")
+    max_tokens: int = Field(512, ge=1, description="largest max_tokens a request may ask for")
+    max_concurrent: int = Field(64, ge=1, description="requests in flight before 429 + Retry-After")
+    max_batch: int = Field(16, ge=1, description="most requests in one batched generate call")
+    batch_wait_ms: float = Field(5.0, ge=0.0, description="how long to gather requests into a batch")
+
+
+class ServiceSettings(BaseModel):
+    """The ``service`` strategy: an OpenAI-compatible endpoint (``LLMAPPS_SERVICE__*``).
+
+    The API key is read from ``LLMAPPS_SERVICE__API_KEY`` or else ``OPENAI_API_KEY``.
+    """
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    base_url: str | None = Field(None, description="e.g. http://127.0.0.1:8000/v1; none: OpenAI")
+    model: str = "gpt-4o-mini"
+    api_key: SecretStr | None = Field(default_factory=_openai_key_from_env)
+    timeout: float = Field(60.0, gt=0.0, description="seconds per request")
+    max_retries: int = Field(4, ge=0, description="retries on 429, 5xx, timeouts, bad bodies")
+    max_concurrency: int = Field(8, ge=1, description="requests in flight in a batch")
+    rpm: int | None = Field(None, ge=1, description="requests per minute (none: unlimited)")
+    tpm: int | None = Field(None, ge=1, description="tokens per minute (none: unlimited)")
+    cache: bool = Field(True, description="SQLite response cache on/off")
+    cache_path: Path | None = Field(None, description="default: $LLMAPPS_HOME/service-cache.sqlite")
+    prices: dict[str, ModelPrice] = Field(default_factory=_default_prices)
+    server: ServerSettings = Field(default_factory=ServerSettings)  # type: ignore[arg-type]
 
 
 class RetrievalSettings(BaseModel):
@@ -118,8 +179,9 @@ class Settings(BaseSettings):
     trust_remote_code: bool = False
     generation: GenerationSettings = Field(default_factory=GenerationSettings)  # type: ignore[arg-type]
     retrieval: RetrievalSettings = Field(default_factory=RetrievalSettings)  # type: ignore[arg-type]
-    bench: BenchSettings = Field(default_factory=BenchSettings)  # type: ignore[arg-type]
+    service: ServiceSettings = Field(default_factory=ServiceSettings)  # type: ignore[arg-type]
     ingest: IngestSettings = Field(default_factory=IngestSettings)  # type: ignore[arg-type]
+    bench: BenchSettings = Field(default_factory=BenchSettings)  # type: ignore[arg-type]
 
     @classmethod
     def settings_customise_sources(

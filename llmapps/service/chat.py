@@ -1,0 +1,308 @@
+"""``ServiceChatModel``: langchain-openai's ``ChatOpenAI`` with a cache, rate limits, retries and cost.
+
+Each call goes: response cache (SQLite, keyed by endpoint, model and the full payload) -> a slot
+of ``max_inflight`` -> the requests/tokens-per-minute limiter -> the endpoint, retried with
+exponential backoff and jitter on 429, 5xx, timeouts, dropped connections and unreadable bodies
+(``Retry-After`` honoured). The openai client's own retries are off so every retry is counted
+here. Token usage and cost (from a per-model price table) land in the message's
+``response_metadata`` and in ``ServiceStats``.
+
+Structured output: given a ``response_format`` (a JSON schema), it is sent with each request; an
+endpoint that answers 400 about it is remembered as not supporting it and the request is sent
+again without it, so the caller's tolerant parser takes over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import openai
+from langchain_core.callbacks import CallbackManagerForLLMRun
+from langchain_core.messages import AIMessage, BaseMessage
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+from langchain_openai import ChatOpenAI
+from pydantic import Field, PrivateAttr, model_validator
+
+from llmapps.errors import BackendError, ConfigError
+from llmapps.service.cache import ResponseCache, cache_key, open_cache
+from llmapps.service.limits import RateLimiter, RetryPolicy, parse_retry_after
+
+log = logging.getLogger(__name__)
+
+RETRY_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
+
+
+@dataclass
+class ServiceStats:
+    """Counters of one model's calls (thread-safe), for reports and tests."""
+
+    calls: int = 0
+    cache_hits: int = 0
+    retries: int = 0
+    failures: int = 0
+    structured_fallbacks: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+    rate_limited_s: float = 0.0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def add(self, **deltas: float) -> None:
+        with self._lock:
+            for k, v in deltas.items():
+                setattr(self, k, getattr(self, k) + v)
+
+    def as_dict(self) -> dict[str, Any]:
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "_lock"}
+        d["cost_usd"] = round(d["cost_usd"], 8)
+        return d
+
+
+def call_cost(model: str, input_tokens: int, output_tokens: int, prices: dict[str, Any]) -> float:
+    """Dollars for one call from a ``{model: {input_per_1m, output_per_1m}}`` table (0 if unlisted).
+
+    A dated model id (``gpt-4o-mini-2024-07-18``) is priced as its longest listed prefix.
+    """
+    price = prices.get(model)
+    if price is None:
+        keys = [k for k in prices if model.startswith(k)]
+        price = prices[max(keys, key=len)] if keys else None
+    if price is None:
+        return 0.0
+    p = price if isinstance(price, dict) else price.model_dump()
+    return (input_tokens * p.get("input_per_1m", 0.0) + output_tokens * p.get("output_per_1m", 0.0)) / 1e6
+
+
+class _Retryable(Exception):
+    def __init__(self, what: str, retry_after: float | None = None) -> None:
+        super().__init__(what)
+        self.retry_after = retry_after
+
+
+class ServiceChatModel(ChatOpenAI):  # type: ignore[override]
+    """An OpenAI-compatible chat endpoint with caching, rate limits, counted retries and cost.
+
+    Example:
+        >>> llm = ServiceChatModel(model="gpt-4o-mini", base_url="http://127.0.0.1:8000/v1",
+        ...                        api_key="sk-...", cache_path=None, retries=3, rpm=60)  # doctest: +SKIP
+        >>> llm.batch(["Hi", "Hello"], config={"max_concurrency": 8})                      # doctest: +SKIP
+    """
+
+    retries: int = Field(4, ge=0, description="retries after the first attempt")
+    backoff_base: float = Field(0.5, gt=0.0, description="first backoff in seconds (doubles)")
+    backoff_max: float = Field(20.0, gt=0.0)
+    rpm: int | None = Field(None, ge=1)
+    tpm: int | None = Field(None, ge=1)
+    max_inflight: int | None = Field(None, ge=1, description="requests in flight across threads")
+    cache_path: str | None = Field(None, description="SQLite response cache file; None: no cache")
+    prices: dict[str, Any] = Field(default_factory=dict)
+    structured_format: dict[str, Any] | None = Field(
+        None, description="response_format sent when the endpoint supports it"
+    )
+
+    _stats: ServiceStats = PrivateAttr(default_factory=ServiceStats)
+    _limiter: RateLimiter | None = PrivateAttr(default=None)
+    _sem: threading.BoundedSemaphore | None = PrivateAttr(default=None)
+    _structured_ok: bool | None = PrivateAttr(default=None)
+    _cache: ResponseCache | None = PrivateAttr(default=None)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_client_retries(cls, values: Any) -> Any:
+        # The openai client retries silently; ours are counted and honour Retry-After themselves.
+        if isinstance(values, dict):
+            values = {**values, "max_retries": 0}
+        return values
+
+    def model_post_init(self, context: Any) -> None:
+        super().model_post_init(context)
+        self._limiter = RateLimiter(self.rpm, self.tpm)
+        self._sem = threading.BoundedSemaphore(self.max_inflight) if self.max_inflight else None
+        self._cache = open_cache(Path(self.cache_path)) if self.cache_path else None
+
+    @property
+    def _llm_type(self) -> str:
+        return "llmapps-service"
+
+    @property
+    def stats(self) -> ServiceStats:
+        return self._stats
+
+    @property
+    def endpoint(self) -> str:
+        return str(self.openai_api_base or "https://api.openai.com/v1")
+
+    # ------------------------------------------------------------------ helpers
+
+    def _scrub(self, text: str) -> str:
+        key = self.openai_api_key.get_secret_value() if self.openai_api_key else ""
+        return text.replace(key, "***") if key and len(key) >= 4 else text
+
+    def _structured_kwargs(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        if self.structured_format is None or self._structured_ok is False:
+            return kwargs
+        # sent through extra_body so ChatOpenAI keeps its plain create() path and its text output
+        extra = {**(kwargs.get("extra_body") or {}), "response_format": self.structured_format}
+        return {**kwargs, "extra_body": extra}
+
+    def _estimate_tokens(self, payload: dict[str, Any]) -> int:
+        chars = sum(len(str(m.get("content", ""))) for m in payload.get("messages", []))
+        budget = payload.get("max_completion_tokens") or payload.get("max_tokens") or 256
+        return chars // 4 + int(budget)
+
+    def _classify(self, err: Exception) -> Exception:
+        """A ``_Retryable`` for transient faults, else a ``BackendError`` saying what to do."""
+        if isinstance(err, openai.APIStatusError):
+            status = err.status_code
+            if status in RETRY_STATUS:
+                return _Retryable(f"HTTP {status}", parse_retry_after(err.response.headers.get("retry-after")))
+            if status in (401, 403):
+                return BackendError(
+                    f"{self.endpoint} refused the API key (HTTP {status}): set "
+                    "LLMAPPS_SERVICE__API_KEY or OPENAI_API_KEY to a valid key"
+                )
+            return BackendError(f"{self.endpoint} rejected the request (HTTP {status}): {self._scrub(err.message)}")
+        if isinstance(err, openai.APITimeoutError):
+            return _Retryable(f"timed out after {self.request_timeout}s")
+        if isinstance(err, openai.APIConnectionError):
+            return _Retryable(f"connection failed: {type(err.__cause__ or err).__name__}")
+        if isinstance(err, (json.JSONDecodeError, openai.APIResponseValidationError)) or (
+            isinstance(err, ValueError) and "Unexpected response type" in str(err)
+        ):
+            return _Retryable("unreadable response body")
+        return err
+
+    def _call(self, fn: Any) -> Any:
+        policy = RetryPolicy(self.retries, self.backoff_base, self.backoff_max)
+        attempt = 0
+        while True:
+            try:
+                return fn()
+            except Exception as err:
+                kind = self._classify(err)
+                if not isinstance(kind, _Retryable):
+                    self._stats.add(failures=1)
+                    if kind is err:
+                        raise
+                    raise kind from None  # the cause may quote request headers
+                attempt += 1
+                if attempt > policy.max_retries:
+                    self._stats.add(failures=1)
+                    raise BackendError(
+                        f"{self.endpoint} failed {attempt} times ({kind}); the last error is "
+                        f"final. Retry later, lower max_concurrency or rpm, or raise the retries"
+                    ) from None
+                delay = policy.delay(attempt, kind.retry_after)
+                self._stats.add(retries=1)
+                log.info("%s: %s; retry %d/%d in %.2fs", self.endpoint, kind, attempt, policy.max_retries, delay)
+                time.sleep(delay)
+
+    def _cached_result(self, hit: dict[str, Any]) -> ChatResult:
+        usage = hit.get("usage") or None
+        meta = {**hit.get("response_metadata", {}), "cached": True, "cost_usd": 0.0}
+        msg = AIMessage(content=hit["content"], usage_metadata=usage, response_metadata=meta)
+        return ChatResult(generations=[ChatGeneration(message=msg, generation_info={"cached": True})])
+
+    # ------------------------------------------------------------------ LangChain hooks
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        call_kwargs = self._structured_kwargs(kwargs)
+        payload = self._get_request_payload(messages, stop=stop, **call_kwargs)
+        key = cache_key(self.endpoint, self.model_name, payload) if self._cache is not None else ""
+        if self._cache is not None and (hit := self._cache.get(key)) is not None:
+            self._stats.add(cache_hits=1)
+            return self._cached_result(hit)
+        sem = self._sem
+        if sem is not None:
+            sem.acquire()
+        try:
+            assert self._limiter is not None
+            self._stats.add(rate_limited_s=self._limiter.acquire(self._estimate_tokens(payload)))
+
+            def once() -> ChatResult:
+                return super(ServiceChatModel, self)._generate(messages, stop, run_manager, **call_kwargs)
+
+            try:
+                result = self._call(once)
+            except BackendError as err:
+                if "extra_body" in call_kwargs and "response_format" in str(err):
+                    # this endpoint has no structured output: remember, and ask for text instead
+                    self._structured_ok = False
+                    self._stats.add(structured_fallbacks=1, failures=-1)
+                    log.info("%s does not support response_format; using text output", self.endpoint)
+                    return self._generate(messages, stop, run_manager, **kwargs)
+                raise
+        finally:
+            if sem is not None:
+                sem.release()
+        if "extra_body" in call_kwargs:
+            self._structured_ok = True
+        return self._account(result, key)
+
+    def _account(self, result: ChatResult, key: str) -> ChatResult:
+        gen = result.generations[0]
+        msg = gen.message
+        usage = getattr(msg, "usage_metadata", None) or {}
+        n_in, n_out = int(usage.get("input_tokens", 0)), int(usage.get("output_tokens", 0))
+        cost = call_cost(self.model_name, n_in, n_out, self.prices)
+        msg.response_metadata = {**msg.response_metadata, "cost_usd": cost, "cached": False}
+        self._stats.add(calls=1, input_tokens=n_in, output_tokens=n_out, cost_usd=cost)
+        if self._cache is not None and key:
+            self._cache.put(key, self.endpoint, self.model_name, {
+                "content": msg.content,
+                "usage": dict(usage) if usage else None,
+                "response_metadata": {k: v for k, v in msg.response_metadata.items()
+                                      if isinstance(v, (str, int, float, bool, type(None)))},
+            })
+        return result
+
+    async def _agenerate(self, messages: list[BaseMessage], stop: list[str] | None = None,
+                         run_manager: Any = None, **kwargs: Any) -> ChatResult:
+        # one code path (cache, limits, counted retries) for sync and async callers
+        return await asyncio.to_thread(self._generate, messages, stop, None, **kwargs)
+
+    def _stream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> Iterator[ChatGenerationChunk]:
+        # Streams are rate limited and counted, but not retried once text has flowed.
+        payload = self._get_request_payload(messages, stop=stop, **kwargs)
+        assert self._limiter is not None
+        self._limiter.acquire(self._estimate_tokens(payload))
+        try:
+            yield from super()._stream(messages, stop, run_manager, **kwargs)
+        except Exception as err:
+            kind = self._classify(err)
+            self._stats.add(failures=1)
+            if isinstance(kind, _Retryable):
+                raise BackendError(f"{self.endpoint} stream failed: {kind}") from None
+            raise kind from None
+        self._stats.add(calls=1)
+
+
+def check_endpoint_url(url: str | None) -> str | None:
+    """Validate a ``base_url`` early, with a message saying what a good one looks like."""
+    if url is None:
+        return None
+    if not url.startswith(("http://", "https://")):
+        raise ConfigError(
+            f"base_url {url!r} is not an http(s) URL; give the API root, e.g. http://127.0.0.1:8000/v1"
+        )
+    return url.rstrip("/")

@@ -1,0 +1,119 @@
+"""A scripted OpenAI-compatible chat endpoint: fixed latency and faults on demand.
+
+Not a model: it answers ``/v1/chat/completions`` with a canned reply after ``latency_s``, so
+clients can be measured (concurrency, rate limits) and their fault handling checked against a
+real HTTP server on loopback. Faults are chosen by markers in the last user message, so a
+concurrent batch stays deterministic:
+
+- ``[fail:429:N]``, ``[fail:500:N]``, ``[fail:garbage:N]``, ``[fail:slow:N]``: the first ``N``
+  requests with that message fail that way (429 carries ``Retry-After``; ``slow`` sleeps past the
+  client's timeout; ``garbage`` is a 200 whose body is not JSON), later ones succeed.
+- ``[fail:500:always]`` and the like: every request fails.
+
+With ``supports_json_schema`` off, a request carrying ``response_format`` gets the 400 an endpoint
+without structured output answers; with it on, the reply is a JSON object.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse
+
+_MARK = re.compile(r"\[fail:(429|500|garbage|slow):(\d+|always)\]")
+
+
+@dataclass
+class FakeEndpointState:
+    """What the endpoint saw; tests read it, and may flip ``supports_json_schema``."""
+
+    latency_s: float = 0.0
+    slow_s: float = 2.0
+    retry_after: str = "0.05"
+    supports_json_schema: bool = False
+    reply: str = "Summary: A thing happened.\nRiddle: What happened, and where?\nAnswer: a thing"
+    requests: Counter[str] = field(default_factory=Counter)
+    completed: Counter[str] = field(default_factory=Counter)
+    in_flight: int = 0
+    max_in_flight: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def reset(self) -> None:
+        with self._lock:
+            self.requests.clear()
+            self.completed.clear()
+            self.max_in_flight = self.in_flight  # a slow request of before may still be running
+            self.supports_json_schema = False
+            self.latency_s = 0.0
+
+
+def create_fake_app(state: FakeEndpointState | None = None) -> FastAPI:
+    """The FastAPI app; its ``state.fake`` is the ``FakeEndpointState``."""
+    st = state or FakeEndpointState()
+    app = FastAPI(title="fake OpenAI-compatible endpoint")
+    app.state.fake = st
+
+    def error(status: int, message: str, **headers: str) -> JSONResponse:
+        return JSONResponse({"error": {"message": message, "type": "fake", "param": None, "code": None}},
+                            status_code=status, headers=headers)
+
+    @app.get("/v1/models")
+    async def models() -> dict[str, Any]:
+        return {"object": "list", "data": [{"id": "fake-model", "object": "model", "created": 0, "owned_by": "test"}]}
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request) -> Any:
+        body = await request.json()
+        last = str(body["messages"][-1].get("content", ""))
+        with st._lock:
+            st.requests[last] += 1
+            seen = st.requests[last]
+            st.in_flight += 1
+            st.max_in_flight = max(st.max_in_flight, st.in_flight)
+        counted = True
+        try:
+            if st.latency_s:
+                await asyncio.sleep(st.latency_s)
+            m = _MARK.search(last)
+            if m and (m.group(2) == "always" or seen <= int(m.group(2))):
+                kind = m.group(1)
+                if kind == "429":
+                    return error(429, "rate limited (fake)", **{"Retry-After": st.retry_after})
+                if kind == "500":
+                    return error(500, "internal error (fake)")
+                if kind == "garbage":
+                    return PlainTextResponse("{not json at all", media_type="application/json")
+                with st._lock:  # its client gives up: stop counting it as in flight
+                    st.in_flight -= 1
+                    counted = False
+                await asyncio.sleep(st.slow_s)
+            if "response_format" in body and not st.supports_json_schema:
+                return error(400, "response_format is not supported by this endpoint")
+            content = st.reply
+            if "response_format" in body:
+                import json
+
+                fields = dict(line.split(": ", 1) for line in st.reply.splitlines())
+                content = json.dumps({k.lower(): v for k, v in fields.items()})
+            with st._lock:
+                st.completed[last] += 1
+            n_in = sum(len(str(m.get("content", "")).split()) for m in body["messages"])
+            n_out = len(content.split())
+            return {"id": f"fake-{time.time_ns()}", "object": "chat.completion", "created": int(time.time()),
+                    "model": body.get("model", "fake-model"),
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
+                                 "finish_reason": "stop", "logprobs": None}],
+                    "usage": {"prompt_tokens": n_in, "completion_tokens": n_out, "total_tokens": n_in + n_out}}
+        finally:
+            if counted:
+                with st._lock:
+                    st.in_flight -= 1
+
+    return app

@@ -1,0 +1,7 @@
+"""Serve a local model over an OpenAI-compatible HTTP API (``llmapps serve``).
+
+``batcher.py`` gathers concurrent requests into one batched ``LocalModel.generate`` call (dynamic
+batching), ``app.py`` is the FastAPI app (auth, limits, OpenAI-style errors, SSE streaming),
+``server.py`` runs it with uvicorn (in a thread on a loopback port for tests and the demo) and
+``cli.py`` registers the ``serve`` sub-command.
+"""

@@ -1,0 +1,104 @@
+"""Run the app with uvicorn: in the foreground (``llmapps serve``) or in a thread on loopback.
+
+``serve_in_thread`` binds the socket itself (port 0 picks a free one, with no race between
+choosing and binding) and yields the base URL; ``serve_model`` loads a model and does both, for
+the demo, the tests and the benchmarks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import logging
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from llmapps.errors import BackendError, ConfigError
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+    from llmapps.settings import ServerSettings, Settings
+
+log = logging.getLogger(__name__)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on ``host:port`` (``port`` 0: a free port)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as err:
+        sock.close()
+        raise ConfigError(f"cannot listen on {host}:{port}: {err}; pick another --port (0: any free)") from err
+    sock.listen(128)
+    return sock
+
+
+def _uvicorn_server(app: FastAPI, **config: Any) -> Any:
+    import uvicorn
+
+    return uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, **config))
+
+
+@contextlib.contextmanager
+def serve_in_thread(app: FastAPI, host: str = "127.0.0.1", port: int = 0,
+                    startup_timeout: float = 60.0) -> Iterator[str]:
+    """Serve ``app`` from a background thread for the length of the block; yields ``http://host:port``."""
+    sock = bind_socket(host, port)
+    server = _uvicorn_server(app)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="llmapps-serve", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + startup_timeout
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            sock.close()
+            raise BackendError(f"the server on {host} did not start within {startup_timeout:.0f}s")
+        time.sleep(0.01)
+    bound = sock.getsockname()[1]
+    try:
+        yield f"http://{host}:{bound}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)
+        sock.close()
+
+
+@contextlib.contextmanager
+def serve_model(
+    name: str,
+    *,
+    api_key: str | None = None,
+    settings: Settings | None = None,
+    server: ServerSettings | None = None,
+    host: str = "127.0.0.1",
+) -> Iterator[str]:
+    """Load ``name`` and serve it on a free loopback port for the block; yields the base URL."""
+    from pydantic import SecretStr
+
+    from llmapps.serving.app import create_app
+    from llmapps.settings import get_settings
+
+    settings = settings or get_settings()
+    server = server or settings.service.server
+    if api_key is not None:
+        server = server.model_copy(update={"api_key": SecretStr(api_key)})
+    from llmapps.models.local import load_local_model
+
+    lm = load_local_model(name, settings=settings)
+    with serve_in_thread(create_app(lm, server, model_name=name), host=host, port=0) as url:
+        yield url

@@ -1,0 +1,155 @@
+"""``service``: any OpenAI-compatible chat endpoint (OpenAI, vLLM, llama.cpp, Ollama, ``llmapps serve``).
+
+The seed's third path. The endpoint, model and key come from settings (``LLMAPPS_SERVICE__*``,
+``OPENAI_API_KEY``) or the strategy's options; calls go through ``ServiceChatModel``, which adds
+a SQLite response cache, rate limits, counted retries and cost per call. Offline, the demo and
+the tests point it at ``llmapps serve`` running ``tiny-instruct`` on a loopback port.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import Field, SecretStr
+
+from llmapps.strategies.base import Strategy, StrategyConfig
+
+if TYPE_CHECKING:
+    from langchain_core.runnables import Runnable
+
+    from llmapps.service.chat import ServiceChatModel, ServiceStats
+    from llmapps.settings import Settings
+    from llmapps.tasks import Task
+
+log = logging.getLogger(__name__)
+
+
+class ServiceStrategyConfig(StrategyConfig):
+    """Options of the ``service`` strategy; ``None`` means "from settings.service"."""
+
+    kind: Literal["service"] = "service"
+    base_url: str | None = Field(None, description="API root, e.g. http://127.0.0.1:8000/v1")
+    model: str | None = None
+    api_key: SecretStr | None = Field(None, exclude=True, repr=False,
+                                      description="default: LLMAPPS_SERVICE__API_KEY or OPENAI_API_KEY")
+    max_new_tokens: int | None = Field(None, ge=1, description="default: the task's budget")
+    temperature: float = Field(0.0, ge=0.0, le=2.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    seed: int | None = None
+    timeout: float | None = Field(None, gt=0.0)
+    max_retries: int | None = Field(None, ge=0)
+    max_concurrency: int | None = Field(None, ge=1)
+    rpm: int | None = Field(None, ge=1)
+    tpm: int | None = Field(None, ge=1)
+    cache: bool | None = None
+    cache_path: str | None = None
+    structured_output: Literal["auto", "off"] = Field(
+        "auto", description="auto: ask for the task's JSON schema, fall back to text if refused"
+    )
+
+
+class ServiceStrategy(Strategy):
+    """Ask a chat model behind an OpenAI-compatible API, concurrently, cached and rate limited."""
+
+    name = "service"
+    config_class = ServiceStrategyConfig
+    summary = "chat model behind an OpenAI-compatible API (OpenAI, vLLM, Ollama, llmapps serve)"
+    requires = "an endpoint (LLMAPPS_SERVICE__BASE_URL) and key (OPENAI_API_KEY); offline: llmapps serve"
+    config: ServiceStrategyConfig
+
+    def __init__(self, config: ServiceStrategyConfig | None = None, **options: Any) -> None:
+        super().__init__(config, **options)
+        from llmapps.service.chat import check_endpoint_url
+
+        check_endpoint_url(self.config.base_url)
+        self.models: list[ServiceChatModel] = []
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        """Calls, cache hits, retries, failures, tokens and cost, summed over built chains."""
+        total: dict[str, Any] = {}
+        for m in self.models:
+            for k, v in m.stats.as_dict().items():
+                total[k] = total.get(k, 0) + v
+        return total
+
+    def chat_model(self, max_new_tokens: int, response_format: dict[str, Any] | None = None) -> ServiceChatModel:
+        """The configured ``ServiceChatModel`` (settings fill what the options leave open)."""
+        from llmapps.errors import ConfigError
+        from llmapps.service.chat import ServiceChatModel
+        from llmapps.settings import get_settings
+
+        s = get_settings().service
+        c = self.config
+        key = c.api_key or s.api_key
+        base_url = c.base_url or s.base_url
+        if key is None:
+            if base_url is None:
+                raise ConfigError(
+                    "the service strategy has no API key: set OPENAI_API_KEY (or "
+                    "LLMAPPS_SERVICE__API_KEY), or point LLMAPPS_SERVICE__BASE_URL at an endpoint "
+                    "such as `llmapps serve`"
+                )
+            key = SecretStr("no-key")  # self-hosted endpoints without auth still want a header
+        use_cache = s.cache if c.cache is None else c.cache
+        cache_path = c.cache_path or str(s.cache_path or get_settings().home / "service-cache.sqlite")
+        model = ServiceChatModel(
+            model=c.model or s.model,
+            base_url=base_url,
+            api_key=key,
+            temperature=c.temperature,
+            top_p=c.top_p,
+            seed=c.seed,
+            max_tokens=max_new_tokens,
+            timeout=c.timeout or s.timeout,
+            retries=s.max_retries if c.max_retries is None else c.max_retries,
+            rpm=c.rpm or s.rpm,
+            tpm=c.tpm or s.tpm,
+            max_inflight=self.max_concurrency,
+            cache_path=cache_path if use_cache else None,
+            prices={k: v.model_dump() for k, v in s.prices.items()},
+            structured_format=response_format if c.structured_output == "auto" else None,
+        )
+        self.models.append(model)
+        return model
+
+    @property
+    def max_concurrency(self) -> int:
+        from llmapps.settings import get_settings
+
+        return self.config.max_concurrency or get_settings().service.max_concurrency
+
+    def build(self, task: Task) -> Runnable[dict[str, Any], Any]:
+        fmt = None
+        if task.json_schema:
+            fmt = {"type": "json_schema",
+                   "json_schema": {"name": _schema_name(task), "schema": task.json_schema, "strict": False}}
+        llm = self.chat_model(self.config.max_new_tokens or task.max_new_tokens, fmt)
+        return (task.chat | llm).with_config(
+            run_name=f"service:{task.name}", max_concurrency=self.max_concurrency
+        )
+
+    @classmethod
+    @contextlib.contextmanager
+    def demo_options(cls, settings: Settings) -> Iterator[dict[str, Any] | None]:
+        """A configured endpoint as is; otherwise ``llmapps serve`` with the instruct model on loopback."""
+        if settings.service.base_url:
+            yield {}
+            return
+        import secrets
+
+        from llmapps.serving.server import serve_model
+
+        key = secrets.token_urlsafe(24)
+        name = settings.instruct_model
+        with serve_model(name, api_key=key, settings=settings) as url:
+            yield {"base_url": f"{url}/v1", "model": name, "api_key": SecretStr(key), "cache": False}
+
+
+def _schema_name(task: Task) -> str:
+    import re
+
+    return re.sub(r"[^A-Za-z0-9_-]", "_", str(task.json_schema.get("title") or task.name))[:64]  # type: ignore[union-attr]

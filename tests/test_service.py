@@ -1,0 +1,208 @@
+"""The client side of the ``service`` strategy against a scripted endpoint on loopback.
+
+Real HTTP to a small FastAPI server that answers 429, 500, garbage or too slowly on demand (see
+``llmapps/service/fake_endpoint.py``): retries happen and are counted, a batch finishes with its
+failures marked and nothing completed is lost; the SQLite cache, rate limiter, cost table,
+structured-output fallback and secret hygiene are checked on the same server.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from langchain_core.messages import AIMessage
+from pydantic import SecretStr
+
+from llmapps.errors import BackendError, ConfigError
+from llmapps.service.chat import ServiceChatModel, call_cost
+from llmapps.service.fake_endpoint import FakeEndpointState, create_fake_app
+from llmapps.service.limits import RateLimiter, RetryPolicy, parse_retry_after
+from llmapps.serving.server import serve_in_thread
+
+SECRET = "sk-test-very-secret-value-123"
+
+
+@pytest.fixture(scope="module")
+def fake() -> Any:
+    state = FakeEndpointState()
+    with serve_in_thread(create_fake_app(state)) as url:
+        yield url + "/v1", state
+
+
+@pytest.fixture
+def endpoint(fake: Any) -> Any:
+    url, state = fake
+    state.reset()
+    return url, state
+
+
+def model(url: str, **kw: Any) -> ServiceChatModel:
+    opts: dict[str, Any] = {"model": "fake-model", "base_url": url, "api_key": SECRET, "timeout": 0.5,
+                            "retries": 3, "backoff_base": 0.01, "backoff_max": 0.05}
+    return ServiceChatModel(**{**opts, **kw})
+
+
+@pytest.mark.parametrize("kind", ["429", "500", "garbage", "slow"])
+def test_transient_faults_are_retried_and_counted(endpoint: Any, kind: str) -> None:
+    url, state = endpoint
+    llm = model(url)
+    msg = f"hello [fail:{kind}:2]"
+    out = llm.invoke(msg)
+    assert "Riddle:" in out.content
+    assert llm.stats.retries == 2
+    assert state.requests[msg] == 3 and state.completed[msg] == 1
+
+
+def test_retries_give_up_with_a_backend_error(endpoint: Any) -> None:
+    url, state = endpoint
+    llm = model(url, retries=2)
+    with pytest.raises(BackendError, match=r"failed 3 times \(HTTP 500\)"):
+        llm.invoke("x [fail:500:always]")
+    assert state.requests["x [fail:500:always]"] == 3
+    assert llm.stats.failures == 1 and llm.stats.retries == 2
+
+
+def test_batch_finishes_with_failures_marked_and_nothing_lost(endpoint: Any) -> None:
+    url, state = endpoint
+    state.latency_s = 0.05  # long enough for requests to overlap
+    llm = model(url, retries=1, max_inflight=4)
+    inputs = [f"item {i} [fail:500:always]" if i % 3 == 0 else f"item {i} [fail:429:1]" for i in range(9)]
+    outs = llm.batch(inputs, config={"max_concurrency": 4}, return_exceptions=True)
+    failed = [i for i, o in enumerate(outs) if isinstance(o, Exception)]
+    assert failed == [0, 3, 6]
+    assert all(isinstance(outs[i], BackendError) for i in failed)
+    done = [inputs[i] for i, o in enumerate(outs) if isinstance(o, AIMessage)]
+    assert len(done) == 6 and all(state.completed[m] == 1 for m in done)  # each once: none lost or doubled
+    assert llm.stats.calls == 6 and llm.stats.retries == 6 + 3 and llm.stats.failures == 3
+    assert 1 < state.max_in_flight <= 4
+
+
+def test_news_riddle_chain_marks_failed_rows(endpoint: Any) -> None:
+    from llmapps.apps import load_chain
+    from llmapps.runner import run_batches
+
+    url, state = endpoint
+    chain = load_chain("news-riddle", "service", base_url=url, model="fake-model", api_key=SecretStr(SECRET),
+                       cache=False, max_retries=1, max_concurrency=4, timeout=1.0)
+    inputs = [{"title": f"Story {i}", "text": f"Something happened {i}." + (" [fail:500:always]" if i == 1 else "")}
+              for i in range(4)]
+    rows = run_batches(chain, inputs, batch_size=4, progress=False)
+    assert [("error" in r) for r in rows] == [False, True, False, False]
+    assert "BackendError" in rows[1]["error"] and SECRET not in rows[1]["error"]
+    assert all(r["valid"] and r["answer"] == "a thing" and r["input_tokens"] > 0 for i, r in enumerate(rows) if i != 1)
+
+
+def test_structured_output_used_when_supported_else_text(endpoint: Any) -> None:
+    url, state = endpoint
+    fmt = {"type": "json_schema", "json_schema": {"name": "t", "schema": {"type": "object"}, "strict": False}}
+    plain = model(url, structured_format=fmt)
+    assert plain.invoke("a").content.startswith("Summary:")
+    assert plain.stats.structured_fallbacks == 1
+    plain.invoke("b")  # remembered: no second 400
+    assert plain.stats.structured_fallbacks == 1 and state.requests["b"] == 1
+    state.supports_json_schema = True
+    js = model(url, structured_format=fmt)
+    from chains.news_riddle import parse_fields
+
+    parsed = parse_fields(js.invoke("c").content)
+    assert parsed["valid"] and parsed["answer"] == "a thing"
+
+
+def test_cache_is_keyed_by_every_parameter(endpoint: Any, tmp_path: Path) -> None:
+    url, state = endpoint
+    path = str(tmp_path / "cache.sqlite")
+    first = model(url, cache_path=path, temperature=0.0).invoke("cache me")
+    again = model(url, cache_path=path, temperature=0.0)
+    second = again.invoke("cache me")
+    assert state.requests["cache me"] == 1 and again.stats.cache_hits == 1
+    assert second.content == first.content and second.response_metadata["cached"] is True
+    assert second.usage_metadata == first.usage_metadata
+    model(url, cache_path=path, temperature=0.5).invoke("cache me")
+    model(url, cache_path=path, temperature=0.0, max_tokens=7).invoke("cache me")
+    model(url, cache_path=None, temperature=0.0).invoke("cache me")  # cache off: always asks
+    assert state.requests["cache me"] == 4
+
+
+def test_cost_per_call_from_the_price_table(endpoint: Any) -> None:
+    url, _ = endpoint
+    prices = {"fake-model": {"input_per_1m": 1000.0, "output_per_1m": 2000.0}}
+    out = model(url, prices=prices).invoke("price this")
+    u = out.usage_metadata
+    assert u and u["input_tokens"] > 0
+    expected = (u["input_tokens"] * 1000.0 + u["output_tokens"] * 2000.0) / 1e6
+    assert out.response_metadata["cost_usd"] == pytest.approx(expected)
+    assert call_cost("gpt-4o-mini-2024-07-18", 10**6, 0, {"gpt-4o-mini": {"input_per_1m": 0.15}}) == pytest.approx(0.15)
+    assert call_cost("unlisted", 100, 100, prices) == 0.0
+
+
+def test_rate_limiter_spaces_requests() -> None:
+    limiter = RateLimiter(rpm=2, window_s=0.3)
+    started = time.monotonic()
+    waits = [limiter.acquire() for _ in range(3)]
+    assert waits[0] < 0.05 and waits[1] < 0.05
+    assert time.monotonic() - started >= 0.25  # the third waited for the window to move
+    tokens = RateLimiter(tpm=100, window_s=0.2)
+    tokens.acquire(60)
+    assert tokens.acquire(60) > 0.1
+    with pytest.raises(ConfigError, match="more than the whole limit of tpm=100"):
+        tokens.acquire(101)
+
+
+def test_retry_policy_honours_retry_after_and_backs_off() -> None:
+    policy = RetryPolicy(max_retries=5, base_delay=1.0, max_delay=8.0)
+    assert policy.delay(1, retry_after=2.5) == 2.5
+    assert policy.delay(1, retry_after=60) == 8.0
+    assert all(0.5 <= policy.delay(1) <= 1.0 for _ in range(20))
+    assert all(2.0 <= policy.delay(3) <= 4.0 for _ in range(20))
+    assert all(4.0 <= policy.delay(9) <= 8.0 for _ in range(20))  # capped
+    assert parse_retry_after("3") == 3.0 and parse_retry_after(None) is None and parse_retry_after("soon") is None
+
+
+def test_secrets_stay_out_of_reprs_configs_and_errors(endpoint: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from llmapps.serving.app import create_app  # noqa: F401  (import check only)
+    from llmapps.settings import load_settings
+    from llmapps.strategies.service import ServiceStrategy
+
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    settings = load_settings()
+    assert settings.service.api_key is not None and settings.service.api_key.get_secret_value() == SECRET
+    assert SECRET not in repr(settings) and SECRET not in settings.model_dump_json()
+    url, _ = endpoint
+    strategy = ServiceStrategy(base_url=url, model="fake-model", api_key=SECRET)
+    llm = strategy.chat_model(16)
+    for text in (repr(strategy.config), str(strategy.describe()), repr(llm)):
+        assert SECRET not in text
+    assert "api_key" not in strategy.describe()
+
+
+def test_auth_failure_is_a_clear_error_without_the_key(monkeypatch: pytest.MonkeyPatch, tiny_instruct: str) -> None:
+    from llmapps.serving.server import serve_model
+
+    with serve_model(tiny_instruct, api_key="right-key") as url:
+        llm = ServiceChatModel(model=tiny_instruct, base_url=url + "/v1", api_key=SECRET, retries=0)
+        with pytest.raises(BackendError, match="refused the API key") as info:
+            llm.invoke("hi")
+    assert SECRET not in str(info.value) and SECRET not in repr(info.value)
+
+
+def test_bad_options_are_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
+    from llmapps.strategies.base import make_strategy
+
+    with pytest.raises(ConfigError, match="not an http"):
+        make_strategy("service", base_url="ftp://example")
+    with pytest.raises(ConfigError, match="max_concurrency"):
+        make_strategy("service", max_concurrency=0)
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("LLMAPPS_SERVICE__API_KEY", raising=False)
+    monkeypatch.delenv("LLMAPPS_SERVICE__BASE_URL", raising=False)
+    from llmapps.tasks import CompletionLayout, Task
+    from langchain_core.prompts import ChatPromptTemplate
+
+    task = Task(name="t", input_variables=("x",), output_variables=("y",),
+                completion=CompletionLayout(prefix="", example_template="{x}", suffix="{x}"),
+                chat=ChatPromptTemplate.from_messages([("user", "{x}")]))
+    with pytest.raises(ConfigError, match="has no API key"):
+        make_strategy("service").build(task)
