@@ -110,6 +110,8 @@ def test_rerun_skips_done_samples_and_retries_the_failed_strategy(
 
     out, _ = first_run
     before = (out / "samples" / "few-shot.jsonl").read_bytes()
+    with (out / "samples" / "few-shot.jsonl").open("a") as f:  # what a kill in mid-write leaves
+        f.write('{"id": "a0')
     rows = run_bench(
         BenchConfig(
             app="news-riddle",
