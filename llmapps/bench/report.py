@@ -162,7 +162,10 @@ def plot(
             else "",
             f"rougeL_{metrics_config.primary_field}",
         ]
-        quality = next((q for q in preferred if any(numeric(r.get(q)) for r in rows)), None)
+        present = [q for q in [*preferred, *qcols] if any(numeric(r.get(q)) for r in rows)]
+        # a metric on which every strategy ties says nothing: plot the first one that separates them
+        varied = [q for q in present if len({r.get(q) for r in rows if numeric(r.get(q))}) > 1]
+        quality = (varied or present or [None])[0]
     pts = [
         r for r in rows if quality and numeric(r.get(quality)) and numeric(r.get("latency_p50_s"))
     ]
