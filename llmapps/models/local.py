@@ -387,9 +387,15 @@ def stream_local(lm: LocalModel, prompt: str, params: GenerationParams) -> Any:
     if params.stop:
         kwargs.update(stop_strings=list(params.stop), tokenizer=lm.tokenizer)
 
+    failure: list[BaseException] = []
+
     def run() -> None:
-        with lm._lock, torch.inference_mode():
-            lm.model.generate(**kwargs)
+        try:
+            with lm._lock, torch.inference_mode():
+                lm.model.generate(**kwargs)
+        except BaseException as err:  # re-raised below; end() so the reader does not wait forever
+            failure.append(err)
+            streamer.end()
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
@@ -417,3 +423,5 @@ def stream_local(lm: LocalModel, prompt: str, params: GenerationParams) -> Any:
         for _ in streamer:  # TextIteratorStreamer would block forever if iterated again)
             pass
     thread.join()
+    if failure:
+        raise BackendError(f"generation with {lm.name!r} failed: {failure[0]}") from failure[0]
