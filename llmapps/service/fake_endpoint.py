@@ -117,3 +117,24 @@ def create_fake_app(state: FakeEndpointState | None = None) -> FastAPI:
                     st.in_flight -= 1
 
     return app
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m llmapps.service.fake_endpoint --latency 0.2``: serve on loopback, print the URL."""
+    import argparse
+    import sys
+
+    from llmapps.serving.server import _uvicorn_server, bind_socket
+
+    ap = argparse.ArgumentParser(description="a scripted OpenAI-compatible endpoint (loopback only)")
+    ap.add_argument("--port", type=int, default=0)
+    ap.add_argument("--latency", type=float, default=0.0, help="seconds before each answer")
+    args = ap.parse_args(argv)
+    sock = bind_socket("127.0.0.1", args.port)
+    print(f"http://127.0.0.1:{sock.getsockname()[1]}/v1", flush=True, file=sys.stdout)
+    _uvicorn_server(create_fake_app(FakeEndpointState(latency_s=args.latency))).run(sockets=[sock])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
