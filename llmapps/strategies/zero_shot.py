@@ -66,7 +66,9 @@ class ZeroShotStrategy(Strategy):
         lm = self.local_model
         c = self.config
         max_new = c.max_new_tokens or task.max_new_tokens
-        chat = ChatLocal.from_local(lm, max_new_tokens=max_new, temperature=c.temperature, top_p=c.top_p)
+        # the task's stop strings end a chat reply too (e.g. one line for a one-sentence summary)
+        chat = ChatLocal.from_local(lm, max_new_tokens=max_new, temperature=c.temperature, top_p=c.top_p,
+                                    stop=list(task.stop))
 
         def render(inputs: dict[str, Any]) -> str:
             msgs = task.chat.format_messages(**{k: inputs[k] for k in task.input_variables})
