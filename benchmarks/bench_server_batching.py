@@ -8,7 +8,8 @@ gathers into batched ``generate`` calls. Throughput is completion tokens per wal
 ::
 
     python benchmarks/bench_server_batching.py                       # tiny-instruct, ~1-2 min
-    python benchmarks/bench_server_batching.py --model .pytest_cache/llmapps-home/models/tiny-instruct
+    python benchmarks/bench_server_batching.py \
+        --model .pytest_cache/llmapps-home/models/tiny-instruct
     python benchmarks/bench_server_batching.py --model Qwen/Qwen2.5-0.5B-Instruct --threads 8
 
 Prints a table and writes ``results/bench_server_batching.json`` beside this script.
@@ -27,17 +28,47 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-TOPICS = ["a new footbridge", "a comet seen from a garden", "robot lawnmowers in parks", "a cycling stage win",
-          "a library reopening", "an early frost", "a bakery cooperative", "a harbour wall", "a school garden",
-          "a river clean-up", "a tram line", "a choir festival", "a wind farm vote", "a lost dog found",
-          "a chess prodigy", "a night market"]
+TOPICS = [
+    "a new footbridge",
+    "a comet seen from a garden",
+    "robot lawnmowers in parks",
+    "a cycling stage win",
+    "a library reopening",
+    "an early frost",
+    "a bakery cooperative",
+    "a harbour wall",
+    "a school garden",
+    "a river clean-up",
+    "a tram line",
+    "a choir festival",
+    "a wind farm vote",
+    "a lost dog found",
+    "a chess prodigy",
+    "a night market",
+]
 
 
-def start_server(model: str, threads: int, max_batch: int, wait_ms: float) -> tuple[subprocess.Popen[str], str]:
+def start_server(
+    model: str, threads: int, max_batch: int, wait_ms: float
+) -> tuple[subprocess.Popen[str], str]:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     env.pop("LLMAPPS_SERVICE__SERVER__API_KEY", None)
-    cmd = [sys.executable, "-m", "llmapps.cli", "serve", "--model", model, "--served-model-name", "bench",
-           "--port", "0", "--max-batch", str(max_batch), "--batch-wait-ms", str(wait_ms)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "llmapps.cli",
+        "serve",
+        "--model",
+        model,
+        "--served-model-name",
+        "bench",
+        "--port",
+        "0",
+        "--max-batch",
+        str(max_batch),
+        "--batch-wait-ms",
+        str(wait_ms),
+    ]
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env)
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
@@ -52,7 +83,9 @@ def start_server(model: str, threads: int, max_batch: int, wait_ms: float) -> tu
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="tiny-instruct", help="model id or directory (default: tiny-instruct)")
+    ap.add_argument(
+        "--model", default="tiny-instruct", help="model id or directory (default: tiny-instruct)"
+    )
     ap.add_argument("--clients", type=int, default=16)
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--rounds", type=int, default=2, help="rounds of each mode (totals are summed)")
@@ -66,9 +99,17 @@ def main(argv: list[str] | None = None) -> int:
 
     proc, url = start_server(args.model, args.threads, args.clients, args.batch_wait_ms)
     client = httpx.Client(base_url=url, timeout=600)
-    bodies = [{"model": "bench", "temperature": 0, "max_tokens": args.max_tokens,
-               "messages": [{"role": "user", "content": f"Write a riddle about {TOPICS[i % len(TOPICS)]}."}]}
-              for i in range(args.clients)]
+    bodies = [
+        {
+            "model": "bench",
+            "temperature": 0,
+            "max_tokens": args.max_tokens,
+            "messages": [
+                {"role": "user", "content": f"Write a riddle about {TOPICS[i % len(TOPICS)]}."}
+            ],
+        }
+        for i in range(args.clients)
+    ]
 
     def ask(body: dict[str, Any]) -> int:
         r = client.post("/v1/chat/completions", json=body)
@@ -95,22 +136,43 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = []
     for mode, (secs, toks) in totals.items():
-        rows.append({"mode": mode, "requests": args.rounds * args.clients, "seconds": secs,
-                     "completion_tokens": toks, "tokens_per_s": toks / secs})
+        rows.append(
+            {
+                "mode": mode,
+                "requests": args.rounds * args.clients,
+                "seconds": secs,
+                "completion_tokens": toks,
+                "tokens_per_s": toks / secs,
+            }
+        )
     ratio = rows[1]["tokens_per_s"] / rows[0]["tokens_per_s"]
-    table = Table(title=f"llmapps serve {args.model}: {args.clients} requests x {args.rounds} rounds, "
-                        f"max_tokens {args.max_tokens}")
+    table = Table(
+        title=f"llmapps serve {args.model}: {args.clients} requests x {args.rounds} rounds, "
+        f"max_tokens {args.max_tokens}"
+    )
     for col in ("mode", "requests", "seconds", "completion tokens", "tokens/s"):
         table.add_column(col)
     for r in rows:
-        table.add_row(r["mode"], str(r["requests"]), f"{r['seconds']:.2f}", str(r["completion_tokens"]),
-                      f"{r['tokens_per_s']:.1f}")
+        table.add_row(
+            r["mode"],
+            str(r["requests"]),
+            f"{r['seconds']:.2f}",
+            str(r["completion_tokens"]),
+            f"{r['tokens_per_s']:.1f}",
+        )
     Console().print(table)
-    print(f"concurrent / sequential tokens/s = {ratio:.2f}x (target >= 3: {'PASS' if ratio >= 3 else 'MISS'}); "
-          f"server batch sizes {batching['sizes']}")
+    print(
+        f"concurrent / sequential tokens/s = {ratio:.2f}x "
+        f"(target >= 3: {'PASS' if ratio >= 3 else 'MISS'}); "
+        f"server batch sizes {batching['sizes']}"
+    )
     out = Path(__file__).parent / "results" / "bench_server_batching.json"
     out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps({"config": vars(args), "rows": rows, "ratio": ratio, "batching": batching}, indent=2))
+    out.write_text(
+        json.dumps(
+            {"config": vars(args), "rows": rows, "ratio": ratio, "batching": batching}, indent=2
+        )
+    )
     print(f"wrote {out}")
     return 0
 

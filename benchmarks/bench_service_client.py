@@ -29,8 +29,12 @@ from typing import Any
 
 
 def start_endpoint(latency: float) -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen([sys.executable, "-m", "llmapps.service.fake_endpoint", "--latency", str(latency)],
-                            stdout=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "llmapps.service.fake_endpoint", "--latency", str(latency)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     url = proc.stdout.readline().strip() if proc.stdout else ""
     if not url.startswith("http://127.0.0.1:"):
         proc.terminate()
@@ -55,7 +59,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("-n", type=int, default=64, help="requests")
     ap.add_argument("--concurrency", type=int, default=16)
     ap.add_argument("--latency", type=float, default=0.2, help="endpoint latency in seconds")
-    ap.add_argument("--repeats", type=int, default=3, help="runs of each concurrent client (median kept)")
+    ap.add_argument(
+        "--repeats", type=int, default=3, help="runs of each concurrent client (median kept)"
+    )
     ap.add_argument("--skip-sequential", action="store_true", help="skip the slow sequential peer")
     args = ap.parse_args(argv)
 
@@ -77,9 +83,19 @@ def main(argv: list[str] | None = None) -> int:
         ideal = args.n * args.latency / args.concurrency
         rows: list[dict[str, Any]] = []
         t = timed(lambda: ours.batch(prompts, config=cfg), args.repeats)
-        rows.append({"run": f"ours: ServiceChatModel.batch, max_concurrency={args.concurrency}", "seconds": t})
+        rows.append(
+            {
+                "run": f"ours: ServiceChatModel.batch, max_concurrency={args.concurrency}",
+                "seconds": t,
+            }
+        )
         t = timed(lambda: peer.batch(prompts, config=cfg), args.repeats)
-        rows.append({"run": f"reference: ChatOpenAI.batch, max_concurrency={args.concurrency}", "seconds": t})
+        rows.append(
+            {
+                "run": f"reference: ChatOpenAI.batch, max_concurrency={args.concurrency}",
+                "seconds": t,
+            }
+        )
         if not args.skip_sequential:
             t = timed(lambda: [peer.invoke(p) for p in prompts])
             rows.append({"run": "peer: sequential ChatOpenAI.invoke loop", "seconds": t})
@@ -91,20 +107,32 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         r["x_ideal"] = r["seconds"] / ideal
         r["speedup_vs_ours"] = r["seconds"] / ours_s
-    table = Table(title=f"{args.n} requests, {args.latency * 1000:.0f} ms endpoint latency, ideal {ideal:.2f} s")
+    table = Table(
+        title=f"{args.n} requests, {args.latency * 1000:.0f} ms endpoint latency, "
+        f"ideal {ideal:.2f} s"
+    )
     for col in ("run", "seconds", "x ideal", "seconds / ours"):
         table.add_column(col)
     for r in rows:
-        table.add_row(r["run"], f"{r['seconds']:.2f}", f"{r['x_ideal']:.3f}", f"{r['speedup_vs_ours']:.2f}")
+        table.add_row(
+            r["run"], f"{r['seconds']:.2f}", f"{r['x_ideal']:.3f}", f"{r['speedup_vs_ours']:.2f}"
+        )
     Console().print(table)
     verdict = "PASS" if rows[0]["x_ideal"] <= 1.15 else "MISS"
-    print(f"ours / ideal = {rows[0]['x_ideal']:.3f} (target <= 1.15: {verdict}); stats: {ours.stats.as_dict()}")
+    print(
+        f"ours / ideal = {rows[0]['x_ideal']:.3f} (target <= 1.15: {verdict}); "
+        f"stats: {ours.stats.as_dict()}"
+    )
     if not args.skip_sequential:
         print(f"sequential peer / ours = {rows[-1]['seconds'] / ours_s:.1f}x")
     out = Path(__file__).parent / "results" / "bench_service_client.json"
     out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps({"config": vars(args), "ideal_s": ideal, "rows": rows,
-                               "stats": ours.stats.as_dict()}, indent=2))
+    out.write_text(
+        json.dumps(
+            {"config": vars(args), "ideal_s": ideal, "rows": rows, "stats": ours.stats.as_dict()},
+            indent=2,
+        )
+    )
     print(f"wrote {out}")
     return 0
 

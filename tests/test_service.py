@@ -40,8 +40,15 @@ def endpoint(fake: Any) -> Any:
 
 
 def model(url: str, **kw: Any) -> ServiceChatModel:
-    opts: dict[str, Any] = {"model": "fake-model", "base_url": url, "api_key": SECRET, "timeout": 0.5,
-                            "retries": 3, "backoff_base": 0.01, "backoff_max": 0.05}
+    opts: dict[str, Any] = {
+        "model": "fake-model",
+        "base_url": url,
+        "api_key": SECRET,
+        "timeout": 0.5,
+        "retries": 3,
+        "backoff_base": 0.01,
+        "backoff_max": 0.05,
+    }
     return ServiceChatModel(**{**opts, **kw})
 
 
@@ -69,13 +76,17 @@ def test_batch_finishes_with_failures_marked_and_nothing_lost(endpoint: Any) -> 
     url, state = endpoint
     state.latency_s = 0.05  # long enough for requests to overlap
     llm = model(url, retries=1, max_inflight=4)
-    inputs = [f"item {i} [fail:500:always]" if i % 3 == 0 else f"item {i} [fail:429:1]" for i in range(9)]
+    inputs = [
+        f"item {i} [fail:500:always]" if i % 3 == 0 else f"item {i} [fail:429:1]" for i in range(9)
+    ]
     outs = llm.batch(inputs, config={"max_concurrency": 4}, return_exceptions=True)
     failed = [i for i, o in enumerate(outs) if isinstance(o, Exception)]
     assert failed == [0, 3, 6]
     assert all(isinstance(outs[i], BackendError) for i in failed)
     done = [inputs[i] for i, o in enumerate(outs) if isinstance(o, AIMessage)]
-    assert len(done) == 6 and all(state.completed[m] == 1 for m in done)  # each once: none lost or doubled
+    assert len(done) == 6 and all(
+        state.completed[m] == 1 for m in done
+    )  # each once: none lost or doubled
     assert llm.stats.calls == 6 and llm.stats.retries == 6 + 3 and llm.stats.failures == 3
     assert 1 < state.max_in_flight <= 4
 
@@ -84,20 +95,41 @@ def test_news_riddle_chain_marks_failed_rows(endpoint: Any) -> None:
     from llmapps.apps import load_chain
     from llmapps.runner import run_batches
 
-    url, state = endpoint
-    chain = load_chain("news-riddle", "service", base_url=url, model="fake-model", api_key=SecretStr(SECRET),
-                       cache=False, max_retries=1, max_concurrency=4, timeout=1.0)
-    inputs = [{"title": f"Story {i}", "text": f"Something happened {i}." + (" [fail:500:always]" if i == 1 else "")}
-              for i in range(4)]
+    url, _ = endpoint
+    chain = load_chain(
+        "news-riddle",
+        "service",
+        base_url=url,
+        model="fake-model",
+        api_key=SecretStr(SECRET),
+        cache=False,
+        max_retries=1,
+        max_concurrency=4,
+        timeout=1.0,
+    )
+    inputs = [
+        {
+            "title": f"Story {i}",
+            "text": f"Something happened {i}." + (" [fail:500:always]" if i == 1 else ""),
+        }
+        for i in range(4)
+    ]
     rows = run_batches(chain, inputs, batch_size=4, progress=False)
     assert [("error" in r) for r in rows] == [False, True, False, False]
     assert "BackendError" in rows[1]["error"] and SECRET not in rows[1]["error"]
-    assert all(r["valid"] and r["answer"] == "a thing" and r["input_tokens"] > 0 for i, r in enumerate(rows) if i != 1)
+    assert all(
+        r["valid"] and r["answer"] == "a thing" and r["input_tokens"] > 0
+        for i, r in enumerate(rows)
+        if i != 1
+    )
 
 
 def test_structured_output_used_when_supported_else_text(endpoint: Any) -> None:
     url, state = endpoint
-    fmt = {"type": "json_schema", "json_schema": {"name": "t", "schema": {"type": "object"}, "strict": False}}
+    fmt = {
+        "type": "json_schema",
+        "json_schema": {"name": "t", "schema": {"type": "object"}, "strict": False},
+    }
     plain = model(url, structured_format=fmt)
     assert plain.invoke("a").content.startswith("Summary:")
     assert plain.stats.structured_fallbacks == 1
@@ -134,7 +166,9 @@ def test_cost_per_call_from_the_price_table(endpoint: Any) -> None:
     assert u and u["input_tokens"] > 0
     expected = (u["input_tokens"] * 1000.0 + u["output_tokens"] * 2000.0) / 1e6
     assert out.response_metadata["cost_usd"] == pytest.approx(expected)
-    assert call_cost("gpt-4o-mini-2024-07-18", 10**6, 0, {"gpt-4o-mini": {"input_per_1m": 0.15}}) == pytest.approx(0.15)
+    assert call_cost(
+        "gpt-4o-mini-2024-07-18", 10**6, 0, {"gpt-4o-mini": {"input_per_1m": 0.15}}
+    ) == pytest.approx(0.15)
     assert call_cost("unlisted", 100, 100, prices) == 0.0
 
 
@@ -158,17 +192,26 @@ def test_retry_policy_honours_retry_after_and_backs_off() -> None:
     assert all(0.5 <= policy.delay(1) <= 1.0 for _ in range(20))
     assert all(2.0 <= policy.delay(3) <= 4.0 for _ in range(20))
     assert all(4.0 <= policy.delay(9) <= 8.0 for _ in range(20))  # capped
-    assert parse_retry_after("3") == 3.0 and parse_retry_after(None) is None and parse_retry_after("soon") is None
+    assert (
+        parse_retry_after("3") == 3.0
+        and parse_retry_after(None) is None
+        and parse_retry_after("soon") is None
+    )
 
 
-def test_secrets_stay_out_of_reprs_configs_and_errors(endpoint: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_secrets_stay_out_of_reprs_configs_and_errors(
+    endpoint: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from llmapps.serving.app import create_app  # noqa: F401  (import check only)
     from llmapps.settings import load_settings
     from llmapps.strategies.service import ServiceStrategy
 
     monkeypatch.setenv("OPENAI_API_KEY", SECRET)
     settings = load_settings()
-    assert settings.service.api_key is not None and settings.service.api_key.get_secret_value() == SECRET
+    assert (
+        settings.service.api_key is not None
+        and settings.service.api_key.get_secret_value() == SECRET
+    )
     assert SECRET not in repr(settings) and SECRET not in settings.model_dump_json()
     url, _ = endpoint
     strategy = ServiceStrategy(base_url=url, model="fake-model", api_key=SECRET)
@@ -178,7 +221,9 @@ def test_secrets_stay_out_of_reprs_configs_and_errors(endpoint: Any, monkeypatch
     assert "api_key" not in strategy.describe()
 
 
-def test_auth_failure_is_a_clear_error_without_the_key(monkeypatch: pytest.MonkeyPatch, tiny_instruct: str) -> None:
+def test_auth_failure_is_a_clear_error_without_the_key(
+    monkeypatch: pytest.MonkeyPatch, tiny_instruct: str
+) -> None:
     from llmapps.serving.server import serve_model
 
     with serve_model(tiny_instruct, api_key="right-key") as url:
@@ -198,11 +243,16 @@ def test_bad_options_are_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     monkeypatch.delenv("LLMAPPS_SERVICE__API_KEY", raising=False)
     monkeypatch.delenv("LLMAPPS_SERVICE__BASE_URL", raising=False)
-    from llmapps.tasks import CompletionLayout, Task
     from langchain_core.prompts import ChatPromptTemplate
 
-    task = Task(name="t", input_variables=("x",), output_variables=("y",),
-                completion=CompletionLayout(prefix="", example_template="{x}", suffix="{x}"),
-                chat=ChatPromptTemplate.from_messages([("user", "{x}")]))
+    from llmapps.tasks import CompletionLayout, Task
+
+    task = Task(
+        name="t",
+        input_variables=("x",),
+        output_variables=("y",),
+        completion=CompletionLayout(prefix="", example_template="{x}", suffix="{x}"),
+        chat=ChatPromptTemplate.from_messages([("user", "{x}")]),
+    )
     with pytest.raises(ConfigError, match="has no API key"):
         make_strategy("service").build(task)

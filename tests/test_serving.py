@@ -30,12 +30,21 @@ def served(tiny_instruct: str) -> Iterator[dict[str, Any]]:
     from llmapps.settings import ServerSettings
 
     lm = load_local_model(tiny_instruct)
-    settings = ServerSettings(api_key=SecretStr(KEY), max_tokens=32, max_body_bytes=20_000,
-                              max_concurrent=4, batch_wait_ms=5)
+    settings = ServerSettings(
+        api_key=SecretStr(KEY),
+        max_tokens=32,
+        max_body_bytes=20_000,
+        max_concurrent=4,
+        batch_wait_ms=5,
+    )
     app = create_app(lm, settings, model_name="tiny-instruct")
     with serve_in_thread(app) as url:
-        yield {"url": url, "lm": lm, "app": app,
-               "client": openai.OpenAI(base_url=f"{url}/v1", api_key=KEY, max_retries=0, timeout=120)}
+        yield {
+            "url": url,
+            "lm": lm,
+            "app": app,
+            "client": openai.OpenAI(base_url=f"{url}/v1", api_key=KEY, max_retries=0, timeout=120),
+        }
 
 
 def _health(url: str) -> dict[str, Any]:
@@ -45,18 +54,31 @@ def _health(url: str) -> dict[str, Any]:
 def test_models_and_openapi(served: dict[str, Any]) -> None:
     assert [m.id for m in served["client"].models.list()] == ["tiny-instruct"]
     schema = httpx.get(f"{served['url']}/openapi.json", timeout=10).json()
-    assert {"/v1/chat/completions", "/v1/completions", "/v1/models", "/health"} <= set(schema["paths"])
+    assert {"/v1/chat/completions", "/v1/completions", "/v1/models", "/health"} <= set(
+        schema["paths"]
+    )
 
 
 def test_chat_and_streaming_agree(served: dict[str, Any]) -> None:
     client = served["client"]
-    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Tell me the news."}]
-    r = client.chat.completions.create(model="tiny-instruct", messages=messages, max_tokens=12, temperature=0)
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Tell me the news."},
+    ]
+    r = client.chat.completions.create(
+        model="tiny-instruct", messages=messages, max_tokens=12, temperature=0
+    )
     assert r.object == "chat.completion" and r.choices[0].message.role == "assistant"
     assert r.choices[0].finish_reason in ("stop", "length")
     assert 0 < r.usage.completion_tokens <= 12 and r.usage.prompt_tokens > 0
-    stream = client.chat.completions.create(model="tiny-instruct", messages=messages, max_tokens=12,
-                                            temperature=0, stream=True, stream_options={"include_usage": True})
+    stream = client.chat.completions.create(
+        model="tiny-instruct",
+        messages=messages,
+        max_tokens=12,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
     chunks = list(stream)
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == r.choices[0].message.content  # greedy: the same text, batched or streamed
@@ -65,12 +87,17 @@ def test_chat_and_streaming_agree(served: dict[str, Any]) -> None:
 
 
 def test_completions_list_of_prompts(served: dict[str, Any]) -> None:
-    r = served["client"].completions.create(model="tiny-instruct", prompt=["The council", "A comet"],
-                                            max_tokens=6, temperature=0)
+    r = served["client"].completions.create(
+        model="tiny-instruct", prompt=["The council", "A comet"], max_tokens=6, temperature=0
+    )
     assert [c.index for c in r.choices] == [0, 1]
     assert all(isinstance(c.text, str) for c in r.choices) and r.usage.completion_tokens > 0
-    streamed = "".join(c.choices[0].text for c in served["client"].completions.create(
-        model="tiny-instruct", prompt="The council", max_tokens=6, temperature=0, stream=True))
+    streamed = "".join(
+        c.choices[0].text
+        for c in served["client"].completions.create(
+            model="tiny-instruct", prompt="The council", max_tokens=6, temperature=0, stream=True
+        )
+    )
     assert streamed == r.choices[0].text
 
 
@@ -80,7 +107,11 @@ def test_auth_failures(served: dict[str, Any]) -> None:
         bad.models.list()
     assert info.value.status_code == 401 and info.value.code == "invalid_api_key"
     assert KEY not in str(info.value.body)
-    r = httpx.post(f"{served['url']}/v1/chat/completions", json={"model": "tiny-instruct", "messages": []}, timeout=10)
+    r = httpx.post(
+        f"{served['url']}/v1/chat/completions",
+        json={"model": "tiny-instruct", "messages": []},
+        timeout=10,
+    )
     assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
     assert _health(served["url"])["status"] == "ok"  # probes need no key
 
@@ -94,13 +125,18 @@ def test_bad_requests_get_openai_errors(served: dict[str, Any]) -> None:
         client.chat.completions.create(model="tiny-instruct", messages=msg, max_tokens=500)
     assert info.value.param == "max_tokens"
     with pytest.raises(openai.BadRequestError, match="does not support 'response_format'"):
-        client.chat.completions.create(model="tiny-instruct", messages=msg,
-                                       response_format={"type": "json_object"})
+        client.chat.completions.create(
+            model="tiny-instruct", messages=msg, response_format={"type": "json_object"}
+        )
     with pytest.raises(openai.BadRequestError, match="does not support 'n'"):
         client.chat.completions.create(model="tiny-instruct", messages=msg, n=2)
     headers = {"Authorization": f"Bearer {KEY}"}
-    r = httpx.post(f"{served['url']}/v1/chat/completions", headers=headers, timeout=10,
-                   json={"model": "tiny-instruct", "messages": [{"role": "user"}], "bogus": 1})
+    r = httpx.post(
+        f"{served['url']}/v1/chat/completions",
+        headers=headers,
+        timeout=10,
+        json={"model": "tiny-instruct", "messages": [{"role": "user"}], "bogus": 1},
+    )
     assert r.status_code == 400 and "bogus" in r.json()["error"]["message"]
     big = {"model": "tiny-instruct", "messages": [{"role": "user", "content": "x" * 30_000}]}
     r = httpx.post(f"{served['url']}/v1/chat/completions", headers=headers, json=big, timeout=10)
@@ -111,7 +147,11 @@ def test_long_prompt_is_fitted_to_the_context(served: dict[str, Any]) -> None:
     lm = served["lm"]
     words = " ".join(["harbour"] * (lm.context_length * 2))
     r = served["client"].chat.completions.create(
-        model="tiny-instruct", messages=[{"role": "user", "content": words}], max_tokens=4, temperature=0)
+        model="tiny-instruct",
+        messages=[{"role": "user", "content": words}],
+        max_tokens=4,
+        temperature=0,
+    )
     assert r.usage.prompt_tokens <= lm.context_length - 4
 
 
@@ -122,8 +162,11 @@ def test_dynamic_batching_and_the_in_flight_limit(served: dict[str, Any]) -> Non
     results: list[Any] = []
 
     def ask(i: int) -> None:
-        results.append(client.completions.create(model="tiny-instruct", prompt=f"Story {i}", max_tokens=4,
-                                                 temperature=0))
+        results.append(
+            client.completions.create(
+                model="tiny-instruct", prompt=f"Story {i}", max_tokens=4, temperature=0
+            )
+        )
 
     threads = [threading.Thread(target=ask, args=(i,)) for i in range(4)]
     with lm._lock:  # generate() waits on it, so requests pile up in the batcher
@@ -137,15 +180,21 @@ def test_dynamic_batching_and_the_in_flight_limit(served: dict[str, Any]) -> Non
             t.start()
         while _health(url)["in_flight"] < 4 and time.monotonic() < deadline:
             time.sleep(0.02)
-        r = httpx.post(f"{url}/v1/completions", headers={"Authorization": f"Bearer {KEY}"}, timeout=10,
-                       json={"model": "tiny-instruct", "prompt": "one too many", "max_tokens": 4})
+        r = httpx.post(
+            f"{url}/v1/completions",
+            headers={"Authorization": f"Bearer {KEY}"},
+            timeout=10,
+            json={"model": "tiny-instruct", "prompt": "one too many", "max_tokens": 4},
+        )
         assert r.status_code == 429 and r.headers["retry-after"] == "1"
         assert r.json()["error"]["type"] == "rate_limit_error"
     for t in threads:
         t.join(timeout=60)
     assert len(results) == 4
     after = _health(url)["batching"]["sizes"]
-    assert after.get("3", 0) == before.get("3", 0) + 1  # the three queued requests: one generate call
+    assert (
+        after.get("3", 0) == before.get("3", 0) + 1
+    )  # the three queued requests: one generate call
     assert _health(url)["in_flight"] == 0
 
 
@@ -155,13 +204,17 @@ def test_service_strategy_runs_the_app_against_llmapps_serve(tiny_instruct: str)
     from llmapps.settings import get_settings
     from llmapps.strategies.service import ServiceStrategy
 
-    articles = [{"title": "Bridge approved", "text": "The council approved a footbridge over the river."},
-                {"title": "Comet seen", "text": "An amateur astronomer spotted a new comet."}]
+    articles = [
+        {"title": "Bridge approved", "text": "The council approved a footbridge over the river."},
+        {"title": "Comet seen", "text": "An amateur astronomer spotted a new comet."},
+    ]
     settings = get_settings().model_copy(update={"instruct_model": tiny_instruct})
     with ServiceStrategy.demo_options(settings) as opts:
         assert opts is not None and opts["base_url"].startswith("http://127.0.0.1:")
         strategy = ServiceStrategy(**opts, max_new_tokens=8)
-        rows = run_batches(load_chain("news-riddle", strategy), articles, batch_size=2, progress=False)
+        rows = run_batches(
+            load_chain("news-riddle", strategy), articles, batch_size=2, progress=False
+        )
     assert len(rows) == 2 and all("error" not in r for r in rows)
     assert all({"summary", "riddle", "answer", "valid", "raw"} <= set(r) for r in rows)
     assert all(r["input_tokens"] > 0 and 0 < r["output_tokens"] <= 8 for r in rows)
@@ -185,8 +238,22 @@ def test_serve_command_end_to_end(tiny_instruct: str) -> None:
 
     env = {**os.environ, "LLMAPPS_SERVICE__SERVER__API_KEY": KEY, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "llmapps.cli", "serve", "--model", tiny_instruct, "--served-model-name", "tiny",
-         "--port", "0"], stderr=subprocess.PIPE, text=True, env=env)
+        [
+            sys.executable,
+            "-m",
+            "llmapps.cli",
+            "serve",
+            "--model",
+            tiny_instruct,
+            "--served-model-name",
+            "tiny",
+            "--port",
+            "0",
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     try:
         line = ""
         deadline = time.monotonic() + 120

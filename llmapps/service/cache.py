@@ -30,8 +30,12 @@ _MIGRATIONS = (
 
 def cache_key(endpoint: str, model: str, payload: dict[str, Any]) -> str:
     """The cache key of one request: endpoint, model and the whole payload, canonically encoded."""
-    blob = json.dumps({"endpoint": endpoint, "model": model, "payload": payload},
-                      sort_keys=True, ensure_ascii=False, default=str)
+    blob = json.dumps(
+        {"endpoint": endpoint, "model": model, "payload": payload},
+        sort_keys=True,
+        ensure_ascii=False,
+        default=str,
+    )
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
@@ -63,7 +67,9 @@ class ResponseCache:
 
     def get(self, key: str) -> dict[str, Any] | None:
         with self._lock:
-            row = self._conn.execute("SELECT response FROM responses WHERE key = ?", (key,)).fetchone()
+            row = self._conn.execute(
+                "SELECT response FROM responses WHERE key = ?", (key,)
+            ).fetchone()
         return json.loads(row[0]) if row else None
 
     def put(self, key: str, endpoint: str, model: str, response: dict[str, Any]) -> None:

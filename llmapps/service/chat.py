@@ -1,4 +1,4 @@
-"""``ServiceChatModel``: langchain-openai's ``ChatOpenAI`` with a cache, rate limits, retries and cost.
+"""``ServiceChatModel``: ``ChatOpenAI`` with a response cache, rate limits, retries and cost.
 
 Each call goes: response cache (SQLite, keyed by endpoint, model and the full payload) -> a slot
 of ``max_inflight`` -> the requests/tokens-per-minute limiter -> the endpoint, retried with
@@ -29,7 +29,7 @@ from langchain_core.callbacks import CallbackManagerForLLMRun
 from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from langchain_openai import ChatOpenAI
-from pydantic import Field, PrivateAttr, model_validator
+from pydantic import Field, PrivateAttr, SecretStr, model_validator
 
 from llmapps.errors import BackendError, ConfigError
 from llmapps.service.cache import ResponseCache, cache_key, open_cache
@@ -78,7 +78,9 @@ def call_cost(model: str, input_tokens: int, output_tokens: int, prices: dict[st
     if price is None:
         return 0.0
     p = price if isinstance(price, dict) else price.model_dump()
-    return (input_tokens * p.get("input_per_1m", 0.0) + output_tokens * p.get("output_per_1m", 0.0)) / 1e6
+    return (
+        input_tokens * p.get("input_per_1m", 0.0) + output_tokens * p.get("output_per_1m", 0.0)
+    ) / 1e6
 
 
 class _Retryable(Exception):
@@ -92,8 +94,8 @@ class ServiceChatModel(ChatOpenAI):  # type: ignore[override]
 
     Example:
         >>> llm = ServiceChatModel(model="gpt-4o-mini", base_url="http://127.0.0.1:8000/v1",
-        ...                        api_key="sk-...", cache_path=None, retries=3, rpm=60)  # doctest: +SKIP
-        >>> llm.batch(["Hi", "Hello"], config={"max_concurrency": 8})                      # doctest: +SKIP
+        ...     api_key="sk-...", cache_path=None, retries=3, rpm=60)  # doctest: +SKIP
+        >>> llm.batch(["Hi", "Hello"], config={"max_concurrency": 8})  # doctest: +SKIP
     """
 
     retries: int = Field(4, ge=0, description="retries after the first attempt")
@@ -143,7 +145,8 @@ class ServiceChatModel(ChatOpenAI):  # type: ignore[override]
     # ------------------------------------------------------------------ helpers
 
     def _scrub(self, text: str) -> str:
-        key = self.openai_api_key.get_secret_value() if self.openai_api_key else ""
+        secret = self.openai_api_key
+        key = secret.get_secret_value() if isinstance(secret, SecretStr) else ""
         return text.replace(key, "***") if key and len(key) >= 4 else text
 
     def _structured_kwargs(self, kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -163,13 +166,17 @@ class ServiceChatModel(ChatOpenAI):  # type: ignore[override]
         if isinstance(err, openai.APIStatusError):
             status = err.status_code
             if status in RETRY_STATUS:
-                return _Retryable(f"HTTP {status}", parse_retry_after(err.response.headers.get("retry-after")))
+                return _Retryable(
+                    f"HTTP {status}", parse_retry_after(err.response.headers.get("retry-after"))
+                )
             if status in (401, 403):
                 return BackendError(
                     f"{self.endpoint} refused the API key (HTTP {status}): set "
                     "LLMAPPS_SERVICE__API_KEY or OPENAI_API_KEY to a valid key"
                 )
-            return BackendError(f"{self.endpoint} rejected the request (HTTP {status}): {self._scrub(err.message)}")
+            return BackendError(
+                f"{self.endpoint} rejected the request (HTTP {status}): {self._scrub(err.message)}"
+            )
         if isinstance(err, openai.APITimeoutError):
             return _Retryable(f"timed out after {self.request_timeout}s")
         if isinstance(err, openai.APIConnectionError):
@@ -202,14 +209,23 @@ class ServiceChatModel(ChatOpenAI):  # type: ignore[override]
                     ) from None
                 delay = policy.delay(attempt, kind.retry_after)
                 self._stats.add(retries=1)
-                log.info("%s: %s; retry %d/%d in %.2fs", self.endpoint, kind, attempt, policy.max_retries, delay)
+                log.info(
+                    "%s: %s; retry %d/%d in %.2fs",
+                    self.endpoint,
+                    kind,
+                    attempt,
+                    policy.max_retries,
+                    delay,
+                )
                 time.sleep(delay)
 
     def _cached_result(self, hit: dict[str, Any]) -> ChatResult:
         usage = hit.get("usage") or None
         meta = {**hit.get("response_metadata", {}), "cached": True, "cost_usd": 0.0}
         msg = AIMessage(content=hit["content"], usage_metadata=usage, response_metadata=meta)
-        return ChatResult(generations=[ChatGeneration(message=msg, generation_info={"cached": True})])
+        return ChatResult(
+            generations=[ChatGeneration(message=msg, generation_info={"cached": True})]
+        )
 
     # ------------------------------------------------------------------ LangChain hooks
 
@@ -234,7 +250,9 @@ class ServiceChatModel(ChatOpenAI):  # type: ignore[override]
             self._stats.add(rate_limited_s=self._limiter.acquire(self._estimate_tokens(payload)))
 
             def once() -> ChatResult:
-                return super(ServiceChatModel, self)._generate(messages, stop, run_manager, **call_kwargs)
+                return super(ServiceChatModel, self)._generate(
+                    messages, stop, run_manager, **call_kwargs
+                )
 
             try:
                 result = self._call(once)
@@ -243,7 +261,9 @@ class ServiceChatModel(ChatOpenAI):  # type: ignore[override]
                     # this endpoint has no structured output: remember, and ask for text instead
                     self._structured_ok = False
                     self._stats.add(structured_fallbacks=1, failures=-1)
-                    log.info("%s does not support response_format; using text output", self.endpoint)
+                    log.info(
+                        "%s does not support response_format; using text output", self.endpoint
+                    )
                     return self._generate(messages, stop, run_manager, **kwargs)
                 raise
         finally:
@@ -262,16 +282,29 @@ class ServiceChatModel(ChatOpenAI):  # type: ignore[override]
         msg.response_metadata = {**msg.response_metadata, "cost_usd": cost, "cached": False}
         self._stats.add(calls=1, input_tokens=n_in, output_tokens=n_out, cost_usd=cost)
         if self._cache is not None and key:
-            self._cache.put(key, self.endpoint, self.model_name, {
-                "content": msg.content,
-                "usage": dict(usage) if usage else None,
-                "response_metadata": {k: v for k, v in msg.response_metadata.items()
-                                      if isinstance(v, (str, int, float, bool, type(None)))},
-            })
+            self._cache.put(
+                key,
+                self.endpoint,
+                self.model_name,
+                {
+                    "content": msg.content,
+                    "usage": dict(usage) if usage else None,
+                    "response_metadata": {
+                        k: v
+                        for k, v in msg.response_metadata.items()
+                        if isinstance(v, (str, int, float, bool, type(None)))
+                    },
+                },
+            )
         return result
 
-    async def _agenerate(self, messages: list[BaseMessage], stop: list[str] | None = None,
-                         run_manager: Any = None, **kwargs: Any) -> ChatResult:
+    async def _agenerate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: Any = None,
+        **kwargs: Any,
+    ) -> ChatResult:
         # one code path (cache, limits, counted retries) for sync and async callers
         return await asyncio.to_thread(self._generate, messages, stop, None, **kwargs)
 

@@ -61,12 +61,18 @@ def create_fake_app(state: FakeEndpointState | None = None) -> FastAPI:
     app.state.fake = st
 
     def error(status: int, message: str, **headers: str) -> JSONResponse:
-        return JSONResponse({"error": {"message": message, "type": "fake", "param": None, "code": None}},
-                            status_code=status, headers=headers)
+        return JSONResponse(
+            {"error": {"message": message, "type": "fake", "param": None, "code": None}},
+            status_code=status,
+            headers=headers,
+        )
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
-        return {"object": "list", "data": [{"id": "fake-model", "object": "model", "created": 0, "owned_by": "test"}]}
+        return {
+            "object": "list",
+            "data": [{"id": "fake-model", "object": "model", "created": 0, "owned_by": "test"}],
+        }
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request) -> Any:
@@ -106,11 +112,25 @@ def create_fake_app(state: FakeEndpointState | None = None) -> FastAPI:
                 st.completed[last] += 1
             n_in = sum(len(str(m.get("content", "")).split()) for m in body["messages"])
             n_out = len(content.split())
-            return {"id": f"fake-{time.time_ns()}", "object": "chat.completion", "created": int(time.time()),
-                    "model": body.get("model", "fake-model"),
-                    "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
-                                 "finish_reason": "stop", "logprobs": None}],
-                    "usage": {"prompt_tokens": n_in, "completion_tokens": n_out, "total_tokens": n_in + n_out}}
+            return {
+                "id": f"fake-{time.time_ns()}",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": body.get("model", "fake-model"),
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": content},
+                        "finish_reason": "stop",
+                        "logprobs": None,
+                    }
+                ],
+                "usage": {
+                    "prompt_tokens": n_in,
+                    "completion_tokens": n_out,
+                    "total_tokens": n_in + n_out,
+                },
+            }
         finally:
             if counted:
                 with st._lock:
@@ -120,13 +140,15 @@ def create_fake_app(state: FakeEndpointState | None = None) -> FastAPI:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m llmapps.service.fake_endpoint --latency 0.2``: serve on loopback, print the URL."""
+    """``python -m llmapps.service.fake_endpoint --latency 0.2``: serve on loopback, print URL."""
     import argparse
     import sys
 
     from llmapps.serving.server import _uvicorn_server, bind_socket
 
-    ap = argparse.ArgumentParser(description="a scripted OpenAI-compatible endpoint (loopback only)")
+    ap = argparse.ArgumentParser(
+        description="a scripted OpenAI-compatible endpoint (loopback only)"
+    )
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--latency", type=float, default=0.0, help="seconds before each answer")
     args = ap.parse_args(argv)

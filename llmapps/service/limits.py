@@ -18,7 +18,9 @@ class RateLimiter:
     larger than the whole token limit is refused at once rather than waiting forever.
     """
 
-    def __init__(self, rpm: int | None = None, tpm: int | None = None, *, window_s: float = 60.0) -> None:
+    def __init__(
+        self, rpm: int | None = None, tpm: int | None = None, *, window_s: float = 60.0
+    ) -> None:
         self.rpm = rpm
         self.tpm = tpm
         self.window_s = window_s
@@ -88,7 +90,9 @@ class RetryPolicy:
     base_delay: float = 0.5
     max_delay: float = 20.0
 
-    def delay(self, attempt: int, retry_after: float | None = None, rng: random.Random | None = None) -> float:
+    def delay(
+        self, attempt: int, retry_after: float | None = None, rng: random.Random | None = None
+    ) -> float:
         """Seconds to wait before retry number ``attempt`` (1-based)."""
         if retry_after is not None and retry_after >= 0:
             return min(retry_after, self.max_delay)

@@ -39,8 +39,12 @@ class BatcherStats:
     sizes: Counter[int] = field(default_factory=Counter)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"batches": self.batches, "requests": self.requests,
-                "max_batch": max(self.sizes, default=0), "sizes": dict(sorted(self.sizes.items()))}
+        return {
+            "batches": self.batches,
+            "requests": self.requests,
+            "max_batch": max(self.sizes, default=0),
+            "sizes": dict(sorted(self.sizes.items())),
+        }
 
 
 def _params_key(p: GenerationParams) -> tuple[Any, ...]:
@@ -98,7 +102,11 @@ class DynamicBatcher:
         while len(items) < self.max_batch:
             remaining = deadline - time.monotonic()
             try:
-                item = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
+                item = (
+                    self._queue.get(timeout=remaining)
+                    if remaining > 0
+                    else self._queue.get_nowait()
+                )
             except queue.Empty:
                 break
             if item is None:

@@ -1,4 +1,4 @@
-"""``llmapps serve``: a local model (by strategy, model id/dir or adapter) behind an OpenAI-compatible API.
+"""``llmapps serve``: a local model (strategy, model id/dir or adapter) behind an OpenAI-style API.
 
 Registered through the ``llmapps.cli`` entry-point group. The API key is read only from the
 environment (``LLMAPPS_SERVICE__SERVER__API_KEY``), never from a flag, so it stays out of shell
@@ -19,14 +19,17 @@ def register(subparsers: Any) -> None:
     from llmapps.cli import add_strategy_flags
 
     p = subparsers.add_parser(
-        "serve", help="serve a local model over an OpenAI-compatible HTTP API",
+        "serve",
+        help="serve a local model over an OpenAI-compatible HTTP API",
         description="Serve a local model at /v1/chat/completions, /v1/completions and /v1/models. "
-                    "Set LLMAPPS_SERVICE__SERVER__API_KEY to require 'Authorization: Bearer <key>'.",
+        "Set LLMAPPS_SERVICE__SERVER__API_KEY to require 'Authorization: Bearer <key>'.",
     )
     add_strategy_flags(p)
     p.set_defaults(strategy="zero-shot", func=cmd_serve)
     p.add_argument("--model", help="hub id or directory to serve instead of the strategy's model")
-    p.add_argument("--served-model-name", help="the id clients send as 'model' (default: the model's name)")
+    p.add_argument(
+        "--served-model-name", help="the id clients send as 'model' (default: the model's name)"
+    )
     p.add_argument("--host", help="bind address (default 127.0.0.1; others need an API key)")
     p.add_argument("--port", type=int, help="port (default 8000; 0: any free port)")
     p.add_argument("--max-batch", type=int, help="most requests in one batched generate call")
@@ -37,23 +40,29 @@ def register(subparsers: Any) -> None:
 
 
 def resolve_model(args: argparse.Namespace) -> Any:
-    """The ``LocalModel`` to serve: ``--model`` as is, else the strategy's own (adapter included)."""
+    """The ``LocalModel`` to serve: ``--model`` as is, else the strategy's own (with adapter)."""
     from llmapps.cli import strategy_options
     from llmapps.models.local import load_local_model
     from llmapps.strategies.base import STRATEGIES, make_strategy
 
     if args.model:
         if args.adapter:
-            raise ConfigError("--adapter goes with --strategy lora (which names its base model), not --model")
+            raise ConfigError(
+                "--adapter goes with --strategy lora (which names its base model), not --model"
+            )
         return load_local_model(args.model, batch_size=args.batch_size)
     fields = STRATEGIES.get(args.strategy).config_class.model_fields
     if args.adapter and "adapter" not in fields:
-        raise ConfigError(f"the {args.strategy!r} strategy takes no adapter; use --strategy lora --adapter DIR")
+        raise ConfigError(
+            f"the {args.strategy!r} strategy takes no adapter; use --strategy lora --adapter DIR"
+        )
     strategy = make_strategy(args.strategy, **strategy_options(args.strategy, args))
     lm = strategy.scoring_model()
     if lm is None:
-        raise ConfigError(f"the {args.strategy!r} strategy has no local model to serve; "
-                          "use zero-shot, few-shot, lora or --model")
+        raise ConfigError(
+            f"the {args.strategy!r} strategy has no local model to serve; "
+            "use zero-shot, few-shot, lora or --model"
+        )
     return lm
 
 
@@ -65,11 +74,19 @@ def server_settings(args: argparse.Namespace) -> Any:
     from llmapps.settings import ServerSettings, get_settings
 
     base = get_settings().service.server
-    flags = {"host": args.host, "port": args.port, "max_batch": args.max_batch,
-             "batch_wait_ms": args.batch_wait_ms, "max_concurrent": args.max_concurrent,
-             "max_tokens": args.max_tokens_limit, "max_body_bytes": args.max_body_bytes}
+    flags = {
+        "host": args.host,
+        "port": args.port,
+        "max_batch": args.max_batch,
+        "batch_wait_ms": args.batch_wait_ms,
+        "max_concurrent": args.max_concurrent,
+        "max_tokens": args.max_tokens_limit,
+        "max_body_bytes": args.max_body_bytes,
+    }
     try:
-        return ServerSettings(**{**base.model_dump(), **{k: v for k, v in flags.items() if v is not None}})
+        return ServerSettings(
+            **{**base.model_dump(), **{k: v for k, v in flags.items() if v is not None}}
+        )
     except ValidationError as err:
         raise config_error_from_validation("serve options", err) from err
 
@@ -89,8 +106,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     app = create_app(lm, server, model_name=name)
     sock = bind_socket(server.host, server.port)
     port = sock.getsockname()[1]
-    print(f"serving {name!r} at http://{server.host}:{port}/v1 "
-          f"({'API key required' if server.api_key else 'no API key'}); Ctrl-C stops",
-          file=sys.stderr, flush=True)
+    print(
+        f"serving {name!r} at http://{server.host}:{port}/v1 "
+        f"({'API key required' if server.api_key else 'no API key'}); Ctrl-C stops",
+        file=sys.stderr,
+        flush=True,
+    )
     _uvicorn_server(app).run(sockets=[sock])
     return 0

@@ -48,7 +48,9 @@ def bind_socket(host: str, port: int) -> socket.socket:
         sock.bind((host, port))
     except OSError as err:
         sock.close()
-        raise ConfigError(f"cannot listen on {host}:{port}: {err}; pick another --port (0: any free)") from err
+        raise ConfigError(
+            f"cannot listen on {host}:{port}: {err}; pick another --port (0: any free)"
+        ) from err
     sock.listen(128)
     return sock
 
@@ -60,12 +62,15 @@ def _uvicorn_server(app: FastAPI, **config: Any) -> Any:
 
 
 @contextlib.contextmanager
-def serve_in_thread(app: FastAPI, host: str = "127.0.0.1", port: int = 0,
-                    startup_timeout: float = 60.0) -> Iterator[str]:
+def serve_in_thread(
+    app: FastAPI, host: str = "127.0.0.1", port: int = 0, startup_timeout: float = 60.0
+) -> Iterator[str]:
     """Serve ``app`` from a background thread for the length of the block; yields ``http://host:port``."""
     sock = bind_socket(host, port)
     server = _uvicorn_server(app)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="llmapps-serve", daemon=True)
+    thread = threading.Thread(
+        target=server.run, kwargs={"sockets": [sock]}, name="llmapps-serve", daemon=True
+    )
     thread.start()
     deadline = time.monotonic() + startup_timeout
     while not server.started:

@@ -1,4 +1,4 @@
-"""``service``: any OpenAI-compatible chat endpoint (OpenAI, vLLM, llama.cpp, Ollama, ``llmapps serve``).
+"""``service``: an OpenAI-compatible chat endpoint (OpenAI, vLLM, llama.cpp, Ollama, llmapps serve).
 
 The seed's third path. The endpoint, model and key come from settings (``LLMAPPS_SERVICE__*``,
 ``OPENAI_API_KEY``) or the strategy's options; calls go through ``ServiceChatModel``, which adds
@@ -20,7 +20,7 @@ from llmapps.strategies.base import Strategy, StrategyConfig
 if TYPE_CHECKING:
     from langchain_core.runnables import Runnable
 
-    from llmapps.service.chat import ServiceChatModel, ServiceStats
+    from llmapps.service.chat import ServiceChatModel
     from llmapps.settings import Settings
     from llmapps.tasks import Task
 
@@ -33,8 +33,12 @@ class ServiceStrategyConfig(StrategyConfig):
     kind: Literal["service"] = "service"
     base_url: str | None = Field(None, description="API root, e.g. http://127.0.0.1:8000/v1")
     model: str | None = None
-    api_key: SecretStr | None = Field(None, exclude=True, repr=False,
-                                      description="default: LLMAPPS_SERVICE__API_KEY or OPENAI_API_KEY")
+    api_key: SecretStr | None = Field(
+        None,
+        exclude=True,
+        repr=False,
+        description="default: LLMAPPS_SERVICE__API_KEY or OPENAI_API_KEY",
+    )
     max_new_tokens: int | None = Field(None, ge=1, description="default: the task's budget")
     temperature: float = Field(0.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
@@ -57,7 +61,9 @@ class ServiceStrategy(Strategy):
     name = "service"
     config_class = ServiceStrategyConfig
     summary = "chat model behind an OpenAI-compatible API (OpenAI, vLLM, Ollama, llmapps serve)"
-    requires = "an endpoint (LLMAPPS_SERVICE__BASE_URL) and key (OPENAI_API_KEY); offline: llmapps serve"
+    requires = (
+        "an endpoint (LLMAPPS_SERVICE__BASE_URL) and key (OPENAI_API_KEY); offline: llmapps serve"
+    )
     config: ServiceStrategyConfig
 
     def __init__(self, config: ServiceStrategyConfig | None = None, **options: Any) -> None:
@@ -76,7 +82,9 @@ class ServiceStrategy(Strategy):
                 total[k] = total.get(k, 0) + v
         return total
 
-    def chat_model(self, max_new_tokens: int, response_format: dict[str, Any] | None = None) -> ServiceChatModel:
+    def chat_model(
+        self, max_new_tokens: int, response_format: dict[str, Any] | None = None
+    ) -> ServiceChatModel:
         """The configured ``ServiceChatModel`` (settings fill what the options leave open)."""
         from llmapps.errors import ConfigError
         from llmapps.service.chat import ServiceChatModel
@@ -95,7 +103,9 @@ class ServiceStrategy(Strategy):
                 )
             key = SecretStr("no-key")  # self-hosted endpoints without auth still want a header
         use_cache = s.cache if c.cache is None else c.cache
-        cache_path = c.cache_path or str(s.cache_path or get_settings().home / "service-cache.sqlite")
+        cache_path = c.cache_path or str(
+            s.cache_path or get_settings().home / "service-cache.sqlite"
+        )
         model = ServiceChatModel(
             model=c.model or s.model,
             base_url=base_url,
@@ -103,7 +113,7 @@ class ServiceStrategy(Strategy):
             temperature=c.temperature,
             top_p=c.top_p,
             seed=c.seed,
-            max_tokens=max_new_tokens,
+            max_tokens=max_new_tokens,  # type: ignore[call-arg]  # ChatOpenAI alias
             timeout=c.timeout or s.timeout,
             retries=s.max_retries if c.max_retries is None else c.max_retries,
             rpm=c.rpm or s.rpm,
@@ -125,8 +135,14 @@ class ServiceStrategy(Strategy):
     def build(self, task: Task) -> Runnable[dict[str, Any], Any]:
         fmt = None
         if task.json_schema:
-            fmt = {"type": "json_schema",
-                   "json_schema": {"name": _schema_name(task), "schema": task.json_schema, "strict": False}}
+            fmt = {
+                "type": "json_schema",
+                "json_schema": {
+                    "name": _schema_name(task),
+                    "schema": task.json_schema,
+                    "strict": False,
+                },
+            }
         llm = self.chat_model(self.config.max_new_tokens or task.max_new_tokens, fmt)
         return (task.chat | llm).with_config(
             run_name=f"service:{task.name}", max_concurrency=self.max_concurrency
@@ -135,7 +151,7 @@ class ServiceStrategy(Strategy):
     @classmethod
     @contextlib.contextmanager
     def demo_options(cls, settings: Settings) -> Iterator[dict[str, Any] | None]:
-        """A configured endpoint as is; otherwise ``llmapps serve`` with the instruct model on loopback."""
+        """A configured endpoint as is; else ``llmapps serve`` (instruct model) on loopback."""
         if settings.service.base_url:
             yield {}
             return
@@ -146,7 +162,12 @@ class ServiceStrategy(Strategy):
         key = secrets.token_urlsafe(24)
         name = settings.instruct_model
         with serve_model(name, api_key=key, settings=settings) as url:
-            yield {"base_url": f"{url}/v1", "model": name, "api_key": SecretStr(key), "cache": False}
+            yield {
+                "base_url": f"{url}/v1",
+                "model": name,
+                "api_key": SecretStr(key),
+                "cache": False,
+            }
 
 
 def _schema_name(task: Task) -> str:
