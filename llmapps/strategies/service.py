@@ -133,6 +133,8 @@ class ServiceStrategy(Strategy):
         return self.config.max_concurrency or get_settings().service.max_concurrency
 
     def build(self, task: Task) -> Runnable[dict[str, Any], Any]:
+        from langchain_core.runnables import RunnableLambda
+
         fmt = None
         if task.json_schema:
             fmt = {
@@ -144,7 +146,12 @@ class ServiceStrategy(Strategy):
                 },
             }
         llm = self.chat_model(self.config.max_new_tokens or task.max_new_tokens, fmt)
-        return (task.chat | llm).with_config(
+        stop = list(task.stop)
+        # OpenAI takes at most 4 stop sequences: send 4, cut at any further ones on arrival
+        gen: Runnable[Any, Any] = task.chat | (llm.bind(stop=stop[:4]) if stop else llm)
+        if len(stop) > 4:
+            gen = gen | RunnableLambda(lambda m: _cut(m, stop[4:]), name="stop")
+        return gen.with_config(
             run_name=f"service:{task.name}", max_concurrency=self.max_concurrency
         )
 
@@ -168,6 +175,13 @@ class ServiceStrategy(Strategy):
                 "api_key": SecretStr(key),
                 "cache": False,
             }
+
+
+def _cut(message: Any, stop: list[str]) -> Any:
+    from llmapps.models.local import cut_at_stop
+
+    text, hit = cut_at_stop(str(message.content), stop)
+    return message.model_copy(update={"content": text}) if hit else message
 
 
 def _schema_name(task: Task) -> str:
