@@ -274,3 +274,23 @@ def test_serve_command_end_to_end(tiny_instruct: str) -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_service_chat_model_streams_and_awaits_against_the_server(served: dict[str, Any]) -> None:
+    import asyncio
+
+    from llmapps.service.chat import ServiceChatModel
+
+    llm = ServiceChatModel(
+        model="tiny-instruct",
+        base_url=f"{served['url']}/v1",
+        api_key=KEY,
+        max_tokens=8,
+        temperature=0,
+        retries=0,
+    )
+    whole = llm.invoke("Tell me the news.").content
+    streamed = "".join(str(c.content) for c in llm.stream("Tell me the news."))
+    assert streamed == whole
+    assert asyncio.run(llm.ainvoke("Tell me the news.")).content == whole
+    assert llm.stats.calls == 3 and llm.stats.failures == 0
