@@ -227,6 +227,10 @@ def test_serve_cli_refuses_open_host_without_key(capsys: pytest.CaptureFixture[s
 
     assert main(["serve", "--host", "0.0.0.0"]) == 2
     assert "without an API key" in capsys.readouterr().err
+    assert main(["serve", "--strategy", "zero-shot", "--adapter", "/no/such/adapter"]) == 2
+    assert "use --strategy lora --adapter DIR" in capsys.readouterr().err
+    assert main(["serve", "--strategy", "service"]) == 2
+    assert "no local model to serve" in capsys.readouterr().err
 
 
 def test_serve_command_end_to_end(tiny_instruct: str) -> None:

@@ -25,7 +25,8 @@ def register(subparsers: Any) -> None:
         "Set LLMAPPS_SERVICE__SERVER__API_KEY to require 'Authorization: Bearer <key>'.",
     )
     add_strategy_flags(p)
-    p.set_defaults(strategy="zero-shot", func=cmd_serve)
+    # default: zero-shot, or lora when --adapter names an adapter folder
+    p.set_defaults(strategy=None, func=cmd_serve)
     p.add_argument("--model", help="hub id or directory to serve instead of the strategy's model")
     p.add_argument(
         "--served-model-name", help="the id clients send as 'model' (default: the model's name)"
@@ -51,6 +52,8 @@ def resolve_model(args: argparse.Namespace) -> Any:
                 "--adapter goes with --strategy lora (which names its base model), not --model"
             )
         return load_local_model(args.model, batch_size=args.batch_size)
+    if args.strategy is None:
+        args.strategy = "lora" if args.adapter else "zero-shot"
     fields = STRATEGIES.get(args.strategy).config_class.model_fields
     if args.adapter and "adapter" not in fields:
         raise ConfigError(
