@@ -70,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("-n", type=int, default=32, help="prompts")
     ap.add_argument("--words", type=int, default=160, help="article words per prompt (at most)")
     ap.add_argument("--max-new-tokens", type=int, default=48)
-    ap.add_argument("--batch-size", type=int, default=16, help="ours, and peer (b)'s")
+    ap.add_argument("--batch-size", type=int, default=None,
+                    help="ours, and peer (b)'s (default: settings.generation.batch_size)")
     ap.add_argument("--repeats", type=int, default=3, help="median of this many timed runs")
     ap.add_argument("--device", default=None)
     ap.add_argument("--out", type=Path, default=RESULTS)
@@ -87,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
 
     console = Console(width=max(120, Console().width))
     lm = load_local_model(args.model, device=args.device, batch_size=args.batch_size)
+    args.batch_size = lm.batch_size
     prompts, stops = build_prompts(args.n, args.words, lm)
     tok = lm.tokenizer
     console.print(
