@@ -70,8 +70,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("-n", type=int, default=32, help="prompts")
     ap.add_argument("--words", type=int, default=160, help="article words per prompt (at most)")
     ap.add_argument("--max-new-tokens", type=int, default=48)
-    ap.add_argument("--batch-size", type=int, default=None,
-                    help="ours, and peer (b)'s (default: settings.generation.batch_size)")
+    ap.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="ours, and peer (b)'s (default: settings.generation.batch_size)",
+    )
     ap.add_argument("--repeats", type=int, default=3, help="median of this many timed runs")
     ap.add_argument("--device", default=None)
     ap.add_argument("--out", type=Path, default=RESULTS)
@@ -94,26 +98,38 @@ def main(argv: list[str] | None = None) -> int:
     console.print(
         f"model {args.model} on {lm.device}, {args.n} prompts "
         f"({min(map(lm.count_tokens, prompts))}-{max(map(lm.count_tokens, prompts))} tokens), "
-        f"max_new_tokens={args.max_new_tokens}, stops={stops}, torch threads={torch.get_num_threads()}"
+        f"max_new_tokens={args.max_new_tokens}, stops={stops}, "
+        f"torch threads={torch.get_num_threads()}"
     )
 
     ours_llm = LocalLLM.from_local(lm, max_new_tokens=args.max_new_tokens, temperature=0.0)
-    gen = {"max_new_tokens": args.max_new_tokens, "do_sample": False, "temperature": None,
-           "top_p": None, "top_k": None, "pad_token_id": tok.pad_token_id}
+    gen = {
+        "max_new_tokens": args.max_new_tokens,
+        "do_sample": False,
+        "temperature": None,
+        "top_p": None,
+        "top_k": None,
+        "pad_token_id": tok.pad_token_id,
+    }
     stop_kwargs = {"stop_strings": stops, "tokenizer": tok}
 
     def peer(batch_size: int | None) -> HuggingFacePipeline:
         extra = {"batch_size": batch_size} if batch_size else {}
-        pipe = pipeline("text-generation", model=lm.model, tokenizer=tok, return_full_text=False,
-                        **gen, **extra)
-        return HuggingFacePipeline(pipeline=pipe, **({"batch_size": batch_size} if batch_size else {}))
+        pipe = pipeline(
+            "text-generation", model=lm.model, tokenizer=tok, return_full_text=False, **gen, **extra
+        )
+        return HuggingFacePipeline(
+            pipeline=pipe, **({"batch_size": batch_size} if batch_size else {})
+        )
 
     runs = {
         "ours: LocalLLM.batch": lambda: ours_llm.batch(prompts, stop=stops),
         "(a) HuggingFacePipeline .batch() default": (
-            lambda p=peer(None): p.batch(prompts, pipeline_kwargs=stop_kwargs)),
+            lambda p=peer(None): p.batch(prompts, pipeline_kwargs=stop_kwargs)
+        ),
         f"(b) HuggingFacePipeline batch_size={args.batch_size}": (
-            lambda p=peer(args.batch_size): p.batch(prompts, pipeline_kwargs=stop_kwargs)),
+            lambda p=peer(args.batch_size): p.batch(prompts, pipeline_kwargs=stop_kwargs)
+        ),
     }
     ours_llm.batch(prompts[:4], stop=stops)  # warm-up (allocator, kernels) before timing
 
@@ -125,14 +141,23 @@ def main(argv: list[str] | None = None) -> int:
         cut = [cut_at_stop(o, stops)[0] for o in outs]
         texts[name] = cut
         n_tokens = sum(len(tok(t, add_special_tokens=False)["input_ids"]) for t in cut)
-        measured[name] = {"seconds": round(secs, 4), "output_tokens": n_tokens,
-                          "tokens_per_s": round(n_tokens / secs, 2)}
+        measured[name] = {
+            "seconds": round(secs, 4),
+            "output_tokens": n_tokens,
+            "tokens_per_s": round(n_tokens / secs, 2),
+        }
 
     names = list(runs)
     ours, ref = names[0], names[1]
     table = Table(title=f"greedy generation, {args.n} prompts, {lm.device}")
-    for col in ("run", "seconds (median)", "output tokens", "tokens/s", "ours is x faster",
-                "identical to (a)"):
+    for col in (
+        "run",
+        "seconds (median)",
+        "output tokens",
+        "tokens/s",
+        "ours is x faster",
+        "identical to (a)",
+    ):
         table.add_column(col)
     ref_ids = [tok(t, add_special_tokens=False)["input_ids"] for t in texts[ref]]
     for name in names:
@@ -140,20 +165,38 @@ def main(argv: list[str] | None = None) -> int:
         ids = [tok(t, add_special_tokens=False)["input_ids"] for t in texts[name]]
         same = sum(a == b for a, b in zip(ids, ref_ids, strict=True))
         m["identical_to_a"] = same
-        ratio = measured[ours]["tokens_per_s"] / m["tokens_per_s"] if m["tokens_per_s"] else float("nan")
+        ratio = (
+            measured[ours]["tokens_per_s"] / m["tokens_per_s"]
+            if m["tokens_per_s"]
+            else float("nan")
+        )
         m["ours_speedup"] = round(ratio, 2)
-        table.add_row(name, f"{m['seconds']:.3f}", str(m["output_tokens"]), f"{m['tokens_per_s']:.1f}",
-                      "-" if name == ours else f"{ratio:.2f}x", f"{same}/{len(ids)}")
+        table.add_row(
+            name,
+            f"{m['seconds']:.3f}",
+            str(m["output_tokens"]),
+            f"{m['tokens_per_s']:.1f}",
+            "-" if name == ours else f"{ratio:.2f}x",
+            f"{same}/{len(ids)}",
+        )
     console.print(table)
     vs_a = measured[names[1]]["ours_speedup"]
     vs_b = measured[names[2]]["ours_speedup"]
-    console.print(f"targets: >= 6x vs (a): {vs_a:.2f}x {'met' if vs_a >= 6 else 'NOT met'}; "
-                  f">= 1.5x vs (b): {vs_b:.2f}x {'met' if vs_b >= 1.5 else 'NOT met'}; "
-                  f"token-identical ours vs (a): {measured[ours]['identical_to_a']}/{args.n}")
+    console.print(
+        f"targets: >= 6x vs (a): {vs_a:.2f}x {'met' if vs_a >= 6 else 'NOT met'}; "
+        f">= 1.5x vs (b): {vs_b:.2f}x {'met' if vs_b >= 1.5 else 'NOT met'}; "
+        f"token-identical ours vs (a): {measured[ours]['identical_to_a']}/{args.n}"
+    )
     result = {
-        "config": {**vars(args), "out": str(args.out), "stops": stops, "device": lm.device,
-                   "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-                   "platform": platform.platform()},
+        "config": {
+            **vars(args),
+            "out": str(args.out),
+            "stops": stops,
+            "device": lm.device,
+            "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "platform": platform.platform(),
+        },
         "runs": measured,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

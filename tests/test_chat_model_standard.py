@@ -16,7 +16,13 @@ from langchain_tests.unit_tests import ChatModelUnitTests
 
 from llmapps.models.langchain_local import ChatLocal
 
-TINY_INSTRUCT = Path(__file__).resolve().parent.parent / ".pytest_cache" / "llmapps-home" / "models" / "tiny-instruct"
+TINY_INSTRUCT = (
+    Path(__file__).resolve().parent.parent
+    / ".pytest_cache"
+    / "llmapps-home"
+    / "models"
+    / "tiny-instruct"
+)
 
 
 class _Capabilities:

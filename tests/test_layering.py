@@ -39,8 +39,11 @@ def test_core_files_found() -> None:
 
 @pytest.mark.parametrize("path", CORE_FILES, ids=[str(p.relative_to(ROOT)) for p in CORE_FILES])
 def test_core_never_imports_apps_prompts_or_finetune(path: Path) -> None:
-    bad = [f"{path.relative_to(ROOT)}:{line}: imports {mod}"
-           for line, mod in _imported_modules(path) if mod.split(".")[0] in FORBIDDEN]
+    bad = [
+        f"{path.relative_to(ROOT)}:{line}: imports {mod}"
+        for line, mod in _imported_modules(path)
+        if mod.split(".")[0] in FORBIDDEN
+    ]
     assert not bad, "llmapps/ must find apps through entry points, not imports:\n" + "\n".join(bad)
 
 

@@ -47,9 +47,16 @@ def random_model_dir(tiny_base: str, tmp_path_factory: pytest.TempPathFactory) -
     tok = AutoTokenizer.from_pretrained(tiny_base)
     torch.manual_seed(1234)
     cfg = LlamaConfig(
-        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=256,
-        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=256,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
     )
     model = LlamaForCausalLM(cfg)
     model.save_pretrained(out)
@@ -91,7 +98,9 @@ def test_batched_equals_one_by_one_greedy(lm: LocalModel) -> None:
     assert all(o.completion_tokens == 12 and o.finish_reason == "length" for o in batched)
 
 
-def test_left_padding_and_length_sorted_batches_keep_order(lm: LocalModel, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_left_padding_and_length_sorted_batches_keep_order(
+    lm: LocalModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import torch
 
     seen: list[tuple[torch.Tensor, torch.Tensor]] = []
@@ -127,8 +136,10 @@ def test_prompt_is_never_echoed(lm: LocalModel) -> None:
     (out,) = lm.generate([prompt], GenerationParams(max_new_tokens=8))
     ids = lm.tokenizer(prompt, return_tensors="pt")
     with torch.inference_mode():
-        full = lm.model.generate(**ids, max_new_tokens=8, do_sample=False, pad_token_id=lm.tokenizer.pad_token_id)
-    expected = lm.tokenizer.decode(full[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+        full = lm.model.generate(
+            **ids, max_new_tokens=8, do_sample=False, pad_token_id=lm.tokenizer.pad_token_id
+        )
+    expected = lm.tokenizer.decode(full[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
     assert out.text == expected
     assert prompt not in out.text
 
@@ -152,7 +163,9 @@ def test_stop_strings_end_each_row_on_its_own(lm: LocalModel) -> None:
     assert stopped[0].finish_reason == "stop" and stopped[0].completion_tokens < 16
 
 
-def test_long_prompt_is_truncated_with_a_warning(lm: LocalModel, caplog: pytest.LogCaptureFixture) -> None:
+def test_long_prompt_is_truncated_with_a_warning(
+    lm: LocalModel, caplog: pytest.LogCaptureFixture
+) -> None:
     long_prompt = " ".join(["word"] * 400)
     with caplog.at_level(logging.WARNING, logger="llmapps.models.local"):
         outs = lm.generate([long_prompt, "Short"], GenerationParams(max_new_tokens=8))
@@ -162,7 +175,9 @@ def test_long_prompt_is_truncated_with_a_warning(lm: LocalModel, caplog: pytest.
 
 
 def test_budget_larger_than_context_is_an_input_error(lm: LocalModel) -> None:
-    with pytest.raises(InputError, match=r"max_new_tokens=300 leaves no room for a prompt in the 256-token context"):
+    with pytest.raises(
+        InputError, match=r"max_new_tokens=300 leaves no room for a prompt in the 256-token context"
+    ):
         lm.generate(["x"], GenerationParams(max_new_tokens=300))
 
 
@@ -178,13 +193,15 @@ def test_unknown_dtype_is_rejected() -> None:
 
 
 def test_directory_without_weights_is_a_clear_error(tmp_path: Path) -> None:
-    with pytest.raises(ModelNotFoundError, match="holds no config.json"):
+    with pytest.raises(ModelNotFoundError, match=r"holds no config\.json"):
         resolve_model_path(str(tmp_path))
 
 
 def test_missing_hub_model_offline_says_how_to_fix(tmp_path: Path) -> None:
     settings = load_settings(offline=True, home=tmp_path)
-    with pytest.raises(ModelNotFoundError, match=r"cannot load the model 'no-org/no-such-model-xyz'.*hf download"):
+    with pytest.raises(
+        ModelNotFoundError, match=r"cannot load the model 'no-org/no-such-model-xyz'.*hf download"
+    ):
         load_local_model("no-org/no-such-model-xyz", settings=settings)
 
 
@@ -198,12 +215,17 @@ def test_copied_model_dir_loads_like_any_hf_dir(random_model_dir: str, tmp_path:
     copy = tmp_path / "copy"
     shutil.copytree(random_model_dir, copy)
     other = load_local_model(str(copy), device="cpu", dtype="float32")
-    assert other.generate(["Rain"], GenerationParams(max_new_tokens=5))[0].text == \
-        load_local_model(random_model_dir, device="cpu", dtype="float32").generate(
-            ["Rain"], GenerationParams(max_new_tokens=5))[0].text
+    assert (
+        other.generate(["Rain"], GenerationParams(max_new_tokens=5))[0].text
+        == load_local_model(random_model_dir, device="cpu", dtype="float32")
+        .generate(["Rain"], GenerationParams(max_new_tokens=5))[0]
+        .text
+    )
 
 
-def test_local_llm_batch_is_one_batched_call(random_model_dir: str, lm: LocalModel, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_local_llm_batch_is_one_batched_call(
+    random_model_dir: str, lm: LocalModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from llmapps.models.langchain_local import LocalLLM
 
     llm = LocalLLM.from_local(lm, max_new_tokens=8)

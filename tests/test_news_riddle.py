@@ -41,10 +41,14 @@ def test_parser_never_raises_and_marks_malformed_invalid(text: str) -> None:
 
 
 def test_parser_reads_labels_leading_field_and_json() -> None:
-    labelled = parse_fields(" The town built a bridge.\n[Riddle]: I span the water.\n[Answer]: a bridge.\n")
+    labelled = parse_fields(
+        " The town built a bridge.\n[Riddle]: I span the water.\n[Answer]: a bridge.\n"
+    )
     assert labelled["valid"] and labelled["summary"] == "The town built a bridge."
     assert (labelled["riddle"], labelled["answer"]) == ("I span the water.", "a bridge")
-    chat = parse_fields("Summary: A vote.\n**Riddle**: Hands go up.\nAnswer: an election\nextra line")
+    chat = parse_fields(
+        "Summary: A vote.\n**Riddle**: Hands go up.\nAnswer: an election\nextra line"
+    )
     assert chat["valid"] and chat["answer"] == "an election"
     as_json = parse_fields('{"summary": "s", "riddle": "r", "answer": "a"} trailing')
     assert as_json["valid"] and as_json["answer"] == "a"
@@ -67,7 +71,9 @@ def _articles(test_articles: list[dict[str, Any]], n: int) -> list[dict[str, Any
 
 def test_two_step_variant(tiny_models: Path, test_articles: list[dict[str, Any]]) -> None:
     for strategy in ("few-shot", "zero-shot"):
-        chain = load_chain("news-riddle", strategy, app_options={"variant": "two-step"}, max_new_tokens=12)
+        chain = load_chain(
+            "news-riddle", strategy, app_options={"variant": "two-step"}, max_new_tokens=12
+        )
         arts = _articles(test_articles, 2)
         results = chain.batch(arts)
         assert len(results) == 2
@@ -78,11 +84,15 @@ def test_two_step_variant(tiny_models: Path, test_articles: list[dict[str, Any]]
 
 
 def test_unknown_variant(tiny_models: Path) -> None:
-    with pytest.raises(InputError, match="unknown news-riddle variant 'three-step'; use one-step or two-step"):
+    with pytest.raises(
+        InputError, match="unknown news-riddle variant 'three-step'; use one-step or two-step"
+    ):
         load_chain("news-riddle", "few-shot", app_options={"variant": "three-step"})
 
 
-def test_long_article_is_truncated_with_a_warning(tiny_models: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_long_article_is_truncated_with_a_warning(
+    tiny_models: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     words = " ".join(f"word{i % 50}" for i in range(3000))
     chain = load_chain("news-riddle", "zero-shot", max_new_tokens=8)
     with caplog.at_level(logging.WARNING):
@@ -124,7 +134,9 @@ def test_read_articles_from_text_files_and_folders(tmp_path: Path) -> None:
         news_data.read_articles(tmp_path / "nope.jsonl")
 
 
-def test_bundled_data_reports_bad_rows_with_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bundled_data_reports_bad_rows_with_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     src = news_data.data_dir()
     lines = (src / "articles.jsonl").read_text().splitlines()
     lines[1] = lines[1].replace('"beat": "', '"beat": "gossip-')
@@ -132,7 +144,9 @@ def test_bundled_data_reports_bad_rows_with_line(tmp_path: Path, monkeypatch: py
     for name in ("riddles.jsonl", "splits.json"):
         (tmp_path / name).write_text((src / name).read_text())
     monkeypatch.setenv("LLMAPPS_DATA_DIR", str(tmp_path))
-    with pytest.raises(InputError, match=rf"{tmp_path / 'articles.jsonl'}:2: beat: Input should be"):
+    with pytest.raises(
+        InputError, match=rf"{tmp_path / 'articles.jsonl'}:2: beat: Input should be"
+    ):
         news_data.samples("test")
 
 

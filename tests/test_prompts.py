@@ -35,30 +35,40 @@ def test_prompt_files_exist() -> None:
 
 
 def test_unknown_prompt_lists_known_ones() -> None:
-    with pytest.raises(ConfigError, match=r"no prompt file 'news_riddle/nope'; known: .*news_riddle/one_step"):
+    with pytest.raises(
+        ConfigError, match=r"no prompt file 'news_riddle/nope'; known: .*news_riddle/one_step"
+    ):
         load_task("news_riddle/nope")
 
 
 def test_inconsistent_prompt_reports_every_problem(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text(
-        "name: bad\ninput_variables: [text]\noutput_variables: [summary]\ntruncate_variable: title\n"
-        "completion:\n  prefix: 'Hi {who}'\n  example_template: '{text} {oops}'\n  suffix: '{title}'\n"
+        "name: bad\ninput_variables: [text]\noutput_variables: [summary]\n"
+        "truncate_variable: title\ncompletion:\n  prefix: 'Hi {who}'\n"
+        "  example_template: '{text} {oops}'\n  suffix: '{title}'\n"
         "chat:\n  - role: user\n    content: 'Summarise'\n"
     )
     with pytest.raises(ConfigError) as info:
         validate_prompt_file(bad)
     msg = str(info.value)
     assert str(bad) in msg
-    for part in ("completion.suffix", "example_template uses unknown ['oops']", "prefix must not use variables",
-                 "chat messages use", "truncate_variable 'title'"):
+    for part in (
+        "completion.suffix",
+        "example_template uses unknown ['oops']",
+        "prefix must not use variables",
+        "chat messages use",
+        "truncate_variable 'title'",
+    ):
         assert part in msg
 
 
 def test_schema_errors_name_the_field(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: x\ninput_variables: [a]\noutput_variables: [b]\nchat: []\nextra_key: 1\n")
-    with pytest.raises(ConfigError, match=r"(?s)invalid prompt file:.*completion: Field required.*extra_key"):
+    with pytest.raises(
+        ConfigError, match=r"(?s)invalid prompt file:.*completion: Field required.*extra_key"
+    ):
         validate_prompt_file(bad)
 
 
@@ -70,5 +80,7 @@ def test_not_yaml(tmp_path: Path) -> None:
 
 
 def test_examples_missing_fields_are_rejected() -> None:
-    with pytest.raises(ConfigError, match=r"example 0 for news-riddle lacks \['answer', 'riddle'\]"):
+    with pytest.raises(
+        ConfigError, match=r"example 0 for news-riddle lacks \['answer', 'riddle'\]"
+    ):
         load_task("news_riddle/one_step", [{"title": "t", "text": "x", "summary": "s"}])

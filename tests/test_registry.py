@@ -59,9 +59,13 @@ def test_unknown_name_suggests_close_matches_and_lists_all() -> None:
     reg: Registry[object] = Registry("widget")
     reg.register("few-shot", object())
     reg.register("zero-shot", object())
-    with pytest.raises(UnknownComponentError, match=r"Did you mean 'few-shot'.*Known: few-shot, zero-shot"):
+    with pytest.raises(
+        UnknownComponentError, match=r"Did you mean 'few-shot'.*Known: few-shot, zero-shot"
+    ):
         reg.get("fewshot")
-    with pytest.raises(UnknownComponentError, match=r"unknown widget 'qqq'\. Known: few-shot, zero-shot"):
+    with pytest.raises(
+        UnknownComponentError, match=r"unknown widget 'qqq'\. Known: few-shot, zero-shot"
+    ):
         reg.get("qqq")
 
 
@@ -84,5 +88,7 @@ def test_two_packages_claiming_one_name_is_an_error(monkeypatch: pytest.MonkeyPa
     ]
     monkeypatch.setattr(registry_module, "entry_points", lambda group: eps)
     reg: Registry[object] = Registry("widget", group="llmapps.test-group")
-    with pytest.raises(ConfigError, match="two packages register the widget 'dup': pkg_a:Thing and pkg_b:Thing"):
+    with pytest.raises(
+        ConfigError, match="two packages register the widget 'dup': pkg_a:Thing and pkg_b:Thing"
+    ):
         reg.names()

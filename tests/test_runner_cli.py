@@ -1,5 +1,6 @@
 """``llmapps run`` (incremental JSONL, resume, torn last line) and the CLI's manners: one-line
-errors with exit codes, ``--debug`` tracebacks, a ``--help`` that imports no torch, ``strategies``."""
+errors with exit codes, ``--debug`` tracebacks, a ``--help`` that imports no torch, and
+``strategies``."""
 
 from __future__ import annotations
 
@@ -17,7 +18,9 @@ from llmapps.runner import read_done, run_file
 
 
 def _write_inputs(path: Path, articles: list[dict[str, Any]]) -> None:
-    path.write_text("".join(json.dumps({k: a[k] for k in ("id", "title", "text")}) + "\n" for a in articles))
+    path.write_text(
+        "".join(json.dumps({k: a[k] for k in ("id", "title", "text")}) + "\n" for a in articles)
+    )
 
 
 def _rows(path: Path) -> list[dict[str, Any]]:
@@ -25,15 +28,33 @@ def _rows(path: Path) -> list[dict[str, Any]]:
 
 
 def test_run_writes_jsonl_and_rerun_skips_done(
-    tiny_models: Path, test_articles: list[dict[str, Any]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tiny_models: Path,
+    test_articles: list[dict[str, Any]],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     _write_inputs(inp, test_articles[:3])
-    args = ["run", "news-riddle", "-i", str(inp), "-o", str(out), "-q", "--max-new-tokens", "8", "--batch-size", "2"]
+    args = [
+        "run",
+        "news-riddle",
+        "-i",
+        str(inp),
+        "-o",
+        str(out),
+        "-q",
+        "--max-new-tokens",
+        "8",
+        "--batch-size",
+        "2",
+    ]
     assert main(args) == 0
     rows = _rows(out)
     assert [r["id"] for r in rows] == [a["id"] for a in test_articles[:3]]
-    assert all({"summary", "riddle", "answer", "valid", "latency_s", "output_tokens"} <= set(r) for r in rows)
+    assert all(
+        {"summary", "riddle", "answer", "valid", "latency_s", "output_tokens"} <= set(r)
+        for r in rows
+    )
     assert all(r["strategy"] == "few-shot" for r in rows)
     assert "3 done, 0 already in" in capsys.readouterr().err
 
@@ -81,24 +102,49 @@ def test_read_done_drops_only_a_torn_last_line(tmp_path: Path) -> None:
         read_done(out)
 
 
-def test_cli_error_is_one_line_with_exit_code(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code = main(["run", "news-riddle", "-i", str(tmp_path / "missing.jsonl"), "-o", str(tmp_path / "o.jsonl")])
+def test_cli_error_is_one_line_with_exit_code(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(
+        [
+            "run",
+            "news-riddle",
+            "-i",
+            str(tmp_path / "missing.jsonl"),
+            "-o",
+            str(tmp_path / "o.jsonl"),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2
     assert err.startswith("error: input ") and "does not exist" in err
     assert "Traceback" not in err and err.count("\n") == 1
     inp = tmp_path / "in.jsonl"
     inp.write_text(json.dumps({"id": "x", "title": "T", "text": "Body."}) + "\n")
-    code = main(["run", "news-riddle", "-s", "fewshot", "-i", str(inp), "-o", str(tmp_path / "o.jsonl")])
+    code = main(
+        ["run", "news-riddle", "-s", "fewshot", "-i", str(inp), "-o", str(tmp_path / "o.jsonl")]
+    )
     assert code == 2
     assert "Did you mean 'few-shot'" in capsys.readouterr().err
 
 
 def test_debug_shows_the_traceback(tmp_path: Path) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "llmapps.cli", "--debug", "run", "news-riddle", "-i", str(tmp_path / "missing.jsonl"),
-         "-o", str(tmp_path / "o.jsonl")],
-        capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "llmapps.cli",
+            "--debug",
+            "run",
+            "news-riddle",
+            "-i",
+            str(tmp_path / "missing.jsonl"),
+            "-o",
+            str(tmp_path / "o.jsonl"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode != 0
     assert "Traceback" in proc.stderr and "InputError" in proc.stderr
@@ -110,7 +156,8 @@ def test_help_imports_no_torch() -> None:
         "from llmapps.cli import main\n"
         "with contextlib.redirect_stdout(io.StringIO()):\n"
         "    try:\n        main(['--help'])\n    except SystemExit:\n        pass\n"
-        "heavy = sorted(m for m in ('torch', 'transformers', 'langchain_core', 'faiss') if m in sys.modules)\n"
+        "heavy = ('torch', 'transformers', 'langchain_core', 'faiss')\n"
+        "heavy = sorted(m for m in heavy if m in sys.modules)\n"
         "print(','.join(heavy))\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

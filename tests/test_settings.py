@@ -19,17 +19,29 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     assert s.models_dir == s.home / "models"
 
 
-def test_precedence_yaml_then_env_then_overrides(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_precedence_yaml_then_env_then_overrides(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     cfg = tmp_path / "config.yaml"
-    cfg.write_text("base_model: from-yaml\ninstruct_model: yaml-instruct\ngeneration:\n  batch_size: 3\n")
+    cfg.write_text(
+        "base_model: from-yaml\ninstruct_model: yaml-instruct\ngeneration:\n  batch_size: 3\n"
+    )
     monkeypatch.setenv("LLMAPPS_CONFIG", str(cfg))
     s = get_settings()
-    assert (s.base_model, s.instruct_model, s.generation.batch_size) == ("from-yaml", "yaml-instruct", 3)
+    assert (s.base_model, s.instruct_model, s.generation.batch_size) == (
+        "from-yaml",
+        "yaml-instruct",
+        3,
+    )
 
     monkeypatch.setenv("LLMAPPS_BASE_MODEL", "from-env")
     monkeypatch.setenv("LLMAPPS_GENERATION__BATCH_SIZE", "5")
     s = get_settings()
-    assert (s.base_model, s.instruct_model, s.generation.batch_size) == ("from-env", "yaml-instruct", 5)
+    assert (s.base_model, s.instruct_model, s.generation.batch_size) == (
+        "from-env",
+        "yaml-instruct",
+        5,
+    )
 
     s = load_settings(base_model="from-flag", instruct_model=None)
     assert (s.base_model, s.instruct_model) == ("from-flag", "yaml-instruct")
