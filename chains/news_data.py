@@ -18,9 +18,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from llmapps.errors import InputError, format_problems
+from llmapps import jsonl
+from llmapps.errors import InputError
 
 SPLITS = ("train", "validation", "test")
 
@@ -78,22 +79,7 @@ class Riddle(BaseModel):
 
 def read_jsonl(path: Path, model: type[BaseModel]) -> list[Any]:
     """Read and validate a JSONL file; every bad line is reported with its number."""
-    if not path.exists():
-        raise InputError(f"{path} does not exist")
-    rows, problems = [], []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            rows.append(model.model_validate(json.loads(line)))
-        except json.JSONDecodeError as err:
-            problems.append(f"{path}:{lineno}: not valid JSON ({err.msg})")
-        except ValidationError as err:
-            msgs = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'row'}: {e['msg']}" for e in err.errors())
-            problems.append(f"{path}:{lineno}: {msgs}")
-    if problems:
-        raise InputError(format_problems(f"{len(problems)} bad row(s) in {path}:", problems[:50]))
-    return rows
+    return jsonl.read_jsonl(path, model.model_validate)
 
 
 @lru_cache(maxsize=4)
@@ -161,23 +147,13 @@ def read_articles(path: Path) -> list[dict[str, Any]]:
             raise InputError(f"{path} holds no .jsonl, .txt or .md files")
         return [row for f in files for row in read_articles(f)]
     if path.suffix == ".jsonl":
-        rows, problems = [], []
-        for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                raw = json.loads(line)
-                if isinstance(raw, dict) and "id" not in raw:
-                    raw["id"] = _content_id(str(raw.get("title", "")), str(raw.get("text", "")))
-                rows.append(Article.model_validate(raw).model_dump())
-            except json.JSONDecodeError as err:
-                problems.append(f"{path}:{lineno}: not valid JSON ({err.msg})")
-            except ValidationError as err:
-                msgs = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'row'}: {e['msg']}" for e in err.errors())
-                problems.append(f"{path}:{lineno}: {msgs}")
-        if problems:
-            raise InputError(format_problems(f"{len(problems)} bad row(s) in {path} (fix or remove them):", problems[:50]))
-        return rows
+
+        def article(raw: dict[str, Any]) -> dict[str, Any]:
+            if "id" not in raw:
+                raw = {**raw, "id": _content_id(str(raw.get("title", "")), str(raw.get("text", "")))}
+            return Article.model_validate(raw).model_dump()
+
+        return jsonl.read_jsonl(path, article)
     lines = [ln for ln in path.read_text(encoding="utf-8").splitlines()]
     nonempty = [ln for ln in lines if ln.strip()]
     if len(nonempty) < 2:

@@ -14,12 +14,12 @@ Too long an example has its ``truncate_variable`` (the article text) shortened t
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from llmapps.errors import ConfigError, InputError, format_problems
+from llmapps.errors import ConfigError, InputError
+from llmapps.jsonl import read_jsonl
 
 if TYPE_CHECKING:
     from llmapps.tasks import Task
@@ -54,28 +54,14 @@ def read_examples(source: str, task: Task) -> list[dict[str, Any]]:
         return news_data.examples(source)
     if not path.exists():
         raise InputError(f"data file {path} does not exist")
-    rows: list[dict[str, Any]] = []
-    problems: list[str] = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            problems.append(f"{path}:{lineno}: not valid JSON ({err.msg})")
-            continue
-        if not isinstance(row, dict):
-            problems.append(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
-            continue
+
+    def example(row: dict[str, Any]) -> dict[str, Any]:
         bad = [k for k in needed if not isinstance(row.get(k), str) or not row[k].strip()]
         if bad:
-            problems.append(f"{path}:{lineno}: missing or empty {', '.join(bad)}")
-            continue
-        rows.append(row)
-    if problems:
-        raise InputError(format_problems(
-            f"{len(problems)} malformed row(s) in {path} (each needs {', '.join(needed)}):", problems[:50]
-        ))
+            raise InputError(f"missing or empty {', '.join(bad)} (each row needs {', '.join(needed)})")
+        return row
+
+    rows = read_jsonl(path, example, what="malformed row")
     if not rows:
         raise InputError(f"{path} holds no examples")
     return rows

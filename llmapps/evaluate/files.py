@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from llmapps.errors import InputError, format_problems
+from llmapps import jsonl
+from llmapps.errors import InputError
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -15,22 +15,13 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path} does not exist")
-    rows, problems = [], []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            problems.append(f"{path}:{n}: not valid JSON ({err.msg})")
-            continue
-        if not isinstance(row, dict) or "id" not in row:
-            problems.append(f"{path}:{n}: expected a JSON object with an 'id'")
-            continue
-        row["id"] = str(row["id"])
-        rows.append(row)
-    if problems:
-        raise InputError(format_problems(f"{len(problems)} bad line(s) in {path}:", problems[:20]))
+
+    def with_id(row: dict[str, Any]) -> dict[str, Any]:
+        if "id" not in row:
+            raise InputError("expected a JSON object with an 'id'")
+        return {**row, "id": str(row["id"])}
+
+    rows = jsonl.read_jsonl(path, with_id, what="bad line", max_listed=20)
     if not rows:
         raise InputError(f"{path} holds no rows")
     return rows

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from pathlib import Path
 from typing import Any
 
 from llmapps.ingest.extract import extract_page
 from llmapps.ingest.feeds import FeedError, RawEntry, parse_feed
 from llmapps.ingest.models import safe_http_url
+from llmapps.jsonl import parse_jsonl
 
 SUFFIXES = {
     ".jsonl": "jsonl",
@@ -81,18 +81,9 @@ def read_file(
     warnings: list[str] = []
     entries: list[RawEntry] = []
     if kind == "jsonl":
-        for lineno, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                warnings.append(f"line {lineno}: not valid JSON ({err.msg}): skipped")
-                continue
-            if not isinstance(row, dict):
-                warnings.append(f"line {lineno}: expected a JSON object: skipped")
-                continue
-            entries.append(_row_entry(row))
+        rows, problems = parse_jsonl(text, "")  # problems read ":LINE: reason"
+        warnings += [f"line {p[1:]}: skipped" for p in problems]
+        entries += [_row_entry(row) for _, row in rows]
     elif kind == "csv":
         for lineno, row in enumerate(csv.DictReader(io.StringIO(text)), start=2):
             if not any(row.values()):

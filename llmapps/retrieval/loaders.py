@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -56,18 +55,11 @@ def _llama_readers() -> dict[str, Any]:
         """One document per JSON line."""
 
         def load_data(self, file: Path, extra_info: dict | None = None, **_: Any) -> list[LlamaDocument]:
+            from llmapps.jsonl import parse_jsonl
+
             docs, problems = [], []
-            for lineno, line in enumerate(Path(file).read_text(encoding="utf-8").splitlines(), 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as err:
-                    problems.append(f"{file}:{lineno}: not valid JSON ({err.msg})")
-                    continue
-                if not isinstance(row, dict):
-                    problems.append(f"{file}:{lineno}: expected a JSON object")
-                    continue
+            parsed, problems = parse_jsonl(Path(file).read_text(encoding="utf-8"), str(file))
+            for lineno, row in parsed:
                 try:
                     meta = _row_to_meta(row, str(file), f"{file}:{lineno}")
                 except InputError as err:
