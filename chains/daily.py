@@ -35,6 +35,7 @@ from urllib.parse import quote, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from chains.news_riddle import defuse_delimiters
 from llmapps.errors import ConfigError, InputError
 from llmapps.ingest.models import NewsItem, SourceReport, safe_http_url
 
@@ -81,20 +82,6 @@ class Edition(BaseModel):
         default_factory=list, description="'<title>: <why>' per article not riddled"
     )
     sources: list[SourceReport] = Field(default_factory=list)
-
-
-_DELIMITER_RE = re.compile(r"<\s*/?\s*article\b[^>]*>", re.I)
-
-
-def defuse_delimiters(text: str) -> str:
-    """``text`` with look-alikes of the prompt's ``<article>``/``</article>`` delimiters defused.
-
-    The news-riddle prompt hands the article to chat models between those tags; an article that
-    contains ``</article>`` itself could otherwise end the data early and pose as instructions.
-    """
-    return _DELIMITER_RE.sub(
-        lambda m: m.group(0).replace("<", "\u2039").replace(">", "\u203a"), text
-    )
 
 
 def _as_article(a: NewsItem | dict[str, Any]) -> dict[str, Any]:

@@ -33,8 +33,23 @@ LABELS = ("summary", "riddle", "answer")
 _LABEL_RE = re.compile(r"^\s*(?:\[|\*\*)?\s*(summary|riddle|answer)\s*(?:\d+)?\s*(?:\]|\*\*)?\s*:\s*", re.I | re.M)
 
 
+_DELIMITER_RE = re.compile(r"<\s*/?\s*article\b[^>]*>", re.I)
+
+
+def defuse_delimiters(text: str) -> str:
+    """``text`` with look-alikes of the prompt's ``<article>``/``</article>`` delimiters defused.
+
+    The news-riddle prompt hands the article to chat models between those tags; an article that
+    contains ``</article>`` itself could otherwise end the data early and pose as instructions.
+    """
+    return _DELIMITER_RE.sub(lambda m: m.group(0).replace("<", "\u2039").replace(">", "\u203a"), text)
+
+
 def validate_article(article: Any) -> dict[str, Any]:
-    """Check an input at the edge: a mapping with a non-empty ``text`` (and a title, or one is made)."""
+    """Check an input at the edge: a mapping with a non-empty ``text`` (and a title, or one is made).
+
+    Whitespace is normalised and delimiter look-alikes are defused (article text is data).
+    """
     if not isinstance(article, dict):
         raise InputError(f"an article must be a dict with 'title' and 'text', got {type(article).__name__}")
     text = article.get("text")
@@ -42,7 +57,11 @@ def validate_article(article: Any) -> dict[str, Any]:
     if not isinstance(text, str) or not text.strip():
         raise InputError(f"article {ident!r} has an empty 'text': give the article body in 'text'")
     title = str(article.get("title") or "").strip() or text.strip().split(".")[0][:80]
-    return {**article, "title": " ".join(title.split()), "text": " ".join(text.split())}
+    return {
+        **article,
+        "title": defuse_delimiters(" ".join(title.split())),
+        "text": defuse_delimiters(" ".join(text.split())),
+    }
 
 
 def to_text(output: Any) -> str:
