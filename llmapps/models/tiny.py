@@ -39,6 +39,11 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
 )
 MANIFEST = "llmapps-tiny.json"
+# Bump when the build recipe (data mix, generation defaults) changes, so old builds are rebuilt.
+BUILD_VERSION = 2
+# Shipped in each model's generation_config.json, as real model releases ship their defaults:
+# models this small loop on their most likely phrase without them.
+GENERATION_DEFAULTS = {"repetition_penalty": 1.3, "no_repeat_ngram_size": 3}
 
 
 @dataclass(frozen=True)
@@ -84,7 +89,7 @@ def _is_built(models_dir: Path, spec: TinySpec, corpus_id: str | None = None) ->
             data = json.loads(manifest.read_text())
         except json.JSONDecodeError:
             return False
-        if data.get("spec") != asdict(spec):
+        if data.get("spec") != asdict(spec) or data.get("build_version") != BUILD_VERSION:
             return False
         if corpus_id is not None and data.get("corpus_sha256_16") != corpus_id:
             return False
@@ -123,7 +128,8 @@ def _sentences(text: str) -> list[str]:
 
 
 def instruction_pairs(corpus: Sequence[dict[str, str]]) -> list[tuple[str, str]]:
-    """Generic instruction/response pairs derived from each document (no app task among them)."""
+    """Generic instruction/response pairs derived from each document (no app task among them):
+    write a headline, summarise in one sentence, list the key facts."""
     pairs: list[tuple[str, str]] = []
     for doc in corpus:
         text = " ".join(doc["text"].split())
@@ -285,9 +291,10 @@ def build_tiny_models(
     base = _new_model(tokenizer, spec)
     base_loss = _train(base, _pretrain_batches(stream, spec, rng), spec.base_steps, spec,
                        "pretraining tiny-base", progress)
-    meta = {"spec": asdict(spec), "corpus_sha256_16": corpus_hash(docs), "documents": len(docs)}
+    meta = {"spec": asdict(spec), "build_version": BUILD_VERSION, "corpus_sha256_16": corpus_hash(docs), "documents": len(docs)}
     base.generation_config = GenerationConfig(
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=eos, pad_token_id=tokenizer.pad_token_id
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=eos, pad_token_id=tokenizer.pad_token_id,
+        **GENERATION_DEFAULTS,
     )
     _save_atomic(models_dir, "tiny-base", base, tokenizer, {**meta, "final_loss": base_loss})
 
@@ -307,7 +314,8 @@ def build_tiny_models(
     inst_loss = _train(instruct, _sft_batches(rows, tokenizer.pad_token_id, spec, rng),
                        spec.instruct_steps, inst_spec, "instruction-tuning tiny-instruct", progress)
     instruct.generation_config = GenerationConfig(
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=[end, eos], pad_token_id=tokenizer.pad_token_id
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=[end, eos], pad_token_id=tokenizer.pad_token_id,
+        **GENERATION_DEFAULTS,
     )
     _save_atomic(models_dir, "tiny-instruct", instruct, tokenizer,
                  {**meta, "final_loss": inst_loss, "instruction_pairs": len(rows)})
