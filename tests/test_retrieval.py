@@ -157,6 +157,28 @@ def test_delete_by_id_survives_save_and_load(kind: str, tmp_path: Path) -> None:
     assert back.recall_at_k(10, n_queries=50) >= (1.0 if kind == "flat" else 0.8)
 
 
+def test_tune_ef_search_reaches_the_requested_recall_and_is_saved(tmp_path: Path) -> None:
+    idx = VectorIndex(32, "m", IndexParams(kind="hnsw", hnsw_m=8, hnsw_ef_construction=16))
+    idx.add([f"d{i}" for i in range(2000)], [""] * 2000, random_unit(2000))
+    for target in (0.5, 0.95):
+        reached = idx.tune_ef_search(target, k=10)
+        ef = idx.params.hnsw_ef_search
+        assert reached >= target and 16 <= ef <= 1024
+        assert idx.recall_at_k(10) == reached  # the chosen efSearch is the one searches use
+        if ef > 16:  # and it is the smallest power of two that reaches the target
+            idx.params.hnsw_ef_search = ef // 2
+            idx._apply_search_params()
+            assert idx.recall_at_k(10) < target
+            idx.params.hnsw_ef_search = ef
+            idx._apply_search_params()
+    idx.save(tmp_path / "h")
+    assert VectorIndex.load(tmp_path / "h").params.hnsw_ef_search == idx.params.hnsw_ef_search
+    with pytest.raises(RetrievalError, match="target_recall must be in"):
+        idx.tune_ef_search(1.5)
+    with pytest.raises(RetrievalError, match="efSearch applies to hnsw"):
+        VectorIndex(32, "m").tune_ef_search()
+
+
 def test_upsert_replaces_and_saves_are_atomic_generations(tmp_path: Path) -> None:
     idx = VectorIndex(32, "m")
     idx.add(["a", "b"], ["A", "B"], random_unit(2))
