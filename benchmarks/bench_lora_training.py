@@ -6,8 +6,10 @@ asks to compare:
 
 - **naive**: ``transformers.Trainer`` + PEFT, random batches, each example padded to the longest
   in its batch (``DataCollatorForSeq2Seq``), the model's own loss over full-vocabulary logits;
-- **finetune**: ``finetune.train``'s ``SftTrainer``: length-grouped batches (little padding) and
-  completion-only logits (only completion positions are projected onto the vocabulary).
+- **finetune**: ``finetune.train``'s ``SftTrainer`` with the recipe's batching (tiny:
+  length-grouped batches, little padding, right-padded rows with no attention mask so SDPA runs
+  plain causal attention) and completion-only logits (only completion positions are projected
+  onto the vocabulary).
 
 Throughput is tokens/s of real (non-pad) tokens; after training both are evaluated on the
 validation split with the same standard loss. Prints a table and writes JSON beside this file::
@@ -44,9 +46,8 @@ def run(mode: str, args: argparse.Namespace, data: dict[str, Any], tmp: Path) ->
     import torch
     from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments, set_seed
 
-    from finetune.data import CompletionCollator
     from finetune.recipe import load_recipe
-    from finetune.train import load_base, make_trainer_class, peft_model
+    from finetune.train import load_base, make_collator, make_trainer_class, peft_model, sampling_strategy
     from llmapps.settings import load_settings
 
     recipe = load_recipe(args.recipe, base_model=args.base_model, **{"training.max_length": args.max_length})
@@ -61,7 +62,7 @@ def run(mode: str, args: argparse.Namespace, data: dict[str, Any], tmp: Path) ->
         seed=recipe.training.seed, data_seed=recipe.training.seed, save_strategy="no", eval_strategy="no",
         logging_steps=10_000, report_to=[], disable_tqdm=True, remove_unused_columns=False,
         bf16=cuda and torch.cuda.is_bf16_supported(), use_cpu=not cuda, dataloader_num_workers=0,
-        train_sampling_strategy="group_by_length" if mode == "finetune" else "random",
+        train_sampling_strategy=sampling_strategy(recipe) if mode == "finetune" else "random",
     )
     if mode == "naive":
         inner: Any = DataCollatorForSeq2Seq(tok, padding=True, label_pad_token_id=-100)
@@ -70,7 +71,7 @@ def run(mode: str, args: argparse.Namespace, data: dict[str, Any], tmp: Path) ->
         trainer = Trainer(model=model, args=targs, train_dataset=data["train"], eval_dataset=data["validation"],
                           data_collator=collator, processing_class=tok)
     else:
-        collator = CountingCollator(CompletionCollator(tok.pad_token_id), tok.pad_token_id)
+        collator = CountingCollator(make_collator(recipe, tok), tok.pad_token_id)
         trainer = make_trainer_class()(model=model, args=targs, train_dataset=data["train"],
                                        eval_dataset=data["validation"], data_collator=collator,
                                        processing_class=tok, completion_only_logits=True)

@@ -192,3 +192,41 @@ def test_merge_is_loadable_and_matches_base_plus_adapter(trained, tmp_path):
     assert [o.text for o in plain.generate(prompts, params)] == [o.text for o in adapted.generate(prompts, params)]
     with pytest.raises(ConfigError, match="not empty"):
         merge_adapter(trained.adapter, out)
+
+
+def test_every_batching_mode_gives_the_same_completion_only_loss(tiny_base, tmp_path):
+    """Padded without a mask (the default), with one, and padding-free: one training loss, on completions only."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainingArguments
+
+    from chains.news_data import examples
+    from finetune.data import IGNORE, REAL_TOKENS, CompletionCollator, tokenize_example
+    from finetune.train import make_trainer_class
+    from prompts import load_task
+
+    task = load_task("news_riddle/one_step")
+    tok = AutoTokenizer.from_pretrained(tiny_base)
+    rows = [tokenize_example(task, ex, tok, 320) for ex in examples("train")[:3]]
+    rows[1] = {k: v[:-40] if isinstance(v, list) else v for k, v in rows[1].items()}  # force padding
+    model = AutoModelForCausalLM.from_pretrained(tiny_base, dtype=torch.float32)  # no dropout: train() is exact
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[])
+    # the Trainer turns the model's KV cache off: with one, transformers would not read packed rows' position ids
+    trainer = make_trainer_class()(model=model, args=args, processing_class=tok)
+    losses, full = {}, {}
+    for training in (True, False):  # evaluation uses the same collator
+        model.train(training)
+        for name, collator in {"no-mask": CompletionCollator(tok.pad_token_id),
+                               "mask": CompletionCollator(tok.pad_token_id, attention_mask=True),
+                               "padding-free": CompletionCollator(tok.pad_token_id, padding_free=True)}.items():
+            batch = collator(rows)
+            assert batch[REAL_TOKENS] == sum(len(r["input_ids"]) for r in rows)
+            assert ("attention_mask" in batch) == (name == "mask")
+            labelled = int((batch["labels"] != IGNORE).sum())
+            assert labelled == sum(sum(t != IGNORE for t in r["labels"][1:]) for r in rows)  # completions only
+            with torch.no_grad():
+                losses[name, training] = trainer.compute_loss(model, dict(batch)).item()  # completion-only logits
+                full[name, training] = trainer.compute_loss(model, dict(batch), return_outputs=True)[0].item()
+    assert trainer.real_tokens == 6 * sum(len(r["input_ids"]) for r in rows)  # training batches only
+    for key in losses:
+        assert losses[key] == pytest.approx(losses["mask", True], rel=1e-4), key
+        assert full[key] == pytest.approx(losses["mask", True], rel=1e-4), key
