@@ -47,7 +47,13 @@ def run(mode: str, args: argparse.Namespace, data: dict[str, Any], tmp: Path) ->
     from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments, set_seed
 
     from finetune.recipe import load_recipe
-    from finetune.train import load_base, make_collator, make_trainer_class, peft_model, sampling_strategy
+    from finetune.train import (
+        load_base,
+        make_collator,
+        make_trainer_class,
+        peft_model,
+        sampling_strategy,
+    )
     from llmapps.settings import load_settings
 
     recipe = load_recipe(args.recipe, base_model=args.base_model, **{"training.max_length": args.max_length})
