@@ -36,7 +36,12 @@ def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from llmapps.retrieval.embeddings import MINILM, CachedEmbeddings, SentenceTransformerEmbeddings, bundled_minilm_path
+    from llmapps.retrieval.embeddings import (
+        MINILM,
+        CachedEmbeddings,
+        SentenceTransformerEmbeddings,
+        bundled_minilm_path,
+    )
     from llmapps.retrieval.loaders import load_documents
     from llmapps.retrieval.vectorstore import FaissVectorStore
 

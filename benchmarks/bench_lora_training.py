@@ -112,11 +112,11 @@ def main() -> int:
     import torch
     from rich.console import Console
     from rich.table import Table
+    from transformers import AutoTokenizer
 
     from finetune.data import build_dataset, read_examples
     from llmapps.models.local import resolve_model_path
     from prompts import load_task
-    from transformers import AutoTokenizer
 
     task = load_task("news_riddle/one_step")
     tok = AutoTokenizer.from_pretrained(resolve_model_path(args.base_model))

@@ -59,9 +59,8 @@ def cmd_merge(args: argparse.Namespace) -> int:
 
 
 def cmd_recipes(args: argparse.Namespace) -> int:
-    from llmapps.errors import ConfigError
-
     from finetune.recipe import list_recipes, load_recipe
+    from llmapps.errors import ConfigError
 
     bad = 0
     for path in list_recipes():

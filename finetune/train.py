@@ -36,10 +36,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from finetune.recipe import Recipe
 from llmapps.errors import ConfigError, ModelNotFoundError
 from llmapps.settings import Settings, get_settings
-
-from finetune.recipe import Recipe
 
 log = logging.getLogger(__name__)
 
@@ -289,11 +288,10 @@ def train(
     """
     from transformers import TrainingArguments, set_seed
 
+    from finetune.data import build_dataset, read_examples
     from llmapps.models.local import pick_device
     from llmapps.strategies.lora import AdapterManifest, layout_hash, model_fingerprint
     from prompts import load_task
-
-    from finetune.data import build_dataset, read_examples
 
     settings = settings or get_settings()
     out = Path(out).expanduser().resolve()

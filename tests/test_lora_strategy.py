@@ -15,7 +15,6 @@ import pytest
 from llmapps.errors import ConfigError
 
 
-
 @pytest.fixture(scope="module")
 def prompt(test_articles) -> str:
     """The lora prompt of a test article (the layout the adapter was trained on)."""
@@ -89,7 +88,7 @@ def test_inference_prompt_is_the_training_prompt(test_articles):
 def test_mismatched_base_is_refused(adapter, tiny_instruct):
     from llmapps.strategies.lora import LoraStrategy
 
-    with pytest.raises(ConfigError, match="was trained on 'tiny-base'.*retrain"):
+    with pytest.raises(ConfigError, match=r"was trained on 'tiny-base'.*retrain"):
         _ = LoraStrategy(adapter=str(adapter), base_model=tiny_instruct).local_model
 
 
@@ -117,7 +116,7 @@ def test_folder_without_manifest_is_refused(adapter, tmp_path):
 
     bare = shutil.copytree(adapter, tmp_path / "bare")
     (bare / "llmapps-adapter.json").unlink()
-    with pytest.raises(ConfigError, match="no llmapps-adapter.json"):
+    with pytest.raises(ConfigError, match=r"no llmapps-adapter.json"):
         LoraStrategy(adapter=str(bare))
     with pytest.raises(ConfigError, match="does not exist"):
         LoraStrategy(adapter=str(tmp_path / "missing"))

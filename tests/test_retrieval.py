@@ -133,7 +133,7 @@ def test_wrong_model_and_missing_index_are_clear_errors(corpus: Path, tmp_path: 
     store.save(tmp_path / "idx")
     with pytest.raises(RetrievalError, match=r"built with embedding model 'sentence-transformers/all-MiniLM-L6-v2'.*'other/model'"):
         VectorIndex.load(tmp_path / "idx", expected_model="other/model")
-    with pytest.raises(RetrievalError, match="no index at .*llmapps index build"):
+    with pytest.raises(RetrievalError, match=r"no index at .*llmapps index build"):
         FaissVectorStore.load(tmp_path / "missing")
     empty = FaissVectorStore(cached(tmp_path / "cache"), path=tmp_path / "e")
     with pytest.raises(RetrievalError, match="is empty; build one with: llmapps index build"):
@@ -199,7 +199,7 @@ def test_corruption_and_dimension_mismatch_are_detected(tmp_path: Path) -> None:
     folder = idx.save(tmp_path / "i")
     doc = next(folder.glob("docstore-*.jsonl"))
     doc.write_text(doc.read_text().replace('"A"', '"X"'))
-    with pytest.raises(RetrievalError, match="is corrupted .*SHA-256"):
+    with pytest.raises(RetrievalError, match=r"is corrupted .*SHA-256"):
         VectorIndex.load(folder)
     idx.save(folder)
     m = json.loads((folder / "manifest.json").read_text())
@@ -208,7 +208,7 @@ def test_corruption_and_dimension_mismatch_are_detected(tmp_path: Path) -> None:
     with pytest.raises(RetrievalError, match="dimension 32 but the manifest says 64"):
         VectorIndex.load(folder)
     (folder / "manifest.json").write_text("{oops")
-    with pytest.raises(RetrievalError, match="manifest.json is corrupted"):
+    with pytest.raises(RetrievalError, match=r"manifest.json is corrupted"):
         VectorIndex.load(folder)
 
 

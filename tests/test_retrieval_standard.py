@@ -12,7 +12,10 @@ from typing import Any
 
 import pytest
 from langchain_core.documents import Document
-from langchain_tests.integration_tests import RetrieversIntegrationTests, VectorStoreIntegrationTests
+from langchain_tests.integration_tests import (
+    RetrieversIntegrationTests,
+    VectorStoreIntegrationTests,
+)
 
 from llmapps.retrieval.vectorstore import FaissRetriever, FaissVectorStore
 

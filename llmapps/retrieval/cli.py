@@ -46,7 +46,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     emb = make_embeddings(args.model, progress=not args.quiet)
     store = FaissVectorStore(emb, index_kind=args.kind or r.index_kind, ann_above=r.auto_ann_above, path=out)
-    n, added, skipped = _add(store, args.input, args.chunk_tokens)
+    _n, added, skipped = _add(store, args.input, args.chunk_tokens)
     if not added:
         raise RetrievalError(f"no documents to index in {', '.join(args.input)} (all empty?)")
     store.index.extra = {"inputs": [str(i) for i in args.input],
@@ -63,7 +63,7 @@ def cmd_add(args: argparse.Namespace) -> int:
 
     store = FaissVectorStore.load(args.index)
     store.embedding.progress = not args.quiet
-    n, added, skipped = _add(store, args.input, store.index.extra.get("chunk_tokens") if store.index else None)
+    _n, added, skipped = _add(store, args.input, store.index.extra.get("chunk_tokens") if store.index else None)
     if added:
         store.save()
     print(f"added {added} chunks to {args.index}; skipped {skipped} (empty or already indexed); "
