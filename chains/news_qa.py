@@ -178,7 +178,10 @@ def build(strategy: Strategy, *, index: str | Path | Any | None = None, k: int =
         out["sources"] = [{k_: s[k_] for k_ in ("n", "id", "title", "score")} for s in found]
         return out
 
-    answer = RunnableLambda(lambda x: {"question": x["question"], "sources": x["sources"]}) | gen
+    pick = RunnableLambda[dict[str, Any], dict[str, Any]](
+        lambda x: {"question": x["question"], "sources": x["sources"]}
+    )
+    answer = pick | gen
     chain = (
         RunnableLambda(gather, name="retrieve")
         | RunnablePassthrough.assign(_raw=answer)

@@ -34,11 +34,14 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from finetune.recipe import Recipe
 from llmapps.errors import ConfigError, ModelNotFoundError
 from llmapps.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +119,8 @@ def load_base(recipe: Recipe, settings: Settings, device: str) -> tuple[Any, Any
             "(`hf download ORG/NAME`) and name it by its hub id"
         )
     path = resolve_model_path(name, settings)
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
     if _wants_4bit(recipe, device):
         import torch
         from peft import prepare_model_for_kbit_training
@@ -147,7 +152,9 @@ def peft_model(recipe: Recipe, base: Any) -> Any:
     if recipe.method == "lora":
         lc = recipe.lora
         config: Any = LoraConfig(
-            r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout, target_modules=lc.target_modules,
+            r=lc.r,
+            lora_alpha=lc.alpha,  # type: ignore[arg-type]  # peft says int but only divides by it
+            lora_dropout=lc.dropout, target_modules=lc.target_modules,
             task_type=TaskType.CAUSAL_LM,
         )
     else:
@@ -222,6 +229,7 @@ def make_trainer_class() -> type:
 
         def _save_checkpoint(self, model: Any, trial: Any) -> None:
             root = self.args.output_dir
+            assert root is not None  # TrainingArguments.__post_init__ replaces None with a default
             staging = os.path.join(root, ".staging")
             shutil.rmtree(staging, ignore_errors=True)
             os.makedirs(staging)

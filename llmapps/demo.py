@@ -82,10 +82,10 @@ def run_demo(
     summary = Table(title="per strategy")
     for col in ("strategy", "valid", "wall s (load+generate)", "s / sample", "output tokens", "tokens/s", "error"):
         summary.add_column(col)
-    for name, (secs, toks, err) in timing.items():
+    for name, (secs, toks, error) in timing.items():
         rows = results.get(name, [])
         valid = sum(1 for r in rows if r.get("valid"))
         summary.add_row(name, f"{valid}/{len(rows)}", f"{secs:.1f}", f"{secs / max(1, len(rows)):.2f}",
-                        str(toks), f"{toks / secs:.1f}" if secs else "-", err[:60])
+                        str(toks), f"{toks / secs:.1f}" if secs else "-", error[:60])
     console.print(summary)
     return results

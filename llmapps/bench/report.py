@@ -165,11 +165,11 @@ def plot(
         present = [q for q in [*preferred, *qcols] if any(numeric(r.get(q)) for r in rows)]
         # a metric on which every strategy ties says nothing: plot the first one that separates them
         varied = [q for q in present if len({r.get(q) for r in rows if numeric(r.get(q))}) > 1]
-        quality = (varied or present or [None])[0]
+        quality = next(iter(varied or present), None)
     pts = [
         r for r in rows if quality and numeric(r.get(quality)) and numeric(r.get("latency_p50_s"))
     ]
-    if pts:
+    if pts and quality:  # pts is non-empty only with a quality metric
         fig, ax = plt.subplots(figsize=(6, 4.5))
         for r in pts:
             ax.scatter(r["latency_p50_s"], r[quality], s=60)

@@ -173,8 +173,8 @@ class Scorer:
                     self.index,
                     c.solvability_k,
                 )
-                for m, s in zip(out, solved, strict=True):
-                    m.update(s)
+                for m, row_solved in zip(out, solved, strict=True):
+                    m.update(row_solved)
         return out
 
 
@@ -205,16 +205,17 @@ def aggregate(
         if k in ("ppl_nll", "ppl_tokens", "source_rank"):
             continue
         out[k] = _mean([float(m[k]) for m in metrics if isinstance(m.get(k), (int, float))])
-    for f in config.fields if references else ():
+    refs = references or {}  # no references: no field is scored below
+    for f in config.fields if refs else ():
         scored = [
             r
             for r, m in zip(rows, metrics, strict=True)
-            if f"bleu_{f}" in m and str(r.get("id")) in references
+            if f"bleu_{f}" in m and str(r.get("id")) in refs
         ]
         if scored:
             out[f"bleu_{f}"] = corpus_bleu(
                 [_text(r.get(f)) for r in scored],
-                [_text(references[str(r["id"])].get(f"reference_{f}")) for r in scored],
+                [_text(refs[str(r["id"])].get(f"reference_{f}")) for r in scored],
             )
     nll = sum(float(m.get("ppl_nll", 0.0)) for m in metrics)
     toks = sum(int(m.get("ppl_tokens", 0)) for m in metrics)

@@ -246,13 +246,13 @@ class ChatLocal(_LocalMixin, BaseChatModel):
         *,
         return_exceptions: bool = False,
         **kwargs: Any,
-    ) -> list[BaseMessage]:  # type: ignore[override]
+    ) -> list[AIMessage]:
         """One batched ``generate`` for all inputs (the base class would loop one by one)."""
         if not inputs:
             return []
         configs = get_config_list(config, len(inputs))
         if configs[0].get("max_concurrency") is not None:
-            return super().batch(inputs, config, return_exceptions=return_exceptions, **kwargs)  # type: ignore[return-value]
+            return super().batch(inputs, config, return_exceptions=return_exceptions, **kwargs)
         stop = self._stops(kwargs.pop("stop", None))
         message_lists = [self._convert_input(x).to_messages() for x in inputs]
         managers = []
@@ -276,7 +276,7 @@ class ChatLocal(_LocalMixin, BaseChatModel):
             if return_exceptions and isinstance(err, Exception):
                 return [err] * len(inputs)  # type: ignore[list-item]
             raise
-        results: list[BaseMessage] = []
+        results: list[AIMessage] = []
         for rm, out in zip(managers, outs, strict=True):
             msg = self._message(out)
             msg.id = f"lc_run-{rm.run_id}"
@@ -291,7 +291,7 @@ class ChatLocal(_LocalMixin, BaseChatModel):
         *,
         return_exceptions: bool = False,
         **kwargs: Any,
-    ) -> list[BaseMessage]:  # type: ignore[override]
+    ) -> list[AIMessage]:
         import asyncio
 
         return await asyncio.to_thread(

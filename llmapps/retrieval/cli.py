@@ -49,6 +49,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     _n, added, skipped = _add(store, args.input, args.chunk_tokens)
     if not added:
         raise RetrievalError(f"no documents to index in {', '.join(args.input)} (all empty?)")
+    assert store.index is not None  # adding documents created it
     store.index.extra = {"inputs": [str(i) for i in args.input],
                          "chunk_tokens": args.chunk_tokens or r.chunk_tokens, "chunk_overlap": r.chunk_overlap}
     store.save(out)
@@ -59,9 +60,11 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def cmd_add(args: argparse.Namespace) -> int:
+    from llmapps.retrieval.embeddings import CachedEmbeddings
     from llmapps.retrieval.vectorstore import FaissVectorStore
 
     store = FaissVectorStore.load(args.index)
+    assert isinstance(store.embedding, CachedEmbeddings)  # load() without embeddings makes cached ones
     store.embedding.progress = not args.quiet
     _n, added, skipped = _add(store, args.input, store.index.extra.get("chunk_tokens") if store.index else None)
     if added:

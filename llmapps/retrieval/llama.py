@@ -11,9 +11,11 @@ copied into a LlamaIndex store.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from langchain_core.documents import Document
 from llama_index.core.base.base_retriever import BaseRetriever
 from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
 
@@ -41,6 +43,7 @@ class LlamaFaissRetriever(BaseRetriever):
 
     def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
         query = query_bundle.query_str
+        hits: Sequence[tuple[Document, float | None]]
         if self.mmr:
             hits = [(d, None) for d in self.store.max_marginal_relevance_search(query, k=self.k)]
         else:

@@ -35,7 +35,7 @@ def _content_id(title: str, text: str) -> str:
     return hashlib.sha256(f"{title}\n{text}".encode()).hexdigest()[:12]
 
 
-def _row_to_meta(row: dict[str, Any], source: str, where: str) -> dict[str, Any] | None:
+def _row_to_meta(row: dict[str, Any], source: str, where: str) -> dict[str, Any]:
     text_key = next((k for k in TEXT_KEYS if k in row), None)
     if text_key is None:
         raise InputError(f"{where}: no text field (expected one of {', '.join(TEXT_KEYS)})")
@@ -57,7 +57,7 @@ def _llama_readers() -> dict[str, Any]:
         def load_data(self, file: Path, extra_info: dict | None = None, **_: Any) -> list[LlamaDocument]:
             from llmapps.jsonl import parse_jsonl
 
-            docs, problems = [], []
+            docs: list[LlamaDocument] = []
             parsed, problems = parse_jsonl(Path(file).read_text(encoding="utf-8"), str(file))
             for lineno, row in parsed:
                 try:
@@ -76,7 +76,7 @@ def _llama_readers() -> dict[str, Any]:
         def load_data(self, file: Path, extra_info: dict | None = None, **_: Any) -> list[LlamaDocument]:
             with Path(file).open(encoding="utf-8", newline="") as f:
                 rows = list(csv.DictReader(f))
-            docs = []
+            docs: list[LlamaDocument] = []
             for n, row in enumerate(rows, start=2):
                 meta = _row_to_meta(dict(row), str(file), f"{file}:{n}")
                 docs.append(LlamaDocument(text=meta.pop("_text"), metadata={**(extra_info or {}), **meta}))

@@ -29,7 +29,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 
@@ -111,12 +111,14 @@ class VectorIndex:
         import faiss
 
         p, d = self.params, self.dimension
+        inner: faiss.Index
         if p.kind == "flat":
             inner = faiss.IndexFlatIP(d)
         elif p.kind == "hnsw":
-            inner = faiss.IndexHNSWFlat(d, p.hnsw_m, faiss.METRIC_INNER_PRODUCT)
-            inner.hnsw.efConstruction = p.hnsw_ef_construction
-            inner.hnsw.efSearch = p.hnsw_ef_search
+            hnsw = faiss.IndexHNSWFlat(d, p.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+            hnsw.hnsw.efConstruction = p.hnsw_ef_construction
+            hnsw.hnsw.efSearch = p.hnsw_ef_search
+            inner = hnsw
         elif p.kind == "ivf":
             n = 0 if train is None else len(train)
             nlist = p.ivf_nlist or max(1, min(int(4 * np.sqrt(max(n, 1))), n // 39 or 1))
@@ -125,26 +127,29 @@ class VectorIndex:
                     f"an IVF index with {nlist} lists needs at least {nlist} vectors to train, got {n}; "
                     "use index kind flat or hnsw for small collections"
                 )
+            assert train is not None  # n >= nlist >= 1 here, so train was given
             quantizer = faiss.IndexFlatIP(d)
-            inner = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
-            inner.train(train)
-            inner.nprobe = p.ivf_nprobe or max(8, nlist // 8)
-            p.ivf_nlist, p.ivf_nprobe = nlist, inner.nprobe
+            ivf = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
+            ivf.train(train)
+            ivf.nprobe = p.ivf_nprobe or max(8, nlist // 8)
+            p.ivf_nlist, p.ivf_nprobe = nlist, ivf.nprobe
             self._quantizer = quantizer  # keep the Python object alive with the index
+            inner = ivf
         else:  # pragma: no cover - guarded by the Literal
             raise RetrievalError(f"unknown index kind {p.kind!r}; use flat, hnsw or ivf")
         idx = faiss.IndexIDMap2(inner)
-        self._inner = inner
+        self._inner: faiss.Index = inner
         return idx
 
     def _apply_search_params(self) -> None:
         import faiss
 
+        # downcast_index returns the concrete SWIG subclass, but its stub says only faiss.Index
         inner = faiss.downcast_index(self.index.index)
         if self.params.kind == "hnsw":
-            inner.hnsw.efSearch = self.params.hnsw_ef_search
+            cast(faiss.IndexHNSW, inner).hnsw.efSearch = self.params.hnsw_ef_search
         elif self.params.kind == "ivf" and self.params.ivf_nprobe:
-            inner.nprobe = self.params.ivf_nprobe
+            cast(faiss.IndexIVF, inner).nprobe = self.params.ivf_nprobe
         self._inner = inner
 
     def _check_vectors(self, vectors: np.ndarray) -> np.ndarray:

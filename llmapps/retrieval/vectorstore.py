@@ -240,7 +240,8 @@ class FaissVectorStore(VectorStore):
         hits = self._search(q, k, filter, fetch_k=max(fetch_k, k))
         if not hits:
             return []
-        vecs = self.index.vectors_for([r.id for r, _ in hits]) if self.index is not None else None
+        assert self.index is not None  # _search returns hits only from an index
+        vecs = self.index.vectors_for([r.id for r, _ in hits])
         picked = maximal_marginal_relevance(q[0], list(vecs), lambda_mult=lambda_mult, k=min(k, len(hits)))
         return [_doc(hits[i][0]) for i in picked]
 
