@@ -35,7 +35,6 @@ from urllib.parse import quote, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from chains.news_riddle import defuse_delimiters
 from llmapps.errors import ConfigError, InputError
 from llmapps.ingest.models import NewsItem, SourceReport, safe_http_url
 
@@ -85,6 +84,8 @@ class Edition(BaseModel):
 
 
 def _as_article(a: NewsItem | dict[str, Any]) -> dict[str, Any]:
+    from chains.news_riddle import defuse_delimiters  # lazy: `llmapps --help` loads this module
+
     row = a.model_dump() if isinstance(a, NewsItem) else dict(a)
     if not str(row.get("text", "")).strip():
         raise InputError(f"article {row.get('id') or row.get('title')!r} has no text")
