@@ -3,7 +3,8 @@
 Same model object, same few-shot news-riddle prompts (from the bundled articles), same greedy
 settings, ``max_new_tokens`` and stop strings, side by side in one run:
 
-- ours: ``LocalLLM.batch`` (one ``LocalModel.generate``: length-sorted, left-padded batches);
+- ours: ``LocalLLM.batch`` (one ``LocalModel.generate``: length-sorted, left-padded batches,
+  each prompt prefilled without padding and the caches stitched into one batch cache);
 - peer (a): ``HuggingFacePipeline`` built as users usually do (no ``batch_size`` on the pipeline),
   driven by its default ``.batch()``;
 - peer (b): the same with the pipeline's ``batch_size`` (and the wrapper's) set to ours.

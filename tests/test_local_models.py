@@ -98,6 +98,35 @@ def test_batched_equals_one_by_one_greedy(lm: LocalModel) -> None:
     assert all(o.completion_tokens == 12 and o.finish_reason == "length" for o in batched)
 
 
+@pytest.mark.parametrize("cache_implementation", ["static", None])
+def test_unpadded_prefill_stitched_into_one_cache_matches_padded_prefill(
+    lm: LocalModel, monkeypatch: pytest.MonkeyPatch, cache_implementation: str | None
+) -> None:
+    from transformers.cache_utils import DynamicCache, StaticCache
+
+    # a repeated prompt makes a group of equal lengths prefilled together
+    prompts = [*PROMPTS, PROMPTS[1]]
+    monkeypatch.setattr(lm, "cache_implementation", cache_implementation)
+    monkeypatch.setattr(lm, "batch_size", len(prompts))
+    caches: list[Any] = []
+    real = lm._stitched_prefill
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        caches.append(real(*args, **kwargs))
+        return caches[-1]
+
+    monkeypatch.setattr(lm, "_stitched_prefill", spy)
+    params = GenerationParams(max_new_tokens=12)
+    stitched = lm.generate(prompts, params)
+    expected_cache = StaticCache if cache_implementation == "static" else DynamicCache
+    assert len(caches) == 1 and type(caches[0]) is expected_cache  # the stitched path ran
+    monkeypatch.setattr(lm, "stitch_prefill", False)
+    padded = lm.generate(prompts, params)
+    assert len(caches) == 2 and caches[1] is None  # and here it did not
+    assert [o.text for o in stitched] == [o.text for o in padded]
+    assert [o.text for o in stitched] == [o.text for o in _one_by_one(lm, prompts, params)]
+
+
 def test_left_padding_and_length_sorted_batches_keep_order(
     lm: LocalModel, monkeypatch: pytest.MonkeyPatch
 ) -> None:

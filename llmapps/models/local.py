@@ -5,7 +5,8 @@ a local directory, or a hub id with ``local_files_only`` first), picks the devic
 present) and dtype (bf16 on capable GPUs), and caches the loaded model per process.
 
 ``LocalModel.generate`` is the one batched generation path every local strategy uses: prompts are
-sorted by length, left-padded in batches, stop strings end each row on its own, the prompt is never
+sorted by length, left-padded in batches (each prompt prefilled without padding, the caches stitched
+into one left-padded batch cache), stop strings end each row on its own, the prompt is never
 echoed, and a CUDA out-of-memory halves the batch and retries.
 """
 
@@ -129,6 +130,9 @@ class LocalModel:
         # A static KV cache skips the per-step torch.cat of the dynamic one (~25% faster greedy
         # batches on CPU, measured in benchmarks/bench_generation.py); None after a model refuses it.
         self.cache_implementation: str | None = "static"
+        # Prefill each prompt on its own (no padding) and stitch the caches into one left-padded
+        # batch cache before decoding together (see _stitched_prefill); False once refused.
+        self.stitch_prefill = True
         self._lock = threading.Lock()  # generate() is not re-entrant on one model
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
@@ -238,7 +242,17 @@ class LocalModel:
             # costs ~10% per step; rows may run a few tokens past a stop, cut off below anyway.
             kwargs["stopping_criteria"] = [_StopStrings(tok, list(params.stop), width)]
         with torch.inference_mode():
-            if self.cache_implementation:
+            cache = self._stitched_prefill(batch, width, params.max_new_tokens)
+            if cache is not None:
+                try:
+                    out = self.model.generate(input_ids=input_ids, attention_mask=attention,
+                                              past_key_values=cache, **kwargs)
+                except (ValueError, NotImplementedError, TypeError) as err:
+                    log.info("%s: generate refused a prefilled cache (%s); prefilling padded "
+                             "batches", self.name, err)
+                    self.stitch_prefill = False
+                    cache = None
+            if cache is None and self.cache_implementation:
                 try:
                     out = self.model.generate(input_ids=input_ids, attention_mask=attention,
                                               cache_implementation=self.cache_implementation, **kwargs)
@@ -246,7 +260,7 @@ class LocalModel:
                     log.info("%s: no %s cache (%s); using the dynamic one", self.name,
                              self.cache_implementation, err)
                     self.cache_implementation = None
-            if not self.cache_implementation:
+            if cache is None and not self.cache_implementation:
                 out = self.model.generate(input_ids=input_ids, attention_mask=attention, **kwargs)
         new = out[:, width:].tolist()
         eos = self.model.generation_config.eos_token_id
@@ -274,6 +288,81 @@ class LocalModel:
                 )
             )
         return results
+
+
+    def _stitched_prefill(self, batch: list[list[int]], width: int, max_new_tokens: int) -> Any:
+        """Prefill each prompt but its last token without padding; return one left-padded cache.
+
+        A padded prefill spends its time on pad tokens and on an explicit attention mask (SDPA
+        then cannot take its plain causal path); prompts of 324-596 tokens prefilled one by one
+        took 0.53 s against 0.80 s padded at batch 32. Row ``i``'s keys and values go to the
+        last ``L_i - 1`` of ``width - 1`` cache positions, so the batch looks exactly as if it had
+        been prefilled left-padded: ``generate`` then gets the full padded prompts, computes the
+        positions from the attention mask as usual and feeds only the last token of each row.
+
+        Returns None (the caller prefills padded batches) where this does not apply: one row or
+        rows of one length (nothing to gain), a one-token prompt, an encoder-decoder model, or
+        a cache that is not one plain full-attention layer per decoder layer.
+        """
+        import torch
+        from transformers.cache_utils import DynamicCache, DynamicLayer, StaticCache, StaticLayer
+
+        lengths = [len(ids) for ids in batch]
+        if (not self.stitch_prefill or len(set(lengths)) < 2 or min(lengths) < 2
+                or self.model.config.is_encoder_decoder):
+            return None
+        model = self.model
+        keep = {"logits_to_keep": 1} if _accepts(model.forward, "logits_to_keep") else {}
+        # rows of one length share a forward pass (no padding either way)
+        groups: dict[int, list[int]] = {}
+        for row, n in enumerate(lengths):
+            groups.setdefault(n, []).append(row)
+        past = width - 1
+        stitched: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+        for n, rows in groups.items():
+            ids = torch.tensor([batch[r][:-1] for r in rows], dtype=torch.long, device=model.device)
+            out = model(input_ids=ids, use_cache=True, **keep)
+            pkv = out.past_key_values
+            layers = getattr(pkv, "layers", None)
+            if not layers or any(type(layer) is not DynamicLayer for layer in layers):
+                self.stitch_prefill = False
+                return None
+            if stitched is None:
+                stitched = [
+                    (layer.keys.new_zeros((len(batch), layer.keys.shape[1], past,
+                                           layer.keys.shape[3])),
+                     layer.values.new_zeros((len(batch), layer.values.shape[1], past,
+                                             layer.values.shape[3])))
+                    for layer in layers
+                ]
+            index = torch.tensor(rows, device=model.device)
+            for (keys, values), layer in zip(stitched, layers, strict=True):
+                keys[index, :, past - (n - 1):] = layer.keys
+                values[index, :, past - (n - 1):] = layer.values
+        assert stitched is not None
+        config = model.config.get_text_config(decoder=True)
+        if self.cache_implementation != "static":
+            return DynamicCache(stitched, config=config)
+        cache = StaticCache(config=config, max_cache_len=width + max_new_tokens)
+        if len(cache.layers) != len(stitched) or any(
+            type(layer) is not StaticLayer for layer in cache.layers
+        ):
+            return DynamicCache(stitched, config=config)
+        for layer, (keys, values) in zip(cache.layers, stitched, strict=True):
+            layer.lazy_initialization(keys, values)
+            layer.keys[:, :, :past] = keys
+            layer.values[:, :, :past] = values
+            layer.cumulative_length.fill_(past)
+        return cache
+
+
+def _accepts(fn: Any, name: str) -> bool:
+    import inspect
+
+    try:
+        return name in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 class _StopStrings:
