@@ -18,7 +18,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from llmapps.errors import BackendError, InputError, ModelNotFoundError
 from llmapps.settings import Settings, get_settings
@@ -241,11 +241,12 @@ class LocalModel:
             # Our own check on decoded tails every few steps: transformers' stop_strings criterion
             # costs ~10% per step; rows may run a few tokens past a stop, cut off below anyway.
             kwargs["stopping_criteria"] = [_StopStrings(tok, list(params.stop), width)]
+        generate: Any = self.model.generate  # transformers' stubs type it as a Tensor attribute
         with torch.inference_mode():
             cache = self._stitched_prefill(batch, width, params.max_new_tokens)
             if cache is not None:
                 try:
-                    out = self.model.generate(input_ids=input_ids, attention_mask=attention,
+                    out = generate(input_ids=input_ids, attention_mask=attention,
                                               past_key_values=cache, **kwargs)
                 except (ValueError, NotImplementedError, TypeError) as err:
                     log.info("%s: generate refused a prefilled cache (%s); prefilling padded "
@@ -254,14 +255,14 @@ class LocalModel:
                     cache = None
             if cache is None and self.cache_implementation:
                 try:
-                    out = self.model.generate(input_ids=input_ids, attention_mask=attention,
+                    out = generate(input_ids=input_ids, attention_mask=attention,
                                               cache_implementation=self.cache_implementation, **kwargs)
                 except (ValueError, NotImplementedError, TypeError) as err:
                     log.info("%s: no %s cache (%s); using the dynamic one", self.name,
                              self.cache_implementation, err)
                     self.cache_implementation = None
             if cache is None and not self.cache_implementation:
-                out = self.model.generate(input_ids=input_ids, attention_mask=attention, **kwargs)
+                out = generate(input_ids=input_ids, attention_mask=attention, **kwargs)
         new = out[:, width:].tolist()
         eos = self.model.generation_config.eos_token_id
         eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
@@ -275,8 +276,7 @@ class LocalModel:
                     cut, finish = j, "stop"
                     break
             ids = ids[:cut]
-            text = tok.decode(ids, skip_special_tokens=True)
-            text, hit = cut_at_stop(text, params.stop)
+            text, hit = cut_at_stop(str(tok.decode(ids, skip_special_tokens=True)), params.stop)
             if hit:
                 finish = "stop"
             results.append(
@@ -348,7 +348,8 @@ class LocalModel:
             type(layer) is not StaticLayer for layer in cache.layers
         ):
             return DynamicCache(stitched, config=config)
-        for layer, (keys, values) in zip(cache.layers, stitched, strict=True):
+        static_layers: list[Any] = list(cache.layers)  # all StaticLayer, checked just above
+        for layer, (keys, values) in zip(static_layers, stitched, strict=True):
             layer.lazy_initialization(keys, values)
             layer.keys[:, :, :past] = keys
             layer.values[:, :, :past] = values
@@ -524,7 +525,7 @@ def stream_local(lm: LocalModel, prompt: str, params: GenerationParams) -> Any:
     def run() -> None:
         try:
             with lm._lock, torch.inference_mode():
-                lm.model.generate(**kwargs)
+                cast(Any, lm.model).generate(**kwargs)
         except BaseException as err:  # re-raised below; end() so the reader does not wait forever
             failure.append(err)
             streamer.end()
