@@ -483,10 +483,32 @@ def _from_pretrained(
             f"where you have network (`hf download {path}`) and set HF_HOME, or pass a directory "
             "written by save_pretrained (--base-model/--instruct-model or LLMAPPS_BASE_MODEL)."
         ) from last
+    if _meta_tensors(model):
+        # Seen once (not reproduced since) in a process that had just built and loaded the same
+        # model: a tied weight left on the meta device. Re-tie, then reload once, before failing.
+        model.tie_weights()
+        if _meta_tensors(model):
+            log.warning("%s: weights left on the meta device after loading; loading again", path)
+            model = AutoModelForCausalLM.from_pretrained(
+                path, local_files_only=True, dtype=torch_dtype, **common
+            )
+        left = _meta_tensors(model)
+        if left:
+            raise BackendError(
+                f"loading {path!r} left {len(left)} tensor(s) without data ({', '.join(left[:3])}); "
+                "the checkpoint may be incomplete: rebuild it (llmapps models build --force) or "
+                "download it again"
+            )
     model.to(device)  # type: ignore[arg-type]
     model.eval()
     log.info("loaded %s on %s (%s) in %.1fs", path, device, torch_dtype, time.perf_counter() - started)
     return model, tokenizer
+
+
+def _meta_tensors(model: Any) -> list[str]:
+    """Names of parameters and buffers still on the meta device (declared but never loaded)."""
+    named = [*model.named_parameters(), *model.named_buffers()]
+    return [name for name, t in named if t.device.type == "meta"]
 
 
 def clear_model_cache() -> None:
