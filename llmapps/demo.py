@@ -39,9 +39,7 @@ def run_demo(
     samples = spec.samples("test")[:n]
     names = strategies or STRATEGIES.names()
     console.print(f"[bold]{app}[/bold] on {len(samples)} test samples with: {', '.join(names)}")
-    if "tiny-base" in (settings.base_model, settings.instruct_model) or "tiny-instruct" in (
-        settings.base_model, settings.instruct_model
-    ):
+    if {"tiny-base", "tiny-instruct"} & {settings.base_model, settings.instruct_model}:
         console.print(f"models: {settings.models_dir} (built on first use)")
         ensure_tiny_models(settings.models_dir)
     inputs = [{k: s[k] for k in ("id", *spec.input_keys) if k in s} for s in samples]

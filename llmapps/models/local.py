@@ -412,7 +412,7 @@ def _empty_cache() -> None:
         torch.cuda.empty_cache()
 
 
-_CACHE: dict[tuple[str, str, str, str | None], LocalModel] = {}
+_CACHE: dict[tuple[str, str, str], LocalModel] = {}
 _CACHE_LOCK = threading.Lock()
 
 
@@ -423,7 +423,6 @@ def load_local_model(
     device: str | None = None,
     dtype: str | None = None,
     batch_size: int | None = None,
-    adapter: str | None = None,
 ) -> LocalModel:
     """Load (once per process) the model ``name`` with its tokenizer.
 
@@ -435,13 +434,12 @@ def load_local_model(
         device: ``auto`` (CUDA when present), ``cpu``, ``cuda``...
         dtype: ``auto`` (bf16 on capable GPUs, float32 otherwise) or a dtype name.
         batch_size: prompts per ``generate`` call.
-        adapter: reserved key so adapted models get their own cache slot.
     """
     settings = settings or get_settings()
     path = resolve_model_path(name, settings)
     dev = pick_device(device or settings.device)
     dt = dtype or settings.dtype
-    key = (path, dev, dt, adapter)
+    key = (path, dev, dt)
     with _CACHE_LOCK:
         cached = _CACHE.get(key)
         if cached is not None:
