@@ -139,26 +139,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_human_export(args: argparse.Namespace) -> int:
-    from llmapps.evaluate.files import read_jsonl
-    from llmapps.evaluate.human import export_sheet
-    from llmapps.runner import read_done
+    from llmapps.evaluate.human import export_sheet, load_run_outputs
 
     run = Path(args.run)
-    refs = read_jsonl(run / "references.jsonl")
-    files = sorted((run / "samples").glob("*.jsonl"))
-    names = (
-        [s.strip() for s in args.strategies.split(",")]
-        if args.strategies
-        else [f.stem for f in files]
-    )
-    outputs = {}
-    for n in names:
-        path = run / "samples" / f"{n}.jsonl"
-        if not path.exists():
-            raise ConfigError(
-                f"{run} has no results of {n!r}; it has {', '.join(f.stem for f in files) or 'none'}"
-            )
-        outputs[n] = read_done(path)
+    names = [s.strip() for s in args.strategies.split(",")] if args.strategies else None
+    outputs, refs = load_run_outputs(run, names)
     fields = (
         [f.strip() for f in args.fields.split(",")]
         if args.fields
@@ -272,7 +257,11 @@ def register_evaluate(sub: Any) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_human_export)
     p = hsub.add_parser("import", help="win rates and agreement from filled sheets")
-    p.add_argument("sheets", nargs="+", help="filled sheet CSVs (one per rater, or a rater column)")
+    p.add_argument(
+        "sheets",
+        nargs="+",
+        help="filled sheet CSVs (one per rater, or a rater column) and/or the web app's ratings.jsonl",
+    )
     p.add_argument("--key", required=True, help="key.json written with the sheet")
     p.add_argument("--out", help="write the report JSON here")
     p.set_defaults(func=cmd_human_import)

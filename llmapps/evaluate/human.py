@@ -6,6 +6,11 @@ one is shown as A or B (seeded), and writes a CSV to fill in (``preference``: A,
 ``import_ratings`` reads one or more filled CSVs back and reports each strategy's win rate (a tie
 counts half) and, where several raters rated the same item, their agreement (raw and Cohen's kappa
 averaged over rater pairs).
+
+``RatingStore`` is the same sheet rated in the web app (``llmapps ui``): each rating is appended to
+``ratings.jsonl`` beside the sheet and fsynced, so a closed tab or a killed server loses nothing;
+``import_ratings`` reads that file like a filled CSV, so the page and ``llmapps human-eval import``
+report the same numbers from one implementation (``summarize_ratings``).
 """
 
 from __future__ import annotations
@@ -14,14 +19,21 @@ import csv
 import html
 import itertools
 import json
+import logging
+import os
 import random
+import threading
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from llmapps.errors import InputError
+from llmapps.errors import ConfigError, InputError
+
+log = logging.getLogger(__name__)
 
 CHOICES = ("A", "B", "tie")
+RATINGS_FILE = "ratings.jsonl"
 
 
 def _show(row: Mapping[str, Any] | None, fields: Sequence[str]) -> str:
@@ -114,15 +126,53 @@ def export_sheet(
     return paths
 
 
+def _normalize_preference(pref: str) -> str | None:
+    return {"a": "A", "b": "B", "tie": "tie", "=": "tie"}.get(pref.strip().lower())
+
+
+def _read_jsonl_ratings(path: Path, problems: list[str]) -> list[dict[str, str]]:
+    """A ``ratings.jsonl`` store: the latest rating of each (rater, item) counts; a torn last
+    line (a kill mid-write) is ignored."""
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    latest: dict[tuple[str, str], dict[str, str]] = {}
+    for n, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            if n == len(lines):
+                log.warning("%s: ignoring a half-written last line", path)
+                break
+            problems.append(f"{path}:{n}: not valid JSON")
+            continue
+        norm = (
+            _normalize_preference(str(row.get("preference") or ""))
+            if isinstance(row, dict)
+            else None
+        )
+        if norm is None or not row.get("item") or not row.get("rater"):
+            problems.append(f"{path}:{n}: expected item, rater and preference A, B or tie")
+            continue
+        rating = {"item": str(row["item"]), "preference": norm, "rater": str(row["rater"])}
+        latest.pop((rating["rater"], rating["item"]), None)  # a re-rating moves to the end
+        latest[(rating["rater"], rating["item"])] = rating
+    return list(latest.values())
+
+
 def _read_ratings(paths: Sequence[Path]) -> list[dict[str, str]]:
-    ratings, problems = [], []
+    ratings: list[dict[str, str]] = []
+    problems: list[str] = []
     for path in paths:
+        if Path(path).suffix == ".jsonl":
+            ratings.extend(_read_jsonl_ratings(Path(path), problems))
+            continue
         with Path(path).open(newline="", encoding="utf-8") as f:
             for n, row in enumerate(csv.DictReader(f), start=2):
                 pref = (row.get("preference") or "").strip()
                 if not pref:
                     continue
-                norm = {"a": "A", "b": "B", "tie": "tie", "=": "tie"}.get(pref.lower())
+                norm = _normalize_preference(pref)
                 if norm is None:
                     problems.append(f"{path}:{n}: preference {pref!r} is not A, B or tie")
                     continue
@@ -153,11 +203,23 @@ def cohen_kappa(a: Sequence[str], b: Sequence[str]) -> float | None:
 def import_ratings(sheets: Sequence[Path], key_path: Path) -> dict[str, Any]:
     """Win rates per strategy and per pair, and inter-rater agreement, from filled sheets.
 
+    Args:
+        sheets: filled ``sheet.csv`` files and/or ``ratings.jsonl`` stores of the web app.
+        key_path: the ``key.json`` written with the sheet.
+
     Returns:
         ``{"ratings", "win_rate": {strategy: rate}, "pairs": [...], "agreement": {...}}``.
     """
     key = json.loads(Path(key_path).read_text())["items"]
-    ratings = _read_ratings(sheets)
+    return summarize_ratings(_read_ratings(sheets), key, key_path)
+
+
+def summarize_ratings(
+    ratings: Sequence[Mapping[str, str]],
+    key: Mapping[str, Mapping[str, str]],
+    key_path: Any = "the key",
+) -> dict[str, Any]:
+    """The statistics of ``import_ratings`` from ratings (item, preference, rater) and a key's items."""
     unknown = sorted({r["item"] for r in ratings if r["item"] not in key})
     if unknown:
         raise InputError(
@@ -221,3 +283,167 @@ def import_ratings(sheets: Sequence[Path], key_path: Path) -> dict[str, Any]:
             "cohen_kappa": round(sum(kappas) / len(kappas), 4) if kappas else None,
         },
     }
+
+
+def load_run_outputs(
+    run: Path, strategies: Sequence[str] | None = None
+) -> tuple[dict[str, dict[str, dict[str, Any]]], list[dict[str, Any]]]:
+    """A bench run's outputs (strategy -> sample id -> row) and its ``references.jsonl`` samples."""
+    from llmapps.evaluate.files import read_jsonl
+    from llmapps.runner import read_done
+
+    run = Path(run)
+    if not (run / "references.jsonl").exists():
+        raise ConfigError(
+            f"{run} is not a bench run (no references.jsonl): point at the --out folder of "
+            "`llmapps bench`"
+        )
+    refs = read_jsonl(run / "references.jsonl")
+    files = sorted((run / "samples").glob("*.jsonl"))
+    names = list(strategies) if strategies else [f.stem for f in files]
+    outputs = {}
+    for n in names:
+        path = run / "samples" / f"{n}.jsonl"
+        if not path.exists():
+            raise ConfigError(
+                f"{run} has no results of {n!r}; it has {', '.join(f.stem for f in files) or 'none'}"
+            )
+        outputs[n] = read_done(path)
+    return outputs, refs
+
+
+class RatingStore:
+    """Blinded A/B ratings of one exported sheet, appended durably to ``ratings.jsonl`` beside it.
+
+    Every rating is one JSON line, flushed and fsynced before ``add`` returns; a re-rating of the
+    same item by the same rater replaces the earlier one in the statistics. Safe to share between
+    the threads of a web server.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = Path(folder)
+        key_path = self.folder / "key.json"
+        sheet_path = self.folder / "sheet.csv"
+        if not key_path.exists() or not sheet_path.exists():
+            raise ConfigError(
+                f"{self.folder} holds no exported sheet (key.json and sheet.csv): run "
+                "`llmapps human-eval export RUN --out DIR` or open a bench run with `llmapps ui --run RUN`"
+            )
+        key = json.loads(key_path.read_text(encoding="utf-8"))
+        self.key_path = key_path
+        self.key: dict[str, dict[str, str]] = key["items"]
+        self.strategies: list[str] = key.get("strategies", [])
+        with sheet_path.open(newline="", encoding="utf-8") as f:
+            self.items = [
+                {k: row.get(k) or "" for k in ("item", "context", "A", "B")}
+                for row in csv.DictReader(f)
+            ]
+        self._by_id = {it["item"]: it for it in self.items}
+        self.path = self.folder / RATINGS_FILE
+        self._lock = threading.Lock()
+        self._repair_tail()
+
+    @classmethod
+    def from_run(
+        cls,
+        run: Path,
+        folder: Path | None = None,
+        *,
+        strategies: Sequence[str] | None = None,
+        fields: Sequence[str],
+        seed: int = 0,
+        limit: int | None = None,
+    ) -> RatingStore:
+        """The store for a bench run: exports the blinded sheet into ``folder`` (default
+        ``RUN/human-eval``) the first time, and reopens it (with its ratings) after that."""
+        folder = Path(folder) if folder else Path(run) / "human-eval"
+        if not (folder / "key.json").exists():
+            outputs, refs = load_run_outputs(Path(run), strategies)
+            export_sheet(outputs, refs[:limit] if limit else refs, folder, fields=fields, seed=seed)
+        return cls(folder)
+
+    def _repair_tail(self) -> None:
+        """Cut a half-written last line (a kill mid-write) so the next append starts a line."""
+        if not self.path.exists():
+            return
+        data = self.path.read_bytes()
+        if data and not data.endswith(b"\n"):
+            keep = data.rfind(b"\n") + 1
+            log.warning("%s: dropping a half-written last rating", self.path)
+            with self.path.open("r+b") as f:
+                f.truncate(keep)
+
+    def add(self, item: str, preference: str, rater: str, comment: str = "") -> dict[str, Any]:
+        """Append one rating; ``InputError`` for an item not in the sheet, a bad choice or no rater."""
+        problems = []
+        if item not in self._by_id:
+            problems.append(f"item {item!r} is not in this run's sheet ({self.folder})")
+        norm = _normalize_preference(preference or "")
+        if norm is None:
+            problems.append(f"preference {preference!r} is not A, B or tie")
+        rater = " ".join((rater or "").split())
+        if not rater:
+            problems.append("no rater name: type your name first")
+        if problems:
+            raise InputError("; ".join(problems))
+        row = {
+            "item": item,
+            "preference": norm,
+            "rater": rater,
+            "comment": (comment or "").strip(),
+            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        line = json.dumps(row, ensure_ascii=False) + "\n"
+        with self._lock, self.path.open("a", encoding="utf-8") as f:
+            f.write(line)
+            f.flush()
+            os.fsync(f.fileno())
+        return row
+
+    def ratings(self) -> list[dict[str, str]]:
+        """Every counted rating (the latest per rater and item)."""
+        if not self.path.exists():
+            return []
+        return _read_ratings([self.path])
+
+    def rated_by(self, rater: str) -> set[str]:
+        rater = " ".join((rater or "").split())
+        return {r["item"] for r in self.ratings() if r["rater"] == rater}
+
+    def next_item(self, rater: str) -> dict[str, str] | None:
+        """The first item of the sheet ``rater`` has not rated yet (None when all are done)."""
+        done = self.rated_by(rater)
+        return next((it for it in self.items if it["item"] not in done), None)
+
+    def summary(self) -> dict[str, Any] | None:
+        """``import_ratings``'s statistics of the ratings so far (None before the first)."""
+        ratings = self.ratings()
+        return summarize_ratings(ratings, self.key, self.key_path) if ratings else None
+
+
+def plot_win_rates(report: Mapping[str, Any]) -> Any:
+    """A bar chart of each strategy's win rate (a matplotlib ``Figure``, no pyplot state)."""
+    from matplotlib.figure import Figure
+
+    names = sorted(report["win_rate"], key=lambda n: -report["win_rate"][n])
+    fig = Figure(figsize=(5, 2.6), layout="constrained")
+    ax = fig.add_subplot()
+    bars = ax.bar(names, [report["win_rate"][n] for n in names], color="#3b6ea5")
+    for bar, n in zip(bars, names, strict=True):
+        ax.annotate(
+            f"{report['win_rate'][n]:.2f} (n={report['comparisons'][n]})",
+            (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+            ha="center",
+            va="bottom",
+            fontsize=8,
+        )
+    ax.axhline(0.5, color="#999", linewidth=0.8, linestyle="--")
+    ax.set_ylim(0, 1.1)
+    ax.set_ylabel("win rate (tie = 0.5)")
+    kappa = report["agreement"]["cohen_kappa"]
+    ax.set_title(
+        f"{report['ratings']} ratings, {len(report['raters'])} rater(s), "
+        f"kappa {kappa if kappa is not None else 'n/a'}",
+        fontsize=9,
+    )
+    return fig
