@@ -83,8 +83,10 @@ def pick_dtype(requested: str, device: str) -> torch.dtype:
 def resolve_model_path(name: str, settings: Settings | None = None, *, build: bool = True) -> str:
     """Turn a model name into something ``from_pretrained`` accepts.
 
-    Built-in names map to ``$LLMAPPS_HOME/models/NAME`` and are built on first use when ``build``
-    is true. An existing directory is used as is. Anything else is treated as a hub id.
+    Built-in tiny names and packaged model names (``gemma-3-270m``, ``smollm2-135m-instruct``)
+    map to ``$LLMAPPS_HOME/models/NAME`` and are built on first use when ``build`` is true; a
+    ``.gguf`` file is converted once into a folder there. An existing directory is used as is.
+    Anything else is treated as a hub id.
     """
     settings = settings or get_settings()
     if name in BUILTIN_MODELS:
@@ -99,7 +101,19 @@ def resolve_model_path(name: str, settings: Settings | None = None, *, build: bo
 
             ensure_tiny_models(settings.models_dir)
         return str(path)
+    from llmapps.models import packaged
+
+    if packaged.is_packaged(name):
+        path = settings.models_dir / name
+        if not build and not (path / "config.json").exists():
+            raise ModelNotFoundError(
+                f"the packaged model {name!r} is not built yet at {path}; "
+                f"run `llmapps models build {name}`"
+            )
+        return str(packaged.ensure_packaged_model(name, settings))
     path = Path(name).expanduser()
+    if path.suffix.lower() == ".gguf":
+        return str(packaged.ensure_gguf_model(path, settings))
     if path.exists():
         if not (path / "config.json").exists():
             raise ModelNotFoundError(
