@@ -17,7 +17,12 @@ from langchain_core.messages import AIMessage
 from pydantic import SecretStr
 
 from llmapps.errors import BackendError, ConfigError
-from llmapps.service.chat import ServiceChatModel, call_cost
+from llmapps.service.chat import (
+    ServiceChatModel,
+    call_cost,
+    forget_structured_support,
+    structured_support,
+)
 from llmapps.service.fake_endpoint import FakeEndpointState, create_fake_app
 from llmapps.service.limits import RateLimiter, RetryPolicy, parse_retry_after
 from llmapps.serving.server import serve_in_thread
@@ -36,6 +41,7 @@ def fake() -> Any:
 def endpoint(fake: Any) -> Any:
     url, state = fake
     state.reset()
+    forget_structured_support()
     return url, state
 
 
@@ -124,23 +130,79 @@ def test_news_riddle_chain_marks_failed_rows(endpoint: Any) -> None:
     )
 
 
+FMT = {
+    "type": "json_schema",
+    "json_schema": {"name": "t", "schema": {"type": "object"}, "strict": False},
+}
+
+
 def test_structured_output_used_when_supported_else_text(endpoint: Any) -> None:
     url, state = endpoint
-    fmt = {
-        "type": "json_schema",
-        "json_schema": {"name": "t", "schema": {"type": "object"}, "strict": False},
-    }
-    plain = model(url, structured_format=fmt)
-    assert plain.invoke("a").content.startswith("Summary:")
-    assert plain.stats.structured_fallbacks == 1
-    plain.invoke("b")  # remembered: no second 400
-    assert plain.stats.structured_fallbacks == 1 and state.requests["b"] == 1
+    plain = model(url, structured_format=FMT)
+    out = plain.invoke("a")
+    assert out.content.startswith("Summary:")
+    assert out.response_metadata["structured_output"] == "text"
+    # json_schema, then json_object refused: two fallbacks, text remembered
+    assert plain.stats.structured_fallbacks == 2 and plain.stats.failures == 0
+    assert state.formats == {"json_schema": 1, "json_object": 1, "text": 1}
+    plain.invoke("b")  # remembered: no second refusal
+    assert plain.stats.structured_fallbacks == 2 and state.requests["b"] == 1
+    assert structured_support(url, "fake-model") == "text"
+    forget_structured_support()
     state.supports_json_schema = True
-    js = model(url, structured_format=fmt)
+    js = model(url, structured_format=FMT)
     from chains.news_riddle import parse_fields
 
     parsed = parse_fields(js.invoke("c").content)
     assert parsed["valid"] and parsed["answer"] == "a thing"
+    assert js.stats.structured_fallbacks == 0
+    assert structured_support(url, "fake-model") == "json_schema"
+
+
+@pytest.mark.parametrize("status", [400, 422, 500])
+def test_json_schema_refused_falls_back_to_json_object_once_per_endpoint(
+    endpoint: Any, status: int
+) -> None:
+    url, state = endpoint
+    state.supports_json_object = True
+    state.refusal_status = status  # 500 naming response_format: what llama-cpp-python answers
+    first = model(url, structured_format=FMT, retries=3)
+    out = first.invoke("a")
+    assert out.response_metadata["structured_output"] == "json_object"
+    assert '"answer": "a thing"' in out.content
+    # a refusal is not a transient fault: not retried, not a failure
+    assert first.stats.retries == 0 and first.stats.failures == 0
+    assert first.stats.structured_fallbacks == 1
+    # decided for the endpoint+model: another instance, and a batch, go straight to json_object
+    second = model(url, structured_format=FMT)
+    second.batch(["b", "c", "d"], config={"max_concurrency": 3})
+    assert second.stats.structured_fallbacks == 0
+    assert state.formats == {"json_schema": 1, "json_object": 4}
+    # another model on the same server is decided on its own
+    assert structured_support(url, "other-model") is None
+
+
+def test_a_concurrent_first_batch_probes_once(endpoint: Any) -> None:
+    url, state = endpoint
+    state.latency_s = 0.05
+    llm = model(url, structured_format=FMT, max_inflight=4)
+    outs = llm.batch([f"q{i}" for i in range(6)], config={"max_concurrency": 6})
+    assert all(o.content.startswith("Summary:") for o in outs)
+    assert llm.stats.structured_fallbacks == 2
+    assert state.formats == {"json_schema": 1, "json_object": 1, "text": 6}
+
+
+def test_transient_faults_while_probing_are_retried_not_taken_for_refusals(
+    endpoint: Any,
+) -> None:
+    url, state = endpoint
+    state.supports_json_schema = True
+    for kind in ("429", "500", "slow"):
+        forget_structured_support()
+        llm = model(url, structured_format=FMT)
+        out = llm.invoke(f"probe [fail:{kind}:1]")
+        assert out.response_metadata["structured_output"] == "json_schema", kind
+        assert llm.stats.retries == 1 and llm.stats.structured_fallbacks == 0, kind
 
 
 def test_cache_is_keyed_by_every_parameter(endpoint: Any, tmp_path: Path) -> None:

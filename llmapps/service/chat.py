@@ -7,9 +7,16 @@ exponential backoff and jitter on 429, 5xx, timeouts, dropped connections and un
 here. Token usage and cost (from a per-model price table) land in the message's
 ``response_metadata`` and in ``ServiceStats``.
 
-Structured output: given a ``response_format`` (a JSON schema), it is sent with each request; an
-endpoint that answers 400 about it is remembered as not supporting it and the request is sent
-again without it, so the caller's tolerant parser takes over.
+Structured output, capability-aware: given a ``response_format`` (a JSON schema), the first call
+to an endpoint+model tries, in turn, ``json_schema``, ``json_object`` (with the schema, which
+llama.cpp's servers use to constrain the output) and plain text; a level counts as refused when the
+endpoint answers 4xx (other than 401/403/404/408/409/429), or a 5xx whose body names
+``response_format``/``json_schema`` (llama-cpp-python's server answers 500). The level that worked
+is remembered for that endpoint+model in this process (``structured_support``), so later calls
+and other instances send it straight away; the first call holds a per-endpoint lock while it
+decides, so a concurrent batch probes once. Real transient faults (429, other 5xx, timeouts) are
+retried as usual and never taken for a refusal. Each fallback is counted in ``ServiceStats``
+and the level used is in each message's ``response_metadata["structured_output"]``.
 """
 
 from __future__ import annotations
@@ -38,6 +45,58 @@ from llmapps.service.limits import RateLimiter, RetryPolicy, parse_retry_after
 log = logging.getLogger(__name__)
 
 RETRY_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
+# 4xx answers that say nothing about response_format (auth, unknown model, retry later, too big)
+_NOT_A_FORMAT_REFUSAL = frozenset({401, 403, 404, 408, 409, 413, 429})
+_FORMAT_WORDS = ("response_format", "json_schema", "json_object")
+STRUCTURED_LEVELS = ("json_schema", "json_object", "text")
+
+
+class _Capabilities:
+    """Which structured-output level each endpoint+model accepts, decided once per process."""
+
+    def __init__(self) -> None:
+        self._levels: dict[tuple[str, str], str] = {}
+        self._locks: dict[tuple[str, str], threading.Lock] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[str, str]) -> str | None:
+        with self._lock:
+            return self._levels.get(key)
+
+    def set(self, key: tuple[str, str], level: str) -> None:
+        with self._lock:
+            self._levels[key] = level
+
+    def deciding(self, key: tuple[str, str]) -> threading.Lock:
+        with self._lock:
+            return self._locks.setdefault(key, threading.Lock())
+
+    def forget(self) -> None:
+        with self._lock:
+            self._levels.clear()
+
+
+_CAPABILITIES = _Capabilities()
+
+
+def structured_support(endpoint: str, model: str) -> str | None:
+    """The structured-output level remembered for ``endpoint`` + ``model`` (None: not tried)."""
+    return _CAPABILITIES.get((endpoint, model))
+
+
+def forget_structured_support() -> None:
+    """Forget every endpoint's structured-output decision (the next call probes again)."""
+    _CAPABILITIES.forget()
+
+
+def structured_payload(level: str, fmt: dict[str, Any]) -> dict[str, Any] | None:
+    """The ``response_format`` to send at ``level`` for a ``json_schema`` format (None: text)."""
+    if level == "json_schema":
+        return fmt
+    if level == "json_object":
+        schema = (fmt.get("json_schema") or {}).get("schema")
+        return {"type": "json_object", **({"schema": schema} if schema else {})}
+    return None
 
 
 @dataclass
@@ -89,6 +148,22 @@ class _Retryable(Exception):
         self.retry_after = retry_after
 
 
+class _FormatRefused(Exception):
+    """The endpoint refused the response_format sent (not a transient fault)."""
+
+
+def _refuses_format(err: Exception) -> bool:
+    if not isinstance(err, openai.APIStatusError):
+        return False
+    status = err.status_code
+    if 400 <= status < 500:
+        return status not in _NOT_A_FORMAT_REFUSAL
+    if status >= 500:
+        body = f"{err.message} {err.body} {getattr(err.response, 'text', '')}".lower()
+        return any(w in body for w in _FORMAT_WORDS)
+    return False
+
+
 class ServiceChatModel(ChatOpenAI):  # type: ignore[override]
     """An OpenAI-compatible chat endpoint with caching, rate limits, counted retries and cost.
 
@@ -113,7 +188,6 @@ class ServiceChatModel(ChatOpenAI):  # type: ignore[override]
     _stats: ServiceStats = PrivateAttr(default_factory=ServiceStats)
     _limiter: RateLimiter | None = PrivateAttr(default=None)
     _sem: threading.BoundedSemaphore | None = PrivateAttr(default=None)
-    _structured_ok: bool | None = PrivateAttr(default=None)
     _cache: ResponseCache | None = PrivateAttr(default=None)
 
     @model_validator(mode="before")
@@ -149,12 +223,17 @@ class ServiceChatModel(ChatOpenAI):  # type: ignore[override]
         key = secret.get_secret_value() if isinstance(secret, SecretStr) else ""
         return text.replace(key, "***") if key and len(key) >= 4 else text
 
-    def _structured_kwargs(self, kwargs: dict[str, Any]) -> dict[str, Any]:
-        if self.structured_format is None or self._structured_ok is False:
+    def _structured_kwargs(self, kwargs: dict[str, Any], level: str) -> dict[str, Any]:
+        fmt = structured_payload(level, self.structured_format) if self.structured_format else None
+        if fmt is None:
             return kwargs
         # sent through extra_body so ChatOpenAI keeps its plain create() path and its text output
-        extra = {**(kwargs.get("extra_body") or {}), "response_format": self.structured_format}
+        extra = {**(kwargs.get("extra_body") or {}), "response_format": fmt}
         return {**kwargs, "extra_body": extra}
+
+    @property
+    def _capability_key(self) -> tuple[str, str]:
+        return (self.endpoint, self.model_name)
 
     def _estimate_tokens(self, payload: dict[str, Any]) -> int:
         chars = sum(len(str(m.get("content", ""))) for m in payload.get("messages", []))
@@ -187,13 +266,16 @@ class ServiceChatModel(ChatOpenAI):  # type: ignore[override]
             return _Retryable("unreadable response body")
         return err
 
-    def _call(self, fn: Any) -> Any:
+    def _call(self, fn: Any, *, structured: bool = False) -> Any:
         policy = RetryPolicy(self.retries, self.backoff_base, self.backoff_max)
         attempt = 0
         while True:
             try:
                 return fn()
             except Exception as err:
+                if structured and _refuses_format(err):
+                    status = getattr(err, "status_code", "?")
+                    raise _FormatRefused(f"HTTP {status}: {self._scrub(str(err))[:200]}") from None
                 kind = self._classify(err)
                 if not isinstance(kind, _Retryable):
                     self._stats.add(failures=1)
@@ -236,7 +318,49 @@ class ServiceChatModel(ChatOpenAI):  # type: ignore[override]
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        call_kwargs = self._structured_kwargs(kwargs)
+        if self.structured_format is None:
+            return self._generate_at("text", messages, stop, run_manager, kwargs)
+        key = self._capability_key
+        level = _CAPABILITIES.get(key)
+        if level is not None:
+            return self._generate_at(level, messages, stop, run_manager, kwargs)
+        with _CAPABILITIES.deciding(key):  # one probe per endpoint+model, even in a batch
+            level = _CAPABILITIES.get(key)
+            if level is not None:
+                return self._generate_at(level, messages, stop, run_manager, kwargs)
+            for level in STRUCTURED_LEVELS:
+                try:
+                    result = self._generate_at(level, messages, stop, run_manager, kwargs)
+                except _FormatRefused as why:
+                    self._stats.add(structured_fallbacks=1)
+                    log.info(
+                        "%s (%s) refused response_format %s (%s); trying the next level",
+                        self.endpoint,
+                        self.model_name,
+                        level,
+                        why,
+                    )
+                    continue
+                _CAPABILITIES.set(key, level)
+                if level != STRUCTURED_LEVELS[0]:
+                    log.info(
+                        "%s (%s): structured output falls back to %s",
+                        self.endpoint,
+                        self.model_name,
+                        level,
+                    )
+                return result
+        raise AssertionError("the text level sends no response_format and cannot be refused")
+
+    def _generate_at(
+        self,
+        level: str,
+        messages: list[BaseMessage],
+        stop: list[str] | None,
+        run_manager: CallbackManagerForLLMRun | None,
+        kwargs: dict[str, Any],
+    ) -> ChatResult:
+        call_kwargs = self._structured_kwargs(kwargs, level)
         payload = self._get_request_payload(messages, stop=stop, **call_kwargs)
         key = cache_key(self.endpoint, self.model_name, payload) if self._cache is not None else ""
         if self._cache is not None and (hit := self._cache.get(key)) is not None:
@@ -254,23 +378,13 @@ class ServiceChatModel(ChatOpenAI):  # type: ignore[override]
                     messages, stop, run_manager, **call_kwargs
                 )
 
-            try:
-                result = self._call(once)
-            except BackendError as err:
-                if "extra_body" in call_kwargs and "response_format" in str(err):
-                    # this endpoint has no structured output: remember, and ask for text instead
-                    self._structured_ok = False
-                    self._stats.add(structured_fallbacks=1, failures=-1)
-                    log.info(
-                        "%s does not support response_format; using text output", self.endpoint
-                    )
-                    return self._generate(messages, stop, run_manager, **kwargs)
-                raise
+            result = self._call(once, structured=call_kwargs is not kwargs)
         finally:
             if sem is not None:
                 sem.release()
-        if "extra_body" in call_kwargs:
-            self._structured_ok = True
+        if self.structured_format is not None:
+            msg = result.generations[0].message
+            msg.response_metadata = {**msg.response_metadata, "structured_output": level}
         return self._account(result, key)
 
     def _account(self, result: ChatResult, key: str) -> ChatResult:

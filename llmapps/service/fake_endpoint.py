@@ -10,8 +10,10 @@ concurrent batch stays deterministic:
   client's timeout; ``garbage`` is a 200 whose body is not JSON), later ones succeed.
 - ``[fail:500:always]`` and the like: every request fails.
 
-With ``supports_json_schema`` off, a request carrying ``response_format`` gets the 400 an endpoint
-without structured output answers; with it on, the reply is a JSON object.
+With ``supports_json_schema`` (``supports_json_object``) off, a request whose ``response_format``
+is of that type gets the refusal an endpoint without it answers: HTTP ``refusal_status`` (400; 500
+as llama-cpp-python's server does), its body naming ``response_format``; an accepted one gets a
+JSON object as its reply.
 """
 
 from __future__ import annotations
@@ -38,6 +40,9 @@ class FakeEndpointState:
     slow_s: float = 2.0
     retry_after: str = "0.05"
     supports_json_schema: bool = False
+    supports_json_object: bool = False
+    refusal_status: int = 400
+    formats: Counter[str] = field(default_factory=Counter)
     reply: str = "Summary: A thing happened.\nRiddle: What happened, and where?\nAnswer: a thing"
     requests: Counter[str] = field(default_factory=Counter)
     completed: Counter[str] = field(default_factory=Counter)
@@ -51,6 +56,9 @@ class FakeEndpointState:
             self.completed.clear()
             self.max_in_flight = self.in_flight  # a slow request of before may still be running
             self.supports_json_schema = False
+            self.supports_json_object = False
+            self.refusal_status = 400
+            self.formats.clear()
             self.latency_s = 0.0
 
 
@@ -100,10 +108,20 @@ def create_fake_app(state: FakeEndpointState | None = None) -> FastAPI:
                     st.in_flight -= 1
                     counted = False
                 await asyncio.sleep(st.slow_s)
-            if "response_format" in body and not st.supports_json_schema:
-                return error(400, "response_format is not supported by this endpoint")
+            ftype = str((body.get("response_format") or {}).get("type", "text"))
+            with st._lock:
+                st.formats[ftype] += 1
+            supported = {
+                "json_schema": st.supports_json_schema,
+                "json_object": st.supports_json_object,
+            }
+            if not supported.get(ftype, True):
+                return error(
+                    st.refusal_status,
+                    f"response_format of type {ftype!r} is not supported by this endpoint",
+                )
             content = st.reply
-            if "response_format" in body:
+            if ftype != "text":
                 import json
 
                 fields = dict(line.split(": ", 1) for line in st.reply.splitlines())
