@@ -114,7 +114,13 @@ class ServerSettings(BaseModel):
     api_key: SecretStr | None = Field(None, description="bearer token clients must send; none: open")
     max_body_bytes: int = Field(1_000_000, ge=1024, description="larger request bodies get 413")
     max_tokens: int = Field(512, ge=1, description="largest max_tokens a request may ask for")
-    max_concurrent: int = Field(64, ge=1, description="requests in flight before 429 + Retry-After")
+    max_concurrent: int = Field(64, ge=1, description="prompts in flight (all requests) before 429 + Retry-After")
+    max_prompts: int = Field(16, ge=1, description="most prompts in one /v1/completions request (400 above)")
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="Host headers answered (others get 400, against DNS rebinding); empty: the loopback "
+        "names when bound to loopback, any host otherwise",
+    )
     max_batch: int = Field(16, ge=1, description="most requests in one batched generate call")
     batch_wait_ms: float = Field(5.0, ge=0.0, description="how long to gather requests into a batch")
 

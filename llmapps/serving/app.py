@@ -2,15 +2,34 @@
 
 Routes: ``GET /health`` (open), ``GET /v1/models``, ``POST /v1/chat/completions`` (SSE streaming
 or not), ``POST /v1/completions``; the OpenAPI schema at ``/openapi.json`` and docs at ``/docs``.
-Generation requests go through the ``DynamicBatcher``; streams use ``stream_local``. Guard rails:
-bearer-token auth when a key is set (constant-time compare, 401 otherwise), a body size limit
-(413), a ``max_tokens`` ceiling (400) and a cap on requests in flight (429 with ``Retry-After``).
-Every error has OpenAI's shape: ``{"error": {"message", "type", "param", "code"}}``.
+Generation requests go through the ``DynamicBatcher``; streams use ``stream_local``.
+
+Guard rails, in the order a request meets them (``Guard``, an ASGI middleware, does the first
+three before any route reads the body):
+
+1. the Host header must be one this server answers to (400): against DNS rebinding, a loopback
+   server answers only ``127.0.0.1``, ``localhost`` and ``[::1]`` unless ``allowed_hosts`` says
+   more. No CORS headers are sent, on purpose: a browser page of another origin cannot read
+   answers, and a JSON POST from it is pre-flighted and refused. The stance is loopback + key:
+   serve off loopback only with an API key (the CLI refuses otherwise);
+2. bearer-token auth on ``/v1/*`` when a key is set (constant-time compare, 401), before the body
+   is even parsed, so an unauthenticated client learns nothing about the API;
+3. a body size limit (413);
+4. the body: every field typed and bounded (integers fit what the model accepts, no NaN or
+   infinity, no lone surrogates anywhere in it), unsupported options refused (400);
+5. ``max_tokens`` ceiling (400), prompts per request capped (``max_prompts``, 400), and prompts
+   in flight over all requests capped (``max_concurrent``, 429 with ``Retry-After``): a request
+   holds one slot per prompt, so one big request cannot bypass the cap.
+
+A client that goes away gets its queued prompts cancelled (the batch in progress finishes), and a
+stream that fails midway ends with an error event and ``[DONE]``. Every error has OpenAI's shape:
+``{"error": {"message", "type", "param", "code"}}``, and the schema documents each status.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import json
 import logging
@@ -19,12 +38,14 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi.security import HTTPBearer
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from llmapps.errors import InputError
@@ -75,39 +96,80 @@ class APIError(Exception):
 # ---------------------------------------------------------------- request bodies
 
 
-class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+# torch.manual_seed takes [-2**63, 2**64 - 1]; token counts fit 32 bits
+Seed = Annotated[int, Field(ge=-(2**63), le=2**64 - 1)]
+Count = Annotated[int, Field(ge=0, le=2**31 - 1)]
 
+
+def _lone_surrogate(value: Any, path: str = "", depth: int = 0) -> str | None:
+    """The path of the first string in ``value`` holding a lone surrogate (not encodable text)."""
+    stack = [(value, path)]
+    while stack:
+        item, where = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return where or "body"
+        elif isinstance(item, dict):
+            for k, v in item.items():
+                key = str(k)
+                if isinstance(k, str) and _lone_surrogate(k) is not None:
+                    return (where + "." if where else "") + key.encode("utf-8", "replace").decode()
+                stack.append((v, f"{where}.{key}" if where else key))
+        elif isinstance(item, list):
+            stack.extend((v, f"{where}.{i}" if where else str(i)) for i, v in enumerate(item))
+    return None
+
+
+class _Body(BaseModel):
+    """Request bodies: unknown fields refused, floats finite, every string valid Unicode."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_lone_surrogates(cls, data: Any) -> Any:
+        where = _lone_surrogate(data)
+        if where is not None:
+            raise PydanticCustomError(
+                "lone_surrogate",
+                "{param} holds a lone surrogate (\\ud800-\\udfff escape), which is not text; "
+                "send valid UTF-8",
+                {"param": where},
+            )
+        return data
+
+
+class ChatMessage(_Body):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[dict[str, Any]] | None = None
     name: str | None = None
 
 
-class _Sampling(BaseModel):
+class _Sampling(_Body):
     """Fields shared by both generation endpoints (OpenAI names; unsupported values are refused)."""
 
-    model_config = ConfigDict(extra="forbid")
-
     model: str
-    max_tokens: int | None = Field(None, ge=1)
+    max_tokens: int | None = Field(None, ge=1, le=2**31 - 1)
     temperature: float | None = Field(None, ge=0.0, le=2.0)
     top_p: float | None = Field(None, gt=0.0, le=1.0)
-    n: int | None = Field(None, ge=1)
+    n: int | None = Field(None, ge=1, le=2**31 - 1)
     stream: bool = False
     stream_options: dict[str, Any] | None = None
-    stop: str | list[str] | None = None
-    seed: int | None = None
+    stop: str | Annotated[list[str], Field(max_length=4)] | None = None
+    seed: Seed | None = None
     user: str | None = None
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
+    presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
+    frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
     logit_bias: dict[str, float] | None = None
     logprobs: Any = None
 
 
 class ChatRequest(_Sampling):
     messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
-    top_logprobs: int | None = None
+    max_completion_tokens: int | None = Field(None, ge=1, le=2**31 - 1)
+    top_logprobs: Count | None = None
     response_format: dict[str, Any] | None = None
     tools: list[dict[str, Any]] | None = None
     tool_choice: Any = None
@@ -121,7 +183,29 @@ class CompletionRequest(_Sampling):
     prompt: str | list[str]
     echo: bool | None = None
     suffix: str | None = None
-    best_of: int | None = None
+    best_of: int | None = Field(None, ge=1, le=2**31 - 1)
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    """Every error answer: OpenAI's shape."""
+
+    error: ErrorDetail
+
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorResponse, "description": "invalid or unsupported request"},
+    401: {"model": ErrorResponse, "description": "missing or wrong API key"},
+    404: {"model": ErrorResponse, "description": "model not served here"},
+    413: {"model": ErrorResponse, "description": "request body too large"},
+    429: {"model": ErrorResponse, "description": "too many prompts in flight; see Retry-After"},
+}
 
 
 # ---------------------------------------------------------------- helpers
@@ -165,10 +249,12 @@ def _text_of(content: str | list[dict[str, Any]] | None) -> str:
         return content or ""
     parts = []
     for part in content:
-        if part.get("type") != "text":
+        if part.get("type") != "text" or not isinstance(part.get("text", ""), str):
             raise APIError(
                 400,
-                f"content parts of type {part.get('type')!r} are not supported; send text",
+                f"messages: content part {str(part.get('type'))[:40]!r} with "
+                f"{type(part.get('text')).__name__} text is not supported; send parts "
+                "{'type': 'text', 'text': STRING}",
                 param="messages",
                 code="unsupported_content",
             )
@@ -177,39 +263,94 @@ def _text_of(content: str | list[dict[str, Any]] | None) -> str:
 
 
 class _Slots:
-    """Requests in flight, capped; the cap answers 429 rather than queueing without bound."""
+    """Prompts in flight over all requests, capped; the cap answers 429 rather than queueing.
+
+    A request takes one slot per prompt, so a list of 256 prompts counts as 256, not 1.
+    """
 
     def __init__(self, limit: int) -> None:
         self.limit, self.used = limit, 0
         self._lock = threading.Lock()
 
-    def acquire(self) -> None:
+    def acquire(self, n: int = 1) -> None:
         with self._lock:
-            if self.used >= self.limit:
+            if self.used + n > self.limit:
                 raise APIError(
                     429,
-                    f"the server is at its limit of {self.limit} requests in flight; "
-                    "retry after the delay in Retry-After",
+                    f"the server is at its limit of {self.limit} prompts in flight "
+                    f"({self.used} in flight, this request has {n}); retry after the delay in "
+                    "Retry-After",
                     type="rate_limit_error",
                     code="too_many_requests",
                     headers={"Retry-After": "1"},
                 )
-            self.used += 1
+            self.used += n
 
-    def release(self) -> None:
+    def release(self, n: int = 1) -> None:
         with self._lock:
-            self.used -= 1
+            self.used -= n
 
 
-class BodyLimit:
-    """ASGI middleware: bodies over ``max_bytes`` get 413 before any route reads them."""
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
-    def __init__(self, app: Any, max_bytes: int) -> None:
-        self.app, self.max_bytes = app, max_bytes
+
+def _host_of(header: str) -> str:
+    """The host of a Host header, without its port or IPv6 brackets, lower case."""
+    h = header.strip().lower()
+    if h.startswith("["):
+        return h[1 : h.find("]")] if "]" in h else h
+    return h.rsplit(":", 1)[0] if h.count(":") == 1 else h
+
+
+class Guard:
+    """ASGI middleware run before any route reads a body: Host check, auth, body size limit.
+
+    Args:
+        app: the ASGI app.
+        max_bytes: bodies over this get 413.
+        key: the API key ``/v1/*`` requires (None: open).
+        allowed_hosts: Host header values answered (None: any).
+    """
+
+    def __init__(
+        self, app: Any, max_bytes: int, key: str | None = None, allowed_hosts: Any = None
+    ) -> None:
+        self.app, self.max_bytes, self.key = app, max_bytes, key
+        self.allowed = None if allowed_hosts is None else {_host_of(h) for h in allowed_hosts}
+
+    def _refusal(self, scope: Any) -> APIError | None:
+        headers = dict(scope.get("headers") or [])
+        host = headers.get(b"host")
+        if self.allowed is not None and host is not None:
+            name = _host_of(host.decode("latin-1"))
+            if name not in self.allowed:
+                return APIError(
+                    400,
+                    f"this server does not answer to the host {name[:80]!r}; call it as "
+                    f"{sorted(self.allowed)[0]} or start it with --allowed-hosts",
+                    code="host_not_allowed",
+                )
+        if self.key is not None and scope.get("path", "").startswith("/v1/"):
+            given = headers.get(b"authorization", b"").decode("latin-1")
+            scheme, _, token = given.partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(
+                token.strip().encode("latin-1"), self.key.encode()
+            ):
+                return APIError(
+                    401,
+                    "missing or invalid API key: send the header 'Authorization: Bearer <key>' "
+                    "with the key the server was started with",
+                    code="invalid_api_key",
+                )
+        return None
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
+            return
+        refusal = self._refusal(scope)
+        if refusal is not None:
+            await refusal.response()(scope, receive, send)
             return
         headers = dict(scope.get("headers") or [])
         declared = headers.get(b"content-length")
@@ -253,12 +394,17 @@ def create_app(
 ) -> FastAPI:
     """The FastAPI app serving ``lm`` under ``model_name`` with the limits of ``settings``."""
     from llmapps.models.local import GenerationParams, stream_local
+    from llmapps.serving.server import is_loopback
 
     served = model_name or lm.name
     key = settings.api_key.get_secret_value() if settings.api_key else None
     slots = _Slots(settings.max_concurrent)
+    max_prompts = min(settings.max_prompts, settings.max_concurrent)
     batcher = DynamicBatcher(lm, max_batch=settings.max_batch, wait_ms=settings.batch_wait_ms)
     started = int(time.time())
+    allowed_hosts: list[str] | None = list(settings.allowed_hosts) or (
+        list(LOOPBACK_HOSTS) if is_loopback(settings.host) else None
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> Any:
@@ -272,7 +418,9 @@ def create_app(
         description=f"Serves {served!r} with dynamic batching.",
     )
     app.state.batcher, app.state.slots, app.state.model = batcher, slots, lm
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        Guard, max_bytes=settings.max_body_bytes, key=key, allowed_hosts=allowed_hosts
+    )
 
     @app.exception_handler(APIError)
     async def _api_error(request: Request, err: APIError) -> JSONResponse:
@@ -280,21 +428,27 @@ def create_app(
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, err: RequestValidationError) -> JSONResponse:
-        problems = "; ".join(
-            f"{'.'.join(str(x) for x in e['loc'][1:]) or 'body'}: {e['msg']}" for e in err.errors()
-        )
-        first = err.errors()[0]["loc"] if err.errors() else ()
+        errors = err.errors()
+
+        def where(e: Any) -> str:
+            named = (e.get("ctx") or {}).get("param")
+            return str(named) if named else ".".join(str(x) for x in e["loc"][1:])
+
+        problems = "; ".join(f"{where(e) or 'body'}: {e['msg']}" for e in errors[:10])
         return APIError(
             400,
-            f"invalid request: {problems}",
-            param=".".join(str(x) for x in first[1:]) or None,
+            f"invalid request: {problems}"[:2000],
+            param=(where(errors[0]) or None) if errors else None,
             code="invalid_request",
         ).response()
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, err: StarletteHTTPException) -> JSONResponse:
         return APIError(
-            err.status_code, str(err.detail), code="not_found" if err.status_code == 404 else None
+            err.status_code,
+            str(err.detail),
+            code="not_found" if err.status_code == 404 else None,
+            headers=dict(err.headers or {}),  # 405 carries Allow
         ).response()
 
     @app.exception_handler(Exception)
@@ -307,26 +461,14 @@ def create_app(
             code="internal_error",
         ).response()
 
-    def auth(request: Request) -> None:
-        if key is None:
-            return
-        given = request.headers.get("authorization", "")
-        scheme, _, token = given.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(
-            token.strip().encode(), key.encode()
-        ):
-            raise APIError(
-                401,
-                "missing or invalid API key: send the header 'Authorization: Bearer <key>' "
-                "with the key the server was started with",
-                code="invalid_api_key",
-            )
+    # Auth is enforced by Guard before the body is read; this only documents it in the schema.
+    bearer = [Depends(HTTPBearer(auto_error=False))] if key else []
 
     def check_model(name: str) -> None:
         if name != served:
             raise APIError(
                 404,
-                f"the model {name!r} is not served here; this server serves {served!r}",
+                f"the model {name[:200]!r} is not served here; this server serves {served!r}",
                 param="model",
                 code="model_not_found",
             )
@@ -341,13 +483,21 @@ def create_app(
                 param="max_tokens",
                 code="max_tokens_too_large",
             )
+        if wanted >= lm.context_length:
+            raise APIError(
+                400,
+                f"max_tokens={wanted} leaves no room for a prompt in the {lm.context_length}-token "
+                "context of this model; ask for fewer",
+                param="max_tokens",
+                code="max_tokens_too_large",
+            )
         stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
         temperature = 1.0 if req.temperature is None else req.temperature  # OpenAI's default
         return GenerationParams(
             max_new_tokens=wanted,
             temperature=temperature,
             top_p=req.top_p or 1.0,
-            stop=stop,
+            stop=[s for s in stop if s],  # an empty stop string would end every completion at once
             seed=req.seed,
         )
 
@@ -372,38 +522,69 @@ def create_app(
                 limit,
                 what="conversation",
             )
+            return render(fitted)
         except InputError as err:
             raise APIError(400, str(err), param="messages", code="context_length_exceeded") from err
-        return render(fitted)
+        except Exception as err:  # the model's chat template refused the conversation (jinja2)
+            if type(err).__module__.startswith("jinja2"):
+                raise APIError(
+                    400,
+                    f"the chat template of {served!r} refused these messages: {err}",
+                    param="messages",
+                    code="invalid_messages",
+                ) from err
+            raise
 
-    async def generate(prompts: list[str], params: GenerationParams) -> list[Any]:
+    async def generate(
+        request: Request, prompts: list[str], params: GenerationParams
+    ) -> list[Any]:
+        """Generate through the batcher; a client that goes away cancels its queued prompts."""
         futures = [asyncio.wrap_future(batcher.submit(p, params)) for p in prompts]
+        gathered = asyncio.gather(*futures)
         try:
-            return list(await asyncio.gather(*futures))
+            while True:
+                done, _ = await asyncio.wait({gathered}, timeout=0.25)
+                if done:
+                    return list(gathered.result())
+                if await request.is_disconnected():
+                    log.info("client went away: cancelling %d prompts", len(prompts))
+                    gathered.cancel()  # cancels every wrapped future, so the batcher skips them
+                    raise APIError(499, "client closed the request", code="client_closed")
         except InputError as err:
             raise APIError(400, str(err), code="invalid_request") from err
+        finally:
+            if not gathered.done():
+                gathered.cancel()
 
-    def streaming(events: Iterator[dict[str, Any]]) -> StreamingResponse:
-        from starlette.background import BackgroundTask
+    def streaming(events: Iterator[dict[str, Any]], n_slots: int) -> StreamingResponse:
+        from starlette.concurrency import run_in_threadpool
 
-        released = threading.Event()
+        end = object()
 
-        def release() -> None:  # once, from whichever of the two runs first
-            if not released.is_set():
-                released.set()
-                slots.release()
-
-        def sse() -> Iterator[str]:
+        async def sse() -> Any:
             try:
-                for ev in events:
+                while True:
+                    ev = await run_in_threadpool(next, events, end)
+                    if ev is end:
+                        break
                     yield f"data: {json.dumps(ev, ensure_ascii=False)}\n\n"
-                yield "data: [DONE]\n\n"
+            except Exception as err:  # headers are sent: say so in the stream, then end it
+                log.exception("stream failed")
+                body = APIError(
+                    500, f"generation failed ({type(err).__name__}); see the server log",
+                    type="server_error", code="internal_error",
+                )
+                yield "data: " + json.dumps({"error": {"message": body.message, "type": body.type,
+                                                        "param": None, "code": body.code}}) + "\n\n"
             finally:
-                release()
+                slots.release(n_slots)
+                close = getattr(events, "close", None)
+                if close is not None:  # stops the generator (and its stream) when a client left
+                    with contextlib.suppress(BaseException):
+                        await run_in_threadpool(close)
+            yield "data: [DONE]\n\n"
 
-        return StreamingResponse(
-            sse(), media_type="text/event-stream", background=BackgroundTask(release)
-        )
+        return StreamingResponse(sse(), media_type="text/event-stream")
 
     def stream_events(
         prompt: str, params: GenerationParams, make: Any, include_usage: bool
@@ -429,7 +610,7 @@ def create_app(
 
     @app.get("/health", tags=["meta"])
     async def health() -> dict[str, Any]:
-        """Liveness and load: the model, requests in flight and queued, batching so far."""
+        """Liveness and load: the model, prompts in flight and queued, batching so far."""
         return {
             "status": "ok",
             "model": served,
@@ -438,7 +619,7 @@ def create_app(
             "batching": batcher.stats.as_dict(),
         }
 
-    @app.get("/v1/models", dependencies=[Depends(auth)], tags=["openai"])
+    @app.get("/v1/models", dependencies=bearer, tags=["openai"], responses=_ERRORS)
     async def models() -> dict[str, Any]:
         """The one model served."""
         return {
@@ -446,8 +627,8 @@ def create_app(
             "data": [{"id": served, "object": "model", "created": started, "owned_by": "llmapps"}],
         }
 
-    @app.post("/v1/chat/completions", dependencies=[Depends(auth)], tags=["openai"])
-    async def chat_completions(req: ChatRequest) -> Any:
+    @app.post("/v1/chat/completions", dependencies=bearer, tags=["openai"], responses=_ERRORS)
+    async def chat_completions(req: ChatRequest, request: Request) -> Any:
         """Chat completion, one choice; ``stream: true`` answers with server-sent events."""
         check_model(req.model)
         _refuse_unsupported(req)
@@ -465,7 +646,7 @@ def create_app(
         ]
         prompt = fit_chat(msgs, params)
         cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
-        slots.acquire()
+        slots.acquire(1)
         if req.stream:
 
             def chunk(piece: str | None, finish: str | None, first: bool = False) -> dict[str, Any]:
@@ -483,11 +664,11 @@ def create_app(
                 }
 
             usage = bool((req.stream_options or {}).get("include_usage"))
-            return streaming(stream_events(prompt, params, chunk, usage))
+            return streaming(stream_events(prompt, params, chunk, usage), 1)
         try:
-            (out,) = await generate([prompt], params)
+            (out,) = await generate(request, [prompt], params)
         finally:
-            slots.release()
+            slots.release(1)
         return {
             "id": cid,
             "object": "chat.completion",
@@ -508,8 +689,8 @@ def create_app(
             },
         }
 
-    @app.post("/v1/completions", dependencies=[Depends(auth)], tags=["openai"])
-    async def completions(req: CompletionRequest) -> Any:
+    @app.post("/v1/completions", dependencies=bearer, tags=["openai"], responses=_ERRORS)
+    async def completions(req: CompletionRequest, request: Request) -> Any:
         """Text completion of one prompt or a list (one choice each); ``stream`` for one prompt."""
         check_model(req.model)
         _refuse_unsupported(req)
@@ -518,13 +699,20 @@ def create_app(
             raise APIError(
                 400, "prompt is empty: send a string or a list of strings", param="prompt"
             )
+        if len(prompts) > max_prompts:
+            raise APIError(
+                400,
+                f"{len(prompts)} prompts in one request; this server takes at most {max_prompts} "
+                "(max_prompts): split the list over several requests",
+                param="prompt",
+                code="too_many_prompts",
+            )
+        if req.stream and len(prompts) != 1:
+            raise APIError(400, "streaming takes one prompt; send a string", param="prompt")
         params = params_of(req, req.max_tokens)
         cid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
-        slots.acquire()
+        slots.acquire(len(prompts))
         if req.stream:
-            if len(prompts) != 1:
-                slots.release()
-                raise APIError(400, "streaming takes one prompt; send a string", param="prompt")
 
             def chunk(piece: str | None, finish: str | None, first: bool = False) -> dict[str, Any]:
                 return {
@@ -538,11 +726,11 @@ def create_app(
                 }
 
             usage = bool((req.stream_options or {}).get("include_usage"))
-            return streaming(stream_events(prompts[0], params, chunk, usage))
+            return streaming(stream_events(prompts[0], params, chunk, usage), 1)
         try:
-            outs = await generate(prompts, params)
+            outs = await generate(request, prompts, params)
         finally:
-            slots.release()
+            slots.release(len(prompts))
         n_in, n_out = sum(o.prompt_tokens for o in outs), sum(o.completion_tokens for o in outs)
         return {
             "id": cid,
@@ -560,4 +748,30 @@ def create_app(
             },
         }
 
+    _document_errors(app)
     return app
+
+
+def _document_errors(app: FastAPI) -> None:
+    """OpenAPI says what the server does: validation errors are 400 (not FastAPI's 422)."""
+    from fastapi.openapi.utils import get_openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(
+                title=app.title,
+                version=app.version,
+                description=app.description,
+                routes=app.routes,
+            )
+            for item in schema.get("paths", {}).values():
+                for op in item.values():
+                    if isinstance(op, dict):
+                        op.get("responses", {}).pop("422", None)
+            comps = schema.get("components", {}).get("schemas", {})
+            comps.pop("HTTPValidationError", None)
+            comps.pop("ValidationError", None)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

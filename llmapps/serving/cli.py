@@ -35,7 +35,13 @@ def register(subparsers: Any) -> None:
     p.add_argument("--port", type=int, help="port (default 8000; 0: any free port)")
     p.add_argument("--max-batch", type=int, help="most requests in one batched generate call")
     p.add_argument("--batch-wait-ms", type=float, help="how long to gather requests into a batch")
-    p.add_argument("--max-concurrent", type=int, help="requests in flight before 429")
+    p.add_argument("--max-concurrent", type=int, help="prompts in flight (all requests) before 429")
+    p.add_argument("--max-prompts", type=int, help="most prompts in one /v1/completions request")
+    p.add_argument(
+        "--allowed-hosts",
+        help="comma-separated Host names to answer (default: loopback names on loopback, any "
+        "otherwise); no CORS headers are ever sent",
+    )
     p.add_argument("--max-tokens-limit", type=int, help="largest max_tokens a request may ask for")
     p.add_argument("--max-body-bytes", type=int, help="largest request body")
 
@@ -83,6 +89,10 @@ def server_settings(args: argparse.Namespace) -> Any:
         "max_batch": args.max_batch,
         "batch_wait_ms": args.batch_wait_ms,
         "max_concurrent": args.max_concurrent,
+        "max_prompts": args.max_prompts,
+        "allowed_hosts": [h.strip() for h in args.allowed_hosts.split(",") if h.strip()]
+        if args.allowed_hosts
+        else None,
         "max_tokens": args.max_tokens_limit,
         "max_body_bytes": args.max_body_bytes,
     }
