@@ -19,6 +19,9 @@ from llmapps.errors import ConfigError, LlmappsError
 
 log = logging.getLogger("llmapps")
 
+# `llmapps run` finished but some rows hold an error (distinct from the error family's codes)
+ROWS_FAILED_EXIT = 4
+
 MODEL_FLAGS = {"base_model": "--base-model", "instruct_model": "--instruct-model"}
 
 
@@ -120,10 +123,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise ConfigError(f"{args.input} holds no inputs")
     chain = load_chain(args.app, args.strategy, app_options=app_options(args),
                        **strategy_options(args.strategy, args))
-    done, skipped = run_file(chain, inputs, Path(args.out), batch_size=args.batch_size or 16,
-                             extra={"strategy": args.strategy}, progress=not args.quiet)
-    print(f"{done} done, {skipped} already in {args.out}", file=sys.stderr)
-    return 0
+    summary = run_file(chain, inputs, Path(args.out), batch_size=args.batch_size or 16,
+                       extra={"strategy": args.strategy}, progress=not args.quiet,
+                       retry_failed=args.retry_failed)
+    print(summary.describe(args.out), file=sys.stderr)
+    return ROWS_FAILED_EXIT if summary.failed else 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -191,6 +195,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", "-i", required=True, help="JSONL file, text file or folder")
     p.add_argument("--out", "-o", required=True, help="JSONL results file (appended, resumable)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    p.add_argument("--retry-failed", action=argparse.BooleanOptionalAction, default=True,
+                   help="run rows that failed before (an 'error' in --out) again (default: yes)")
+    p.epilog = (f"exit status: 0 every row done, {ROWS_FAILED_EXIT} some rows failed (rerun to retry "
+                "them), 2 bad input or options, 3 a backend failed")
     add_strategy_flags(p)
     p.set_defaults(func=cmd_run)
 

@@ -1,14 +1,27 @@
-"""Read JSONL files the one way the whole project does: every bad line named with its number.
+"""Read and write JSONL files the one way the whole project does.
+
+Lines end at ``"\\n"`` and nowhere else: ``str.splitlines()`` also splits at U+2028, U+2029,
+U+0085, form feeds and other characters that ``json.dumps(..., ensure_ascii=False)`` writes
+unescaped inside strings, so a file we wrote could not be read back. A ``"\\r"`` before the
+``"\\n"`` is dropped (files edited on Windows), and bytes are decoded line by line, so a file that
+is not UTF-8 gets one error naming the line instead of a ``UnicodeDecodeError``.
 
 ``parse_jsonl`` splits text into ``(line number, object)`` pairs plus problems (not JSON, not an
 object); ``read_jsonl`` adds a per-row ``validate`` step and raises one ``InputError`` listing every
-problem at once, so a user fixes a file in one pass.
+problem at once, so a user fixes a file in one pass. ``dumps_line`` is the one way a row becomes a
+line, ``write_jsonl`` replaces a file atomically (a temp file, fsync, rename), and ``scan_jsonl``
+gives each line's byte span, so an appender can cut a torn last line without re-encoding anything.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
-from collections.abc import Callable, Iterator
+import os
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -25,22 +38,97 @@ def describe_validation_error(err: Exception) -> str:
     return str(err)
 
 
-def _lines(text: str, source: str) -> Iterator[tuple[int, dict[str, Any] | None, str | None]]:
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
+def dumps_line(row: Any) -> str:
+    """``row`` as one JSONL line (with its ``"\\n"``); UTF-8 kept readable, never a raw newline.
+
+    Raises:
+        InputError: ``row`` holds a string that cannot be written as UTF-8 (a lone surrogate).
+    """
+    line = json.dumps(row, ensure_ascii=False)
+    try:
+        line.encode("utf-8")
+    except UnicodeEncodeError:
+        line = json.dumps(
+            row, ensure_ascii=True
+        )  # \udxxx escapes: still valid JSON, still one line
+    return line + "\n"
+
+
+def split_lines(data: str | bytes) -> list[Any]:
+    """``data`` cut at ``"\\n"`` only, each piece without its ``"\\n"`` and a trailing ``"\\r"``."""
+    nl, cr = ("\n", "\r") if isinstance(data, str) else (b"\n", b"\r")
+    pieces = data.split(nl)  # type: ignore[arg-type]
+    if pieces and not pieces[-1]:
+        pieces.pop()
+    return [p[:-1] if p.endswith(cr) else p for p in pieces]  # type: ignore[arg-type]
+
+
+@dataclass
+class Line:
+    """One line of a JSONL file: number, byte span (``end`` past its ``"\\n"``), object or problem."""
+
+    lineno: int
+    start: int
+    end: int
+    row: dict[str, Any] | None
+    problem: str | None
+    complete: bool  # ended with "\n" (a last line without one may be torn)
+
+
+def _parse(raw: bytes | str, lineno: int, source: str) -> tuple[dict[str, Any] | None, str | None]:
+    if isinstance(raw, bytes):
         try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            yield lineno, None, f"{source}:{lineno}: not valid JSON ({err.msg})"
-            continue
-        if not isinstance(row, dict):
-            yield lineno, None, f"{source}:{lineno}: expected a JSON object, got {type(row).__name__}"
-            continue
-        yield lineno, row, None
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            return None, (
+                f"{source}:{lineno}: not UTF-8 (byte {err.start} of the line); "
+                "re-save the file as UTF-8"
+            )
+    else:
+        text = raw
+    if lineno == 1:
+        text = text.removeprefix("\ufeff")
+    if not text.strip():
+        return None, None
+    try:
+        row = json.loads(text)
+    except json.JSONDecodeError as err:
+        return None, f"{source}:{lineno}: not valid JSON ({err.msg})"
+    except RecursionError:
+        return None, f"{source}:{lineno}: JSON nested too deeply"
+    if not isinstance(row, dict):
+        return None, f"{source}:{lineno}: expected a JSON object, got {type(row).__name__}"
+    return row, None
 
 
-def parse_jsonl(text: str, source: str) -> tuple[list[tuple[int, dict[str, Any]]], list[str]]:
+def scan_jsonl(data: bytes, source: str) -> Iterator[Line]:
+    """Every non-blank line of ``data`` with its byte span, parsed (blank lines are skipped)."""
+    pos, lineno = 0, 0
+    while pos < len(data):
+        lineno += 1
+        nl = data.find(b"\n", pos)
+        end = len(data) if nl < 0 else nl + 1
+        raw = data[pos : end - 1 if nl >= 0 else end]
+        if raw.endswith(b"\r"):
+            raw = raw[:-1]
+        row, problem = _parse(raw, lineno, source)
+        if row is not None or problem is not None:
+            yield Line(lineno, pos, end, row, problem, nl >= 0)
+        pos = end
+
+
+def _lines(
+    data: str | bytes, source: str
+) -> Iterator[tuple[int, dict[str, Any] | None, str | None]]:
+    for lineno, line in enumerate(split_lines(data), start=1):
+        row, problem = _parse(line, lineno, source)
+        if row is not None or problem is not None:
+            yield lineno, row, problem
+
+
+def parse_jsonl(
+    text: str | bytes, source: str
+) -> tuple[list[tuple[int, dict[str, Any]]], list[str]]:
     """JSON objects of ``text`` with their line numbers, and a problem line for each bad line."""
     rows: list[tuple[int, dict[str, Any]]] = []
     problems: list[str] = []
@@ -58,28 +146,74 @@ def read_jsonl(
     *,
     what: str = "bad row",
     max_listed: int = 50,
+    error: type[Exception] = InputError,
 ) -> list[T]:
     """Rows of the JSONL file ``path``, each passed through ``validate`` (which may raise).
 
     Raises:
         InputError: the file is missing, or lines are not JSON objects or fail ``validate``; the
             message names the file and the number of every bad line, in order (up to
-            ``max_listed``), after a header counting them as ``what``.
+            ``max_listed``), after a header counting them as ``what``. ``error`` picks another
+            class of the family (an index's docstore raises ``RetrievalError``).
     """
     path = Path(path)
     if not path.exists():
-        raise InputError(f"{path} does not exist")
+        raise error(f"{path} does not exist")
+    if path.is_dir():
+        raise error(f"{path} is a folder; expected a JSONL file")
     out: list[T] = []
     problems: list[str] = []
-    for lineno, row, problem in _lines(path.read_text(encoding="utf-8"), str(path)):
+    for lineno, row, problem in _lines(path.read_bytes(), str(path)):
         if row is None:
             problems.append(problem or "")
             continue
         try:
             out.append(validate(row) if validate else row)  # type: ignore[arg-type]
-        except (ValueError, TypeError, KeyError, InputError) as err:  # ValidationError is a ValueError
+        except (
+            ValueError,
+            TypeError,
+            KeyError,
+            InputError,
+        ) as err:  # ValidationError is a ValueError
             problems.append(f"{path}:{lineno}: {describe_validation_error(err)}")
     if problems:
         header = f"{len(problems)} {what}(s) in {path} (fix or remove them):"
-        raise InputError(format_problems(header, problems[:max_listed]))
+        raise error(format_problems(header, problems[:max_listed]))
     return out
+
+
+def atomic_write(path: Path | str, data: bytes | str) -> Path:
+    """Replace ``path`` with ``data`` all at once: a temp file beside it, fsync, rename.
+
+    A reader sees the old content or the new, never a part; a crash or an error leaves the old.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    blob = data.encode("utf-8") if isinstance(data, str) else data
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(blob)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def write_jsonl(path: Path | str, rows: Iterable[Any]) -> Path:
+    """Replace ``path`` atomically with one line per row (see ``dumps_line``)."""
+    return atomic_write(path, "".join(dumps_line(r) for r in rows))
+
+
+def json_checksum(data: dict[str, Any], *, skip: str = "checksum") -> str:
+    """SHA-256 of ``data`` without its ``skip`` key, over canonical JSON (sorted keys, no spaces).
+
+    Manifests carry it so an edited or damaged manifest is noticed like a damaged data file.
+    """
+    body = {k: v for k, v in data.items() if k != skip}
+    blob = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=str)
+    return hashlib.sha256(blob.encode("ascii")).hexdigest()

@@ -2,43 +2,78 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from langchain_core.runnables import Runnable
 
-from llmapps.errors import InputError
+from llmapps.errors import InputError, format_problems
+from llmapps.jsonl import dumps_line, scan_jsonl, write_jsonl
+from llmapps.locks import exclusive_lock
 from llmapps.observe import UsageTracker
 
 log = logging.getLogger(__name__)
 
 
 def read_done(path: Path, key: str = "id") -> dict[str, dict[str, Any]]:
-    """Rows already written to a JSONL results file (a torn last line, from a kill, is dropped)."""
+    """Rows already written to a JSONL results file, by ``key`` (a later row of an id wins).
+
+    A torn last line (a kill mid-write, even one cut inside a multi-byte character) is cut off
+    the file so appends stay line-aligned; byte offsets come from the file itself, so CRLF files
+    are cut exactly. Any other bad line (not UTF-8, not JSON, not an object, no ``key``) is an
+    ``InputError`` naming every such line, not a traceback.
+    """
     done: dict[str, dict[str, Any]] = {}
     if not path.exists():
         return done
-    lines = path.read_text(encoding="utf-8").splitlines()
-    good = 0
+    if path.is_dir():
+        raise InputError(f"{path} is a folder; give a JSONL results file as --out")
+    data = path.read_bytes()
+    lines = list(scan_jsonl(data, str(path)))
+    problems: list[str] = []
+    kept_end, kept_complete = 0, True
     for i, line in enumerate(lines):
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            if i == len(lines) - 1:
+        if line.problem is not None:
+            if i == len(lines) - 1 and not line.complete and not problems:
                 log.warning("%s: dropping a half-written last line", path)
                 break
-            raise InputError(f"{path}:{i + 1}: not valid JSON; fix or remove the line to resume") from None
+            problems.append(line.problem)
+            continue
+        row = line.row or {}
+        if row.get(key) is None or isinstance(row[key], (dict, list)):
+            problems.append(f"{path}:{line.lineno}: a results row needs a string or number {key!r}")
+            continue
         done[str(row[key])] = row
-        good += len(line.encode()) + 1
-    if good != path.stat().st_size:  # truncate the torn tail so appends stay line-aligned
-        with path.open("r+b") as f:
-            f.truncate(good)
+        kept_end, kept_complete = line.end, line.complete
+    if len(problems) == 1:
+        raise InputError(
+            f"{problems[0]}; fix or remove the line to resume, or write to another --out"
+        )
+    if problems:
+        raise InputError(
+            format_problems(
+                f"{len(problems)} bad line(s) in {path}, so the run cannot resume (fix or remove "
+                "them, or write to another --out):",
+                problems[:20],
+            )
+        )
+    if kept_end != len(data) or not kept_complete:
+        with path.open("r+b") as f:  # cut the torn tail (or blank lines), end on a newline
+            f.truncate(kept_end)
+            if kept_end and not kept_complete:
+                f.seek(kept_end)
+                f.write(b"\n")
     return done
+
+
+def lock_path(out: Path) -> Path:
+    """The lock file of a results file: ``.NAME.lock`` beside it."""
+    return out.parent / f".{out.name}.lock"
 
 
 class JsonlWriter:
@@ -46,10 +81,10 @@ class JsonlWriter:
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._f = path.open("a", encoding="utf-8")
+        self._f = path.open("a", encoding="utf-8", newline="\n")
 
     def write(self, row: dict[str, Any]) -> None:
-        self._f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        self._f.write(dumps_line(row))
         self._f.flush()
         os.fsync(self._f.fileno())
 
@@ -89,7 +124,9 @@ def run_batches(
     for chunk in batched(inputs, batch_size):
         trackers = [UsageTracker() for _ in chunk]
         started = time.perf_counter()
-        outs = chain.batch(list(chunk), config=[{"callbacks": [t]} for t in trackers], return_exceptions=True)
+        outs = chain.batch(
+            list(chunk), config=[{"callbacks": [t]} for t in trackers], return_exceptions=True
+        )
         elapsed = time.perf_counter() - started
         for inp, out, tracker in zip(chunk, outs, trackers, strict=True):
             if isinstance(out, Exception):
@@ -98,13 +135,37 @@ def run_batches(
                 row = dict(out)
             else:
                 row = {"output": out}
-            row.update({"latency_s": round(elapsed, 4), "batch_size": len(chunk), **tracker.as_dict()})
+            row.update(
+                {"latency_s": round(elapsed, 4), "batch_size": len(chunk), **tracker.as_dict()}
+            )
             rows.append(row)
             if on_result:
                 on_result(inp, row)
         bar.update(len(chunk))
     bar.close()
     return rows
+
+
+@dataclass
+class RunSummary:
+    """What ``run_file`` did: rows written now, ids skipped as already done, and failures.
+
+    ``failed`` counts the rows written now with an ``error``; ``retried`` the earlier failed rows
+    that were run again (they are removed from the file first, so each id keeps one row).
+    """
+
+    done: int
+    skipped: int
+    failed: int = 0
+    retried: int = 0
+
+    def describe(self, out: Path | str) -> str:
+        text = f"{self.done} done, {self.skipped} already in {out}"
+        if self.retried:
+            text += f"; {self.retried} failed before and retried"
+        if self.failed:
+            text += f"; {self.failed} failed (see their 'error'; run again to retry them)"
+        return text
 
 
 def run_file(
@@ -115,17 +176,36 @@ def run_file(
     batch_size: int = 16,
     extra: dict[str, Any] | None = None,
     progress: bool = True,
-) -> tuple[int, int]:
+    retry_failed: bool = True,
+) -> RunSummary:
     """Run ``inputs`` (each with an ``id``) into the JSONL ``out``; skip ids already there.
 
-    Returns (newly done, skipped).
+    Rows that failed before (an ``error``) are run again unless ``retry_failed`` is false. One
+    writer at a time: a second run on the same ``out`` gets an ``InputError`` naming the first.
     """
-    done = read_done(out)
-    todo = [x for x in inputs if str(x["id"]) not in done]
-    keep = ("id", "title", "url", "source", "date")
-    with JsonlWriter(out) as writer:
-        def write(inp: dict[str, Any], row: dict[str, Any]) -> None:
-            writer.write({**{k: inp[k] for k in keep if k in inp}, **row, **(extra or {})})
+    missing = [n for n, x in enumerate(inputs, 1) if x.get("id") is None]
+    if missing:
+        raise InputError(f"inputs {missing[:10]} have no 'id'; every input needs one to resume")
+    with exclusive_lock(lock_path(out), f"the results file {out}"):
+        done = read_done(out)
+        retried = 0
+        if retry_failed:
+            failed_ids = {k for k, r in done.items() if r.get("error")}
+            wanted = {str(x["id"]) for x in inputs}
+            retried = len(failed_ids & wanted)
+            if retried:
+                kept = {k: r for k, r in done.items() if k not in failed_ids or k not in wanted}
+                write_jsonl(out, kept.values())  # atomically: each id keeps one row
+                done = kept
+        todo = [x for x in inputs if str(x["id"]) not in done]
+        keep = ("id", "title", "url", "source", "date")
+        failed = 0
+        with JsonlWriter(out) as writer:
 
-        run_batches(chain, todo, batch_size=batch_size, on_result=write, progress=progress)
-    return len(todo), len(inputs) - len(todo)
+            def write(inp: dict[str, Any], row: dict[str, Any]) -> None:
+                nonlocal failed
+                failed += bool(row.get("error"))
+                writer.write({**{k: inp[k] for k in keep if k in inp}, **row, **(extra or {})})
+
+            run_batches(chain, todo, batch_size=batch_size, on_result=write, progress=progress)
+    return RunSummary(len(todo), len(inputs) - len(todo), failed, retried)

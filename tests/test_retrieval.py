@@ -205,6 +205,12 @@ def test_corruption_and_dimension_mismatch_are_detected(tmp_path: Path) -> None:
     m = json.loads((folder / "manifest.json").read_text())
     m["dimension"] = 64
     (folder / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(RetrievalError, match="manifest.json was changed after it was written"):
+        VectorIndex.load(folder)
+    from llmapps.jsonl import json_checksum
+
+    m["checksum"] = json_checksum(m)  # an edit that also fixes the checksum
+    (folder / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(RetrievalError, match="dimension 32 but the manifest says 64"):
         VectorIndex.load(folder)
     (folder / "manifest.json").write_text("{oops")

@@ -84,8 +84,8 @@ def test_run_file_writes_each_batch_as_done(tmp_path: Path) -> None:
         return {"value": x["id"].upper()}
 
     inputs = [{"id": i} for i in ("a", "b", "bad", "d")]
-    done, skipped = run_file(RunnableLambda(fn), inputs, out, batch_size=2, progress=False)
-    assert (done, skipped) == (4, 0)
+    s = run_file(RunnableLambda(fn), inputs, out, batch_size=2, progress=False)
+    assert (s.done, s.skipped, s.failed) == (4, 0, 1)
     rows = _rows(out)
     assert [r.get("value") for r in rows] == ["A", "B", None, "D"]
     assert rows[2]["valid"] is False and "ValueError: boom" in rows[2]["error"]
@@ -98,7 +98,7 @@ def test_read_done_drops_only_a_torn_last_line(tmp_path: Path) -> None:
     assert list(read_done(out)) == ["a", "b"]
     assert out.read_text() == '{"id": "a"}\n{"id": "b"}\n'  # truncated so appends stay aligned
     out.write_text('{"id": "a"}\nbroken\n{"id": "c"}\n')
-    with pytest.raises(InputError, match=r"out.jsonl:2: not valid JSON; fix or remove the line"):
+    with pytest.raises(InputError, match=r"out.jsonl:2: not valid JSON \(.*\); fix or remove the line"):
         read_done(out)
 
 

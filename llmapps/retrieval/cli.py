@@ -17,6 +17,13 @@ from llmapps.errors import RetrievalError
 DEFAULT_INDEX = "indexes/news"
 
 
+def _writing(folder: str | Path) -> Any:
+    """Hold the index folder's lock for a whole load-change-save, one writer at a time."""
+    from llmapps.locks import exclusive_lock
+
+    return exclusive_lock(Path(folder) / ".lock", f"the index {folder}", error=RetrievalError)
+
+
 def _store(path: str) -> Any:
     from llmapps.retrieval.vectorstore import FaissVectorStore
 
@@ -34,6 +41,11 @@ def _add(store: Any, inputs: list[str], chunk_tokens: int | None) -> tuple[int, 
 
 
 def cmd_build(args: argparse.Namespace) -> int:
+    with _writing(args.out):
+        return _build(args)
+
+
+def _build(args: argparse.Namespace) -> int:
     from llmapps.retrieval.embeddings import make_embeddings
     from llmapps.retrieval.vectorstore import FaissVectorStore
     from llmapps.settings import get_settings
@@ -60,6 +72,15 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def cmd_add(args: argparse.Namespace) -> int:
+    if not Path(args.index).is_dir():
+        from llmapps.retrieval.store import build_hint
+
+        raise RetrievalError(f"no index at {args.index}; " + build_hint(args.index))
+    with _writing(args.index):
+        return _add_to(args)
+
+
+def _add_to(args: argparse.Namespace) -> int:
     from llmapps.retrieval.embeddings import CachedEmbeddings
     from llmapps.retrieval.vectorstore import FaissVectorStore
 
@@ -123,6 +144,15 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_delete(args: argparse.Namespace) -> int:
+    if not Path(args.index).is_dir():
+        from llmapps.retrieval.store import build_hint
+
+        raise RetrievalError(f"no index at {args.index}; " + build_hint(args.index))
+    with _writing(args.index):
+        return _delete(args)
+
+
+def _delete(args: argparse.Namespace) -> int:
     store = _store(args.index)
     wanted = set(args.ids)
     # an article id removes all of its chunks

@@ -14,8 +14,14 @@ On disk a folder holds::
 
 Saving writes a new generation beside the old one and then atomically replaces ``manifest.json``,
 so a reader sees either the old index or the new one, never a mix; a crash leaves the old one
-intact. Loading checks the manifest (model, dimension, checksums, counts) and raises
-``RetrievalError`` with what to do.
+intact. A save refuses to overwrite a generation written by someone else since this index was
+loaded (``llmapps index add`` also holds ``.lock`` in the folder for its whole load-add-save).
+
+Loading trusts nothing on disk: the manifest is validated by a strict model (``IndexManifest``:
+types, ranges, one index and one docstore file named ``index-N.faiss`` / ``docstore-N.jsonl``,
+which keeps every path inside the folder) and carries its own SHA-256 (``checksum``); the data
+files must match theirs; a FAISS file that reads badly, a docstore that is not UTF-8 JSONL, and
+counts or labels that disagree are each one ``RetrievalError`` line saying to rebuild.
 """
 
 from __future__ import annotations
@@ -29,15 +35,17 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Annotated, Any, Literal, cast
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from llmapps.errors import RetrievalError
+from llmapps.jsonl import atomic_write, dumps_line, json_checksum, read_jsonl
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the manifest carries its own checksum; 1 is still read
 IndexKind = Literal["flat", "hnsw", "ivf"]
 
 
@@ -82,6 +90,68 @@ def _fsync_replace(tmp: Path, final: Path) -> None:
     with tmp.open("rb+") as f:
         os.fsync(f.fileno())
     os.replace(tmp, final)
+
+
+_Name = Field(pattern=r"^(index-[0-9]{1,12}\.faiss|docstore-[0-9]{1,12}\.jsonl)$")
+_Digest = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+class _IndexParamsModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    kind: IndexKind = "flat"
+    hnsw_m: int = Field(32, ge=2, le=4096)
+    hnsw_ef_construction: int = Field(80, ge=1, le=1 << 20)
+    hnsw_ef_search: int = Field(64, ge=1, le=1 << 20)
+    ivf_nlist: int | None = Field(None, ge=1, le=1 << 24)
+    ivf_nprobe: int | None = Field(None, ge=1, le=1 << 24)
+
+
+class _DocRow(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    label: int = Field(ge=0, le=2**62)
+    id: str
+    text: str
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    hash: str = ""
+
+
+class IndexManifest(BaseModel):
+    """``manifest.json``, validated strictly: what ``VectorIndex.load`` believes about a folder."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    format_version: Literal[1, 2]
+    embedding_model: str = Field(min_length=1, max_length=1000)
+    dimension: int = Field(ge=1, le=1 << 16)
+    normalized: bool = True
+    metric: Literal["inner_product"] = "inner_product"
+    count: int = Field(ge=0, le=2**40)
+    next_label: int | None = Field(None, ge=0, le=2**62)
+    index: _IndexParamsModel
+    generation: int = Field(0, ge=0, le=2**40)
+    files: dict[Annotated[str, _Name], Annotated[str, _Digest]]
+    updated: str = ""
+    config: dict[str, Any] = Field(default_factory=dict)
+    checksum: Annotated[str, _Digest] | None = None
+
+    @model_validator(mode="after")
+    def _one_of_each(self) -> IndexManifest:
+        kinds = sorted(n.rsplit(".", 1)[1] for n in self.files)
+        if kinds != ["faiss", "jsonl"]:
+            raise ValueError("files must name exactly one index-N.faiss and one docstore-N.jsonl")
+        if self.format_version >= 2 and self.checksum is None:
+            raise ValueError("a format 2 manifest carries its checksum")
+        return self
+
+    @property
+    def index_file(self) -> str:
+        return next(n for n in self.files if n.endswith(".faiss"))
+
+    @property
+    def docstore_file(self) -> str:
+        return next(n for n in self.files if n.endswith(".jsonl"))
 
 
 class VectorIndex:
@@ -325,7 +395,7 @@ class VectorIndex:
 
     # ---------------------------------------------------------------- persistence
     def manifest(self, files: dict[str, str] | None = None) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "format_version": FORMAT_VERSION,
             "embedding_model": self.model_id,
             "dimension": self.dimension,
@@ -333,23 +403,35 @@ class VectorIndex:
             "metric": "inner_product",
             "count": len(self.records),
             "next_label": self.next_label,
-            "index": self.params.__dict__,
+            "index": dict(self.params.__dict__),
             "generation": self.generation,
             "files": files or {},
             "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             **({"config": self.extra} if self.extra else {}),
         }
+        data["checksum"] = json_checksum(data)
+        return data
 
     def save(self, path: Path | str | None = None) -> Path:
-        """Write the index atomically to ``path`` (default: where it was loaded from)."""
+        """Write the index atomically to ``path`` (default: where it was loaded from).
+
+        Raises:
+            RetrievalError: another writer saved a newer generation into ``path`` since this
+                index was loaded from it (reload and redo the change).
+        """
         import faiss
 
         target = Path(path) if path is not None else self.path
         if target is None:
             raise RetrievalError("this index has no folder yet; pass save(path)")
         target.mkdir(parents=True, exist_ok=True)
-        old = _read_manifest(target) if (target / "manifest.json").exists() else None
-        gen = max(self.generation, int(old.get("generation", 0)) if old else 0) + 1
+        on_disk = _generation_on_disk(target)
+        if self.path is not None and self.path.resolve() == target.resolve() and on_disk > self.generation:
+            raise RetrievalError(
+                f"{target} was saved by another writer (generation {on_disk}) since this index was "
+                f"loaded (generation {self.generation}); load it again and redo the change"
+            )
+        gen = max(self.generation, on_disk) + 1
         index_name, doc_name = f"index-{gen}.faiss", f"docstore-{gen}.jsonl"
         tmp_index = target / f".{index_name}.tmp"
         if self.index is None:
@@ -360,17 +442,13 @@ class VectorIndex:
         else:  # an empty IVF index has not been trained: store an empty flat one
             faiss.write_index(faiss.IndexIDMap2(faiss.IndexFlatIP(self.dimension)), str(tmp_index))
         _fsync_replace(tmp_index, target / index_name)
-        tmp_doc = target / f".{doc_name}.tmp"
-        with tmp_doc.open("w", encoding="utf-8") as f:
-            for rec in sorted(self.records.values(), key=lambda r: r.label):
-                f.write(json.dumps({"label": rec.label, "id": rec.id, "text": rec.text,
-                                    "metadata": rec.metadata, "hash": rec.hash}, ensure_ascii=False) + "\n")
-        _fsync_replace(tmp_doc, target / doc_name)
+        atomic_write(target / doc_name, "".join(
+            dumps_line({"label": rec.label, "id": rec.id, "text": rec.text, "metadata": rec.metadata,
+                        "hash": rec.hash})
+            for rec in sorted(self.records.values(), key=lambda r: r.label)))
         self.generation = gen
         files = {index_name: _sha256(target / index_name), doc_name: _sha256(target / doc_name)}
-        tmp_manifest = target / ".manifest.json.tmp"
-        tmp_manifest.write_text(json.dumps(self.manifest(files), indent=2) + "\n", encoding="utf-8")
-        _fsync_replace(tmp_manifest, target / "manifest.json")
+        atomic_write(target / "manifest.json", json.dumps(self.manifest(files), indent=2) + "\n")
         # The new manifest is in place: older generations are garbage now.
         for stale in [*target.glob("index-*.faiss"), *target.glob("docstore-*.jsonl")]:
             if stale.name not in files:
@@ -385,84 +463,131 @@ class VectorIndex:
         """Load and verify an index folder written by ``save``.
 
         Raises:
-            RetrievalError: missing folder or manifest, another embedding model than
-                ``expected_model``, a dimension mismatch, a checksum mismatch or a bad docstore.
+            RetrievalError: missing folder or manifest, a manifest that fails ``IndexManifest``
+                or its checksum, another embedding model than ``expected_model``, a file outside
+                the folder, a checksum mismatch, an unreadable FAISS file or docstore, or counts
+                and labels that disagree; always one line saying what to do.
         """
         import faiss
 
         folder = Path(path)
         m = _read_manifest(folder)
-        problems = [k for k in ("embedding_model", "dimension", "files", "index", "count") if k not in m]
-        if problems or m.get("format_version") != FORMAT_VERSION:
-            raise RetrievalError(f"{folder / 'manifest.json'} is not an llmapps index manifest "
-                                 f"(format {m.get('format_version')!r}, missing {problems}); rebuild it: "
-                                 + build_hint(folder))
-        if expected_model is not None and expected_model != m["embedding_model"]:
+        hint = "rebuild: " + build_hint(folder)
+        if expected_model is not None and expected_model != m.embedding_model:
             raise RetrievalError(
-                f"the index at {folder} was built with embedding model {m['embedding_model']!r}, "
+                f"the index at {folder} was built with embedding model {m.embedding_model!r}, "
                 f"but the embedding model in use is {expected_model!r}; set "
-                f"LLMAPPS_RETRIEVAL__EMBEDDING_MODEL={m['embedding_model']} or rebuild the index"
+                f"LLMAPPS_RETRIEVAL__EMBEDDING_MODEL={m.embedding_model} or rebuild the index"
             )
-        files = m["files"]
-        index_name = next((n for n in files if n.endswith(".faiss")), None)
-        doc_name = next((n for n in files if n.endswith(".jsonl")), None)
-        if not index_name or not doc_name:
-            raise RetrievalError(f"{folder / 'manifest.json'} names no index or docstore file; rebuild it")
-        for name, digest in files.items():
-            f = folder / name
-            if not f.exists():
-                raise RetrievalError(f"{f} is missing (listed in the manifest); rebuild: " + build_hint(folder))
+        for name, digest in m.files.items():
+            f = _confined(folder, name)
             if _sha256(f) != digest:
-                raise RetrievalError(f"{f} is corrupted (its SHA-256 does not match the manifest); "
-                                     "rebuild: " + build_hint(folder))
-        params = IndexParams(**m["index"])
-        self = cls(int(m["dimension"]), m["embedding_model"], params)
-        self.index = faiss.read_index(str(folder / index_name))
+                raise RetrievalError(f"{f} is corrupted (its SHA-256 does not match the manifest); {hint}")
+        params = IndexParams(**m.index.model_dump())
+        self = cls(m.dimension, m.embedding_model, params)
+        index_file = folder / m.index_file
+        try:
+            self.index = faiss.read_index(str(index_file))
+        except Exception as err:  # faiss raises RuntimeError with a C++ trace for bad bytes
+            first = str(err).strip().splitlines()[-1:] or [type(err).__name__]
+            raise RetrievalError(f"{index_file} is not a readable FAISS index ({first[0][:200]}); {hint}") from err
+        if not isinstance(self.index, faiss.IndexIDMap2):
+            raise RetrievalError(f"{index_file} is a {type(self.index).__name__}, not an index this code "
+                                 f"writes; {hint}")
         if self.index.d != self.dimension:
             raise RetrievalError(f"{folder}: the FAISS index has dimension {self.index.d} but the manifest "
-                                 f"says {self.dimension}; rebuild it")
-        if params.kind == "ivf" and not isinstance(faiss.downcast_index(self.index.index), faiss.IndexIVF):
+                                 f"says {self.dimension}; {hint}")
+        inner = faiss.downcast_index(self.index.index)
+        expected = {"flat": faiss.IndexFlat, "hnsw": faiss.IndexHNSW, "ivf": faiss.IndexIVF}[params.kind]
+        if params.kind == "ivf" and isinstance(inner, faiss.IndexFlat) and self.index.ntotal == 0:
             self.index = None  # saved empty before training
+        elif not isinstance(inner, expected):
+            raise RetrievalError(f"{index_file} holds a {type(inner).__name__}, but the manifest says "
+                                 f"{params.kind!r}; {hint}")
         else:
             self._apply_search_params()
-        for lineno, line in enumerate((folder / doc_name).read_text(encoding="utf-8").splitlines(), 1):
-            try:
-                row = json.loads(line)
-                rec = Record(int(row["label"]), str(row["id"]), str(row["text"]), dict(row.get("metadata") or {}),
-                             str(row.get("hash", "")))
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
-                raise RetrievalError(f"{folder / doc_name}:{lineno}: bad docstore row ({err}); rebuild it") from err
+        try:
+            rows = read_jsonl(folder / m.docstore_file, _DocRow.model_validate, max_listed=1,
+                              error=RetrievalError)
+        except RetrievalError as err:  # the first bad line is enough: the file gets rebuilt
+            first = str(err).splitlines()[-1].strip().removeprefix("- ")
+            raise RetrievalError(f"bad docstore row {first}; {hint}") from err
+        for row in rows:
+            rec = Record(row.label, row.id, row.text, row.metadata, row.hash)
+            if rec.id in self.records or rec.label in self._by_label:
+                raise RetrievalError(f"{folder / m.docstore_file}: id {rec.id[:80]!r} or label {rec.label} "
+                                     f"appears twice; {hint}")
             self.records[rec.id] = rec
             self._by_label[rec.label] = rec.id
             self._by_hash.setdefault(rec.hash, set()).add(rec.id)
-        if not (len(self.records) == self.ntotal == int(m["count"])):
+        if not (len(self.records) == self.ntotal == m.count):
             raise RetrievalError(f"{folder}: {self.ntotal} vectors, {len(self.records)} documents and a manifest "
-                                 f"count of {m['count']} disagree; rebuild: " + build_hint(folder))
-        self.next_label = int(m.get("next_label", max(self._by_label, default=-1) + 1))
-        self.generation = int(m.get("generation", 0))
-        self.extra = dict(m.get("config") or {})
+                                 f"count of {m.count} disagree; {hint}")
+        if self.index is not None and self.ntotal:
+            labels = set(faiss.vector_to_array(self.index.id_map).tolist())
+            if labels != set(self._by_label):
+                raise RetrievalError(f"{folder}: the FAISS labels and the docstore's labels differ; {hint}")
+        top = max(self._by_label, default=-1) + 1
+        if m.next_label is not None and m.next_label < top:
+            raise RetrievalError(f"{folder}: next_label {m.next_label} is below a stored label; {hint}")
+        self.next_label = top if m.next_label is None else m.next_label
+        self.generation = m.generation
+        self.extra = dict(m.config)
         self.path = folder
         return self
 
 
-def _read_manifest(folder: Path) -> dict[str, Any]:
+def _confined(folder: Path, name: str) -> Path:
+    """``folder / name``, refused unless it is a plain file directly inside ``folder``."""
+    f = folder / name
+    hint = "rebuild: " + build_hint(folder)
+    if not f.exists():
+        raise RetrievalError(f"{f} is missing (listed in the manifest); {hint}")
+    if f.is_symlink() or not f.is_file() or f.resolve().parent != folder.resolve():
+        raise RetrievalError(f"{f} is not a plain file inside {folder} (a link or folder); {hint}")
+    return f
+
+
+def _generation_on_disk(folder: Path) -> int:
+    """The generation of the index saved in ``folder`` (0: none; a damaged manifest counts too)."""
     f = folder / "manifest.json"
+    if not f.exists():
+        return 0
+    try:
+        return _read_manifest(folder).generation
+    except RetrievalError:
+        gens = [int(p.stem.split("-")[1]) for p in folder.glob("index-*.faiss") if p.stem.split("-")[1].isdigit()]
+        return max(gens, default=0)
+
+
+def _read_manifest(folder: Path) -> IndexManifest:
+    f = folder / "manifest.json"
+    hint = "rebuild: " + build_hint(folder)
     if not folder.exists():
         raise RetrievalError(f"no index at {folder}; " + build_hint(folder))
-    if not f.exists():
+    if not f.is_file():
         raise RetrievalError(f"{folder} holds no manifest.json, so it is not an llmapps index; " + build_hint(folder))
     try:
-        data = json.loads(f.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise RetrievalError(f"{f} is corrupted ({err.msg}); rebuild: " + build_hint(folder)) from err
+        data = json.loads(f.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise RetrievalError(f"{f} is not UTF-8 (byte {err.start}); {hint}") from err
+    except (json.JSONDecodeError, RecursionError) as err:
+        raise RetrievalError(f"{f} is corrupted ({getattr(err, 'msg', 'nested too deeply')}); {hint}") from err
     if not isinstance(data, dict):
-        raise RetrievalError(f"{f} is not a JSON object; rebuild: " + build_hint(folder))
-    return data
+        raise RetrievalError(f"{f} is not a JSON object; {hint}")
+    try:
+        m = IndexManifest.model_validate(data)
+    except ValidationError as err:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'manifest'}: {e['msg']}" for e in err.errors()[:5])
+        raise RetrievalError(f"{f} is not a valid llmapps index manifest ({problems}); {hint}") from err
+    if m.checksum is not None and json_checksum(data) != m.checksum:
+        raise RetrievalError(f"{f} was changed after it was written (its checksum does not match); {hint}")
+    return m
 
 
 def read_manifest(path: Path | str) -> dict[str, Any]:
-    """The manifest of the index at ``path`` (``RetrievalError`` if there is none)."""
-    return _read_manifest(Path(path))
+    """The validated manifest of the index at ``path`` (``RetrievalError`` if none or invalid)."""
+    return _read_manifest(Path(path)).model_dump()
 
 
 def choose_kind(requested: str, n: int, ann_above: int) -> IndexKind:
