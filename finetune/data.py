@@ -46,6 +46,8 @@ def read_examples(source: str, task: Task) -> list[dict[str, Any]]:
     """Examples from a bundled split name or a JSONL file (every bad line named with its number)."""
     needed = (*task.input_variables, *task.output_variables)
     path = Path(source).expanduser()
+    if ":" in source and not path.exists():  # "<app>:<split>": the app's own training examples
+        return _app_examples(source, needed)
     if not path.suffix and not path.exists():
         from chains import news_data
 
@@ -64,6 +66,22 @@ def read_examples(source: str, task: Task) -> list[dict[str, Any]]:
     rows = read_jsonl(path, example, what="malformed row")
     if not rows:
         raise InputError(f"{path} holds no examples")
+    return rows
+
+
+def _app_examples(source: str, needed: tuple[str, ...]) -> list[dict[str, Any]]:
+    from llmapps.apps import get_app
+
+    app, _, split = source.partition(":")
+    spec = get_app(app)
+    if spec.training_examples is None:
+        raise ConfigError(f"data source {source!r}: the app {app!r} offers no training examples")
+    rows = spec.training_examples(split)
+    if not rows:
+        raise InputError(f"data source {source!r} holds no examples")
+    lacking = sorted({k for r in rows for k in needed if not isinstance(r.get(k), str)})
+    if lacking:
+        raise ConfigError(f"data source {source!r}: its examples lack {', '.join(lacking)}, which the prompt needs")
     return rows
 
 

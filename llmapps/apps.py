@@ -38,6 +38,13 @@ class AppSpec:
         input_keys: the keys an input dict must have.
         reference_keys: the keys of a sample's reference output (for evaluation).
         options: app options ``build`` accepts (name -> help), e.g. ``variant``.
+        score: ``score(sample, row) -> {metric: float}`` app metrics the bench adds to a row's
+            generic ones (e.g. facts named correctly); their means land in the summary.
+        metric_columns: which of the ``score`` metrics the bench's printed tables show.
+        chat: ``chat(chain, messages) -> str`` answers an OpenAI-style message list with the
+            built chain (``llmapps serve --app``); None: the app is not a chat.
+        training_examples: ``training_examples(split) -> list[dict]`` rows with the variables of
+            the app's prompt and its output, for fine-tuning (``data.train: <app>:<split>``).
     """
 
     name: str
@@ -49,6 +56,10 @@ class AppSpec:
     input_keys: tuple[str, ...] = ()
     reference_keys: tuple[str, ...] = ()
     options: dict[str, str] = field(default_factory=dict)
+    score: Callable[[dict[str, Any], dict[str, Any]], dict[str, float]] | None = None
+    metric_columns: tuple[str, ...] = ()
+    chat: Callable[[Runnable[Any, Any], list[dict[str, str]]], str] | None = None
+    training_examples: Callable[[str], list[dict[str, Any]]] | None = None
 
 
 APPS: Registry[AppSpec] = Registry("app", group="llmapps.apps")

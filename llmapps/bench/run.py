@@ -201,6 +201,9 @@ class _StrategyRun:
         for row, sample in zip(rows, chunk, strict=True):
             row["id"] = str(sample["id"])
         metrics = b.scorer.score(rows)
+        if b.spec.score is not None:  # the app's own metrics (AppSpec.score), beside the generic ones
+            for m, sample, row in zip(metrics, chunk, rows, strict=True):
+                m.update(b.spec.score(sample, row))
         if scoring is not None:
             from llmapps.evaluate.perplexity import token_nll
 
@@ -256,7 +259,9 @@ class Bench:
         if not samples:
             raise InputError(f"the {config.split!r} split of {config.app!r} is empty")
         self.samples = samples
-        self.metrics = metrics or MetricsConfig.for_fields(self.spec.reference_keys, self.settings)
+        self.metrics = metrics or MetricsConfig.for_fields(
+            self.spec.reference_keys, self.settings, app_columns=list(self.spec.metric_columns)
+        )
         self.scorer = Scorer(samples, self.metrics)
         self.progress = progress
         self.judge: Any = None

@@ -40,6 +40,7 @@ class MetricsConfig(BaseModel):
         leak_fields: fields (of the output first, else of the input) that must not leak.
         source_fields: input fields joined into the source document a riddle is solved against.
         solvability_k: cut-offs for solvability@k.
+        app_columns: metrics of the app's own ``AppSpec.score`` shown in the tables.
         semantic: compute embedding similarity (loads the embedding model).
         embedder: embedding model name or directory.
     """
@@ -52,6 +53,7 @@ class MetricsConfig(BaseModel):
     leak_fields: list[str] = Field(default_factory=list)
     source_fields: list[str] = Field(default_factory=list)
     solvability_k: list[int] = Field(default_factory=lambda: [1, 3])
+    app_columns: list[str] = Field(default_factory=list)
     semantic: bool = True
     embedder: str = "all-MiniLM-L6-v2"
 

@@ -390,9 +390,17 @@ class Guard:
 
 
 def create_app(
-    lm: LocalModel, settings: ServerSettings, *, model_name: str | None = None
+    lm: LocalModel,
+    settings: ServerSettings,
+    *,
+    model_name: str | None = None,
+    chat: Any = None,
 ) -> FastAPI:
-    """The FastAPI app serving ``lm`` under ``model_name`` with the limits of ``settings``."""
+    """The FastAPI app serving ``lm`` under ``model_name`` with the limits of ``settings``.
+
+    ``chat(messages) -> str``, when given, answers ``/v1/chat/completions`` instead of the bare
+    model: an app's chain (``llmapps serve --app NAME``); completions still go to ``lm``.
+    """
     from llmapps.models.local import GenerationParams, stream_local
     from llmapps.serving.server import is_loopback
 
@@ -632,6 +640,8 @@ def create_app(
         """Chat completion, one choice; ``stream: true`` answers with server-sent events."""
         check_model(req.model)
         _refuse_unsupported(req)
+        if chat is not None:
+            return await app_reply(req)
         if not lm.has_chat_template:
             raise APIError(
                 400,
@@ -687,6 +697,36 @@ def create_app(
                 "completion_tokens": out.completion_tokens,
                 "total_tokens": out.prompt_tokens + out.completion_tokens,
             },
+        }
+
+    async def app_reply(req: ChatRequest) -> Any:
+        """The app's answer to the conversation (one choice, no streaming, no token counts)."""
+        from starlette.concurrency import run_in_threadpool
+
+        if req.stream:
+            raise APIError(400, "an app chat answers whole replies: send stream: false", param="stream")
+        msgs = [{"role": m.role, "content": _text_of(m.content)} for m in req.messages]
+        slots.acquire(1)
+        try:
+            text = await run_in_threadpool(chat, msgs)
+        except InputError as err:
+            raise APIError(400, str(err), param="messages", code="invalid_message") from err
+        finally:
+            slots.release(1)
+        return {
+            "id": f"chatcmpl-{uuid.uuid4().hex}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": served,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": text},
+                    "finish_reason": "stop",
+                    "logprobs": None,
+                }
+            ],
+            "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
         }
 
     @app.post("/v1/completions", dependencies=bearer, tags=["openai"], responses=_ERRORS)

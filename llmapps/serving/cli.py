@@ -44,6 +44,9 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--max-tokens-limit", type=int, help="largest max_tokens a request may ask for")
     p.add_argument("--max-body-bytes", type=int, help="largest request body")
+    p.add_argument(
+        "--app", help="answer /v1/chat/completions with this app's chain on --strategy (e.g. boutique)"
+    )
 
 
 def resolve_model(args: argparse.Namespace) -> Any:
@@ -104,6 +107,24 @@ def server_settings(args: argparse.Namespace) -> Any:
         raise config_error_from_validation("serve options", err) from err
 
 
+def app_chat(args: argparse.Namespace) -> Any:
+    """``chat(messages) -> str``: the app ``--app`` built on the served strategy."""
+    from llmapps.apps import APPS, get_app, load_chain
+    from llmapps.cli import strategy_options
+
+    spec = get_app(args.app)
+    if spec.chat is None:
+        chats = [n for n in APPS.names() if APPS.get(n).chat is not None]
+        raise ConfigError(
+            f"the app {args.app!r} is not a chat; --app takes one of: {', '.join(chats) or '(none)'}"
+        )
+    if args.model:
+        raise ConfigError("--app builds the app on --strategy; drop --model")
+    chain = load_chain(args.app, args.strategy, **strategy_options(args.strategy, args))
+    chat = spec.chat
+    return lambda messages: chat(chain, messages)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from llmapps.serving.app import create_app
     from llmapps.serving.server import _uvicorn_server, bind_socket, is_loopback
@@ -115,8 +136,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
             "LLMAPPS_SERVICE__SERVER__API_KEY, or keep the default host 127.0.0.1"
         )
     lm = resolve_model(args)
-    name = args.served_model_name or args.model or lm.name
-    app = create_app(lm, server, model_name=name)
+    chat = app_chat(args) if getattr(args, "app", None) else None
+    name = args.served_model_name or getattr(args, "app", None) or args.model or lm.name
+    app = create_app(lm, server, model_name=name, chat=chat)
     sock = bind_socket(server.host, server.port)
     port = sock.getsockname()[1]
     print(
