@@ -60,6 +60,10 @@ class BenchSettings(BaseModel):
         default_factory=lambda: ["answer", "title"],
         description="output or input fields whose content words must not appear in the riddle",
     )
+    copy_fields: list[str] = Field(
+        default_factory=lambda: ["summary", "text"],
+        description="output or input fields the riddle must not repeat nearly word for word (copying)",
+    )
     source_fields: list[str] = Field(
         default_factory=lambda: ["title", "text"], description="input fields that make the source document"
     )

@@ -53,6 +53,8 @@ class Task:
         max_new_tokens: generation budget.
         truncate_variable: the input that is shortened (with a warning) when a prompt is too long.
         json_schema: the output as a JSON schema, for endpoints with structured output.
+        chat_reply: the reply the chat prompt asks for, with output variables (``"Summary:
+            {summary}..."``); None when the prompt asks for no fixed layout.
     """
 
     name: str
@@ -66,6 +68,24 @@ class Task:
     truncate_variable: str | None = None
     json_schema: dict[str, Any] | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    chat_reply: str | None = None
+
+    def reference_reply(self, values: dict[str, Any], chat: bool) -> str | None:
+        """The text a model should write for the reference ``values`` (inputs and outputs), after
+        this task's chat prompt (``chat``) or its completion prompt; None when it cannot be said.
+
+        The completion reply is what a worked example adds after the suffix (the text training
+        targets, see ``finetune.data``); the chat reply is ``chat_reply`` filled in.
+        """
+        try:
+            if chat:
+                return self.chat_reply.format(**values) if self.chat_reply else None
+            layout = self.completion
+            full = layout.example_template.format(**values)
+            suffix = layout.suffix.format(**{k: values[k] for k in self.input_variables})
+        except KeyError:  # a value the reference does not have
+            return None
+        return full[len(suffix) :] if full.startswith(suffix) else None
 
     def with_examples(self, examples: list[dict[str, Any]]) -> Task:
         from dataclasses import replace

@@ -49,6 +49,9 @@ class PromptFile(BaseModel):
     completion: _Completion
     chat: list[_Message] = Field(min_length=1)
     json_schema: dict[str, Any] | None = None
+    chat_reply: str | None = Field(
+        None, description="the reply layout the chat prompt asks for, with output variables (scores references)"
+    )
 
 
 def _variables(template: str) -> set[str]:
@@ -95,6 +98,8 @@ def validate_prompt_file(path: Path) -> PromptFile:
     chat_vars = set().union(*(_variables(m.content) for m in spec.chat))
     if chat_vars != inputs:
         problems.append(f"chat messages use {sorted(chat_vars)}, expected exactly {sorted(inputs)}")
+    if spec.chat_reply is not None and not _variables(spec.chat_reply) <= outputs:
+        problems.append(f"chat_reply uses {sorted(_variables(spec.chat_reply) - outputs)}, which are not output variables")
     if spec.truncate_variable and spec.truncate_variable not in inputs:
         problems.append(f"truncate_variable {spec.truncate_variable!r} is not an input variable")
     if problems:
@@ -129,4 +134,5 @@ def load_task(name_or_path: str | Path, examples: list[dict[str, Any]] | None = 
         truncate_variable=spec.truncate_variable,
         json_schema=spec.json_schema,
         meta={"path": str(path), "description": spec.description},
+        chat_reply=spec.chat_reply,
     )

@@ -39,6 +39,65 @@ def test_leakage_counts_content_words_of_answer_and_title_said_in_the_riddle() -
     assert leakage("anything", ["the of a"]) is None  # nothing that could leak
 
 
+def test_answer_f1_and_exact_match_normalise_case_punctuation_and_articles() -> None:
+    from llmapps.evaluate.reference import exact_match, token_f1
+
+    assert exact_match("The Marathon Record!", "marathon record") == 1.0
+    assert exact_match("a marathon", "the marathon record") == 0.0
+    assert token_f1("the marathon", "the marathon record") == pytest.approx(2 / 3, abs=1e-6)
+    assert token_f1("record marathon", "marathon record") == 1.0  # a bag of words
+    assert token_f1("a bridge", "the harbour") == 0.0
+    assert token_f1("", "x") == 0.0 and exact_match("", "") == 0.0  # no reference: nothing to match
+
+
+def test_copying_flags_a_riddle_that_repeats_its_summary_article_or_an_example() -> None:
+    from llmapps.evaluate.riddle import copied, copy_overlap
+
+    summary = "Local runner Elias Mbarro set a course record at the Kestrel Bay Marathon."
+    riddle = (
+        "Forty-two thousand metres by the sea, the wind pushed back, yet the clock set him free."
+    )
+    assert copied(summary, [summary]) == (1.0, 1.0)  # the riddle is its summary
+    assert copied(summary.upper() + "!", ["x", summary]) == (1.0, 1.0)  # case and punctuation aside
+    assert copied(riddle, [summary]) == (0.0, 0.0)  # a real riddle
+    # reusing a phrase of the source is not copying
+    loose = "A runner set a record by the bay, yet nobody knew his name."
+    assert 0 < copy_overlap(loose, summary + " The runner set a record.") < 0.8
+    assert copied("", [summary]) is None and copied(riddle, []) is None
+    assert copy_overlap("two words", "two words and more") == 1.0  # shorter than a trigram
+
+
+def test_scorer_adds_answer_f1_and_copying_from_the_configured_fields(
+    articles: list[dict],
+) -> None:
+    from llmapps.evaluate.scoring import MetricsConfig, Scorer, aggregate
+
+    config = MetricsConfig.for_fields(["summary", "riddle", "answer"], semantic=False)
+    assert config.answer_field == "answer" and config.copy_fields == ["summary", "text"]
+    a, b = articles[:2]
+    rows = [
+        {
+            "id": a["id"],
+            "summary": "A summary.",
+            "riddle": "A summary.",
+            "answer": a["reference_answer"],
+        },
+        {
+            "id": b["id"],
+            "summary": "S",
+            "riddle": b["reference_riddle"],
+            "answer": "nothing like it",
+        },
+    ]
+    scorer = Scorer(articles[:2], config.model_copy(update={"source_fields": []}))
+    got = scorer.score(rows, copy_texts=[b["reference_riddle"]])
+    assert got[0]["answer_em"] == 1.0 and got[0]["answer_f1"] == 1.0 and got[0]["copying"] == 1.0
+    assert got[1]["answer_em"] == 0.0 and got[1]["copying"] == 1.0  # lifted from a worked example
+    assert scorer.score(rows[1:])[0]["copying"] == 0.0  # without that example it is its own
+    summary = aggregate([{**r, "metrics": m} for r, m in zip(rows, got, strict=True)], config)
+    assert summary["copying"] == 1.0 and summary["answer_em"] == 0.5
+
+
 def test_format_validity_and_length() -> None:
     assert format_valid({"riddle": "r", "answer": "a"}, ["riddle", "answer"])
     assert not format_valid({"riddle": "r", "answer": "  "}, ["riddle", "answer"])
@@ -93,6 +152,46 @@ def test_perplexity_is_lower_for_text_like_the_training_corpus(
     assert one[1] == both[1] and one[0] == pytest.approx(both[0], rel=1e-4)
     assert perplexity(*one) == pytest.approx(math.exp(one[0] / one[1]))
     assert perplexity(0.0, 0) is None
+
+
+def test_continuation_perplexity_scores_only_the_reply_after_the_prompt(
+    tiny_base: str, articles: list[dict]
+) -> None:
+    import torch
+
+    from llmapps.evaluate.perplexity import continuation_nll
+    from llmapps.models.local import load_local_model
+
+    lm = load_local_model(tiny_base)
+    prompt, reply = (
+        f"[Article]: {articles[0]['text'][:200]}\n[Summary]:",
+        " " + articles[0]["reference_summary"],
+    )
+    (nll, n), (zero, none) = continuation_nll(lm, [prompt, prompt], [reply, " "])
+    ids = lm.tokenizer(prompt)["input_ids"]
+    c_ids = lm.tokenizer(reply, add_special_tokens=False)["input_ids"]
+    with torch.no_grad():  # the same figure from full logits
+        logp = torch.log_softmax(
+            lm.model(input_ids=torch.tensor([ids + c_ids])).logits[0].float(), -1
+        )
+    full = -sum(float(logp[len(ids) - 1 + i, t]) for i, t in enumerate(c_ids))
+    assert n == len(c_ids) and nll == pytest.approx(full, rel=1e-4)
+    assert (zero, none) == (0.0, 0)
+    # the right article in the prompt makes its summary more likely than an unrelated prompt does
+    other = continuation_nll(lm, ["[Article]: zq xv qqj vvk\n[Summary]:"], [reply])[0]
+    assert other[1] == n and other[0] > nll
+    with pytest.raises(InputError, match="must align"):
+        continuation_nll(lm, [prompt], [])
+
+
+def test_a_task_writes_the_reference_reply_in_each_prompt_layout() -> None:
+    from prompts import load_task
+
+    task = load_task("news_riddle/one_step")
+    values = {"title": "T", "text": "X", "summary": "S", "riddle": "R", "answer": "A"}
+    assert task.reference_reply(values, chat=False) == " S\n[Riddle]: R\n[Answer]: A"
+    assert task.reference_reply(values, chat=True) == "Summary: S\nRiddle: R\nAnswer: A"
+    assert task.reference_reply({"title": "T"}, chat=False) is None  # missing values
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> Path:
@@ -161,6 +260,35 @@ def test_judge_grades_are_parsed_from_labels_json_or_nothing() -> None:
     }
     assert parse_grade('{"score": 5, "reason": "great"}')["score"] == 5
     assert parse_grade("no grade here")["score"] is None
+    # constrained: a grade is labelled, out of five, or leads the reply; never a number in passing
+    for text, score in (
+        ("**4** - fair", 4),
+        ("I give it 3/5.", 3),
+        ("[Score 1-5]: 2", 2),
+        ("Rating = 5", 5),
+        ("The article names 3 towns.", None),
+        ("2019 was dry", None),
+        ("3.5 stars", None),
+    ):
+        assert parse_grade(text)["score"] == score, text
+
+
+def test_the_judge_asks_again_strictly_when_a_reply_holds_no_grade() -> None:
+    """Wiring only (fake models stand in for a model that ignores the format)."""
+    from langchain_core.language_models import FakeListLLM
+    from langchain_core.runnables import RunnableLambda
+
+    from chains.judge import GradeWithRetry
+
+    def fake(*replies: str):
+        return RunnableLambda(lambda x: x["riddle"]) | FakeListLLM(responses=list(replies))
+
+    first = fake("Score: 4\nReason: fair", "What a lovely riddle", "Hmm")
+    item = {"title": "T", "text": "X", "riddle": "R", "answer": "A"}
+    got = GradeWithRetry(first, fake("2", "no idea")).batch([item] * 3)
+    assert [g["score"] for g in got] == [4, 2, None] and [g["attempts"] for g in got] == [1, 2, 2]
+    assert got[2]["raw"] == "Hmm"  # nothing graded: the first reply is kept
+    assert GradeWithRetry(fake("5"), fake("1")).invoke(item)["score"] == 5
 
 
 def test_judge_rows_on_a_real_strategy_skips_failed_rows(

@@ -85,11 +85,22 @@ def _cuda() -> bool:
 
 
 class CostTracker(UsageTracker):
-    """Token usage plus any cost the backend reports about itself (read defensively)."""
+    """Token usage plus any cost the backend reports about itself (read defensively), and the
+    prompts the model was sent (``prompts``: a string per completion call, a message list per chat
+    call), which the bench scores the reference after."""
 
     def __init__(self) -> None:
         super().__init__()
         self.reported_cost: float | None = None
+        self.prompts: list[Any] = []
+
+    def on_llm_start(self, serialized: Any, prompts: list[str], **kwargs: Any) -> None:
+        self.prompts.extend(prompts)
+
+    def on_chat_model_start(
+        self, serialized: Any, messages: list[list[Any]], **kwargs: Any
+    ) -> None:
+        self.prompts.extend(messages)
 
     def on_llm_end(self, response: LLMResult, **kwargs: Any) -> None:
         super().on_llm_end(response, **kwargs)

@@ -18,6 +18,8 @@ SPEED_COLUMNS = ("latency_p50_s", "latency_p95_s", "tokens_per_s", "cost_per_1k_
 LOWER_IS_BETTER = (
     "perplexity",
     "leakage",
+    "copying",
+    "copy_overlap",
     "latency_p50_s",
     "latency_p95_s",
     "cost_per_1k_usd",
@@ -92,10 +94,12 @@ def quality_columns(metrics_config: Any, rows: Sequence[Mapping[str, Any]]) -> l
         "perplexity",
         *(f"solvability@{k}" for k in metrics_config.solvability_k),
         "leakage",
+        "copying",
+        "answer_f1",
+        "answer_em",
         "format_valid",
         f"words_{p}",
         "judge_score",
-        *getattr(metrics_config, "app_columns", ()),
     ]
     return [c for c in wanted if any(c in r for r in rows)]
 
@@ -233,6 +237,9 @@ SHORT = {
     "failures": "fail",
     "perplexity": "ppl",
     "leakage": "leak",
+    "copying": "copy",
+    "answer_f1": "ans F1",
+    "answer_em": "ans EM",
     "format_valid": "valid",
     "latency_p50_s": "p50 s",
     "latency_p95_s": "p95 s",

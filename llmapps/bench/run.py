@@ -44,7 +44,8 @@ class BenchConfig(BaseModel):
         batch_size: samples per batch (latency is measured per batch).
         strategy_options: per strategy, config options over its offline demo options.
         app_options: options of the app (e.g. ``{"variant": "two-step"}``).
-        perplexity: score the primary reference field under each strategy's local model.
+        perplexity: score the reference reply after each strategy's own prompt, under its local
+            model (``llmapps.evaluate.perplexity.continuation_nll``).
         judge: a strategy used as LLM judge through ``judge_app`` (None: no judge).
         judge_app: the app that wraps the judge prompt.
         retry_failed: run rows that failed in an earlier run again.
@@ -106,11 +107,6 @@ def _load_rows(path: Path, retry_failed: bool) -> dict[str, dict[str, Any]]:
     return done
 
 
-def _reference_text(sample: dict[str, Any], field: str) -> str:
-    value = sample.get(f"reference_{field}")
-    return value if isinstance(value, str) else ""
-
-
 class _StrategyRun:
     """One strategy's pass over the samples it has not done yet."""
 
@@ -118,6 +114,19 @@ class _StrategyRun:
         self.bench = bench
         self.name = name
         self.path = bench.out / "samples" / f"{name}.jsonl"
+        self.tasks: list[Any] = []  # the tasks the app built on the strategy
+        self.prompts: list[list[Any]] = []  # per sample of the last batch: the prompts it sent
+
+    def _record_tasks(self, strategy: Any) -> None:
+        """Note every task the app builds on ``strategy``: the bench scores references in its
+        layouts and checks riddles against its worked examples, without knowing the app."""
+        build = strategy.build
+
+        def recording_build(task: Any) -> Any:
+            self.tasks.append(task)
+            return build(task)
+
+        strategy.build = recording_build
 
     def run(self, todo: Sequence[dict[str, Any]], options: dict[str, Any]) -> dict[str, Any]:
         from llmapps.apps import load_chain
@@ -133,6 +142,7 @@ class _StrategyRun:
             try:
                 strategy = make_strategy(self.name, **options)
                 status["config"] = strategy.describe()
+                self._record_tasks(strategy)
                 chain = load_chain(b.config.app, strategy, app_options=b.config.app_options)
                 scoring = self._scoring_model(strategy)
             except Exception as err:  # any backend fault: record it, let the others run
@@ -177,6 +187,7 @@ class _StrategyRun:
         except Exception as err:  # a batch that fails as a whole fails each of its rows
             outs = [err] * len(chunk)
         elapsed = time.perf_counter() - started
+        self.prompts = [t.prompts for t in trackers]
         rows = []
         for out, tracker in zip(outs, trackers, strict=True):
             if isinstance(out, Exception):
@@ -194,24 +205,63 @@ class _StrategyRun:
             rows.append(row)
         return rows
 
+    def example_texts(self) -> list[str]:
+        """The riddles (``riddle_field``) of the worked examples of every task built: no riddle may
+        reproduce one."""
+        field = self.bench.scorer.config.riddle_field
+        return (
+            [ex[field] for t in self.tasks for ex in t.examples if isinstance(ex.get(field), str)]
+            if field
+            else []
+        )
+
+    def conditioned_texts(
+        self, chunk: Sequence[dict[str, Any]], scoring: Any
+    ) -> list[tuple[str, str] | None]:
+        """Per sample, (prompt it was sent, reference reply in that prompt's layout), or None
+        when that cannot be said: not one task, not one model call, or no reply layout."""
+        from llmapps.models.langchain_local import _to_dicts
+
+        out: list[tuple[str, str] | None] = []
+        task = self.tasks[0] if len(self.tasks) == 1 else None
+        for sample, sent in zip(chunk, self.prompts or [[]] * len(chunk), strict=True):
+            if task is None or len(sent) != 1:
+                out.append(None)
+                continue
+            chat = not isinstance(sent[0], str)
+            values = {k: sample.get(k) for k in task.input_variables}
+            values.update({k: sample.get(f"reference_{k}") for k in task.output_variables})
+            if any(not isinstance(v, str) for v in values.values()):
+                out.append(None)
+                continue
+            reply = task.reference_reply(values, chat=chat)
+            try:
+                prompt = scoring.apply_chat_template(_to_dicts(sent[0])) if chat else sent[0]
+            except Exception as err:  # e.g. no chat template: no figure, say why once per row
+                log.debug("cannot render the chat prompt for perplexity: %s", err)
+                prompt = None
+            out.append((prompt, reply) if reply and prompt is not None else None)
+        return out
+
     def _score(
         self, chunk: Sequence[dict[str, Any]], rows: list[dict[str, Any]], scoring: Any
     ) -> None:
         b = self.bench
         for row, sample in zip(rows, chunk, strict=True):
             row["id"] = str(sample["id"])
-        metrics = b.scorer.score(rows)
-        if b.spec.score is not None:  # the app's own metrics (AppSpec.score), beside the generic ones
-            for m, sample, row in zip(metrics, chunk, rows, strict=True):
-                m.update(b.spec.score(sample, row))
+        metrics = b.scorer.score(rows, copy_texts=self.example_texts())
         if scoring is not None:
-            from llmapps.evaluate.perplexity import token_nll
+            from llmapps.evaluate.perplexity import continuation_nll
 
-            field = b.scorer.config.primary_field
-            for m, (nll, n) in zip(
-                metrics, token_nll(scoring, [_reference_text(s, field) for s in chunk]), strict=True
-            ):
-                m.update(ppl_nll=round(nll, 6), ppl_tokens=n)
+            pairs = self.conditioned_texts(chunk, scoring)
+            todo = [i for i, p in enumerate(pairs) if p is not None]
+            scored = continuation_nll(
+                scoring,
+                [pairs[i][0] for i in todo],
+                [pairs[i][1] for i in todo],  # type: ignore[index]
+            )
+            for i, (nll, n) in zip(todo, scored, strict=True):
+                metrics[i].update(ppl_nll=round(nll, 6), ppl_tokens=n)
         if b.judge is not None:
             from llmapps.evaluate.judge import judge_rows
 

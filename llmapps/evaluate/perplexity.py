@@ -1,9 +1,13 @@
 """Perplexity of reference texts under a local causal LM.
 
-What is scored: the reference text alone (a BOS token, when the tokenizer adds one, then the
-reference), not the reference after a strategy's prompt. Prompts differ per strategy (worked
-examples, chat templates), so conditioning on them would measure the prompt as much as the model;
-the unconditioned figure compares models on the same text. Lower is better.
+Two figures, lower is better:
+
+- ``continuation_nll``: the reference reply *after a prompt*, as the model would have to write it
+  (what ``llmapps bench`` reports: each strategy's own prompt, worked examples or chat template
+  included, then the reference in the layout that prompt asks for). It measures how well a
+  strategy, prompt and model together expect the right answer;
+- ``token_nll``: the reference text alone (a BOS token, when the tokenizer adds one, then the
+  text): the same text for every model, so it compares models, not strategies.
 
 Per-text results keep the summed negative log-likelihood and the token count, so a corpus
 perplexity is ``exp(sum nll / sum tokens)`` over any subset.
@@ -53,6 +57,44 @@ def token_nll(lm: LocalModel, texts: Sequence[str], batch_size: int = 8) -> list
         for row, i in enumerate(chunk):
             results[i] = (float(nll[row].sum()), int(mask[row, 1:].sum()))
     return results
+
+
+def continuation_nll(
+    lm: LocalModel, prompts: Sequence[str], continuations: Sequence[str]
+) -> list[tuple[float, int]]:
+    """Summed negative log-likelihood (nats) and token count of each continuation after its prompt.
+
+    The prompt is encoded as ``LocalModel.generate`` encodes it (special tokens added), the
+    continuation without special tokens, as the model would continue it; only the continuation's
+    tokens are scored and only their positions are projected onto the vocabulary. A sequence
+    longer than the model's context loses the start of its prompt. An empty continuation gives
+    ``(0.0, 0)``. Rows run one at a time: prompts of different strategies differ a lot in length.
+    """
+    import torch
+
+    if len(prompts) != len(continuations):
+        from llmapps.errors import InputError
+
+        raise InputError(
+            f"{len(prompts)} prompts but {len(continuations)} continuations; they must align"
+        )
+    tok = lm.tokenizer
+    device = lm.model.device
+    out: list[tuple[float, int]] = []
+    for prompt, cont in zip(prompts, continuations, strict=True):
+        c_ids = tok(cont, add_special_tokens=False)["input_ids"] if cont.strip() else []
+        if not c_ids:
+            out.append((0.0, 0))
+            continue
+        ids = (tok(prompt, add_special_tokens=True)["input_ids"] + c_ids)[-lm.context_length :]
+        n = min(len(c_ids), len(ids) - 1)
+        x = torch.tensor([ids], dtype=torch.long, device=device)
+        with torch.inference_mode():
+            logits = lm.model(input_ids=x, logits_to_keep=n + 1).logits.float()[0, :-1]
+        target = x[0, -n:]
+        nll = -torch.log_softmax(logits, dim=-1).gather(-1, target.unsqueeze(-1)).sum()
+        out.append((float(nll), n))
+    return out
 
 
 def perplexity(nll_sum: float, n_tokens: int) -> float | None:

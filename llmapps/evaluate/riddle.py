@@ -7,6 +7,8 @@ leak into it, and which fields a valid output needs.
   embedding; is it in the top ``k``? An empty riddle scores 0.
 - ``leakage``: the share of the content words of some texts (answer, title) that appear verbatim
   in the riddle. A riddle that names its answer is no riddle.
+- ``copy_overlap`` / ``copied``: does the riddle repeat a text (the summary, the article, a worked
+  example's riddle) nearly word for word? The share of the riddle's word trigrams found in it.
 - ``format_valid`` and ``word_count``.
 """
 
@@ -51,6 +53,47 @@ def leakage(riddle: str, sources: Sequence[str]) -> float | None:
         return None
     said = set(_WORD.findall(riddle.lower()))
     return round(len(words & said) / len(words), 6)
+
+
+# A riddle is a copy when this share of its word trigrams occurs in one text: a riddle equal to its
+# summary scores 1.0, one that reuses a phrase or two of the article scores well under 0.5.
+COPY_THRESHOLD = 0.8
+
+
+def _ngrams(words: Sequence[str], n: int) -> list[tuple[str, ...]]:
+    return [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
+
+
+def copy_overlap(riddle: str, text: str, n: int = 3) -> float | None:
+    """Share of the riddle's word ``n``-grams (lower case, punctuation ignored) that occur in ``text``.
+
+    A riddle shorter than ``n`` words is compared word by word. ``None`` for an empty riddle or text.
+
+    Example:
+        >>> copy_overlap("The bay marathon fell to a local runner", "A local runner won the bay marathon")
+        0.333333
+    """
+    words, source = _WORD.findall(riddle.lower()), _WORD.findall(text.lower())
+    if not words or not source:
+        return None
+    k = min(n, len(words))
+    grams, known = _ngrams(words, k), set(_ngrams(source, k))
+    return round(sum(g in known for g in grams) / len(grams), 6)
+
+
+def copied(
+    riddle: str, texts: Sequence[str], threshold: float = COPY_THRESHOLD
+) -> tuple[float, float] | None:
+    """``(copy, overlap)``: the largest ``copy_overlap`` of ``riddle`` with any of ``texts``, and 1.0
+    when it reaches ``threshold`` (the riddle repeats that text nearly word for word), else 0.0.
+
+    ``None`` when the riddle is empty (format validity counts that) or no text is given.
+    """
+    overlaps = [o for t in texts if (o := copy_overlap(riddle, t)) is not None]
+    if not overlaps:
+        return None
+    best = max(overlaps)
+    return float(best >= threshold), best
 
 
 def word_count(text: str) -> int:

@@ -27,6 +27,8 @@ QUALITY_HIGHER = (
     "solvability",
     "format_valid",
     "judge_score",
+    "answer_f1",
+    "answer_em",
 )
 
 
@@ -36,8 +38,11 @@ class MetricsConfig(BaseModel):
     Attributes:
         fields: output fields with references (``reference_<field>`` in a sample).
         primary_field: the field whose scores the summary table shows.
-        riddle_field: the text solvability and leakage judge; None turns both off.
+        riddle_field: the text solvability, leakage and copying judge; None turns them off.
+        answer_field: the short answer scored by token F1 and exact match; None: not scored.
         leak_fields: fields (of the output first, else of the input) that must not leak.
+        copy_fields: fields (of the output first, else of the input) the riddle must not repeat
+            nearly word for word (``llmapps.evaluate.riddle.copied``).
         source_fields: input fields joined into the source document a riddle is solved against.
         solvability_k: cut-offs for solvability@k.
         app_columns: metrics of the app's own ``AppSpec.score`` shown in the tables.
@@ -50,7 +55,9 @@ class MetricsConfig(BaseModel):
     fields: list[str] = Field(min_length=1)
     primary_field: str
     riddle_field: str | None = None
+    answer_field: str | None = None
     leak_fields: list[str] = Field(default_factory=list)
+    copy_fields: list[str] = Field(default_factory=list)
     source_fields: list[str] = Field(default_factory=list)
     solvability_k: list[int] = Field(default_factory=lambda: [1, 3])
     app_columns: list[str] = Field(default_factory=list)
@@ -80,7 +87,9 @@ class MetricsConfig(BaseModel):
             fields=fields,
             primary_field=primary,
             riddle_field=riddle,
+            answer_field=b.answer_field if b.answer_field in fields else None,
             leak_fields=list(b.leak_fields),
+            copy_fields=list(b.copy_fields),
             source_fields=list(b.source_fields),
             solvability_k=list(b.solvability_k),
         )
@@ -127,10 +136,22 @@ class Scorer:
         c = self.config
         return bool(c.riddle_field and c.source_fields and len(self.references) > 1)
 
-    def score(self, rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-        """Per-row metrics (a dict per row, same order); a failed row scores as an empty output."""
-        from llmapps.evaluate.reference import rouge, sentence_bleu
-        from llmapps.evaluate.riddle import format_valid, leakage, solvability_at_k, word_count
+    def score(
+        self, rows: Sequence[Mapping[str, Any]], copy_texts: Sequence[str] = ()
+    ) -> list[dict[str, Any]]:
+        """Per-row metrics (a dict per row, same order); a failed row scores as an empty output.
+
+        ``copy_texts`` are texts no riddle may reproduce besides each row's ``copy_fields`` (the
+        riddles of the worked examples a strategy was shown).
+        """
+        from llmapps.evaluate.reference import exact_match, rouge, sentence_bleu, token_f1
+        from llmapps.evaluate.riddle import (
+            copied,
+            format_valid,
+            leakage,
+            solvability_at_k,
+            word_count,
+        )
 
         c = self.config
         missing = [str(r.get("id")) for r in rows if str(r.get("id")) not in self.references]
@@ -158,6 +179,12 @@ class Scorer:
                 )
                 for i, s in zip(pairs, sims, strict=True):
                     out[i][f"semsim_{f}"] = s
+        if c.answer_field:
+            for m, r, ref in zip(out, rows, refs, strict=True):
+                gold = _text(ref.get(f"reference_{c.answer_field}"))
+                if gold.strip():
+                    said = _text(r.get(c.answer_field))
+                    m["answer_f1"], m["answer_em"] = token_f1(said, gold), exact_match(said, gold)
         for m, r in zip(out, rows, strict=True):
             m["format_valid"] = float(not r.get("error") and format_valid(r, c.fields))
             m[f"words_{c.primary_field}"] = word_count(_text(r.get(c.primary_field)))
@@ -168,6 +195,10 @@ class Scorer:
                     for f in c.leak_fields
                 ]
                 m["leakage"] = leakage(_text(r.get(c.riddle_field)), [s for s in sources if s])
+                texts = [_text(r.get(f)) or _text(ref.get(f)) for f in c.copy_fields]
+                copy = copied(_text(r.get(c.riddle_field)), [*(t for t in texts if t), *copy_texts])
+                if copy is not None:
+                    m["copying"], m["copy_overlap"] = copy
             if self._can_solve() and self.index is not None:
                 solved = solvability_at_k(
                     [_text(r.get(c.riddle_field)) for r in rows],
