@@ -212,7 +212,8 @@ def test_every_batching_mode_gives_the_same_completion_only_loss(tiny_base, tmp_
     args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[])
     # the Trainer turns the model's KV cache off: with one, transformers would not read packed rows' position ids
     trainer = make_trainer_class()(model=model, args=args, processing_class=tok)
-    losses, full = {}, {}
+    plain = make_trainer_class()(model=model, args=args, processing_class=tok, completion_only_logits=False)
+    losses, full, evaluated = {}, {}, {}
     for training in (True, False):  # evaluation uses the same collator
         model.train(training)
         for name, collator in {"no-mask": CompletionCollator(tok.pad_token_id),
@@ -225,8 +226,12 @@ def test_every_batching_mode_gives_the_same_completion_only_loss(tiny_base, tmp_
             assert labelled == sum(sum(t != IGNORE for t in r["labels"][1:]) for r in rows)  # completions only
             with torch.no_grad():
                 losses[name, training] = trainer.compute_loss(model, dict(batch)).item()  # completion-only logits
-                full[name, training] = trainer.compute_loss(model, dict(batch), return_outputs=True)[0].item()
+                full[name, training] = plain.compute_loss(model, dict(batch)).item()  # the model's own loss
+                loss, out = trainer.compute_loss(model, dict(batch), return_outputs=True)  # as evaluate() asks
+                evaluated[name, training] = loss.item()
+                assert out["logits"].shape == (labelled, model.config.vocab_size)  # only the kept positions
     assert trainer.real_tokens == 6 * sum(len(r["input_ids"]) for r in rows)  # training batches only
     for key in losses:
         assert losses[key] == pytest.approx(losses["mask", True], rel=1e-4), key
         assert full[key] == pytest.approx(losses["mask", True], rel=1e-4), key
+        assert evaluated[key] == pytest.approx(losses["mask", True], rel=1e-4), key

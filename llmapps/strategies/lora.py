@@ -48,6 +48,13 @@ log = logging.getLogger(__name__)
 MANIFEST_NAME = "llmapps-adapter.json"
 MANIFEST_FORMAT = 1
 DEMO_ADAPTER = "news-riddle-tiny"
+# The recipe the demo trains for each base it knows (by the base's name in settings.base_model),
+# and the adapter folder it writes under $LLMAPPS_HOME/adapters/: the short Gemma recipe keeps
+# the first run within 5 minutes on 2 CPU cores.
+DEMO_RECIPES = {
+    "tiny-base": ("tiny", DEMO_ADAPTER),
+    "gemma-3-270m": ("gemma-3-270m-demo", "news-riddle-gemma-3-270m-demo"),
+}
 # Training writes its PEFT files and the manifest into a staging folder and renames it into
 # place, so a folder holding this manifest is complete.
 _WEIGHT_SUFFIXES = (".safetensors", ".bin")
@@ -392,12 +399,14 @@ class LoraStrategy(Strategy):
     @classmethod
     @contextlib.contextmanager
     def demo_options(cls, settings: Settings) -> Iterator[dict[str, Any] | None]:
-        """The tiny adapter in ``$LLMAPPS_HOME/adapters/news-riddle-tiny``, trained on first use.
+        """The demo adapter of ``settings.base_model`` (``DEMO_RECIPES``) in
+        ``$LLMAPPS_HOME/adapters/``, trained on first use; None for a base with no demo recipe.
 
-        It is retrained when the built-in ``tiny-base`` was rebuilt (its weights hash changed).
+        It is retrained when the base changed (its weights hash differs from the manifest's).
         Training runs through the ``finetune`` CLI plugin (entry point), never an import of it.
         """
-        yield {"adapter": str(ensure_demo_adapter(settings))} if _finetune_installed() else None
+        ok = _finetune_installed() and settings.base_model in DEMO_RECIPES
+        yield {"adapter": str(ensure_demo_adapter(settings))} if ok else None
 
 
 def _finetune_installed() -> bool:
@@ -409,13 +418,26 @@ def _finetune_installed() -> bool:
 _DEMO_LOCK = threading.Lock()
 
 
-def ensure_demo_adapter(settings: Settings) -> Path:
-    """Train the tiny recipe into ``$LLMAPPS_HOME/adapters/news-riddle-tiny`` unless it is current."""
+def ensure_demo_adapter(settings: Settings, base_model: str | None = None) -> Path:
+    """Train the demo recipe of ``base_model`` (default ``settings.base_model``; see
+    ``DEMO_RECIPES``) into ``$LLMAPPS_HOME/adapters/<name>`` unless it is current.
+
+    Raises:
+        ConfigError: no demo recipe for that base.
+        BackendError: training failed.
+    """
     from llmapps.models.local import resolve_model_path
 
-    folder = settings.home / "adapters" / DEMO_ADAPTER
+    name = base_model or settings.base_model
+    if name not in DEMO_RECIPES:
+        raise ConfigError(
+            f"no demo adapter for the base {name!r} (known: {', '.join(DEMO_RECIPES)}); train one with "
+            "`llmapps finetune lora --recipe RECIPE --out DIR` and pass adapter=DIR"
+        )
+    recipe, adapter = DEMO_RECIPES[name]
+    folder = settings.home / "adapters" / adapter
     with _DEMO_LOCK:
-        base = resolve_model_path("tiny-base", settings)
+        base = resolve_model_path(name, settings)
         try:
             if read_manifest(folder).base_model_sha256 == model_fingerprint(base):
                 return folder
