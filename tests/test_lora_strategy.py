@@ -32,14 +32,23 @@ def adapter(tiny_models) -> Path:
     return ensure_demo_adapter(get_settings())
 
 
+def _resign(folder: Path) -> Path:
+    """Rewrite the manifest's hashes over the folder as it is now, as training would have."""
+    from llmapps.strategies.lora import read_manifest, write_manifest
+
+    write_manifest(folder, read_manifest(folder, verify_files=False))
+    return folder
+
+
 def _scaled_copy(src: Path, dst: Path, factor: float) -> Path:
-    """A copy of ``src`` with every lora_B weight multiplied by ``factor`` (0: a no-op adapter)."""
+    """A copy of ``src`` with every lora_B weight multiplied by ``factor`` (0: a no-op adapter),
+    re-signed: an adapter our training could have written, which the strategy must still check."""
     from safetensors.torch import load_file, save_file
 
     shutil.copytree(src, dst)
     weights = load_file(dst / "adapter_model.safetensors")
     save_file({k: v * factor if "lora_B" in k else v for k, v in weights.items()}, dst / "adapter_model.safetensors")
-    return dst
+    return _resign(dst)
 
 
 def test_registered_and_demo_options_give_the_adapter(adapter):
@@ -107,6 +116,7 @@ def test_mistargeted_adapter_is_refused(adapter, tmp_path):
     cfg = json.loads((bad / "adapter_config.json").read_text())
     cfg["target_modules"] = ["no_such_proj"]
     (bad / "adapter_config.json").write_text(json.dumps(cfg))
+    _resign(bad)
     with pytest.raises(ConfigError, match="cannot load the adapter"):
         _ = LoraStrategy(adapter=str(bad)).local_model
 

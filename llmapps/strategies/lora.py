@@ -17,7 +17,12 @@ Guarantees:
   and off;
 - several adapters share one loaded base: each is loaded under its own name and switched on
   under a lock for every call, so ``load_chain(..., adapter=A)`` and ``adapter=B`` cost one base;
-- ``merge=True`` folds the adapter into a private copy of the base for speed.
+- ``merge=True`` folds the adapter into a private copy of the base for speed;
+- nothing in the folder is trusted: the manifest records the SHA-256 of every file training wrote
+  (weights, PEFT config, tokenizer) and of itself, ``read_manifest`` refuses a manifest of another
+  format, an edited manifest, any file that changed, went missing or was added where PEFT would
+  load it, a method that disagrees with the PEFT config, and pickle files (``.bin``) outright;
+  each in one line.
 """
 
 from __future__ import annotations
@@ -33,7 +38,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from llmapps.errors import BackendError, ConfigError, config_error_from_validation
+from llmapps.errors import BackendError, ConfigError
+from llmapps.jsonl import atomic_write, json_checksum
 from llmapps.models.local import LocalModel
 from llmapps.strategies.base import Strategy, StrategyConfig
 
@@ -46,7 +52,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MANIFEST_NAME = "llmapps-adapter.json"
-MANIFEST_FORMAT = 1
+MANIFEST_FORMAT = 2  # 2: SHA-256 of every adapter file and of the manifest itself
 DEMO_ADAPTER = "news-riddle-tiny"
 # The recipe the demo trains for each base it knows (by the base's name in settings.base_model),
 # and the adapter folder it writes under $LLMAPPS_HOME/adapters/: the short Gemma recipe keeps
@@ -75,6 +81,8 @@ class AdapterManifest(BaseModel):
         metrics: training and validation figures.
         versions: library versions used for training.
         created: ISO timestamp.
+        files: SHA-256 of every file of the folder but the manifest (set by ``write_manifest``).
+        checksum: SHA-256 of the manifest's other fields (set by ``write_manifest``).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -90,6 +98,22 @@ class AdapterManifest(BaseModel):
     metrics: dict[str, Any] = Field(default_factory=dict)
     versions: dict[str, str] = Field(default_factory=dict)
     created: str = ""
+    files: dict[str, str] = Field(default_factory=dict)
+    checksum: str = ""
+
+
+# Files PEFT or transformers would read from an adapter folder: none may be there unlisted.
+_LOADABLE_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".pkl", ".ckpt", ".json", ".model")
+_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
+_PEFT_TYPES = {"lora": "LORA", "prompt-tuning": "PROMPT_TUNING"}
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def layout_hash(layout: CompletionLayout) -> str:
@@ -141,35 +165,99 @@ def model_fingerprint(path: str | Path) -> str:
     return _FP_CACHE[key]
 
 
-def read_manifest(adapter: str | Path) -> AdapterManifest:
-    """Read and validate an adapter folder's manifest; say what is wrong and how to fix it."""
+def read_manifest(adapter: str | Path, *, verify_files: bool = True) -> AdapterManifest:
+    """Read, validate and (by default) verify an adapter folder; one line says what is wrong.
+
+    Raises:
+        ConfigError: no folder or manifest; a manifest that is not UTF-8 JSON, of another format,
+            fails ``AdapterManifest`` or its own checksum; with ``verify_files``, a listed file that
+            is missing, a link or changed, an unlisted file PEFT would load, a pickle file, or a
+            method that disagrees with ``adapter_config.json``.
+    """
     folder = Path(adapter).expanduser()
+    retrain = "retrain it with `llmapps finetune lora --recipe RECIPE --out DIR`"
     if not folder.is_dir():
         raise ConfigError(
             f"adapter folder {folder} does not exist; train one with "
             "`llmapps finetune lora --recipe finetune/recipes/tiny.yaml --out DIR`"
         )
     path = folder / MANIFEST_NAME
-    if not path.exists():
+    if not path.is_file():
         raise ConfigError(
             f"{folder} has no {MANIFEST_NAME}: only adapters written by `llmapps finetune` are "
             "loaded (the manifest names the base model and prompt they were trained with)"
         )
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ConfigError(f"{path} is not valid JSON ({err.msg}); retrain the adapter") from err
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path} is not UTF-8 (byte {err.start}); {retrain}") from err
+    except (json.JSONDecodeError, RecursionError) as err:
+        raise ConfigError(f"{path} is not valid JSON ({getattr(err, 'msg', err)}); {retrain}") from err
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} is not a JSON object; {retrain}")
+    if data.get("format") != MANIFEST_FORMAT:
+        raise ConfigError(
+            f"{path} is of manifest format {str(data.get('format'))[:20]!r}; this llmapps reads "
+            f"format {MANIFEST_FORMAT} only (with file hashes): {retrain}"
+        )
     try:
-        return AdapterManifest.model_validate(data)
+        manifest = AdapterManifest.model_validate(data)
     except ValidationError as err:
-        raise config_error_from_validation(f"adapter manifest {path}", err) from err
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'manifest'}: {e['msg']}" for e in err.errors()[:5])
+        raise ConfigError(f"invalid adapter manifest {path} ({problems}); {retrain}") from err
+    if json_checksum(data) != manifest.checksum:
+        raise ConfigError(f"{path} was changed after training wrote it (its checksum does not match); {retrain}")
+    if verify_files:
+        verify_adapter_files(folder, manifest)
+    return manifest
+
+
+def verify_adapter_files(folder: Path, manifest: AdapterManifest) -> None:
+    """Check the folder against the manifest's file hashes (see ``read_manifest``)."""
+    retrain = "retrain it with `llmapps finetune lora`"
+    for f in sorted(folder.iterdir()):
+        if f.name == MANIFEST_NAME:
+            continue
+        if f.suffix in _PICKLE_SUFFIXES:
+            raise ConfigError(
+                f"{f} is a pickle file, which can run code when loaded; adapters are loaded from "
+                f"safetensors only: delete it, or {retrain}"
+            )
+        if f.name not in manifest.files and (f.is_dir() or f.suffix in _LOADABLE_SUFFIXES):
+            raise ConfigError(f"{f} is not one of the files training wrote (not in the manifest); remove it, or {retrain}")
+    for name, digest in manifest.files.items():
+        f = folder / name
+        if "/" in name or "\\" in name or name in ("", ".", "..") or not f.is_file() or f.is_symlink():
+            raise ConfigError(f"{folder}: the manifest lists {name[:80]!r}, which is missing or not a plain file there; {retrain}")
+        if _file_sha256(f) != digest:
+            raise ConfigError(f"{f} changed since training wrote it (its SHA-256 does not match the manifest); {retrain}")
+    if "adapter_config.json" not in manifest.files:
+        raise ConfigError(f"{folder}: the manifest lists no adapter_config.json; {retrain}")
+    try:
+        peft_type = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8")).get("peft_type")
+    except (ValueError, AttributeError) as err:
+        raise ConfigError(f"{folder / 'adapter_config.json'} is not a JSON object; {retrain}") from err
+    if peft_type != _PEFT_TYPES[manifest.method]:
+        raise ConfigError(
+            f"{folder}: the manifest says method {manifest.method!r}, but adapter_config.json holds a "
+            f"{peft_type!r} adapter; {retrain}"
+        )
 
 
 def write_manifest(folder: str | Path, manifest: AdapterManifest) -> Path:
-    """Write ``manifest`` into ``folder`` (call it last, in a staging folder)."""
-    path = Path(folder) / MANIFEST_NAME
-    path.write_text(json.dumps(manifest.model_dump(mode="json"), indent=2), encoding="utf-8")
-    return path
+    """Write ``manifest`` into ``folder`` with the SHA-256 of every other file there and its own.
+
+    Call it last, in a staging folder, once every file of the adapter is written.
+    """
+    folder = Path(folder)
+    files = {
+        f.name: _file_sha256(f)
+        for f in sorted(folder.iterdir())
+        if f.is_file() and not f.is_symlink() and f.name != MANIFEST_NAME
+    }
+    data = manifest.model_copy(update={"format": MANIFEST_FORMAT, "files": files, "checksum": ""}).model_dump(mode="json")
+    data["checksum"] = json_checksum(data)
+    return atomic_write(folder / MANIFEST_NAME, json.dumps(data, indent=2))
 
 
 class LoraStrategyConfig(StrategyConfig):
