@@ -40,8 +40,11 @@ def add_strategy_flags(p: argparse.ArgumentParser, *, multiple: bool = False) ->
         p.add_argument("--strategies", default=None, help="comma-separated strategy names (default: all registered)")
     else:
         p.add_argument("--strategy", "-s", default="few-shot", help="strategy name (llmapps strategies)")
-    p.add_argument("--base-model", help="base model: hub id or directory (default: tiny-base)")
-    p.add_argument("--instruct-model", help="instruction model: hub id or directory (default: tiny-instruct)")
+    p.add_argument("--base-model", help="base model: packaged name, hub id, directory or .gguf (default: gemma-3-270m)")
+    p.add_argument("--instruct-model", help="instruction model: packaged name, hub id, directory or .gguf "
+                   "(default: smollm2-135m-instruct)")
+    p.add_argument("--tiny", action="store_true", default=argparse.SUPPRESS,
+                   help="use the tiny models trained locally (tiny-base, tiny-instruct): fast, not good")
     p.add_argument("--adapter", help="LoRA adapter folder (lora strategy)")
     p.add_argument("--batch-size", type=int, help="prompts per generate() call")
     p.add_argument("--max-new-tokens", type=int, help="generation budget")
@@ -141,33 +144,56 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_models_build(args: argparse.Namespace) -> int:
     import shutil
 
+    from llmapps.models.packaged import ensure_packaged_model, is_packaged, packaged_models
     from llmapps.models.tiny import TEST_SPEC, TinySpec, ensure_tiny_models
     from llmapps.settings import get_settings
 
     settings = get_settings()
-    spec = TEST_SPEC if args.spec == "test" else TinySpec()
-    if args.force:
-        for name in ("tiny-base", "tiny-instruct"):
+    names = args.names or [settings.base_model, settings.instruct_model]
+    tiny = [n for n in names if n in ("tiny-base", "tiny-instruct")]
+    unknown = [n for n in names if n not in tiny and not is_packaged(n)]
+    if unknown:
+        known = ["tiny-base", "tiny-instruct", *packaged_models()]
+        raise ConfigError(f"cannot build {', '.join(unknown)}: llmapps builds {', '.join(known)} "
+                          "(hub ids, folders and .gguf files are used as they are)")
+    for name in dict.fromkeys(names):
+        if args.force:
             shutil.rmtree(settings.models_dir / name, ignore_errors=True)
-    ensure_tiny_models(settings.models_dir, spec)
-    print(f"tiny-base and tiny-instruct are in {settings.models_dir}")
+        if is_packaged(name):
+            print(f"{name}: {ensure_packaged_model(name, settings)}")
+    if tiny:
+        ensure_tiny_models(settings.models_dir, TEST_SPEC if args.spec == "test" else TinySpec())
+        print(f"tiny-base and tiny-instruct are in {settings.models_dir}")
     return 0
 
 
 def cmd_models_list(args: argparse.Namespace) -> int:
     import json
 
+    from llmapps.models.packaged import folder_size, packaged_models, read_model_manifest
     from llmapps.settings import get_settings
 
     settings = get_settings()
+    print(f"{'name':23} {'kind':9} {'state':10} {'size':>8}  source")
+    for name, entry in packaged_models().items():
+        folder = settings.models_dir / name
+        manifest = read_model_manifest(folder)
+        state = "built" if manifest else "not built"
+        size = f"{folder_size(folder) / 2**20:,.0f} MB" if manifest else "-"
+        print(f"{name:23} {entry.kind:9} {state:10} {size:>8}  pip: {entry.package} ({entry.gguf_file})")
     for name in ("tiny-base", "tiny-instruct"):
-        manifest = settings.models_dir / name / "llmapps-tiny.json"
-        state = "built" if manifest.exists() else "not built (llmapps models build)"
+        folder = settings.models_dir / name
+        manifest_path = folder / "llmapps-tiny.json"
+        built = manifest_path.exists()
+        size = f"{folder_size(folder) / 2**20:,.0f} MB" if built else "-"
         detail = ""
-        if manifest.exists():
-            data = json.loads(manifest.read_text())
-            detail = f" final loss {data.get('final_loss', float('nan')):.3f}, {data.get('documents')} documents"
-        print(f"{name:14} {state}{detail}  {settings.models_dir / name}")
+        if built:
+            data = json.loads(manifest_path.read_text())
+            detail = f", final loss {data.get('final_loss', float('nan')):.3f}"
+        kind = "base" if name == "tiny-base" else "instruct"
+        print(f"{name:23} {kind:9} {'built' if built else 'not built':10} {size:>8}  "
+              f"trained here on the bundled articles{detail}")
+    print(f"models folder: {settings.models_dir}")
     print(f"base model in use:     {settings.base_model}")
     print(f"instruct model in use: {settings.instruct_model}")
     return 0
@@ -183,6 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     parser.add_argument("-v", "--verbose", action="store_true", help="info logs")
+    parser.add_argument("--tiny", action="store_true",
+                        help="use the tiny local models (tiny-base, tiny-instruct) instead of the real defaults")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("strategies", help="list registered strategies and what they need")
@@ -208,11 +236,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_strategy_flags(p, multiple=True)
     p.set_defaults(func=cmd_demo)
 
-    models = sub.add_parser("models", help="the built-in tiny models")
+    models = sub.add_parser("models", help="the packaged pretrained models and the tiny ones")
     msub = models.add_subparsers(dest="models_command", metavar="ACTION", required=True)
-    p = msub.add_parser("build", help="train the tokenizer, tiny-base and tiny-instruct")
+    p = msub.add_parser("build", help="convert packaged models / train the tiny ones, once")
+    p.add_argument("names", nargs="*", metavar="NAME",
+                   help="gemma-3-270m, smollm2-135m-instruct, tiny-base, tiny-instruct "
+                   "(default: the base and instruct models in use)")
     p.add_argument("--force", action="store_true", help="rebuild even if built")
-    p.add_argument("--spec", choices=["default", "test"], default="default")
+    p.add_argument("--spec", choices=["default", "test"], default="default", help="tiny models' size")
     p.set_defaults(func=cmd_models_build)
     p = msub.add_parser("list", help="show the models and where they are")
     p.set_defaults(func=cmd_models_list)
@@ -231,6 +262,15 @@ def _register_plugins(sub: Any) -> None:
             log.warning("CLI plugin %s failed to load: %s", ep.name, err)
 
 
+def use_tiny_models() -> None:
+    """``--tiny``: the tiny local models become this process's base and instruct models (through
+    the environment, so every setting reader sees them: strategies, the demo's server, lora)."""
+    import os
+
+    os.environ["LLMAPPS_BASE_MODEL"] = "tiny-base"
+    os.environ["LLMAPPS_INSTRUCT_MODEL"] = "tiny-instruct"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -239,6 +279,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
+    if getattr(args, "tiny", False):
+        use_tiny_models()
     try:
         return int(args.func(args) or 0)
     except LlmappsError as err:

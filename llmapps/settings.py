@@ -36,6 +36,26 @@ class GenerationSettings(BaseModel):
     # (benchmarks/bench_generation.py); CUDA out-of-memory halves it automatically.
     batch_size: int = Field(32, ge=1, description="prompts per generate() call")
     max_new_tokens: int = Field(96, ge=1)
+    backend: Literal["transformers", "llama.cpp"] = Field(
+        "transformers", description="backend of the local strategies (few-shot, zero-shot); a .gguf "
+        "model given without a backend runs on llama.cpp"
+    )
+    llamacpp_context: int = Field(
+        8192, ge=256, description="tokens of context the llama.cpp backend allocates per model "
+        "(the GGUF's trained context is the ceiling)"
+    )
+    # 2,048: the model's context (32,768 for Gemma 3) is a ceiling, never the target. On 2 CPU
+    # cores a 2,048-token Gemma 3 prompt holds 4-5 worked examples and prefills in seconds; 8 of
+    # them at the full context were OOM-killed at 24 GB (see README: What we measured).
+    max_prompt_tokens: int = Field(
+        2048, ge=16, description="prompt budget of local models: few-shot packs examples up to it, "
+        "longer inputs are truncated (the model's context is the ceiling)"
+    )
+    memory_budget_gb: float | None = Field(
+        None, gt=0, description="memory one generate() chunk may use for KV cache and activations; "
+        "none: memory_fraction of what is available (RAM, or free VRAM on CUDA) at the call"
+    )
+    memory_fraction: float = Field(0.5, gt=0, le=0.95)
 
 
 class BenchSettings(BaseModel):
@@ -181,12 +201,18 @@ class Settings(BaseSettings):
     )
 
     home: Path = Field(default_factory=default_home)
-    base_model: str = Field("tiny-base", description="hub id or directory of a base (foundation) model")
+    # Real pretrained models from the package index (llmapps/models/packaged.yaml); the tiny
+    # models we train ourselves (tiny-base, tiny-instruct) are for the fast test suite.
+    base_model: str = Field(
+        "gemma-3-270m",
+        description="base (foundation) model: a packaged name, tiny-base, hub id, directory or .gguf file",
+    )
     instruct_model: str = Field(
-        "tiny-instruct", description="hub id or directory of an instruction-tuned model"
+        "smollm2-135m-instruct",
+        description="instruction-tuned model: a packaged name, tiny-instruct, hub id, directory or .gguf file",
     )
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps")
-    dtype: str = Field("auto", description="auto (bf16 on capable GPUs, else float32), float32, bfloat16, float16")
+    dtype: str = Field("auto", description="auto (bf16 on capable GPUs and on CPUs with native bf16, else float32), float32, bfloat16, float16")
     offline: bool = Field(False, description="never try the Hugging Face hub; local files only")
     trust_remote_code: bool = False
     generation: GenerationSettings = Field(default_factory=GenerationSettings)  # type: ignore[arg-type]

@@ -24,8 +24,9 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.pop("LLMAPPS_DATA_DIR", None)
 os.environ.pop("LLMAPPS_CONFIG", None)
-os.environ.pop("LLMAPPS_BASE_MODEL", None)
-os.environ.pop("LLMAPPS_INSTRUCT_MODEL", None)
+# The fast suite runs on the tiny models; tests/test_real_models.py names the real ones.
+os.environ["LLMAPPS_BASE_MODEL"] = "tiny-base"
+os.environ["LLMAPPS_INSTRUCT_MODEL"] = "tiny-instruct"
 
 
 @pytest.fixture(scope="session")
@@ -36,6 +37,16 @@ def tiny_models() -> Path:
     models_dir = TEST_HOME / "models"
     ensure_tiny_models(models_dir, TEST_SPEC, progress=False)
     return models_dir
+
+
+@pytest.fixture(scope="session")
+def real_models() -> dict[str, Path]:
+    """The real packaged models, ``gemma-3-270m`` and ``smollm2-135m-instruct``, converted once
+    from their pip-installed GGUF files into the test home (kept across runs)."""
+    from llmapps.models.packaged import ensure_packaged_model
+
+    return {name: ensure_packaged_model(name, progress=False)
+            for name in ("gemma-3-270m", "smollm2-135m-instruct")}
 
 
 @pytest.fixture(scope="session")

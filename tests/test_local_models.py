@@ -313,3 +313,40 @@ def test_weights_left_on_meta_are_reloaded_or_reported(tiny_base: str, monkeypat
     always_broken = True
     with pytest.raises(BackendError, match=r"left 1 tensor\(s\) without data \(model\.norm\.weight\)"):
         local._from_pretrained(tiny_base, "cpu", "float32", get_settings())
+
+
+def test_memory_budget_splits_chunks_and_keeps_outputs(
+    lm: LocalModel, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A chunk that would exceed the memory budget is split before generating; the outputs are the
+    same as one big chunk's, and a prompt that cannot fit even alone is one clear error."""
+    from llmapps.models.local import estimate_generate_bytes
+
+    params = GenerationParams(max_new_tokens=6)
+    whole = lm.generate(PROMPTS, params)
+    longest = max(lm.count_tokens(p) for p in PROMPTS)
+    two_rows = estimate_generate_bytes(lm.model.config, 2, longest, 6, 4)
+    monkeypatch.setenv("LLMAPPS_GENERATION__MEMORY_BUDGET_GB", f"{two_rows * 1.01 / 2**30:.9f}")
+    with caplog.at_level("INFO", logger="llmapps.models.local"):
+        split = lm.generate(PROMPTS, params)
+    assert [o.text for o in split] == [o.text for o in whole]
+    assert any("per chunk fit" in r.getMessage() for r in caplog.records)
+    one_row = estimate_generate_bytes(lm.model.config, 1, longest, 6, 4)
+    monkeypatch.setenv("LLMAPPS_GENERATION__MEMORY_BUDGET_GB", f"{one_row * 0.5 / 2**30:.9f}")
+    with pytest.raises(InputError, match="more than the memory budget"):
+        lm.generate(PROMPTS, params)
+
+
+def test_memory_estimate_grows_with_rows_and_length_and_respects_sliding_windows() -> None:
+    from transformers import Gemma3TextConfig
+
+    from llmapps.models.local import estimate_generate_bytes
+
+    cfg = Gemma3TextConfig(num_hidden_layers=6, sliding_window=512, hidden_size=64,
+                           intermediate_size=128, num_attention_heads=4, num_key_value_heads=1,
+                           head_dim=16, vocab_size=1000)
+    small = estimate_generate_bytes(cfg, 1, 1000, 16, 4)
+    assert estimate_generate_bytes(cfg, 2, 1000, 16, 4) > small
+    assert estimate_generate_bytes(cfg, 1, 2000, 16, 4) > 3 * small  # attention grows with L^2
+    full = Gemma3TextConfig(**{**cfg.to_dict(), "layer_types": ["full_attention"] * 6})
+    assert estimate_generate_bytes(full, 1, 1000, 16, 4) > small  # windows keep less KV cache

@@ -77,7 +77,23 @@ def pick_dtype(requested: str, device: str) -> torch.dtype:
             ) from err
     if device.startswith("cuda") and torch.cuda.is_bf16_supported():
         return torch.bfloat16
+    if device == "cpu" and _cpu_has_native_bf16():
+        # Measured on 2 cores with AVX512-BF16 (4 prompts x 512 tokens, then 8 decode steps, three
+        # interleaved repeats, machine shared): Gemma 3 270M prefill 20.4 s bf16 vs 33.3 s fp32,
+        # decode 2.2 vs 4.4 s/step; SmolLM2-135M prefill 18.3 vs 30.4 s, decode 2.2 vs 2.3 s/step.
+        # Half the weight bytes to stream per token and oneDNN's bf16 kernels win on such CPUs; on
+        # CPUs without native bf16 it is emulated and slower, so float32 stays there.
+        return torch.bfloat16
     return torch.float32
+
+
+def _cpu_has_native_bf16() -> bool:
+    import torch
+
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def resolve_model_path(name: str, settings: Settings | None = None, *, build: bool = True) -> str:
@@ -152,6 +168,36 @@ class LocalModel:
             tokenizer.pad_token = tokenizer.eos_token
         tokenizer.padding_side = "left"
 
+    def memory_budget(self) -> int:
+        """Bytes one generate() chunk may use beyond the weights (``generation.memory_budget_gb``,
+        else ``memory_fraction`` of the RAM, or free VRAM, available now)."""
+        gen = get_settings().generation
+        if gen.memory_budget_gb is not None:
+            return int(gen.memory_budget_gb * 2**30)
+        return int(gen.memory_fraction * available_memory(self.device))
+
+    def _rows_within_budget(self, lengths: list[int], max_new: int, budget: int) -> int:
+        """How many of ``lengths`` (longest first) one chunk can take within ``budget`` bytes."""
+        dtype_bytes = self.model.dtype.itemsize
+        rows = len(lengths)
+        while rows > 0:
+            need = estimate_generate_bytes(self.model.config, rows, lengths[0], max_new, dtype_bytes)
+            if need <= budget:
+                break
+            rows = rows // 2 if rows > 8 else rows - 1
+        if rows == 0:
+            need = estimate_generate_bytes(self.model.config, 1, lengths[0], max_new, dtype_bytes)
+            raise InputError(
+                f"a prompt of {lengths[0]} tokens with {max_new} new tokens needs about "
+                f"{need / 2**30:.1f} GiB for {self.name!r}, more than the memory budget of "
+                f"{budget / 2**30:.1f} GiB: shorten the input, lower generation.max_prompt_tokens, "
+                "or raise generation.memory_budget_gb"
+            )
+        if rows < len(lengths):
+            log.info("%s: %d prompts of up to %d tokens per chunk fit the %.1f GiB memory budget",
+                     self.name, rows, lengths[0], budget / 2**30)
+        return rows
+
     @property
     def context_length(self) -> int:
         cfg = self.model.config
@@ -208,8 +254,13 @@ class LocalModel:
         with self._lock:
             pos = 0
             batch_size = self.batch_size
+            budget = self.memory_budget()
             while pos < len(order):
-                chunk = order[pos : pos + batch_size]
+                rows = self._rows_within_budget(
+                    [len(encoded[i]) for i in order[pos : pos + batch_size]],
+                    params.max_new_tokens, budget,
+                )
+                chunk = order[pos : pos + rows]
                 try:
                     outs = self._generate_chunk([encoded[i] for i in chunk], params)
                 except Exception as err:  # CUDA OOM: halve the batch and retry
@@ -369,6 +420,56 @@ class LocalModel:
             layer.values[:, :, :past] = values
             layer.cumulative_length.fill_(past)
         return cache
+
+
+def available_memory(device: str) -> int:
+    """Bytes free for new allocations: free VRAM on CUDA, else available RAM."""
+    if device.startswith("cuda"):
+        import torch
+
+        free, _total = torch.cuda.mem_get_info(torch.device(device))
+        return int(free)
+    import psutil
+
+    return int(psutil.virtual_memory().available)
+
+
+def estimate_generate_bytes(
+    config: Any, rows: int, width: int, max_new: int, dtype_bytes: int
+) -> int:
+    """A deliberately high estimate of what generating ``rows`` prompts of up to ``width``
+    tokens costs beyond the weights: the KV cache for ``width + max_new`` positions (sliding-window
+    layers keep only their window), plus the largest transient of one layer's prefill (attention
+    scores and probabilities in float32 when the math kernel materializes them, the MLP's
+    activations, the layer's full keys and values before a sliding window trims them), plus the
+    last position's logits over the vocabulary. 10% on top for the allocator.
+
+    For Gemma 3 270M (18 layers, 1 KV head of 256, 262,144-token vocabulary), 8 prompts of 2,048
+    tokens come to ~1.9 GiB, of which the prefill's attention is most; at the 32,768-token context
+    one prompt alone comes to ~40 GiB, which is why the prompt budget, not the context, is the target.
+    """
+    cfg = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
+    layers = int(getattr(cfg, "num_hidden_layers", 1))
+    heads = int(getattr(cfg, "num_attention_heads", 1))
+    kv_heads = int(getattr(cfg, "num_key_value_heads", None) or heads)
+    hidden = int(getattr(cfg, "hidden_size", 1))
+    head_dim = int(getattr(cfg, "head_dim", None) or hidden // heads)
+    inter = int(getattr(cfg, "intermediate_size", None) or 4 * hidden)
+    vocab = int(getattr(cfg, "vocab_size", 1))
+    window = getattr(cfg, "sliding_window", None)
+    types = getattr(cfg, "layer_types", None) or ["full_attention"] * layers
+    total = width + max_new
+    per_position = kv_heads * head_dim * 2 * dtype_bytes
+    kv = sum(
+        rows * (min(int(window), total) if window and t == "sliding_attention" else total) * per_position
+        for t in types
+    )
+    attention = rows * heads * width * width * 4 * 2
+    mlp = rows * width * inter * dtype_bytes * 3
+    states = rows * width * hidden * dtype_bytes * 4
+    layer_kv = rows * width * heads * head_dim * 2 * dtype_bytes
+    logits = rows * vocab * 4 * 2
+    return int(1.1 * (kv + max(attention, mlp) + states + layer_kv + logits))
 
 
 def _accepts(fn: Any, name: str) -> bool:
