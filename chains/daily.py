@@ -84,14 +84,20 @@ class Edition(BaseModel):
 
 
 def _as_article(a: NewsItem | dict[str, Any]) -> dict[str, Any]:
+    """The article as a row for the chain; ``InputError`` if it has no text to riddle."""
     from chains.news_riddle import defuse_delimiters  # lazy: `llmapps --help` loads this module
 
     row = a.model_dump() if isinstance(a, NewsItem) else dict(a)
-    if not str(row.get("text", "")).strip():
-        raise InputError(f"article {row.get('id') or row.get('title')!r} has no text")
+    if not str(row.get("text") or "").strip():
+        raise InputError("the article has no text to riddle")
     for key in ("title", "text"):
         row[key] = defuse_delimiters(str(row.get(key) or ""))
     return row
+
+
+def _label(a: NewsItem | dict[str, Any]) -> str:
+    row = a.model_dump() if isinstance(a, NewsItem) else dict(a)
+    return str(row.get("title") or row.get("id") or "(untitled)")
 
 
 def make_edition(
@@ -124,7 +130,12 @@ def make_edition(
 
     if max_riddles < 1:
         raise ConfigError(f"max_riddles must be at least 1, got {max_riddles}")
-    rows = [_as_article(a) for a in articles][:max_riddles]
+    rows, unusable = [], []
+    for a in list(articles)[:max_riddles]:  # one bad article is skipped, never the edition
+        try:
+            rows.append(_as_article(a))
+        except InputError as err:
+            unusable.append(f"{_label(a)}: {err}")
     name = (
         strategy
         if isinstance(strategy, str)
@@ -137,6 +148,7 @@ def make_edition(
         strategy=name,
         generated_at=now.strftime("%Y-%m-%d %H:%M UTC"),
         sources=list(sources),
+        skipped=unusable,
     )
     if not rows:
         return edition

@@ -217,6 +217,7 @@ def test_daily_cli_from_feeds_with_zero_shot_on_tiny_models(
             "48",
             "--retries",
             "0",
+            "--allow-private-addresses",
             "--timeout",
             "2",
             "--min-words",

@@ -55,6 +55,7 @@ def fast(**fetch: object) -> IngestOptions:
         "backoff_s": 0.01,
         "max_response_bytes": 2_000_000,
         "user_agent": "llmapps-test/1.0",
+        "allow_private": True,  # the test server is on loopback
     }
     base.update(fetch)
     return IngestOptions(fetch=FetchOptions(**base))
@@ -374,6 +375,7 @@ def test_news_fetch_cli_writes_jsonl_and_report_read_by_news_riddle(server, tmp_
             "1",
             "--retries",
             "0",
+            "--allow-private-addresses",
             "--out",
             str(out),
         ]

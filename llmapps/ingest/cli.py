@@ -50,6 +50,12 @@ def add_source_flags(p: argparse.ArgumentParser) -> None:
         "--no-full-text", action="store_true", help="never fetch article pages for teasers"
     )
     h.add_argument(
+        "--allow-private-addresses",
+        action="store_true",
+        help="also fetch loopback, private and link-local addresses (local or intranet feeds); "
+        "refused by default, as feeds choose the links that get fetched",
+    )
+    h.add_argument(
         "--max-per-source", type=int, default=None, help="keep at most N entries per source"
     )
     h.add_argument(
@@ -91,6 +97,7 @@ def ingest_options(args: argparse.Namespace) -> Any:
         retries=args.retries,
         concurrency=args.concurrency,
         user_agent=args.user_agent,
+        allow_private=getattr(args, "allow_private_addresses", False) or None,
     )
     clean: dict[str, Any] = {
         "min_words": args.min_words,
@@ -169,11 +176,15 @@ def cmd_news_fetch(args: argparse.Namespace) -> int:
 
     result = run_ingest(args, quiet=args.quiet)
     out = Path(args.out)
-    write_jsonl(result.items, out)
+    if not result.items:  # a failed fetch must not wipe what a good one wrote before
+        kept = f"{out} is left as it was" if out.exists() else f"{out} was not written"
+        print(f"0 articles landed from any source; {kept}", file=sys.stderr)
+        return 1
     report = Path(args.report) if args.report else out.with_suffix(".report.json")
+    write_jsonl(result.items, out)  # each file replaced atomically: a reader never sees half
     write_report(result, report)
     print(f"{len(result.items)} articles -> {out} (report: {report})", file=sys.stderr)
-    return 0 if result.items else 1
+    return 0
 
 
 def register(subparsers: Any) -> None:
@@ -184,7 +195,9 @@ def register(subparsers: Any) -> None:
         "fetch", help="fetch sources into a clean JSONL of articles (+ a per-source report)"
     )
     add_source_flags(p)
-    p.add_argument("--out", "-o", required=True, help="JSONL file to write (replaced)")
+    p.add_argument(
+        "--out", "-o", required=True, help="JSONL file to write (replaced atomically, on success only)"
+    )
     p.add_argument(
         "--report", default=None, help="JSON report path (default: OUT with .report.json)"
     )

@@ -1,10 +1,20 @@
 """HTTP for ingestion: httpx with timeouts, retries with back-off, a concurrency limit, a user agent
-and a cap on response size. Failures become ``FetchError`` with a reason a person can act on."""
+and a cap on response size. Failures become ``FetchError`` with a reason a person can act on.
+
+Feeds decide what gets fetched (article links, redirects), so every request is guarded against
+server-side request forgery: only http(s), and no loopback, private, link-local (cloud metadata),
+multicast or otherwise non-public address, checked on the address the connection actually uses
+after DNS resolution (so a name that resolves to ``127.0.0.1``, or is re-pointed there between a
+check and the connect, is refused too). ``FetchOptions.allow_private`` (``--allow-private-addresses``)
+lifts the address rule for local test servers and intranet feeds.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
+import socket
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,6 +57,11 @@ class FetchOptions(BaseModel):
     user_agent: str = Field("llmapps-news/0.1", min_length=1)
     max_response_bytes: int = Field(5_000_000, ge=1, description="larger bodies are rejected")
     max_redirects: int = Field(5, ge=0, le=20)
+    allow_private: bool = Field(
+        False,
+        description="also fetch loopback, private, link-local and other non-public addresses "
+        "(local test servers, intranet feeds); off, they are refused after DNS resolution",
+    )
 
     @classmethod
     def from_settings(cls, **overrides: Any) -> FetchOptions:
@@ -79,6 +94,76 @@ class Fetched:
         return self.headers.get("content-type", "").split(";")[0].strip().lower()
 
 
+_BLOCKED = "llmapps-blocked: "
+
+
+def blocked_address(address: str) -> str | None:
+    """Why ``address`` (an IP literal) may not be fetched, or None when it is a public address."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return f"{address!r} is not an IP address"
+    if isinstance(ip, ipaddress.IPv6Address):
+        embedded = ip.ipv4_mapped or ip.sixtofour or (ip.teredo[1] if ip.teredo else None)
+        if embedded is not None:
+            ip = embedded
+    for kind, bad in (
+        ("loopback", ip.is_loopback),
+        ("link-local (where cloud metadata services live)", ip.is_link_local),
+        ("unspecified", ip.is_unspecified),
+        ("multicast", ip.is_multicast),
+        ("private", ip.is_private),
+        ("reserved", ip.is_reserved),
+        ("not public", not ip.is_global),
+    ):
+        if bad:
+            return f"the address {ip} is {kind}"
+    return None
+
+
+def _host_refusal(host: str) -> str | None:
+    """A reason to refuse ``host`` before resolving it (IP literals and localhost names)."""
+    name = host.strip("[]").lower().rstrip(".")
+    if name == "localhost" or name.endswith(".localhost"):
+        return f"{host} is loopback"
+    try:
+        ipaddress.ip_address(name.split("%", 1)[0])
+    except ValueError:
+        return None
+    return blocked_address(name)
+
+
+class _GuardedBackend:
+    """httpcore network backend: resolve, refuse non-public addresses, connect to the checked one."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    async def connect_tcp(self, host: str, port: int, timeout: float | None = None, **kw: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        try:
+            infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except OSError as err:
+            import httpcore
+
+            raise httpcore.ConnectError(f"cannot resolve {host}: {err}") from err
+        addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
+        for address in addresses:
+            reason = blocked_address(address)
+            if reason is not None:
+                import httpcore
+
+                raise httpcore.ConnectError(f"{_BLOCKED}{host} resolves to {address}: {reason.split(' is ', 1)[1]}")
+        return await self.inner.connect_tcp(addresses[0], port, timeout=timeout, **kw)
+
+    def __getattr__(self, name: str) -> Any:  # sleep, connect_unix_socket
+        return getattr(self.inner, name)
+
+
+def _refuse(reason: str) -> str:
+    return f"refused: {reason} (server-side request forgery guard; pass --allow-private-addresses to fetch it)"
+
+
 class Fetcher:
     """An async HTTP client shared by every request of one ingestion run.
 
@@ -98,16 +183,37 @@ class Fetcher:
         self._sem = asyncio.Semaphore(self.options.concurrency)
         self.requests = 0
 
+    async def _check_request(self, request: httpx.Request) -> None:
+        """Every request, redirects included: http(s) only, and no non-public host literal."""
+        url = str(request.url)
+        if request.url.scheme not in ("http", "https"):
+            raise FetchError(url, f"refused: {request.url.scheme!r} is not http(s)")
+        if not self.options.allow_private:
+            reason = _host_refusal(request.url.host)
+            if reason is not None:
+                raise FetchError(url, _refuse(reason))
+
     async def __aenter__(self) -> Fetcher:
         o = self.options
+        transport = self._transport
+        if transport is None:
+            transport = httpx.AsyncHTTPTransport(
+                limits=httpx.Limits(max_connections=o.concurrency)
+            )
+            pool = getattr(transport, "_pool", None)
+            if not o.allow_private and pool is not None and hasattr(pool, "_network_backend"):
+                pool._network_backend = _GuardedBackend(pool._network_backend)
+            elif not o.allow_private:  # pragma: no cover - an httpcore without the hook point
+                raise RuntimeError("this httpcore cannot be guarded; upgrade httpx/httpcore")
         self._client = httpx.AsyncClient(
             timeout=httpx.Timeout(o.timeout_s),
             follow_redirects=True,
             max_redirects=o.max_redirects,
             headers={"User-Agent": o.user_agent, "Accept-Encoding": "gzip, deflate"},
             limits=httpx.Limits(max_connections=o.concurrency),
-            transport=self._transport,
+            transport=transport,
             trust_env=False,  # no proxies or .netrc picked up behind the user's back
+            event_hooks={"request": [self._check_request]},
         )
         return self
 
@@ -152,6 +258,8 @@ class Fetcher:
                     url, f"invalid or unsupported address after redirects ({err})"
                 ) from None
             except httpx.TransportError as err:
+                if str(err).startswith(_BLOCKED):
+                    raise FetchError(url, _refuse(str(err)[len(_BLOCKED) :])) from None
                 last = f"network error: {type(err).__name__}: {err}".rstrip(": ")
             except httpx.HTTPError as err:  # anything else httpx reports is not worth retrying
                 raise FetchError(url, f"{type(err).__name__}: {err}") from None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import unicodedata
 from typing import Literal
 from urllib.parse import urlsplit
 
@@ -21,11 +22,15 @@ def safe_http_url(url: object) -> str | None:
 
     Feed content is untrusted: ``javascript:``, ``data:``, ``file:`` and relative or malformed
     links are dropped rather than repaired, so nothing but a web address ever becomes a link.
+    Any control, format, separator or space character (U+0085, U+2028, U+200B, ...) anywhere
+    rejects the link: a browser or a line splitter would read such a URL differently than we do.
     """
     if not isinstance(url, str):
         return None
     url = url.strip()
-    if not url or len(url) > 2048 or any(ord(c) < 0x21 or ord(c) == 0x7F for c in url):
+    if not url or len(url) > 2048 or any(
+        ord(c) < 0x21 or unicodedata.category(c)[0] in "CZ" for c in url
+    ):
         return None
     try:
         parts = urlsplit(url)

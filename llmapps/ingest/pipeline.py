@@ -263,19 +263,19 @@ async def _to_items(
 
 
 def write_jsonl(items: Sequence[NewsItem], path: Path) -> None:
-    """Write ``items`` as JSONL (one article per line, UTF-8), creating the folder."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as fh:
-        for it in items:
-            fh.write(json.dumps(it.model_dump(), ensure_ascii=False) + "\n")
+    """Replace ``path`` atomically with ``items`` as JSONL (one article per line, UTF-8)."""
+    from llmapps import jsonl
+
+    jsonl.write_jsonl(path, (it.model_dump() for it in items))
 
 
 def write_report(result: IngestResult, path: Path) -> None:
-    """Write the per-source reports and cleaning counts as JSON."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write the per-source reports and cleaning counts as JSON (atomically)."""
+    from llmapps.jsonl import atomic_write
+
     data = {
         "sources": [r.model_dump() for r in result.reports],
         "cleaning": result.cleaning.model_dump(),
         "articles": len(result.items),
     }
-    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    atomic_write(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
