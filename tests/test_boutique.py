@@ -287,7 +287,7 @@ def test_own_lora_adapter_trains_on_the_dialogues_and_serves_the_chain(tiny_mode
 def test_sweep_writes_a_table_and_a_plot_and_resumes(tiny_models: Path, tmp_path: Path) -> None:
     from finetune.sweep import read_results, sweep
 
-    over = {"training.max_steps": 1, "training.batch_size": 2, "training.max_length": 256}
+    over = {"training.max_steps": 1, "training.batch_size": 2, "training.max_length": 384}
     rows = sweep("boutique-tiny", [1e-2], [2, 4], tmp_path / "out", tmp_path / "work", overrides=over)
     assert [r["name"] for r in rows] == sorted((r["name"] for r in rows), key=lambda n: next(x["eval_loss"] for x in rows if x["name"] == n))
     assert (tmp_path / "out" / "sweep.png").stat().st_size > 1000

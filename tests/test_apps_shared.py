@@ -1,0 +1,84 @@
+"""Shared tests for every registered app (``APPS.names()``) on every strategy, with no app-specific code.
+
+Each app is built on each strategy (under the strategy's offline demo options, tiny models
+pinned by the conftest's ``LLMAPPS_BASE_MODEL`` / ``LLMAPPS_INSTRUCT_MODEL``), answers the first
+bundled samples of its test split in one ``batch`` (one result per input, in order), and a bench
+of those samples writes one scored row per sample. A new app registered through an entry point is
+picked up here without an edit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from llmapps.apps import APPS, load_chain
+from llmapps.settings import get_settings
+from llmapps.strategies.base import STRATEGIES
+
+APP_NAMES = APPS.names()
+N_SAMPLES = 2
+
+
+def test_models_are_pinned_to_the_tiny_ones() -> None:
+    s = get_settings()
+    assert (s.base_model, s.instruct_model) == ("tiny-base", "tiny-instruct")
+
+
+@pytest.fixture(scope="module", params=STRATEGIES.names())
+def strategy(request: pytest.FixtureRequest, tiny_models: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(name, options): the strategy's demo options, short greedy outputs, adapters allowed on
+    other apps' tasks (a strategy with such an option, e.g. ``lora``)."""
+    name = request.param
+    cls = STRATEGIES.get(name)
+    with contextlib.ExitStack() as stack:
+        options = stack.enter_context(cls.demo_options(get_settings()))
+        if options is None:
+            pytest.skip(f"{name}: not available offline here (demo_options yielded None)")
+        fields = cls.config_class.model_fields
+        extra = {"max_new_tokens": 16, "temperature": 0.0, "allow_other_task": True}
+        yield name, {**options, **{k: v for k, v in extra.items() if k in fields}}
+
+
+def _inputs(spec: Any) -> list[dict[str, Any]]:
+    samples = spec.samples("test")[:N_SAMPLES]
+    keys = ("id", *spec.input_keys)
+    return [{k: s[k] for k in keys if k in s} for s in samples]
+
+
+@pytest.mark.parametrize("app", APP_NAMES)
+def test_app_builds_and_answers_its_samples(app: str, strategy: tuple[str, dict[str, Any]]) -> None:
+    name, options = strategy
+    spec = APPS.get(app)
+    chain = load_chain(app, name, **options)
+    assert hasattr(chain, "invoke") and hasattr(chain, "batch")
+    if spec.samples is None:
+        pytest.skip(f"{app} ships no samples")
+    inputs = _inputs(spec)
+    assert inputs, f"{app} has an empty test split"
+    outs = chain.batch(inputs)
+    assert len(outs) == len(inputs)
+    for out in outs:
+        assert isinstance(out, dict) and "valid" in out, f"{app} on {name}: {out!r}"
+
+
+@pytest.mark.parametrize("app", [a for a in APP_NAMES if APPS.get(a).samples is not None])
+def test_bench_writes_a_scored_row_per_sample(app: str, strategy: tuple[str, dict[str, Any]], tmp_path: Path) -> None:
+    from llmapps.bench.run import Bench, BenchConfig
+
+    name, options = strategy
+    config = BenchConfig(app=app, strategies=[name], limit=N_SAMPLES, batch_size=N_SAMPLES,
+                         perplexity=False, strategy_options={name: options})
+    bench = Bench(config, tmp_path / "bench", progress=False)
+    (summary,) = bench.run()
+    rows = bench.rows(name)
+    assert summary["status"] == "ran", summary
+    assert len(rows) == N_SAMPLES and all("metrics" in r and "latency_s" in r for r in rows), rows
+    spec = APPS.get(app)
+    for column in spec.metric_columns:  # the app's own metrics reach the summary when it scores any
+        if any(column in r["metrics"] for r in rows):
+            assert column in summary
