@@ -45,7 +45,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--max-tokens-limit", type=int, help="largest max_tokens a request may ask for")
     p.add_argument("--max-body-bytes", type=int, help="largest request body")
     p.add_argument(
-        "--app", help="answer /v1/chat/completions with this app's chain on --strategy (e.g. boutique)"
+        "--app", help="answer /v1/chat/completions with this app's chain on --strategy (a chat app)"
     )
 
 
