@@ -249,3 +249,42 @@ def test_schema_fuzzing_finds_no_server_error(served: dict[str, Any]) -> None:
     assert not server_errors, server_errors[:5]
     assert sum(n for (p, _, code), n in seen.items() if code == 200 and p != "/v1/models") >= 5
     assert httpx.get(url + "/health").json()["in_flight"] == 0
+
+
+def test_a_stream_whose_client_leaves_stops_generating(
+    lm: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import llmapps.serving.app as app_module
+
+    checks: list[bool] = []  # one per decoding step: was the client gone at that step?
+    real = app_module._Cancelled.__call__
+
+    def counting(self: Any, input_ids: Any, scores: Any, **kw: Any) -> Any:
+        checks.append(self.event.is_set())
+        return real(self, input_ids, scores, **kw)
+
+    monkeypatch.setattr(app_module._Cancelled, "__call__", counting)
+    _, ctx = _serve(lm, max_tokens=900)
+    with ctx as url:
+        body = {
+            "model": MODEL,
+            "prompt": "The council",
+            "stream": True,
+            "max_tokens": 900,
+            "temperature": 1.0,
+            "seed": 1,
+        }
+        with httpx.stream(
+            "POST", url + "/v1/completions", json=body, headers=AUTH, timeout=60
+        ) as r:
+            for n, _line in enumerate(r.iter_lines()):
+                if n >= 6:
+                    break  # read a few events, then hang up
+        deadline = time.monotonic() + 30
+        while httpx.get(url + "/health").json()["in_flight"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert lm._lock.acquire(timeout=30)  # the generation thread has let go of the model
+        lm._lock.release()
+    steps = len(checks)
+    print(f"stream cancel: {steps} decoding steps of 900, {sum(checks)} after the client left")
+    assert steps < 900 and sum(checks) <= 1

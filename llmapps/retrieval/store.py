@@ -510,8 +510,8 @@ class VectorIndex:
             rows = read_jsonl(folder / m.docstore_file, _DocRow.model_validate, max_listed=1,
                               error=RetrievalError)
         except RetrievalError as err:  # the first bad line is enough: the file gets rebuilt
-            first = str(err).splitlines()[-1].strip().removeprefix("- ")
-            raise RetrievalError(f"bad docstore row {first}; {hint}") from err
+            bad = str(err).splitlines()[-1].strip().removeprefix("- ")
+            raise RetrievalError(f"bad docstore row {bad}; {hint}") from err
         for row in rows:
             rec = Record(row.label, row.id, row.text, row.metadata, row.hash)
             if rec.id in self.records or rec.label in self._by_label:

@@ -38,7 +38,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, cast
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -386,6 +386,48 @@ class Guard:
         await self.app(scope, replay, send)
 
 
+class _Cancelled:
+    """A ``StoppingCriteria``: true once ``event`` is set (the stream's client went away)."""
+
+    def __init__(self, event: threading.Event) -> None:
+        self.event = event
+
+    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+        import torch
+
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool,
+                          device=input_ids.device)
+
+
+class _CancellableModel:
+    """The model seen by ``stream_local`` with a stopping criterion added to ``generate``."""
+
+    def __init__(self, model: Any, event: threading.Event) -> None:
+        self._model, self._event = model, event
+
+    def generate(self, **kwargs: Any) -> Any:
+        from transformers import StoppingCriteriaList
+
+        kwargs["stopping_criteria"] = StoppingCriteriaList(
+            [*(kwargs.get("stopping_criteria") or []), _Cancelled(self._event)]
+        )
+        return self._model.generate(**kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._model, name)
+
+
+class _CancellableLM:
+    """A ``LocalModel`` view whose streamed generation stops when ``event`` is set."""
+
+    def __init__(self, lm: Any, event: threading.Event) -> None:
+        self._lm = lm
+        self.model = _CancellableModel(lm.model, event)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._lm, name)
+
+
 # ---------------------------------------------------------------- the app
 
 
@@ -564,7 +606,9 @@ def create_app(
             if not gathered.done():
                 gathered.cancel()
 
-    def streaming(events: Iterator[dict[str, Any]], n_slots: int) -> StreamingResponse:
+    def streaming(
+        events: Iterator[dict[str, Any]], n_slots: int, cancel: threading.Event
+    ) -> StreamingResponse:
         from starlette.concurrency import run_in_threadpool
 
         end = object()
@@ -585,6 +629,7 @@ def create_app(
                 yield "data: " + json.dumps({"error": {"message": body.message, "type": body.type,
                                                         "param": None, "code": body.code}}) + "\n\n"
             finally:
+                cancel.set()  # a client that left stops the generation at its next token
                 slots.release(n_slots)
                 close = getattr(events, "close", None)
                 if close is not None:  # stops the generator (and its stream) when a client left
@@ -595,11 +640,12 @@ def create_app(
         return StreamingResponse(sse(), media_type="text/event-stream")
 
     def stream_events(
-        prompt: str, params: GenerationParams, make: Any, include_usage: bool
+        prompt: str, params: GenerationParams, make: Any, include_usage: bool,
+        cancel: threading.Event,
     ) -> Iterator[dict[str, Any]]:
         yield make(None, None, first=True)
         pieces = []
-        for piece in stream_local(lm, prompt, params):
+        for piece in stream_local(cast(Any, _CancellableLM(lm, cancel)), prompt, params):
             pieces.append(piece)
             yield make(piece, None)
         n_out = len(lm.tokenizer("".join(pieces), add_special_tokens=False)["input_ids"])
@@ -674,7 +720,8 @@ def create_app(
                 }
 
             usage = bool((req.stream_options or {}).get("include_usage"))
-            return streaming(stream_events(prompt, params, chunk, usage), 1)
+            cancel = threading.Event()
+            return streaming(stream_events(prompt, params, chunk, usage, cancel), 1, cancel)
         try:
             (out,) = await generate(request, [prompt], params)
         finally:
@@ -766,7 +813,8 @@ def create_app(
                 }
 
             usage = bool((req.stream_options or {}).get("include_usage"))
-            return streaming(stream_events(prompts[0], params, chunk, usage), 1)
+            cancel = threading.Event()
+            return streaming(stream_events(prompts[0], params, chunk, usage, cancel), 1, cancel)
         try:
             outs = await generate(request, prompts, params)
         finally:
