@@ -22,7 +22,7 @@ from langchain_core.messages import BaseMessage
 from langchain_core.runnables import Runnable, RunnableLambda, RunnableParallel, RunnablePassthrough
 
 from chains import news_data
-from llmapps.apps import AppSpec
+from llmapps.apps import AppSpec, UiSpec
 from llmapps.errors import InputError
 from llmapps.strategies.base import Strategy
 from prompts import load_task
@@ -164,4 +164,13 @@ APP = AppSpec(
     input_keys=("title", "text"),
     reference_keys=("summary", "riddle", "answer"),
     options={"variant": "one-step (default) or two-step (summarise, then riddle the summary)"},
+    ui=UiSpec(
+        title="Riddle me this",
+        inputs={"title": "Headline", "text": "Article"},
+        long_inputs=("text",),
+        outputs={"summary": "Summary", "riddle": "Riddle"},
+        hidden={"answer": "Answer"},
+        reveal="Show the answer",
+        rate_fields=("riddle", "answer"),
+    ),
 )

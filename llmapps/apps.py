@@ -38,6 +38,7 @@ class AppSpec:
         input_keys: the keys an input dict must have.
         reference_keys: the keys of a sample's reference output (for evaluation).
         options: app options ``build`` accepts (name -> help), e.g. ``variant``.
+        ui: how ``llmapps ui`` labels the app's inputs and outputs (default: from the keys).
         score: ``score(sample, row) -> {metric: float}`` app metrics the bench adds to a row's
             generic ones (e.g. facts named correctly); their means land in the summary.
         metric_columns: which of the ``score`` metrics the bench's printed tables show.
@@ -56,10 +57,34 @@ class AppSpec:
     input_keys: tuple[str, ...] = ()
     reference_keys: tuple[str, ...] = ()
     options: dict[str, str] = field(default_factory=dict)
+    ui: UiSpec | None = None
     score: Callable[[dict[str, Any], dict[str, Any]], dict[str, float]] | None = None
     metric_columns: tuple[str, ...] = ()
     chat: Callable[[Runnable[Any, Any], list[dict[str, str]]], str] | None = None
     training_examples: Callable[[str], list[dict[str, Any]]] | None = None
+
+
+@dataclass(frozen=True)
+class UiSpec:
+    """How the web app (``llmapps ui``) shows an app; every field is plain text, never markup.
+
+    Attributes:
+        title: the name of the app's tab, e.g. "Riddle me this".
+        inputs: input key -> label, in the order the page shows them (default: ``input_keys``).
+        long_inputs: input keys shown as a multi-line box (e.g. the article body).
+        outputs: output key -> label shown at once (default: ``reference_keys`` minus ``hidden``).
+        hidden: output key -> label kept back until the reader asks (e.g. a riddle's answer).
+        reveal: the label of the button that shows the hidden outputs.
+        rate_fields: output keys raters compare side by side (default: outputs then hidden).
+    """
+
+    title: str = ""
+    inputs: dict[str, str] = field(default_factory=dict)
+    long_inputs: tuple[str, ...] = ()
+    outputs: dict[str, str] = field(default_factory=dict)
+    hidden: dict[str, str] = field(default_factory=dict)
+    reveal: str = "Show"
+    rate_fields: tuple[str, ...] = ()
 
 
 APPS: Registry[AppSpec] = Registry("app", group="llmapps.apps")
