@@ -58,7 +58,7 @@ def _llama_readers() -> dict[str, Any]:
             from llmapps.jsonl import parse_jsonl
 
             docs: list[LlamaDocument] = []
-            parsed, problems = parse_jsonl(Path(file).read_text(encoding="utf-8"), str(file))
+            parsed, problems = parse_jsonl(Path(file).read_bytes(), str(file))  # bad UTF-8: one line
             for lineno, row in parsed:
                 try:
                     meta = _row_to_meta(row, str(file), f"{file}:{lineno}")
