@@ -17,6 +17,8 @@ the one-by-one reference (a). Throughput is output tokens (of the cut texts) per
 
     python benchmarks/bench_generation.py                       # tiny-base (built on first use)
     python benchmarks/bench_generation.py --model Qwen/Qwen2.5-0.5B -n 32 --max-new-tokens 64
+    python benchmarks/bench_generation.py --real -n 16 --max-new-tokens 64 --repeats 1
+                                           # Gemma 3 270M, prompts packed to the default budget
 
 Prints a table and writes ``results/bench_generation.json`` beside this script.
 """
@@ -56,18 +58,75 @@ def build_prompts(n: int, words: int, lm: Any) -> tuple[list[str], list[str]]:
     return prompts, list(task.stop)
 
 
-def timed(fn: Any, repeats: int) -> tuple[float, Any]:
-    times, out = [], None
+def build_packed_prompts(n: int, model: str, max_new: int) -> tuple[list[str], list[str]]:
+    """``n`` real few-shot prompts as the ``few-shot`` strategy packs them: test articles, worked
+    examples ranked per article and packed up to the default prompt budget (``--real``)."""
+    from chains.news_data import examples, samples
+    from chains.news_riddle import validate_article
+    from llmapps.strategies.few_shot import FewShotStrategy
+    from prompts import load_task
+
+    task = load_task("news_riddle/one_step", examples("train"))
+    strategy = FewShotStrategy(base_model=model, max_new_tokens=max_new)
+    render = strategy.prompt(task)
+    arts = samples("test") + samples("validation")
+    texts = [
+        str(render.invoke(validate_article({"title": a["title"], "text": a["text"]})))
+        for a in arts[:n]
+    ]
+    return texts, list(task.stop)
+
+
+class PeakRss:
+    """Peak resident memory of this process above where it stood when the block began."""
+
+    def __init__(self) -> None:
+        import threading
+
+        import psutil
+
+        self._proc = psutil.Process()
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self.baseline = self.peak = 0
+
+    def _sample(self) -> None:
+        while not self._done.is_set():
+            self.peak = max(self.peak, self._proc.memory_info().rss)
+            time.sleep(0.02)
+
+    def __enter__(self) -> PeakRss:
+        self.baseline = self.peak = self._proc.memory_info().rss
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join()
+
+    @property
+    def grown_mb(self) -> float:
+        return (self.peak - self.baseline) / 2**20
+
+
+def timed(fn: Any, repeats: int) -> tuple[float, Any, float]:
+    """Median seconds, the last output, and the largest peak-RSS growth (MB) over the repeats."""
+    times, out, grown = [], None, 0.0
     for _ in range(repeats):
-        started = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times), out
+        with PeakRss() as rss:
+            started = time.perf_counter()
+            out = fn()
+            times.append(time.perf_counter() - started)
+        grown = max(grown, rss.grown_mb)
+    return statistics.median(times), out, grown
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="tiny-base", help="hub id, directory, or tiny-base")
+    ap.add_argument("--model", default="tiny-base", help="packaged name, hub id, directory, or tiny-base")
+    ap.add_argument("--real", action="store_true",
+                    help="the real-model run: few-shot prompts packed by the strategy to the default "
+                    "budget on gemma-3-270m (with -n 16 --max-new-tokens 64 --repeats 1)")
     ap.add_argument("-n", type=int, default=32, help="prompts")
     ap.add_argument("--words", type=int, default=160, help="article words per prompt (at most)")
     ap.add_argument("--max-new-tokens", type=int, default=48)
@@ -81,6 +140,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default=None)
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
+    if args.real:
+        if args.model == "tiny-base":
+            args.model = "gemma-3-270m"
+        if args.out == RESULTS:
+            args.out = RESULTS.with_name("bench_generation_gemma.json")
 
     import torch
     from langchain_huggingface import HuggingFacePipeline
@@ -94,7 +158,10 @@ def main(argv: list[str] | None = None) -> int:
     console = Console(width=max(120, Console().width))
     lm = load_local_model(args.model, device=args.device, batch_size=args.batch_size)
     args.batch_size = lm.batch_size
-    prompts, stops = build_prompts(args.n, args.words, lm)
+    if args.real:
+        prompts, stops = build_packed_prompts(args.n, args.model, args.max_new_tokens)
+    else:
+        prompts, stops = build_prompts(args.n, args.words, lm)
     tok = lm.tokenizer
     console.print(
         f"model {args.model} on {lm.device}, {args.n} prompts "
@@ -138,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     texts: dict[str, list[str]] = {}
     for name, fn in runs.items():
         with console.status(f"running {name}"):
-            secs, outs = timed(fn, args.repeats)
+            secs, outs, grown = timed(fn, args.repeats)
         cut = [cut_at_stop(o, stops)[0] for o in outs]
         texts[name] = cut
         n_tokens = sum(len(tok(t, add_special_tokens=False)["input_ids"]) for t in cut)
@@ -146,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
             "seconds": round(secs, 4),
             "output_tokens": n_tokens,
             "tokens_per_s": round(n_tokens / secs, 2),
+            "peak_rss_growth_mb": round(grown, 1),
         }
 
     names = list(runs)
@@ -157,6 +225,7 @@ def main(argv: list[str] | None = None) -> int:
         "output tokens",
         "tokens/s",
         "ours is x faster",
+        "peak RSS growth MB",
         "identical to (a)",
     ):
         table.add_column(col)
@@ -178,11 +247,14 @@ def main(argv: list[str] | None = None) -> int:
             str(m["output_tokens"]),
             f"{m['tokens_per_s']:.1f}",
             "-" if name == ours else f"{ratio:.2f}x",
+            f"{m['peak_rss_growth_mb']:.0f}",
             f"{same}/{len(ids)}",
         )
     console.print(table)
     vs_a = measured[names[1]]["ours_speedup"]
     vs_b = measured[names[2]]["ours_speedup"]
+    mem_ok = measured[ours]["peak_rss_growth_mb"] <= measured[names[2]]["peak_rss_growth_mb"]
+    console.print(f"peak memory ours <= (b): {'met' if mem_ok else 'NOT met'}")
     console.print(
         f"targets: >= 6x vs (a): {vs_a:.2f}x {'met' if vs_a >= 6 else 'NOT met'}; "
         f">= 1.5x vs (b): {vs_b:.2f}x {'met' if vs_b >= 1.5 else 'NOT met'}; "
