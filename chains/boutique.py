@@ -237,7 +237,8 @@ def finish(x: dict[str, Any]) -> dict[str, Any]:
     answer, report = cat.guard(first, res)
     errors = []
     if not answer.strip():
-        answer, errors = NO_ANSWER, ["answer withheld by the guard"]
+        errors = ["answer withheld by the guard" if first else "empty answer"]
+        answer = NO_ANSWER
     cited = [i for i in dict.fromkeys(_CITE_RE.findall(answer)) if i in cat.by_id or i in cat.policy_by_id]
     for sentence in re.split(r"(?<=[.!?;])\s+", answer):
         named = cat.items_in(sentence)
