@@ -106,6 +106,13 @@ def _precision(recipe: Recipe, device: str) -> str:
     import torch
 
     p = recipe.training.precision
+    # CPU: float32. Measured on Gemma 3 270M (LoRA r=16 on all linear layers, one batch of 2 x ~430
+    # tokens, the settings interleaved step by step on a shared 2-core machine): float32 106.6 s a
+    # step, bf16 autocast 142.0 s (1.33x slower; the quieter run: 61-65 against 89 tokens/s),
+    # gradient checkpointing 221.2 s (2.1x slower: it recomputes every layer's forward, and the
+    # 7.6 GB peak of a batch of 4 fits in RAM), full-vocabulary logits 199.2 s (1.87x slower than
+    # completion-only). Threads: torch's default (one per core); not measured apart, the machine
+    # was too loaded for a fair figure.
     if p == "auto":
         return "bf16" if device.startswith("cuda") and torch.cuda.is_bf16_supported() else "float32"
     if p in ("bf16", "fp16") and not device.startswith("cuda"):
