@@ -33,6 +33,7 @@ LABELS = ("summary", "riddle", "answer")
 _LABEL_RE = re.compile(r"^\s*(?:\[|\*\*)?\s*(summary|riddle|answer)\s*(?:\d+)?\s*(?:\]|\*\*)?\s*:\s*", re.I | re.M)
 
 
+_PLACEHOLDER_RE = re.compile(r"^\s*<[^<>]{1,60}>\s*$")
 _DELIMITER_RE = re.compile(r"<\s*/?\s*article\b[^>]*>", re.I)
 
 
@@ -97,7 +98,12 @@ def parse_fields(text: str, expected: tuple[str, ...] = LABELS, leading: str | N
             if key not in found and value:
                 found[key] = value
     result: dict[str, Any] = {k: found.get(k, "") for k in expected}
-    errors = [f"no {k}" for k in expected if not result[k]]
+    # a small model may copy a format placeholder ("<one sentence>") instead of filling it in
+    copied = [k for k in expected if _PLACEHOLDER_RE.match(result[k])]
+    for k in copied:
+        result[k] = ""
+    errors = [f"no {k}" + (" (a copied placeholder)" if k in copied else "")
+              for k in expected if not result[k]]
     if result.get("answer"):
         result["answer"] = result["answer"].splitlines()[0].strip().rstrip(".")
     if result.get("summary"):

@@ -106,6 +106,10 @@ def test_zero_shot_uses_smollm2_chat_template(real_models: dict[str, Path], test
     lm = load_local_model(SMOL)
     prompt = lm.apply_chat_template([{"role": "user", "content": "hello"}])
     assert prompt.startswith("<|im_start|>") and prompt.endswith("<|im_start|>assistant\n")
+    # a final assistant message is a prefill the model continues, not a finished turn
+    prefilled = lm.apply_chat_template([{"role": "user", "content": "hello"},
+                                        {"role": "assistant", "content": "Summary:"}])
+    assert prefilled.endswith("<|im_start|>assistant\nSummary:")
     from llmapps import load_chain
 
     chain = load_chain("news-riddle", strategy="zero-shot", instruct_model=SMOL)

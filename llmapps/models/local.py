@@ -220,9 +220,15 @@ class LocalModel:
                 f"the model {self.name!r} has no chat template; use a completion strategy "
                 "(few-shot) with it, or an instruction-tuned model for chat"
             )
-        text = self.tokenizer.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=True
-        )
+        if messages and messages[-1].get("role") == "assistant":
+            # a final assistant message is the start of the reply (prefill): the model continues it
+            text = self.tokenizer.apply_chat_template(
+                messages, tokenize=False, continue_final_message=True
+            )
+        else:
+            text = self.tokenizer.apply_chat_template(
+                messages, tokenize=False, add_generation_prompt=True
+            )
         return str(text)
 
     def generate(
