@@ -236,9 +236,16 @@ def finish(x: dict[str, Any]) -> dict[str, Any]:
     res: Resolution = x["_res"]
     answer, report = cat.guard(first, res)
     errors = []
-    if not answer.strip():
+    if not answer.strip():  # nothing usable from the model: the catalog's own lines, else a plain no
         errors = ["answer withheld by the guard" if first else "empty answer"]
-        answer = NO_ANSWER
+        facts = [cat.fact_sentence(i, res.size) for i in res.items[:2]]
+        top = x["_ids"][0] if x["_ids"] else None
+        if facts:
+            answer = "From our catalog: " + " ".join(facts)
+        elif top in cat.policy_by_id:
+            answer = f"From our policies: {cat.policy_by_id[top]['text']} [{top}]"
+        else:
+            answer = NO_ANSWER
     cited = [i for i in dict.fromkeys(_CITE_RE.findall(answer)) if i in cat.by_id or i in cat.policy_by_id]
     for sentence in re.split(r"(?<=[.!?;])\s+", answer):
         named = cat.items_in(sentence)

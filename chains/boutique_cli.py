@@ -70,9 +70,11 @@ def run_chat(chain: Any, session: str, stdin: TextIO, stdout: TextIO) -> int:
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
+    from chains.boutique import check_session_id
     from llmapps.apps import load_chain
     from llmapps.cli import strategy_options
 
+    check_session_id(args.session)  # before minutes of model loading
     apps = _chat_apps()
     if args.app not in apps:
         raise ConfigError(f"{args.app!r} is not a chat app; `llmapps chat` works with: {', '.join(apps) or '(none)'}")

@@ -180,6 +180,11 @@ class Catalog:
             return f"The {self.label(item)} is in stock."
         return f"The {self.label(item)} is in stock in {_join(have)}."
 
+    def fact_sentence(self, item: dict[str, Any], size: str | None = None) -> str:
+        """Price and stock in one sentence: the fallback when the model gave nothing usable."""
+        state = self.stock_sentence(item, size)[len(f"The {self.label(item)} is "):]
+        return f"The {self.label(item)} costs {money(item['price'])} and is {state}"
+
     # ------------------------------------------------------------ resolution
     def products_in(self, text: str) -> list[str]:
         """Product lines a text names, best match first (ties: all of them)."""
