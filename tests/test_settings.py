@@ -12,9 +12,13 @@ from llmapps.settings import Settings, get_settings, load_settings
 
 def test_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("LLMAPPS_CONFIG", str(tmp_path / "missing.yaml"))
-    s = get_settings()
-    assert s.base_model == "tiny-base"
-    assert s.instruct_model == "tiny-instruct"
+    s = get_settings()  # the suite pins the tiny models through the environment (conftest)
+    assert (s.base_model, s.instruct_model) == ("tiny-base", "tiny-instruct")
+    monkeypatch.delenv("LLMAPPS_BASE_MODEL")
+    monkeypatch.delenv("LLMAPPS_INSTRUCT_MODEL")
+    s = get_settings()  # the real pretrained models from the package index by default
+    assert (s.base_model, s.instruct_model) == ("gemma-3-270m", "smollm2-135m-instruct")
+    assert s.generation.max_prompt_tokens == 2048
     assert s.trust_remote_code is False
     assert s.models_dir == s.home / "models"
 

@@ -382,6 +382,13 @@ class LocalModel:
         if (not self.stitch_prefill or len(set(lengths)) < 2 or min(lengths) < 2
                 or self.model.config.is_encoder_decoder):
             return None
+        text_config = self.model.config.get_text_config(decoder=True)
+        if "sliding_attention" in (getattr(text_config, "layer_types", None) or []):
+            # Gemma 3's sliding-window layers keep only their window: the stitched layout below
+            # is for full-attention caches, so such models prefill padded batches (same tokens:
+            # tests/test_real_models.py) without first spending a forward pass to find out
+            self.stitch_prefill = False
+            return None
         model = self.model
         keep = {"logits_to_keep": 1} if _accepts(model.forward, "logits_to_keep") else {}
         # rows of one length share a forward pass (no padding either way)
