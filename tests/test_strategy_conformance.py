@@ -27,6 +27,12 @@ from llmapps.strategies.base import STRATEGIES, Strategy, make_strategy
 from llmapps.tasks import CompletionLayout, Task
 
 NAMES = STRATEGIES.names()
+# The local strategies run the same contract on their second backend: llama.cpp, with the packaged
+# SmolLM2-135M-Instruct GGUF (skipped where llama-cpp-python or the model package is missing).
+LLAMACPP_VARIANTS = {
+    "few-shot@llama.cpp": ("few-shot", "base_model"),
+    "zero-shot@llama.cpp": ("zero-shot", "instruct_model"),
+}
 RESULT_KEYS = {"summary", "riddle", "answer", "valid", "errors", "raw"}
 
 TOY_TASK = Task(
@@ -60,19 +66,35 @@ def test_builtins_are_registered() -> None:
     assert {"few-shot", "zero-shot"} <= set(NAMES)
 
 
-@pytest.fixture(scope="module", params=NAMES)
+def _llamacpp_options(model_field: str) -> dict[str, Any]:
+    pytest.importorskip("llama_cpp", reason="the llama.cpp backend needs llama-cpp-python")
+    from llmapps.errors import ModelNotFoundError
+    from llmapps.models.packaged import gguf_path
+
+    try:
+        gguf_path("smollm2-135m-instruct")
+    except ModelNotFoundError as err:
+        pytest.skip(str(err))
+    return {"backend": "llama.cpp", model_field: "smollm2-135m-instruct"}
+
+
+@pytest.fixture(scope="module", params=[*NAMES, *LLAMACPP_VARIANTS])
 def strategy_setup(
     request: pytest.FixtureRequest, tiny_models: Any
 ) -> Iterator[tuple[str, dict[str, Any]]]:
     """(name, options) with the strategy's offline demo options entered for the whole module."""
     name = request.param
+    variant: dict[str, Any] = {}
+    if name in LLAMACPP_VARIANTS:
+        name, model_field = LLAMACPP_VARIANTS[name]
+        variant = _llamacpp_options(model_field)
     cls = STRATEGIES.get(name)
     with contextlib.ExitStack() as stack:
         options = stack.enter_context(cls.demo_options(get_settings()))
         if options is None:
             pytest.skip(f"{name}: not available offline here (demo_options yielded None)")
         # greedy and short, so batch == invoke is a fair check and the suite stays fast
-        opts = dict(options)
+        opts = {**options, **variant}
         fields = cls.config_class.model_fields
         if "temperature" in fields:
             opts.setdefault("temperature", 0.0)

@@ -37,6 +37,10 @@ class FewShotStrategyConfig(StrategyConfig):
     batch_size: int | None = Field(None, ge=1)
     device: str | None = None
     dtype: str | None = None
+    backend: Literal["transformers", "llama.cpp"] | None = Field(
+        None, description="transformers or llama.cpp (GGUF files and packaged models); default: "
+        "settings.generation.backend, or llama.cpp for a .gguf base_model"
+    )
 
 
 def fit_inputs(task: Task, lm: LocalModel, max_new: int, render: Any) -> Any:
@@ -68,19 +72,22 @@ class FewShotStrategy(Strategy):
 
     @property
     def local_model(self) -> LocalModel:
-        from llmapps.models.local import load_local_model
+        from llmapps.models.llamacpp import load_model
         from llmapps.settings import get_settings
 
         if self._lm is None:
             c = self.config
-            self._lm = load_local_model(
-                c.base_model or get_settings().base_model,
+            self._lm = load_model(
+                c.base_model or get_settings().base_model, c.backend,
                 device=c.device, dtype=c.dtype, batch_size=c.batch_size,
             )
         return self._lm
 
-    def scoring_model(self) -> LocalModel:
-        return self.local_model
+    def scoring_model(self) -> LocalModel | None:
+        from llmapps.models.llamacpp import GGUFModel
+
+        lm = self.local_model
+        return None if isinstance(lm, GGUFModel) else lm  # perplexity needs transformers' logits
 
     def ranker(self, task: Task) -> Any:
         """Orders the example bank per input; ``order`` keeps the bank's order."""
@@ -100,7 +107,7 @@ class FewShotStrategy(Strategy):
         from langchain_core.prompts import FewShotPromptTemplate, PromptTemplate
         from langchain_core.runnables import RunnableLambda
 
-        from llmapps.models.langchain_local import LocalLLM
+        from llmapps.models.llamacpp import completion_llm
         from llmapps.prompting import TokenBudgetExampleSelector
 
         lm = self.local_model
@@ -126,7 +133,7 @@ class FewShotStrategy(Strategy):
             example_separator=layout.separator,
             input_variables=list(task.input_variables),
         )
-        llm = LocalLLM.from_local(lm, max_new_tokens=max_new, temperature=c.temperature, top_p=c.top_p)
+        llm = completion_llm(lm, max_new_tokens=max_new, temperature=c.temperature, top_p=c.top_p)
         fit = fit_inputs(task, lm, max_new, layout.render)
         chain = (
             RunnableLambda(fit, name="fit_context")

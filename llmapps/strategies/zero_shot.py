@@ -27,6 +27,10 @@ class ZeroShotStrategyConfig(StrategyConfig):
     batch_size: int | None = Field(None, ge=1)
     device: str | None = None
     dtype: str | None = None
+    backend: Literal["transformers", "llama.cpp"] | None = Field(
+        None, description="transformers or llama.cpp (GGUF files and packaged models); default: "
+        "settings.generation.backend, or llama.cpp for a .gguf instruct_model"
+    )
 
 
 class ZeroShotStrategy(Strategy):
@@ -44,30 +48,33 @@ class ZeroShotStrategy(Strategy):
 
     @property
     def local_model(self) -> LocalModel:
-        from llmapps.models.local import load_local_model
+        from llmapps.models.llamacpp import load_model
         from llmapps.settings import get_settings
 
         if self._lm is None:
             c = self.config
-            self._lm = load_local_model(
-                c.instruct_model or get_settings().instruct_model,
+            self._lm = load_model(
+                c.instruct_model or get_settings().instruct_model, c.backend,
                 device=c.device, dtype=c.dtype, batch_size=c.batch_size,
             )
         return self._lm
 
-    def scoring_model(self) -> LocalModel:
-        return self.local_model
+    def scoring_model(self) -> LocalModel | None:
+        from llmapps.models.llamacpp import GGUFModel
+
+        lm = self.local_model
+        return None if isinstance(lm, GGUFModel) else lm  # perplexity needs transformers' logits
 
     def build(self, task: Task) -> Runnable[dict[str, Any], Any]:
         from langchain_core.runnables import RunnableLambda
 
-        from llmapps.models.langchain_local import ChatLocal
+        from llmapps.models.llamacpp import chat_llm
 
         lm = self.local_model
         c = self.config
         max_new = c.max_new_tokens or task.max_new_tokens
         # the task's stop strings end a chat reply too (e.g. one line for a one-sentence summary)
-        chat = ChatLocal.from_local(lm, max_new_tokens=max_new, temperature=c.temperature, top_p=c.top_p,
+        chat = chat_llm(lm, max_new_tokens=max_new, temperature=c.temperature, top_p=c.top_p,
                                     stop=list(task.stop))
 
         def render(inputs: dict[str, Any]) -> str:

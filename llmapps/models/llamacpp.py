@@ -1,0 +1,680 @@
+"""The llama.cpp backend: GGUF models run by ``llama-cpp-python`` for the local strategies.
+
+``load_gguf_model(source)`` takes a ``.gguf`` path or a packaged model name (``gemma-3-270m``,
+``smollm2-135m-instruct``; its file is checked against the SHA-256 the registry ships) and
+returns a ``GGUFModel``: the same surface the strategies use on a transformers ``LocalModel``
+(``context_length``, ``count_tokens`` with the GGUF's own tokenizer, ``apply_chat_template``,
+``generate(prompts, params)`` returning ``GenerationOutput``), so few-shot and zero-shot build
+the same prompts, stop strings and token budget on either backend.
+
+Speed comes from llama.cpp's prefix reuse: a prompt that starts with the tokens of the one
+before it only prefills the rest. ``generate`` therefore runs a batch in the order that puts
+prompts sharing a prefix next to each other (the few-shot instruction and examples) and returns
+the outputs in input order. The reuse is cut back to a multiple of ``n_batch`` tokens, so every
+prompt is prefilled in the same ``n_batch``-aligned chunks as on a fresh context: llama.cpp's
+kernels round differently for different batch shapes, and greedy text from a reused cache of any
+length drifted from the fresh one (batch != invoke on the conformance suite). With the cut, a
+prompt's output depends on the prompt alone, equals plain llama-cpp-python's on a fresh context,
+and is the same in a batch, alone or in any order.
+
+Files are checked before llama.cpp sees them (``read_gguf_header``): a file that is not GGUF, is
+truncated or names an architecture llama.cpp cannot run gets a one-line error naming the file,
+never a crash of the process.
+
+Choosing a backend: ``resolve_backend`` (a strategy's ``backend`` option, else
+``settings.generation.backend``; a ``.gguf`` source with no explicit choice runs here).
+"""
+
+from __future__ import annotations
+
+import logging
+import mmap
+import os
+import struct
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, cast
+
+from langchain_core.callbacks import CallbackManagerForLLMRun
+from langchain_core.messages import AIMessageChunk, BaseMessage
+from langchain_core.outputs import ChatGenerationChunk, GenerationChunk
+
+from llmapps.errors import BackendError, ConfigError, InputError, ModelNotFoundError
+from llmapps.models.langchain_local import ChatLocal, LocalLLM, _to_dicts
+from llmapps.models.local import GenerationOutput, GenerationParams
+
+if TYPE_CHECKING:
+    from llmapps.models.local import LocalModel
+    from llmapps.settings import Settings
+
+log = logging.getLogger(__name__)
+
+Backend = Literal["transformers", "llama.cpp"]
+BACKENDS: tuple[Backend, ...] = ("transformers", "llama.cpp")
+INSTALL_HINT = (
+    'pip install -c constraints.txt -e ".[llamacpp]"  (compiles llama.cpp: ~6 min on 2 cores)'
+)
+
+# ------------------------------------------------------------------ GGUF header check
+
+_GGUF_SCALARS = {
+    0: "<B",
+    1: "<b",
+    2: "<H",
+    3: "<h",
+    4: "<I",
+    5: "<i",
+    6: "<f",
+    7: "<?",
+    10: "<Q",
+    11: "<q",
+    12: "<d",
+}
+_GGUF_STRING, _GGUF_ARRAY = 8, 9
+# ggml tensor types: (elements per block, bytes per block), for the size check of the last tensor
+_GGML_BLOCKS = {
+    0: (1, 4),
+    1: (1, 2),
+    2: (32, 18),
+    3: (32, 20),
+    6: (32, 22),
+    7: (32, 24),
+    8: (32, 34),
+    9: (32, 36),
+    10: (256, 84),
+    11: (256, 110),
+    12: (256, 144),
+    13: (256, 176),
+    14: (256, 210),
+    15: (256, 292),
+    16: (256, 66),
+    17: (256, 74),
+    18: (256, 98),
+    19: (256, 50),
+    20: (32, 18),
+    21: (256, 110),
+    22: (256, 82),
+    23: (256, 136),
+    24: (1, 1),
+    25: (1, 2),
+    26: (1, 4),
+    27: (1, 8),
+    28: (1, 8),
+    29: (256, 56),
+    30: (1, 2),
+    34: (256, 54),
+    35: (256, 66),
+    39: (32, 17),
+}
+# metadata arrays worth keeping (small); the vocabulary arrays are skipped over
+_KEEP_ARRAYS: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class GGUFInfo:
+    """What the header of a GGUF file says, checked against the file's size."""
+
+    path: Path
+    version: int
+    architecture: str
+    name: str
+    context_length: int | None
+    n_tensors: int
+    file_size: int
+    chat_template: str | None
+
+
+class _Reader:
+    def __init__(self, buf: Any, path: Path) -> None:
+        self.buf, self.pos, self.path = buf, 0, path
+
+    def take(self, fmt: str) -> Any:
+        size = struct.calcsize(fmt)
+        if self.pos + size > len(self.buf):
+            raise EOFError
+        (value,) = struct.unpack_from(fmt, self.buf, self.pos)
+        self.pos += size
+        return value
+
+    def string(self) -> str:
+        n = self.take("<Q")
+        if self.pos + n > len(self.buf):
+            raise EOFError
+        raw = bytes(self.buf[self.pos : self.pos + n])
+        self.pos += n
+        return raw.decode("utf-8", errors="replace")
+
+    def value(self, vtype: int, keep: bool = True) -> Any:
+        if vtype in _GGUF_SCALARS:
+            return self.take(_GGUF_SCALARS[vtype])
+        if vtype == _GGUF_STRING:
+            return self.string()
+        if vtype == _GGUF_ARRAY:
+            itype, n = self.take("<I"), self.take("<Q")
+            if itype in _GGUF_SCALARS and not keep:  # skip fixed-size items in one step
+                self.pos += n * struct.calcsize(_GGUF_SCALARS[itype])
+                if self.pos > len(self.buf):
+                    raise EOFError
+                return None
+            items = [self.value(itype, keep) for _ in range(n)]
+            return items if keep else None
+        raise ValueError(f"unknown metadata value type {vtype}")
+
+
+def read_gguf_header(path: str | Path) -> GGUFInfo:
+    """Parse and check a GGUF file's header without loading its weights.
+
+    Raises ``InputError`` with one line naming the file when it is missing, not GGUF, of an
+    unknown GGUF version, or shorter than its tensors need (truncated download or copy).
+    """
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise ModelNotFoundError(f"{p} is not a file; pass the path of a .gguf model file")
+    size = p.stat().st_size
+    what = f"{p} is not a usable GGUF model"
+    if size < 24:
+        raise InputError(f"{what}: it has {size} bytes; download or copy it again")
+    with p.open("rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+        if buf[:4] != b"GGUF":
+            raise InputError(
+                f"{what}: it does not start with the GGUF magic bytes (got {bytes(buf[:4])!r}); "
+                "pass a .gguf file (convert other formats with llama.cpp's convert_hf_to_gguf.py)"
+            )
+        r = _Reader(buf, p)
+        r.pos = 4
+        try:
+            version = r.take("<I")
+            if version not in (2, 3):
+                raise InputError(f"{what}: GGUF version {version} is not 2 or 3; re-convert it")
+            n_tensors, n_kv = r.take("<Q"), r.take("<Q")
+            meta: dict[str, Any] = {}
+            for _ in range(n_kv):
+                key = r.string()
+                vtype = r.take("<I")
+                meta[key] = r.value(vtype, keep=vtype != _GGUF_ARRAY or key in _KEEP_ARRAYS)
+            last_end = 0
+            for _ in range(n_tensors):
+                r.string()
+                n_dims = r.take("<I")
+                dims = [r.take("<Q") for _ in range(n_dims)]
+                ttype, offset = r.take("<I"), r.take("<Q")
+                elems = 1
+                for d in dims:
+                    elems *= d
+                block = _GGML_BLOCKS.get(ttype)
+                nbytes = elems // block[0] * block[1] if block else 0
+                last_end = max(last_end, offset + nbytes)
+            align = int(meta.get("general.alignment", 32) or 32)
+            data_start = (r.pos + align - 1) // align * align
+        except EOFError:
+            raise InputError(
+                f"{what}: the file ends inside its header ({size} bytes); it is truncated, "
+                "download or copy it again"
+            ) from None
+        except (ValueError, struct.error, MemoryError, OverflowError) as err:
+            raise InputError(f"{what}: its header is damaged ({err}); download it again") from None
+    needed = data_start + last_end if n_tensors else r.pos
+    if size < needed:
+        raise InputError(
+            f"{what}: it is truncated ({size:,} bytes, its tensors need {needed:,}); "
+            "download or copy it again"
+        )
+    arch = str(meta.get("general.architecture") or "")
+    if not arch:
+        raise InputError(f"{what}: its header names no general.architecture; re-convert it")
+    ctx = meta.get(f"{arch}.context_length")
+    template = meta.get("tokenizer.chat_template")
+    return GGUFInfo(
+        path=p,
+        version=version,
+        architecture=arch,
+        name=str(meta.get("general.name") or p.stem),
+        context_length=int(ctx) if isinstance(ctx, int) else None,
+        n_tensors=n_tensors,
+        file_size=size,
+        chat_template=template if isinstance(template, str) else None,
+    )
+
+
+# ------------------------------------------------------------------ backend choice
+
+
+def is_gguf_source(source: str) -> bool:
+    return source.lower().endswith(".gguf")
+
+
+def resolve_backend(
+    requested: str | None, source: str, settings: Settings | None = None
+) -> Backend:
+    """The backend a strategy runs on: its option, else a ``.gguf`` source's, else settings'."""
+    if requested is None:
+        if is_gguf_source(source):
+            return "llama.cpp"
+        from llmapps.settings import get_settings
+
+        requested = (settings or get_settings()).generation.backend
+    if requested not in BACKENDS:
+        raise ConfigError(f"backend {requested!r} is not one of {', '.join(BACKENDS)}")
+    return cast(Backend, requested)
+
+
+def gguf_file_for(source: str, settings: Settings | None = None) -> Path:
+    """The GGUF file behind ``source``: a ``.gguf`` path, or a packaged model's checked file."""
+    from llmapps.models import packaged
+
+    if packaged.is_packaged(source):
+        return packaged.gguf_path(source, settings)
+    if is_gguf_source(source):
+        return Path(source).expanduser()
+    known = ", ".join(sorted(packaged.packaged_models()))
+    raise ConfigError(
+        f"the llama.cpp backend runs GGUF files: {source!r} is neither a .gguf path nor a "
+        f"packaged model ({known}); pass one of those, or use backend=transformers"
+    )
+
+
+def load_model(
+    source: str,
+    backend: str | None = None,
+    *,
+    device: str | None = None,
+    dtype: str | None = None,
+    batch_size: int | None = None,
+) -> LocalModel:
+    """Load ``source`` on the chosen backend (see ``resolve_backend``).
+
+    Typed as ``LocalModel``: a ``GGUFModel`` has the surface the strategies use on one
+    (``context_length``, ``count_tokens``, ``tokenizer(text)``, ``apply_chat_template``,
+    ``generate``); ``completion_llm``/``chat_llm`` pick the LangChain class by the real type.
+    """
+    if resolve_backend(backend, source) == "llama.cpp":
+        if dtype not in (None, "auto"):
+            raise ConfigError(
+                f"dtype={dtype!r} does not apply to the llama.cpp backend (a GGUF file fixes its "
+                "own quantization); leave dtype unset or use backend=transformers"
+            )
+        if device not in (None, "auto", "cpu"):
+            raise ConfigError(
+                f"device={device!r}: this llama.cpp build runs on the CPU; leave device unset or "
+                "use backend=transformers"
+            )
+        return cast("LocalModel", load_gguf_model(source))
+    from llmapps.models.local import load_local_model
+
+    return load_local_model(source, device=device, dtype=dtype, batch_size=batch_size)
+
+
+def completion_llm(lm: LocalModel | GGUFModel, **kwargs: Any) -> LocalLLM:
+    """The LangChain completion model over ``lm``, whichever backend loaded it."""
+    if isinstance(lm, GGUFModel):
+        return LlamaCppLLM.from_gguf(lm, **kwargs)
+    return LocalLLM.from_local(lm, **kwargs)
+
+
+def chat_llm(lm: LocalModel | GGUFModel, **kwargs: Any) -> ChatLocal:
+    """The LangChain chat model over ``lm``, whichever backend loaded it."""
+    if isinstance(lm, GGUFModel):
+        return ChatLlamaCpp.from_gguf(lm, **kwargs)
+    return ChatLocal.from_local(lm, **kwargs)
+
+
+# ------------------------------------------------------------------ the model
+
+DEFAULT_CONTEXT = 8192
+
+
+class _TokenizerView:
+    """The slice of a Hugging Face tokenizer's call the strategies use, over the GGUF vocabulary."""
+
+    def __init__(self, model: GGUFModel) -> None:
+        self._model = model
+
+    def __call__(
+        self, text: str, add_special_tokens: bool = True, **_: Any
+    ) -> dict[str, list[int]]:
+        return {"input_ids": self._model.tokenize(text, add_bos=add_special_tokens)}
+
+
+class GGUFModel:
+    """A GGUF model loaded in llama.cpp, with the generation surface of ``LocalModel``."""
+
+    def __init__(self, llama: Any, info: GGUFInfo, *, name: str, context_length: int) -> None:
+        self.llama = llama
+        self.info = info
+        self.name = name
+        self.path = info.path
+        self.device = "cpu"
+        self.batch_size = 1  # one prompt at a time; the shared prefix is what is reused
+        self._context_length = context_length
+        self._lock = threading.Lock()  # a llama.cpp context is not re-entrant
+        self.reused_tokens = 0  # prompt tokens served from the KV cache (for benchmarks)
+        self.tokenizer = _TokenizerView(self)
+        self._bos_text = self._piece(llama.token_bos())
+        self._eos_text = self._piece(llama.token_eos())
+
+    def _piece(self, token: int) -> str:
+        if token is None or token < 0:
+            return ""
+        return bytes(self.llama.detokenize([token], special=True)).decode("utf-8", "replace")
+
+    @property
+    def context_length(self) -> int:
+        return self._context_length
+
+    @property
+    def has_chat_template(self) -> bool:
+        return bool(self.info.chat_template)
+
+    def tokenize(self, text: str, *, add_bos: bool = True) -> list[int]:
+        """Token ids from the GGUF's own tokenizer; special-token text (``<|im_start|>``) parses."""
+        if add_bos and self._bos_text and text.startswith(self._bos_text):
+            add_bos = False  # a chat template that writes the BOS itself: never two
+        return list(self.llama.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True))
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenize(text))
+
+    def apply_chat_template(self, messages: list[dict[str, str]]) -> str:
+        if not self.info.chat_template:
+            raise BackendError(
+                f"the model {self.name!r} has no chat template in its GGUF file; use a completion "
+                "strategy (few-shot) with it, or an instruction-tuned model for chat"
+            )
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        fmt = Jinja2ChatFormatter(
+            self.info.chat_template,
+            eos_token=self._eos_text,
+            bos_token=self._bos_text,
+            add_generation_prompt=True,
+        )
+        return str(fmt(messages=cast(Any, messages)).prompt)
+
+    # -------------------------------------------------------------- generation
+
+    def _encode(self, prompts: Sequence[str], max_new: int) -> tuple[list[list[int]], list[bool]]:
+        limit = self.context_length - max_new
+        if limit <= 0:
+            raise InputError(
+                f"max_new_tokens={max_new} leaves no room for a prompt in the "
+                f"{self.context_length}-token context of {self.name!r}; lower max_new_tokens"
+            )
+        encoded, truncated = [], []
+        for i, p in enumerate(prompts):
+            ids = self.tokenize(p)
+            truncated.append(len(ids) > limit)
+            if len(ids) > limit:
+                log.warning(
+                    "prompt %d has %d tokens, more than the %d that fit %r with %d new tokens: "
+                    "keeping its last %d tokens",
+                    i,
+                    len(ids),
+                    limit,
+                    self.name,
+                    max_new,
+                    limit,
+                )
+                ids = ids[-limit:]
+            encoded.append(ids)
+        return encoded, truncated
+
+    def _align_cache(self, ids: list[int]) -> None:
+        """Keep only an ``n_batch``-aligned part of the cached prefix ``ids`` shares (see above).
+
+        llama-cpp-python then reuses exactly that part and prefills the rest in chunks that start
+        at multiples of ``n_batch``, as a fresh context would.
+        """
+        llama = self.llama
+        n_cached = int(llama.n_tokens)
+        if n_cached == 0:
+            return
+        cached = llama.input_ids[:n_cached]
+        common = 0
+        for a, b in zip(cached, ids, strict=False):
+            if a != b:
+                break
+            common += 1
+        step = int(llama.n_batch)
+        keep = min(common, len(ids) - 1) // step * step
+        if keep < n_cached:
+            llama.n_tokens = keep  # generate() removes the KV cells past it and prefills from here
+            self.reused_tokens += keep
+        else:
+            self.reused_tokens += n_cached
+
+    def _kwargs(self, params: GenerationParams, max_new: int) -> dict[str, Any]:
+        kw: dict[str, Any] = {
+            "max_tokens": max_new,
+            "temperature": params.temperature,
+            "top_p": params.top_p if params.temperature > 0 else 1.0,
+            "top_k": 0,  # off, as in transformers' greedy/top-p sampling here
+            "min_p": 0.0,
+            "repeat_penalty": 1.0,
+            "stop": [s for s in params.stop if s] or None,
+        }
+        if params.seed is not None:
+            kw["seed"] = params.seed
+        return kw
+
+    def generate(
+        self, prompts: Sequence[str], params: GenerationParams | None = None
+    ) -> list[GenerationOutput]:
+        """One completion per prompt, outputs in input order; shared prefixes prefilled once.
+
+        Prompts run one at a time, ordered by their tokens so that prompts sharing a prefix
+        follow each other: llama.cpp then keeps the KV cache of the common part.
+        """
+        params = params or GenerationParams()
+        if not prompts:
+            return []
+        max_new = params.max_new_tokens
+        encoded, truncated = self._encode(prompts, max_new)
+        order = sorted(range(len(encoded)), key=lambda i: encoded[i])
+        results: list[GenerationOutput | None] = [None] * len(encoded)
+        kw = self._kwargs(params, max_new)
+        with self._lock:
+            for i in order:
+                self._align_cache(encoded[i])
+                try:
+                    out = self.llama.create_completion(encoded[i], **kw)
+                except (RuntimeError, ValueError) as err:
+                    raise BackendError(
+                        f"llama.cpp generation with {self.name!r} failed: {err}"
+                    ) from err
+                choice = out["choices"][0]
+                usage = out.get("usage") or {}
+                results[i] = GenerationOutput(
+                    text=choice["text"],
+                    prompt_tokens=int(usage.get("prompt_tokens", len(encoded[i]))),
+                    completion_tokens=int(usage.get("completion_tokens", 0)),
+                    finish_reason="length" if choice.get("finish_reason") == "length" else "stop",
+                    truncated_prompt=truncated[i],
+                )
+        return [r for r in results if r is not None]
+
+    def stream(self, prompt: str, params: GenerationParams | None = None) -> Iterator[str]:
+        """Text pieces of one completion as llama.cpp produces them (stop strings honoured)."""
+        params = params or GenerationParams()
+        (ids,), _ = self._encode([prompt], params.max_new_tokens)
+        with self._lock:
+            self._align_cache(ids)
+            try:
+                for chunk in self.llama.create_completion(
+                    ids, stream=True, **self._kwargs(params, params.max_new_tokens)
+                ):
+                    piece = chunk["choices"][0]["text"]
+                    if piece:
+                        yield piece
+            except (RuntimeError, ValueError) as err:
+                raise BackendError(
+                    f"llama.cpp generation with {self.name!r} failed: {err}"
+                ) from err
+
+
+_CACHE: dict[tuple[str, int], GGUFModel] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def load_gguf_model(
+    source: str,
+    *,
+    context_length: int | None = None,
+    n_threads: int | None = None,
+    settings: Settings | None = None,
+) -> GGUFModel:
+    """Load (once per process) a ``.gguf`` file or packaged model in llama.cpp.
+
+    Args:
+        source: a ``.gguf`` path or a packaged model name.
+        context_length: tokens of context to allocate; default the smaller of the model's
+            trained context and ``settings.generation.llamacpp_context`` (8192).
+        n_threads: CPU threads; default every CPU this process may use, as torch does
+            (llama-cpp-python's own default, half the CPUs, is one thread on a 2-core machine).
+        settings: resolved settings; read from the environment when omitted.
+    """
+    from llmapps.settings import get_settings
+
+    settings = settings or get_settings()
+    path = gguf_file_for(source, settings)
+    info = read_gguf_header(path)
+    cap = context_length or settings.generation.llamacpp_context
+    n_ctx = min(cap, info.context_length or cap)
+    key = (str(path.resolve()), n_ctx)
+    with _CACHE_LOCK:
+        cached = _CACHE.get(key)
+        if cached is not None:
+            return cached
+        try:
+            import llama_cpp
+        except ImportError as err:
+            raise ConfigError(
+                f"the llama.cpp backend needs llama-cpp-python, which is not installed: {INSTALL_HINT}"
+            ) from err
+        try:
+            threads = n_threads or max(1, len(os.sched_getaffinity(0)))
+            llama = llama_cpp.Llama(
+                model_path=str(path),
+                n_ctx=n_ctx,
+                n_batch=512,
+                n_threads=threads,
+                n_threads_batch=threads,
+                verbose=False,
+            )
+        except (ValueError, RuntimeError, OSError) as err:
+            raise BackendError(
+                f"llama.cpp cannot load {path} (architecture {info.architecture!r}): {err}. Use a "
+                "GGUF of an architecture this llama.cpp build runs (llama, gemma3, qwen2, phi3, ...), "
+                "a newer llama-cpp-python, or backend=transformers"
+            ) from err
+        lm = GGUFModel(llama, info, name=source, context_length=n_ctx)
+        _CACHE[key] = lm
+        log.info("loaded %s in llama.cpp (%s, %d-token context)", path, info.architecture, n_ctx)
+        return lm
+
+
+def clear_gguf_cache() -> None:
+    """Forget every loaded GGUF model (frees its memory once nothing else holds it)."""
+    with _CACHE_LOCK:
+        for lm in _CACHE.values():
+            close = getattr(lm.llama, "close", None)
+            if close is not None:
+                close()
+        _CACHE.clear()
+
+
+# ------------------------------------------------------------------ LangChain models
+
+
+class LlamaCppLLM(LocalLLM):
+    """A GGUF model in llama.cpp as a LangChain completion model (``LocalLLM``'s contract).
+
+    Example:
+        >>> llm = LlamaCppLLM(model="smollm2-135m-instruct", max_new_tokens=32)  # doctest: +SKIP
+        >>> llm.batch(["The capital of France is", "2 + 2 ="], stop=["\\n"])      # doctest: +SKIP
+    """
+
+    @classmethod
+    def from_gguf(cls, lm: GGUFModel, **kwargs: Any) -> LlamaCppLLM:
+        obj = cls(model=lm.name, **kwargs)
+        obj._lm = cast(Any, lm)
+        return obj
+
+    @property
+    def local_model(self) -> Any:
+        if self._lm is None:
+            self._lm = cast(Any, load_gguf_model(self.model))
+        return self._lm
+
+    @property
+    def _llm_type(self) -> str:
+        return "llmapps-llamacpp"
+
+    def _stream(
+        self,
+        prompt: str,
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> Iterator[GenerationChunk]:
+        for piece in self.local_model.stream(prompt, self._params(stop, **kwargs)):
+            chunk = GenerationChunk(text=piece)
+            if run_manager:
+                run_manager.on_llm_new_token(piece, chunk=chunk)
+            yield chunk
+
+
+class ChatLlamaCpp(ChatLocal):
+    """A GGUF instruct model in llama.cpp as a LangChain chat model (its own chat template)."""
+
+    @classmethod
+    def from_gguf(cls, lm: GGUFModel, **kwargs: Any) -> ChatLlamaCpp:
+        obj = cls(model=lm.name, **kwargs)
+        obj._lm = cast(Any, lm)
+        return obj
+
+    @property
+    def local_model(self) -> Any:
+        if self._lm is None:
+            self._lm = cast(Any, load_gguf_model(self.model))
+        return self._lm
+
+    @property
+    def _llm_type(self) -> str:
+        return "llmapps-chat-llamacpp"
+
+    def _stream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> Iterator[ChatGenerationChunk]:
+        lm = self.local_model
+        prompt = lm.apply_chat_template(_to_dicts(messages))
+        pieces = []
+        for piece in lm.stream(prompt, self._params(self._stops(stop), **kwargs)):
+            pieces.append(piece)
+            chunk = ChatGenerationChunk(message=AIMessageChunk(content=piece))
+            if run_manager:
+                run_manager.on_llm_new_token(piece, chunk=chunk)
+            yield chunk
+        n_in = lm.count_tokens(prompt)
+        n_out = len(lm.tokenize("".join(pieces), add_bos=False))
+        yield ChatGenerationChunk(
+            message=AIMessageChunk(
+                content="",
+                usage_metadata={
+                    "input_tokens": n_in,
+                    "output_tokens": n_out,
+                    "total_tokens": n_in + n_out,
+                },
+                response_metadata={
+                    "finish_reason": "stop",
+                    "model_name": self.model,
+                    "model_provider": "llmapps",
+                },
+                chunk_position="last",
+            )
+        )
