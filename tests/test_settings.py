@@ -31,6 +31,8 @@ def test_precedence_yaml_then_env_then_overrides(
         "base_model: from-yaml\ninstruct_model: yaml-instruct\ngeneration:\n  batch_size: 3\n"
     )
     monkeypatch.setenv("LLMAPPS_CONFIG", str(cfg))
+    monkeypatch.delenv("LLMAPPS_BASE_MODEL")  # the suite's tiny pins would outrank the file
+    monkeypatch.delenv("LLMAPPS_INSTRUCT_MODEL")
     s = get_settings()
     assert (s.base_model, s.instruct_model, s.generation.batch_size) == (
         "from-yaml",
