@@ -236,8 +236,11 @@ def finish(x: dict[str, Any]) -> dict[str, Any]:
     res: Resolution = x["_res"]
     answer, report = cat.guard(first, res)
     errors = []
-    if not answer.strip():  # nothing usable from the model: the catalog's own lines, else a plain no
-        errors = ["answer withheld by the guard" if first else "empty answer"]
+    # about an item, yet it names none and no claim of it was checked: not an answer (e.g. "TheThe")
+    off_topic = bool(res.items) and not res.missing and not cat.items_in(answer) and not report["checked"]
+    if not answer.strip() or off_topic:  # nothing usable from the model: the catalog's own lines, else a plain no
+        errors = ["answer names none of the items asked about" if off_topic and answer.strip()
+                  else "answer withheld by the guard" if first else "empty answer"]
         facts = [cat.fact_sentence(i, res.size) for i in res.items[:2]]
         top = x["_ids"][0] if x["_ids"] else None
         if facts:
