@@ -115,6 +115,15 @@ def options(tiny_base: str, tiny_instruct: str) -> dict:
     return {
         "few-shot": {"base_model": tiny_base, "max_new_tokens": 24},
         "zero-shot": {"instruct_model": tiny_instruct, "max_new_tokens": 24},
+        # an endpoint that is down: nothing listens on this port
+        "service": {
+            "base_url": f"http://127.0.0.1:{free_port()}/v1",
+            "model": "test-model",
+            "api_key": "test",
+            "max_retries": 0,
+            "timeout": 5,
+            "cache": False,
+        },
     }
 
 
@@ -129,7 +138,7 @@ def bench_run(tmp_path_factory: pytest.TempPathFactory, options: dict) -> Path:
         strategies=["few-shot", "zero-shot"],
         limit=3,
         batch_size=3,
-        strategy_options=options,
+        strategy_options={k: options[k] for k in ("few-shot", "zero-shot")},
         perplexity=False,
     )
     run_bench(config, out, progress=False)
@@ -144,7 +153,7 @@ def app_url(bench_run: Path, options: dict, tmp_path_factory: pytest.TempPathFac
 
     session = AppSession(
         "news-riddle",
-        ["few-shot", "zero-shot"],
+        ["few-shot", "zero-shot", "service"],
         strategy_options=options,
         extra_strategies=[hostile_strategy()],
     )
@@ -227,6 +236,17 @@ def test_eight_concurrent_sessions_all_get_answers(app_url):
         assert re.search(r"zero-shot · tiny-instruct: [\d.]+ s; \d+ tokens in / \d+ out", status), (
             status
         )
+
+
+def test_a_service_that_is_down_is_one_line_in_the_page(app_url):
+    from gradio_client import Client
+
+    url, _ = app_url
+    out = Client(url, verbose=False).predict("Bridge", STORY, "service", api_name="/run")
+    status = out[-1]
+    assert status.startswith("service · test-model: error: "), status
+    assert "Traceback" not in status and "\n" not in status
+    assert out[0] == "" and out[1] == ""
 
 
 # --------------------------------------------------------------------------------- in a browser
