@@ -26,11 +26,17 @@ class FewShotStrategyConfig(StrategyConfig):
     """Options of the ``few-shot`` strategy."""
 
     kind: Literal["few-shot"] = "few-shot"
-    base_model: str | None = Field(None, description="hub id or directory; default: settings.base_model")
+    base_model: str | None = Field(
+        None, description="packaged name, hub id, directory or .gguf file; default: settings.base_model"
+    )
     max_new_tokens: int | None = Field(None, ge=1, description="default: the task's budget")
     temperature: float = Field(0.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     max_examples: int | None = Field(None, ge=0)
+    max_prompt_tokens: int | None = Field(
+        None, ge=16, description="examples are packed up to this many prompt tokens; "
+        "default: settings.generation.max_prompt_tokens (the model's context is the ceiling)"
+    )
     example_selection: Literal["order", "similarity", "mmr"] = Field(
         "similarity", description="similarity/mmr: rank the examples per input (embeddings); order: bank order"
     )
@@ -43,11 +49,23 @@ class FewShotStrategyConfig(StrategyConfig):
     )
 
 
-def fit_inputs(task: Task, lm: LocalModel, max_new: int, render: Any) -> Any:
-    """A function that truncates an input so its prompt fits ``lm``'s context with ``max_new``."""
+def prompt_limit(lm: Any, max_new: int, max_prompt_tokens: int | None = None) -> int:
+    """Tokens a prompt may have: the prompt budget (``generation.max_prompt_tokens`` unless set),
+    within ``lm``'s context less the ``max_new`` tokens to generate. The context is the ceiling,
+    never the target: packing 8 prompts to Gemma 3's 32,768 tokens was OOM-killed at 24 GB."""
+    from llmapps.settings import get_settings
+
+    budget = max_prompt_tokens or get_settings().generation.max_prompt_tokens
+    return min(int(lm.context_length) - max_new, budget)
+
+
+def fit_inputs(
+    task: Task, lm: LocalModel, max_new: int, render: Any, max_prompt_tokens: int | None = None
+) -> Any:
+    """A function that truncates an input so its prompt fits the prompt budget with ``max_new``."""
     from llmapps.prompting import truncate_to_fit
 
-    limit = lm.context_length - max_new
+    limit = prompt_limit(lm, max_new, max_prompt_tokens)
 
     def fit(inputs: dict[str, Any]) -> dict[str, Any]:
         return truncate_to_fit(inputs, task.truncate_variable, render, lm.count_tokens, limit,
@@ -62,7 +80,7 @@ class FewShotStrategy(Strategy):
     name = "few-shot"
     config_class = FewShotStrategyConfig
     summary = "base (foundation) model + worked examples packed into its context"
-    requires = "a base causal LM (default: tiny-base, built locally on first use)"
+    requires = "a base causal LM (default: gemma-3-270m, from the package index)"
     config: FewShotStrategyConfig
 
     def __init__(self, config: FewShotStrategyConfig | None = None, **options: Any) -> None:
@@ -104,10 +122,20 @@ class FewShotStrategy(Strategy):
             ) from err
 
     def build(self, task: Task) -> Runnable[dict[str, Any], str]:
+        from llmapps.models.llamacpp import completion_llm
+
+        lm = self.local_model
+        c = self.config
+        max_new = c.max_new_tokens or task.max_new_tokens
+        llm = completion_llm(lm, max_new_tokens=max_new, temperature=c.temperature, top_p=c.top_p)
+        chain = self.prompt(task) | llm.bind(stop=list(task.stop))
+        return chain.with_config(run_name=f"few-shot:{task.name}")
+
+    def prompt(self, task: Task) -> Runnable[dict[str, Any], Any]:
+        """Input dict in, the packed few-shot prompt out (what ``build`` hands the model)."""
         from langchain_core.prompts import FewShotPromptTemplate, PromptTemplate
         from langchain_core.runnables import RunnableLambda
 
-        from llmapps.models.llamacpp import completion_llm
         from llmapps.prompting import TokenBudgetExampleSelector
 
         lm = self.local_model
@@ -116,7 +144,7 @@ class FewShotStrategy(Strategy):
         layout = task.completion
         example_prompt = PromptTemplate.from_template(layout.example_template)
         sep_tokens = max(1, len(lm.tokenizer(layout.separator, add_special_tokens=False)["input_ids"]))
-        limit = lm.context_length - max_new
+        limit = prompt_limit(lm, max_new, c.max_prompt_tokens)
 
         def budget(inputs: dict[str, Any]) -> int:
             return limit - lm.count_tokens(layout.render(inputs)) - sep_tokens
@@ -133,12 +161,6 @@ class FewShotStrategy(Strategy):
             example_separator=layout.separator,
             input_variables=list(task.input_variables),
         )
-        llm = completion_llm(lm, max_new_tokens=max_new, temperature=c.temperature, top_p=c.top_p)
-        fit = fit_inputs(task, lm, max_new, layout.render)
-        chain = (
-            RunnableLambda(fit, name="fit_context")
-            | prompt
-            | llm.bind(stop=list(task.stop))
-        )
+        fit = fit_inputs(task, lm, max_new, layout.render, c.max_prompt_tokens)
         self.selectors[task.name] = selector  # its last_selection shows in debug output
-        return chain.with_config(run_name=f"few-shot:{task.name}")
+        return RunnableLambda(fit, name="fit_context") | prompt

@@ -20,8 +20,13 @@ class ZeroShotStrategyConfig(StrategyConfig):
     """Options of the ``zero-shot`` strategy."""
 
     kind: Literal["zero-shot"] = "zero-shot"
-    instruct_model: str | None = Field(None, description="hub id or directory; default: settings.instruct_model")
+    instruct_model: str | None = Field(
+        None, description="packaged name, hub id, directory or .gguf file; default: settings.instruct_model"
+    )
     max_new_tokens: int | None = Field(None, ge=1)
+    max_prompt_tokens: int | None = Field(
+        None, ge=16, description="longer inputs are truncated; default: settings.generation.max_prompt_tokens"
+    )
     temperature: float = Field(0.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     batch_size: int | None = Field(None, ge=1)
@@ -39,7 +44,7 @@ class ZeroShotStrategy(Strategy):
     name = "zero-shot"
     config_class = ZeroShotStrategyConfig
     summary = "instruction-tuned model, task described zero-shot through its chat template"
-    requires = "an instruct/chat causal LM (default: tiny-instruct, built locally on first use)"
+    requires = "an instruct/chat causal LM (default: smollm2-135m-instruct, from the package index)"
     config: ZeroShotStrategyConfig
 
     def __init__(self, config: ZeroShotStrategyConfig | None = None, **options: Any) -> None:
@@ -81,7 +86,7 @@ class ZeroShotStrategy(Strategy):
             msgs = task.chat.format_messages(**{k: inputs[k] for k in task.input_variables})
             return chat._prompt(msgs)
 
-        fit = fit_inputs(task, lm, max_new, render)
+        fit = fit_inputs(task, lm, max_new, render, c.max_prompt_tokens)
         return (RunnableLambda(fit, name="fit_context") | task.chat | chat).with_config(
             run_name=f"zero-shot:{task.name}"
         )
