@@ -2,12 +2,12 @@
 
 ::
 
-    llmapps daily --feed https://example.org/rss.xml --strategy zero-shot --out site/
+    llmapps daily --feed https://example.org/rss.xml --out site/        # few-shot on Gemma 3 270M
 
 or in Python::
 
     from chains.daily import make_edition, write_edition
-    edition = make_edition(articles, strategy="zero-shot")
+    edition = make_edition(articles, strategy="few-shot")
     write_edition(edition, Path("site"))
 
 The page needs no JavaScript: each answer sits in a ``<details>`` element that opens on a click.
@@ -102,7 +102,7 @@ def _label(a: NewsItem | dict[str, Any]) -> str:
 
 def make_edition(
     articles: Sequence[NewsItem | dict[str, Any]],
-    strategy: Any = "zero-shot",
+    strategy: Any = "few-shot",
     *,
     max_riddles: int = 10,
     title: str = "The Daily Riddle",
@@ -299,7 +299,9 @@ def register_cli(subparsers: Any) -> None:
     )
     add_source_flags(p)
     add_strategy_flags(p)
-    p.set_defaults(strategy="zero-shot")
+    # few-shot: on the default models it is the strategy that writes riddles (Gemma 3 270M with
+    # worked examples parsed 3 of 4 validation articles; SmolLM2-135M zero-shot 1 of 19)
+    p.set_defaults(strategy="few-shot")
     p.add_argument(
         "--out", "-o", required=True, help="folder for index.html, edition.md and edition.json"
     )
