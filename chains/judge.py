@@ -8,9 +8,12 @@ the judge without the core knowing the rubric::
     chain.invoke({"title": ..., "text": ..., "riddle": ..., "answer": ...})  # -> {"score": 4, ...}
 
 Small models wander, so the grade is read strictly (``parse_grade``: a JSON ``score``, a labelled
-``Score: N``, ``N/5``, or a reply that starts with the digit; never a number met in passing), and a
-reply without one is asked again with ``prompts/judge/riddle_judge_strict.yaml``: the same rubric,
-one digit, a few tokens. ``attempts`` says which try graded.
+``Score: N``, ``N/5``, or a reply that starts with the digit; never a number met in passing, nor
+an echo of the rubric's "1: ..." lines), and a reply without one is asked again with
+``prompts/judge/riddle_judge_strict.yaml``: the same rubric, one digit, a few tokens. When that
+reply holds no grade either and the strategy has a local model, the grade is *decoded under a
+constraint*: the most likely of the five tokens ``1``..``5`` after the strict prompt it was sent
+(``constrained: true``). ``attempts`` says which try graded (1, 2; 3 for the constrained one).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import json
 import re
 from typing import Any
 
+from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.runnables import Runnable, RunnableConfig, RunnableLambda
 
 from chains.news_riddle import to_text
@@ -34,7 +38,7 @@ _LABELLED = re.compile(
     r"(?:score|grade|rating)(?:\s*1\s*-\s*5)?\s*\]?\s*[:=\-]?\s*\**\s*([1-5])\b", re.I
 )
 _OUT_OF_FIVE = re.compile(r"\b([1-5])\s*(?:/|out\s+of)\s*5\b", re.I)
-_LEADING = re.compile(r"^[\s*#>\[(\"']*([1-5])(?![\d.,]\d)\b")
+_LEADING = re.compile(r"^[\s*#>\[(\"']*([1-5])(?![\d.,]\d)(?!\s*[:\-]\s*\d)\b")
 _REASON = re.compile(r"reason\s*\]?\s*:\s*(.+)", re.I | re.S)
 
 
@@ -74,12 +78,67 @@ def _validate(x: Any) -> dict[str, Any]:
 
 def build(strategy: Strategy) -> Runnable[Any, dict[str, Any]]:
     """The judge chain on ``strategy``: ``{title, text, riddle, answer}`` in,
-    ``{score, reason, valid, attempts}`` out (``attempts`` 2: graded by the strict retry)."""
+    ``{score, reason, valid, attempts}`` out (2: graded by the strict retry, 3: constrained)."""
     first = strategy.build(load_task("judge/riddle_judge"))
     strict = strategy.build(load_task("judge/riddle_judge_strict"))
-    return (RunnableLambda(_validate, name="validate") | GradeWithRetry(first, strict)).with_config(
-        run_name=f"riddle-judge[{strategy.name}]"
-    )
+    try:
+        scorer = strategy.scoring_model()
+    except Exception:  # no local model (e.g. a remote service): no constrained last try
+        scorer = None
+    return (
+        RunnableLambda(_validate, name="validate") | GradeWithRetry(first, strict, scorer)
+    ).with_config(run_name=f"riddle-judge[{strategy.name}]")
+
+
+class _PromptCapture(BaseCallbackHandler):
+    """Keeps the prompt a model call was sent (text, or chat messages)."""
+
+    def __init__(self) -> None:
+        self.prompt: Any = None
+
+    def on_llm_start(self, serialized: Any, prompts: list[str], **kwargs: Any) -> None:
+        self.prompt = prompts[0] if prompts else None
+
+    def on_chat_model_start(
+        self, serialized: Any, messages: list[list[Any]], **kwargs: Any
+    ) -> None:
+        self.prompt = messages[0] if messages else None
+
+
+def _with_handler(config: RunnableConfig, handler: BaseCallbackHandler) -> RunnableConfig:
+    callbacks = config.get("callbacks")
+    if callbacks is None:
+        merged: Any = [handler]
+    elif isinstance(callbacks, list):
+        merged = [*callbacks, handler]
+    else:  # a callback manager
+        merged = callbacks.copy()
+        merged.add_handler(handler, inherit=True)
+    return {**config, "callbacks": merged}
+
+
+def constrained_grade(lm: Any, prompt: Any) -> int:
+    """The grade 1-5 whose token the local model ``lm`` finds most likely right after ``prompt``
+    (a prompt text, or chat messages rendered with ``lm``'s chat template)."""
+    import torch
+
+    from llmapps.models.langchain_local import _to_dicts
+
+    text = prompt if isinstance(prompt, str) else lm.apply_chat_template(_to_dicts(prompt))
+    tok = lm.tokenizer
+    ids = tok(text, add_special_tokens=True)["input_ids"][-lm.context_length :]
+    x = torch.tensor([ids], device=lm.model.device)
+    with torch.inference_mode():
+        logits = lm.model(input_ids=x, logits_to_keep=1).logits[0, -1]
+    best: dict[int, float] = {}
+    for digit in range(1, 6):
+        for form in (str(digit), f" {digit}"):
+            pieces = tok(form, add_special_tokens=False)["input_ids"]
+            if len(pieces) == 1:
+                best[digit] = max(best.get(digit, float("-inf")), float(logits[pieces[0]]))
+    if not best:
+        raise ValueError("the tokenizer has no single token for the digits 1-5")
+    return max(best, key=lambda d: best[d])
 
 
 class GradeWithRetry(Runnable[dict[str, Any], dict[str, Any]]):
@@ -88,8 +147,10 @@ class GradeWithRetry(Runnable[dict[str, Any], dict[str, Any]]):
     ``batch`` keeps both passes batched (one generate call each on a local model).
     """
 
-    def __init__(self, first: Runnable[Any, Any], strict: Runnable[Any, Any]) -> None:
-        self.first, self.strict = first, strict
+    def __init__(
+        self, first: Runnable[Any, Any], strict: Runnable[Any, Any], scorer: Any = None
+    ) -> None:
+        self.first, self.strict, self.scorer = first, strict, scorer
 
     def invoke(
         self, input: dict[str, Any], config: RunnableConfig | None = None, **kwargs: Any
@@ -114,12 +175,27 @@ class GradeWithRetry(Runnable[dict[str, Any], dict[str, Any]]):
         ]
         redo = [i for i, g in enumerate(grades) if isinstance(g, dict) and not g["valid"]]
         if redo:
+            captures = [_PromptCapture() for _ in redo]
             again = self.strict.batch(
-                [inputs[i] for i in redo], [configs[i] for i in redo], return_exceptions=True
+                [inputs[i] for i in redo],
+                [_with_handler(configs[i], c) for i, c in zip(redo, captures, strict=True)],
+                return_exceptions=True,
             )
-            for i, o in zip(redo, again, strict=True):
+            for i, o, capture in zip(redo, again, captures, strict=True):
                 retry = None if isinstance(o, Exception) else parse_grade(to_text(o))
-                grades[i] = {**(retry if retry and retry["valid"] else grades[i]), "attempts": 2}
+                if retry and retry["valid"]:
+                    grades[i] = {**retry, "attempts": 2}
+                elif self.scorer is not None and capture.prompt is not None:
+                    score = constrained_grade(self.scorer, capture.prompt)
+                    grades[i] = {
+                        **grades[i],
+                        "score": score,
+                        "valid": True,
+                        "constrained": True,
+                        "attempts": 3,
+                    }
+                else:
+                    grades[i] = {**grades[i], "attempts": 2}
         if not return_exceptions:
             for g in grades:
                 if isinstance(g, Exception):

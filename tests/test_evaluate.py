@@ -291,6 +291,34 @@ def test_the_judge_asks_again_strictly_when_a_reply_holds_no_grade() -> None:
     assert GradeWithRetry(fake("5"), fake("1")).invoke(item)["score"] == 5
 
 
+def test_the_judge_decodes_a_grade_under_constraint_when_no_reply_holds_one(tiny_base: str) -> None:
+    """Both replies gradeless (fakes), then the real local model picks the likeliest digit."""
+    import torch
+    from langchain_core.language_models import FakeListLLM
+    from langchain_core.runnables import RunnableLambda
+
+    from chains.judge import GradeWithRetry, constrained_grade
+    from llmapps.models.local import load_local_model
+
+    lm = load_local_model(tiny_base)
+    prompt = "[Riddle]: I span the water.\n[Score 1-5]:"
+    strict = RunnableLambda(lambda x: prompt) | FakeListLLM(responses=["no idea"])
+    first = RunnableLambda(lambda x: x["riddle"]) | FakeListLLM(responses=["Hmm"])
+    got = GradeWithRetry(first, strict, lm).invoke({"riddle": "R"})
+    assert got["constrained"] and got["attempts"] == 3 and got["valid"]
+    with torch.no_grad():
+        logits = lm.model(input_ids=torch.tensor([lm.tokenizer(prompt)["input_ids"]])).logits[0, -1]
+    digits = {
+        d: max(
+            float(logits[t[0]])
+            for f in (str(d), f" {d}")
+            if len(t := lm.tokenizer(f, add_special_tokens=False)["input_ids"]) == 1
+        )
+        for d in range(1, 6)
+    }
+    assert got["score"] == constrained_grade(lm, prompt) == max(digits, key=digits.get)
+
+
 def test_judge_rows_on_a_real_strategy_skips_failed_rows(
     tiny_instruct: str, articles: list[dict]
 ) -> None:
