@@ -254,13 +254,9 @@ class _StrategyRun:
             from llmapps.evaluate.perplexity import continuation_nll
 
             pairs = self.conditioned_texts(chunk, scoring)
-            todo = [i for i, p in enumerate(pairs) if p is not None]
-            scored = continuation_nll(
-                scoring,
-                [pairs[i][0] for i in todo],
-                [pairs[i][1] for i in todo],  # type: ignore[index]
-            )
-            for i, (nll, n) in zip(todo, scored, strict=True):
+            todo = [(i, p) for i, p in enumerate(pairs) if p is not None]
+            scored = continuation_nll(scoring, [p[0] for _, p in todo], [p[1] for _, p in todo])
+            for (i, _), (nll, n) in zip(todo, scored, strict=True):
                 metrics[i].update(ppl_nll=round(nll, 6), ppl_tokens=n)
         if b.judge is not None:
             from llmapps.evaluate.judge import judge_rows
