@@ -10,8 +10,8 @@ the same prompts, stop strings and token budget on either backend.
 Speed comes from llama.cpp's prefix reuse: a prompt that starts with the tokens of the one
 before it only prefills the rest. ``generate`` therefore runs a batch in the order that puts
 prompts sharing a prefix next to each other (the few-shot instruction and examples) and returns
-the outputs in input order. The reuse is cut back to a multiple of ``n_batch`` tokens, so every
-prompt is prefilled in the same ``n_batch``-aligned chunks as on a fresh context: llama.cpp's
+the outputs in input order. The reuse is cut back to a multiple of ``n_ubatch`` (128) tokens, so
+every prompt is prefilled in the same aligned chunks as on a fresh context: llama.cpp's
 kernels round differently for different batch shapes, and greedy text from a reused cache of any
 length drifted from the fresh one (batch != invoke on the conformance suite). With the cut, a
 prompt's output depends on the prompt alone, equals plain llama-cpp-python's on a fresh context,
@@ -174,8 +174,15 @@ def read_gguf_header(path: str | Path) -> GGUFInfo:
         raise ModelNotFoundError(f"{p} is not a file; pass the path of a .gguf model file")
     size = p.stat().st_size
     what = f"{p} is not a usable GGUF model"
+    with p.open("rb") as fh:
+        magic = fh.read(4)
+    if magic != b"GGUF":
+        raise InputError(
+            f"{what}: it does not start with the GGUF magic bytes (got {magic!r}); "
+            "pass a .gguf file (convert other formats with llama.cpp's convert_hf_to_gguf.py)"
+        )
     if size < 24:
-        raise InputError(f"{what}: it has {size} bytes; download or copy it again")
+        raise InputError(f"{what}: it has {size} bytes, less than a GGUF header; it is truncated")
     with p.open("rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buf:
         if buf[:4] != b"GGUF":
             raise InputError(
@@ -323,6 +330,10 @@ def chat_llm(lm: LocalModel | GGUFModel, **kwargs: Any) -> ChatLocal:
 # ------------------------------------------------------------------ the model
 
 DEFAULT_CONTEXT = 8192
+# Prefill micro-batches of 128 tokens: a reused prefix is cut to a multiple of it (see the module
+# docstring), so a smaller one keeps more of it; 512 (llama.cpp's default) lost up to 511 tokens
+# of reuse per prompt.
+N_BATCH, N_UBATCH = 512, 128
 
 
 class _TokenizerView:
@@ -350,6 +361,8 @@ class GGUFModel:
         self._context_length = context_length
         self._lock = threading.Lock()  # a llama.cpp context is not re-entrant
         self.reused_tokens = 0  # prompt tokens served from the KV cache (for benchmarks)
+        # the micro-batch size: prefill chunks start at its multiples (n_batch is a multiple)
+        self.reuse_step = int(llama.context_params.n_ubatch)
         self.tokenizer = _TokenizerView(self)
         self._bos_text = self._piece(llama.token_bos())
         self._eos_text = self._piece(llama.token_eos())
@@ -421,10 +434,10 @@ class GGUFModel:
         return encoded, truncated
 
     def _align_cache(self, ids: list[int]) -> None:
-        """Keep only an ``n_batch``-aligned part of the cached prefix ``ids`` shares (see above).
+        """Keep only a ``reuse_step``-aligned part of the cached prefix ``ids`` shares (see above).
 
-        llama-cpp-python then reuses exactly that part and prefills the rest in chunks that start
-        at multiples of ``n_batch``, as a fresh context would.
+        llama-cpp-python then reuses exactly that part and prefills the rest in micro-batches
+        that start at multiples of ``n_ubatch`` (= ``reuse_step``), as a fresh context would.
         """
         llama = self.llama
         n_cached = int(llama.n_tokens)
@@ -436,7 +449,7 @@ class GGUFModel:
             if a != b:
                 break
             common += 1
-        step = int(llama.n_batch)
+        step = self.reuse_step
         keep = min(common, len(ids) - 1) // step * step
         if keep < n_cached:
             llama.n_tokens = keep  # generate() removes the KV cells past it and prefills from here
@@ -557,7 +570,8 @@ def load_gguf_model(
             llama = llama_cpp.Llama(
                 model_path=str(path),
                 n_ctx=n_ctx,
-                n_batch=512,
+                n_batch=N_BATCH,
+                n_ubatch=N_UBATCH,
                 n_threads=threads,
                 n_threads_batch=threads,
                 verbose=False,
