@@ -204,7 +204,11 @@ def register_bench(sub: Any) -> None:
         "--judge", metavar="STRATEGY", help="grade outputs with this strategy as LLM judge"
     )
     p.add_argument("--judge-app", default="riddle-judge", help="app holding the judge rubric")
-    p.add_argument("--no-perplexity", action="store_true", help="skip perplexity of the references")
+    p.add_argument(
+        "--no-perplexity",
+        action="store_true",
+        help="skip the perplexity of the references after each strategy's prompt",
+    )
     p.add_argument(
         "--retry-failed", action="store_true", help="run again samples that failed before"
     )
