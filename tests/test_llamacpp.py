@@ -286,6 +286,7 @@ def test_service_strategy_runs_the_app_against_llama_cpp_server(
         cache=False,
         max_new_tokens=96,
         max_concurrency=2,
+        timeout=600,  # on a loaded machine a 60 s timeout is a (counted) retry
     )
     chain = load_chain("news-riddle", strategy)
     articles = [{k: a[k] for k in ("id", "title", "text")} for a in test_articles[:2]]
@@ -311,6 +312,7 @@ def test_service_strategy_streams_from_llama_cpp_server(
         cache=False,
         max_new_tokens=48,
         structured_output="off",
+        timeout=600,
     )
     runnable = strategy.build(load_task("news_riddle/one_step"))
     article = {k: test_articles[0][k] for k in ("title", "text")}
