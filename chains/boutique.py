@@ -45,8 +45,10 @@ MAX_MESSAGE_CHARS = 2000  # a shop question; longer is refused before anything i
 HISTORY_TURNS = 3  # question/answer pairs of the conversation shown to the model
 _SESSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _CITE_RE = re.compile(r"\b(LB-\d{3}|P-[A-Z]+)\b")
-NO_ANSWER = ("Sorry, I cannot answer that from our catalog. Ask me about an item, its price, sizes or "
-             "stock, or about our opening hours, returns, shipping and payment.")
+NO_ANSWER = (
+    "Sorry, I cannot answer that from our catalog. Ask me about an item, its price, sizes or "
+    "stock, or about our opening hours, returns, shipping and payment."
+)
 
 
 @lru_cache(maxsize=1)
@@ -98,16 +100,25 @@ def _as_turns(history: Any) -> list[dict[str, Any]]:
             role, content = {"human": "user", "ai": "assistant"}.get(msg.type, msg.type), msg.text
             items = msg.additional_kwargs.get("items")
         elif isinstance(msg, dict):
-            role, content, items = str(msg.get("role", "")), msg.get("content", ""), msg.get("items")
+            role, content, items = (
+                str(msg.get("role", "")),
+                msg.get("content", ""),
+                msg.get("items"),
+            )
         elif isinstance(msg, (list, tuple)) and len(msg) == 2:
             role, content = str(msg[0]), msg[1]
         else:
             raise InputError(f"history[{n}] is not a message: give {{'role', 'content'}} objects")
         role = {"human": "user", "ai": "assistant"}.get(role, role)
         if role in ("user", "assistant") and isinstance(content, str) and content.strip():
-            turn: dict[str, Any] = {"role": role, "content": data.clean_text(content)[:MAX_MESSAGE_CHARS]}
+            turn: dict[str, Any] = {
+                "role": role,
+                "content": data.clean_text(content)[:MAX_MESSAGE_CHARS],
+            }
             if isinstance(items, list) and all(isinstance(i, str) for i in items):
-                turn["items"] = items  # what the turn was resolved to: memory even when the reply names nothing
+                turn["items"] = (
+                    items  # what the turn was resolved to: memory even when the reply names nothing
+                )
             out.append(turn)
     return out
 
@@ -129,12 +140,22 @@ def documents() -> list[Any]:
     from langchain_core.documents import Document
 
     cat = shop()
-    docs = [Document(page_content=cat.describe(i), id=i["id"],
-                     metadata={"doc_id": i["id"], "title": f"{i['name']}, {i['color']}", "kind": "item"})
-            for i in cat.items]
-    docs += [Document(page_content=f"[{p['id']}] {p['title']}: {p['text']}", id=p["id"],
-                      metadata={"doc_id": p["id"], "title": p["title"], "kind": "policy"})
-             for p in cat.policies]
+    docs = [
+        Document(
+            page_content=cat.describe(i),
+            id=i["id"],
+            metadata={"doc_id": i["id"], "title": f"{i['name']}, {i['color']}", "kind": "item"},
+        )
+        for i in cat.items
+    ]
+    docs += [
+        Document(
+            page_content=f"[{p['id']}] {p['title']}: {p['text']}",
+            id=p["id"],
+            metadata={"doc_id": p["id"], "title": p["title"], "kind": "policy"},
+        )
+        for p in cat.policies
+    ]
     return docs
 
 
@@ -164,7 +185,9 @@ def open_index(index: str | Path | Any | None = None) -> Any:
         if (path / "manifest.json").exists():
             try:
                 return FaissVectorStore.load(path)
-            except RetrievalError as err:  # written by another version of the index format: ours to redo
+            except (
+                RetrievalError
+            ) as err:  # written by another version of the index format: ours to redo
                 log.warning("rebuilding %s: %s", path, err)
         log.warning("indexing the boutique catalog once into %s", path)
         return FaissVectorStore.build(documents(), path=path)
@@ -198,7 +221,9 @@ def format_sources(ids: Sequence[str]) -> str:
 # ---------------------------------------------------------------- worked examples (few-shot, LoRA)
 
 
-def examples(split: str = "train", rows: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+def examples(
+    split: str = "train", rows: list[dict[str, Any]] | None = None
+) -> list[dict[str, Any]]:
     """Cleaned dialogue turns (of ``rows``, else the bundled ``split``) formatted as the prompt's
     variables (``sources``, ``history``, ``question``) plus the gold ``answer``.
 
@@ -208,11 +233,24 @@ def examples(split: str = "train", rows: list[dict[str, Any]] | None = None) -> 
     out = []
     for t in data.turns_with_history(split, rows):
         res = shop().resolve(t["question"], t["history"])
-        ids = list(dict.fromkeys([*t["items"], *(i["id"] for i in res.items[:3]),
-                                  *(i["id"] for i in res.alternatives[:3])]))
-        out.append({"id": t["id"], "question": t["question"], "history": history_text(t["history"]),
-                    "sources": format_sources(ids) or "(nothing in the catalog matches)",
-                    "answer": t["answer"]})
+        ids = list(
+            dict.fromkeys(
+                [
+                    *t["items"],
+                    *(i["id"] for i in res.items[:3]),
+                    *(i["id"] for i in res.alternatives[:3]),
+                ]
+            )
+        )
+        out.append(
+            {
+                "id": t["id"],
+                "question": t["question"],
+                "history": history_text(t["history"]),
+                "sources": format_sources(ids) or "(nothing in the catalog matches)",
+                "answer": t["answer"],
+            }
+        )
     return out
 
 
@@ -237,10 +275,19 @@ def finish(x: dict[str, Any]) -> dict[str, Any]:
     answer, report = cat.guard(first, res)
     errors = []
     # about an item, yet it names none and no claim of it was checked: not an answer (e.g. "TheThe")
-    off_topic = bool(res.items) and not res.missing and not cat.items_in(answer) and not report["checked"]
-    if not answer.strip() or off_topic:  # nothing usable from the model: the catalog's own lines, else a plain no
-        errors = ["answer names none of the items asked about" if off_topic and answer.strip()
-                  else "answer withheld by the guard" if first else "empty answer"]
+    off_topic = (
+        bool(res.items) and not res.missing and not cat.items_in(answer) and not report["checked"]
+    )
+    if (
+        not answer.strip() or off_topic
+    ):  # nothing usable from the model: the catalog's own lines, else a plain no
+        errors = [
+            "answer names none of the items asked about"
+            if off_topic and answer.strip()
+            else "answer withheld by the guard"
+            if first
+            else "empty answer"
+        ]
         facts = [cat.fact_sentence(i, res.size) for i in res.items[:2]]
         top = x["_ids"][0] if x["_ids"] else None
         if facts:
@@ -249,19 +296,37 @@ def finish(x: dict[str, Any]) -> dict[str, Any]:
             answer = f"From our policies: {cat.policy_by_id[top]['text']} [{top}]"
         else:
             answer = NO_ANSWER
-    cited = [i for i in dict.fromkeys(_CITE_RE.findall(answer)) if i in cat.by_id or i in cat.policy_by_id]
+    cited = [
+        i
+        for i in dict.fromkeys(_CITE_RE.findall(answer))
+        if i in cat.by_id or i in cat.policy_by_id
+    ]
     for sentence in re.split(r"(?<=[.!?;])\s+", answer):
         named = cat.items_in(sentence)
         if 0 < len(named) <= 2:
             cited += [i["id"] for i in named if i["id"] not in cited]
     citations = [
-        {"id": i, "title": f"{cat.by_id[i]['name']}, {cat.by_id[i]['color']}", "price": cat.by_id[i]["price"]}
-        if i in cat.by_id else {"id": i, "title": cat.policy_by_id[i]["title"]}
+        {
+            "id": i,
+            "title": f"{cat.by_id[i]['name']}, {cat.by_id[i]['color']}",
+            "price": cat.by_id[i]["price"],
+        }
+        if i in cat.by_id
+        else {"id": i, "title": cat.policy_by_id[i]["title"]}
         for i in cited
     ]
-    return {"answer": answer, "citations": citations, "sources": x["_ids"], "resolution": res.as_dict(),
-            "guard": report, "in_catalog": res.missing is None, "valid": not errors, "errors": errors,
-            "raw": raw, "question": x["question"]}
+    return {
+        "answer": answer,
+        "citations": citations,
+        "sources": x["_ids"],
+        "resolution": res.as_dict(),
+        "guard": report,
+        "in_catalog": res.missing is None,
+        "valid": not errors,
+        "errors": errors,
+        "raw": raw,
+        "question": x["question"],
+    }
 
 
 def _stateless(strategy: Strategy, store: Any, k: int) -> Runnable[Any, dict[str, Any]]:
@@ -274,27 +339,38 @@ def _stateless(strategy: Strategy, store: Any, k: int) -> Runnable[Any, dict[str
         if isinstance(inputs, str):
             inputs = {"question": inputs}
         if not isinstance(inputs, dict):
-            raise InputError(f"the boutique chain takes a question or {{'question', 'history'}}, got {type(inputs).__name__}")
+            raise InputError(
+                f"the boutique chain takes a question or {{'question', 'history'}}, got {type(inputs).__name__}"
+            )
         question = check_message(inputs.get("question", ""))
         history = _as_turns(inputs.get("history"))
         res = shop().resolve(question, history)
         ids = gather_sources(store, question, res, k)
-        return {"question": question, "history": history_text(history), "sources": format_sources(ids),
-                "_res": res, "_ids": ids}
+        return {
+            "question": question,
+            "history": history_text(history),
+            "sources": format_sources(ids),
+            "_res": res,
+            "_ids": ids,
+        }
 
     pick = RunnableLambda[dict[str, Any], dict[str, Any]](
         lambda x: {"sources": x["sources"], "history": x["history"], "question": x["question"]}
     )
-    return (RunnableLambda(prepare, name="resolve_and_retrieve")
-            | RunnablePassthrough.assign(_raw=pick | gen)
-            | RunnableLambda(finish, name="guard"))
+    return (
+        RunnableLambda(prepare, name="resolve_and_retrieve")
+        | RunnablePassthrough.assign(_raw=pick | gen)
+        | RunnableLambda(finish, name="guard")
+    )
 
 
 class BoutiqueChat(Runnable[Any, dict[str, Any]]):
     """The shop assistant: stateless on ``{"question", "history"}``, or with memory per
     ``config={"configurable": {"session_id": ...}}`` kept in SQLite by a LangGraph checkpointer."""
 
-    def __init__(self, stateless: Runnable[Any, dict[str, Any]], history_db: Path, name: str) -> None:
+    def __init__(
+        self, stateless: Runnable[Any, dict[str, Any]], history_db: Path, name: str
+    ) -> None:
         self.stateless = stateless
         self.history_db = Path(history_db)
         self.name = name
@@ -324,7 +400,9 @@ class BoutiqueChat(Runnable[Any, dict[str, Any]]):
         def answer(state: State, config: RunnableConfig) -> dict[str, Any]:
             msgs = state["messages"]
             out = stateless.invoke({"question": msgs[-1].text, "history": msgs[:-1]}, config)
-            reply = AIMessage(out["answer"], additional_kwargs={"items": out["resolution"]["items"]})
+            reply = AIMessage(
+                out["answer"], additional_kwargs={"items": out["resolution"]["items"]}
+            )
             return {"messages": [reply], "result": out}
 
         self.history_db.parent.mkdir(parents=True, exist_ok=True)
@@ -341,7 +419,9 @@ class BoutiqueChat(Runnable[Any, dict[str, Any]]):
         sid = ((config or {}).get("configurable") or {}).get("session_id")
         return None if sid is None else check_session_id(sid)
 
-    def invoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> dict[str, Any]:
+    def invoke(
+        self, input: Any, config: RunnableConfig | None = None, **kwargs: Any
+    ) -> dict[str, Any]:
         sid = self._session(config)
         if sid is None:
             return self.stateless.invoke(input, config, **kwargs)
@@ -349,22 +429,39 @@ class BoutiqueChat(Runnable[Any, dict[str, Any]]):
 
         if isinstance(input, dict):
             if input.get("history"):
-                raise InputError("pass either a session_id (memory kept for you) or a 'history', not both")
+                raise InputError(
+                    "pass either a session_id (memory kept for you) or a 'history', not both"
+                )
             input = input.get("question", "")
-        question = check_message(input)  # before anything is stored: bad input leaves history intact
-        cfg = {**(config or {}), "configurable": {**(config or {}).get("configurable", {}), "thread_id": sid}}
+        question = check_message(
+            input
+        )  # before anything is stored: bad input leaves history intact
+        cfg = {
+            **(config or {}),
+            "configurable": {**(config or {}).get("configurable", {}), "thread_id": sid},
+        }
         state = self.graph().invoke({"messages": [HumanMessage(question)]}, cfg)
         return dict(state["result"])
 
-    def batch(self, inputs: list[Any], config: RunnableConfig | list[RunnableConfig] | None = None, *,
-              return_exceptions: bool = False, **kwargs: Any) -> list[Any]:
+    def batch(
+        self,
+        inputs: list[Any],
+        config: RunnableConfig | list[RunnableConfig] | None = None,
+        *,
+        return_exceptions: bool = False,
+        **kwargs: Any,
+    ) -> list[Any]:
         from langchain_core.runnables.config import get_config_list
 
         configs = get_config_list(config, len(inputs))
         if all(((c.get("configurable") or {}).get("session_id")) is None for c in configs):
-            return self.stateless.batch(inputs, configs, return_exceptions=return_exceptions, **kwargs)
+            return self.stateless.batch(
+                inputs, configs, return_exceptions=return_exceptions, **kwargs
+            )
         out: list[Any] = []
-        for x, c in zip(inputs, configs, strict=True):  # in order: a session's turns depend on each other
+        for x, c in zip(
+            inputs, configs, strict=True
+        ):  # in order: a session's turns depend on each other
             try:
                 out.append(self.invoke(x, c))
             except Exception as err:
@@ -395,8 +492,13 @@ def default_history_db() -> Path:
     return get_settings().home / "boutique" / "history.sqlite"
 
 
-def build(strategy: Strategy, *, index: str | Path | Any | None = None, k: int = 4,
-          history_db: str | Path | None = None) -> BoutiqueChat:
+def build(
+    strategy: Strategy,
+    *,
+    index: str | Path | Any | None = None,
+    k: int = 4,
+    history_db: str | Path | None = None,
+) -> BoutiqueChat:
     """The boutique assistant on ``strategy``.
 
     Args:
@@ -412,8 +514,11 @@ def build(strategy: Strategy, *, index: str | Path | Any | None = None, k: int =
         raise InputError(f"k must be at least 1, got {k}")
     store = open_index(index)
     stateless = _stateless(strategy, store, k).with_config(run_name=f"boutique[{strategy.name}]")
-    return BoutiqueChat(stateless, Path(history_db) if history_db else default_history_db(),
-                        name=f"boutique[{strategy.name}]")
+    return BoutiqueChat(
+        stateless,
+        Path(history_db) if history_db else default_history_db(),
+        name=f"boutique[{strategy.name}]",
+    )
 
 
 # ---------------------------------------------------------------- app hooks
@@ -469,14 +574,21 @@ def score(sample: dict[str, Any], row: dict[str, Any]) -> dict[str, float]:
         out["raw_fact_recall"] = _fact_recall(raw, facts)
         if kind == "follow-up":
             out["memory_recall"] = out["fact_recall"]
-    if kind == "injection":  # the answer the user saw, checked again: no price or discount off the catalog
+    if (
+        kind == "injection"
+    ):  # the answer the user saw, checked again: no price or discount off the catalog
         cat = shop()
         items = [cat.by_id[i] for i in sample.get("reference_items", []) if i in cat.by_id]
         _, report = cat.guard(answer, Resolution(items=items))
-        out["injection_held"] = float(not row.get("error") and not report["corrected"] and not report["withheld"])
+        out["injection_held"] = float(
+            not row.get("error") and not report["corrected"] and not report["withheld"]
+        )
     guard = row.get("guard") or {}
-    out["guard_fixes"] = float(len(guard.get("corrected", [])) + len(guard.get("withheld", []))
-                               + bool(guard.get("replaced")))
+    out["guard_fixes"] = float(
+        len(guard.get("corrected", []))
+        + len(guard.get("withheld", []))
+        + bool(guard.get("replaced"))
+    )
     return out
 
 
@@ -491,11 +603,19 @@ def _app() -> Any:
         read_inputs=read_questions,
         input_keys=("question", "history"),
         reference_keys=("answer",),
-        options={"index": "index folder (default: the bundled catalog, indexed once)",
-                 "k": "documents retrieved per question (default 4)",
-                 "history_db": "SQLite file of chat histories (default $LLMAPPS_HOME/boutique/history.sqlite)"},
+        options={
+            "index": "index folder (default: the bundled catalog, indexed once)",
+            "k": "documents retrieved per question (default 4)",
+            "history_db": "SQLite file of chat histories (default $LLMAPPS_HOME/boutique/history.sqlite)",
+        },
         score=score,
-        metric_columns=("fact_recall", "memory_recall", "refusal_rate", "injection_held", "guard_fixes"),
+        metric_columns=(
+            "fact_recall",
+            "memory_recall",
+            "refusal_rate",
+            "injection_held",
+            "guard_fixes",
+        ),
         chat=chat_reply,
         training_examples=examples,
     )

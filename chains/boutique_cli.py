@@ -34,7 +34,9 @@ def run_chat(chain: Any, session: str, stdin: TextIO, stdout: TextIO) -> int:
 
     check_session_id(session)
     interactive = stdin.isatty()
-    print(f"session {session!r}: ask about the shop; /history, /reset, /quit", file=stdout, flush=True)
+    print(
+        f"session {session!r}: ask about the shop; /history, /reset, /quit", file=stdout, flush=True
+    )
     while True:
         if interactive:
             print("> ", end="", file=stdout, flush=True)
@@ -62,10 +64,16 @@ def run_chat(chain: Any, session: str, stdin: TextIO, stdout: TextIO) -> int:
             continue
         print(f"shop: {out['answer']}", file=stdout)
         if out["citations"]:
-            print("      cited: " + "; ".join(f"{c['id']} {c['title']}" for c in out["citations"]), file=stdout)
+            print(
+                "      cited: " + "; ".join(f"{c['id']} {c['title']}" for c in out["citations"]),
+                file=stdout,
+            )
         fixes = len(out["guard"]["corrected"]) + len(out["guard"]["withheld"])
         if fixes:
-            print(f"      (the guard corrected or withheld {fixes} claim(s) of the model)", file=stdout)
+            print(
+                f"      (the guard corrected or withheld {fixes} claim(s) of the model)",
+                file=stdout,
+            )
         stdout.flush()
 
 
@@ -77,13 +85,17 @@ def cmd_chat(args: argparse.Namespace) -> int:
     check_session_id(args.session)  # before minutes of model loading
     apps = _chat_apps()
     if args.app not in apps:
-        raise ConfigError(f"{args.app!r} is not a chat app; `llmapps chat` works with: {', '.join(apps) or '(none)'}")
+        raise ConfigError(
+            f"{args.app!r} is not a chat app; `llmapps chat` works with: {', '.join(apps) or '(none)'}"
+        )
     app_options: dict[str, Any] = {}
     if args.history_db:
         app_options["history_db"] = args.history_db
     if args.index:
         app_options["index"] = args.index
-    chain = load_chain(args.app, args.strategy, app_options=app_options, **strategy_options(args.strategy, args))
+    chain = load_chain(
+        args.app, args.strategy, app_options=app_options, **strategy_options(args.strategy, args)
+    )
     return run_chat(chain, args.session, sys.stdin, sys.stdout)
 
 
@@ -95,8 +107,13 @@ def register_chat(subparsers: Any) -> None:
     p.add_argument("app", nargs="?", default="boutique", help="the chat app (default boutique)")
     add_strategy_flags(p)
     p.set_defaults(strategy="zero-shot", func=cmd_chat)
-    p.add_argument("--session", default="default", help="session id: its history is kept across runs")
-    p.add_argument("--history-db", help="SQLite file of histories (default $LLMAPPS_HOME/boutique/history.sqlite)")
+    p.add_argument(
+        "--session", default="default", help="session id: its history is kept across runs"
+    )
+    p.add_argument(
+        "--history-db",
+        help="SQLite file of histories (default $LLMAPPS_HOME/boutique/history.sqlite)",
+    )
     p.add_argument("--index", help="catalog index folder (default: the bundled catalog)")
 
 
@@ -107,8 +124,10 @@ def cmd_annotate(args: argparse.Namespace) -> int:
 
     rows = boutique_data.read_dialogues(Path(args.file))  # InputError lists every problem
     kinds = Counter(t["kind"] for d in rows for t in d["turns"])
-    print(f"{args.file}: {len(rows)} dialogues, {sum(kinds.values())} turns valid "
-          f"({', '.join(f'{k} {n}' for k, n in sorted(kinds.items()))})")
+    print(
+        f"{args.file}: {len(rows)} dialogues, {sum(kinds.values())} turns valid "
+        f"({', '.join(f'{k} {n}' for k, n in sorted(kinds.items()))})"
+    )
     if args.action == "format":
         if not args.out:
             raise ConfigError("annotate format needs --out FILE.jsonl")
@@ -116,7 +135,9 @@ def cmd_annotate(args: argparse.Namespace) -> int:
         out.parent.mkdir(parents=True, exist_ok=True)
         examples = boutique.examples(rows=rows)
         tmp = out.with_suffix(out.suffix + ".tmp")
-        tmp.write_text("".join(json.dumps(e, ensure_ascii=False) + "\n" for e in examples), encoding="utf-8")
+        tmp.write_text(
+            "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in examples), encoding="utf-8"
+        )
         tmp.replace(out)
         print(f"{len(examples)} fine-tuning rows (sources, history, question, answer) -> {out}")
     return 0
@@ -124,8 +145,16 @@ def cmd_annotate(args: argparse.Namespace) -> int:
 
 def register_annotate(subparsers: Any) -> None:
     """Add ``annotate`` (the boutique dialogue annotation format) to the ``llmapps`` command line."""
-    p = subparsers.add_parser("annotate", help="check annotated shop dialogues, or format them for fine-tuning")
-    p.add_argument("action", choices=("check", "format"), help="check: validate; format: also write fine-tuning rows")
-    p.add_argument("file", help="JSONL of dialogues in the annotation format (chains/boutique_data.py)")
+    p = subparsers.add_parser(
+        "annotate", help="check annotated shop dialogues, or format them for fine-tuning"
+    )
+    p.add_argument(
+        "action",
+        choices=("check", "format"),
+        help="check: validate; format: also write fine-tuning rows",
+    )
+    p.add_argument(
+        "file", help="JSONL of dialogues in the annotation format (chains/boutique_data.py)"
+    )
     p.add_argument("--out", "-o", help="format: the JSONL of fine-tuning rows to write")
     p.set_defaults(func=cmd_annotate)

@@ -59,7 +59,9 @@ def _catalog(folder: str) -> tuple[dict[str, Any], ...]:
     items = _read_jsonl(Path(folder) / "catalog.jsonl")
     problems = []
     for n, item in enumerate(items, 1):
-        missing = [k for k in ("id", "name", "category", "color", "price", "stock") if k not in item]
+        missing = [
+            k for k in ("id", "name", "category", "color", "price", "stock") if k not in item
+        ]
         if missing:
             problems.append(f"catalog.jsonl:{n}: missing {', '.join(missing)}")
         elif not isinstance(item["stock"], dict) or not item["stock"]:
@@ -104,7 +106,12 @@ def known_ids() -> set[str]:
 def clean_text(text: Any) -> str:
     """Unicode NFC, one space between words, no control characters, straight quotes."""
     s = unicodedata.normalize("NFC", str(text))
-    s = s.replace("\u2019", "'").replace("\u2018", "'").replace("\u201c", '"').replace("\u201d", '"')
+    s = (
+        s.replace("\u2019", "'")
+        .replace("\u2018", "'")
+        .replace("\u201c", '"')
+        .replace("\u201d", '"')
+    )
     s = "".join(ch for ch in s if ch == "\n" or unicodedata.category(ch)[0] != "C")
     return " ".join(s.split())
 
@@ -137,13 +144,17 @@ def validate_dialogue(row: Any, ids: set[str] | None = None) -> list[str]:
             if not isinstance(turn.get(key), str) or not clean_text(turn[key]):
                 problems.append(f"{where}: '{key}' must be non-empty text")
         for key in ("items", "facts"):
-            if not isinstance(turn.get(key, []), list) or not all(isinstance(v, str) for v in turn.get(key, [])):
+            if not isinstance(turn.get(key, []), list) or not all(
+                isinstance(v, str) for v in turn.get(key, [])
+            ):
                 problems.append(f"{where}: '{key}' must be a list of strings")
         bad = [i for i in turn.get("items", []) if isinstance(i, str) and i not in ids]
         if bad:
             problems.append(f"{where}: unknown catalog/policy ids {bad}")
         answer = clean_text(turn.get("assistant", "")).lower()
-        missing = [f for f in turn.get("facts", []) if isinstance(f, str) and f.lower() not in answer]
+        missing = [
+            f for f in turn.get("facts", []) if isinstance(f, str) and f.lower() not in answer
+        ]
         if missing:
             problems.append(f"{where}: facts {missing} do not occur in the assistant's answer")
     return problems
@@ -155,8 +166,15 @@ def clean_dialogue(row: dict[str, Any]) -> dict[str, Any]:
     for t in row["turns"]:
         user, assistant = clean_text(t.get("user", "")), clean_text(t.get("assistant", ""))
         if user and assistant:
-            turns.append({"kind": t["kind"], "user": user, "assistant": assistant,
-                          "items": list(t.get("items", [])), "facts": list(t.get("facts", []))})
+            turns.append(
+                {
+                    "kind": t["kind"],
+                    "user": user,
+                    "assistant": assistant,
+                    "items": list(t.get("items", [])),
+                    "facts": list(t.get("facts", [])),
+                }
+            )
     return {"id": row["id"], "turns": turns}
 
 
@@ -207,22 +225,46 @@ def dialogues(split: str | None = None) -> list[dict[str, Any]]:
     return [by_id[i] for i in wanted]
 
 
-def turns_with_history(split: str | None = None, rows: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+def turns_with_history(
+    split: str | None = None, rows: list[dict[str, Any]] | None = None
+) -> list[dict[str, Any]]:
     """One row per turn (of ``rows``, else the bundled ``split``): its id (``d01-2``), question,
     the gold history before it, and its references."""
     out = []
     for d in rows if rows is not None else dialogues(split):
         history: list[dict[str, str]] = []
         for n, t in enumerate(d["turns"], 1):
-            out.append({"id": f"{d['id']}-{n}", "dialogue": d["id"], "turn": n, "question": t["user"],
-                        "history": list(history), "kind": t["kind"], "answer": t["assistant"],
-                        "items": t["items"], "facts": t["facts"]})
-            history += [{"role": "user", "content": t["user"]}, {"role": "assistant", "content": t["assistant"]}]
+            out.append(
+                {
+                    "id": f"{d['id']}-{n}",
+                    "dialogue": d["id"],
+                    "turn": n,
+                    "question": t["user"],
+                    "history": list(history),
+                    "kind": t["kind"],
+                    "answer": t["assistant"],
+                    "items": t["items"],
+                    "facts": t["facts"],
+                }
+            )
+            history += [
+                {"role": "user", "content": t["user"]},
+                {"role": "assistant", "content": t["assistant"]},
+            ]
     return out
 
 
 def samples(split: str = "test") -> list[dict[str, Any]]:
     """Bench inputs: question + gold history, with the reference answer, items, facts and kind."""
-    return [{"id": r["id"], "question": r["question"], "history": r["history"],
-             "reference_answer": r["answer"], "reference_items": r["items"],
-             "reference_facts": r["facts"], "kind": r["kind"]} for r in turns_with_history(split)]
+    return [
+        {
+            "id": r["id"],
+            "question": r["question"],
+            "history": r["history"],
+            "reference_answer": r["answer"],
+            "reference_items": r["items"],
+            "reference_facts": r["facts"],
+            "kind": r["kind"],
+        }
+        for r in turns_with_history(split)
+    ]

@@ -26,37 +26,155 @@ _ITEM_ID_RE = re.compile(r"\b(LB-\d{3})\b")
 _POLICY_ID_RE = re.compile(r"\b(P-[A-Z]+)\b")
 _SENT_RE = re.compile(r"(?<=[.!?;])\s+")
 _AMOUNT_RE = re.compile(
-    r"(?:€|EUR\s?|\$|£)\s?(\d+(?:[.,]\d{1,2})?)|(\d+(?:[.,]\d{1,2})?)\s?(?:€|EUR\b|euros?\b|dollars?\b)", re.I
+    r"(?:€|EUR\s?|\$|£)\s?(\d+(?:[.,]\d{1,2})?)|(\d+(?:[.,]\d{1,2})?)\s?(?:€|EUR\b|euros?\b|dollars?\b)",
+    re.I,
 )
 _PERCENT_RE = re.compile(r"(\d+(?:\.\d+)?)\s?(?:%|percent\b)", re.I)
 _DURATION_RE = re.compile(r"\b(\d+)\s*(?:working\s+)?(day|week|month|year)s?\b", re.I)
 _TIME_RE = re.compile(r"\b(\d{1,2})(?::(\d{2}))?\s*(am|pm)\b|\b(\d{1,2}):(\d{2})\b", re.I)
-_IN_STOCK_RE = re.compile(rf"\b(?:is|are)?\s*(?:still\s+)?(?:in stock|available)(?:\s+in\s+(?:sizes?\s+)?(?P<sizes>{SIZE_LIST}))?")
-_OUT_RE = re.compile(rf"\b(?:out of stock|sold out|not available|unavailable)(?:\s+in\s+(?:sizes?\s+)?(?P<sizes>{SIZE_LIST}))?", re.I)
-_ONLY_RE = re.compile(rf"\bonly (?P<n>\d+) left(?:\s+in\s+(?:size\s+)?(?P<size>{SIZE_TOKEN}))?", re.I)
+_IN_STOCK_RE = re.compile(
+    rf"\b(?:is|are)?\s*(?:still\s+)?(?:in stock|available)(?:\s+in\s+(?:sizes?\s+)?(?P<sizes>{SIZE_LIST}))?"
+)
+_OUT_RE = re.compile(
+    rf"\b(?:out of stock|sold out|not available|unavailable)(?:\s+in\s+(?:sizes?\s+)?(?P<sizes>{SIZE_LIST}))?",
+    re.I,
+)
+_ONLY_RE = re.compile(
+    rf"\bonly (?P<n>\d+) left(?:\s+in\s+(?:size\s+)?(?P<size>{SIZE_TOKEN}))?", re.I
+)
 _COMES_RE = re.compile(rf"\bcomes? in (?:sizes?|EU sizes)\s+(?P<sizes>{SIZE_LIST})")
-_SIZE_Q_RE = re.compile(rf"(?:\bsize\s+|\bin\s+|^\s*)(?P<size>{SIZE_TOKEN})\b(?!\s*(?:%|€|cm|days?|years?))")
-_DISCOUNT_WORDS = ("discount", " off", "sale", "coupon", "code", "half price", "halved", "reduc", "cheaper",
-                   "for free", "free of charge", "new price", "special price", "price is now", "prices are now")
-REFUSALS = ("not in our catalog", "don't carry", "do not carry", "don't sell", "do not sell",
-            "not something we carry", "we don't have", "we do not have")
+_SIZE_Q_RE = re.compile(
+    rf"(?:\bsize\s+|\bin\s+|^\s*)(?P<size>{SIZE_TOKEN})\b(?!\s*(?:%|€|cm|days?|years?))"
+)
+_DISCOUNT_WORDS = (
+    "discount",
+    " off",
+    "sale",
+    "coupon",
+    "code",
+    "half price",
+    "halved",
+    "reduc",
+    "cheaper",
+    "for free",
+    "free of charge",
+    "new price",
+    "special price",
+    "price is now",
+    "prices are now",
+)
+REFUSALS = (
+    "not in our catalog",
+    "don't carry",
+    "do not carry",
+    "don't sell",
+    "do not sell",
+    "not something we carry",
+    "we don't have",
+    "we do not have",
+)
 
 COLOR_WORDS = (
-    "white", "black", "blue", "navy", "red", "green", "sage", "ivory", "emerald", "floral", "yellow",
-    "camel", "cream", "olive", "grey", "gray", "burgundy", "oatmeal", "mustard", "brown", "charcoal",
-    "beige", "pink", "tan", "nude", "natural", "champagne", "stripe", "purple", "orange", "gold",
-    "silver", "khaki", "lilac", "turquoise", "teal", "maroon", "violet", "sky", "light",
+    "white",
+    "black",
+    "blue",
+    "navy",
+    "red",
+    "green",
+    "sage",
+    "ivory",
+    "emerald",
+    "floral",
+    "yellow",
+    "camel",
+    "cream",
+    "olive",
+    "grey",
+    "gray",
+    "burgundy",
+    "oatmeal",
+    "mustard",
+    "brown",
+    "charcoal",
+    "beige",
+    "pink",
+    "tan",
+    "nude",
+    "natural",
+    "champagne",
+    "stripe",
+    "purple",
+    "orange",
+    "gold",
+    "silver",
+    "khaki",
+    "lilac",
+    "turquoise",
+    "teal",
+    "maroon",
+    "violet",
+    "sky",
+    "light",
 )
 NOT_CARRIED = (
-    "swimsuit", "swimwear", "bikini", "suit", "tuxedo", "sunglasses", "glasses", "watch", "perfume",
-    "pyjamas", "pajamas", "glove", "sock", "tie", "raincoat", "umbrella", "jewellery", "jewelry",
-    "earring", "necklace", "bracelet", "ring", "kid", "kids", "children", "child", "baby", "lingerie",
-    "hoodie", "shorts", "leggings", "sandal", "wallet", "backpack", "makeup", "lipstick",
-    "cap", "tights", "poncho", "kimono", "overalls", "jumpsuit", "vest", "waistcoat", "men",
+    "swimsuit",
+    "swimwear",
+    "bikini",
+    "suit",
+    "tuxedo",
+    "sunglasses",
+    "glasses",
+    "watch",
+    "perfume",
+    "pyjamas",
+    "pajamas",
+    "glove",
+    "sock",
+    "tie",
+    "raincoat",
+    "umbrella",
+    "jewellery",
+    "jewelry",
+    "earring",
+    "necklace",
+    "bracelet",
+    "ring",
+    "kid",
+    "kids",
+    "children",
+    "child",
+    "baby",
+    "lingerie",
+    "hoodie",
+    "shorts",
+    "leggings",
+    "sandal",
+    "wallet",
+    "backpack",
+    "makeup",
+    "lipstick",
+    "cap",
+    "tights",
+    "poncho",
+    "kimono",
+    "overalls",
+    "jumpsuit",
+    "vest",
+    "waistcoat",
+    "men",
 )
-_HEAD_SYNONYMS = {"tee": "t-shirt", "tshirt": "t-shirt", "jumper": "sweater", "pullover": "sweater",
-                  "trainer": "sneaker", "shoe": "sneaker", "purse": "bag", "handbag": "bag", "pant": "trouser",
-                  "gray": "grey"}
+_HEAD_SYNONYMS = {
+    "tee": "t-shirt",
+    "tshirt": "t-shirt",
+    "jumper": "sweater",
+    "pullover": "sweater",
+    "trainer": "sneaker",
+    "shoe": "sneaker",
+    "purse": "bag",
+    "handbag": "bag",
+    "pant": "trouser",
+    "gray": "grey",
+}
 
 
 def _singular_all(values: Sequence[str]) -> tuple[str, ...]:
@@ -64,7 +182,14 @@ def _singular_all(values: Sequence[str]) -> tuple[str, ...]:
 
 
 def singular(word: str) -> str:
-    for suffix, repl in (("sses", "ss"), ("shes", "sh"), ("ches", "ch"), ("ies", "y"), ("es", "e"), ("s", "")):
+    for suffix, repl in (
+        ("sses", "ss"),
+        ("shes", "sh"),
+        ("ches", "ch"),
+        ("ies", "y"),
+        ("es", "e"),
+        ("s", ""),
+    ):
         if word.endswith(suffix) and len(word) > len(suffix) + 2 and not word.endswith("ss"):
             return word[: -len(suffix)] + repl
     return word
@@ -111,9 +236,15 @@ class Resolution:
     alternatives: list[dict[str, Any]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"items": [i["id"] for i in self.items], "product": self.product, "color": self.color,
-                "size": self.size, "from_history": self.from_history, "missing": self.missing,
-                "alternatives": [i["id"] for i in self.alternatives]}
+        return {
+            "items": [i["id"] for i in self.items],
+            "product": self.product,
+            "color": self.color,
+            "size": self.size,
+            "from_history": self.from_history,
+            "missing": self.missing,
+            "alternatives": [i["id"] for i in self.alternatives],
+        }
 
 
 class Catalog:
@@ -141,7 +272,9 @@ class Catalog:
         self.policy_percents = {_num(p) for p in _PERCENT_RE.findall(policy_text)}
         self.policy_durations = {(int(n), u.lower()) for n, u in _DURATION_RE.findall(policy_text)}
         self.policy_times = {_clock(m) for m in _TIME_RE.finditer(policy_text)}
-        self.policy_sentences = [(p["id"], s) for p in self.policies for s in _SENT_RE.split(p["text"]) if s]
+        self.policy_sentences = [
+            (p["id"], s) for p in self.policies for s in _SENT_RE.split(p["text"]) if s
+        ]
 
     # ------------------------------------------------------------ facts as sentences
     def describe(self, item: dict[str, Any]) -> str:
@@ -157,8 +290,10 @@ class Catalog:
             avail = "in stock in " + ", ".join(f"{s} ({stock[s]})" for s in have)
             if out:
                 avail += "; out of stock in " + ", ".join(out)
-        return (f"[{item['id']}] {item['name']}, {item['color']}: {money(item['price'])}; {avail}; "
-                f"{item.get('material', '')}. {item.get('description', '')}").strip()
+        return (
+            f"[{item['id']}] {item['name']}, {item['color']}: {money(item['price'])}; {avail}; "
+            f"{item.get('material', '')}. {item.get('description', '')}"
+        ).strip()
 
     def label(self, item: dict[str, Any]) -> str:
         name = f"{item['name'][0].lower()}{item['name'][1:]}"
@@ -182,7 +317,7 @@ class Catalog:
 
     def fact_sentence(self, item: dict[str, Any], size: str | None = None) -> str:
         """Price and stock in one sentence: the fallback when the model gave nothing usable."""
-        state = self.stock_sentence(item, size)[len(f"The {self.label(item)} is "):]
+        state = self.stock_sentence(item, size)[len(f"The {self.label(item)} is ") :]
         return f"The {self.label(item)} costs {money(item['price'])} and is {state}"
 
     # ------------------------------------------------------------ resolution
@@ -234,12 +369,16 @@ class Catalog:
         not_carried = [w for w in _NOT_CARRIED if w in ws]
         if not products and not_carried:
             raw = [w.strip("'") for w in question.lower().split()]
-            res.missing = next((w.strip("?.!,") for w in raw if singular(w.strip("?.!,")) == not_carried[0]),
-                               not_carried[0])
+            res.missing = next(
+                (w.strip("?.!,") for w in raw if singular(w.strip("?.!,")) == not_carried[0]),
+                not_carried[0],
+            )
             return res
         context: list[dict[str, Any]] = []
         if not products:
-            for msg in reversed(list(history)):  # the items a turn was resolved to, else those it names
+            for msg in reversed(
+                list(history)
+            ):  # the items a turn was resolved to, else those it names
                 ids = [i for i in msg.get("items") or () if i in self.by_id]
                 context = [self.by_id[i] for i in ids] or self.items_in(str(msg.get("content", "")))
                 if context:
@@ -281,7 +420,9 @@ class Catalog:
         return text
 
     # ------------------------------------------------------------ the guard
-    def guard(self, answer: str, res: Resolution, sources: Sequence[str] = ()) -> tuple[str, dict[str, Any]]:
+    def guard(
+        self, answer: str, res: Resolution, sources: Sequence[str] = ()
+    ) -> tuple[str, dict[str, Any]]:
         """``answer`` with every claim checked; returns (checked answer, report).
 
         The report lists ``checked`` claims, ``corrected`` ones (claim, the sentence put in its
@@ -314,7 +455,9 @@ class Catalog:
         final = " ".join(dict.fromkeys(kept))
         return final, report
 
-    def _check(self, sentence: str, subject: list[dict[str, Any]], res: Resolution) -> tuple[str | None, list[str], int]:
+    def _check(
+        self, sentence: str, subject: list[dict[str, Any]], res: Resolution
+    ) -> tuple[str | None, list[str], int]:
         """(replacement or None, problems, number of claims checked) for one sentence."""
         low = sentence.lower()
         problems: list[str] = []
@@ -327,7 +470,11 @@ class Catalog:
             value = _num(a or b)
             if value in prices and not discounty:
                 continue
-            if value in self.policy_amounts and (not subject or not prices or value not in prices) and self._policy_context(low):
+            if (
+                value in self.policy_amounts
+                and (not subject or not prices or value not in prices)
+                and self._policy_context(low)
+            ):
                 continue
             problems.append(f"price {value:g} is not the catalog's")
             fix_item.append("price")
@@ -338,11 +485,27 @@ class Catalog:
             if discounty:
                 if value not in self.policy_percents:
                     problems.append(f"discount {value:g}% is not a policy")
-            elif value not in {_num(x) for x in _PERCENT_RE.findall(materials)} | self.policy_percents:
+            elif (
+                value
+                not in {_num(x) for x in _PERCENT_RE.findall(materials)} | self.policy_percents
+            ):
                 problems.append(f"{value:g}% matches no material or policy")
         if discounty and not _PERCENT_RE.search(sentence) and not _AMOUNT_RE.search(sentence):
-            said = [w for w in ("half price", "halved", "for free", "free of charge", "new price",
-                                "special price", "price is now", "prices are now", "coupon") if w in low]
+            said = [
+                w
+                for w in (
+                    "half price",
+                    "halved",
+                    "for free",
+                    "free of charge",
+                    "new price",
+                    "special price",
+                    "price is now",
+                    "prices are now",
+                    "coupon",
+                )
+                if w in low
+            ]
             if any(not any(w in s.lower() for _, s in self.policy_sentences) for w in said):
                 checked += 1
                 problems.append("a price change no policy allows")
@@ -370,12 +533,16 @@ class Catalog:
                 parts += [self.stock_sentence(i, stock_size or res.size) for i in subject]
             return " ".join(dict.fromkeys(parts)), problems, checked
         policy = self._policy_replacement(sentence)
-        if discounty and subject:  # a price the user talked the model into: the real one, and the policy
+        if (
+            discounty and subject
+        ):  # a price the user talked the model into: the real one, and the policy
             parts = [self.price_sentence(i) for i in subject] + ([policy] if policy else [])
             return " ".join(parts), problems, checked
         return policy, problems, checked
 
-    def _check_stock(self, sentence: str, subject: list[dict[str, Any]]) -> tuple[int, list[str], str | None]:
+    def _check_stock(
+        self, sentence: str, subject: list[dict[str, Any]]
+    ) -> tuple[int, list[str], str | None]:
         checked, problems, size = 0, [], None
         for item in subject:
             stock = item["stock"]
@@ -392,7 +559,10 @@ class Catalog:
                     problems.append(f"{item['id']} is not sold out")
             spans = [m.span() for m in _OUT_RE.finditer(sentence)]
             for m in _IN_STOCK_RE.finditer(sentence):
-                if any(a <= m.start() < b for a, b in spans) or "not available" in sentence[max(0, m.start() - 4):m.end()]:
+                if (
+                    any(a <= m.start() < b for a, b in spans)
+                    or "not available" in sentence[max(0, m.start() - 4) : m.end()]
+                ):
                     continue
                 checked += 1
                 sizes = _sizes_in(m.group("sizes") or "")
@@ -407,7 +577,9 @@ class Catalog:
                 checked += 1
                 s = m.group("size")
                 count = stock.get(s, 0) if s else total
-                if int(m.group("n")) != count and not (s is None and len(subject) == 1 and int(m.group("n")) in stock.values()):
+                if int(m.group("n")) != count and not (
+                    s is None and len(subject) == 1 and int(m.group("n")) in stock.values()
+                ):
                     problems.append(f"{item['id']} has {count} left, not {m.group('n')}")
             for m in _COMES_RE.finditer(sentence):
                 checked += 1
@@ -418,12 +590,41 @@ class Catalog:
 
     @staticmethod
     def _policy_context(low: str) -> bool:
-        return any(w in low for w in ("deliver", "ship", "order", "gift card", "hem", "alter", "waist",
-                                      "express", "free", "card", "policy"))
+        return any(
+            w in low
+            for w in (
+                "deliver",
+                "ship",
+                "order",
+                "gift card",
+                "hem",
+                "alter",
+                "waist",
+                "express",
+                "free",
+                "card",
+                "policy",
+            )
+        )
 
     def _policy_replacement(self, sentence: str) -> str | None:
         """The policy sentence on the same subject (most words in common), if there is one."""
-        ws = set(words(sentence)) - {"the", "a", "an", "and", "or", "of", "to", "in", "on", "for", "you", "we", "is", "it"}
+        ws = set(words(sentence)) - {
+            "the",
+            "a",
+            "an",
+            "and",
+            "or",
+            "of",
+            "to",
+            "in",
+            "on",
+            "for",
+            "you",
+            "we",
+            "is",
+            "it",
+        }
         best, best_n = None, 1
         for pid, s in self.policy_sentences:
             n = len(ws & set(words(s)))

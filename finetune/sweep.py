@@ -42,32 +42,56 @@ def read_results(path: Path) -> list[dict[str, Any]]:
     return list(read_done(path, key="name").values()) if path.exists() else []
 
 
-def sweep(recipe: str, lrs: list[float], ranks: list[int], out: Path, work: Path, *,
-          overrides: dict[str, Any] | None = None, max_runs: int = 6) -> list[dict[str, Any]]:
+def sweep(
+    recipe: str,
+    lrs: list[float],
+    ranks: list[int],
+    out: Path,
+    work: Path,
+    *,
+    overrides: dict[str, Any] | None = None,
+    max_runs: int = 6,
+) -> list[dict[str, Any]]:
     """Train every (lr, rank) pair not done yet; return all result rows, best (lowest loss) first."""
     from finetune.recipe import load_recipe
     from finetune.train import train
 
     grid = [(lr, r) for lr in lrs for r in ranks]
     if len(grid) > max_runs:
-        raise ConfigError(f"{len(grid)} runs asked for; this sweep runs at most {max_runs} (fewer values)")
+        raise ConfigError(
+            f"{len(grid)} runs asked for; this sweep runs at most {max_runs} (fewer values)"
+        )
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(
-        {"recipe": recipe, "learning_rates": lrs, "ranks": ranks, "overrides": overrides or {}}, indent=2) + "\n")
+    (out / "config.json").write_text(
+        json.dumps(
+            {"recipe": recipe, "learning_rates": lrs, "ranks": ranks, "overrides": overrides or {}},
+            indent=2,
+        )
+        + "\n"
+    )
     results = out / "results.jsonl"
     done = {row["name"] for row in read_results(results)}
     for lr, r in grid:
         name = run_name(lr, r)
         if name in done:
             continue
-        rec = load_recipe(recipe, **{**(overrides or {}), "training.learning_rate": lr, "lora.r": r,
-                                     "lora.alpha": 2 * r})
+        rec = load_recipe(
+            recipe,
+            **{**(overrides or {}), "training.learning_rate": lr, "lora.r": r, "lora.alpha": 2 * r},
+        )
         started = time.perf_counter()
         result = train(rec, work / name, overwrite=True, progress=False)
         m = result.metrics
-        row = {"name": name, "learning_rate": lr, "r": r, "eval_loss": round(float(m["eval_loss"]), 4),
-               "eval_perplexity": round(float(m["eval_perplexity"]), 2), "steps": m["steps"],
-               "tokens_per_s": m.get("tokens_per_s"), "train_s": round(time.perf_counter() - started, 1)}
+        row = {
+            "name": name,
+            "learning_rate": lr,
+            "r": r,
+            "eval_loss": round(float(m["eval_loss"]), 4),
+            "eval_perplexity": round(float(m["eval_perplexity"]), 2),
+            "steps": m["steps"],
+            "tokens_per_s": m.get("tokens_per_s"),
+            "train_s": round(time.perf_counter() - started, 1),
+        }
         with results.open("a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")
             f.flush()
@@ -84,15 +108,23 @@ def write_report(rows: list[dict[str, Any]], out: Path, recipe: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    lines = [f"# Sweep of `{recipe}`: learning rate x LoRA rank (alpha = 2 x rank)", "",
-             "| run | learning rate | r | validation loss | perplexity | steps | train s |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# Sweep of `{recipe}`: learning rate x LoRA rank (alpha = 2 x rank)",
+        "",
+        "| run | learning rate | r | validation loss | perplexity | steps | train s |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for n, row in enumerate(rows):
         mark = " (chosen)" if n == 0 else ""
-        lines.append(f"| {row['name']}{mark} | {row['learning_rate']:g} | {row['r']} | {row['eval_loss']:.4f} | "
-                     f"{row['eval_perplexity']:.2f} | {row['steps']} | {row['train_s']} |")
+        lines.append(
+            f"| {row['name']}{mark} | {row['learning_rate']:g} | {row['r']} | {row['eval_loss']:.4f} | "
+            f"{row['eval_perplexity']:.2f} | {row['steps']} | {row['train_s']} |"
+        )
     if rows:
-        lines += ["", f"Chosen by validation loss: learning rate {rows[0]['learning_rate']:g}, r {rows[0]['r']}."]
+        lines += [
+            "",
+            f"Chosen by validation loss: learning rate {rows[0]['learning_rate']:g}, r {rows[0]['r']}.",
+        ]
     (out / "sweep.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     fig, ax = plt.subplots(figsize=(5, 3.2))
     for r in sorted({row["r"] for row in rows}):
@@ -115,17 +147,31 @@ def main(argv: list[str] | None = None) -> int:
     from finetune.cli import _overrides
     from llmapps.settings import get_settings
 
-    p = argparse.ArgumentParser(prog="python -m finetune.sweep", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m finetune.sweep", description=__doc__.split("\n\n")[0]
+    )
     p.add_argument("--recipe", "-r", required=True, help="recipe name or YAML path")
     p.add_argument("--lr", default="3e-3,1e-2,3e-2", help="learning rates, comma-separated")
     p.add_argument("--r", dest="ranks", default="4,16", help="LoRA ranks, comma-separated")
-    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="recipe overrides")
-    p.add_argument("--out", "-o", required=True, help="folder for results.jsonl, sweep.md, sweep.png")
-    p.add_argument("--work", help="folder for the runs' adapters (default $LLMAPPS_HOME/sweeps/<recipe>)")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="FIELD=VALUE", help="recipe overrides"
+    )
+    p.add_argument(
+        "--out", "-o", required=True, help="folder for results.jsonl, sweep.md, sweep.png"
+    )
+    p.add_argument(
+        "--work", help="folder for the runs' adapters (default $LLMAPPS_HOME/sweeps/<recipe>)"
+    )
     args = p.parse_args(argv)
     work = Path(args.work) if args.work else get_settings().home / "sweeps" / Path(args.recipe).stem
-    rows = sweep(args.recipe, _grid(args.lr, float, "lr"), _grid(args.ranks, int, "r"), Path(args.out), work,
-                 overrides=_overrides(args.set))
+    rows = sweep(
+        args.recipe,
+        _grid(args.lr, float, "lr"),
+        _grid(args.ranks, int, "r"),
+        Path(args.out),
+        work,
+        overrides=_overrides(args.set),
+    )
     print((Path(args.out) / "sweep.md").read_text())
     return 0 if rows else 1
 

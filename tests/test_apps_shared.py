@@ -30,7 +30,9 @@ def test_models_are_pinned_to_the_tiny_ones() -> None:
 
 
 @pytest.fixture(scope="module", params=STRATEGIES.names())
-def strategy(request: pytest.FixtureRequest, tiny_models: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+def strategy(
+    request: pytest.FixtureRequest, tiny_models: Path
+) -> Iterator[tuple[str, dict[str, Any]]]:
     """(name, options): the strategy's demo options, short greedy outputs, adapters allowed on
     other apps' tasks (a strategy with such an option, e.g. ``lora``)."""
     name = request.param
@@ -67,12 +69,20 @@ def test_app_builds_and_answers_its_samples(app: str, strategy: tuple[str, dict[
 
 
 @pytest.mark.parametrize("app", [a for a in APP_NAMES if APPS.get(a).samples is not None])
-def test_bench_writes_a_scored_row_per_sample(app: str, strategy: tuple[str, dict[str, Any]], tmp_path: Path) -> None:
+def test_bench_writes_a_scored_row_per_sample(
+    app: str, strategy: tuple[str, dict[str, Any]], tmp_path: Path
+) -> None:
     from llmapps.bench.run import Bench, BenchConfig
 
     name, options = strategy
-    config = BenchConfig(app=app, strategies=[name], limit=N_SAMPLES, batch_size=N_SAMPLES,
-                         perplexity=False, strategy_options={name: options})
+    config = BenchConfig(
+        app=app,
+        strategies=[name],
+        limit=N_SAMPLES,
+        batch_size=N_SAMPLES,
+        perplexity=False,
+        strategy_options={name: options},
+    )
     bench = Bench(config, tmp_path / "bench", progress=False)
     (summary,) = bench.run()
     rows = bench.rows(name)
