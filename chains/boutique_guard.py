@@ -44,7 +44,7 @@ _ONLY_RE = re.compile(
 )
 _COMES_RE = re.compile(rf"\bcomes? in (?:sizes?|EU sizes)\s+(?P<sizes>{SIZE_LIST})")
 _SIZE_Q_RE = re.compile(
-    rf"(?:\bsize\s+|\bin\s+|^\s*)(?P<size>{SIZE_TOKEN})\b(?!\s*(?:%|€|cm|days?|years?))"
+    rf"(?:\b[Ss]izes?\s+|\b[Ii]n\s+|^\s*)(?P<size>{SIZE_TOKEN})\b(?!\s*(?:%|€|cm|days?|years?))"
 )
 _DISCOUNT_WORDS = (
     "discount",
