@@ -92,7 +92,7 @@ def hostile_strategy():
                 lambda inputs: AIMessage(
                     content="Summary: <b>bold</b> [click](javascript:window.__pwned=6)\n"
                     "Riddle: I am <script>window.__pwned=1</script> over water\n"
-                    'Answer: <img src=y onerror="window.__pwned=8">'
+                    'Answer: The bridge <img src=y onerror="window.__pwned=8">'
                 )
             )
 
@@ -187,6 +187,22 @@ def test_rating_store_refuses_what_is_not_in_the_run_and_resumes(bench_run, tmp_
     assert again.next_item("ann") == store.items[1]
     again.add(store.items[1]["item"], "tie", "ann")
     assert [r["item"] for r in again.ratings()] == [it["item"] for it in store.items[:2]]
+
+
+def test_a_re_rating_replaces_the_earlier_one_in_import_and_in_the_store(bench_run, tmp_path):
+    from llmapps.evaluate.human import RatingStore, import_ratings
+
+    store = RatingStore.from_run(bench_run, tmp_path / "he", fields=("riddle", "answer"))
+    first, second = store.items[0]["item"], store.items[1]["item"]
+    store.add(first, "A", "ann")
+    store.add(second, "B", "bob")
+    store.add(first, "B", "ann", "changed my mind")
+    report = import_ratings([store.path], store.key_path)
+    assert report == store.summary() and report["ratings"] == 2
+    # ann's first rating (A) no longer counts: side B won both counted ratings
+    winners = [store.key[first]["B"], store.key[second]["B"]]
+    assert report["comparisons"] == {"few-shot": 2, "zero-shot": 2}
+    assert report["win_rate"] == {n: winners.count(n) / 2 for n in ("few-shot", "zero-shot")}
 
 
 def test_the_ui_command_says_what_is_wrong(tmp_path, capsys):
@@ -332,10 +348,12 @@ def test_try_tab_real_model_and_hostile_output_in_chromium(app_url, tmp_path, sh
             assert _value(page, "try-out-summary").startswith("<b>bold</b> [click](javascript:")
             # the answer is not on the page at all until the reader asks
             assert "__pwned=8" not in page.content()
-            assert not _box(page, "try-hidden-answer").is_visible()
+            assert _value(page, "try-hidden-answer") == ""
             page.locator("#try-reveal").click()
-            _box(page, "try-hidden-answer").wait_for(state="visible")
-            assert _value(page, "try-hidden-answer") == '<img src=y onerror="window.__pwned=8">'
+            assert (
+                _wait_value(page, "try-hidden-answer", timeout=30)
+                == 'The bridge <img src=y onerror="window.__pwned=8">'
+            )
             page.screenshot(path=str(shots / "ui-answer-1280x800.png"), full_page=True)
             assert page.evaluate("typeof window.__pwned") == "undefined" and dialogs == []
             assert (

@@ -146,7 +146,7 @@ def build_blocks(session: AppSession, store: RatingStore | None = None) -> Any:
                             gr.Textbox(
                                 label=ui.hidden[k],
                                 interactive=False,
-                                visible=False,
+                                placeholder=f"hidden: press “{ui.reveal}”",
                                 elem_id=f"try-hidden-{k}",
                             )
                             for k in hidden
@@ -154,7 +154,7 @@ def build_blocks(session: AppSession, store: RatingStore | None = None) -> Any:
                         status = gr.Textbox(
                             label="Status", interactive=False, lines=2, elem_id="try-status"
                         )
-                kept = gr.State({})
+                kept = gr.State({})  # the hidden outputs stay on the server until asked for
                 pick.change(fill, pick, ins, queue=False)
 
                 n_try = len(outs) + len(secrets) + 2
@@ -163,10 +163,9 @@ def build_blocks(session: AppSession, store: RatingStore | None = None) -> Any:
                     *texts, name = values
                     inputs = session.check_input(dict(zip(input_keys, texts, strict=True)))
                     row = session.run(name, [inputs])[0]
-                    hidden_rows = [gr.update(value="", visible=False) for _ in hidden]
                     return (
                         *[str(row.get(k) or "") for k in shown],
-                        *hidden_rows,
+                        *["" for _ in hidden],
                         {k: str(row.get(k) or "") for k in hidden},
                         status_line(row, session.entries[name].label),
                     )
@@ -179,12 +178,12 @@ def build_blocks(session: AppSession, store: RatingStore | None = None) -> Any:
                     api_name="run",
                 )
 
-                def show_hidden(values: dict[str, str]) -> tuple[Any, ...]:
+                def show_hidden(values: dict[str, str]) -> Any:
                     if not values:
                         return _out([gr.skip() for _ in hidden])
-                    return _out([gr.update(value=values.get(k, ""), visible=True) for k in hidden])
+                    return _out([values.get(k, "") for k in hidden])
 
-                reveal.click(show_hidden, kept, secrets, queue=False, api_visibility="private")
+                reveal.click(show_hidden, kept, secrets, api_visibility="private")
 
                 with gr.Accordion("A batch of articles", open=False):
                     with gr.Row():
