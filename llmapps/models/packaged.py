@@ -286,7 +286,7 @@ def _load_gguf(gguf: Path, *, progress: bool) -> tuple[Any, Any]:
         if hasattr(model, attr):
             with contextlib.suppress(AttributeError):
                 setattr(model, attr, None)
-    model.is_quantized = False
+    model.is_quantized = False  # type: ignore[assignment]  # torch stubs type attributes as Tensor | Module
     with contextlib.suppress(AttributeError, KeyError):
         del model.config.quantization_config
     gen = model.generation_config
