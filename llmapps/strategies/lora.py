@@ -529,16 +529,16 @@ def ensure_demo_adapter(settings: Settings, base_model: str | None = None) -> Pa
         try:
             if read_manifest(folder).base_model_sha256 == model_fingerprint(base):
                 return folder
-            log.info("tiny-base changed since %s was trained: retraining it", folder)
+            log.info("%s changed since %s was trained: retraining it", name, folder)
         except ConfigError:
-            log.info("no demo adapter in %s yet: training the tiny recipe", folder)
+            log.info("no demo adapter in %s yet: training the %s recipe", folder, recipe)
         from llmapps.cli import main
 
-        argv = ["finetune", "lora", "--recipe", "tiny", "--out", str(folder), "--overwrite", "--quiet"]
+        argv = ["finetune", "lora", "--recipe", recipe, "--out", str(folder), "--overwrite", "--quiet"]
         code = main(argv)
         if code != 0:
             raise BackendError(
                 f"training the demo adapter failed (exit {code}); run `llmapps finetune lora "
-                f"--recipe tiny --out {folder}` to see why"
+                f"--recipe {recipe} --out {folder}` to see why"
             )
     return folder
