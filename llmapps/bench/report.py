@@ -100,6 +100,7 @@ def quality_columns(metrics_config: Any, rows: Sequence[Mapping[str, Any]]) -> l
         "format_valid",
         f"words_{p}",
         "judge_score",
+        *getattr(metrics_config, "app_columns", ()),
     ]
     return [c for c in wanted if any(c in r for r in rows)]
 
