@@ -89,6 +89,11 @@ def test_bench_writes_a_scored_row_per_sample(
     assert summary["status"] == "ran", summary
     assert len(rows) == N_SAMPLES and all("metrics" in r and "latency_s" in r for r in rows), rows
     spec = APPS.get(app)
+    if spec.score is not None:  # an app with its own metrics gets them in every row
+        assert all(
+            set(spec.score(s, r)) <= set(r["metrics"])
+            for s, r in zip(bench.samples, rows, strict=False)
+        )
     for column in spec.metric_columns:  # the app's own metrics reach the summary when it scores any
         if any(column in r["metrics"] for r in rows):
             assert column in summary
