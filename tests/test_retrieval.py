@@ -205,7 +205,7 @@ def test_corruption_and_dimension_mismatch_are_detected(tmp_path: Path) -> None:
     m = json.loads((folder / "manifest.json").read_text())
     m["dimension"] = 64
     (folder / "manifest.json").write_text(json.dumps(m))
-    with pytest.raises(RetrievalError, match="manifest.json was changed after it was written"):
+    with pytest.raises(RetrievalError, match=r"manifest\.json was changed after it was written"):
         VectorIndex.load(folder)
     from llmapps.jsonl import json_checksum
 
