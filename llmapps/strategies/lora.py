@@ -306,6 +306,7 @@ class _SharedBase:
         self.device = device
         self.lock = threading.RLock()
         self.adapters: dict[str, str] = {}  # resolved adapter folder -> adapter name
+        self.logit_changes: dict[str, float] = {}  # adapter folder -> its measured effect
 
 
 _BASES: dict[tuple[str, str, str], _SharedBase] = {}
@@ -436,6 +437,10 @@ class LoraStrategy(Strategy):
                     shared.model.delete_adapter(adapter_name)
                     raise
                 shared.adapters[str(folder)] = adapter_name
+                if self.logit_change is not None:
+                    shared.logit_changes[str(folder)] = self.logit_change
+            else:  # loaded by an earlier strategy in this process: its check stands
+                self.logit_change = shared.logit_changes.get(str(folder))
         return AdaptedModel(shared, adapter_name, name=name, batch_size=batch)
 
     def scoring_model(self) -> LocalModel:
