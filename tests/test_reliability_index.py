@@ -25,8 +25,9 @@ import numpy as np
 import pytest
 
 from llmapps.errors import RetrievalError
+from llmapps.hashing import sha256_file
 from llmapps.jsonl import json_checksum
-from llmapps.retrieval.store import VectorIndex, _sha256
+from llmapps.retrieval.store import VectorIndex
 
 D = 8
 
@@ -82,7 +83,7 @@ def _replace_file(suffix: str, data: bytes, *, resign: bool = True) -> Callable[
         f.write_bytes(data)
         if resign:
             m = _manifest(folder)
-            m["files"][f.name] = _sha256(f)
+            m["files"][f.name] = sha256_file(f)
             _write_manifest(folder, m)
 
     return edit
@@ -107,7 +108,7 @@ def _outside_file(folder: Path, name: str) -> None:
     shutil.copy(src, outside)
     m = _manifest(folder)
     m["files"] = {n: d for n, d in m["files"].items() if not n.endswith(".faiss")}
-    m["files"][name] = _sha256(outside)
+    m["files"][name] = sha256_file(outside)
     _write_manifest(folder, m)
 
 

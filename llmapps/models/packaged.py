@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import importlib
 import importlib.util
 import json
@@ -38,6 +37,7 @@ from llmapps.errors import (
     ModelNotFoundError,
     config_error_from_validation,
 )
+from llmapps.hashing import sha256_file
 from llmapps.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -97,14 +97,6 @@ def get_packaged(name: str) -> PackagedModel:
 
 
 # ---------------------------------------------------------------- files and checksums
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _verified_sha256(path: Path) -> str:

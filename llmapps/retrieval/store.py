@@ -27,7 +27,6 @@ counts or labels that disagree are each one ``RetrievalError`` line saying to re
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -41,6 +40,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from llmapps.errors import RetrievalError
+from llmapps.hashing import sha256_file
 from llmapps.jsonl import atomic_write, dumps_line, json_checksum, read_jsonl
 
 log = logging.getLogger(__name__)
@@ -76,14 +76,6 @@ class IndexParams:
     hnsw_ef_search: int = 64
     ivf_nlist: int | None = None
     ivf_nprobe: int | None = None
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _fsync_replace(tmp: Path, final: Path) -> None:
@@ -447,7 +439,7 @@ class VectorIndex:
                         "hash": rec.hash})
             for rec in sorted(self.records.values(), key=lambda r: r.label)))
         self.generation = gen
-        files = {index_name: _sha256(target / index_name), doc_name: _sha256(target / doc_name)}
+        files = {index_name: sha256_file(target / index_name), doc_name: sha256_file(target / doc_name)}
         atomic_write(target / "manifest.json", json.dumps(self.manifest(files), indent=2) + "\n")
         # The new manifest is in place: older generations are garbage now.
         for stale in [*target.glob("index-*.faiss"), *target.glob("docstore-*.jsonl")]:
@@ -481,7 +473,7 @@ class VectorIndex:
             )
         for name, digest in m.files.items():
             f = _confined(folder, name)
-            if _sha256(f) != digest:
+            if sha256_file(f) != digest:
                 raise RetrievalError(f"{f} is corrupted (its SHA-256 does not match the manifest); {hint}")
         params = IndexParams(**m.index.model_dump())
         self = cls(m.dimension, m.embedding_model, params)

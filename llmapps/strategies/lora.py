@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from llmapps.errors import BackendError, ConfigError
+from llmapps.hashing import sha256_file
 from llmapps.jsonl import atomic_write, json_checksum
 from llmapps.models.local import LocalModel
 from llmapps.strategies.base import Strategy, StrategyConfig
@@ -106,14 +107,6 @@ class AdapterManifest(BaseModel):
 _LOADABLE_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".pkl", ".ckpt", ".json", ".model")
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
 _PEFT_TYPES = {"lora": "LORA", "prompt-tuning": "PROMPT_TUNING"}
-
-
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def layout_hash(layout: CompletionLayout) -> str:
@@ -229,7 +222,7 @@ def verify_adapter_files(folder: Path, manifest: AdapterManifest) -> None:
         f = folder / name
         if "/" in name or "\\" in name or name in ("", ".", "..") or not f.is_file() or f.is_symlink():
             raise ConfigError(f"{folder}: the manifest lists {name[:80]!r}, which is missing or not a plain file there; {retrain}")
-        if _file_sha256(f) != digest:
+        if sha256_file(f) != digest:
             raise ConfigError(f"{f} changed since training wrote it (its SHA-256 does not match the manifest); {retrain}")
     if "adapter_config.json" not in manifest.files:
         raise ConfigError(f"{folder}: the manifest lists no adapter_config.json; {retrain}")
@@ -251,7 +244,7 @@ def write_manifest(folder: str | Path, manifest: AdapterManifest) -> Path:
     """
     folder = Path(folder)
     files = {
-        f.name: _file_sha256(f)
+        f.name: sha256_file(f)
         for f in sorted(folder.iterdir())
         if f.is_file() and not f.is_symlink() and f.name != MANIFEST_NAME
     }
