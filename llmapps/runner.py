@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -168,20 +169,54 @@ class RunSummary:
         return text
 
 
-def run_file(
-    chain: Runnable[Any, Any],
+class ResultsFile:
+    """An open results file of a run: what is left to do, and the one way a result is written.
+
+    Made by ``open_results``; both engines (``run_file`` here and ``llmapps.ray_engine``) write
+    through it, so a row has the same keys and the file the same layout whichever ran it.
+    """
+
+    KEEP = ("id", "title", "url", "source", "date")  # input keys copied into each result row
+
+    def __init__(
+        self,
+        writer: JsonlWriter,
+        todo: list[dict[str, Any]],
+        skipped: int,
+        retried: int,
+        extra: dict[str, Any] | None,
+    ) -> None:
+        self.todo = todo
+        self.skipped = skipped
+        self.retried = retried
+        self.failed = 0
+        self.written = 0
+        self._writer = writer
+        self._extra = extra or {}
+
+    def write(self, inp: dict[str, Any], row: dict[str, Any]) -> None:
+        """Append the result ``row`` of input ``inp`` (flushed and fsynced)."""
+        self.failed += bool(row.get("error"))
+        self.written += 1
+        self._writer.write({**{k: inp[k] for k in self.KEEP if k in inp}, **row, **self._extra})
+
+    def summary(self) -> RunSummary:
+        return RunSummary(len(self.todo), self.skipped, self.failed, self.retried)
+
+
+@contextlib.contextmanager
+def open_results(
     inputs: Sequence[dict[str, Any]],
     out: Path,
     *,
-    batch_size: int = 16,
     extra: dict[str, Any] | None = None,
-    progress: bool = True,
     retry_failed: bool = True,
-) -> RunSummary:
-    """Run ``inputs`` (each with an ``id``) into the JSONL ``out``; skip ids already there.
+) -> Iterator[ResultsFile]:
+    """Lock ``out``, read what it holds, and yield the inputs still to do with a row writer.
 
-    Rows that failed before (an ``error``) are run again unless ``retry_failed`` is false. One
-    writer at a time: a second run on the same ``out`` gets an ``InputError`` naming the first.
+    Rows that failed before (an ``error``) are removed from the file and run again unless
+    ``retry_failed`` is false. One writer at a time: a second run on the same ``out`` gets an
+    ``InputError`` naming the first.
     """
     missing = [n for n, x in enumerate(inputs, 1) if x.get("id") is None]
     if missing:
@@ -198,14 +233,27 @@ def run_file(
                 write_jsonl(out, kept.values())  # atomically: each id keeps one row
                 done = kept
         todo = [x for x in inputs if str(x["id"]) not in done]
-        keep = ("id", "title", "url", "source", "date")
-        failed = 0
         with JsonlWriter(out) as writer:
+            yield ResultsFile(writer, todo, len(inputs) - len(todo), retried, extra)
 
-            def write(inp: dict[str, Any], row: dict[str, Any]) -> None:
-                nonlocal failed
-                failed += bool(row.get("error"))
-                writer.write({**{k: inp[k] for k in keep if k in inp}, **row, **(extra or {})})
 
-            run_batches(chain, todo, batch_size=batch_size, on_result=write, progress=progress)
-    return RunSummary(len(todo), len(inputs) - len(todo), failed, retried)
+def run_file(
+    chain: Runnable[Any, Any],
+    inputs: Sequence[dict[str, Any]],
+    out: Path,
+    *,
+    batch_size: int = 16,
+    extra: dict[str, Any] | None = None,
+    progress: bool = True,
+    retry_failed: bool = True,
+) -> RunSummary:
+    """Run ``inputs`` (each with an ``id``) into the JSONL ``out``; skip ids already there.
+
+    Rows that failed before (an ``error``) are run again unless ``retry_failed`` is false. One
+    writer at a time: a second run on the same ``out`` gets an ``InputError`` naming the first.
+    """
+    with open_results(inputs, out, extra=extra, retry_failed=retry_failed) as results:
+        run_batches(
+            chain, results.todo, batch_size=batch_size, on_result=results.write, progress=progress
+        )
+    return results.summary()
