@@ -167,6 +167,7 @@ APP = AppSpec(
     samples=news_data.samples,
     read_inputs=news_data.read_articles,
     corpus=news_data.corpus,
+    training_examples=news_data.examples,  # recipes: data.train: train (or news-riddle:train)
     input_keys=("title", "text"),
     reference_keys=("summary", "riddle", "answer"),
     options={"variant": "one-step (default) or two-step (summarise, then riddle the summary)"},

@@ -48,12 +48,8 @@ def read_examples(source: str, task: Task) -> list[dict[str, Any]]:
     path = Path(source).expanduser()
     if ":" in source and not path.exists():  # "<app>:<split>": the app's own training examples
         return _app_examples(source, needed)
-    if not path.suffix and not path.exists():
-        from chains import news_data
-
-        if source not in news_data.SPLITS:
-            raise ConfigError(f"data source {source!r}: not a file, nor a split ({', '.join(news_data.SPLITS)})")
-        return news_data.examples(source)
+    if not path.suffix and not path.exists():  # a bare split: of the app the prompt belongs to
+        return _app_examples(f"{task.name}:{source}", needed, given=source)
     if not path.exists():
         raise InputError(f"data file {path} does not exist")
 
@@ -69,14 +65,26 @@ def read_examples(source: str, task: Task) -> list[dict[str, Any]]:
     return rows
 
 
-def _app_examples(source: str, needed: tuple[str, ...]) -> list[dict[str, Any]]:
-    from llmapps.apps import get_app
+def _app_examples(source: str, needed: tuple[str, ...], given: str | None = None) -> list[dict[str, Any]]:
+    """Rows of ``<app>:<split>`` through the app registry (``AppSpec.training_examples``).
+
+    ``given``: the bare split the recipe named, when ``source`` was derived from the task's name.
+    """
+    from llmapps.apps import APPS, get_app
 
     app, _, split = source.partition(":")
+    if given is not None and app not in APPS:
+        raise ConfigError(
+            f"data source {given!r}: not a file, and the prompt's task {app!r} is no registered "
+            f"app to take the split from; name a JSONL file or APP:SPLIT ({', '.join(APPS.names())})"
+        )
     spec = get_app(app)
     if spec.training_examples is None:
         raise ConfigError(f"data source {source!r}: the app {app!r} offers no training examples")
-    rows = spec.training_examples(split)
+    try:
+        rows = spec.training_examples(split)
+    except (InputError, KeyError) as err:  # an unknown split
+        raise ConfigError(f"data source {given or source!r}: the app {app!r} has no split {split!r} ({err})") from err
     if not rows:
         raise InputError(f"data source {source!r} holds no examples")
     lacking = sorted({k for r in rows for k in needed if not isinstance(r.get(k), str)})

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from llmapps.errors import ConfigError
@@ -16,8 +13,9 @@ def merge_adapter(adapter: str | Path, out: str | Path, *, base_model: str | Non
                   settings: Settings | None = None) -> Path:
     """Merge ``adapter`` into its base and write a standalone model folder to ``out``.
 
-    The base is checked against the adapter's manifest first (``LoraStrategy`` does the checks),
-    and the result is written to a staging folder renamed into place.
+    The folder and its base are checked against the adapter's manifest first (the checks of
+    ``llmapps.adapters``, the same the ``lora`` strategy makes: file hashes, base weights, the
+    adapter changes the output), and the result is written to a staging folder renamed into place.
 
     Args:
         adapter: adapter folder written by ``llmapps finetune``.
@@ -25,7 +23,9 @@ def merge_adapter(adapter: str | Path, out: str | Path, *, base_model: str | Non
         base_model: where the base lives, if not where the manifest says.
         settings: resolved settings; read from the environment when omitted.
     """
-    from llmapps.strategies.lora import LoraStrategy, read_manifest
+    from llmapps.adapters import check_adapter_active, check_base, load_peft, read_manifest
+    from llmapps.folders import atomic_folder
+    from llmapps.models.local import _from_pretrained, resolve_model_path
 
     settings = settings or get_settings()
     out = Path(out).expanduser().resolve()
@@ -34,21 +34,18 @@ def merge_adapter(adapter: str | Path, out: str | Path, *, base_model: str | Non
     manifest = read_manifest(adapter)
     if manifest.method != "lora":
         raise ConfigError(f"only LoRA adapters can be merged; {adapter} holds a {manifest.method} adapter")
-    strategy = LoraStrategy(adapter=str(adapter), base_model=base_model, merge=True, device="cpu",
-                            dtype="float32")
-    lm = strategy.local_model
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        lm.model.save_pretrained(tmp)
-        lm.tokenizer.save_pretrained(tmp)
+    folder = Path(adapter).expanduser().resolve()
+    name = base_model or manifest.base_model
+    path = resolve_model_path(name, settings)
+    check_base(manifest, path, adapter=adapter, name=name)
+    model, tokenizer = _from_pretrained(path, "cpu", "float32", settings)
+    peft_model = load_peft(model, folder, "default")
+    check_adapter_active(peft_model, "default", tokenizer, folder)
+    merged = peft_model.merge_and_unload()
+    with atomic_folder(out) as tmp:
+        merged.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
         (tmp / "llmapps-merged.json").write_text(json.dumps(
-            {"adapter": str(Path(adapter).resolve()), **manifest.model_dump(mode="json", exclude={"metrics"})},
+            {"adapter": str(folder), **manifest.model_dump(mode="json", exclude={"metrics"})},
             indent=2))
-        if out.exists():
-            out.rmdir()
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out

@@ -3,7 +3,10 @@
 ``train(recipe, out)`` formats the recipe's data with the prompt the ``lora`` strategy uses (see
 ``finetune.data``), wraps the base in a PEFT model, trains seeded, evaluates on the validation
 split every epoch (loss and perplexity), keeps checkpoints, and writes the adapter folder: PEFT's
-files plus the manifest the ``lora`` strategy checks (``llmapps.strategies.lora.AdapterManifest``).
+files plus the manifest the ``lora`` strategy checks (``llmapps.adapters``, the contract both
+sides share). ``train_recipe`` is the same run behind the ``AdapterTrainer`` signature, registered
+as the ``peft`` trainer (entry point ``llmapps.trainers``) so the core can train a demo adapter
+without importing this package.
 
 Throughput, beyond the ``Trainer`` defaults:
 
@@ -36,7 +39,6 @@ import math
 import os
 import platform
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -267,27 +269,6 @@ def make_trainer_class() -> type:
     return SftTrainer
 
 
-def _write_adapter_atomically(model: Any, tokenizer: Any, out: Path, manifest: Any) -> None:
-    from llmapps.strategies.lora import write_manifest
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        write_manifest(tmp, manifest)  # last: a folder with a manifest is complete
-        old = None
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            os.replace(out, old)
-        os.replace(tmp, out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
 def train(
     recipe: Recipe,
     out: str | Path,
@@ -315,8 +296,13 @@ def train(
     from transformers import TrainingArguments, set_seed
 
     from finetune.data import build_dataset, read_examples
+    from llmapps.adapters import (
+        AdapterManifest,
+        layout_hash,
+        model_fingerprint,
+        write_adapter_folder,
+    )
     from llmapps.models.local import pick_device
-    from llmapps.strategies.lora import AdapterManifest, layout_hash, model_fingerprint
     from prompts import load_task
 
     settings = settings or get_settings()
@@ -402,9 +388,26 @@ def train(
         recipe=recipe_json, metrics=metrics, versions=library_versions(),
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
     )
-    _write_adapter_atomically(trainer.model, tokenizer, out, manifest)
+    write_adapter_folder(trainer.model, tokenizer, out, manifest)
     log.info("adapter written to %s (eval loss %.4f)", out, metrics["eval_loss"])
     return TrainResult(adapter=out, metrics=metrics)
+
+
+def train_recipe(
+    recipe: str,
+    out: Path,
+    *,
+    overwrite: bool = False,
+    resume: bool = False,
+    progress: bool = True,
+    settings: Settings | None = None,
+) -> Path:
+    """The ``peft`` adapter trainer (``llmapps.adapters.AdapterTrainer``): train the recipe named
+    ``recipe`` (a shipped name or a YAML path, its own ``method:``) into ``out``; return ``out``."""
+    from finetune.recipe import load_recipe
+
+    return train(load_recipe(recipe), out, resume=resume, overwrite=overwrite, progress=progress,
+                 settings=settings).adapter
 
 
 def _prepare_checkpoints(root: Path, recipe_json: dict[str, Any], *, resume: bool, overwrite: bool) -> Path | None:

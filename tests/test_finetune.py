@@ -114,7 +114,7 @@ def test_missing_base_model_says_how_to_get_one(tiny_models, tmp_path):
 
 
 def test_few_step_run_writes_a_complete_adapter(trained):
-    from llmapps.strategies.lora import read_manifest
+    from llmapps.adapters import read_manifest
 
     out = trained.adapter
     names = {p.name for p in out.iterdir()}
@@ -148,7 +148,7 @@ def _cli(out: Path, *extra: str) -> list[str]:
 
 @pytest.mark.slow  # three subprocess runs: ~60 s alone on 2 cores, minutes when shared
 def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tiny_models, tmp_path):
-    from llmapps.strategies.lora import read_manifest
+    from llmapps.adapters import read_manifest
 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     killed = tmp_path / "killed"

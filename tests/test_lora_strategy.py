@@ -34,7 +34,7 @@ def adapter(tiny_models) -> Path:
 
 def _resign(folder: Path) -> Path:
     """Rewrite the manifest's hashes over the folder as it is now, as training would have."""
-    from llmapps.strategies.lora import read_manifest, write_manifest
+    from llmapps.adapters import read_manifest, write_manifest
 
     write_manifest(folder, read_manifest(folder, verify_files=False))
     return folder

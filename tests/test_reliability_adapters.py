@@ -146,7 +146,8 @@ def test_every_tampered_adapter_is_refused_in_one_line(adapter: Path, tmp_path: 
 def test_a_faithful_copy_loads_and_the_manifest_lists_every_file(
     adapter: Path, tmp_path: Path
 ) -> None:
-    from llmapps.strategies.lora import MANIFEST_FORMAT, LoraStrategy, read_manifest
+    from llmapps.adapters import MANIFEST_FORMAT, read_manifest
+    from llmapps.strategies.lora import LoraStrategy
 
     copy = shutil.copytree(adapter, tmp_path / "copy")
     manifest = read_manifest(copy)
