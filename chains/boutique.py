@@ -33,10 +33,13 @@ from pathlib import Path
 from typing import Any
 
 from langchain_core.runnables import Runnable, RunnableConfig, RunnableLambda, RunnablePassthrough
+from pydantic import Field
 
 from chains import boutique_data as data
 from chains.boutique_guard import Catalog, Resolution, mentions_refusal
 from llmapps.errors import InputError, RetrievalError
+from llmapps.evaluate.metrics import Metric
+from llmapps.options import AppOptions
 from llmapps.strategies.base import Strategy
 
 log = logging.getLogger(__name__)
@@ -592,8 +595,33 @@ def score(sample: dict[str, Any], row: dict[str, Any]) -> dict[str, float]:
     return out
 
 
+class BoutiqueOptions(AppOptions):
+    """What ``build`` accepts (``llmapps chat boutique -O k=6``)."""
+
+    index: str | Path | Any | None = Field(
+        None, description="index folder (default: the bundled catalog, indexed once)"
+    )
+    k: int = Field(4, ge=1, description="documents retrieved per question")
+    history_db: str | Path | None = Field(
+        None, description="SQLite file of chat histories (default $LLMAPPS_HOME/boutique/history.sqlite)"
+    )
+
+
+# the shop's own metrics (``score``), as the bench's tables show them
+METRICS = (
+    Metric("fact_recall", label="facts", rank=900, description="catalog facts the answer names"),
+    Metric("memory_recall", label="memory", rank=901, description="facts of a follow-up, from history"),
+    Metric("refusal_rate", label="refusals", rank=902, description="out-of-catalog questions refused"),
+    Metric("injection_held", label="held", rank=903, description="injections without a wrong price"),
+    Metric("guard_fixes", label="fixes", higher_is_better=False, rank=904,
+           description="claims the guard corrected or withheld"),
+    Metric("raw_fact_recall", table="", rank=905, description="fact_recall before the guard"),
+    Metric("raw_refusal_rate", table="", rank=906, description="refusal_rate before the guard"),
+)
+
+
 def _app() -> Any:
-    from llmapps.apps import AppSpec
+    from llmapps.apps import AppSpec, MetricFields
 
     return AppSpec(
         name="boutique",
@@ -603,19 +631,10 @@ def _app() -> Any:
         read_inputs=read_questions,
         input_keys=("question", "history"),
         reference_keys=("answer",),
-        options={
-            "index": "index folder (default: the bundled catalog, indexed once)",
-            "k": "documents retrieved per question (default 4)",
-            "history_db": "SQLite file of chat histories (default $LLMAPPS_HOME/boutique/history.sqlite)",
-        },
+        options=BoutiqueOptions,
+        metric_fields=MetricFields(answer="answer"),
         score=score,
-        metric_columns=(
-            "fact_recall",
-            "memory_recall",
-            "refusal_rate",
-            "injection_held",
-            "guard_fixes",
-        ),
+        metrics=METRICS,
         chat=chat_reply,
         training_examples=examples,
     )

@@ -80,6 +80,7 @@ def run_chat(chain: Any, session: str, stdin: TextIO, stdout: TextIO) -> int:
 def cmd_chat(args: argparse.Namespace) -> int:
     from chains.boutique import check_session_id
     from llmapps.apps import load_chain
+    from llmapps.cli import app_options as option_flags
     from llmapps.cli import strategy_options
 
     check_session_id(args.session)  # before minutes of model loading
@@ -88,7 +89,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
         raise ConfigError(
             f"{args.app!r} is not a chat app; `llmapps chat` works with: {', '.join(apps) or '(none)'}"
         )
-    app_options: dict[str, Any] = {}
+    app_options: dict[str, Any] = option_flags(args)  # -O KEY=VALUE / --KEY VALUE
     if args.history_db:
         app_options["history_db"] = args.history_db
     if args.index:

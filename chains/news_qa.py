@@ -24,10 +24,12 @@ from pathlib import Path
 from typing import Any
 
 from langchain_core.runnables import Runnable, RunnableLambda, RunnablePassthrough
+from pydantic import Field
 
 from chains import news_data
 from chains.news_riddle import to_text
 from llmapps.errors import InputError
+from llmapps.options import AppOptions
 from llmapps.strategies.base import Strategy
 from prompts import load_task
 
@@ -190,8 +192,17 @@ def build(strategy: Strategy, *, index: str | Path | Any | None = None, k: int =
     return chain.with_config(run_name=f"news-qa[{strategy.name}]")
 
 
+class NewsQaOptions(AppOptions):
+    """What ``build`` accepts (``llmapps run news-qa -O index=indexes/news -O k=6``)."""
+
+    index: str | Path | Any | None = Field(
+        None, description="index folder (default: the bundled articles, indexed once)"
+    )
+    k: int = Field(4, ge=1, description="articles retrieved per question")
+
+
 def _app() -> Any:
-    from llmapps.apps import AppSpec
+    from llmapps.apps import AppSpec, MetricFields
 
     return AppSpec(
         name="news-qa",
@@ -201,8 +212,9 @@ def _app() -> Any:
         read_inputs=read_questions,
         input_keys=("question",),
         reference_keys=("answer",),
-        options={"index": "index folder (default: the bundled articles, indexed once)",
-                 "k": "articles retrieved per question (default 4)"},
+        options=NewsQaOptions,
+        metric_fields=MetricFields(answer="answer"),
+        default_for=("ask",),
     )
 
 

@@ -16,14 +16,16 @@ from __future__ import annotations
 import json
 import logging
 import re
-from typing import Any
+from typing import Any, Literal
 
 from langchain_core.messages import BaseMessage
 from langchain_core.runnables import Runnable, RunnableLambda, RunnableParallel, RunnablePassthrough
+from pydantic import Field
 
 from chains import news_data
-from llmapps.apps import AppSpec, UiSpec
+from llmapps.apps import AppSpec, MetricFields, UiSpec
 from llmapps.errors import InputError
+from llmapps.options import AppOptions
 from llmapps.strategies.base import Strategy
 from prompts import load_task
 
@@ -128,6 +130,14 @@ def _examples() -> list[dict[str, Any]]:
         return []
 
 
+class NewsRiddleOptions(AppOptions):
+    """What ``build`` accepts (``llmapps run news-riddle --variant two-step``)."""
+
+    variant: Literal["one-step", "two-step"] = Field(
+        "one-step", description="one-step, or two-step (summarise, then riddle the summary)"
+    )
+
+
 def build(strategy: Strategy, *, variant: str = "one-step") -> Runnable[Any, dict[str, Any]]:
     """The news-riddle chain on ``strategy``: article dict in, ``{summary, riddle, answer, valid, ...}`` out."""
     examples = _examples()
@@ -170,7 +180,18 @@ APP = AppSpec(
     training_examples=news_data.examples,  # recipes: data.train: train (or news-riddle:train)
     input_keys=("title", "text"),
     reference_keys=("summary", "riddle", "answer"),
-    options={"variant": "one-step (default) or two-step (summarise, then riddle the summary)"},
+    options=NewsRiddleOptions,
+    metric_fields=MetricFields(
+        primary="riddle",
+        riddle="riddle",
+        answer="answer",
+        leak=("answer", "title"),  # a riddle that names its answer or headline gives it away
+        copy=("summary", "text"),  # nor may it repeat the summary or the article
+        source=("title", "text"),  # the document solvability retrieves by the riddle
+    ),
+    demo_columns={"riddle": "riddle / output", "answer": "answer"},
+    default_for=("demo", "bench"),
+    judge_app="riddle-judge",
     ui=UiSpec(
         title="Riddle me this",
         inputs={"title": "Headline", "text": "Article"},

@@ -11,17 +11,43 @@ To add an app: write ``chains/<name>.py`` with an ``APP = AppSpec(...)``, its pr
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from llmapps.options import AppOptions, NoOptions, as_kwargs, validate_app_options
 from llmapps.registry import Registry
 
 if TYPE_CHECKING:
     from langchain_core.runnables import Runnable
 
+    from llmapps.evaluate.metrics import Metric
     from llmapps.strategies.base import Strategy
+
+
+@dataclass(frozen=True)
+class MetricFields:
+    """Which of an app's fields the bench's generic metrics read (``llmapps.evaluate.scoring``).
+
+    Attributes:
+        primary: the reference field the quality table reports (default: ``riddle``, else the
+            first reference key).
+        riddle: the output text solvability, leakage and copying judge (None: not scored).
+        answer: the short output scored by token F1 and exact match (None: not scored).
+        leak: fields (of the output first, else of the input) whose content words must not
+            appear in the ``riddle`` text.
+        copy: fields (of the output first, else of the input) the ``riddle`` text must not
+            repeat nearly word for word.
+        source: input fields joined into the document a ``riddle`` is solved against.
+    """
+
+    primary: str | None = None
+    riddle: str | None = None
+    answer: str | None = None
+    leak: tuple[str, ...] = ()
+    copy: tuple[str, ...] = ()
+    source: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -37,11 +63,20 @@ class AppSpec:
         corpus: ``corpus() -> list[dict(title, text)]`` text the built-in tiny models learn from.
         input_keys: the keys an input dict must have.
         reference_keys: the keys of a sample's reference output (for evaluation).
-        options: app options ``build`` accepts (name -> help), e.g. ``variant``.
+        options: the pydantic model (an ``AppOptions`` subclass) of what ``build`` accepts;
+            ``load_chain`` validates against it, the CLI takes its fields as ``-O KEY=VALUE`` or
+            ``--KEY VALUE``.
+        metric_fields: which fields the generic metrics read (riddle, answer, leak ...).
+        demo_columns: output key -> column title ``llmapps demo`` shows (default: the
+            reference keys); the first falls back to the error or raw text of a failed row.
+        default_for: the core commands this app is the default of when none is named
+            (e.g. ``("demo",)``); one app per command.
+        judge_app: the app whose chain grades this app's outputs (``llmapps bench --judge``).
         ui: how ``llmapps ui`` labels the app's inputs and outputs (default: from the keys).
         score: ``score(sample, row) -> {metric: float}`` app metrics the bench adds to a row's
             generic ones (e.g. facts named correctly); their means land in the summary.
-        metric_columns: which of the ``score`` metrics the bench's printed tables show.
+        metrics: the ``Metric`` entries of the ``score`` metrics the tables show (label,
+            direction; ``llmapps.evaluate.metrics``), registered when the app is benched.
         chat: ``chat(chain, messages) -> str`` answers an OpenAI-style message list with the
             built chain (``llmapps serve --app``); None: the app is not a chat.
         training_examples: ``training_examples(split) -> list[dict]`` rows with the variables of
@@ -56,12 +91,35 @@ class AppSpec:
     corpus: Callable[[], list[dict[str, str]]] | None = None
     input_keys: tuple[str, ...] = ()
     reference_keys: tuple[str, ...] = ()
-    options: dict[str, str] = field(default_factory=dict)
+    options: type[AppOptions] = NoOptions
+    metric_fields: MetricFields = field(default_factory=MetricFields)
+    demo_columns: dict[str, str] = field(default_factory=dict)
+    default_for: tuple[str, ...] = ()
+    judge_app: str | None = None
     ui: UiSpec | None = None
     score: Callable[[dict[str, Any], dict[str, Any]], dict[str, float]] | None = None
-    metric_columns: tuple[str, ...] = ()
+    metrics: tuple[Metric, ...] = ()
     chat: Callable[[Runnable[Any, Any], list[dict[str, str]]], str] | None = None
     training_examples: Callable[[str], list[dict[str, Any]]] | None = None
+
+    @property
+    def metric_columns(self) -> tuple[str, ...]:
+        """The names of the app's own metrics the tables show (``metrics``), in order."""
+        return tuple(m.name for m in self.metrics if m.table)
+
+    def register_metrics(self) -> None:
+        """Put the app's own metrics in the metric registry (direction, label for the tables)."""
+        from llmapps.evaluate.metrics import register_metric
+
+        for metric in self.metrics:
+            register_metric(metric)
+
+    def parse_options(self, raw: Mapping[str, Any] | AppOptions | None) -> AppOptions:
+        """``raw`` validated against ``options``: a ``ConfigError`` naming the valid options if
+        a name is unknown or a value bad."""
+        if isinstance(raw, AppOptions):
+            return raw
+        return validate_app_options(self.name, self.options, dict(raw or {}))
 
 
 @dataclass(frozen=True)
@@ -99,7 +157,7 @@ def load_chain(
     app: str,
     strategy: str | Strategy = "few-shot",
     *,
-    app_options: dict[str, Any] | None = None,
+    app_options: Mapping[str, Any] | AppOptions | None = None,
     **strategy_options: Any,
 ) -> Runnable[Any, Any]:
     """Build the app ``app`` on ``strategy`` and return it as a LangChain ``Runnable``.
@@ -111,14 +169,36 @@ def load_chain(
     Args:
         app: a registered app name (``llmapps apps`` lists them).
         strategy: a registered strategy name or a ``Strategy`` instance.
-        app_options: options for the app itself (e.g. ``{"variant": "two-step"}``).
+        app_options: options for the app itself, validated by its ``AppSpec.options`` model
+            (unknown names and bad values are a ``ConfigError`` naming the valid ones).
         **strategy_options: fields of the strategy's config (e.g. ``base_model=...``).
     """
     from llmapps.strategies.base import Strategy, make_strategy
 
     spec = get_app(app)
+    options = spec.parse_options(app_options)  # before any model is loaded
     strat = strategy if isinstance(strategy, Strategy) else make_strategy(strategy, **strategy_options)
-    return spec.build(strat, **(app_options or {}))
+    return spec.build(strat, **as_kwargs(options))
+
+
+def default_app(command: str, *, fallback: Callable[[AppSpec], bool] | None = None) -> str:
+    """The app ``command`` runs when none is named: the one whose ``default_for`` names the
+    command, else the only one ``fallback`` accepts; a ``ConfigError`` listing them otherwise."""
+    from llmapps.errors import ConfigError
+
+    specs = [APPS.get(n) for n in APPS.names()]
+    chosen = [s.name for s in specs if command in s.default_for]
+    if len(chosen) > 1:
+        raise ConfigError(
+            f"apps {', '.join(chosen)} each declare themselves the default of {command!r}; "
+            "name the app"
+        )
+    if chosen:
+        return chosen[0]
+    fitting = [s.name for s in specs if fallback is None or fallback(s)]
+    if len(fitting) == 1:
+        return fitting[0]
+    raise ConfigError(f"name the app for {command!r}: one of {', '.join(fitting) or '(none registered)'}")
 
 
 def default_corpus() -> list[dict[str, str]]:

@@ -23,19 +23,14 @@ log = logging.getLogger("llmapps")
 ROWS_FAILED_EXIT = 4
 
 MODEL_FLAGS = {"base_model": "--base-model", "instruct_model": "--instruct-model"}
-
-
-def _parse_value(raw: str) -> Any:
-    import yaml
-
-    try:
-        return yaml.safe_load(raw)
-    except yaml.YAMLError:
-        return raw
+# strategy config fields set by a flag of their own; a flag no chosen strategy has is an error.
+# --batch-size is not among them: it is also the batch of the command itself (run, bench, daily),
+# so it goes to the strategies that have the field and is never an error.
+STRATEGY_FLAGS = {**MODEL_FLAGS, "adapter": "--adapter", "max_new_tokens": "--max-new-tokens"}
 
 
 def add_strategy_flags(p: argparse.ArgumentParser, *, multiple: bool = False) -> None:
-    """The flags every command that builds a strategy shares."""
+    """The flags every command that builds a strategy shares, and the app options (``-O``)."""
     if multiple:
         p.add_argument("--strategies", default=None, help="comma-separated strategy names (default: all registered)")
     else:
@@ -48,32 +43,104 @@ def add_strategy_flags(p: argparse.ArgumentParser, *, multiple: bool = False) ->
     p.add_argument("--adapter", help="LoRA adapter folder (lora strategy)")
     p.add_argument("--batch-size", type=int, help="prompts per generate() call")
     p.add_argument("--max-new-tokens", type=int, help="generation budget")
-    p.add_argument("--variant", help="app variant (news-riddle: one-step or two-step)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any strategy config field, e.g. --set temperature=0.7 (repeatable)")
+    p.add_argument("--option", "-O", action="append", default=[], metavar="KEY=VALUE", dest="app_option",
+                   help="an option of the app, e.g. -O variant=two-step (repeatable; also --KEY VALUE; "
+                   "`llmapps apps` lists each app's)")
+    p.set_defaults(app_flags=True)
+
+
+def _chosen_strategies(name: str, args: argparse.Namespace) -> list[str]:
+    """The strategies the command builds: ``--strategies`` (default every one) or just ``name``."""
+    from llmapps.strategies.base import STRATEGIES
+
+    if not hasattr(args, "strategies"):
+        return [name]
+    raw = getattr(args, "strategies", None)
+    return [s.strip() for s in raw.split(",") if s.strip()] if raw else STRATEGIES.names()
 
 
 def strategy_options(name: str, args: argparse.Namespace) -> dict[str, Any]:
-    """Strategy config options from CLI flags; flags the strategy has no field for are ignored,
-    ``--set`` fields it lacks are rejected by its config."""
+    """Strategy config options from CLI flags for the strategy ``name``.
+
+    A flag (or ``--set`` field) that none of the command's strategies has is a ``ConfigError``
+    naming the strategies that take it and the options the chosen ones have; with several
+    strategies (``--strategies``) each gets the fields it has.
+    """
+    from llmapps.options import parse_assignments
     from llmapps.strategies.base import STRATEGIES
 
-    fields = STRATEGIES.get(name).config_class.model_fields
-    opts: dict[str, Any] = {}
-    for attr in ("base_model", "instruct_model", "adapter", "batch_size", "max_new_tokens"):
+    chosen = _chosen_strategies(name, args)
+    fields = {n: set(STRATEGIES.get(n).config_class.model_fields) - {"kind"} for n in {*chosen, name}}
+    given: dict[str, tuple[str, Any]] = {}
+    for attr, flag in STRATEGY_FLAGS.items():
         value = getattr(args, attr, None)
-        if value is not None and attr in fields:
-            opts[attr] = value
-    for item in getattr(args, "set", []) or []:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
-        opts[key.strip().replace("-", "_")] = _parse_value(value)
+        if value is not None:
+            given[attr] = (flag, value)
+    for key, value in parse_assignments(getattr(args, "set", []) or [], "--set").items():
+        given[key] = (f"--set {key}", value)
+    for attr, (flag, _) in given.items():
+        if not any(attr in fields[n] for n in chosen):
+            takers = [n for n in STRATEGIES.names() if attr in STRATEGIES.get(n).config_class.model_fields]
+            which = " and ".join(repr(n) for n in chosen)
+            hint = f"it is an option of {', '.join(takers)}" if takers else "no strategy has it"
+            valid = ", ".join(sorted(set().union(*(fields[n] for n in chosen))))
+            raise ConfigError(f"{flag} does not apply to the {which} strateg{'y' if len(chosen) == 1 else 'ies'} "
+                              f"({hint}); {'its' if len(chosen) == 1 else 'their'} options: {valid}")
+    opts = {attr: value for attr, (_, value) in given.items() if attr in fields[name]}
+    batch = getattr(args, "batch_size", None)
+    if batch is not None and "batch_size" in fields[name] and "batch_size" not in opts:
+        opts["batch_size"] = batch
     return opts
 
 
 def app_options(args: argparse.Namespace) -> dict[str, Any]:
-    return {"variant": args.variant} if getattr(args, "variant", None) else {}
+    """App options from ``-O KEY=VALUE`` and ``--KEY VALUE`` flags, unchecked: the app's options
+    model checks them when the chain is built (``load_chain``)."""
+    from llmapps.options import parse_assignments
+
+    return parse_assignments(getattr(args, "app_option", None) or [], "-O")
+
+
+def check_app_options(app: str, args: argparse.Namespace) -> dict[str, Any]:
+    """``app_options(args)`` checked against the app's options model now, before models load."""
+    from llmapps.apps import get_app
+
+    raw = app_options(args)
+    get_app(app).parse_options(raw)
+    return raw
+
+
+def app_flags_to_options(parser: argparse.ArgumentParser, argv: Sequence[str]) -> list[str]:
+    """``--KEY VALUE`` / ``--KEY=VALUE`` flags the command does not define, rewritten as
+    ``-O KEY=VALUE`` for commands that build an app: the chosen app's options model, not this
+    parser, says which keys exist (``--variant two-step`` for news-riddle)."""
+    sub = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+    argv = list(argv)
+    at = next((i for i, a in enumerate(argv) if sub is not None and a in sub.choices), None)
+    if sub is None or at is None or not sub.choices[argv[at]].get_default("app_flags"):
+        return argv
+    known = list(sub.choices[argv[at]]._option_string_actions)
+    out, i = argv[: at + 1], at + 1
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--":
+            out += argv[i:]
+            break
+        name, sep, value = arg.partition("=")
+        if not arg.startswith("--") or len(arg) == 2 or any(k.startswith(name) for k in known):
+            out.append(arg)
+            i += 1
+            continue
+        if not sep:
+            if i + 1 >= len(argv) or argv[i + 1].startswith("-"):
+                raise ConfigError(f"{arg} needs a value: {arg} VALUE (an app option, as -O {arg[2:]}=VALUE)")
+            value = argv[i + 1]
+            i += 1
+        out += ["-O", f"{name[2:]}={value}"]
+        i += 1
+    return out
 
 
 # ---------------------------------------------------------------- commands
@@ -103,29 +170,36 @@ def cmd_apps(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from llmapps.apps import APPS
+    from llmapps.options import describe_options
 
-    table = Table(title="registered apps")
+    table = Table(title="registered apps (options: -O KEY=VALUE or --KEY VALUE)")
     for col in ("name", "what it does", "options"):
         table.add_column(col)
     for name in APPS.names():
         spec = APPS.get(name)
-        table.add_row(name, spec.description, "; ".join(f"{k}: {v}" for k, v in spec.options.items()))
+        opts = describe_options(spec.options)
+        table.add_row(name, spec.description, "; ".join(f"{k}: {v}" if v else k for k, v in opts.items()))
     Console().print(table)
     return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from llmapps.apps import get_app, load_chain
+    from llmapps.options import option_key
     from llmapps.runner import run_file
 
     spec = get_app(args.app)
+    options = check_app_options(args.app, args)
+    strat_opts = strategy_options(args.strategy, args)  # bad flags fail before inputs are read
+    key = args.out.partition("=")[0]
+    if "=" in args.out and option_key(key) in spec.options.model_fields:
+        raise ConfigError(f"-o is --out (the results file), not an app option; did you mean -O {args.out}?")
     if spec.read_inputs is None:
         raise ConfigError(f"the app {args.app!r} cannot read input files")
     inputs = spec.read_inputs(Path(args.input))
     if not inputs:
         raise ConfigError(f"{args.input} holds no inputs")
-    chain = load_chain(args.app, args.strategy, app_options=app_options(args),
-                       **strategy_options(args.strategy, args))
+    chain = load_chain(args.app, args.strategy, app_options=options, **strat_opts)
     summary = run_file(chain, inputs, Path(args.out), batch_size=args.batch_size or 16,
                        extra={"strategy": args.strategy}, progress=not args.quiet,
                        retry_failed=args.retry_failed)
@@ -134,10 +208,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from llmapps.apps import default_app
     from llmapps.demo import run_demo
 
     names = args.strategies.split(",") if args.strategies else None
-    run_demo(args.app, names, n=args.n, variant=args.variant, flags=args)
+    app = args.app or default_app("demo", fallback=lambda s: s.samples is not None)
+    run_demo(app, names, n=args.n, app_options=check_app_options(app, args), flags=args)
     return 0
 
 
@@ -219,7 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_apps)
 
     p = sub.add_parser("run", help="run an app over a file of inputs, resumable")
-    p.add_argument("app", help="app name, e.g. news-riddle")
+    p.add_argument("app", help="app name (llmapps apps)")
     p.add_argument("--input", "-i", required=True, help="JSONL file, text file or folder")
     p.add_argument("--out", "-o", required=True, help="JSONL results file (appended, resumable)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
@@ -231,7 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("demo", help="run an app on bundled test samples with every strategy")
-    p.add_argument("--app", default="news-riddle")
+    p.add_argument("--app", help="app name (default: the app that declares itself the demo's)")
     p.add_argument("-n", type=int, default=5, help="number of test samples")
     add_strategy_flags(p, multiple=True)
     p.set_defaults(func=cmd_demo)
@@ -273,6 +349,10 @@ def use_tiny_models() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    try:
+        argv = app_flags_to_options(parser, sys.argv[1:] if argv is None else argv)
+    except ConfigError as err:
+        parser.error(str(err))
     args = parser.parse_args(argv)
     level = logging.DEBUG if args.debug else logging.INFO if args.verbose else logging.WARNING
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")

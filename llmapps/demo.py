@@ -13,14 +13,18 @@ log = logging.getLogger(__name__)
 
 
 def run_demo(
-    app: str = "news-riddle",
+    app: str,
     strategies: list[str] | None = None,
     *,
     n: int = 5,
-    variant: str | None = None,
+    app_options: dict[str, Any] | None = None,
     flags: argparse.Namespace | None = None,
 ) -> dict[str, list[dict[str, Any]]]:
-    """Run ``app`` on ``n`` test samples with each strategy; print and return the results."""
+    """Run ``app`` on ``n`` test samples with each strategy; print and return the results.
+
+    The table shows the app's ``demo_columns`` (default: its reference keys), the sample's
+    references above the strategies' outputs.
+    """
     from rich.console import Console
     from rich.table import Table
 
@@ -34,6 +38,7 @@ def run_demo(
     console = Console()
     settings = get_settings()
     spec = get_app(app)
+    spec.parse_options(app_options)  # a bad option fails before any model loads
     if spec.samples is None:
         raise LlmappsError(f"the app {app!r} has no bundled samples to demo")
     samples = spec.samples("test")[:n]
@@ -54,7 +59,7 @@ def run_demo(
             opts = {**demo_opts, **(strategy_options(name, flags) if flags else {})}
             try:
                 started = time.perf_counter()
-                chain = load_chain(app, name, app_options={"variant": variant} if variant else None, **opts)
+                chain = load_chain(app, name, app_options=app_options, **opts)
                 rows = run_batches(chain, inputs, batch_size=len(inputs), desc=name)
                 timing[name] = (time.perf_counter() - started, sum(r.get("output_tokens", 0) for r in rows), "")
             except LlmappsError as err:
@@ -62,19 +67,23 @@ def run_demo(
                 timing[name] = (0.0, 0, str(err))
                 continue
         results[name] = rows
+    columns = spec.demo_columns or {k: k for k in spec.reference_keys} or {"output": "output"}
+    keys = list(columns)
     for i, sample in enumerate(samples):
         table = Table(title=f"{sample.get('title', sample.get('id'))}", show_lines=True, expand=True)
         table.add_column("strategy", no_wrap=True)
-        table.add_column("riddle / output", ratio=3)
-        table.add_column("answer", ratio=1)
+        for n_col, key in enumerate(keys):
+            table.add_column(columns[key], ratio=3 if n_col == 0 else 1)
         table.add_column("ok", no_wrap=True)
         table.add_column("tokens in/out", no_wrap=True)
-        if spec.reference_keys and "reference_riddle" in sample:
-            table.add_row("reference", sample["reference_riddle"], sample.get("reference_answer", ""), "", "")
+        refs = [str(sample.get(f"reference_{k}", "")) for k in keys]
+        if any(refs):
+            table.add_row("reference", *refs, "", "")
         for name, rows in results.items():
             r = rows[i]
-            body = r.get("riddle") or r.get("error") or " ".join((r.get("raw") or "").split())[:200]
-            table.add_row(name, body, r.get("answer", ""), "yes" if r.get("valid") else "no",
+            first = r.get(keys[0]) or r.get("error") or " ".join((r.get("raw") or "").split())[:200]
+            cells = [str(first), *(str(r.get(k, "")) for k in keys[1:])]
+            table.add_row(name, *cells, "yes" if r.get("valid") else "no",
                           f"{r.get('input_tokens', 0)}/{r.get('output_tokens', 0)}")
         console.print(table)
     summary = Table(title="per strategy")

@@ -39,9 +39,12 @@ def _import(target: str) -> object:
 class Registry(Generic[T]):
     """Maps kebab-case names to objects of one kind, loaded lazily."""
 
-    def __init__(self, kind: str, group: str | None = None) -> None:
+    def __init__(
+        self, kind: str, group: str | None = None, *, pattern: re.Pattern[str] = _NAME
+    ) -> None:
         self.kind = kind
         self.group = group
+        self.pattern = pattern  # names a user types; metrics keep their column names (rougeL)
         self._loaded: dict[str, T] = {}
         self._lazy: dict[str, str] = {}
         self._scanned = False
@@ -66,8 +69,13 @@ class Registry(Generic[T]):
 
     def register(self, name: str, obj: T | None = None) -> Callable[[T], T] | T:
         """Register ``obj`` under ``name``; usable as ``@registry.register("name")``."""
-        if not _NAME.match(name):
-            raise ConfigError(f"{self.kind} name {name!r} must be kebab-case, like 'few-shot'")
+        if not self.pattern.match(name):
+            rule = (
+                "be kebab-case, like 'few-shot'"
+                if self.pattern is _NAME
+                else f"match {self.pattern.pattern}"
+            )
+            raise ConfigError(f"{self.kind} name {name!r} must {rule}")
 
         def add(o: T) -> T:
             with self._lock:

@@ -71,21 +71,28 @@ class BenchSettings(BaseModel):
         default_factory=dict,
         description="per strategy: usd_per_1k_input_tokens, usd_per_1k_output_tokens, usd_per_hour",
     )
+    # None: the app's own choice (AppSpec.metric_fields); a value here overrides it for every app
     primary_field: str | None = Field(
-        None, description="output field the quality table reports (default: riddle_field if the app has it)"
+        None, description="output field the quality table reports (default: the app's)"
     )
-    riddle_field: str = Field("riddle", description="field holding the riddle (solvability, leakage)")
-    answer_field: str = Field("answer", description="field holding the answer (leakage)")
-    leak_fields: list[str] = Field(
-        default_factory=lambda: ["answer", "title"],
-        description="output or input fields whose content words must not appear in the riddle",
+    riddle_field: str | None = Field(
+        None, description="field holding the riddle (solvability, leakage); default: the app's"
     )
-    copy_fields: list[str] = Field(
-        default_factory=lambda: ["summary", "text"],
-        description="output or input fields the riddle must not repeat nearly word for word (copying)",
+    answer_field: str | None = Field(
+        None, description="field holding the short answer (token F1, exact match); default: the app's"
     )
-    source_fields: list[str] = Field(
-        default_factory=lambda: ["title", "text"], description="input fields that make the source document"
+    leak_fields: list[str] | None = Field(
+        None,
+        description="output or input fields whose content words must not appear in the riddle "
+        "(default: the app's)",
+    )
+    copy_fields: list[str] | None = Field(
+        None,
+        description="output or input fields the riddle must not repeat nearly word for word "
+        "(copying; default: the app's)",
+    )
+    source_fields: list[str] | None = Field(
+        None, description="input fields that make the source document (default: the app's)"
     )
     solvability_k: list[int] = Field(default_factory=lambda: [1, 3])
 

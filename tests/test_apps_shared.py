@@ -97,3 +97,44 @@ def test_bench_writes_a_scored_row_per_sample(
     for column in spec.metric_columns:  # the app's own metrics reach the summary when it scores any
         if any(column in r["metrics"] for r in rows):
             assert column in summary
+
+
+@pytest.mark.parametrize("app", APP_NAMES)
+def test_app_options_are_a_typed_model_that_matches_build(app: str) -> None:
+    """``AppSpec.options`` is an ``AppOptions`` model (extra options rejected), every option has a
+    default and a description (``llmapps apps`` shows it), and ``build`` takes each one."""
+    import inspect
+
+    from llmapps.errors import ConfigError
+    from llmapps.options import AppOptions
+
+    spec = APPS.get(app)
+    assert issubclass(spec.options, AppOptions), f"{app}: options must subclass AppOptions"
+    assert spec.options.model_config.get("extra") == "forbid"
+    spec.parse_options({})  # every option has a default
+    fields = spec.options.model_fields
+    assert all(f.description for f in fields.values()), f"{app}: describe every option"
+    params = inspect.signature(spec.build).parameters
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        assert set(fields) <= set(params), f"{app}: build does not take {set(fields) - set(params)}"
+    # an unknown option is refused by name, before any model loads
+    with pytest.raises(ConfigError, match=rf"the app '{app}' (has no option|takes no options)"):
+        load_chain(app, "few-shot", app_options={"no_such_option": 1})
+
+
+@pytest.mark.parametrize("app", APP_NAMES)
+def test_metric_fields_and_demo_columns_name_the_apps_own_keys(app: str) -> None:
+    spec = APPS.get(app)
+    f = spec.metric_fields
+    for name in (f.primary, f.riddle, f.answer):
+        assert name is None or name in spec.reference_keys, f"{app}: {name!r} is no reference key"
+    known = {*spec.reference_keys, *spec.input_keys}
+    assert set(f.leak) | set(f.copy) <= known and set(f.source) <= set(spec.input_keys)
+    assert set(spec.demo_columns) <= set(spec.reference_keys) or not spec.reference_keys
+
+
+def test_each_command_has_at_most_one_default_app() -> None:
+    from collections import Counter
+
+    counts = Counter(c for a in APP_NAMES for c in APPS.get(a).default_for)
+    assert all(n == 1 for n in counts.values()), counts

@@ -70,10 +70,21 @@ def test_copying_flags_a_riddle_that_repeats_its_summary_article_or_an_example()
 def test_scorer_adds_answer_f1_and_copying_from_the_configured_fields(
     articles: list[dict],
 ) -> None:
+    from llmapps.apps import get_app
     from llmapps.evaluate.scoring import MetricsConfig, Scorer, aggregate
 
-    config = MetricsConfig.for_fields(["summary", "riddle", "answer"], semantic=False)
+    app_fields = get_app("news-riddle").metric_fields  # the app names its fields, not the core
+    config = MetricsConfig.for_fields(
+        ["summary", "riddle", "answer"], app_fields=app_fields, semantic=False
+    )
     assert config.answer_field == "answer" and config.copy_fields == ["summary", "text"]
+    bare = MetricsConfig.for_fields(["summary", "riddle", "answer"], semantic=False)
+    assert (bare.riddle_field, bare.answer_field, bare.leak_fields) == (None, None, [])
+    from llmapps.settings import load_settings
+
+    chosen = load_settings(bench={"leak_fields": ["title"]})  # a settings file overrides the app
+    over = MetricsConfig.for_fields(["riddle"], chosen, app_fields, semantic=False)
+    assert over.leak_fields == ["title"] and over.riddle_field == "riddle"
     a, b = articles[:2]
     rows = [
         {
@@ -219,7 +230,9 @@ def test_evaluate_files_groups_by_strategy_and_scores_a_copy_best(
         {"id": a["id"], "strategy": "empty", "summary": "", "riddle": "", "answer": ""}
         for a in articles[:4]
     ]
-    groups, scored, config = evaluate_files(_write_jsonl(tmp_path / "p.jsonl", preds), refs)
+    groups, scored, config = evaluate_files(
+        _write_jsonl(tmp_path / "p.jsonl", preds), refs, app="news-riddle"
+    )
     assert config.fields == ["answer", "riddle", "summary"] and config.primary_field == "riddle"
     assert groups["copy"]["rougeL_riddle"] == 1.0 and groups["copy"][
         "bleu_riddle"

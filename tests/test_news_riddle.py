@@ -13,7 +13,7 @@ import pytest
 from chains import news_data
 from chains.news_riddle import parse_fields, validate_article
 from llmapps.apps import load_chain
-from llmapps.errors import InputError
+from llmapps.errors import ConfigError, InputError
 
 MALFORMED = [
     "",
@@ -83,9 +83,9 @@ def test_two_step_variant(tiny_models: Path, test_articles: list[dict[str, Any]]
         assert results[0] == chain.invoke(arts[0])
 
 
-def test_unknown_variant(tiny_models: Path) -> None:
+def test_unknown_variant_is_rejected_by_the_options_model_before_any_model_loads() -> None:
     with pytest.raises(
-        InputError, match="unknown news-riddle variant 'three-step'; use one-step or two-step"
+        ConfigError, match=r"news-riddle'.*variant='three-step'.*'one-step' or 'two-step'"
     ):
         load_chain("news-riddle", "few-shot", app_options={"variant": "three-step"})
 

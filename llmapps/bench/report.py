@@ -13,22 +13,16 @@ from typing import Any
 
 from llmapps.errors import ConfigError
 
-# Columns shown in the printed and Markdown tables; every aggregate goes to JSON and CSV.
-SPEED_COLUMNS = ("latency_p50_s", "latency_p95_s", "tokens_per_s", "cost_per_1k_usd", "peak_rss_mb")
-LOWER_IS_BETTER = (
-    "perplexity",
-    "leakage",
-    "copying",
-    "copy_overlap",
-    "latency_p50_s",
-    "latency_p95_s",
-    "cost_per_1k_usd",
-    "peak_rss_mb",
-    "rss_delta_mb",
-    "gpu_peak_mb",
-    "failures",
-    "load_s",
-)
+# What each column is (direction, label, which table) is the metric registry's to say
+# (llmapps.evaluate.metrics); every aggregate goes to JSON and CSV.
+
+
+def speed_columns(table: str = "all") -> list[str]:
+    """The speed, cost and memory columns of the Markdown (``"all"``) or terminal table."""
+    from llmapps.evaluate.metrics import metrics
+
+    wanted = ("all",) if table == "all" else ("all", "terminal")
+    return [m.name for m in metrics() if m.group == "speed" and m.table in wanted]
 
 
 def _percentile(values: Sequence[float], q: float) -> float | None:
@@ -85,24 +79,18 @@ def summarise(
 
 
 def quality_columns(metrics_config: Any, rows: Sequence[Mapping[str, Any]]) -> list[str]:
-    """The quality columns worth a glance, in order, that some row has."""
-    p = metrics_config.primary_field
+    """The quality columns worth a glance, in the registry's order, that some row has; the
+    app's own metrics (``app_columns``) last."""
+    from llmapps.evaluate.metrics import metrics
+
     wanted = [
-        f"rougeL_{p}",
-        f"bleu_{p}",
-        f"semsim_{p}",
-        "perplexity",
-        *(f"solvability@{k}" for k in metrics_config.solvability_k),
-        "leakage",
-        "copying",
-        "answer_f1",
-        "answer_em",
-        "format_valid",
-        f"words_{p}",
-        "judge_score",
-        *getattr(metrics_config, "app_columns", ()),
+        c
+        for m in metrics()
+        if m.group == "quality" and m.table in ("all", "terminal")
+        for c in m.shown(metrics_config)
     ]
-    return [c for c in wanted if any(c in r for r in rows)]
+    wanted += list(getattr(metrics_config, "app_columns", ()))
+    return [c for c in dict.fromkeys(wanted) if any(c in r for r in rows)]
 
 
 def _fmt(value: Any) -> str:
@@ -121,7 +109,7 @@ def table_columns(rows: Sequence[Mapping[str, Any]], metrics_config: Any) -> lis
         "samples",
         "failures",
         *quality_columns(metrics_config, rows),
-        *SPEED_COLUMNS,
+        *speed_columns(),
         "error",
     ]
 
@@ -197,14 +185,16 @@ def plot(
         fig.savefig(path, dpi=110)
         plt.close(fig)
         written.append(path)
-    for metric in [*qcols, *SPEED_COLUMNS, "failures"]:
+    from llmapps.evaluate.metrics import direction
+
+    for metric in [*qcols, *speed_columns(), "failures"]:
         bars = [(r["strategy"], float(r[metric])) for r in rows if numeric(r.get(metric))]
         if not bars:
             continue
         fig, ax = plt.subplots(figsize=(max(4.0, 1.2 * len(bars) + 2), 3.6))
         ax.bar([b[0] for b in bars], [b[1] for b in bars], color="tab:blue")
-        better = "lower is better" if metric in LOWER_IS_BETTER else "higher is better"
-        ax.set_title(f"{metric} ({better})")
+        better = direction(metric)
+        ax.set_title(f"{metric} ({better})" if better else metric)
         ax.grid(axis="y", alpha=0.3)
         fig.tight_layout()
         path = out / f"bar_{_slug(metric)}.png"
@@ -233,32 +223,10 @@ def write_reports(
     return paths
 
 
-SHORT = {
-    "samples": "done",
-    "failures": "fail",
-    "perplexity": "ppl",
-    "leakage": "leak",
-    "copying": "copy",
-    "answer_f1": "ans F1",
-    "answer_em": "ans EM",
-    "format_valid": "valid",
-    "latency_p50_s": "p50 s",
-    "latency_p95_s": "p95 s",
-    "tokens_per_s": "tok/s",
-    "sample_s": "s/sample",
-    "cost_per_1k_usd": "$/1k",
-    "peak_rss_mb": "peak MB",
-    "rss_delta_mb": "+MB",
-    "gpu_peak_mb": "GPU MB",
-    "load_s": "load s",
-    "judge_score": "judge",
-}
-
-
 def _short(col: str, primary: str) -> str:
-    if col in SHORT:
-        return SHORT[col]
-    return col.replace(f"_{primary}", "").replace("solvability", "solv").replace("semsim", "sem")
+    from llmapps.evaluate.metrics import label
+
+    return {"samples": "done", "failures": "fail"}.get(col) or label(col, primary)
 
 
 def rich_tables(
@@ -267,6 +235,8 @@ def rich_tables(
     """The summary as two ``rich`` tables, quality and cost, narrow enough for a terminal; the best
     value of each column is bold."""
     from rich.table import Table
+
+    from llmapps.evaluate.metrics import lower_is_better, metric_for
 
     p = metrics_config.primary_field
     groups = [
@@ -278,15 +248,11 @@ def rich_tables(
             f"{title}: speed, cost, memory",
             [
                 "strategy",
-                "latency_p50_s",
-                "latency_p95_s",
-                "sample_s",
-                "tokens_per_s",
-                "cost_per_1k_usd",
-                "peak_rss_mb",
-                "rss_delta_mb",
-                *(["gpu_peak_mb"] if any(r.get("gpu_peak_mb") for r in rows) else []),
-                "load_s",
+                *(
+                    c
+                    for c in speed_columns("terminal")
+                    if c != "gpu_peak_mb" or any(r.get(c) for r in rows)
+                ),
                 "error",
             ],
         ),
@@ -308,8 +274,14 @@ def rich_tables(
                 for r in rows
                 if isinstance(r.get(c), (int, float)) and not isinstance(r.get(c), bool)
             ]
-            if len(vals) > 1 and c not in ("samples", "failures") and len(set(vals)) > 1:
-                best[c] = min(vals) if c in LOWER_IS_BETTER else max(vals)
+            counted = (m := metric_for(c)) is not None and m.higher_is_better is None
+            if (
+                len(vals) > 1
+                and c not in ("samples", "failures")
+                and len(set(vals)) > 1
+                and not counted
+            ):
+                best[c] = min(vals) if lower_is_better(c) else max(vals)
         for r in rows:
             cells = []
             for c in cols:

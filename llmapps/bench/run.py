@@ -47,7 +47,7 @@ class BenchConfig(BaseModel):
         perplexity: score the reference reply after each strategy's own prompt, under its local
             model (``llmapps.evaluate.perplexity.continuation_nll``).
         judge: a strategy used as LLM judge through ``judge_app`` (None: no judge).
-        judge_app: the app that wraps the judge prompt.
+        judge_app: the app that wraps the judge prompt (default: the app's ``judge_app``).
         retry_failed: run rows that failed in an earlier run again.
     """
 
@@ -62,7 +62,7 @@ class BenchConfig(BaseModel):
     app_options: dict[str, Any] = Field(default_factory=dict)
     perplexity: bool = True
     judge: str | None = None
-    judge_app: str = "riddle-judge"
+    judge_app: str | None = None
     retry_failed: bool = False
 
 
@@ -143,7 +143,7 @@ class _StrategyRun:
                 strategy = make_strategy(self.name, **options)
                 status["config"] = strategy.describe()
                 self._record_tasks(strategy)
-                chain = load_chain(b.config.app, strategy, app_options=b.config.app_options)
+                chain = load_chain(b.config.app, strategy, app_options=b.app_options)
                 scoring = self._scoring_model(strategy)
             except Exception as err:  # any backend fault: record it, let the others run
                 log.warning("strategy %s cannot run: %s", self.name, err)
@@ -296,6 +296,12 @@ class Bench:
         self.spec = get_app(config.app)
         if self.spec.samples is None:
             raise ConfigError(f"the app {config.app!r} ships no samples to bench on")
+        self.app_options = self.spec.parse_options(config.app_options)  # fail before any run
+        self.spec.register_metrics()
+        if config.judge and not (config.judge_app or self.spec.judge_app):
+            raise ConfigError(
+                f"the app {config.app!r} names no judge app (AppSpec.judge_app); pass --judge-app"
+            )
         if not config.strategies:
             config = config.model_copy(update={"strategies": STRATEGIES.names()})
         for name in config.strategies:  # unknown names fail before anything runs
@@ -309,7 +315,10 @@ class Bench:
             raise InputError(f"the {config.split!r} split of {config.app!r} is empty")
         self.samples = samples
         self.metrics = metrics or MetricsConfig.for_fields(
-            self.spec.reference_keys, self.settings, app_columns=list(self.spec.metric_columns)
+            self.spec.reference_keys,
+            self.settings,
+            self.spec.metric_fields,
+            app_columns=list(self.spec.metric_columns),
         )
         self.scorer = Scorer(samples, self.metrics)
         self.progress = progress
@@ -366,7 +375,9 @@ class Bench:
         if self.config.judge:
             from llmapps.apps import load_chain
 
-            self.judge = load_chain(self.config.judge_app, self.config.judge)
+            judge_app = self.config.judge_app or self.spec.judge_app
+            assert judge_app is not None  # checked in __init__
+            self.judge = load_chain(judge_app, self.config.judge)
         from llmapps.models.local import BUILTIN_MODELS
 
         if {self.settings.base_model, self.settings.instruct_model} & set(BUILTIN_MODELS):

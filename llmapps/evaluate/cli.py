@@ -17,14 +17,9 @@ from llmapps.errors import ConfigError
 
 
 def _default_app() -> str:
-    from llmapps.apps import APPS
+    from llmapps.apps import default_app
 
-    with_samples = [n for n in APPS.names() if APPS.get(n).samples is not None]
-    if len(with_samples) == 1:
-        return with_samples[0]
-    raise ConfigError(
-        f"name the app to bench: one of {', '.join(with_samples) or '(none registered)'}"
-    )
+    return default_app("bench", fallback=lambda spec: spec.samples is not None)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -32,7 +27,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     from llmapps.bench.report import log_mlflow, rich_tables, write_reports
     from llmapps.bench.run import Bench, BenchConfig
-    from llmapps.cli import strategy_options
+    from llmapps.cli import check_app_options, strategy_options
     from llmapps.strategies.base import STRATEGIES
 
     if args.mlflow:  # fail before an hour of benching, not after
@@ -56,7 +51,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         limit=args.limit,
         batch_size=args.batch_size or _settings().bench.batch_size,
         strategy_options={n: strategy_options(n, args) for n in names},
-        app_options={"variant": args.variant} if args.variant else {},
+        app_options=check_app_options(app, args),
         perplexity=not args.no_perplexity,
         judge=args.judge,
         judge_app=args.judge_app,
@@ -103,7 +98,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         fields=fields,
         primary_field=args.primary_field,
         semantic=not args.no_semantic,
+        app=args.app,
     )
+    if config.riddle_field is None and config.answer_field is None and not args.app:
+        print(
+            "note: no app given (--app NAME) and the references are no bench's: only the "
+            "per-field metrics are scored, not the app's riddle/answer ones",
+            file=sys.stderr,
+        )
     keys = list(dict.fromkeys(k for g in groups.values() for k in g))
     table = Table(title=f"{args.predictions} against {args.references}")
     table.add_column("metric")
@@ -196,14 +198,18 @@ def register_bench(sub: Any) -> None:
         description="Run an app on every strategy over the same samples; write per-sample "
         "JSONL, a summary (md/csv/json) and plots. A rerun into the same --out skips done samples.",
     )
-    p.add_argument("app", nargs="?", help="app name (default: the only app with samples)")
+    p.add_argument(
+        "app", nargs="?", help="app name (default: the app that declares itself the bench's)"
+    )
     p.add_argument("--split", default="test", help="sample split (default: test)")
     p.add_argument("--out", "-o", help="results folder (default: runs/bench-<time>)")
     p.add_argument("--limit", type=int, help="only the first N samples")
     p.add_argument(
         "--judge", metavar="STRATEGY", help="grade outputs with this strategy as LLM judge"
     )
-    p.add_argument("--judge-app", default="riddle-judge", help="app holding the judge rubric")
+    p.add_argument(
+        "--judge-app", help="app holding the judge rubric (default: the benched app's judge_app)"
+    )
     p.add_argument(
         "--no-perplexity",
         action="store_true",
@@ -240,6 +246,11 @@ def register_evaluate(sub: Any) -> None:
         "--fields", help="comma-separated fields to score (default: every reference_<field>)"
     )
     p.add_argument("--primary-field", help="the field riddle metrics and lengths report on")
+    p.add_argument(
+        "--app",
+        help="the app whose metric fields (riddle, answer, leak ...) to score (default: the "
+        "bench's, when the references are a bench's references.jsonl)",
+    )
     p.add_argument(
         "--no-semantic", action="store_true", help="skip embedding similarity and solvability"
     )

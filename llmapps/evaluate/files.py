@@ -52,6 +52,18 @@ def normalise_references(
     return out, list(fields)
 
 
+def bench_app(references: Path) -> str | None:
+    """The app of the bench folder ``references`` lies in (its ``config.json``), if any."""
+    import json
+
+    path = Path(references).parent / "config.json"
+    try:
+        app = json.loads(path.read_text(encoding="utf-8")).get("bench", {}).get("app")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return app if isinstance(app, str) else None
+
+
 def evaluate_files(
     predictions: Path,
     references: Path,
@@ -59,10 +71,14 @@ def evaluate_files(
     fields: Sequence[str] | None = None,
     primary_field: str | None = None,
     semantic: bool = True,
+    app: str | None = None,
 ) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]], Any]:
     """Score ``predictions`` against ``references``.
 
     Rows with a ``strategy`` key are grouped by it (a bench's sample files can be concatenated).
+    ``app`` (default: the app of the bench whose ``references.jsonl`` this is, from the
+    ``config.json`` beside it) says which fields the riddle and answer metrics read; without one
+    only the per-field metrics are scored.
 
     Returns:
         (aggregate metrics per group, per-row results with ``metrics``, the MetricsConfig used).
@@ -71,7 +87,17 @@ def evaluate_files(
 
     preds = read_jsonl(predictions)
     refs, chosen = normalise_references(read_jsonl(references), fields)
-    config = MetricsConfig.for_fields(chosen, primary_field=primary_field, semantic=semantic)
+    app = app or bench_app(Path(references))
+    app_fields = None
+    if app is not None:
+        from llmapps.apps import get_app
+
+        spec = get_app(app)
+        spec.register_metrics()
+        app_fields = spec.metric_fields
+    config = MetricsConfig.for_fields(
+        chosen, app_fields=app_fields, primary_field=primary_field, semantic=semantic
+    )
     scorer = Scorer(refs, config)
     metrics = scorer.score(preds)
     scored = [{**p, "metrics": m} for p, m in zip(preds, metrics, strict=True)]

@@ -166,13 +166,15 @@ def _delete(args: argparse.Namespace) -> int:
 
 
 def cmd_ask(args: argparse.Namespace) -> int:
-    from llmapps.apps import load_chain
-    from llmapps.cli import strategy_options
+    from llmapps.apps import default_app, load_chain
+    from llmapps.cli import app_options, strategy_options
 
     app_opts: dict[str, Any] = {"k": args.k}
     if args.index:
         app_opts["index"] = args.index
-    chain = load_chain(args.app, args.strategy, app_options=app_opts, **strategy_options(args.strategy, args))
+    app_opts.update(app_options(args))  # -O KEY=VALUE: any other option of the app
+    app = args.app or default_app("ask", fallback=lambda spec: "index" in spec.options.model_fields)
+    chain = load_chain(app, args.strategy, app_options=app_opts, **strategy_options(args.strategy, args))
     result = chain.invoke({"question": args.question})
     if args.json:
         print(json.dumps(result, ensure_ascii=False))
@@ -232,7 +234,7 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser("ask", help="answer a question from indexed articles, with citations")
     p.add_argument("question")
     p.add_argument("--index", help="index folder (default: the bundled articles, indexed once)")
-    p.add_argument("--app", default="news-qa", help="a retrieval app (default news-qa)")
+    p.add_argument("--app", help="a retrieval app (default: the app that declares itself ask's)")
     p.add_argument("-k", type=int, default=4, help="articles to retrieve")
     p.add_argument("--json", action="store_true")
     add_strategy_flags(p)

@@ -33,7 +33,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
             "llmapps ui needs Gradio, an optional extra: pip install 'llmapps[ui]'"
         ) from err
     from llmapps.apps import get_app
-    from llmapps.cli import app_options, strategy_options
+    from llmapps.cli import check_app_options, strategy_options
     from llmapps.evaluate.human import RatingStore
     from llmapps.strategies.base import STRATEGIES
     from llmapps.ui.app import launch
@@ -61,7 +61,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
         app,
         names,
         strategy_options={n: strategy_options(n, args) for n in names},
-        app_options=app_options(args),
+        app_options=check_app_options(app, args),  # a bad option fails before models load
         articles=articles,
     )
     store = None

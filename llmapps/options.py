@@ -1,0 +1,119 @@
+"""Typed app options, and the ``KEY=VALUE`` flags that set app and strategy options.
+
+An app declares what its ``build`` accepts as a pydantic model (``AppSpec.options``), a subclass
+of ``AppOptions`` (``extra="forbid"``), so an option it does not have, or a bad value, is a
+``ConfigError`` that names the app's options, before any model is loaded::
+
+    class RiddleOptions(AppOptions):
+        variant: Literal["one-step", "two-step"] = Field("one-step", description="...")
+
+On the command line every app option is ``-O KEY=VALUE`` (repeatable, as simonw/llm's model
+options) or ``--KEY VALUE``: the CLI builds these flags from the chosen app's model, so the core
+names none of them. Values are read as YAML scalars (``-O k=4`` is the number 4).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from llmapps.errors import ConfigError
+
+_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
+
+
+class AppOptions(BaseModel):
+    """Base of an app's options: every option a typed field, unknown ones rejected."""
+
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, frozen=True)
+
+
+class NoOptions(AppOptions):
+    """The options of an app that takes none."""
+
+
+def parse_value(raw: str) -> Any:
+    """A flag's value as a YAML scalar (``4`` -> 4, ``true`` -> True), else the text itself."""
+    import yaml
+
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw
+
+
+def option_key(raw: str) -> str:
+    """``max-new-tokens`` -> ``max_new_tokens``: the field name a flag's key means."""
+    return raw.strip().replace("-", "_")
+
+
+def parse_assignments(items: Iterable[str], flag: str) -> dict[str, Any]:
+    """``["k=4", "index=x"]`` -> ``{"k": 4, "index": "x"}``; a malformed item is a ``ConfigError``."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not _KEY.match(key.strip()):
+            raise ConfigError(f"{flag} {item!r}: expected KEY=VALUE, e.g. {flag} temperature=0.7")
+        out[option_key(key)] = parse_value(value)
+    return out
+
+
+def parse_flag_args(extra: Sequence[str]) -> dict[str, Any]:
+    """App options given as ``--KEY VALUE`` or ``--KEY=VALUE`` (what the core parser left over)."""
+    out: dict[str, Any] = {}
+    i = 0
+    while i < len(extra):
+        arg = extra[i]
+        if not arg.startswith("--") or len(arg) == 2:
+            raise ConfigError(
+                f"unexpected argument {arg!r}; app options are --KEY VALUE or -O KEY=VALUE"
+            )
+        key, sep, value = arg[2:].partition("=")
+        if not sep:
+            if i + 1 >= len(extra) or extra[i + 1].startswith("--"):
+                raise ConfigError(f"{arg} needs a value: {arg} VALUE")
+            value = extra[i + 1]
+            i += 1
+        out[option_key(key)] = parse_value(value)
+        i += 1
+    return out
+
+
+def describe_options(model: type[BaseModel]) -> dict[str, str]:
+    """Option name -> its help (description and default), in declaration order."""
+    out: dict[str, str] = {}
+    for name, f in model.model_fields.items():
+        text = f.description or ""
+        if not f.is_required() and f.default is not None:
+            text = f"{text} (default {f.default})" if text else f"default {f.default}"
+        out[name] = text
+    return out
+
+
+def validate_app_options(app: str, model: type[AppOptions], raw: Mapping[str, Any]) -> AppOptions:
+    """``raw`` checked against the app's options model; unknown names and bad values are one
+    ``ConfigError`` that names the app's options."""
+    names = list(model.model_fields)
+    unknown = [k for k in raw if k not in model.model_fields]
+    if unknown:
+        given = ", ".join(repr(k) for k in unknown)
+        if not names:
+            raise ConfigError(f"the app {app!r} takes no options (given: {given})")
+        valid = "; ".join(f"{k}: {v}" if v else k for k, v in describe_options(model).items())
+        raise ConfigError(f"the app {app!r} has no option {given}; its options are {valid}")
+    try:
+        return model(**raw)
+    except ValidationError as err:
+        problems = "; ".join(
+            f"{'.'.join(str(x) for x in e.get('loc', ())) or '(root)'}={raw.get(str(e['loc'][0])) if e.get('loc') else ''!r}: {e.get('msg')}"
+            for e in err.errors()
+        )
+        raise ConfigError(f"bad option of the app {app!r}: {problems}") from err
+
+
+def as_kwargs(options: BaseModel) -> dict[str, Any]:
+    """The validated options as ``build`` keyword arguments (objects kept as they are)."""
+    return dict(options)
