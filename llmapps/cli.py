@@ -51,6 +51,29 @@ def add_strategy_flags(p: argparse.ArgumentParser, *, multiple: bool = False) ->
     p.set_defaults(app_flags=True)
 
 
+def add_engine_flags(p: argparse.ArgumentParser) -> None:
+    """``--engine`` and where a Ray run goes (``llmapps.ray_engine``); Ray is imported only for it."""
+    p.add_argument("--engine", choices=["local", "ray"], default="local",
+                   help="local: this process (default); ray: a pool of Ray actors (pip install 'llmapps[ray]')")
+    p.add_argument("--address", help="--engine ray: an existing cluster (auto, ray://HOST:10001); "
+                   "default: a local cluster on loopback")
+    p.add_argument("--workers", type=int, help="--engine ray: actors in the pool, each loads the model once (default: 2)")
+
+
+def engine_config(args: argparse.Namespace) -> Any:
+    """The ``RayEngineConfig`` of ``--engine ray``; None for local (Ray flags then are an error)."""
+    if getattr(args, "engine", "local") != "ray":
+        given = [f for f, v in (("--address", args.address), ("--workers", args.workers)) if v is not None]
+        if given:
+            raise ConfigError(f"{' and '.join(given)} apply to --engine ray only; add --engine ray or drop them")
+        return None
+    from llmapps.ray_engine import RayEngineConfig
+
+    if args.workers is not None and args.workers < 1:
+        raise ConfigError(f"--workers {args.workers}: give 1 or more actors")
+    return RayEngineConfig(address=args.address, **({"workers": args.workers} if args.workers else {}))
+
+
 def _chosen_strategies(name: str, args: argparse.Namespace) -> list[str]:
     """The strategies the command builds: ``--strategies`` (default every one) or just ``name``."""
     from llmapps.strategies.base import STRATEGIES
@@ -199,6 +222,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     inputs = spec.read_inputs(Path(args.input))
     if not inputs:
         raise ConfigError(f"{args.input} holds no inputs")
+    engine = engine_config(args)
+    if engine is not None:  # --engine ray: the same rows and file, written from a pool of actors
+        from llmapps.ray_engine import run_file_ray
+
+        summary = run_file_ray(args.app, args.strategy, inputs, Path(args.out), config=engine,
+                               strategy_options=strat_opts, app_options=options,
+                               batch_size=args.batch_size or 16, extra={"strategy": args.strategy},
+                               progress=not args.quiet, retry_failed=args.retry_failed)
+        print(summary.describe(args.out), file=sys.stderr)
+        return ROWS_FAILED_EXIT if summary.failed else 0
     chain = load_chain(args.app, args.strategy, app_options=options, **strat_opts)
     summary = run_file(chain, inputs, Path(args.out), batch_size=args.batch_size or 16,
                        extra={"strategy": args.strategy}, progress=not args.quiet,
@@ -304,6 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.epilog = (f"exit status: 0 every row done, {ROWS_FAILED_EXIT} some rows failed (rerun to retry "
                 "them), 2 bad input or options, 3 a backend failed")
     add_strategy_flags(p)
+    add_engine_flags(p)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("demo", help="run an app on bundled test samples with every strategy")
