@@ -126,10 +126,12 @@ def constrained_grade(lm: Any, prompt: Any) -> int:
     """The grade 1-5 whose token the local model ``lm`` finds most likely right after ``prompt``
     (a prompt text, or chat messages rendered with ``lm``'s chat template)."""
     import torch
+    from langchain_core.messages import convert_to_openai_messages
 
-    from llmapps.models.langchain_local import _to_dicts
-
-    text = prompt if isinstance(prompt, str) else lm.apply_chat_template(_to_dicts(prompt))
+    if isinstance(prompt, str):
+        text = prompt
+    else:
+        text = lm.apply_chat_template(convert_to_openai_messages(prompt, text_format="string"))
     tok = lm.tokenizer
     ids = tok(text, add_special_tokens=True)["input_ids"][-lm.context_length :]
     x = torch.tensor([ids], device=lm.model.device)

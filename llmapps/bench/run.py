@@ -220,7 +220,7 @@ class _StrategyRun:
     ) -> list[tuple[str, str] | None]:
         """Per sample, (prompt it was sent, reference reply in that prompt's layout), or None
         when that cannot be said: not one task, not one model call, or no reply layout."""
-        from llmapps.models.langchain_local import _to_dicts
+        from langchain_core.messages import convert_to_openai_messages
 
         out: list[tuple[str, str] | None] = []
         task = self.tasks[0] if len(self.tasks) == 1 else None
@@ -236,7 +236,13 @@ class _StrategyRun:
                 continue
             reply = task.reference_reply(values, chat=chat)
             try:
-                prompt = scoring.apply_chat_template(_to_dicts(sent[0])) if chat else sent[0]
+                prompt = (
+                    scoring.apply_chat_template(
+                        convert_to_openai_messages(sent[0], text_format="string")
+                    )
+                    if chat
+                    else sent[0]
+                )
             except Exception as err:  # e.g. no chat template: no figure, say why once per row
                 log.debug("cannot render the chat prompt for perplexity: %s", err)
                 prompt = None
