@@ -138,3 +138,21 @@ def test_each_command_has_at_most_one_default_app() -> None:
 
     counts = Counter(c for a in APP_NAMES for c in APPS.get(a).default_for)
     assert all(n == 1 for n in counts.values()), counts
+
+
+@pytest.mark.parametrize("app", [a for a in APP_NAMES if APPS.get(a).samples is not None])
+def test_demo_shows_the_apps_own_columns(
+    app: str, tiny_models: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``llmapps demo`` titles its columns from ``AppSpec.demo_columns`` (or the reference keys),
+    with the sample's references above the outputs: nothing of the app is in demo.py."""
+    from llmapps.cli import main
+
+    monkeypatch.setenv("COLUMNS", "240")  # one line per cell, so the headers read whole
+    assert main(["demo", "--app", app, "-n", "1", "--strategies", "zero-shot",
+                 "--max-new-tokens", "8"]) == 0
+    out = capsys.readouterr().out
+    spec = APPS.get(app)
+    for title in (spec.demo_columns or {k: k for k in spec.reference_keys}).values():
+        assert title in out, f"{app}: no {title!r} column in\n{out}"
+    assert "reference" in out and "per strategy" in out
