@@ -1,4 +1,4 @@
-"""Run an app over many inputs on a Ray cluster: ``llmapps run APP ... --engine ray``.
+"""Run an app, or a bench, on a Ray cluster: ``llmapps run|bench ... --engine ray``.
 
 The same command scales from one machine to many: the inputs become a Ray Dataset and
 ``map_batches`` sends them through a fixed pool of actors, each of which builds the app on its
@@ -6,6 +6,10 @@ strategy once (so each loads its model once) and answers batches with ``run_batc
 function the local engine uses. The driver writes every row as its batch comes back through
 ``llmapps.runner.open_results``, the writer ``--engine local`` uses: the same JSONL layout, fsynced
 per row, resumable (a rerun skips ids already written).
+
+``llmapps bench --engine ray`` does the same per strategy: each actor opens the strategy the way
+the local bench does (``_StrategyRun.open``: model, app, scoring model, judge) and scores batches
+with ``_StrategyRun.answer``; the driver appends the rows to ``samples/<strategy>.jsonl``.
 
 Faults: Ray Data restarts a killed actor and retries its batch (``max_restarts=-1``,
 ``max_task_retries=-1``, its defaults for actor pools); the driver writes an id at most once, so a
@@ -281,3 +285,115 @@ def run_file_ray(
             finally:
                 bar.close()
     return results.summary()
+
+
+class BenchWorker:
+    """A Ray Data actor of ``llmapps bench --engine ray``: opens one strategy of the bench once
+    (``_StrategyRun.open``: strategy, app, scoring model, judge) and answers batches of samples
+    with ``_StrategyRun.answer``, the code the local bench runs, so the rows are the same."""
+
+    def __init__(
+        self,
+        config: dict[str, Any],
+        metrics: dict[str, Any],
+        out: str,
+        name: str,
+        options: dict[str, Any],
+        env: dict[str, str],
+        threads: int,
+    ) -> None:
+        started = time.perf_counter()
+        _prepare_worker(env, threads)
+        from llmapps.bench.run import Bench, BenchConfig, _StrategyRun
+        from llmapps.evaluate.scoring import MetricsConfig
+
+        bench = Bench(
+            BenchConfig.model_validate(config),
+            Path(out),
+            progress=False,
+            metrics=MetricsConfig.model_validate(metrics),
+        )
+        bench.load_judge()
+        self.srun = _StrategyRun(bench, name)
+        self.status = self.srun.open(options)
+        self.load_s = round(time.perf_counter() - started, 3)
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        import resource
+
+        if self.status["status"] == "failed":
+            raise BackendError(f"strategy {self.srun.name} cannot run: {self.status['error']}")
+        out: dict[str, list[Any]] = {
+            "n": [], "rows": [], "pid": [], "load_s": [], "work_s": [], "rss_mb": [], "status": []
+        }  # fmt: skip
+        for n, text in zip(batch["n"], batch["inputs"], strict=True):
+            started = time.perf_counter()
+            rows = self.srun.answer(json.loads(str(text)))
+            out["n"].append(int(n))
+            out["rows"].append(json.dumps(rows, ensure_ascii=False, default=str))
+            out["pid"].append(os.getpid())
+            out["load_s"].append(self.load_s)
+            out["work_s"].append(round(time.perf_counter() - started, 4))
+            out["rss_mb"].append(round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1))
+            out["status"].append(json.dumps(self.status, default=str))
+        return out
+
+
+def run_bench_strategy(
+    srun: Any, todo: Sequence[dict[str, Any]], options: dict[str, Any], config: RayEngineConfig
+) -> dict[str, Any]:
+    """One strategy of a bench on a pool of Ray actors; rows go to its samples file as they come.
+
+    Returns the strategy's status as ``_StrategyRun.run`` does, with the slowest actor's load
+    time and the largest actor's peak RSS (each actor holds its own model), plus ``engine`` and
+    ``workers``. A failure is recorded in the status (the rows written before it are kept).
+    """
+    from llmapps.bench.run import _batched
+    from llmapps.runner import JsonlWriter
+    from llmapps.strategies.base import make_strategy
+
+    b = srun.bench
+    status: dict[str, Any] = {"status": "ran", "error": None, "options": options}
+    try:
+        status["config"] = make_strategy(srun.name, **options).describe()  # bad options: no pool
+    except Exception as err:
+        return {**status, "status": "failed", "error": f"{type(err).__name__}: {err}"}
+    chunks = _batched(todo, b.config.batch_size)
+    kwargs = {
+        "config": b.config.model_dump(mode="json"),
+        "metrics": b.metrics.model_dump(mode="json"),
+        "out": str(b.out),
+        "name": srun.name,
+        "options": options,
+        "env": worker_env(),
+    }
+    loads: list[float] = []
+    rss: list[float] = []
+    written: set[str] = set()
+    with ray_cluster(config) as ray, JsonlWriter(srun.path) as writer:
+        try:
+            for res in map_batches(ray, BenchWorker, kwargs, chunks, config):
+                for row in json.loads(str(res["rows"])):
+                    if row["id"] not in written:  # a retried batch: one row per id
+                        written.add(row["id"])
+                        writer.write(row)
+                b.advance(len(chunks[int(res["n"])]))
+                loads.append(float(res["load_s"]))
+                rss.append(float(res["rss_mb"]))
+                worker_status = json.loads(str(res["status"]))
+                status["scores_perplexity"] = worker_status.get("scores_perplexity")
+        except Exception as err:
+            lines = str(err).strip().splitlines()
+            log.warning("strategy %s stopped on ray: %s", srun.name, lines[-1] if lines else err)
+            status.update(
+                status="failed",
+                error=f"{type(err).__name__}: {lines[-1] if lines else ''} "
+                f"({len(written)} of {len(todo)} rows written; run again to resume)",
+            )
+    status.update(
+        engine="ray",
+        workers=config.workers,
+        load_s=max(loads, default=None),
+        peak_rss_mb=max(rss, default=None),
+    )
+    return status

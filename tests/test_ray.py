@@ -117,6 +117,27 @@ def test_killed_worker_loses_and_repeats_no_row(
     assert killed and len(batches) == 8
 
 
+def test_bench_on_ray_writes_the_local_rows(
+    cluster: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["bench", "news-riddle", "--strategies", "few-shot", "--limit", "4", "--batch-size", "2",
+            "--max-new-tokens", "8", "-q"]
+    assert main([*args, "--out", str(tmp_path / "local")]) == 0
+    assert main([*args, "--out", str(tmp_path / "ray"), "--engine", "ray", "--workers", "2"]) == 0
+    assert "few-shot" in capsys.readouterr().out  # the same tables are printed
+    timing = ("latency_s", "sample_s")
+
+    def rows(folder: str) -> dict[str, dict[str, Any]]:
+        path = tmp_path / folder / "samples" / "few-shot.jsonl"
+        return {r["id"]: {k: v for k, v in r.items() if k not in timing} for r in _rows(path)}
+
+    ray_rows = rows("ray")
+    assert len(ray_rows) == 4 and ray_rows == rows("local")  # outputs, tokens and metrics
+    status = json.loads((tmp_path / "ray" / "strategies.json").read_text())["few-shot"]
+    assert (status["status"], status["engine"], status["workers"]) == ("ran", "ray", 2)
+    assert status["load_s"] > 0 and status["peak_rss_mb"] > 0
+
+
 def test_bad_options_fail_before_any_actor(cluster: Any, tmp_path: Path) -> None:
     from llmapps.ray_engine import run_file_ray
 

@@ -128,36 +128,57 @@ class _StrategyRun:
 
         strategy.build = recording_build
 
-    def run(self, todo: Sequence[dict[str, Any]], options: dict[str, Any]) -> dict[str, Any]:
+    def open(self, options: dict[str, Any]) -> dict[str, Any]:
+        """Build the strategy, the app on it and its scoring model; the status says how it went.
+
+        ``answer`` then scores batches; ``run`` does both in this process, and
+        ``llmapps.ray_engine`` does them in each actor of a pool (``--engine ray``).
+        """
         from llmapps.apps import load_chain
-        from llmapps.bench.measure import PeakMemory, Price
-        from llmapps.runner import JsonlWriter
+        from llmapps.bench.measure import Price
         from llmapps.strategies.base import make_strategy
 
         b = self.bench
         status: dict[str, Any] = {"status": "ran", "error": None, "options": options}
-        price = Price.for_strategy(self.name, b.settings)
+        self.price = Price.for_strategy(self.name, b.settings)
+        started = time.perf_counter()
+        try:
+            strategy = make_strategy(self.name, **options)
+            status["config"] = strategy.describe()
+            self._record_tasks(strategy)
+            self.chain = load_chain(b.config.app, strategy, app_options=b.app_options)
+            self.scoring = self._scoring_model(strategy)
+        except Exception as err:  # any backend fault: record it, let the others run
+            log.warning("strategy %s cannot run: %s", self.name, err)
+            status.update(status="failed", error=f"{type(err).__name__}: {err}")
+            return status
+        status["load_s"] = round(time.perf_counter() - started, 3)
+        status["scores_perplexity"] = self.scoring is not None
+        return status
+
+    def answer(self, chunk: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The scored result rows of one batch of samples, as the samples file holds them."""
+        rows = self._generate(self.chain, chunk)
+        self._score(chunk, rows, self.scoring)
+        out = []
+        for sample, row in zip(chunk, rows, strict=True):
+            row["cost_usd"] = round(self.price.cost(row), 10)
+            out.append({"id": str(sample["id"]), "strategy": self.name, **row})
+        return out
+
+    def run(self, todo: Sequence[dict[str, Any]], options: dict[str, Any]) -> dict[str, Any]:
+        from llmapps.bench.measure import PeakMemory
+        from llmapps.runner import JsonlWriter
+
+        b = self.bench
         with PeakMemory() as mem:
-            started = time.perf_counter()
-            try:
-                strategy = make_strategy(self.name, **options)
-                status["config"] = strategy.describe()
-                self._record_tasks(strategy)
-                chain = load_chain(b.config.app, strategy, app_options=b.app_options)
-                scoring = self._scoring_model(strategy)
-            except Exception as err:  # any backend fault: record it, let the others run
-                log.warning("strategy %s cannot run: %s", self.name, err)
-                status.update(status="failed", error=f"{type(err).__name__}: {err}")
+            status = self.open(options)
+            if status["status"] == "failed":
                 return status
-            status["load_s"] = round(time.perf_counter() - started, 3)
-            status["scores_perplexity"] = scoring is not None
             with JsonlWriter(self.path) as writer:
                 for chunk in _batched(todo, b.config.batch_size):
-                    rows = self._generate(chain, chunk)
-                    self._score(chunk, rows, scoring)
-                    for sample, row in zip(chunk, rows, strict=True):
-                        row["cost_usd"] = round(price.cost(row), 10)
-                        writer.write({"id": str(sample["id"]), "strategy": self.name, **row})
+                    for row in self.answer(chunk):
+                        writer.write(row)
                     b.advance(len(chunk))
         status.update(
             peak_rss_mb=mem.peak_mb, rss_delta_mb=mem.delta_mb, gpu_peak_mb=mem.gpu_peak_mb
@@ -292,6 +313,7 @@ class Bench:
         settings: Any = None,
         progress: bool = True,
         metrics: Any = None,
+        engine: Any = None,
     ) -> None:
         from llmapps.apps import get_app
         from llmapps.evaluate.scoring import MetricsConfig, Scorer
@@ -328,8 +350,18 @@ class Bench:
         )
         self.scorer = Scorer(samples, self.metrics)
         self.progress = progress
+        self.engine = engine  # None: this process; a RayEngineConfig: llmapps.ray_engine
         self.judge: Any = None
         self._bar: Any = None
+
+    def load_judge(self) -> None:
+        """Build the judge chain (``--judge``), if the bench has one."""
+        if self.config.judge:
+            from llmapps.apps import load_chain
+
+            judge_app = self.config.judge_app or self.spec.judge_app
+            assert judge_app is not None  # checked in __init__
+            self.judge = load_chain(judge_app, self.config.judge)
 
     def advance(self, n: int) -> None:
         if self._bar is not None:
@@ -378,12 +410,7 @@ class Bench:
         _check_folder(self.out, self.config)
         (self.out / "samples").mkdir(parents=True, exist_ok=True)
         self._write_config()
-        if self.config.judge:
-            from llmapps.apps import load_chain
-
-            judge_app = self.config.judge_app or self.spec.judge_app
-            assert judge_app is not None  # checked in __init__
-            self.judge = load_chain(judge_app, self.config.judge)
+        self.load_judge()
         from llmapps.models.local import BUILTIN_MODELS
 
         if {self.settings.base_model, self.settings.instruct_model} & set(BUILTIN_MODELS):
@@ -417,7 +444,12 @@ class Bench:
                     total=len(todo), desc=name, unit="sample", disable=not self.progress
                 )
                 try:
-                    status = srun.run(todo, options)
+                    if self.engine is None:
+                        status = srun.run(todo, options)
+                    else:  # --engine ray: a pool of actors answers, this process writes
+                        from llmapps.ray_engine import run_bench_strategy
+
+                        status = run_bench_strategy(srun, todo, options, self.engine)
                 finally:
                     self._bar.close()
                     self._bar = None

@@ -27,7 +27,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     from llmapps.bench.report import log_mlflow, rich_tables, write_reports
     from llmapps.bench.run import Bench, BenchConfig
-    from llmapps.cli import check_app_options, strategy_options
+    from llmapps.cli import check_app_options, engine_config, strategy_options
     from llmapps.strategies.base import STRATEGIES
 
     if args.mlflow:  # fail before an hour of benching, not after
@@ -61,8 +61,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
     console = Console(width=None if Console().is_terminal else 150)
     console.print(f"[bold]bench[/bold] {app} ({args.split}) with {', '.join(names)} -> {out}")
     started = time.perf_counter()
-    bench = Bench(config, out, progress=not args.quiet)
-    rows = bench.run()
+    engine = engine_config(args)  # --engine ray: each strategy's batches on a pool of Ray actors
+    bench = Bench(config, out, progress=not args.quiet, engine=engine)
+    if engine is None:
+        rows = bench.run()
+    else:
+        from llmapps.ray_engine import ray_cluster
+
+        with ray_cluster(engine):  # one cluster for every strategy of the bench
+            rows = bench.run()
     paths = write_reports(rows, bench.out, bench.metrics)
     elapsed = time.perf_counter() - started
     for table in rich_tables(
@@ -190,7 +197,7 @@ def cmd_human_import(args: argparse.Namespace) -> int:
 
 def register_bench(sub: Any) -> None:
     """Add ``llmapps bench``."""
-    from llmapps.cli import add_strategy_flags
+    from llmapps.cli import add_engine_flags, add_strategy_flags
 
     p = sub.add_parser(
         "bench",
@@ -224,6 +231,7 @@ def register_bench(sub: Any) -> None:
     p.add_argument("--experiment", help="MLflow experiment name")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     add_strategy_flags(p, multiple=True)
+    add_engine_flags(p)
     p.set_defaults(func=cmd_bench)
 
 
