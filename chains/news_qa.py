@@ -214,7 +214,6 @@ def _app() -> Any:
         reference_keys=("answer",),
         options=NewsQaOptions,
         metric_fields=MetricFields(answer="answer"),
-        default_for=("ask",),
     )
 
 

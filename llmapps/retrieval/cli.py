@@ -1,4 +1,4 @@
-"""``llmapps index …`` (build, add, info, search, delete) and ``llmapps ask``.
+"""``llmapps index …`` (build, add, info, search, delete); ``llmapps ask`` is the news-qa app's.
 
 Registered through the ``llmapps.cli`` entry-point group; heavy imports happen inside commands.
 """
@@ -165,35 +165,8 @@ def _delete(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_ask(args: argparse.Namespace) -> int:
-    from llmapps.apps import default_app, load_chain
-    from llmapps.cli import app_options, strategy_options
-
-    app_opts: dict[str, Any] = {"k": args.k}
-    if args.index:
-        app_opts["index"] = args.index
-    app_opts.update(app_options(args))  # -O KEY=VALUE: any other option of the app
-    app = args.app or default_app("ask", fallback=lambda spec: "index" in spec.options.model_fields)
-    chain = load_chain(app, args.strategy, app_options=app_opts, **strategy_options(args.strategy, args))
-    result = chain.invoke({"question": args.question})
-    if args.json:
-        print(json.dumps(result, ensure_ascii=False))
-        return 0
-    print(result.get("answer") or "(no answer)")
-    cited = {c["n"] for c in result.get("citations", [])}
-    print("\nsources:")
-    for s in result.get("sources", []):
-        mark = "*" if s["n"] in cited else " "
-        print(f" {mark}[{s['n']}] {s['title']} ({s['id']}, score {s['score']:.3f})")
-    if not cited:
-        print("(the answer cites none of them)", file=sys.stderr)
-    return 0
-
-
 def register(subparsers: Any) -> None:
-    """Add ``index`` and ``ask`` to the ``llmapps`` command line."""
-    from llmapps.cli import add_strategy_flags
-
+    """Add ``index`` to the ``llmapps`` command line."""
     index = subparsers.add_parser("index", help="build, extend, inspect and search FAISS indexes")
     isub = index.add_subparsers(dest="index_command", metavar="ACTION", required=True)
 
@@ -230,12 +203,3 @@ def register(subparsers: Any) -> None:
     p.add_argument("ids", nargs="+")
     p.add_argument("--index", default=DEFAULT_INDEX)
     p.set_defaults(func=cmd_delete)
-
-    p = subparsers.add_parser("ask", help="answer a question from indexed articles, with citations")
-    p.add_argument("question")
-    p.add_argument("--index", help="index folder (default: the bundled articles, indexed once)")
-    p.add_argument("--app", help="a retrieval app (default: the app that declares itself ask's)")
-    p.add_argument("-k", type=int, default=4, help="articles to retrieve")
-    p.add_argument("--json", action="store_true")
-    add_strategy_flags(p)
-    p.set_defaults(func=cmd_ask)
