@@ -46,8 +46,8 @@ def add_strategy_flags(p: argparse.ArgumentParser, *, multiple: bool = False) ->
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any strategy config field, e.g. --set temperature=0.7 (repeatable)")
     p.add_argument("--option", "-O", action="append", default=[], metavar="KEY=VALUE", dest="app_option",
-                   help="an option of the app, e.g. -O variant=two-step (repeatable; also --KEY VALUE; "
-                   "`llmapps apps` lists each app's)")
+                   help="an option of the chosen app (repeatable; also --KEY VALUE; `llmapps apps` "
+                   "lists each app's)")
     p.set_defaults(app_flags=True)
 
 
