@@ -124,3 +124,15 @@ def test_builtins_say_what_they_are() -> None:
     assert {m.name for m in BUILTINS} <= {m.name for m in metrics()}
     for m in BUILTINS:
         assert m.group in ("quality", "speed") and (m.description or not m.table), m.name
+
+
+def test_the_metrics_command_lists_the_registry(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from llmapps.cli import main
+
+    monkeypatch.setenv("COLUMNS", "200")
+    assert main(["metrics"]) == 0
+    out = capsys.readouterr().out
+    assert "solvability@<k>" in out and "rougeL_<field>" in out and "corpus_bleu" in out
+    assert any("leakage" in line and "lower" in line for line in out.splitlines())

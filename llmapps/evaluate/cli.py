@@ -147,6 +147,24 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_metrics(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from llmapps.evaluate.metrics import metrics
+
+    table = Table(title="registered metrics (llmapps.evaluate.metrics)")
+    for col in ("column", "label", "better", "summary", "what it measures"):
+        table.add_column(col)
+    for m in metrics():
+        column = {"field": f"{m.name}_<field>", "k": f"{m.name}@<k>"}.get(m.per, m.name)
+        better = {True: "higher", False: "lower", None: "-"}[m.higher_is_better]
+        agg = m.aggregation if isinstance(m.aggregation, str) else m.aggregation.__name__.strip("_")
+        table.add_row(column, m.label or m.name, better, agg, m.description)
+    Console().print(table)
+    return 0
+
+
 def cmd_human_export(args: argparse.Namespace) -> int:
     from llmapps.evaluate.human import export_sheet, load_run_outputs
 
@@ -266,6 +284,9 @@ def register_evaluate(sub: Any) -> None:
         "--out", help="write aggregate metrics JSON here (and per-row metrics beside it)"
     )
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("metrics", help="list the registered metrics: direction, summary, label")
+    p.set_defaults(func=cmd_metrics)
 
     h = sub.add_parser(
         "human-eval", help="blinded side-by-side sheets for people, and their ratings back"
