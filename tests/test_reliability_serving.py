@@ -254,7 +254,7 @@ def test_schema_fuzzing_finds_no_server_error(served: dict[str, Any]) -> None:
 def test_a_stream_whose_client_leaves_stops_generating(
     lm: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import llmapps.serving.app as app_module
+    import llmapps.serving.engine as app_module
 
     checks: list[bool] = []  # one per decoding step: was the client gone at that step?
     real = app_module._Cancelled.__call__

@@ -64,6 +64,9 @@ class FakeEndpointState:
 
 def create_fake_app(state: FakeEndpointState | None = None) -> FastAPI:
     """The FastAPI app; its ``state.fake`` is the ``FakeEndpointState``."""
+    # the bodies of llmapps serve itself, built from the openai types
+    from llmapps.serving.protocol import chat_completion, model_list
+
     st = state or FakeEndpointState()
     app = FastAPI(title="fake OpenAI-compatible endpoint")
     app.state.fake = st
@@ -77,10 +80,7 @@ def create_fake_app(state: FakeEndpointState | None = None) -> FastAPI:
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
-        return {
-            "object": "list",
-            "data": [{"id": "fake-model", "object": "model", "created": 0, "owned_by": "test"}],
-        }
+        return model_list("fake-model", 0)
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request) -> Any:
@@ -133,25 +133,8 @@ def create_fake_app(state: FakeEndpointState | None = None) -> FastAPI:
                 st.completed[last] += 1
             n_in = sum(len(str(m.get("content", "")).split()) for m in body["messages"])
             n_out = len(content.split())
-            return {
-                "id": f"fake-{time.time_ns()}",
-                "object": "chat.completion",
-                "created": int(time.time()),
-                "model": body.get("model", "fake-model"),
-                "choices": [
-                    {
-                        "index": 0,
-                        "message": {"role": "assistant", "content": content},
-                        "finish_reason": "stop",
-                        "logprobs": None,
-                    }
-                ],
-                "usage": {
-                    "prompt_tokens": n_in,
-                    "completion_tokens": n_out,
-                    "total_tokens": n_in + n_out,
-                },
-            }
+            return chat_completion(f"fake-{time.time_ns()}", int(time.time()), body.get("model", "fake-model"),
+                                   content, "stop", n_in, n_out)
         finally:
             if counted:
                 with st._lock:
