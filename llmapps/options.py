@@ -50,14 +50,20 @@ def option_key(raw: str) -> str:
     return raw.strip().replace("-", "_")
 
 
-def parse_assignments(items: Iterable[str], flag: str) -> dict[str, Any]:
-    """``["k=4", "index=x"]`` -> ``{"k": 4, "index": "x"}``; a malformed item is a ``ConfigError``."""
+def parse_assignments(items: Iterable[str], flag: str, *, dotted: bool = False) -> dict[str, Any]:
+    """``["k=4", "index=x"]`` -> ``{"k": 4, "index": "x"}``; a malformed item is a ``ConfigError``.
+
+    The one parser of every ``--set``/``-O`` flag. ``dotted=True``: keys are dotted paths into a
+    nested config (``training.max_steps=20``, the recipe overrides of ``llmapps finetune``).
+    """
     out: dict[str, Any] = {}
     for item in items:
         key, sep, value = item.partition("=")
-        if not sep or not _KEY.match(key.strip()):
-            raise ConfigError(f"{flag} {item!r}: expected KEY=VALUE, e.g. {flag} temperature=0.7")
-        out[option_key(key)] = parse_value(value)
+        parts = key.strip().split(".") if dotted else [key.strip()]
+        if not sep or not all(_KEY.match(p) for p in parts):
+            example = "training.max_steps=20" if dotted else "temperature=0.7"
+            raise ConfigError(f"{flag} {item!r}: expected KEY=VALUE, e.g. {flag} {example}")
+        out[".".join(option_key(p) for p in parts)] = parse_value(value)
     return out
 
 
@@ -107,11 +113,13 @@ def validate_app_options(app: str, model: type[AppOptions], raw: Mapping[str, An
     try:
         return model(**raw)
     except ValidationError as err:
-        problems = "; ".join(
-            f"{'.'.join(str(x) for x in e.get('loc', ())) or '(root)'}={raw.get(str(e['loc'][0])) if e.get('loc') else ''!r}: {e.get('msg')}"
-            for e in err.errors()
-        )
-        raise ConfigError(f"bad option of the app {app!r}: {problems}") from err
+        problems = []
+        for e in err.errors():
+            loc = e.get("loc") or ()
+            where = ".".join(str(x) for x in loc) or "(root)"
+            given = raw.get(str(loc[0])) if loc else None
+            problems.append(f"{where}={given!r}: {e.get('msg')}")
+        raise ConfigError(f"bad option of the app {app!r}: {'; '.join(problems)}") from err
 
 
 def as_kwargs(options: BaseModel) -> dict[str, Any]:
