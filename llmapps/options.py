@@ -117,8 +117,8 @@ def validate_app_options(app: str, model: type[AppOptions], raw: Mapping[str, An
         for e in err.errors():
             loc = e.get("loc") or ()
             where = ".".join(str(x) for x in loc) or "(root)"
-            given = raw.get(str(loc[0])) if loc else None
-            problems.append(f"{where}={given!r}: {e.get('msg')}")
+            value = raw.get(str(loc[0])) if loc else None
+            problems.append(f"{where}={value!r}: {e.get('msg')}")
         raise ConfigError(f"bad option of the app {app!r}: {'; '.join(problems)}") from err
 
 
