@@ -58,12 +58,15 @@ def add_engine_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--address", help="--engine ray: an existing cluster (auto, ray://HOST:10001); "
                    "default: a local cluster on loopback")
     p.add_argument("--workers", type=int, help="--engine ray: actors in the pool, each loads the model once (default: 2)")
+    p.add_argument("--gpus-per-worker", type=float, help="--engine ray: GPUs each actor reserves (default: 1 when "
+                   "the cluster has GPUs, else 0; 0 for a service strategy whose model runs elsewhere)")
 
 
 def engine_config(args: argparse.Namespace) -> Any:
     """The ``RayEngineConfig`` of ``--engine ray``; None for local (Ray flags then are an error)."""
     if getattr(args, "engine", "local") != "ray":
-        given = [f for f, v in (("--address", args.address), ("--workers", args.workers)) if v is not None]
+        flags = (("--address", args.address), ("--workers", args.workers), ("--gpus-per-worker", args.gpus_per_worker))
+        given = [f for f, v in flags if v is not None]
         if given:
             raise ConfigError(f"{' and '.join(given)} apply to --engine ray only; add --engine ray or drop them")
         return None
@@ -71,7 +74,10 @@ def engine_config(args: argparse.Namespace) -> Any:
 
     if args.workers is not None and args.workers < 1:
         raise ConfigError(f"--workers {args.workers}: give 1 or more actors")
-    return RayEngineConfig(address=args.address, **({"workers": args.workers} if args.workers else {}))
+    if args.gpus_per_worker is not None and args.gpus_per_worker < 0:
+        raise ConfigError(f"--gpus-per-worker {args.gpus_per_worker}: give 0 or more")
+    return RayEngineConfig(address=args.address, gpus_per_worker=args.gpus_per_worker,
+                           **({"workers": args.workers} if args.workers else {}))
 
 
 def _chosen_strategies(name: str, args: argparse.Namespace) -> list[str]:

@@ -93,6 +93,8 @@ def ray_cluster(config: RayEngineConfig) -> Iterator[Any]:
     """
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # offline: no usage report
     ray = import_ray()
+    if config.address:
+        _probe(config.address)
     if ray.is_initialized():
         yield ray
         return
@@ -112,7 +114,9 @@ def ray_cluster(config: RayEngineConfig) -> Iterator[Any]:
                 **common,
             )
     except (ConnectionError, RuntimeError, ValueError) as err:
-        where = f"the Ray cluster at {config.address!r}" if config.address else "a local Ray cluster"
+        where = (
+            f"the Ray cluster at {config.address!r}" if config.address else "a local Ray cluster"
+        )
         raise BackendError(
             f"cannot start or reach {where}: {err} (check --address, or run without it for a local one)"
         ) from err
@@ -120,6 +124,31 @@ def ray_cluster(config: RayEngineConfig) -> Iterator[Any]:
         yield ray
     finally:
         ray.shutdown()
+
+
+def _probe(address: str) -> None:
+    """Fail in seconds on an address nothing listens on (``ray.init`` retries for minutes)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    if address == "auto" or address.startswith("local"):
+        return  # Ray finds a cluster on this machine itself, and says at once if there is none
+    parts = urlsplit(address if "://" in address else f"ray://{address}")
+    try:
+        port = parts.port
+    except ValueError as err:
+        raise ConfigError(
+            f"--address {address!r}: expected auto, ray://HOST:PORT or HOST:PORT"
+        ) from err
+    if not parts.hostname or port is None:
+        raise ConfigError(f"--address {address!r}: expected auto, ray://HOST:PORT or HOST:PORT")
+    try:
+        socket.create_connection((parts.hostname, port), timeout=5).close()
+    except OSError as err:
+        raise BackendError(
+            f"cannot reach the Ray cluster at {address!r}: {err} (is `ray start --head` running "
+            "there? run without --address for a local cluster)"
+        ) from err
 
 
 def worker_env() -> dict[str, str]:
@@ -196,7 +225,9 @@ def map_batches(
     gpus = config.gpus_per_worker
     if gpus is None:
         gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
-    items = [{"n": i, "inputs": json.dumps(list(c), ensure_ascii=False)} for i, c in enumerate(chunks)]
+    items = [
+        {"n": i, "inputs": json.dumps(list(c), ensure_ascii=False)} for i, c in enumerate(chunks)
+    ]
     ds = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
         worker,
         fn_constructor_kwargs={**worker_kwargs, "threads": max(1, int(config.cpus_per_worker))},
@@ -334,7 +365,9 @@ class BenchWorker:
             out["pid"].append(os.getpid())
             out["load_s"].append(self.load_s)
             out["work_s"].append(round(time.perf_counter() - started, 4))
-            out["rss_mb"].append(round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1))
+            out["rss_mb"].append(
+                round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+            )
             out["status"].append(json.dumps(self.status, default=str))
         return out
 

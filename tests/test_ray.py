@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from llmapps.cli import main
-from llmapps.errors import ConfigError
+from llmapps.errors import BackendError, ConfigError
 from llmapps.runner import run_file
 
 ray = pytest.importorskip("ray", reason="the ray extra: pip install 'llmapps[ray]'")
@@ -65,17 +65,32 @@ def _local(inputs: list[dict[str, Any]], out: Path, batch_size: int) -> dict[str
     from llmapps.apps import load_chain
 
     chain = load_chain("news-riddle", "few-shot", **OPTIONS)
-    run_file(chain, inputs, out, batch_size=batch_size, extra={"strategy": "few-shot"}, progress=False)
+    run_file(
+        chain, inputs, out, batch_size=batch_size, extra={"strategy": "few-shot"}, progress=False
+    )
     return _by_id(out)
 
 
 def test_ray_rows_equal_local_and_resume(
-    cluster: Any, test_articles: list[dict[str, Any]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    cluster: Any,
+    test_articles: list[dict[str, Any]],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     inputs = _inputs(test_articles[:6])
     inp, out, local = tmp_path / "in.jsonl", tmp_path / "ray.jsonl", tmp_path / "local.jsonl"
     inp.write_text("".join(json.dumps(x) + "\n" for x in inputs))
-    args = ["run", "news-riddle", "-i", str(inp), "-q", "--max-new-tokens", "8", "--batch-size", "2"]
+    args = [
+        "run",
+        "news-riddle",
+        "-i",
+        str(inp),
+        "-q",
+        "--max-new-tokens",
+        "8",
+        "--batch-size",
+        "2",
+    ]
     assert main([*args, "-o", str(local)]) == 0  # --engine local, the default
     capsys.readouterr()
     # a ray run killed after 2 rows, mid-way through the third
@@ -108,9 +123,18 @@ def test_killed_worker_loses_and_repeats_no_row(
             killed.append(info["pid"])
             assert len(_rows(out)) == 1  # mid-run: one row on disk, seven to go
 
-    summary = run_file_ray("news-riddle", "few-shot", inputs, out, config=RayEngineConfig(workers=2),
-                           strategy_options=OPTIONS, batch_size=1, extra={"strategy": "few-shot"},
-                           progress=False, on_batch=on_batch)
+    summary = run_file_ray(
+        "news-riddle",
+        "few-shot",
+        inputs,
+        out,
+        config=RayEngineConfig(workers=2),
+        strategy_options=OPTIONS,
+        batch_size=1,
+        extra={"strategy": "few-shot"},
+        progress=False,
+        on_batch=on_batch,
+    )
     assert (summary.done, summary.failed) == (8, 0)
     assert _by_id(out) == local  # every row once, the same rows
     assert len(_rows(out)) == 8
@@ -120,8 +144,19 @@ def test_killed_worker_loses_and_repeats_no_row(
 def test_bench_on_ray_writes_the_local_rows(
     cluster: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    args = ["bench", "news-riddle", "--strategies", "few-shot", "--limit", "4", "--batch-size", "2",
-            "--max-new-tokens", "8", "-q"]
+    args = [
+        "bench",
+        "news-riddle",
+        "--strategies",
+        "few-shot",
+        "--limit",
+        "4",
+        "--batch-size",
+        "2",
+        "--max-new-tokens",
+        "8",
+        "-q",
+    ]
     assert main([*args, "--out", str(tmp_path / "local")]) == 0
     assert main([*args, "--out", str(tmp_path / "ray"), "--engine", "ray", "--workers", "2"]) == 0
     assert "few-shot" in capsys.readouterr().out  # the same tables are printed
@@ -142,14 +177,22 @@ def test_bad_options_fail_before_any_actor(cluster: Any, tmp_path: Path) -> None
     from llmapps.ray_engine import run_file_ray
 
     with pytest.raises(ConfigError, match="max_new_tokenz"):
-        run_file_ray("news-riddle", "few-shot", [{"id": "a", "title": "T", "text": "B."}],
-                     tmp_path / "o.jsonl", strategy_options={"max_new_tokenz": 3}, progress=False)
+        run_file_ray(
+            "news-riddle",
+            "few-shot",
+            [{"id": "a", "title": "T", "text": "B."}],
+            tmp_path / "o.jsonl",
+            strategy_options={"max_new_tokenz": 3},
+            progress=False,
+        )
 
 
 def test_ray_flags_need_the_ray_engine(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     inp = tmp_path / "in.jsonl"
     inp.write_text(json.dumps({"id": "x", "title": "T", "text": "Body."}) + "\n")
-    code = main(["run", "news-riddle", "-i", str(inp), "-o", str(tmp_path / "o.jsonl"), "--workers", "3"])
+    code = main(
+        ["run", "news-riddle", "-i", str(inp), "-o", str(tmp_path / "o.jsonl"), "--workers", "3"]
+    )
     assert code == 2
     assert "--workers apply to --engine ray only" in capsys.readouterr().err
 
@@ -158,8 +201,32 @@ def test_missing_ray_is_one_clear_error(monkeypatch: pytest.MonkeyPatch) -> None
     from llmapps.ray_engine import import_ray
 
     monkeypatch.setitem(sys.modules, "ray", None)  # as if the extra were not installed
-    with pytest.raises(ConfigError, match=r"needs Ray, an optional extra: pip install 'llmapps\[ray\]'"):
+    with pytest.raises(
+        ConfigError, match=r"needs Ray, an optional extra: pip install 'llmapps\[ray\]'"
+    ):
         import_ray()
+
+
+def test_an_address_nothing_listens_on_fails_in_seconds() -> None:
+    import socket
+
+    from llmapps.ray_engine import RayEngineConfig, ray_cluster
+
+    with socket.socket() as sock:  # a port that was free a moment ago: nothing listens there
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with (
+        pytest.raises(
+            BackendError, match=rf"cannot reach the Ray cluster at 'ray://127.0.0.1:{port}'"
+        ),
+        ray_cluster(RayEngineConfig(address=f"ray://127.0.0.1:{port}")),
+    ):
+        pass
+    with (
+        pytest.raises(ConfigError, match="expected auto, ray://HOST:PORT or HOST:PORT"),
+        ray_cluster(RayEngineConfig(address="ray://nohost")),
+    ):
+        pass
 
 
 def test_local_engine_imports_no_ray() -> None:
@@ -184,8 +251,26 @@ def test_killed_driver_keeps_its_rows_and_the_rerun_finishes(
     inputs = _inputs(test_articles[:8])
     inp, out = tmp_path / "in.jsonl", tmp_path / "ray.jsonl"
     inp.write_text("".join(json.dumps(x) + "\n" for x in inputs))
-    cmd = [sys.executable, "-m", "llmapps.cli", "run", "news-riddle", "-i", str(inp), "-o", str(out),
-           "-q", "--max-new-tokens", "8", "--batch-size", "1", "--engine", "ray", "--workers", "1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "llmapps.cli",
+        "run",
+        "news-riddle",
+        "-i",
+        str(inp),
+        "-o",
+        str(out),
+        "-q",
+        "--max-new-tokens",
+        "8",
+        "--batch-size",
+        "1",
+        "--engine",
+        "ray",
+        "--workers",
+        "1",
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and proc.poll() is None:
