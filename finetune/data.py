@@ -14,18 +14,18 @@ Too long an example has its ``truncate_variable`` (the article text) shortened t
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from llmapps.errors import ConfigError, InputError
 from llmapps.jsonl import read_jsonl
+from llmapps.training import IGNORE, REAL_TOKENS, CompletionCollator
+
+__all__ = ["IGNORE", "REAL_TOKENS", "CompletionCollator", "build_dataset", "read_examples",
+           "split_example", "tokenize_example"]
 
 if TYPE_CHECKING:
     from llmapps.tasks import Task
-
-IGNORE = -100
-
 
 def split_example(task: Task, example: dict[str, Any]) -> tuple[str, str]:
     """The (prompt, completion) texts of one worked example."""
@@ -122,60 +122,3 @@ def build_dataset(task: Task, examples: list[dict[str, Any]], tokenizer: Any, ma
     from datasets import Dataset
 
     return Dataset.from_list([tokenize_example(task, ex, tokenizer, max_length) for ex in examples])
-
-
-REAL_TOKENS = "num_real_tokens"  # batch key: the real (non-pad) tokens, read by the trainer, never the model
-
-
-@dataclass
-class CompletionCollator:
-    """Batches tokenised examples.
-
-    ``padding_free=False``: right-pad to the batch's longest row (labels padded with -100). No
-    attention mask is sent unless ``attention_mask=True``: in a causal model a right-padded row's
-    real tokens only attend to earlier positions, so pads (all after them) cannot change them, and
-    pad positions are neither in the loss nor projected onto the vocabulary. Without a mask the
-    attention runs as a plain causal one (SDPA's fast path) instead of materialising a mask:
-    identical loss, less work.
-
-    ``padding_free=True``: concatenate the batch into one row with ``position_ids`` restarting at
-    every example and no attention mask, so no pad token is computed; transformers turns the
-    position ids into varlen flash attention on a GPU, but on CPU into a dense block-diagonal mask
-    over the whole row (about twice the time of a padded batch of short rows here), so use it with
-    flash attention only.
-
-    Every batch carries ``num_real_tokens`` (an int), which ``SftTrainer`` removes before the
-    forward pass.
-    """
-
-    pad_token_id: int
-    padding_free: bool = False
-    attention_mask: bool = False
-
-    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
-        import torch
-
-        real = sum(len(r["input_ids"]) for r in rows)
-        if self.padding_free:
-            ids = [t for r in rows for t in r["input_ids"]]
-            labels: list[int] = []
-            for r in rows:  # the first token of each example has no predecessor in it
-                labels += [IGNORE, *r["labels"][1:]]
-            pos = [i for r in rows for i in range(len(r["input_ids"]))]
-            return {
-                "input_ids": torch.tensor([ids]),
-                "labels": torch.tensor([labels]),
-                "position_ids": torch.tensor([pos]),
-                REAL_TOKENS: real,
-            }
-        width = max(len(r["input_ids"]) for r in rows)
-        input_ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
-        labels_t = torch.full((len(rows), width), IGNORE, dtype=torch.long)
-        for i, r in enumerate(rows):
-            input_ids[i, : len(r["input_ids"])] = torch.tensor(r["input_ids"])
-            labels_t[i, : len(r["labels"])] = torch.tensor(r["labels"])
-        batch: dict[str, Any] = {"input_ids": input_ids, "labels": labels_t, REAL_TOKENS: real}
-        if self.attention_mask:
-            lengths = torch.tensor([len(r["input_ids"]) for r in rows])
-            batch["attention_mask"] = (torch.arange(width)[None, :] < lengths[:, None]).long()
-        return batch

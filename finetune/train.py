@@ -21,7 +21,8 @@ Throughput, beyond the ``Trainer`` defaults:
   262,144-token LM head is 168M of its 268M parameters: about 20% of a news-riddle example is
   completion, so the head runs on a fifth of the positions, in training and in evaluation.
 
-One training loop, the ``Trainer``'s, with the subclass below. TRL's ``SFTTrainer`` does not
+One training loop for every job, the ``Trainer``'s with ``llmapps.training``'s subclass and
+checkpoint callback (the tiny models are pretrained by the same one). TRL's ``SFTTrainer`` does not
 serve, so the dependency is gone: in trl 1.16 its fused LM head scores only labelled positions on
 Triton (GPU) devices, but on CPU it projects every position onto the vocabulary (in chunks) and
 computes entropy and top-1 accuracy on top, the very work completion-only logits avoid.
@@ -36,7 +37,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import platform
 import shutil
 import time
@@ -48,6 +48,10 @@ from typing import TYPE_CHECKING, Any
 from finetune.recipe import Recipe
 from llmapps.errors import ConfigError, ModelNotFoundError
 from llmapps.settings import Settings, get_settings
+from llmapps.training import STAGING, last_checkpoint, make_trainer_class, staged_checkpoints
+
+__all__ = ["TrainResult", "checkpoints_dir", "last_checkpoint", "load_base", "make_collator",
+           "make_trainer_class", "peft_model", "sampling_strategy", "train", "train_recipe"]
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -66,16 +70,6 @@ class TrainResult:
 def checkpoints_dir(out: Path) -> Path:
     """Where a run writing the adapter ``out`` keeps its checkpoints (``<out>.checkpoints``)."""
     return out.with_name(out.name + ".checkpoints")
-
-
-def last_checkpoint(folder: Path) -> Path | None:
-    """The highest-step complete checkpoint in ``folder`` (staged ones are complete by construction)."""
-    if not folder.is_dir():
-        return None
-    steps = [(int(p.name.split("-")[1]), p) for p in folder.iterdir()
-             if p.is_dir() and p.name.startswith("checkpoint-") and p.name.split("-")[1].isdigit()
-             and (p / "trainer_state.json").exists()]
-    return max(steps)[1] if steps else None
 
 
 def library_versions() -> dict[str, str]:
@@ -188,85 +182,10 @@ def sampling_strategy(recipe: Recipe) -> str:
 
 
 def make_collator(recipe: Recipe, tokenizer: Any) -> Any:
-    """The batch collator for the recipe's ``training.batching`` (see ``finetune.data.CompletionCollator``)."""
-    from finetune.data import CompletionCollator
+    """The batch collator for the recipe's ``training.batching`` (see ``llmapps.training.CompletionCollator``)."""
+    from llmapps.training import CompletionCollator
 
     return CompletionCollator(tokenizer.pad_token_id, padding_free=recipe.training.batching == "padding-free")
-
-
-def make_trainer_class() -> type:
-    """The ``Trainer`` subclass (built lazily so importing this module stays light)."""
-    import torch
-    import torch.nn.functional as F
-    from transformers import Trainer
-    from transformers.trainer_utils import rotate_checkpoints
-
-    from finetune.data import REAL_TOKENS
-
-    class SftTrainer(Trainer):  # type: ignore[misc]
-        """``Trainer`` with completion-only logits, real-token throughput and atomic checkpoints."""
-
-        def __init__(self, *args: Any, completion_only_logits: bool = True, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            self.completion_only_logits = completion_only_logits
-            self.model_accepts_loss_kwargs = False  # we return a mean loss; Trainer scales for GA
-            self.real_tokens = 0
-            self.started = time.perf_counter()
-            self._staging: str | None = None
-
-        def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
-                         num_items_in_batch: Any = None) -> Any:
-            real = inputs.pop(REAL_TOKENS, None)  # a count for us, not a model input
-            if model.training:
-                if real is None:  # another collator: its mask, or every position
-                    mask = inputs.get("attention_mask")
-                    real = int(mask.sum()) if mask is not None else int(inputs["input_ids"].numel())
-                self.real_tokens += int(real)
-            if not self.completion_only_logits:
-                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-            # Evaluation asks for outputs too (return_outputs=True) and gets the kept logits only:
-            # Trainer.evaluate reads the loss, and full logits of Gemma 3's 262k-token vocabulary
-            # would be 1 GB a batch of 4 x 500 tokens.
-            labels = inputs["labels"]
-            targets = labels[:, 1:]
-            keep = torch.zeros_like(labels, dtype=torch.bool)
-            keep[:, :-1] = targets != -100
-            forward = {k: v for k, v in inputs.items() if k != "labels"}
-            logits = model(**forward, logits_to_keep=keep).logits
-            loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets[targets != -100])
-            return (loss, {"loss": loss, "logits": logits}) if return_outputs else loss
-
-        def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-            if "loss" in logs:
-                secs = time.perf_counter() - self.started
-                logs["tokens_per_s"] = round(self.real_tokens / secs, 1) if secs > 0 else 0.0
-            if "eval_loss" in logs:
-                logs["eval_perplexity"] = round(math.exp(min(50.0, logs["eval_loss"])), 3)
-            super().log({k: round(v, 5) if isinstance(v, float) else v for k, v in logs.items()}, start_time)
-
-        def _get_output_dir(self, trial: Any) -> str:
-            return self._staging or super()._get_output_dir(trial)
-
-        def _save_checkpoint(self, model: Any, trial: Any) -> None:
-            root = self.args.output_dir
-            assert root is not None  # TrainingArguments.__post_init__ replaces None with a default
-            staging = os.path.join(root, ".staging")
-            shutil.rmtree(staging, ignore_errors=True)
-            os.makedirs(staging)
-            self._staging = staging
-            try:
-                super()._save_checkpoint(model, trial)
-            finally:
-                self._staging = None
-            name = f"checkpoint-{self.state.global_step}"
-            final = os.path.join(root, name)
-            if os.path.exists(final):
-                shutil.rmtree(final)
-            os.replace(os.path.join(staging, name), final)  # complete or absent, never half
-            shutil.rmtree(staging, ignore_errors=True)
-            rotate_checkpoints(output_dir=root, save_total_limit=self.args.save_total_limit)
-
-    return SftTrainer
 
 
 def train(
@@ -326,7 +245,7 @@ def train(
         model.gradient_checkpointing_enable()
     precision = "bf16" if four_bit else _precision(recipe, device)
     args = TrainingArguments(
-        output_dir=str(ckpt_root),
+        output_dir=str(ckpt_root / STAGING),  # staged_checkpoints renames each whole one into ckpt_root
         num_train_epochs=t.epochs,
         max_steps=t.max_steps or -1,
         per_device_train_batch_size=t.batch_size,
@@ -339,7 +258,7 @@ def train(
         eval_strategy="epoch",
         save_strategy="steps",
         save_steps=t.save_steps,
-        save_total_limit=t.save_total_limit,
+        save_total_limit=None,  # staged_checkpoints keeps the newest t.save_total_limit
         logging_steps=t.logging_steps,
         seed=t.seed,
         data_seed=t.seed,
@@ -358,6 +277,7 @@ def train(
         model=model, args=args, train_dataset=train_ds,
         eval_dataset=val_ds, data_collator=collator, processing_class=tokenizer,
         completion_only_logits=t.completion_only_logits and recipe.method == "lora",
+        callbacks=[staged_checkpoints(ckpt_root, t.save_total_limit)],
     )
     started = time.perf_counter()
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)

@@ -18,14 +18,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import os
 import random
 import re
 import shutil
 import tempfile
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +39,7 @@ CHAT_TEMPLATE = (
 )
 MANIFEST = "llmapps-tiny.json"
 # Bump when the build recipe (data mix, generation defaults) changes, so old builds are rebuilt.
-BUILD_VERSION = 3
+BUILD_VERSION = 4  # 4: trained by the project's one training loop (llmapps.training)
 # Shipped in each model's generation_config.json, as real model releases ship their defaults:
 # models this small loop on their most likely phrase without a repetition penalty. It is mild
 # because it also applies to prompt tokens, and no n-gram ban: a template's labels ("]:") repeat
@@ -196,73 +195,84 @@ def _new_model(tokenizer: Any, spec: TinySpec) -> Any:
     return LlamaForCausalLM(config)
 
 
-def _lr(step: int, total: int, peak: float) -> float:
-    warm = max(1, total // 10)
-    if step < warm:
-        return peak * (step + 1) / warm
-    return peak * 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+class _Batches:
+    """An endless ``IterableDataset`` of rows drawn by ``draw(rng)``, seeded: the same rows every build."""
+
+    def __init__(self, draw: Any, seed: int) -> None:
+        self.draw, self.seed = draw, seed
+
+    def as_dataset(self) -> Any:
+        from torch.utils.data import IterableDataset
+
+        outer = self
+
+        class Rows(IterableDataset):  # type: ignore[misc]
+            def __iter__(self) -> Any:
+                rng = random.Random(outer.seed)
+                while True:
+                    yield outer.draw(rng)
+
+        return Rows()
 
 
-def _train(model: Any, batches: Any, steps: int, spec: TinySpec, desc: str, progress: bool) -> float:
-    import torch
-    from tqdm.auto import tqdm
+def _train(model: Any, rows: _Batches, steps: int, spec: TinySpec, learning_rate: float, desc: str,
+           progress: bool, work: Path) -> float:
+    """``steps`` steps of the project's one training loop (``llmapps.training``) on CPU: AdamW,
+    weight decay 0.01, gradient clipping 1.0, 10% warmup then cosine; the last logged loss."""
+    from transformers import TrainingArguments
 
-    opt = torch.optim.AdamW(model.parameters(), lr=spec.learning_rate, weight_decay=0.01)
-    model.train()
-    loss_value = float("nan")
-    bar = tqdm(range(steps), desc=desc, disable=not progress, leave=False)
-    for step in bar:
-        for group in opt.param_groups:
-            group["lr"] = _lr(step, steps, spec.learning_rate)
-        input_ids, labels, attention = next(batches)
-        out = model(input_ids=input_ids, attention_mask=attention, labels=labels)
-        out.loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        loss_value = float(out.loss)
-        bar.set_postfix(loss=f"{loss_value:.3f}")
+    from llmapps.training import CompletionCollator, make_trainer_class
+
+    log.info("%s: %d steps", desc, steps)
+    args = TrainingArguments(
+        output_dir=str(work), max_steps=steps, per_device_train_batch_size=spec.batch_size,
+        learning_rate=learning_rate, lr_scheduler_type="cosine", warmup_steps=max(1, steps // 10),
+        weight_decay=0.01, max_grad_norm=1.0, seed=spec.seed, data_seed=spec.seed, save_strategy="no",
+        eval_strategy="no", logging_steps=max(1, min(10, steps)), report_to=[], disable_tqdm=not progress,
+        remove_unused_columns=False, use_cpu=True, dataloader_num_workers=0,
+    )
+    trainer = make_trainer_class()(
+        model=model, args=args, train_dataset=rows.as_dataset(),
+        data_collator=CompletionCollator(model.config.pad_token_id, attention_mask=True),
+    )
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)  # the library logs; it does not print
+    trainer.train()
     model.eval()
-    return loss_value
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    return float(losses[-1]) if losses else float("nan")
 
 
-def _pretrain_batches(ids: list[int], spec: TinySpec, rng: random.Random) -> Any:
-    import torch
-
+def _pretrain_rows(ids: list[int], spec: TinySpec) -> Any:
+    """Draw one random ``block_size`` window of the token stream (every position labelled)."""
     block = spec.block_size
     starts = list(range(0, max(1, len(ids) - block - 1), block // 2))
-    while True:
-        chosen = [rng.choice(starts) for _ in range(spec.batch_size)]
-        x = torch.tensor([ids[s : s + block] for s in chosen], dtype=torch.long)
-        yield x, x.clone(), torch.ones_like(x)
+
+    def draw(rng: random.Random) -> dict[str, list[int]]:
+        window = ids[(s := rng.choice(starts)) : s + block]
+        return {"input_ids": window, "labels": list(window)}
+
+    return draw
 
 
-def _sft_batches(rows: list[tuple[list[int], int]], pad: int, spec: TinySpec, rng: random.Random) -> Any:
-    import torch
+def _sft_rows(rows: list[tuple[list[int], int]]) -> Any:
+    """Draw one (prompt + response) row, the loss on the response only."""
 
-    while True:
-        chosen = [rng.choice(rows) for _ in range(spec.batch_size)]
-        width = max(len(r[0]) for r in chosen)
-        x = torch.full((len(chosen), width), pad, dtype=torch.long)
-        y = torch.full((len(chosen), width), -100, dtype=torch.long)
-        a = torch.zeros((len(chosen), width), dtype=torch.long)
-        for i, (ids, prompt_len) in enumerate(chosen):
-            x[i, : len(ids)] = torch.tensor(ids)
-            y[i, prompt_len : len(ids)] = torch.tensor(ids[prompt_len:])
-            a[i, : len(ids)] = 1
-        yield x, y, a
+    def draw(rng: random.Random) -> dict[str, list[int]]:
+        ids, prompt_len = rng.choice(rows)
+        return {"input_ids": ids, "labels": [-100] * prompt_len + ids[prompt_len:]}
+
+    return draw
 
 
 def _save_atomic(models_dir: Path, name: str, model: Any, tokenizer: Any, manifest: dict[str, Any]) -> None:
-    models_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=models_dir))
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
-    final = models_dir / name
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    from llmapps.folders import atomic_folder
+
+    with atomic_folder(models_dir / name) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
 
 
 def build_tiny_models(
@@ -281,7 +291,6 @@ def build_tiny_models(
     if len(docs) < 5:
         raise InputError(f"the corpus has {len(docs)} non-empty documents; at least 5 are needed")
     torch.manual_seed(spec.seed)
-    rng = random.Random(spec.seed)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     log.info("building tiny models (%s) from %d documents", spec, len(docs))
 
@@ -291,8 +300,13 @@ def build_tiny_models(
     for d in docs:
         stream += tokenizer(f"{d.get('title', '')}\n\n{d['text']}", add_special_tokens=True)["input_ids"] + [eos]
     base = _new_model(tokenizer, spec)
-    base_loss = _train(base, _pretrain_batches(stream, spec, rng), spec.base_steps, spec,
-                       "pretraining tiny-base", progress)
+    work = Path(tempfile.mkdtemp(prefix="llmapps-tiny-train-"))  # the Trainer's output_dir: nothing is saved there
+    try:
+        base_loss = _train(base, _Batches(_pretrain_rows(stream, spec), spec.seed), spec.base_steps, spec,
+                           spec.learning_rate, "pretraining tiny-base", progress, work)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
     meta = {"spec": asdict(spec), "build_version": BUILD_VERSION, "corpus_sha256_16": corpus_hash(docs), "documents": len(docs)}
     base.generation_config = GenerationConfig(
         bos_token_id=tokenizer.bos_token_id, eos_token_id=eos, pad_token_id=tokenizer.pad_token_id,
@@ -312,9 +326,11 @@ def build_tiny_models(
         ids = (p_ids + r_ids)[-limit:]
         rows.append((ids, max(0, len(ids) - len(r_ids))))
     instruct = base
-    inst_spec = replace(spec, learning_rate=spec.learning_rate / 2)
-    inst_loss = _train(instruct, _sft_batches(rows, tokenizer.pad_token_id, spec, rng),
-                       spec.instruct_steps, inst_spec, "instruction-tuning tiny-instruct", progress)
+    try:
+        inst_loss = _train(instruct, _Batches(_sft_rows(rows), spec.seed + 1), spec.instruct_steps, spec,
+                           spec.learning_rate / 2, "instruction-tuning tiny-instruct", progress, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     instruct.generation_config = GenerationConfig(
         bos_token_id=tokenizer.bos_token_id, eos_token_id=[end, eos], pad_token_id=tokenizer.pad_token_id,
         **GENERATION_DEFAULTS,
