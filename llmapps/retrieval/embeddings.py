@@ -30,6 +30,7 @@ from langchain_core.embeddings import Embeddings
 from llmapps.errors import ConfigError, ModelNotFoundError
 
 if TYPE_CHECKING:
+    from llmapps.models.pool import ModelPool
     from llmapps.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -98,19 +99,8 @@ class SentenceTransformerEmbeddings(Embeddings):
     def model(self) -> Any:
         with self._lock:
             if self._model is None:
-                from sentence_transformers import SentenceTransformer
-
-                where = model_location(self.model_id)
-                log.info("loading embedding model %s from %s", self.model_id, where)
-                try:
-                    self._model = SentenceTransformer(
-                        where, device=self.device, local_files_only=self.local_files_only
-                    )
-                except (OSError, ValueError) as err:
-                    raise ModelNotFoundError(
-                        f"cannot load embedding model {self.model_id!r}: {err}. Use the bundled "
-                        "all-MiniLM-L6-v2 or a directory holding a sentence-transformers model."
-                    ) from err
+                self._model = load_sentence_transformer(self.model_id, device=self.device,
+                                                        local_files_only=self.local_files_only)
             return self._model
 
     def embed_array(self, texts: Sequence[str]) -> np.ndarray:
@@ -258,6 +248,48 @@ class CachedEmbeddings(Embeddings):
         if self._db is not None:
             self._db.close()
             self._db = None
+
+
+def load_sentence_transformer(model_id: str, *, device: str | None = None, local_files_only: bool = False,
+                              pool: ModelPool | None = None) -> Any:
+    """The one loader of sentence-transformers models: loaded once per pool (default the
+    process's ``default_pool()``) and device, shared by retrieval, few-shot example selection
+    and the metrics.
+
+    Raises:
+        ModelNotFoundError: the model cannot be loaded (bundled package missing, no such folder).
+    """
+    from llmapps.models.pool import default_pool
+
+    model_id = canonical_model_id(model_id)
+    where = model_location(model_id)
+
+    def load() -> Any:
+        from sentence_transformers import SentenceTransformer
+
+        log.info("loading embedding model %s from %s", model_id, where)
+        try:
+            return SentenceTransformer(where, device=device, local_files_only=local_files_only)
+        except (OSError, ValueError) as err:
+            raise ModelNotFoundError(
+                f"cannot load embedding model {model_id!r}: {err}. Use the bundled "
+                "all-MiniLM-L6-v2 or a directory holding a sentence-transformers model."
+            ) from err
+
+    return (pool or default_pool()).get(("sentence-transformers", where, device or "auto"), load)
+
+
+def shared_embeddings(model: str | None = None, *, settings: Settings | None = None,
+                      pool: ModelPool | None = None) -> CachedEmbeddings:
+    """The cached embeddings of ``model`` (default: the settings'), one per pool, model and cache
+    folder: what every part of the process that embeds (few-shot selection, metrics) shares."""
+    from llmapps.models.pool import default_pool
+    from llmapps.settings import get_settings
+
+    s = settings or get_settings()
+    name = canonical_model_id(model or s.retrieval.embedding_model)
+    key = ("embeddings", name, str(s.retrieval.cache_dir or s.home / "embeddings"))
+    return (pool or default_pool()).get(key, lambda: make_embeddings(name, settings=s))
 
 
 def token_ids_fn(model_id: str) -> Callable[[str], list[int]]:

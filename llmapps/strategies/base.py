@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from langchain_core.runnables import Runnable
 
     from llmapps.models.local import LocalModel
+    from llmapps.models.pool import ModelPool
     from llmapps.settings import Settings
     from llmapps.tasks import Task
 
@@ -43,7 +44,11 @@ class Strategy(ABC):
     summary: ClassVar[str] = ""
     requires: ClassVar[str] = ""
 
-    def __init__(self, config: StrategyConfig | None = None, **options: Any) -> None:
+    def __init__(self, config: StrategyConfig | None = None, *, pool: ModelPool | None = None,
+                 **options: Any) -> None:
+        from llmapps.models.pool import default_pool
+
+        self.pool = pool or default_pool()  # where this strategy's models are loaded and shared
         if config is None:
             try:
                 config = self.config_class(kind=self.name, **options)

@@ -97,7 +97,7 @@ class FewShotStrategy(Strategy):
             c = self.config
             self._lm = load_model(
                 c.base_model or get_settings().base_model, c.backend,
-                device=c.device, dtype=c.dtype, batch_size=c.batch_size,
+                device=c.device, dtype=c.dtype, batch_size=c.batch_size, pool=self.pool,
             )
         return self._lm
 

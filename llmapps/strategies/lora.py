@@ -101,10 +101,10 @@ class AdaptedModel(LocalModel):
         """Switch this view's adapter on (callers that use ``.model`` directly hold ``shared.lock``)."""
         self.shared.model.set_adapter(self.adapter_name)
 
-    def generate(self, prompts: Any, params: Any = None) -> Any:  # type: ignore[override]
+    def generate(self, prompts: Any, params: Any = None, *, batch_size: int | None = None) -> Any:  # type: ignore[override]
         with self.shared.lock:
             self.activate()
-            return super().generate(prompts, params)
+            return super().generate(prompts, params, batch_size=batch_size)
 
 
 class _SharedBase:
@@ -117,10 +117,6 @@ class _SharedBase:
         self.lock = threading.RLock()
         self.adapters: dict[str, str] = {}  # resolved adapter folder -> adapter name
         self.logit_changes: dict[str, float] = {}  # adapter folder -> its measured effect
-
-
-_BASES: dict[tuple[str, str, str], _SharedBase] = {}
-_BASES_LOCK = threading.Lock()
 
 
 def _adapter_name(folder: Path) -> str:
@@ -176,12 +172,13 @@ class LoraStrategy(Strategy):
             merged = peft_model.merge_and_unload()
             merged.eval()
             return LocalModel(merged, tok, name=name + "(merged)", device=dev, batch_size=batch)
-        key = (path, dev, dt)
-        with _BASES_LOCK:
-            shared = _BASES.get(key)
-            if shared is None:
-                model, tok = _from_pretrained(path, dev, dt, settings)
-                shared = _BASES[key] = _SharedBase(model, tok, dev)
+
+        def load_base() -> _SharedBase:
+            model, tok = _from_pretrained(path, dev, dt, settings)
+            return _SharedBase(model, tok, dev)
+
+        # a base of its own (not the plain "transformers" one): adapters are loaded into it
+        shared = self.pool.get(("lora-base", path, dev, dt), load_base)
         with shared.lock:
             adapter_name = shared.adapters.get(str(folder))
             if adapter_name is None:

@@ -105,19 +105,12 @@ def make_ranker(kind: str, task: Task, *, embeddings: Embeddings | None = None,
     return rank
 
 
-_SHARED: dict[tuple[str, str], Embeddings] = {}
-
-
 def shared_embeddings() -> Embeddings:
-    """The settings' embeddings, one per process and model: every few-shot build reuses the loaded model."""
-    from llmapps.retrieval.embeddings import make_embeddings
-    from llmapps.settings import get_settings
+    """The settings' embeddings, shared by the process (``llmapps.retrieval.embeddings.shared_embeddings``):
+    every few-shot build reuses the loaded model."""
+    from llmapps.retrieval.embeddings import shared_embeddings as shared
 
-    r = get_settings().retrieval
-    key = (r.embedding_model, str(r.cache_dir))
-    if key not in _SHARED:
-        _SHARED[key] = make_embeddings()
-    return _SHARED[key]
+    return shared()
 
 
 def _embed(emb: Embeddings, texts: list[str]) -> np.ndarray:

@@ -60,7 +60,7 @@ class ZeroShotStrategy(Strategy):
             c = self.config
             self._lm = load_model(
                 c.instruct_model or get_settings().instruct_model, c.backend,
-                device=c.device, dtype=c.dtype, batch_size=c.batch_size,
+                device=c.device, dtype=c.dtype, batch_size=c.batch_size, pool=self.pool,
             )
         return self._lm
 
