@@ -185,15 +185,11 @@ def read_dialogues(path: Path | str) -> list[dict[str, Any]]:
     if not path.is_file():
         raise InputError(f"{path} is not a file; give a JSONL file of annotated dialogues")
     ids = known_ids()
-    rows, problems, seen = [], [], set()
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            problems.append(f"{path}:{n}: not valid JSON ({err.msg})")
-            continue
+    from llmapps.jsonl import parse_jsonl  # the project's one JSONL reader
+
+    parsed, problems = parse_jsonl(path.read_bytes(), str(path))
+    rows, seen = [], set()
+    for n, row in parsed:
         found = validate_dialogue(row, ids)
         if not found and row["id"] in seen:
             found = [f"duplicate dialogue id {row['id']!r}"]

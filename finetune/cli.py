@@ -15,17 +15,10 @@ from typing import Any
 
 
 def _overrides(items: list[str]) -> dict[str, Any]:
-    import yaml
+    """``--set training.max_steps=20`` items as dotted recipe overrides (the core's one parser)."""
+    from llmapps.options import parse_assignments
 
-    from llmapps.errors import ConfigError
-
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ConfigError(f"--set {item!r}: expected FIELD=VALUE, e.g. training.max_steps=20")
-        out[key.strip()] = yaml.safe_load(value)
-    return out
+    return parse_assignments(items, "--set", dotted=True)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -33,12 +26,17 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     from finetune.recipe import load_recipe
     from finetune.train import train
+    from llmapps.errors import ConfigError
 
     overrides = _overrides(args.set)
-    overrides["method"] = args.method
     if args.base_model:
         overrides["base_model"] = args.base_model
     recipe = load_recipe(args.recipe, **overrides)
+    if recipe.method != args.method:  # the recipe's method: key picks the method, never the action
+        raise ConfigError(
+            f"the recipe {args.recipe!r} trains {recipe.method!r} (its method: key), not {args.method!r}: "
+            f"run `llmapps finetune {recipe.method} --recipe {args.recipe}`, or --set method={args.method}"
+        )
     out = Path(args.out) if args.out else Path("adapters") / recipe.name
     result = train(recipe, out, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
     m = result.metrics

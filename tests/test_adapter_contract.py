@@ -86,3 +86,21 @@ def test_atomic_folder_is_complete_or_absent(tmp_path: Path) -> None:
     assert [p.name for p in out.iterdir()] == ["c.txt"]  # replaced whole
     with pytest.raises(FileExistsError, match="exists and is not empty"), atomic_folder(out, replace=False):
         pass
+
+
+def test_the_recipes_method_key_picks_the_method_not_the_cli_action(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from llmapps.cli import main
+
+    code = main(["finetune", "prompt-tuning", "--recipe", "tiny", "--out", str(tmp_path / "a"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code != 0 and "the recipe 'tiny' trains 'lora' (its method: key), not 'prompt-tuning'" in err
+    assert not (tmp_path / "a").exists()
+
+
+def test_set_overrides_use_the_cores_one_parser() -> None:
+    from finetune.cli import _overrides
+
+    assert _overrides(["training.max_steps=20", "lora.target_modules=[q_proj, v_proj]"]) == {
+        "training.max_steps": 20, "lora.target_modules": ["q_proj", "v_proj"]}
+    with pytest.raises(ConfigError, match=r"--set 'training': expected KEY=VALUE, e.g. --set training.max_steps=20"):
+        _overrides(["training"])

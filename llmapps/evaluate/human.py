@@ -133,18 +133,16 @@ def _normalize_preference(pref: str) -> str | None:
 def _read_jsonl_ratings(path: Path, problems: list[str]) -> list[dict[str, str]]:
     """A ``ratings.jsonl`` store: the latest rating of each (rater, item) counts; a torn last
     line (a kill mid-write) is ignored."""
-    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    from llmapps.jsonl import scan_jsonl  # the project's one JSONL reader
+
     latest: dict[tuple[str, str], dict[str, str]] = {}
-    for n, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            if n == len(lines):
+    for line in scan_jsonl(Path(path).read_bytes(), str(path)):
+        n, row = line.lineno, line.row
+        if row is None:
+            if not line.complete:  # the last line, cut by a kill mid-write
                 log.warning("%s: ignoring a half-written last line", path)
                 break
-            problems.append(f"{path}:{n}: not valid JSON")
+            problems.append(line.problem or f"{path}:{n}: not valid JSON")
             continue
         norm = (
             _normalize_preference(str(row.get("preference") or ""))
