@@ -21,8 +21,6 @@ import importlib.util
 import json
 import logging
 import os
-import shutil
-import tempfile
 import time
 from collections.abc import Iterator
 from functools import cache
@@ -37,6 +35,7 @@ from llmapps.errors import (
     ModelNotFoundError,
     config_error_from_validation,
 )
+from llmapps.folders import atomic_folder
 from llmapps.hashing import sha256_file
 from llmapps.settings import Settings, get_settings
 
@@ -226,8 +225,7 @@ def convert_gguf(
         if _is_built(out, source_sha256):
             return out
         started = time.perf_counter()
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-        try:
+        with atomic_folder(out) as tmp:  # complete or absent, never half
             model, tokenizer = _load_gguf(gguf, progress=progress)
             dtype = str(model.dtype).removeprefix("torch.")
             model.save_pretrained(tmp)
@@ -245,12 +243,6 @@ def convert_gguf(
                 **(extra or {}),
             }
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
-            if out.exists():
-                shutil.rmtree(out)
-            os.replace(tmp, out)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         log.info("converted %s to %s in %.1fs", gguf.name, out, time.perf_counter() - started)
         return out
 
