@@ -25,7 +25,7 @@ def merge_adapter(adapter: str | Path, out: str | Path, *, base_model: str | Non
     """
     from llmapps.adapters import check_adapter_active, check_base, load_peft, read_manifest
     from llmapps.folders import atomic_folder
-    from llmapps.models.local import _from_pretrained, resolve_model_path
+    from llmapps.models.local import load_pretrained, resolve_model_path
 
     settings = settings or get_settings()
     out = Path(out).expanduser().resolve()
@@ -38,7 +38,7 @@ def merge_adapter(adapter: str | Path, out: str | Path, *, base_model: str | Non
     name = base_model or manifest.base_model
     path = resolve_model_path(name, settings)
     check_base(manifest, path, adapter=adapter, name=name)
-    model, tokenizer = _from_pretrained(path, "cpu", "float32", settings)
+    model, tokenizer = load_pretrained(path, "cpu", "float32", settings)
     peft_model = load_peft(model, folder, "default")
     check_adapter_active(peft_model, "default", tokenizer, folder)
     merged = peft_model.merge_and_unload()

@@ -118,7 +118,7 @@ def _precision(recipe: Recipe, device: str) -> str:
 
 def load_base(recipe: Recipe, settings: Settings, device: str) -> tuple[Any, Any, str, bool]:
     """The base model (4-bit when QLoRA applies), its tokenizer, its path and whether it is 4-bit."""
-    from llmapps.models.local import _from_pretrained, resolve_model_path
+    from llmapps.models.local import load_pretrained, resolve_model_path
 
     name = recipe.base_model
     looks_like_path = name.startswith((".", "~", "/")) or name.count("/") > 1
@@ -149,7 +149,7 @@ def load_base(recipe: Recipe, settings: Settings, device: str) -> tuple[Any, Any
         )
         return model, tokenizer, path, True
     dtype = "bfloat16" if _precision(recipe, device) == "bf16" else "float32"
-    model, tokenizer = _from_pretrained(path, device, dtype, settings)
+    model, tokenizer = load_pretrained(path, device, dtype, settings)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer, path, False

@@ -134,12 +134,9 @@ def test_the_core_holds_no_app_name_or_field() -> None:
 
 # ---------------------------------------------------------------- no private cross-package imports
 
-# Known and owned by other work in progress (issue 15 item 2/3: a public adapter/loader contract).
+# Known and owned by other work in progress.
 KNOWN_PRIVATE = {
     ("llmapps/service/fake_endpoint.py", "llmapps.serving.server._uvicorn_server"),
-    ("llmapps/strategies/lora.py", "llmapps.models.local._from_pretrained"),
-    ("finetune/merge.py", "llmapps.models.local._from_pretrained"),
-    ("finetune/train.py", "llmapps.models.local._from_pretrained"),
     # the Ray engine (issue 16) drives the bench's per-strategy pass; to be made public there
     ("llmapps/ray_engine.py", "llmapps.bench.run._StrategyRun"),
     ("llmapps/ray_engine.py", "llmapps.bench.run._batched"),

@@ -585,16 +585,24 @@ def load_local_model(
     dt = dtype or settings.dtype
 
     def load() -> LocalModel:
-        model, tokenizer = _from_pretrained(path, dev, dt, settings)
+        model, tokenizer = load_pretrained(path, dev, dt, settings)
         return LocalModel(model, tokenizer, name=name, device=dev, batch_size=settings.generation.batch_size)
 
     shared = (pool or default_pool()).get(("transformers", path, dev, dt), load)
     return shared.with_batch_size(batch_size)
 
 
-def _from_pretrained(
+def load_pretrained(
     path: str, device: str, dtype: str, settings: Settings
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A fresh (model, tokenizer) from ``path`` (a folder, or a hub id in the local cache) on
+    ``device`` in ``dtype``, outside any pool: for callers that change the weights (training,
+    merging, a base that carries adapters).
+
+    Raises:
+        ModelNotFoundError: not on disk nor in the Hugging Face cache (and the hub unreachable).
+        BackendError: the checkpoint left tensors without data.
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch_dtype = pick_dtype(dtype, device)
@@ -638,6 +646,9 @@ def _from_pretrained(
     model.eval()
     log.info("loaded %s on %s (%s) in %.1fs", path, device, torch_dtype, time.perf_counter() - started)
     return model, tokenizer
+
+
+_from_pretrained = load_pretrained  # its former, private name
 
 
 def _meta_tensors(model: Any) -> list[str]:

@@ -154,7 +154,7 @@ class LoraStrategy(Strategy):
         return self._lm
 
     def _load(self) -> LocalModel:
-        from llmapps.models.local import _from_pretrained, pick_device
+        from llmapps.models.local import load_pretrained, pick_device
         from llmapps.settings import get_settings
 
         settings = get_settings()
@@ -166,7 +166,7 @@ class LoraStrategy(Strategy):
         batch = c.batch_size or settings.generation.batch_size
         name = f"{self.manifest.base_model}+{folder.name}"
         if c.merge:  # a private base: merging rewrites its weights
-            model, tok = _from_pretrained(path, dev, dt, settings)
+            model, tok = load_pretrained(path, dev, dt, settings)
             peft_model = load_peft(model, folder, "default")
             self.logit_change = check_adapter_active(peft_model, "default", tok, folder)
             merged = peft_model.merge_and_unload()
@@ -174,7 +174,7 @@ class LoraStrategy(Strategy):
             return LocalModel(merged, tok, name=name + "(merged)", device=dev, batch_size=batch)
 
         def load_base() -> _SharedBase:
-            model, tok = _from_pretrained(path, dev, dt, settings)
+            model, tok = load_pretrained(path, dev, dt, settings)
             return _SharedBase(model, tok, dev)
 
         # a base of its own (not the plain "transformers" one): adapters are loaded into it
