@@ -8,7 +8,6 @@ structured-output fallback and secret hygiene are checked on the same server.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -234,17 +233,41 @@ def test_cost_per_call_from_the_price_table(endpoint: Any) -> None:
     assert call_cost("unlisted", 100, 100, prices) == 0.0
 
 
+class FakeClock:
+    """A clock that moves only when the limiter sleeps on it (no wall-clock time in the test)."""
+
+    def __init__(self) -> None:
+        self.now, self.sleeps = 1000.0, []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(round(seconds, 6))
+        self.now += seconds
+
+
 def test_rate_limiter_spaces_requests() -> None:
-    limiter = RateLimiter(rpm=2, window_s=0.3)
-    started = time.monotonic()
-    waits = [limiter.acquire() for _ in range(3)]
-    assert waits[0] < 0.05 and waits[1] < 0.05
-    assert time.monotonic() - started >= 0.25  # the third waited for the window to move
-    tokens = RateLimiter(tpm=100, window_s=0.2)
-    tokens.acquire(60)
-    assert tokens.acquire(60) > 0.1
+    clock = FakeClock()
+    limiter = RateLimiter(rpm=2, window_s=60, clock=clock, sleep=clock.sleep)
+    assert [limiter.acquire() for _ in range(2)] == [0.0, 0.0]
+    clock.now += 10  # the first two were 10 s ago: the third waits out the rest of the minute
+    assert limiter.acquire() == pytest.approx(50.0)
+    assert clock.sleeps == [50.0]
+    tokens_clock = FakeClock()
+    tokens = RateLimiter(tpm=100, window_s=60, clock=tokens_clock, sleep=tokens_clock.sleep)
+    assert tokens.acquire(60) == 0.0
+    tokens_clock.now += 15
+    assert tokens.acquire(60) == pytest.approx(45.0)  # waits until the first 60 tokens expire
+    assert tokens.acquire(40) == 0.0  # 60 + 40 fit the minute
     with pytest.raises(ConfigError, match="more than the whole limit of tpm=100"):
         tokens.acquire(101)
+
+
+def test_rate_limiter_without_an_injected_clock_still_waits_on_its_condition() -> None:
+    limiter = RateLimiter(rpm=1, window_s=0.05)
+    limiter.acquire()
+    assert limiter.acquire() > 0 and limiter.waited_s > 0
 
 
 def test_retry_policy_honours_retry_after_and_backs_off() -> None:

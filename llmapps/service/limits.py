@@ -6,6 +6,7 @@ import random
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from llmapps.errors import ConfigError
@@ -16,14 +17,21 @@ class RateLimiter:
 
     ``acquire(tokens)`` blocks until one more request of ``tokens`` fits both limits. A request
     larger than the whole token limit is refused at once rather than waiting forever.
+
+    ``clock`` (default ``time.monotonic``) and ``sleep`` are injectable: given a ``sleep``, the
+    limiter waits by calling it (outside its lock) instead of on its condition, so a test can
+    drive a fake clock and assert exact waits without sleeping.
     """
 
     def __init__(
-        self, rpm: int | None = None, tpm: int | None = None, *, window_s: float = 60.0
+        self, rpm: int | None = None, tpm: int | None = None, *, window_s: float = 60.0,
+        clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] | None = None,
     ) -> None:
         self.rpm = rpm
         self.tpm = tpm
         self.window_s = window_s
+        self._clock = clock
+        self._sleep = sleep
         self._events: deque[tuple[float, int]] = deque()
         self._tokens = 0
         self._cond = threading.Condition()
@@ -60,18 +68,25 @@ class RateLimiter:
                 f"one request needs ~{tokens} tokens, more than the whole limit of tpm={self.tpm}; "
                 "raise tpm or lower max_new_tokens"
             )
-        started = time.monotonic()
+        started = self._clock()
         with self._cond:
             while True:
-                now = time.monotonic()
+                now = self._clock()
                 self._expire(now)
                 wait = self._wait_time(now, tokens)
                 if wait <= 0:
                     self._events.append((now, tokens))
                     self._tokens += tokens
                     break
-                self._cond.wait(timeout=min(wait, self.window_s))
-        waited = time.monotonic() - started
+                if self._sleep is None:
+                    self._cond.wait(timeout=min(wait, self.window_s))
+                else:
+                    self._cond.release()
+                    try:
+                        self._sleep(min(wait, self.window_s))
+                    finally:
+                        self._cond.acquire()
+        waited = self._clock() - started
         self.waited_s += waited
         return waited
 
