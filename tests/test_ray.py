@@ -271,11 +271,14 @@ def test_killed_driver_keeps_its_rows_and_the_rerun_finishes(
         "--workers",
         "1",
     ]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # its own process group: the kill takes the driver and the local cluster it started, at once
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and proc.poll() is None:
         if out.exists() and out.read_text().count("\n") >= 1:
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGKILL)
             break
         time.sleep(0.05)
     proc.wait(timeout=30)
