@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
     import sys
 
-    from llmapps.serving.server import _uvicorn_server, bind_socket
+    from llmapps.serving.server import bind_socket, uvicorn_server
 
     ap = argparse.ArgumentParser(
         description="a scripted OpenAI-compatible endpoint (loopback only)"
@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     sock = bind_socket("127.0.0.1", args.port)
     print(f"http://127.0.0.1:{sock.getsockname()[1]}/v1", flush=True, file=sys.stdout)
-    _uvicorn_server(create_fake_app(FakeEndpointState(latency_s=args.latency))).run(sockets=[sock])
+    uvicorn_server(create_fake_app(FakeEndpointState(latency_s=args.latency))).run(sockets=[sock])
     return 0
 
 

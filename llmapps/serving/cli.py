@@ -127,7 +127,7 @@ def app_chat(args: argparse.Namespace) -> Any:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from llmapps.serving.app import create_app
-    from llmapps.serving.server import _uvicorn_server, bind_socket, is_loopback
+    from llmapps.serving.server import bind_socket, is_loopback, uvicorn_server
 
     server = server_settings(args)
     if not is_loopback(server.host) and server.api_key is None:
@@ -147,5 +147,5 @@ def cmd_serve(args: argparse.Namespace) -> int:
         file=sys.stderr,
         flush=True,
     )
-    _uvicorn_server(app).run(sockets=[sock])
+    uvicorn_server(app).run(sockets=[sock])
     return 0

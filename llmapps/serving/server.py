@@ -55,7 +55,7 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _uvicorn_server(app: FastAPI, **config: Any) -> Any:
+def uvicorn_server(app: FastAPI, **config: Any) -> Any:
     import uvicorn
 
     return uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, **config))
@@ -67,7 +67,7 @@ def serve_in_thread(
 ) -> Iterator[str]:
     """Serve ``app`` from a background thread for the length of the block; yields ``http://host:port``."""
     sock = bind_socket(host, port)
-    server = _uvicorn_server(app)
+    server = uvicorn_server(app)
     thread = threading.Thread(
         target=server.run, kwargs={"sockets": [sock]}, name="llmapps-serve", daemon=True
     )
