@@ -15,7 +15,7 @@ names none of them. Values are read as YAML scalars (``-O k=4`` is the number 4)
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -64,27 +64,6 @@ def parse_assignments(items: Iterable[str], flag: str, *, dotted: bool = False) 
             example = "training.max_steps=20" if dotted else "temperature=0.7"
             raise ConfigError(f"{flag} {item!r}: expected KEY=VALUE, e.g. {flag} {example}")
         out[".".join(option_key(p) for p in parts)] = parse_value(value)
-    return out
-
-
-def parse_flag_args(extra: Sequence[str]) -> dict[str, Any]:
-    """App options given as ``--KEY VALUE`` or ``--KEY=VALUE`` (what the core parser left over)."""
-    out: dict[str, Any] = {}
-    i = 0
-    while i < len(extra):
-        arg = extra[i]
-        if not arg.startswith("--") or len(arg) == 2:
-            raise ConfigError(
-                f"unexpected argument {arg!r}; app options are --KEY VALUE or -O KEY=VALUE"
-            )
-        key, sep, value = arg[2:].partition("=")
-        if not sep:
-            if i + 1 >= len(extra) or extra[i + 1].startswith("--"):
-                raise ConfigError(f"{arg} needs a value: {arg} VALUE")
-            value = extra[i + 1]
-            i += 1
-        out[option_key(key)] = parse_value(value)
-        i += 1
     return out
 
 
