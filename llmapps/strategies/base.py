@@ -53,7 +53,11 @@ class Strategy(ABC):
             try:
                 config = self.config_class(kind=self.name, **options)
             except ValidationError as err:
-                raise config_error_from_validation(f"options for the {self.name!r} strategy", err) from err
+                error = config_error_from_validation(f"options for the {self.name!r} strategy", err)
+                if any(e.get("type") == "extra_forbidden" for e in err.errors()):  # name the valid ones
+                    valid = ", ".join(sorted(set(self.config_class.model_fields) - {"kind"}))
+                    error = ConfigError(f"{error}\n  its options: {valid}")
+                raise error from err
         elif options:
             raise ConfigError("pass either a config or options, not both")
         self.config = config
