@@ -313,21 +313,47 @@ def train(
     return TrainResult(adapter=out, metrics=metrics)
 
 
-def train_recipe(
-    recipe: str,
-    out: Path,
-    *,
-    overwrite: bool = False,
-    resume: bool = False,
-    progress: bool = True,
-    settings: Settings | None = None,
-) -> Path:
-    """The ``peft`` adapter trainer (``llmapps.adapters.AdapterTrainer``): train the recipe named
-    ``recipe`` (a shipped name or a YAML path, its own ``method:``) into ``out``; return ``out``."""
-    from finetune.recipe import load_recipe
+# The demo recipe of each base the project ships one for (``llmapps demo`` trains it on first use
+# into $LLMAPPS_HOME/adapters/<the recipe's name>): the short Gemma recipe keeps the first run
+# within 5 minutes on 2 CPU cores.
+DEMO_RECIPES = {"tiny-base": "tiny", "gemma-3-270m": "gemma-3-270m-demo"}
 
-    return train(load_recipe(recipe), out, resume=resume, overwrite=overwrite, progress=progress,
-                 settings=settings).adapter
+
+class PeftTrainer:
+    """The ``peft`` adapter trainer (``llmapps.adapters.AdapterTrainer``), registered by entry
+    point as ``finetune.train:train_recipe``: the core trains through it without importing
+    this package."""
+
+    def __call__(
+        self,
+        recipe: str,
+        out: Path,
+        *,
+        overwrite: bool = False,
+        resume: bool = False,
+        progress: bool = True,
+        settings: Settings | None = None,
+    ) -> Path:
+        """Train the recipe named ``recipe`` (a shipped name or a YAML path, its own ``method:``)
+        into ``out``; return ``out``."""
+        from finetune.recipe import load_recipe
+
+        return train(load_recipe(recipe), out, resume=resume, overwrite=overwrite, progress=progress,
+                     settings=settings).adapter
+
+    def demo_recipe(self, base_model: str) -> Any:
+        """The ``DemoRecipe`` of ``base_model`` (``DEMO_RECIPES``), or None."""
+        from finetune.recipe import load_recipe
+        from llmapps.adapters import DemoRecipe
+
+        name = DEMO_RECIPES.get(base_model)
+        return DemoRecipe(recipe=name, adapter=load_recipe(name).name) if name else None
+
+    def demo_bases(self) -> list[str]:
+        return sorted(DEMO_RECIPES)
+
+
+train_recipe = PeftTrainer()
 
 
 def _prepare_checkpoints(root: Path, recipe_json: dict[str, Any], *, resume: bool, overwrite: bool) -> Path | None:

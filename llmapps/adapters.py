@@ -90,7 +90,8 @@ class AdapterManifest(BaseModel):
 
 
 class AdapterTrainer(Protocol):
-    """Trains the adapter a recipe describes into ``out`` and returns ``out``.
+    """Trains the adapter a recipe describes into ``out`` and returns ``out``; knows which of its
+    recipes is the short demo of a base (``llmapps demo``, the ``lora`` strategy's default).
 
     Raises the library's typed errors (``ConfigError``, ``InputError``, ``ModelNotFoundError``,
     ``BackendError``); never prints or exits.
@@ -98,6 +99,24 @@ class AdapterTrainer(Protocol):
 
     def __call__(self, recipe: str, out: Path, *, overwrite: bool = False, resume: bool = False,
                  progress: bool = True, settings: Settings | None = None) -> Path: ...
+
+    def demo_recipe(self, base_model: str) -> DemoRecipe | None:
+        """The demo recipe of ``base_model`` (None: it has none)."""
+        ...
+
+    def demo_bases(self) -> list[str]:
+        """The bases that have a demo recipe."""
+        ...
+
+
+class DemoRecipe(BaseModel):
+    """A trainer's demo recipe for one base: what to train, and the adapter folder's name
+    (under ``$LLMAPPS_HOME/adapters/``)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    recipe: str
+    adapter: str
 
 
 trainers: Registry[AdapterTrainer] = Registry("adapter trainer", "llmapps.trainers")

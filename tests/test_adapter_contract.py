@@ -48,6 +48,17 @@ def test_the_peft_trainer_is_registered_and_reports_typed_errors(tmp_path: Path)
         get_trainer("pef")
 
 
+def test_the_demo_recipe_of_a_base_is_the_trainers_knowledge_not_the_cores() -> None:
+    from llmapps.adapters import get_trainer
+
+    trainer = get_trainer("peft")
+    demo = trainer.demo_recipe("tiny-base")
+    assert demo is not None and (demo.recipe, demo.adapter) == ("tiny", "news-riddle-tiny")  # the old folder
+    assert trainer.demo_recipe("no-such-base") is None and "tiny-base" in trainer.demo_bases()
+    core = (ROOT / "llmapps" / "strategies" / "lora.py").read_text(encoding="utf-8")
+    assert "news-riddle" not in core and "[Article]" not in core
+
+
 def test_a_bare_split_comes_from_the_prompts_app_through_the_registry() -> None:
     from finetune.data import read_examples
     from llmapps.apps import get_app

@@ -60,16 +60,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-DEMO_ADAPTER = "news-riddle-tiny"
-# The recipe the demo trains for each base it knows (by the base's name in settings.base_model),
-# and the adapter folder it writes under $LLMAPPS_HOME/adapters/: the short Gemma recipe keeps
-# the first run within 5 minutes on 2 CPU cores.
-DEMO_RECIPES = {
-    "tiny-base": ("tiny", DEMO_ADAPTER),
-    "gemma-3-270m": ("gemma-3-270m-demo", "news-riddle-gemma-3-270m-demo"),
-}
-
-
 class LoraStrategyConfig(StrategyConfig):
     """Options of the ``lora`` strategy."""
 
@@ -246,14 +236,15 @@ class LoraStrategy(Strategy):
     @classmethod
     @contextlib.contextmanager
     def demo_options(cls, settings: Settings) -> Iterator[dict[str, Any] | None]:
-        """The demo adapter of ``settings.base_model`` (``DEMO_RECIPES``) in
+        """The demo adapter of ``settings.base_model`` (the trainer's ``demo_recipe``) in
         ``$LLMAPPS_HOME/adapters/``, trained on first use; None for a base with no demo recipe.
 
         It is retrained when the base changed (its weights hash differs from the manifest's).
         Training runs through the registered adapter trainer (``llmapps.adapters.trainers``,
-        entry point), never an import of the training package.
+        entry point), never an import of the training package; which recipe is a base's demo
+        (and so which app it serves) is the trainer's knowledge, not the core's.
         """
-        ok = "peft" in trainers and settings.base_model in DEMO_RECIPES
+        ok = "peft" in trainers and get_trainer("peft").demo_recipe(settings.base_model) is not None
         yield {"adapter": str(ensure_demo_adapter(settings))} if ok else None
 
 
@@ -261,23 +252,25 @@ _DEMO_LOCK = threading.Lock()
 
 
 def ensure_demo_adapter(settings: Settings, base_model: str | None = None) -> Path:
-    """Train the demo recipe of ``base_model`` (default ``settings.base_model``; see
-    ``DEMO_RECIPES``) into ``$LLMAPPS_HOME/adapters/<name>`` unless it is current.
+    """Train the demo recipe of ``base_model`` (default ``settings.base_model``; the trainer's
+    ``demo_recipe``) into ``$LLMAPPS_HOME/adapters/<name>`` unless it is current.
 
     Raises:
-        ConfigError: no demo recipe for that base.
+        ConfigError: no demo recipe for that base, or training refused the recipe.
+        UnknownComponentError: no adapter trainer is installed.
         BackendError: training failed.
     """
     from llmapps.models.local import resolve_model_path
 
     name = base_model or settings.base_model
-    if name not in DEMO_RECIPES:
+    trainer = get_trainer("peft")
+    demo = trainer.demo_recipe(name)
+    if demo is None:
         raise ConfigError(
-            f"no demo adapter for the base {name!r} (known: {', '.join(DEMO_RECIPES)}); train one with "
-            "`llmapps finetune lora --recipe RECIPE --out DIR` and pass adapter=DIR"
+            f"no demo adapter for the base {name!r} (known: {', '.join(trainer.demo_bases())}); train "
+            "one with `llmapps finetune lora --recipe RECIPE --out DIR` and pass adapter=DIR"
         )
-    recipe, adapter = DEMO_RECIPES[name]
-    folder = settings.home / "adapters" / adapter
+    folder = settings.home / "adapters" / demo.adapter
     with _DEMO_LOCK:
         base = resolve_model_path(name, settings)
         try:
@@ -285,7 +278,7 @@ def ensure_demo_adapter(settings: Settings, base_model: str | None = None) -> Pa
                 return folder
             log.info("%s changed since %s was trained: retraining it", name, folder)
         except ConfigError:
-            log.info("no demo adapter in %s yet: training the %s recipe", folder, recipe)
+            log.info("no demo adapter in %s yet: training the %s recipe", folder, demo.recipe)
         # A typed error of the trainer (bad recipe, missing base, bad data) reaches the caller as is.
-        get_trainer("peft")(recipe, folder, overwrite=True, progress=False, settings=settings)
+        trainer(demo.recipe, folder, overwrite=True, progress=False, settings=settings)
     return folder
