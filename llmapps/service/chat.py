@@ -204,6 +204,12 @@ class ServiceChatModel(ChatOpenAI):  # type: ignore[override]
         self._sem = threading.BoundedSemaphore(self.max_inflight) if self.max_inflight else None
         self._cache = open_cache(Path(self.cache_path)) if self.cache_path else None
 
+    @classmethod
+    def is_lc_serializable(cls) -> bool:
+        """No: ``ChatOpenAI``'s namespace would make ``dumpd`` claim a class ``load`` cannot
+        rebuild (it is in no LangChain mapping), and its cache file and limits are this process's."""
+        return False
+
     @property
     def _llm_type(self) -> str:
         return "llmapps-service"
