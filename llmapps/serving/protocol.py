@@ -280,7 +280,8 @@ def text_chunk(cid: str, created: int, model: str, piece: str | None, finish: st
     last event (as OpenAI's does, and its client reads), so the event is built unvalidated."""
     from openai.types import Completion, CompletionChoice
 
-    choice = CompletionChoice.model_construct(index=0, text=piece or "", finish_reason=finish, logprobs=None)
+    choice = CompletionChoice.model_construct(index=0, text=piece or "", finish_reason=finish,  # type: ignore[arg-type]
+                                              logprobs=None)
     return _dump(Completion.model_construct(id=cid, object="text_completion", created=created, model=model,
                                             choices=[choice]))
 
