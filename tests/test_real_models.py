@@ -12,6 +12,7 @@ import shutil
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -195,3 +196,42 @@ def test_gemma_batched_generate_equals_plain_generate(real_models: dict[str, Pat
                                       do_sample=False, pad_token_id=lm.tokenizer.pad_token_id)
         text = lm.tokenizer.decode(plain[0, ids.shape[1]:], skip_special_tokens=True)
         assert out.text == text, (prompt, out.text, text)
+
+
+def test_gemma_shared_prefix_past_the_sliding_window_equals_one_by_one(
+    real_models: dict[str, Path],
+) -> None:
+    """Prompts that share a start longer than Gemma 3's 512-token sliding window: the shared
+    prefix is prefilled once, each row continues from a copy of its cache, and the stitched
+    batch (full layers and windowed layers alike) gives the tokens each prompt gives alone."""
+    from llmapps.models.local import GenerationParams, _shared_prefix, load_local_model
+
+    lm = load_local_model(GEMMA, dtype="float32")
+    shared = " ".join(
+        f"Item {i}: the committee noted that the river rose by {i} centimetres overnight."
+        for i in range(40)
+    )
+    prompts = [
+        f"{shared}\nQuestion: what did the mayor say?\nAnswer:",
+        f"{shared}\nQuestion: which bridge was closed on the second day of the flood?\nAnswer:",
+        f"{shared}\nQuestion: who?\nAnswer:",
+    ]
+    ids = [lm.tokenizer(p)["input_ids"] for p in prompts]
+    assert _shared_prefix(ids) > 600  # past the window: the windowed layers' stitch is exercised
+    calls: list[int] = []
+
+    def count(_module: Any, args: Any, kwargs: dict[str, Any]) -> None:
+        # a hook, not a wrapper: generate() reads forward's signature to choose its inputs
+        ids_in = kwargs.get("input_ids")
+        calls.append(0 if ids_in is None else int(ids_in.numel()))
+
+    params = GenerationParams(max_new_tokens=8)
+    hook = lm.model.register_forward_pre_hook(count, with_kwargs=True)
+    try:
+        batched = lm.generate(prompts, params)
+    finally:
+        hook.remove()
+    # the prefix was prefilled once: far fewer prompt tokens went through the model than 3 rows
+    assert sum(calls) < sum(len(i) for i in ids) * 0.6, calls
+    alone = [lm.generate([p], params)[0] for p in prompts]
+    assert [o.text for o in batched] == [o.text for o in alone]

@@ -385,26 +385,70 @@ class LocalModel:
         been prefilled left-padded: ``generate`` then gets the full padded prompts, computes the
         positions from the attention mask as usual and feeds only the last token of each row.
 
-        Returns None (the caller prefills padded batches) where this does not apply: one row or
-        rows of one length (nothing to gain), a one-token prompt, an encoder-decoder model, or
-        a cache that is not one plain full-attention layer per decoder layer.
+        **Shared prefix.** The tokens every row starts with (the instruction and, with
+        ``example_selection=order``, the worked examples) are prefilled once, and each group of
+        rows continues from a copy of that cache (a chunked prefill: the same attention, exact up
+        to float rounding). Only a prefix of at least ``_MIN_SHARED_PREFIX`` tokens is shared.
+
+        **Sliding-window layers** (Gemma 3: 5 of every 6 layers see 512 tokens) keep only their
+        last ``window - 1`` keys; those are right-aligned the same way, and the layer's length
+        counter is set to the padded width, so the mask ``generate`` builds maps each cached key
+        to its place in the padded batch, as for a full layer.
+
+        Returns None (the caller prefills padded batches) where this does not apply: one row of
+        no shared prefix or rows of one length with none (nothing to gain), a one-token prompt,
+        an encoder-decoder model, or a cache layer of a type not handled here.
         """
         import torch
-        from transformers.cache_utils import DynamicCache, DynamicLayer, StaticCache, StaticLayer
+        from transformers.cache_utils import (
+            DynamicCache,
+            DynamicLayer,
+            DynamicSlidingWindowLayer,
+            StaticCache,
+            StaticLayer,
+        )
 
         lengths = [len(ids) for ids in batch]
-        if (not self.stitch_prefill or len(set(lengths)) < 2 or min(lengths) < 2
-                or self.model.config.is_encoder_decoder):
+        if not self.stitch_prefill or min(lengths) < 2 or self.model.config.is_encoder_decoder:
             return None
-        text_config = self.model.config.get_text_config(decoder=True)
-        if "sliding_attention" in (getattr(text_config, "layer_types", None) or []):
-            # Gemma 3's sliding-window layers keep only their window: the stitched layout below
-            # is for full-attention caches, so such models prefill padded batches (same tokens:
-            # tests/test_real_models.py) without first spending a forward pass to find out
-            self.stitch_prefill = False
-            return None
+        shared = _shared_prefix(batch) if len(batch) > 1 else 0
+        if shared < _MIN_SHARED_PREFIX:
+            shared = 0
+            if len(set(lengths)) < 2:
+                return None
         model = self.model
+        config = model.config.get_text_config(decoder=True)
         keep = {"logits_to_keep": 1} if _accepts(model.forward, "logits_to_keep") else {}
+        kinds = (DynamicLayer, DynamicSlidingWindowLayer)
+
+        def plain(cache: Any) -> bool:
+            layers: list[Any] = list(getattr(cache, "layers", None) or [])
+            return bool(layers) and all(type(layer) in kinds for layer in layers)
+
+        prefix_cache: Any = None
+        if shared:
+            ids = torch.tensor([batch[0][:shared]], dtype=torch.long, device=model.device)
+            prefix_cache = model(input_ids=ids, use_cache=True, **keep).past_key_values
+            if not plain(prefix_cache):
+                self.stitch_prefill = False
+                return None
+
+        def continued(rows: int) -> Any:
+            """A copy of the prefix cache for ``rows`` rows (None: no shared prefix)."""
+            if prefix_cache is None:
+                return None
+            data = [(layer.keys.expand(rows, -1, -1, -1).contiguous(),
+                     layer.values.expand(rows, -1, -1, -1).contiguous())
+                    for layer in prefix_cache.layers]
+            cache = DynamicCache(data, config=config)
+            layers: list[Any] = list(cache.layers)
+            for layer, old in zip(layers, prefix_cache.layers, strict=True):
+                if type(layer) is not type(old):
+                    return False
+                if isinstance(layer, DynamicSlidingWindowLayer):
+                    layer.cumulative_length = old.cumulative_length
+            return cache
+
         # rows of one length share a forward pass (no padding either way)
         groups: dict[int, list[int]] = {}
         for row, n in enumerate(lengths):
@@ -412,34 +456,40 @@ class LocalModel:
         past = width - 1
         stitched: list[tuple[torch.Tensor, torch.Tensor]] | None = None
         for n, rows in groups.items():
-            ids = torch.tensor([batch[r][:-1] for r in rows], dtype=torch.long, device=model.device)
-            out = model(input_ids=ids, use_cache=True, **keep)
-            pkv = out.past_key_values
-            layers = getattr(pkv, "layers", None)
-            if not layers or any(type(layer) is not DynamicLayer for layer in layers):
+            start = shared if n - 1 > shared else 0  # a row that is all prefix: prefill it whole
+            ids = torch.tensor([batch[r][start:-1] for r in rows], dtype=torch.long,
+                               device=model.device)
+            past_kv = continued(len(rows)) if start else None
+            if past_kv is False:
+                self.stitch_prefill = False
+                return None
+            extra = {"past_key_values": past_kv} if past_kv is not None else {}
+            pkv = model(input_ids=ids, use_cache=True, **extra, **keep).past_key_values
+            if not plain(pkv):
                 self.stitch_prefill = False
                 return None
             if stitched is None:
                 stitched = [
-                    (layer.keys.new_zeros((len(batch), layer.keys.shape[1], past,
-                                           layer.keys.shape[3])),
-                     layer.values.new_zeros((len(batch), layer.values.shape[1], past,
-                                             layer.values.shape[3])))
-                    for layer in layers
+                    (layer.keys.new_zeros((len(batch), layer.keys.shape[1],
+                                           _kept(layer, past), layer.keys.shape[3])),
+                     layer.values.new_zeros((len(batch), layer.values.shape[1],
+                                             _kept(layer, past), layer.values.shape[3])))
+                    for layer in pkv.layers
                 ]
             index = torch.tensor(rows, device=model.device)
-            for (keys, values), layer in zip(stitched, layers, strict=True):
-                keys[index, :, past - (n - 1):] = layer.keys
-                values[index, :, past - (n - 1):] = layer.values
+            for (keys, values), layer in zip(stitched, pkv.layers, strict=True):
+                m = layer.keys.shape[2]  # n - 1, or the window's last keys of them
+                keys[index, :, keys.shape[2] - m:] = layer.keys
+                values[index, :, values.shape[2] - m:] = layer.values
         assert stitched is not None
-        config = model.config.get_text_config(decoder=True)
-        if self.cache_implementation != "static":
-            return DynamicCache(stitched, config=config)
+        sliding = [isinstance(layer, DynamicSlidingWindowLayer) for layer in pkv.layers]
+        if self.cache_implementation != "static" or any(sliding):
+            return _dynamic_cache(stitched, config, past)
         cache = StaticCache(config=config, max_cache_len=width + max_new_tokens)
         if len(cache.layers) != len(stitched) or any(
             type(layer) is not StaticLayer for layer in cache.layers
         ):
-            return DynamicCache(stitched, config=config)
+            return _dynamic_cache(stitched, config, past)
         static_layers: list[Any] = list(cache.layers)  # all StaticLayer, checked just above
         for layer, (keys, values) in zip(static_layers, stitched, strict=True):
             layer.lazy_initialization(keys, values)
@@ -447,6 +497,40 @@ class LocalModel:
             layer.values[:, :, :past] = values
             layer.cumulative_length.fill_(past)
         return cache
+
+
+# The shortest common prompt start worth a prefill of its own (shorter: each row prefills it).
+_MIN_SHARED_PREFIX = 32
+
+
+def _shared_prefix(batch: list[list[int]]) -> int:
+    """Tokens every row starts with, short of each row's last token (fed to ``generate``)."""
+    first = batch[0]
+    n = min(len(ids) for ids in batch) - 1
+    for ids in batch[1:]:
+        i = 0
+        while i < n and ids[i] == first[i]:
+            i += 1
+        n = i
+    return max(n, 0)
+
+
+def _kept(layer: Any, past: int) -> int:
+    """Cache positions a stitched layer holds: ``past``, or a sliding layer's window less one."""
+    window = getattr(layer, "sliding_window", None)
+    return min(past, int(window) - 1) if window else past
+
+
+def _dynamic_cache(stitched: list[Any], config: Any, past: int) -> Any:
+    """A ``DynamicCache`` holding the stitched tensors, every layer ``past`` tokens long."""
+    from transformers.cache_utils import DynamicCache, DynamicSlidingWindowLayer
+
+    cache = DynamicCache(stitched, config=config)
+    layers: list[Any] = list(cache.layers)
+    for layer in layers:
+        if isinstance(layer, DynamicSlidingWindowLayer):
+            layer.cumulative_length = past  # its keys are the last window - 1 of them
+    return cache
 
 
 def available_memory(device: str) -> int:
