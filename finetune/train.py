@@ -317,6 +317,9 @@ def train(
 # into $LLMAPPS_HOME/adapters/<the recipe's name>): the short Gemma recipe keeps the first run
 # within 5 minutes on 2 CPU cores.
 DEMO_RECIPES = {"tiny-base": "tiny", "gemma-3-270m": "gemma-3-270m-demo"}
+# The full run of a base, trained by hand (`llmapps finetune lora --recipe NAME --out
+# $LLMAPPS_HOME/adapters/<its name>`): where it is, the demo and the bench use it.
+FULL_RECIPES = {"gemma-3-270m": "gemma-3-270m"}
 
 
 class PeftTrainer:
@@ -347,7 +350,11 @@ class PeftTrainer:
         from llmapps.adapters import DemoRecipe
 
         name = DEMO_RECIPES.get(base_model)
-        return DemoRecipe(recipe=name, adapter=load_recipe(name).name) if name else None
+        if not name:
+            return None
+        full = FULL_RECIPES.get(base_model)
+        return DemoRecipe(recipe=name, adapter=load_recipe(name).name,
+                          full_adapter=load_recipe(full).name if full else None)
 
     def demo_bases(self) -> list[str]:
         return sorted(DEMO_RECIPES)

@@ -117,6 +117,9 @@ class DemoRecipe(BaseModel):
 
     recipe: str
     adapter: str
+    # The adapter folder of the base's full recipe (same place): used instead of the demo's
+    # once someone has trained it there and it matches the base.
+    full_adapter: str | None = None
 
 
 trainers: Registry[AdapterTrainer] = Registry("adapter trainer", "llmapps.trainers")

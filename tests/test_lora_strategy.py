@@ -51,6 +51,30 @@ def _scaled_copy(src: Path, dst: Path, factor: float) -> Path:
     return _resign(dst)
 
 
+def test_a_trained_full_recipe_adapter_is_preferred_to_the_demo(
+    adapter: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where the base's full recipe was trained into $LLMAPPS_HOME/adapters/<name>, the default
+    (demo, bench) uses it; a damaged one falls back to the demo adapter, which is kept."""
+    from llmapps.adapters import DemoRecipe, get_trainer
+    from llmapps.settings import get_settings
+    from llmapps.strategies.lora import ensure_demo_adapter
+
+    settings = get_settings()
+    full = settings.home / "adapters" / "news-riddle-tiny-full-test"
+    shutil.rmtree(full, ignore_errors=True)
+    shutil.copytree(adapter, full)
+    trainer = get_trainer("peft")
+    demo = DemoRecipe(recipe="tiny", adapter=adapter.name, full_adapter=full.name)
+    monkeypatch.setattr(type(trainer), "demo_recipe", lambda self, base: demo)
+    try:
+        assert ensure_demo_adapter(settings) == full
+        (full / "adapter_model.safetensors").write_bytes(b"damaged")
+        assert ensure_demo_adapter(settings) == adapter  # the demo's, no retraining
+    finally:
+        shutil.rmtree(full, ignore_errors=True)
+
+
 def test_registered_and_demo_options_give_the_adapter(adapter):
     from llmapps.settings import get_settings
     from llmapps.strategies.base import STRATEGIES

@@ -253,7 +253,9 @@ _DEMO_LOCK = threading.Lock()
 
 def ensure_demo_adapter(settings: Settings, base_model: str | None = None) -> Path:
     """Train the demo recipe of ``base_model`` (default ``settings.base_model``; the trainer's
-    ``demo_recipe``) into ``$LLMAPPS_HOME/adapters/<name>`` unless it is current.
+    ``demo_recipe``) into ``$LLMAPPS_HOME/adapters/<name>`` unless it is current. Where the
+    base's full recipe has been trained into ``$LLMAPPS_HOME/adapters/<its name>`` (and matches
+    the base), that adapter is returned instead: the better one, already there.
 
     Raises:
         ConfigError: no demo recipe for that base, or training refused the recipe.
@@ -273,6 +275,15 @@ def ensure_demo_adapter(settings: Settings, base_model: str | None = None) -> Pa
     folder = settings.home / "adapters" / demo.adapter
     with _DEMO_LOCK:
         base = resolve_model_path(name, settings)
+        if demo.full_adapter:
+            full = settings.home / "adapters" / demo.full_adapter
+            try:
+                if read_manifest(full).base_model_sha256 == model_fingerprint(base):
+                    log.info("using the full-recipe adapter %s", full)
+                    return full
+                log.info("%s was trained on another %s: using the demo adapter", full, name)
+            except ConfigError:
+                pass  # not trained there (or damaged): the demo's is the default
         try:
             if read_manifest(folder).base_model_sha256 == model_fingerprint(base):
                 return folder
