@@ -181,3 +181,11 @@ def test_an_unknown_strategy_option_in_the_library_names_the_valid_ones() -> Non
 
     with pytest.raises(ConfigError, match=r"(?s)adapter: Extra inputs.*its options: backend, base_model"):
         load_chain("news-riddle", "few-shot", adapter="x")
+
+
+def test_serve_checks_the_apps_options_before_loading_a_model(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code, err = _run(capsys, "serve", "--app", "boutique", "-O", "bogus=1", "--port", "0")
+    assert code == 2 and "\n" not in err
+    assert err.startswith("error: the app 'boutique' has no option 'bogus'; its options are index:")

@@ -110,7 +110,7 @@ def server_settings(args: argparse.Namespace) -> Any:
 def app_chat(args: argparse.Namespace) -> Any:
     """``chat(messages) -> str``: the app ``--app`` built on the served strategy."""
     from llmapps.apps import APPS, get_app, load_chain
-    from llmapps.cli import strategy_options
+    from llmapps.cli import check_app_options, strategy_options
 
     spec = get_app(args.app)
     if spec.chat is None:
@@ -120,7 +120,9 @@ def app_chat(args: argparse.Namespace) -> Any:
         )
     if args.model:
         raise ConfigError("--app builds the app on --strategy; drop --model")
-    chain = load_chain(args.app, args.strategy, **strategy_options(args.strategy, args))
+    options = check_app_options(args.app, args)
+    chain = load_chain(args.app, args.strategy, app_options=options,
+                       **strategy_options(args.strategy, args))
     chat = spec.chat
     return lambda messages: chat(chain, messages)
 
@@ -135,6 +137,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
             f"refusing to serve on {server.host} without an API key: set "
             "LLMAPPS_SERVICE__SERVER__API_KEY, or keep the default host 127.0.0.1"
         )
+    if getattr(args, "app", None):
+        from llmapps.cli import check_app_options
+
+        check_app_options(args.app, args)  # a bad -O fails now, before any model loads
     lm = resolve_model(args)
     chat = app_chat(args) if getattr(args, "app", None) else None
     name = args.served_model_name or getattr(args, "app", None) or args.model or lm.name
