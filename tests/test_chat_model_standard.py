@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from chat_capabilities import TextChatCapabilities
 from langchain_tests.integration_tests import ChatModelIntegrationTests
 from langchain_tests.unit_tests import ChatModelUnitTests
 
@@ -25,7 +26,7 @@ TINY_INSTRUCT = (
 )
 
 
-class _Capabilities:
+class _Capabilities(TextChatCapabilities):
     """What ChatLocal can and cannot do, shared by both suites."""
 
     @pytest.fixture(autouse=True)
@@ -42,62 +43,6 @@ class _Capabilities:
 
         # A short budget keeps the integration suite fast; outputs are still real generations.
         return {"model": str(TEST_HOME / "models" / "tiny-instruct"), "max_new_tokens": 16}
-
-    @property
-    def has_tool_calling(self) -> bool:
-        return False
-
-    @property
-    def has_tool_choice(self) -> bool:
-        return False
-
-    @property
-    def has_structured_output(self) -> bool:
-        return False
-
-    @property
-    def supports_json_mode(self) -> bool:
-        return False
-
-    @property
-    def supports_image_inputs(self) -> bool:
-        return False
-
-    @property
-    def supports_image_urls(self) -> bool:
-        return False
-
-    @property
-    def supports_pdf_inputs(self) -> bool:
-        return False
-
-    @property
-    def supports_audio_inputs(self) -> bool:
-        return False
-
-    @property
-    def supports_video_inputs(self) -> bool:
-        return False
-
-    @property
-    def supports_anthropic_inputs(self) -> bool:
-        return False
-
-    @property
-    def supports_image_tool_message(self) -> bool:
-        return False
-
-    @property
-    def supports_pdf_tool_message(self) -> bool:
-        return False
-
-    @property
-    def returns_usage_metadata(self) -> bool:
-        return True
-
-    @property
-    def supports_model_override(self) -> bool:
-        return False
 
 
 class TestChatLocalUnit(_Capabilities, ChatModelUnitTests):

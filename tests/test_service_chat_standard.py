@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from chat_capabilities import TextChatCapabilities
 from langchain_tests.integration_tests import ChatModelIntegrationTests
 from langchain_tests.unit_tests import ChatModelUnitTests
 
@@ -31,7 +32,7 @@ def _server(tiny_instruct: str) -> Iterator[None]:
         yield
 
 
-class _Capabilities:
+class _Capabilities(TextChatCapabilities):
     @property
     def chat_model_class(self) -> type[ServiceChatModel]:
         return ServiceChatModel
@@ -40,62 +41,6 @@ class _Capabilities:
     def chat_model_params(self) -> dict[str, Any]:
         # fixed values: the unit suite's serialisation snapshot must not name a port or a folder
         return {"model": "tiny-instruct", "base_url": "http://127.0.0.1:9/v1", "api_key": KEY, "retries": 0}
-
-    @property
-    def has_tool_calling(self) -> bool:
-        return False
-
-    @property
-    def has_tool_choice(self) -> bool:
-        return False
-
-    @property
-    def has_structured_output(self) -> bool:
-        return False
-
-    @property
-    def supports_json_mode(self) -> bool:
-        return False
-
-    @property
-    def supports_image_inputs(self) -> bool:
-        return False
-
-    @property
-    def supports_image_urls(self) -> bool:
-        return False
-
-    @property
-    def supports_pdf_inputs(self) -> bool:
-        return False
-
-    @property
-    def supports_audio_inputs(self) -> bool:
-        return False
-
-    @property
-    def supports_video_inputs(self) -> bool:
-        return False
-
-    @property
-    def supports_anthropic_inputs(self) -> bool:
-        return False
-
-    @property
-    def supports_image_tool_message(self) -> bool:
-        return False
-
-    @property
-    def supports_pdf_tool_message(self) -> bool:
-        return False
-
-    @property
-    def returns_usage_metadata(self) -> bool:
-        return True
-
-    @property
-    def supports_model_override(self) -> bool:
-        return False
 
 
 class TestServiceChatModelUnit(_Capabilities, ChatModelUnitTests):

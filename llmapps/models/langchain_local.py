@@ -31,7 +31,6 @@ from llmapps.models.local import (
     GenerationParams,
     LocalModel,
     load_local_model,
-    stream_local,
 )
 
 
@@ -134,7 +133,7 @@ class LocalLLM(_LocalMixin, BaseLLM):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[GenerationChunk]:
-        for piece in stream_local(self.local_model, prompt, self._params(stop, **kwargs)):
+        for piece in self.local_model.stream(prompt, self._params(stop, **kwargs)):
             chunk = GenerationChunk(text=piece)
             if run_manager:
                 run_manager.on_llm_new_token(piece, chunk=chunk)
@@ -221,7 +220,7 @@ class ChatLocal(_LocalMixin, BaseChatModel):
         prompt = self._prompt(messages)
         params = self._params(self._stops(stop), **kwargs)
         pieces = []
-        for piece in stream_local(lm, prompt, params):
+        for piece in lm.stream(prompt, params):
             pieces.append(piece)
             chunk = ChatGenerationChunk(message=AIMessageChunk(content=piece))
             if run_manager:

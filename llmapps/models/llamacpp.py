@@ -34,14 +34,10 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, cast
 
-from langchain_core.callbacks import CallbackManagerForLLMRun
-from langchain_core.messages import AIMessageChunk, BaseMessage
-from langchain_core.outputs import ChatGenerationChunk, GenerationChunk
-
 from llmapps.errors import BackendError, ConfigError, InputError
 from llmapps.models.gguf import GGUFInfo as GGUFInfo  # the header check; importable from here too
 from llmapps.models.gguf import read_gguf_header as read_gguf_header
-from llmapps.models.langchain_local import ChatLocal, LocalLLM, _to_dicts
+from llmapps.models.langchain_local import ChatLocal, LocalLLM
 from llmapps.models.local import GenerationOutput, GenerationParams
 
 if TYPE_CHECKING:
@@ -417,7 +413,25 @@ def clear_gguf_cache(pool: ModelPool | None = None) -> None:
 # ------------------------------------------------------------------ LangChain models
 
 
-class LlamaCppLLM(LocalLLM):
+class _OnGGUF:
+    """``from_gguf`` and a ``local_model`` loaded from GGUF, for both LangChain classes below;
+    generating and streaming are their base classes' (``GGUFModel`` has ``LocalModel``'s surface)."""
+
+    @classmethod
+    def from_gguf(cls, lm: GGUFModel, **kwargs: Any) -> Any:
+        obj: Any = cls(model=lm.name, **kwargs)  # type: ignore[call-arg]
+        obj._lm = lm
+        return obj
+
+    @property
+    def local_model(self) -> Any:
+        me = cast(Any, self)
+        if me._lm is None:
+            me._lm = load_gguf_model(me.model)
+        return me._lm
+
+
+class LlamaCppLLM(_OnGGUF, LocalLLM):
     """A GGUF model in llama.cpp as a LangChain completion model (``LocalLLM``'s contract).
 
     Example:
@@ -425,86 +439,14 @@ class LlamaCppLLM(LocalLLM):
         >>> llm.batch(["The capital of France is", "2 + 2 ="], stop=["\\n"])      # doctest: +SKIP
     """
 
-    @classmethod
-    def from_gguf(cls, lm: GGUFModel, **kwargs: Any) -> LlamaCppLLM:
-        obj = cls(model=lm.name, **kwargs)
-        obj._lm = cast(Any, lm)
-        return obj
-
-    @property
-    def local_model(self) -> Any:
-        if self._lm is None:
-            self._lm = cast(Any, load_gguf_model(self.model))
-        return self._lm
-
     @property
     def _llm_type(self) -> str:
         return "llmapps-llamacpp"
 
-    def _stream(
-        self,
-        prompt: str,
-        stop: list[str] | None = None,
-        run_manager: CallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
-    ) -> Iterator[GenerationChunk]:
-        for piece in self.local_model.stream(prompt, self._params(stop, **kwargs)):
-            chunk = GenerationChunk(text=piece)
-            if run_manager:
-                run_manager.on_llm_new_token(piece, chunk=chunk)
-            yield chunk
 
-
-class ChatLlamaCpp(ChatLocal):
+class ChatLlamaCpp(_OnGGUF, ChatLocal):
     """A GGUF instruct model in llama.cpp as a LangChain chat model (its own chat template)."""
-
-    @classmethod
-    def from_gguf(cls, lm: GGUFModel, **kwargs: Any) -> ChatLlamaCpp:
-        obj = cls(model=lm.name, **kwargs)
-        obj._lm = cast(Any, lm)
-        return obj
-
-    @property
-    def local_model(self) -> Any:
-        if self._lm is None:
-            self._lm = cast(Any, load_gguf_model(self.model))
-        return self._lm
 
     @property
     def _llm_type(self) -> str:
         return "llmapps-chat-llamacpp"
-
-    def _stream(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: CallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
-    ) -> Iterator[ChatGenerationChunk]:
-        lm = self.local_model
-        prompt = lm.apply_chat_template(_to_dicts(messages))
-        pieces = []
-        for piece in lm.stream(prompt, self._params(self._stops(stop), **kwargs)):
-            pieces.append(piece)
-            chunk = ChatGenerationChunk(message=AIMessageChunk(content=piece))
-            if run_manager:
-                run_manager.on_llm_new_token(piece, chunk=chunk)
-            yield chunk
-        n_in = lm.count_tokens(prompt)
-        n_out = len(lm.tokenize("".join(pieces), add_bos=False))
-        yield ChatGenerationChunk(
-            message=AIMessageChunk(
-                content="",
-                usage_metadata={
-                    "input_tokens": n_in,
-                    "output_tokens": n_out,
-                    "total_tokens": n_in + n_out,
-                },
-                response_metadata={
-                    "finish_reason": "stop",
-                    "model_name": self.model,
-                    "model_provider": "llmapps",
-                },
-                chunk_position="last",
-            )
-        )

@@ -16,7 +16,7 @@ import copy
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -234,6 +234,10 @@ class LocalModel:
             )
         return str(text)
 
+    def stream(self, prompt: str, params: GenerationParams | None = None) -> Iterator[str]:
+        """Text pieces of one completion as they are generated (``stream_local``)."""
+        return stream_local(self, prompt, params or GenerationParams())
+
     def with_batch_size(self, batch_size: int | None) -> LocalModel:
         """A view of this model (same weights, tokenizer and lock) generating ``batch_size``
         prompts at a time; ``self`` when it already does. The shared model is never changed."""
@@ -401,7 +405,6 @@ class LocalModel:
         """
         import torch
         from transformers.cache_utils import (
-            DynamicCache,
             DynamicLayer,
             DynamicSlidingWindowLayer,
             StaticCache,
@@ -434,20 +437,11 @@ class LocalModel:
                 return None
 
         def continued(rows: int) -> Any:
-            """A copy of the prefix cache for ``rows`` rows (None: no shared prefix)."""
-            if prefix_cache is None:
-                return None
+            """A copy of the prefix cache for ``rows`` rows, ``shared`` tokens long."""
             data = [(layer.keys.expand(rows, -1, -1, -1).contiguous(),
                      layer.values.expand(rows, -1, -1, -1).contiguous())
                     for layer in prefix_cache.layers]
-            cache = DynamicCache(data, config=config)
-            layers: list[Any] = list(cache.layers)
-            for layer, old in zip(layers, prefix_cache.layers, strict=True):
-                if type(layer) is not type(old):
-                    return False
-                if isinstance(layer, DynamicSlidingWindowLayer):
-                    layer.cumulative_length = old.cumulative_length
-            return cache
+            return _dynamic_cache(data, config, shared)
 
         # rows of one length share a forward pass (no padding either way)
         groups: dict[int, list[int]] = {}
@@ -459,11 +453,7 @@ class LocalModel:
             start = shared if n - 1 > shared else 0  # a row that is all prefix: prefill it whole
             ids = torch.tensor([batch[r][start:-1] for r in rows], dtype=torch.long,
                                device=model.device)
-            past_kv = continued(len(rows)) if start else None
-            if past_kv is False:
-                self.stitch_prefill = False
-                return None
-            extra = {"past_key_values": past_kv} if past_kv is not None else {}
+            extra = {"past_key_values": continued(len(rows))} if start else {}
             pkv = model(input_ids=ids, use_cache=True, **extra, **keep).past_key_values
             if not plain(pkv):
                 self.stitch_prefill = False
@@ -522,7 +512,8 @@ def _kept(layer: Any, past: int) -> int:
 
 
 def _dynamic_cache(stitched: list[Any], config: Any, past: int) -> Any:
-    """A ``DynamicCache`` holding the stitched tensors, every layer ``past`` tokens long."""
+    """A ``DynamicCache`` holding these tensors, every layer ``past`` tokens long (a sliding
+    layer holds only the last ``window - 1`` of them)."""
     from transformers.cache_utils import DynamicCache, DynamicSlidingWindowLayer
 
     cache = DynamicCache(stitched, config=config)

@@ -275,21 +275,26 @@ def ensure_demo_adapter(settings: Settings, base_model: str | None = None) -> Pa
     folder = settings.home / "adapters" / demo.adapter
     with _DEMO_LOCK:
         base = resolve_model_path(name, settings)
+
+        def current(adapter: Path) -> bool | None:
+            """Trained on this base (None: no valid adapter there; the fingerprint is cached)."""
+            try:
+                return read_manifest(adapter).base_model_sha256 == model_fingerprint(base)
+            except ConfigError:
+                return None
+
         if demo.full_adapter:
             full = settings.home / "adapters" / demo.full_adapter
-            try:
-                if read_manifest(full).base_model_sha256 == model_fingerprint(base):
-                    log.info("using the full-recipe adapter %s", full)
-                    return full
-                log.info("%s was trained on another %s: using the demo adapter", full, name)
-            except ConfigError:
-                pass  # not trained there (or damaged): the demo's is the default
-        try:
-            if read_manifest(folder).base_model_sha256 == model_fingerprint(base):
-                return folder
-            log.info("%s changed since %s was trained: retraining it", name, folder)
-        except ConfigError:
+            if current(full):  # not there or damaged: the demo's is the default
+                log.info("using the full-recipe adapter %s", full)
+                return full
+        state = current(folder)
+        if state:
+            return folder
+        if state is None:
             log.info("no demo adapter in %s yet: training the %s recipe", folder, demo.recipe)
+        else:
+            log.info("%s changed since %s was trained: retraining it", name, folder)
         # A typed error of the trainer (bad recipe, missing base, bad data) reaches the caller as is.
         trainer(demo.recipe, folder, overwrite=True, progress=False, settings=settings)
     return folder
