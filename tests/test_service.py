@@ -8,11 +8,14 @@ structured-output fallback and secret hygiene are checked on the same server.
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 from typing import Any
 
 import pytest
+from langchain_core.caches import InMemoryCache
 from langchain_core.messages import AIMessage
+from langchain_core.rate_limiters import BaseRateLimiter
 from pydantic import SecretStr
 
 from llmapps.errors import BackendError, ConfigError
@@ -23,6 +26,7 @@ from llmapps.service.chat import (
     structured_support,
 )
 from llmapps.service.fake_endpoint import FakeEndpointState, create_fake_app
+from llmapps.service.cache import ResponseCache
 from llmapps.service.limits import RateLimiter, RetryPolicy, parse_retry_after
 from llmapps.serving.server import serve_in_thread
 
@@ -212,11 +216,41 @@ def test_cache_is_keyed_by_every_parameter(endpoint: Any, tmp_path: Path) -> Non
     second = again.invoke("cache me")
     assert state.requests["cache me"] == 1 and again.stats.cache_hits == 1
     assert second.content == first.content and second.response_metadata["cached"] is True
-    assert second.usage_metadata == first.usage_metadata
+    assert second.usage_metadata == {**(first.usage_metadata or {}), "total_cost": 0}  # LangChain's
     model(url, cache_path=path, temperature=0.5).invoke("cache me")
     model(url, cache_path=path, temperature=0.0, max_tokens=7).invoke("cache me")
     model(url, cache_path=None, temperature=0.0).invoke("cache me")  # cache off: always asks
     assert state.requests["cache me"] == 4
+    model(url, cache_path=path, temperature=0.0, structured_format=FMT).invoke("cache me")
+    assert state.requests["cache me"] > 4  # asked (and probed the formats) again
+    assert len(ResponseCache(Path(path))) == 4  # one row per distinct request, across models
+
+
+def test_any_langchain_cache_is_counted_and_an_old_cache_file_is_migrated(
+    endpoint: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    url, state = endpoint
+    shared = InMemoryCache()
+    model(url, cache=shared).invoke("in memory")
+    again = model(url, cache=shared)
+    assert again.invoke("in memory").response_metadata["cached"] is True
+    assert again.stats.cache_hits == 1 and state.requests["in memory"] == 1
+    with pytest.raises(ConfigError, match="cache_path= or cache=, not both"):
+        model(url, cache=shared, cache_path=str(tmp_path / "x.sqlite"))
+    old = tmp_path / "v1.sqlite"  # the file an earlier llmapps wrote: schema 1, own keys
+    with sqlite3.connect(old) as conn:
+        conn.execute(
+            "CREATE TABLE responses (key TEXT PRIMARY KEY, endpoint TEXT NOT NULL, "
+            "model TEXT NOT NULL, created REAL NOT NULL, response TEXT NOT NULL)"
+        )
+        conn.execute("INSERT INTO responses VALUES ('k', ?, 'fake-model', 0, '{}')", (url,))
+        conn.execute("PRAGMA user_version = 1")
+    conn.close()
+    with caplog.at_level("WARNING", logger="llmapps.service.cache"):
+        model(url, cache_path=str(old)).invoke("after migration")
+    assert "1 responses cached by an earlier llmapps are keyed differently" in caplog.text
+    assert model(url, cache_path=str(old)).invoke("after migration").response_metadata["cached"]
+    assert state.requests["after migration"] == 1
 
 
 def test_cost_per_call_from_the_price_table(endpoint: Any) -> None:
@@ -250,24 +284,53 @@ class FakeClock:
 def test_rate_limiter_spaces_requests() -> None:
     clock = FakeClock()
     limiter = RateLimiter(rpm=2, window_s=60, clock=clock, sleep=clock.sleep)
-    assert [limiter.acquire() for _ in range(2)] == [0.0, 0.0]
+    assert [limiter.acquire() for _ in range(2)] == [True, True] and clock.sleeps == []
     clock.now += 10  # the first two were 10 s ago: the third waits out the rest of the minute
-    assert limiter.acquire() == pytest.approx(50.0)
-    assert clock.sleeps == [50.0]
+    assert limiter.acquire(blocking=False) is False and clock.sleeps == []
+    assert limiter.acquire() is True
+    assert clock.sleeps == [50.0] and limiter.waited_s == pytest.approx(50.0)
     tokens_clock = FakeClock()
     tokens = RateLimiter(tpm=100, window_s=60, clock=tokens_clock, sleep=tokens_clock.sleep)
-    assert tokens.acquire(60) == 0.0
+    assert tokens.take_tokens(60) == 0.0
     tokens_clock.now += 15
-    assert tokens.acquire(60) == pytest.approx(45.0)  # waits until the first 60 tokens expire
-    assert tokens.acquire(40) == 0.0  # 60 + 40 fit the minute
+    assert tokens.take_tokens(60) == pytest.approx(45.0)  # waits until the first 60 tokens expire
+    assert tokens.take_tokens(40) == 0.0  # 60 + 40 fit the minute
+    assert tokens.acquire() is True and tokens_clock.sleeps == [45.0]  # no rpm: requests free
     with pytest.raises(ConfigError, match="more than the whole limit of tpm=100"):
-        tokens.acquire(101)
+        tokens.take_tokens(101)
+
+
+async def test_rate_limiter_is_langchains_hook_for_async_callers_too() -> None:
+    clock = FakeClock()
+    limiter = RateLimiter(rpm=1, window_s=60, clock=clock, sleep=clock.sleep)
+    assert isinstance(limiter, BaseRateLimiter)
+    assert await limiter.aacquire() is True
+    assert await limiter.aacquire(blocking=False) is False
+    assert await limiter.aacquire() is True and clock.sleeps == [60.0]
 
 
 def test_rate_limiter_without_an_injected_clock_still_waits_on_its_condition() -> None:
     limiter = RateLimiter(rpm=1, window_s=0.05)
     limiter.acquire()
-    assert limiter.acquire() > 0 and limiter.waited_s > 0
+    assert limiter.acquire() and limiter.waited_s > 0
+
+
+def test_rpm_spaces_a_models_requests_through_langchains_rate_limiter_hook(
+    endpoint: Any, tmp_path: Path
+) -> None:
+    url, state = endpoint
+    clock = FakeClock()
+    limiter = RateLimiter(rpm=1, window_s=60, clock=clock, sleep=clock.sleep)
+    llm = model(url, rate_limiter=limiter, cache_path=str(tmp_path / "c.sqlite"))
+    llm.invoke("limited one")
+    llm.invoke("limited two")  # the second request waits out the minute
+    llm.invoke("limited one")  # a cache hit is no request: LangChain asks the limiter after it
+    assert clock.sleeps == [60.0] and llm.stats.rate_limited_s == pytest.approx(60.0)
+    assert state.requests["limited one"] == 1 and llm.stats.cache_hits == 1
+    built = model(url, rpm=30)
+    assert isinstance(built.rate_limiter, RateLimiter) and built.rate_limiter.rpm == 30
+    with pytest.raises(ConfigError, match="rpm= or rate_limiter=, not both"):
+        model(url, rpm=30, rate_limiter=limiter)
 
 
 def test_retry_policy_honours_retry_after_and_backs_off() -> None:

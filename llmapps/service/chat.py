@@ -1,7 +1,10 @@
-"""``ServiceChatModel``: ``ChatOpenAI`` with a response cache, rate limits, retries and cost.
+"""``ServiceChatModel``: ``ChatOpenAI`` with counted retries, a token limit, cost and
+capability-aware structured output; caching and request limits through LangChain's own hooks.
 
-Each call goes: response cache (SQLite, keyed by endpoint, model and the full payload) -> a slot
-of ``max_inflight`` -> the requests/tokens-per-minute limiter -> the endpoint, retried with
+Each call goes: LangChain's ``cache=`` (``cache_path`` opens our SQLite ``ResponseCache``; any
+``BaseCache`` works, and this model counts its hits) -> LangChain's ``rate_limiter=`` (``rpm``
+makes our ``RateLimiter``; any ``BaseRateLimiter`` works) -> a slot of ``max_inflight`` -> the
+tokens-per-minute limit (the LangChain hook carries no token count) -> the endpoint, retried with
 exponential backoff and jitter on 429, 5xx, timeouts, dropped connections and unreadable bodies
 (``Retry-After`` honoured). The openai client's own retries are off so every retry is counted
 here. Token usage and cost (from a per-model price table) land in the message's
@@ -32,14 +35,15 @@ from pathlib import Path
 from typing import Any
 
 import openai
+from langchain_core.caches import BaseCache
 from langchain_core.callbacks import CallbackManagerForLLMRun
-from langchain_core.messages import AIMessage, BaseMessage
-from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+from langchain_core.messages import BaseMessage
+from langchain_core.outputs import ChatGenerationChunk, ChatResult
 from langchain_openai import ChatOpenAI
 from pydantic import Field, PrivateAttr, SecretStr, model_validator
 
 from llmapps.errors import BackendError, ConfigError
-from llmapps.service.cache import ResponseCache, cache_key, open_cache
+from llmapps.service.cache import CountedCache, open_cache
 from llmapps.service.limits import RateLimiter, RetryPolicy, parse_retry_after
 
 log = logging.getLogger(__name__)
@@ -179,7 +183,9 @@ class ServiceChatModel(ChatOpenAI):  # type: ignore[override]
     rpm: int | None = Field(None, ge=1)
     tpm: int | None = Field(None, ge=1)
     max_inflight: int | None = Field(None, ge=1, description="requests in flight across threads")
-    cache_path: str | None = Field(None, description="SQLite response cache file; None: no cache")
+    cache_path: str | None = Field(
+        None, description="SQLite response cache file (sets cache=); None: cache= as given"
+    )
     prices: dict[str, Any] = Field(default_factory=dict)
     structured_format: dict[str, Any] | None = Field(
         None, description="response_format sent when the endpoint supports it"
@@ -188,7 +194,6 @@ class ServiceChatModel(ChatOpenAI):  # type: ignore[override]
     _stats: ServiceStats = PrivateAttr(default_factory=ServiceStats)
     _limiter: RateLimiter | None = PrivateAttr(default=None)
     _sem: threading.BoundedSemaphore | None = PrivateAttr(default=None)
-    _cache: ResponseCache | None = PrivateAttr(default=None)
 
     @model_validator(mode="before")
     @classmethod
@@ -200,9 +205,17 @@ class ServiceChatModel(ChatOpenAI):  # type: ignore[override]
 
     def model_post_init(self, context: Any) -> None:
         super().model_post_init(context)
+        if self.rpm and self.rate_limiter is not None:
+            raise ConfigError("give ServiceChatModel rpm= or rate_limiter=, not both")
+        if self.cache_path and isinstance(self.cache, BaseCache):
+            raise ConfigError("give ServiceChatModel cache_path= or cache=, not both")
         self._limiter = RateLimiter(self.rpm, self.tpm)
+        if self.rpm:
+            self.rate_limiter = self._limiter  # LangChain calls it once per uncached request
         self._sem = threading.BoundedSemaphore(self.max_inflight) if self.max_inflight else None
-        self._cache = open_cache(Path(self.cache_path)) if self.cache_path else None
+        inner = open_cache(Path(self.cache_path)) if self.cache_path else self.cache
+        if isinstance(inner, BaseCache) and not isinstance(inner, CountedCache):
+            self.cache = CountedCache(inner, lambda: self._stats.add(cache_hits=1))
 
     @classmethod
     def is_lc_serializable(cls) -> bool:
@@ -216,7 +229,19 @@ class ServiceChatModel(ChatOpenAI):  # type: ignore[override]
 
     @property
     def stats(self) -> ServiceStats:
+        # request waits happen in LangChain's hook; a limiter shared by models reports its total
+        ours = {id(x): x for x in (self._limiter, self.rate_limiter) if isinstance(x, RateLimiter)}
+        self._stats.rate_limited_s = sum(x.waited_s for x in ours.values())
         return self._stats
+
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
+        # part of LangChain's cache key: the same model name on two endpoints is two models
+        return {
+            **super()._identifying_params,
+            "endpoint": self.endpoint,
+            "structured_format": self.structured_format,
+        }
 
     @property
     def endpoint(self) -> str:
@@ -307,14 +332,6 @@ class ServiceChatModel(ChatOpenAI):  # type: ignore[override]
                 )
                 time.sleep(delay)
 
-    def _cached_result(self, hit: dict[str, Any]) -> ChatResult:
-        usage = hit.get("usage") or None
-        meta = {**hit.get("response_metadata", {}), "cached": True, "cost_usd": 0.0}
-        msg = AIMessage(content=hit["content"], usage_metadata=usage, response_metadata=meta)
-        return ChatResult(
-            generations=[ChatGeneration(message=msg, generation_info={"cached": True})]
-        )
-
     # ------------------------------------------------------------------ LangChain hooks
 
     def _generate(
@@ -334,7 +351,9 @@ class ServiceChatModel(ChatOpenAI):  # type: ignore[override]
             level = _CAPABILITIES.get(key)
             if level is not None:
                 return self._generate_at(level, messages, stop, run_manager, kwargs)
-            for level in STRUCTURED_LEVELS:
+            for n, level in enumerate(STRUCTURED_LEVELS):
+                if n and self.rate_limiter is not None:  # each probe is one more request
+                    self.rate_limiter.acquire(blocking=True)
                 try:
                     result = self._generate_at(level, messages, stop, run_manager, kwargs)
                 except _FormatRefused as why:
@@ -368,16 +387,12 @@ class ServiceChatModel(ChatOpenAI):  # type: ignore[override]
     ) -> ChatResult:
         call_kwargs = self._structured_kwargs(kwargs, level)
         payload = self._get_request_payload(messages, stop=stop, **call_kwargs)
-        key = cache_key(self.endpoint, self.model_name, payload) if self._cache is not None else ""
-        if self._cache is not None and (hit := self._cache.get(key)) is not None:
-            self._stats.add(cache_hits=1)
-            return self._cached_result(hit)
         sem = self._sem
         if sem is not None:
             sem.acquire()
         try:
             assert self._limiter is not None
-            self._stats.add(rate_limited_s=self._limiter.acquire(self._estimate_tokens(payload)))
+            self._limiter.take_tokens(self._estimate_tokens(payload))
 
             def once() -> ChatResult:
                 return super(ServiceChatModel, self)._generate(
@@ -391,9 +406,9 @@ class ServiceChatModel(ChatOpenAI):  # type: ignore[override]
         if self.structured_format is not None:
             msg = result.generations[0].message
             msg.response_metadata = {**msg.response_metadata, "structured_output": level}
-        return self._account(result, key)
+        return self._account(result)
 
-    def _account(self, result: ChatResult, key: str) -> ChatResult:
+    def _account(self, result: ChatResult) -> ChatResult:
         gen = result.generations[0]
         msg = gen.message
         usage = getattr(msg, "usage_metadata", None) or {}
@@ -401,21 +416,6 @@ class ServiceChatModel(ChatOpenAI):  # type: ignore[override]
         cost = call_cost(self.model_name, n_in, n_out, self.prices)
         msg.response_metadata = {**msg.response_metadata, "cost_usd": cost, "cached": False}
         self._stats.add(calls=1, input_tokens=n_in, output_tokens=n_out, cost_usd=cost)
-        if self._cache is not None and key:
-            self._cache.put(
-                key,
-                self.endpoint,
-                self.model_name,
-                {
-                    "content": msg.content,
-                    "usage": dict(usage) if usage else None,
-                    "response_metadata": {
-                        k: v
-                        for k, v in msg.response_metadata.items()
-                        if isinstance(v, (str, int, float, bool, type(None)))
-                    },
-                },
-            )
         return result
 
     async def _agenerate(
@@ -425,7 +425,8 @@ class ServiceChatModel(ChatOpenAI):  # type: ignore[override]
         run_manager: Any = None,
         **kwargs: Any,
     ) -> ChatResult:
-        # one code path (cache, limits, counted retries) for sync and async callers
+        # one code path (token limit, counted retries) for sync and async callers; LangChain's
+        # async path has already looked up the cache and awaited the rate limiter
         return await asyncio.to_thread(self._generate, messages, stop, None, **kwargs)
 
     def _stream(
@@ -435,10 +436,11 @@ class ServiceChatModel(ChatOpenAI):  # type: ignore[override]
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
-        # Streams are rate limited and counted, but not retried once text has flowed.
+        # Streams are limited (LangChain's stream() has awaited rate_limiter) and counted, but not
+        # retried once text has flowed.
         payload = self._get_request_payload(messages, stop=stop, **kwargs)
         assert self._limiter is not None
-        self._limiter.acquire(self._estimate_tokens(payload))
+        self._limiter.take_tokens(self._estimate_tokens(payload))
         try:
             yield from super()._stream(messages, stop, run_manager, **kwargs)
         except Exception as err:

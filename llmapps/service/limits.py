@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 import threading
 import time
@@ -9,18 +10,27 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from langchain_core.rate_limiters import BaseRateLimiter
+
 from llmapps.errors import ConfigError
 
 
-class RateLimiter:
-    """Sliding one-minute window over requests and tokens, shared by every thread of a batch.
+class RateLimiter(BaseRateLimiter):
+    """Sliding one-minute windows over requests and tokens, shared by every thread of a batch.
 
-    ``acquire(tokens)`` blocks until one more request of ``tokens`` fits both limits. A request
-    larger than the whole token limit is refused at once rather than waiting forever.
+    It is a LangChain ``BaseRateLimiter``: pass it as a chat model's ``rate_limiter=`` and
+    LangChain calls ``acquire()`` once per request that misses the cache, which spaces requests
+    to ``rpm``. That hook carries no token count, so the token limit is ``take_tokens(n)``, which
+    ``ServiceChatModel`` calls with each request's estimate. A request larger than the whole token
+    limit is refused at once rather than waiting forever.
 
     ``clock`` (default ``time.monotonic``) and ``sleep`` are injectable: given a ``sleep``, the
     limiter waits by calling it (outside its lock) instead of on its condition, so a test can
     drive a fake clock and assert exact waits without sleeping.
+
+    Example:
+        >>> limiter = RateLimiter(rpm=60)
+        >>> ServiceChatModel(model="gpt-4o-mini", rate_limiter=limiter)  # doctest: +SKIP
     """
 
     def __init__(
@@ -32,7 +42,8 @@ class RateLimiter:
         self.window_s = window_s
         self._clock = clock
         self._sleep = sleep
-        self._events: deque[tuple[float, int]] = deque()
+        self._requests: deque[float] = deque()
+        self._token_events: deque[tuple[float, int]] = deque()
         self._tokens = 0
         self._cond = threading.Condition()
         self.waited_s = 0.0
@@ -42,53 +53,84 @@ class RateLimiter:
         return bool(self.rpm or self.tpm)
 
     def _expire(self, now: float) -> None:
-        while self._events and now - self._events[0][0] >= self.window_s:
-            _, n = self._events.popleft()
+        while self._requests and now - self._requests[0] >= self.window_s:
+            self._requests.popleft()
+        while self._token_events and now - self._token_events[0][0] >= self.window_s:
+            _, n = self._token_events.popleft()
             self._tokens -= n
 
-    def _wait_time(self, now: float, tokens: int) -> float:
-        waits = [0.0]
-        if self.rpm and len(self._events) >= self.rpm:
-            waits.append(self._events[len(self._events) - self.rpm][0] + self.window_s - now)
-        if self.tpm and self._tokens + tokens > self.tpm:
-            over, freed = self._tokens + tokens - self.tpm, 0
-            for ts, n in self._events:
-                freed += n
-                if freed >= over:
-                    waits.append(ts + self.window_s - now)
-                    break
-        return max(waits)
-
-    def acquire(self, tokens: int = 0) -> float:
-        """Wait until a request of ``tokens`` fits; return the seconds waited."""
-        if not self.enabled:
+    def _request_wait(self, now: float) -> float:
+        if not self.rpm or len(self._requests) < self.rpm:
             return 0.0
-        if self.tpm and tokens > self.tpm:
-            raise ConfigError(
-                f"one request needs ~{tokens} tokens, more than the whole limit of tpm={self.tpm}; "
-                "raise tpm or lower max_new_tokens"
-            )
+        return self._requests[len(self._requests) - self.rpm] + self.window_s - now
+
+    def _token_wait(self, now: float, tokens: int) -> float:
+        if not self.tpm or self._tokens + tokens <= self.tpm:
+            return 0.0
+        over, freed = self._tokens + tokens - self.tpm, 0
+        for ts, n in self._token_events:
+            freed += n
+            if freed >= over:
+                return ts + self.window_s - now
+        return 0.0
+
+    def _wait_for(
+        self, wait: Callable[[float], float], take: Callable[[float], None], blocking: bool
+    ) -> float | None:
+        """Block until ``wait(now)`` is 0, then ``take(now)``; the seconds waited (None: busy)."""
         started = self._clock()
         with self._cond:
             while True:
                 now = self._clock()
                 self._expire(now)
-                wait = self._wait_time(now, tokens)
-                if wait <= 0:
-                    self._events.append((now, tokens))
-                    self._tokens += tokens
+                left = wait(now)
+                if left <= 0:
+                    take(now)
                     break
+                if not blocking:
+                    return None
                 if self._sleep is None:
-                    self._cond.wait(timeout=min(wait, self.window_s))
+                    self._cond.wait(timeout=min(left, self.window_s))
                 else:
                     self._cond.release()
                     try:
-                        self._sleep(min(wait, self.window_s))
+                        self._sleep(min(left, self.window_s))
                     finally:
                         self._cond.acquire()
         waited = self._clock() - started
         self.waited_s += waited
         return waited
+
+    def acquire(self, *, blocking: bool = True) -> bool:
+        """One more request within ``rpm`` (LangChain's hook); False if busy and not blocking."""
+        if not self.rpm:
+            return True
+        return self._wait_for(self._request_wait, self._requests.append, blocking) is not None
+
+    async def aacquire(self, *, blocking: bool = True) -> bool:
+        """``acquire`` for async callers: waits in a worker thread, not on the event loop."""
+        if not self.rpm:
+            return True
+        if not blocking:
+            return self.acquire(blocking=False)
+        return await asyncio.to_thread(self.acquire)
+
+    def take_tokens(self, tokens: int) -> float:
+        """Wait until ``tokens`` more fit ``tpm`` in the window; return the seconds waited."""
+        if not self.tpm:
+            return 0.0
+        if tokens > self.tpm:
+            raise ConfigError(
+                f"one request needs ~{tokens} tokens, more than the whole limit of tpm={self.tpm}; "
+                "raise tpm or lower max_new_tokens"
+            )
+
+        def take(now: float) -> None:
+            self._token_events.append((now, tokens))
+            self._tokens += tokens
+
+        waited = self._wait_for(lambda now: self._token_wait(now, tokens), take, True)
+        return waited or 0.0
 
 
 @dataclass(frozen=True)
