@@ -14,213 +14,34 @@ the user's message told the model.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-SIZE_TOKEN = r"(?:XXS|XS|XXL|XL|S|M|L|\d{2})"
-SIZE_LIST = rf"{SIZE_TOKEN}(?:\s*(?:,\s*and|,|and|or|/)\s*{SIZE_TOKEN})*"
-_WORD_RE = re.compile(r"[a-z0-9]+(?:[-'][a-z0-9]+)*")
-_ITEM_ID_RE = re.compile(r"\b(LB-\d{3})\b")
-_POLICY_ID_RE = re.compile(r"\b(P-[A-Z]+)\b")
-_SENT_RE = re.compile(r"(?<=[.!?;])\s+")
-_AMOUNT_RE = re.compile(
-    r"(?:€|EUR\s?|\$|£)\s?(\d+(?:[.,]\d{1,2})?)|(\d+(?:[.,]\d{1,2})?)\s?(?:€|EUR\b|euros?\b|dollars?\b)",
-    re.I,
+from chains.boutique_words import (
+    AMOUNT_RE,
+    COLOR_WORDS,
+    COMES_RE,
+    DISCOUNT_WORDS,
+    DURATION_RE,
+    IN_STOCK_RE,
+    ITEM_ID_RE,
+    NOT_CARRIED_SINGULAR,
+    ONLY_RE,
+    OUT_RE,
+    PERCENT_RE,
+    REFUSALS,
+    SENT_RE,
+    SIZE_Q_RE,
+    TIME_RE,
+    clock,
+    join_and,
+    money,
+    number,
+    singular,
+    sizes_in,
+    words,
 )
-_PERCENT_RE = re.compile(r"(\d+(?:\.\d+)?)\s?(?:%|percent\b)", re.I)
-_DURATION_RE = re.compile(r"\b(\d+)\s*(?:working\s+)?(day|week|month|year)s?\b", re.I)
-_TIME_RE = re.compile(r"\b(\d{1,2})(?::(\d{2}))?\s*(am|pm)\b|\b(\d{1,2}):(\d{2})\b", re.I)
-_IN_STOCK_RE = re.compile(
-    rf"\b(?:is|are)?\s*(?:still\s+)?(?:in stock|available)(?:\s+in\s+(?:sizes?\s+)?(?P<sizes>{SIZE_LIST}))?"
-)
-_OUT_RE = re.compile(
-    rf"\b(?:out of stock|sold out|not available|unavailable)(?:\s+in\s+(?:sizes?\s+)?(?P<sizes>{SIZE_LIST}))?",
-    re.I,
-)
-_ONLY_RE = re.compile(
-    rf"\bonly (?P<n>\d+) left(?:\s+in\s+(?:size\s+)?(?P<size>{SIZE_TOKEN}))?", re.I
-)
-_COMES_RE = re.compile(rf"\bcomes? in (?:sizes?|EU sizes)\s+(?P<sizes>{SIZE_LIST})")
-_SIZE_Q_RE = re.compile(
-    rf"(?:\b[Ss]izes?\s+|\b[Ii]n\s+|^\s*)(?P<size>{SIZE_TOKEN})\b(?!\s*(?:%|€|cm|days?|years?))"
-)
-_DISCOUNT_WORDS = (
-    "discount",
-    " off",
-    "sale",
-    "coupon",
-    "code",
-    "half price",
-    "halved",
-    "reduc",
-    "cheaper",
-    "for free",
-    "free of charge",
-    "new price",
-    "special price",
-    "price is now",
-    "prices are now",
-)
-REFUSALS = (
-    "not in our catalog",
-    "don't carry",
-    "do not carry",
-    "don't sell",
-    "do not sell",
-    "not something we carry",
-    "we don't have",
-    "we do not have",
-)
-
-COLOR_WORDS = (
-    "white",
-    "black",
-    "blue",
-    "navy",
-    "red",
-    "green",
-    "sage",
-    "ivory",
-    "emerald",
-    "floral",
-    "yellow",
-    "camel",
-    "cream",
-    "olive",
-    "grey",
-    "gray",
-    "burgundy",
-    "oatmeal",
-    "mustard",
-    "brown",
-    "charcoal",
-    "beige",
-    "pink",
-    "tan",
-    "nude",
-    "natural",
-    "champagne",
-    "stripe",
-    "purple",
-    "orange",
-    "gold",
-    "silver",
-    "khaki",
-    "lilac",
-    "turquoise",
-    "teal",
-    "maroon",
-    "violet",
-    "sky",
-    "light",
-)
-NOT_CARRIED = (
-    "swimsuit",
-    "swimwear",
-    "bikini",
-    "suit",
-    "tuxedo",
-    "sunglasses",
-    "glasses",
-    "watch",
-    "perfume",
-    "pyjamas",
-    "pajamas",
-    "glove",
-    "sock",
-    "tie",
-    "raincoat",
-    "umbrella",
-    "jewellery",
-    "jewelry",
-    "earring",
-    "necklace",
-    "bracelet",
-    "ring",
-    "kid",
-    "kids",
-    "children",
-    "child",
-    "baby",
-    "lingerie",
-    "hoodie",
-    "shorts",
-    "leggings",
-    "sandal",
-    "wallet",
-    "backpack",
-    "makeup",
-    "lipstick",
-    "cap",
-    "tights",
-    "poncho",
-    "kimono",
-    "overalls",
-    "jumpsuit",
-    "vest",
-    "waistcoat",
-    "men",
-)
-_HEAD_SYNONYMS = {
-    "tee": "t-shirt",
-    "tshirt": "t-shirt",
-    "jumper": "sweater",
-    "pullover": "sweater",
-    "trainer": "sneaker",
-    "shoe": "sneaker",
-    "purse": "bag",
-    "handbag": "bag",
-    "pant": "trouser",
-    "gray": "grey",
-}
-
-
-def _singular_all(values: Sequence[str]) -> tuple[str, ...]:
-    return tuple(dict.fromkeys(singular(v) for v in values))
-
-
-def singular(word: str) -> str:
-    for suffix, repl in (
-        ("sses", "ss"),
-        ("shes", "sh"),
-        ("ches", "ch"),
-        ("ies", "y"),
-        ("es", "e"),
-        ("s", ""),
-    ):
-        if word.endswith(suffix) and len(word) > len(suffix) + 2 and not word.endswith("ss"):
-            return word[: -len(suffix)] + repl
-    return word
-
-
-def words(text: str) -> list[str]:
-    """Lower-case, singular word tokens (``T-shirts`` -> ``t-shirt``, ``kids'`` -> ``kid``)."""
-    out = []
-    for w in _WORD_RE.findall(text.lower().replace("\u2019", "'")):
-        w = w.strip("'")
-        if w.endswith("'s"):
-            w = w[:-2]
-        w = singular(w)
-        out.append(_HEAD_SYNONYMS.get(w, w))
-    return out
-
-
-_NOT_CARRIED = _singular_all(NOT_CARRIED)
-
-
-def money(value: float) -> str:
-    """``€49`` or ``€4.90``: the way answers and catalog sentences write a price."""
-    return f"€{value:.0f}" if float(value).is_integer() else f"€{value:.2f}"
-
-
-def _num(raw: str) -> float:
-    return float(raw.replace(",", "."))
-
-
-def _sizes_in(text: str) -> list[str]:
-    return re.findall(SIZE_TOKEN, text)
 
 
 @dataclass
@@ -268,12 +89,12 @@ class Catalog:
             for name, ws in self._name_words.items()
         }
         policy_text = " ".join(p["text"] for p in self.policies)
-        self.policy_amounts = {_num(a or b) for a, b in _AMOUNT_RE.findall(policy_text)}
-        self.policy_percents = {_num(p) for p in _PERCENT_RE.findall(policy_text)}
-        self.policy_durations = {(int(n), u.lower()) for n, u in _DURATION_RE.findall(policy_text)}
-        self.policy_times = {_clock(m) for m in _TIME_RE.finditer(policy_text)}
+        self.policy_amounts = {number(a or b) for a, b in AMOUNT_RE.findall(policy_text)}
+        self.policy_percents = {number(p) for p in PERCENT_RE.findall(policy_text)}
+        self.policy_durations = {(int(n), u.lower()) for n, u in DURATION_RE.findall(policy_text)}
+        self.policy_times = {clock(m) for m in TIME_RE.finditer(policy_text)}
         self.policy_sentences = [
-            (p["id"], s) for p in self.policies for s in _SENT_RE.split(p["text"]) if s
+            (p["id"], s) for p in self.policies for s in SENT_RE.split(p["text"]) if s
         ]
 
     # ------------------------------------------------------------ facts as sentences
@@ -313,7 +134,7 @@ class Catalog:
             return f"The {self.label(item)} is sold out."
         if list(stock) == ["one size"]:
             return f"The {self.label(item)} is in stock."
-        return f"The {self.label(item)} is in stock in {_join(have)}."
+        return f"The {self.label(item)} is in stock in {join_and(have)}."
 
     def fact_sentence(self, item: dict[str, Any], size: str | None = None) -> str:
         """Price and stock in one sentence: the fallback when the model gave nothing usable."""
@@ -347,7 +168,7 @@ class Catalog:
 
     def items_in(self, text: str) -> list[dict[str, Any]]:
         """Items a text names by id, else by product name and colour."""
-        ids = [i for i in dict.fromkeys(_ITEM_ID_RE.findall(text)) if i in self.by_id]
+        ids = [i for i in dict.fromkeys(ITEM_ID_RE.findall(text)) if i in self.by_id]
         if ids:
             return [self.by_id[i] for i in ids]
         found = []
@@ -362,11 +183,11 @@ class Catalog:
         res = Resolution()
         colors = self.colors_in(question)
         res.color = colors[0] if colors else None
-        m = _SIZE_Q_RE.search(question.replace("?", " ").replace(".", " "))
+        m = SIZE_Q_RE.search(question.replace("?", " ").replace(".", " "))
         res.size = m.group("size") if m else None
         products = self.products_in(question)
         ws = set(words(question))
-        not_carried = [w for w in _NOT_CARRIED if w in ws]
+        not_carried = [w for w in NOT_CARRIED_SINGULAR if w in ws]
         if not products and not_carried:
             raw = [w.strip("'") for w in question.lower().split()]
             res.missing = next(
@@ -413,10 +234,10 @@ class Catalog:
             product = res.alternatives[0]["name"].lower()
             if res.size:
                 sizes = list(dict.fromkeys(s for i in res.alternatives for s in i["stock"]))
-                text += f" The {product} comes in sizes {_join(sizes)}."
+                text += f" The {product} comes in sizes {join_and(sizes)}."
             else:
                 colors = [f"{i['color']} [{i['id']}]" for i in res.alternatives]
-                text += f" The {product} comes in {_join(colors)}."
+                text += f" The {product} comes in {join_and(colors)}."
         return text
 
     # ------------------------------------------------------------ the guard
@@ -436,7 +257,7 @@ class Catalog:
             return final, report
         kept: list[str] = []
         subject: list[dict[str, Any]] = list(res.items) if len(res.items) == 1 else []
-        for sentence in _SENT_RE.split(answer.strip()):
+        for sentence in SENT_RE.split(answer.strip()):
             if not sentence.strip():
                 continue
             named = self.items_in(sentence)
@@ -462,12 +283,12 @@ class Catalog:
         low = sentence.lower()
         problems: list[str] = []
         checked = 0
-        discounty = any(w in low for w in _DISCOUNT_WORDS)
+        discounty = any(w in low for w in DISCOUNT_WORDS)
         prices = {float(i["price"]) for i in subject}
         fix_item: list[str] = []
-        for a, b in _AMOUNT_RE.findall(sentence):
+        for a, b in AMOUNT_RE.findall(sentence):
             checked += 1
-            value = _num(a or b)
+            value = number(a or b)
             if value in prices and not discounty:
                 continue
             if (
@@ -478,19 +299,19 @@ class Catalog:
                 continue
             problems.append(f"price {value:g} is not the catalog's")
             fix_item.append("price")
-        for p in _PERCENT_RE.findall(sentence):
+        for p in PERCENT_RE.findall(sentence):
             checked += 1
-            value = _num(p)
+            value = number(p)
             materials = " ".join(str(i.get("material", "")) for i in subject)
             if discounty:
                 if value not in self.policy_percents:
                     problems.append(f"discount {value:g}% is not a policy")
             elif (
                 value
-                not in {_num(x) for x in _PERCENT_RE.findall(materials)} | self.policy_percents
+                not in {number(x) for x in PERCENT_RE.findall(materials)} | self.policy_percents
             ):
                 problems.append(f"{value:g}% matches no material or policy")
-        if discounty and not _PERCENT_RE.search(sentence) and not _AMOUNT_RE.search(sentence):
+        if discounty and not PERCENT_RE.search(sentence) and not AMOUNT_RE.search(sentence):
             said = [
                 w
                 for w in (
@@ -509,13 +330,13 @@ class Catalog:
             if any(not any(w in s.lower() for _, s in self.policy_sentences) for w in said):
                 checked += 1
                 problems.append("a price change no policy allows")
-        for n, unit in _DURATION_RE.findall(sentence):
+        for n, unit in DURATION_RE.findall(sentence):
             checked += 1
             if (int(n), unit.lower()) not in self.policy_durations:
                 problems.append(f"{n} {unit}s matches no policy")
-        for m in _TIME_RE.finditer(sentence):
+        for m in TIME_RE.finditer(sentence):
             checked += 1
-            if _clock(m) not in self.policy_times:
+            if clock(m) not in self.policy_times:
                 problems.append(f"time {m.group(0)} matches no policy")
         if subject:
             checked_stock, stock_problems, stock_size = self._check_stock(sentence, subject)
@@ -547,9 +368,9 @@ class Catalog:
         for item in subject:
             stock = item["stock"]
             total = sum(stock.values())
-            for m in _OUT_RE.finditer(sentence):
+            for m in OUT_RE.finditer(sentence):
                 checked += 1
-                sizes = _sizes_in(m.group("sizes") or "")
+                sizes = sizes_in(m.group("sizes") or "")
                 size = sizes[0] if sizes else size
                 if sizes:
                     bad = [s for s in sizes if stock.get(s, 0) > 0]
@@ -557,15 +378,15 @@ class Catalog:
                         problems.append(f"{item['id']} is in stock in {', '.join(bad)}")
                 elif total > 0 and len(subject) == 1:
                     problems.append(f"{item['id']} is not sold out")
-            spans = [m.span() for m in _OUT_RE.finditer(sentence)]
-            for m in _IN_STOCK_RE.finditer(sentence):
+            spans = [m.span() for m in OUT_RE.finditer(sentence)]
+            for m in IN_STOCK_RE.finditer(sentence):
                 if (
                     any(a <= m.start() < b for a, b in spans)
                     or "not available" in sentence[max(0, m.start() - 4) : m.end()]
                 ):
                     continue
                 checked += 1
-                sizes = _sizes_in(m.group("sizes") or "")
+                sizes = sizes_in(m.group("sizes") or "")
                 size = sizes[0] if sizes else size
                 if sizes:
                     bad = [s for s in sizes if stock.get(s, 0) <= 0]
@@ -573,7 +394,7 @@ class Catalog:
                         problems.append(f"{item['id']} is not in stock in {', '.join(bad)}")
                 elif total <= 0:
                     problems.append(f"{item['id']} is sold out")
-            for m in _ONLY_RE.finditer(sentence):
+            for m in ONLY_RE.finditer(sentence):
                 checked += 1
                 s = m.group("size")
                 count = stock.get(s, 0) if s else total
@@ -581,9 +402,9 @@ class Catalog:
                     s is None and len(subject) == 1 and int(m.group("n")) in stock.values()
                 ):
                     problems.append(f"{item['id']} has {count} left, not {m.group('n')}")
-            for m in _COMES_RE.finditer(sentence):
+            for m in COMES_RE.finditer(sentence):
                 checked += 1
-                bad = [s for s in _sizes_in(m.group("sizes")) if s not in stock]
+                bad = [s for s in sizes_in(m.group("sizes")) if s not in stock]
                 if bad and not all(s.isdigit() for s in bad):
                     problems.append(f"{item['id']} has no size {', '.join(bad)}")
         return checked, problems, size
@@ -631,20 +452,3 @@ class Catalog:
             if n > best_n:
                 best, best_n = f"{s} [{pid}]", n
         return best
-
-
-def _clock(m: re.Match[str]) -> str:
-    if m.group(3):
-        hour = int(m.group(1)) % 12 + (12 if m.group(3).lower() == "pm" else 0)
-        return f"{hour:02d}:{m.group(2) or '00'}"
-    return f"{int(m.group(4)):02d}:{m.group(5)}"
-
-
-def _join(values: Sequence[str]) -> str:
-    values = list(values)
-    return values[0] if len(values) == 1 else ", ".join(values[:-1]) + " and " + values[-1]
-
-
-def mentions_refusal(text: str) -> bool:
-    low = text.lower()
-    return any(r in low for r in REFUSALS)

@@ -9,7 +9,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from chains.boutique_guard import Resolution, mentions_refusal
+from chains.boutique_guard import Resolution
+from chains.boutique_words import mentions_refusal
 from llmapps.evaluate.metrics import Metric
 
 # the shop's own metrics (``score``), as the bench's tables show them
