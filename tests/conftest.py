@@ -65,3 +65,11 @@ def test_articles() -> list[dict]:
     from chains.news_data import samples
 
     return samples("test")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """pytest-socket keeps every test on loopback (pyproject's ``--allow-hosts``), except the
+    tests marked ``network``, which exist to reach the internet."""
+    for item in items:
+        if item.get_closest_marker("network"):
+            item.add_marker(pytest.mark.enable_socket)
