@@ -153,7 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     from transformers import pipeline
 
     from llmapps.models.langchain_local import LocalLLM
-    from llmapps.models.local import cut_at_stop, load_local_model
+    from llmapps.models.local import load_local_model
+    from llmapps.models.streaming import cut_at_stop
 
     console = Console(width=max(120, Console().width))
     lm = load_local_model(args.model, device=args.device, batch_size=args.batch_size)

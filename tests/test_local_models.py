@@ -20,11 +20,12 @@ from llmapps.errors import InputError, ModelNotFoundError
 from llmapps.models.local import (
     GenerationParams,
     LocalModel,
-    cut_at_stop,
     load_local_model,
     pick_dtype,
     resolve_model_path,
 )
+from llmapps.models.memory import estimate_generate_bytes
+from llmapps.models.streaming import cut_at_stop
 from llmapps.settings import load_settings
 
 PROMPTS = [
@@ -320,14 +321,12 @@ def test_memory_budget_splits_chunks_and_keeps_outputs(
 ) -> None:
     """A chunk that would exceed the memory budget is split before generating; the outputs are the
     same as one big chunk's, and a prompt that cannot fit even alone is one clear error."""
-    from llmapps.models.local import estimate_generate_bytes
-
     params = GenerationParams(max_new_tokens=6)
     whole = lm.generate(PROMPTS, params)
     longest = max(lm.count_tokens(p) for p in PROMPTS)
     two_rows = estimate_generate_bytes(lm.model.config, 2, longest, 6, 4)
     monkeypatch.setenv("LLMAPPS_GENERATION__MEMORY_BUDGET_GB", f"{two_rows * 1.01 / 2**30:.9f}")
-    with caplog.at_level("INFO", logger="llmapps.models.local"):
+    with caplog.at_level("INFO", logger="llmapps.models.memory"):
         split = lm.generate(PROMPTS, params)
     assert [o.text for o in split] == [o.text for o in whole]
     assert any("per chunk fit" in r.getMessage() for r in caplog.records)
@@ -340,8 +339,6 @@ def test_memory_budget_splits_chunks_and_keeps_outputs(
 def test_memory_estimate_grows_with_rows_and_length_and_respects_sliding_windows() -> None:
     from transformers import Gemma3TextConfig
 
-    from llmapps.models.local import estimate_generate_bytes
-
     cfg = Gemma3TextConfig(num_hidden_layers=6, sliding_window=512, hidden_size=64,
                            intermediate_size=128, num_attention_heads=4, num_key_value_heads=1,
                            head_dim=16, vocab_size=1000)
@@ -350,3 +347,13 @@ def test_memory_estimate_grows_with_rows_and_length_and_respects_sliding_windows
     assert estimate_generate_bytes(cfg, 1, 2000, 16, 4) > 3 * small  # attention grows with L^2
     full = Gemma3TextConfig(**{**cfg.to_dict(), "layer_types": ["full_attention"] * 6})
     assert estimate_generate_bytes(full, 1, 1000, 16, 4) > small  # windows keep less KV cache
+
+
+def test_names_moved_out_of_local_stay_importable_from_it() -> None:
+    """The memory estimate, stop strings and streaming moved to modules of their own; code that
+    imports them from ``llmapps.models.local`` keeps working, with the same objects."""
+    from llmapps.models import local, memory, streaming
+
+    for module, name in [(memory, "available_memory"), (memory, "estimate_generate_bytes"),
+                         (streaming, "cut_at_stop"), (streaming, "stream_local")]:
+        assert getattr(local, name) is getattr(module, name), name

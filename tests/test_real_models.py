@@ -148,7 +148,8 @@ def test_eight_prompts_at_the_budget_stay_under_the_memory_budget(
 ) -> None:
     """The regression behind the OOM kill: 8 Gemma prompts at the prompt budget, chunked to fit
     a small memory budget, and a prompt that cannot fit even alone is a clear error."""
-    from llmapps.models.local import GenerationParams, estimate_generate_bytes, load_local_model
+    from llmapps.models.local import GenerationParams, load_local_model
+    from llmapps.models.memory import estimate_generate_bytes
 
     lm = load_local_model(GEMMA)
     monkeypatch.setenv("LLMAPPS_GENERATION__MAX_PROMPT_TOKENS", "1024")
@@ -204,7 +205,8 @@ def test_gemma_shared_prefix_past_the_sliding_window_equals_one_by_one(
     """Prompts that share a start longer than Gemma 3's 512-token sliding window: the shared
     prefix is prefilled once, each row continues from a copy of its cache, and the stitched
     batch (full layers and windowed layers alike) gives the tokens each prompt gives alone."""
-    from llmapps.models.local import GenerationParams, _shared_prefix, load_local_model
+    from llmapps.models.local import GenerationParams, load_local_model
+    from llmapps.models.prefill import shared_prefix
 
     lm = load_local_model(GEMMA, dtype="float32")
     shared = " ".join(
@@ -217,7 +219,7 @@ def test_gemma_shared_prefix_past_the_sliding_window_equals_one_by_one(
         f"{shared}\nQuestion: who?\nAnswer:",
     ]
     ids = [lm.tokenizer(p)["input_ids"] for p in prompts]
-    assert _shared_prefix(ids) > 600  # past the window: the windowed layers' stitch is exercised
+    assert shared_prefix(ids) > 600  # past the window: the windowed layers' stitch is exercised
     calls: list[int] = []
 
     def count(_module: Any, args: Any, kwargs: dict[str, Any]) -> None:

@@ -146,13 +146,13 @@ def test_a_client_that_goes_away_has_its_queued_prompts_cancelled(lm: Any) -> No
 def test_a_stream_that_fails_midway_ends_with_an_error_event_and_done(
     lm: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import llmapps.models.local as local
+    import llmapps.models.streaming as streaming
 
     def failing(lm: Any, prompt: str, params: Any) -> Iterator[str]:  # a backend fault, injected
         yield "Once"
         raise RuntimeError("device lost")
 
-    monkeypatch.setattr(local, "stream_local", failing)
+    monkeypatch.setattr(streaming, "stream_local", failing)
     _, ctx = _serve(lm)
     with ctx as url:
         for path, body in [

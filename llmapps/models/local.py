@@ -7,7 +7,9 @@ present) and dtype (bf16 on capable GPUs), and caches the loaded model per proce
 ``LocalModel.generate`` is the one batched generation path every local strategy uses: prompts are
 sorted by length, left-padded in batches (each prompt prefilled without padding, the caches stitched
 into one left-padded batch cache), stop strings end each row on its own, the prompt is never
-echoed, and a CUDA out-of-memory halves the batch and retries.
+echoed, and a CUDA out-of-memory halves the batch and retries. Its parts live beside it: the
+stitched prefill in ``prefill``, the memory budget in ``memory``, stop strings and
+``stream_local`` in ``streaming``.
 """
 
 from __future__ import annotations
@@ -19,9 +21,16 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from llmapps.errors import BackendError, InputError, ModelNotFoundError
+
+# available_memory, estimate_generate_bytes, cut_at_stop and stream_local moved to modules of
+# their own and stay importable from here, where users import them
+from llmapps.models.memory import available_memory, rows_within_budget
+from llmapps.models.memory import estimate_generate_bytes as estimate_generate_bytes
+from llmapps.models.prefill import UnstitchableCache, stitched_prefill
+from llmapps.models.streaming import StopStrings, cut_at_stop, stream_local
 from llmapps.settings import Settings, get_settings
 
 if TYPE_CHECKING:  # heavy imports stay lazy
@@ -179,28 +188,6 @@ class LocalModel:
             return int(gen.memory_budget_gb * 2**30)
         return int(gen.memory_fraction * available_memory(self.device))
 
-    def _rows_within_budget(self, lengths: list[int], max_new: int, budget: int) -> int:
-        """How many of ``lengths`` (longest first) one chunk can take within ``budget`` bytes."""
-        dtype_bytes = self.model.dtype.itemsize
-        rows = len(lengths)
-        while rows > 0:
-            need = estimate_generate_bytes(self.model.config, rows, lengths[0], max_new, dtype_bytes)
-            if need <= budget:
-                break
-            rows = rows // 2 if rows > 8 else rows - 1
-        if rows == 0:
-            need = estimate_generate_bytes(self.model.config, 1, lengths[0], max_new, dtype_bytes)
-            raise InputError(
-                f"a prompt of {lengths[0]} tokens with {max_new} new tokens needs about "
-                f"{need / 2**30:.1f} GiB for {self.name!r}, more than the memory budget of "
-                f"{budget / 2**30:.1f} GiB: shorten the input, lower generation.max_prompt_tokens, "
-                "or raise generation.memory_budget_gb"
-            )
-        if rows < len(lengths):
-            log.info("%s: %d prompts of up to %d tokens per chunk fit the %.1f GiB memory budget",
-                     self.name, rows, lengths[0], budget / 2**30)
-        return rows
-
     @property
     def context_length(self) -> int:
         cfg = self.model.config
@@ -280,7 +267,8 @@ class LocalModel:
             batch_size = batch_size or self.batch_size
             budget = self.memory_budget()
             while pos < len(order):
-                rows = self._rows_within_budget(
+                rows = rows_within_budget(
+                    self.model.config, self.model.dtype.itemsize, self.name,
                     [len(encoded[i]) for i in order[pos : pos + batch_size]],
                     params.max_new_tokens, budget,
                 )
@@ -329,7 +317,7 @@ class LocalModel:
         if params.stop:
             # Our own check on decoded tails every few steps: transformers' stop_strings criterion
             # costs ~10% per step; rows may run a few tokens past a stop, cut off below anyway.
-            kwargs["stopping_criteria"] = [_StopStrings(tok, list(params.stop), width)]
+            kwargs["stopping_criteria"] = [StopStrings(tok, list(params.stop), width)]
         generate: Any = self.model.generate  # transformers' stubs type it as a Tensor attribute
         with torch.inference_mode():
             cache = self._stitched_prefill(batch, width, params.max_new_tokens)
@@ -380,243 +368,18 @@ class LocalModel:
 
 
     def _stitched_prefill(self, batch: list[list[int]], width: int, max_new_tokens: int) -> Any:
-        """Prefill each prompt but its last token without padding; return one left-padded cache.
-
-        A padded prefill spends its time on pad tokens and on an explicit attention mask (SDPA
-        then cannot take its plain causal path); prompts of 324-596 tokens prefilled one by one
-        took 0.53 s against 0.80 s padded at batch 32. Row ``i``'s keys and values go to the
-        last ``L_i - 1`` of ``width - 1`` cache positions, so the batch looks exactly as if it had
-        been prefilled left-padded: ``generate`` then gets the full padded prompts, computes the
-        positions from the attention mask as usual and feeds only the last token of each row.
-
-        **Shared prefix.** The tokens every row starts with (the instruction and, with
-        ``example_selection=order``, the worked examples) are prefilled once, and each group of
-        rows continues from a copy of that cache (a chunked prefill: the same attention, exact up
-        to float rounding). Only a prefix of at least ``_MIN_SHARED_PREFIX`` tokens is shared.
-
-        **Sliding-window layers** (Gemma 3: 5 of every 6 layers see 512 tokens) keep only their
-        last ``window - 1`` keys; those are right-aligned the same way, and the layer's length
-        counter is set to the padded width, so the mask ``generate`` builds maps each cached key
-        to its place in the padded batch, as for a full layer.
-
-        Returns None (the caller prefills padded batches) where this does not apply: one row of
-        no shared prefix or rows of one length with none (nothing to gain), a one-token prompt,
-        an encoder-decoder model, or a cache layer of a type not handled here.
-        """
-        import torch
-        from transformers.cache_utils import (
-            DynamicLayer,
-            DynamicSlidingWindowLayer,
-            StaticCache,
-            StaticLayer,
-        )
-
-        lengths = [len(ids) for ids in batch]
-        if not self.stitch_prefill or min(lengths) < 2 or self.model.config.is_encoder_decoder:
+        """One left-padded cache of the batch prefilled without padding (``stitched_prefill``),
+        or None: stitching is off for this model, does not apply, or the model's cache has
+        layers it does not handle (then it stays off for this model)."""
+        if not self.stitch_prefill:
             return None
-        shared = _shared_prefix(batch) if len(batch) > 1 else 0
-        if shared < _MIN_SHARED_PREFIX:
-            shared = 0
-            if len(set(lengths)) < 2:
-                return None
-        model = self.model
-        config = model.config.get_text_config(decoder=True)
-        keep = {"logits_to_keep": 1} if _accepts(model.forward, "logits_to_keep") else {}
-        kinds = (DynamicLayer, DynamicSlidingWindowLayer)
-
-        def plain(cache: Any) -> bool:
-            layers: list[Any] = list(getattr(cache, "layers", None) or [])
-            return bool(layers) and all(type(layer) in kinds for layer in layers)
-
-        prefix_cache: Any = None
-        if shared:
-            ids = torch.tensor([batch[0][:shared]], dtype=torch.long, device=model.device)
-            prefix_cache = model(input_ids=ids, use_cache=True, **keep).past_key_values
-            if not plain(prefix_cache):
-                self.stitch_prefill = False
-                return None
-
-        def continued(rows: int) -> Any:
-            """A copy of the prefix cache for ``rows`` rows, ``shared`` tokens long."""
-            data = [(layer.keys.expand(rows, -1, -1, -1).contiguous(),
-                     layer.values.expand(rows, -1, -1, -1).contiguous())
-                    for layer in prefix_cache.layers]
-            return _dynamic_cache(data, config, shared)
-
-        # rows of one length share a forward pass (no padding either way)
-        groups: dict[int, list[int]] = {}
-        for row, n in enumerate(lengths):
-            groups.setdefault(n, []).append(row)
-        past = width - 1
-        stitched: list[tuple[torch.Tensor, torch.Tensor]] | None = None
-        for n, rows in groups.items():
-            start = shared if n - 1 > shared else 0  # a row that is all prefix: prefill it whole
-            ids = torch.tensor([batch[r][start:-1] for r in rows], dtype=torch.long,
-                               device=model.device)
-            extra = {"past_key_values": continued(len(rows))} if start else {}
-            pkv = model(input_ids=ids, use_cache=True, **extra, **keep).past_key_values
-            if not plain(pkv):
-                self.stitch_prefill = False
-                return None
-            if stitched is None:
-                stitched = [
-                    (layer.keys.new_zeros((len(batch), layer.keys.shape[1],
-                                           _kept(layer, past), layer.keys.shape[3])),
-                     layer.values.new_zeros((len(batch), layer.values.shape[1],
-                                             _kept(layer, past), layer.values.shape[3])))
-                    for layer in pkv.layers
-                ]
-            index = torch.tensor(rows, device=model.device)
-            for (keys, values), layer in zip(stitched, pkv.layers, strict=True):
-                m = layer.keys.shape[2]  # n - 1, or the window's last keys of them
-                keys[index, :, keys.shape[2] - m:] = layer.keys
-                values[index, :, values.shape[2] - m:] = layer.values
-        assert stitched is not None
-        sliding = [isinstance(layer, DynamicSlidingWindowLayer) for layer in pkv.layers]
-        if self.cache_implementation != "static" or any(sliding):
-            return _dynamic_cache(stitched, config, past)
-        cache = StaticCache(config=config, max_cache_len=width + max_new_tokens)
-        if len(cache.layers) != len(stitched) or any(
-            type(layer) is not StaticLayer for layer in cache.layers
-        ):
-            return _dynamic_cache(stitched, config, past)
-        static_layers: list[Any] = list(cache.layers)  # all StaticLayer, checked just above
-        for layer, (keys, values) in zip(static_layers, stitched, strict=True):
-            layer.lazy_initialization(keys, values)
-            layer.keys[:, :, :past] = keys
-            layer.values[:, :, :past] = values
-            layer.cumulative_length.fill_(past)
-        return cache
-
-
-# The shortest common prompt start worth a prefill of its own (shorter: each row prefills it).
-_MIN_SHARED_PREFIX = 32
-
-
-def _shared_prefix(batch: list[list[int]]) -> int:
-    """Tokens every row starts with, short of each row's last token (fed to ``generate``)."""
-    first = batch[0]
-    n = min(len(ids) for ids in batch) - 1
-    for ids in batch[1:]:
-        i = 0
-        while i < n and ids[i] == first[i]:
-            i += 1
-        n = i
-    return max(n, 0)
-
-
-def _kept(layer: Any, past: int) -> int:
-    """Cache positions a stitched layer holds: ``past``, or a sliding layer's window less one."""
-    window = getattr(layer, "sliding_window", None)
-    return min(past, int(window) - 1) if window else past
-
-
-def _dynamic_cache(stitched: list[Any], config: Any, past: int) -> Any:
-    """A ``DynamicCache`` holding these tensors, every layer ``past`` tokens long (a sliding
-    layer holds only the last ``window - 1`` of them)."""
-    from transformers.cache_utils import DynamicCache, DynamicSlidingWindowLayer
-
-    cache = DynamicCache(stitched, config=config)
-    layers: list[Any] = list(cache.layers)
-    for layer in layers:
-        if isinstance(layer, DynamicSlidingWindowLayer):
-            layer.cumulative_length = past  # its keys are the last window - 1 of them
-    return cache
-
-
-def available_memory(device: str) -> int:
-    """Bytes free for new allocations: free VRAM on CUDA, else available RAM."""
-    if device.startswith("cuda"):
-        import torch
-
-        free, _total = torch.cuda.mem_get_info(torch.device(device))
-        return int(free)
-    import psutil
-
-    return int(psutil.virtual_memory().available)
-
-
-def estimate_generate_bytes(
-    config: Any, rows: int, width: int, max_new: int, dtype_bytes: int
-) -> int:
-    """A deliberately high estimate of what generating ``rows`` prompts of up to ``width``
-    tokens costs beyond the weights: the KV cache for ``width + max_new`` positions (sliding-window
-    layers keep only their window), plus the largest transient of one layer's prefill (attention
-    scores and probabilities in float32 when the math kernel materializes them, the MLP's
-    activations, the layer's full keys and values before a sliding window trims them), plus the
-    last position's logits over the vocabulary. 10% on top for the allocator.
-
-    For Gemma 3 270M (18 layers, 1 KV head of 256, 262,144-token vocabulary), 8 prompts of 2,048
-    tokens come to ~1.7 GiB in float32 (1.4 in bf16), of which the prefill's attention is most; at
-    the 32,768-token context one prompt alone comes to ~36 GiB, which is why the prompt budget, not
-    the context, is the target.
-    """
-    cfg = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
-    layers = int(getattr(cfg, "num_hidden_layers", 1))
-    heads = int(getattr(cfg, "num_attention_heads", 1))
-    kv_heads = int(getattr(cfg, "num_key_value_heads", None) or heads)
-    hidden = int(getattr(cfg, "hidden_size", 1))
-    head_dim = int(getattr(cfg, "head_dim", None) or hidden // heads)
-    inter = int(getattr(cfg, "intermediate_size", None) or 4 * hidden)
-    vocab = int(getattr(cfg, "vocab_size", 1))
-    window = getattr(cfg, "sliding_window", None)
-    types = getattr(cfg, "layer_types", None) or ["full_attention"] * layers
-    total = width + max_new
-    per_position = kv_heads * head_dim * 2 * dtype_bytes
-    kv = sum(
-        rows * (min(int(window), total) if window and t == "sliding_attention" else total) * per_position
-        for t in types
-    )
-    attention = rows * heads * width * width * 4 * 2
-    mlp = rows * width * inter * dtype_bytes * 3
-    states = rows * width * hidden * dtype_bytes * 4
-    layer_kv = rows * width * heads * head_dim * 2 * dtype_bytes
-    logits = rows * vocab * 4 * 2
-    return int(1.1 * (kv + max(attention, mlp) + states + layer_kv + logits))
-
-
-def _accepts(fn: Any, name: str) -> bool:
-    import inspect
-
-    try:
-        return name in inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return False
-
-
-class _StopStrings:
-    """A per-row stopping criterion: every ``every`` steps, decode each row's new tokens and
-    mark rows whose text holds a stop string (transformers' ``StopStringCriteria`` works per step
-    over token-level tables, which costs more than the tiny models' forward passes)."""
-
-    def __init__(self, tokenizer: Any, stop: list[str], prompt_width: int, every: int = 4) -> None:
-        self.tokenizer = tokenizer
-        self.stop = stop
-        self.start = prompt_width
-        self.every = every
-        self.steps = 0
-        self.done: Any = None
-
-    def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
-        import torch
-
-        self.steps += 1
-        if self.done is None:
-            self.done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-        if self.steps % self.every == 0:
-            new = input_ids[:, self.start :].tolist()
-            for row, ids in enumerate(new):
-                if not self.done[row]:
-                    text = self.tokenizer.decode(ids, skip_special_tokens=True)
-                    if any(s and s in text for s in self.stop):
-                        self.done[row] = True
-        return self.done.clone()
-
-
-def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
-    """Cut ``text`` before the earliest stop string; say whether one was found."""
-    first = min((i for s in stop if s and (i := text.find(s)) >= 0), default=-1)
-    return (text[:first], True) if first >= 0 else (text, False)
+        try:
+            return stitched_prefill(self.model, batch, width, max_new_tokens,
+                                    static=self.cache_implementation == "static")
+        except UnstitchableCache as err:
+            log.info("%s: no stitched prefill (%s); prefilling padded batches", self.name, err)
+            self.stitch_prefill = False
+            return None
 
 
 def _is_oom(err: Exception) -> bool:
@@ -739,67 +502,3 @@ def clear_model_cache(pool: ModelPool | None = None) -> None:
 
     (pool or default_pool()).clear("transformers", "lora-base")
     _empty_cache()
-
-
-def stream_local(lm: LocalModel, prompt: str, params: GenerationParams) -> Any:
-    """Yield text pieces of one completion as they are generated (stop strings honoured)."""
-    import torch
-    from transformers import TextIteratorStreamer
-
-    ids = lm.tokenizer(prompt, add_special_tokens=True, return_tensors="pt")
-    limit = lm.context_length - params.max_new_tokens
-    input_ids = ids["input_ids"][:, -limit:].to(lm.model.device)
-    streamer = TextIteratorStreamer(lm.tokenizer, skip_prompt=True, skip_special_tokens=True)
-    kwargs: dict[str, Any] = {
-        "input_ids": input_ids,
-        "attention_mask": torch.ones_like(input_ids),
-        "max_new_tokens": params.max_new_tokens,
-        "pad_token_id": lm.tokenizer.pad_token_id,
-        "do_sample": params.temperature > 0,
-        "streamer": streamer,
-    }
-    if params.temperature > 0:
-        kwargs.update(temperature=params.temperature, top_p=params.top_p)
-    else:
-        kwargs.update(temperature=None, top_p=None, top_k=None)
-    if params.stop:
-        kwargs.update(stop_strings=list(params.stop), tokenizer=lm.tokenizer)
-
-    failure: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            with lm._lock, torch.inference_mode():
-                cast(Any, lm.model).generate(**kwargs)
-        except BaseException as err:  # re-raised below; end() so the reader does not wait forever
-            failure.append(err)
-            streamer.end()
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    emitted = ""
-    held = ""
-    hit = False
-    for piece in streamer:
-        held += piece
-        text, hit = cut_at_stop(emitted + held, params.stop)
-        if hit:
-            if len(text) > len(emitted):
-                yield text[len(emitted):]
-            break
-        # hold back a tail that could be the start of a stop string
-        keep = max((len(s) - 1 for s in params.stop), default=0)
-        safe = len(held) - keep if keep else len(held)
-        if safe > 0:
-            yield held[:safe]
-            emitted += held[:safe]
-            held = held[safe:]
-    else:
-        if held:
-            yield held
-    if hit:  # stopped early: drain so the generate thread can finish (an exhausted
-        for _ in streamer:  # TextIteratorStreamer would block forever if iterated again)
-            pass
-    thread.join()
-    if failure:
-        raise BackendError(f"generation with {lm.name!r} failed: {failure[0]}") from failure[0]

@@ -212,7 +212,7 @@ class Serving:
         include_usage: bool, cancel: threading.Event,
     ) -> Iterator[dict[str, Any]]:
         """The events of one streamed answer: ``make(piece, finish, first=...)`` builds each."""
-        from llmapps.models.local import stream_local
+        from llmapps.models.streaming import stream_local
 
         lm = self.lm
         yield make(None, None, first=True)

@@ -178,7 +178,7 @@ class ServiceStrategy(Strategy):
 
 
 def _cut(message: Any, stop: list[str]) -> Any:
-    from llmapps.models.local import cut_at_stop
+    from llmapps.models.streaming import cut_at_stop
 
     text, hit = cut_at_stop(str(message.content), stop)
     return message.model_copy(update={"content": text}) if hit else message
