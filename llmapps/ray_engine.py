@@ -8,8 +8,8 @@ function the local engine uses. The driver writes every row as its batch comes b
 per row, resumable (a rerun skips ids already written).
 
 ``llmapps bench --engine ray`` does the same per strategy: each actor opens the strategy the way
-the local bench does (``_StrategyRun.open``: model, app, scoring model, judge) and scores batches
-with ``_StrategyRun.answer``; the driver appends the rows to ``samples/<strategy>.jsonl``.
+the local bench does (``StrategyRun.open``: model, app, scoring model, judge) and scores batches
+with ``StrategyRun.answer``; the driver appends the rows to ``samples/<strategy>.jsonl``.
 
 Faults: Ray Data restarts a killed actor and retries its batch (``max_restarts=-1``,
 ``max_task_retries=-1``, its defaults for actor pools); the driver writes an id at most once, so a
@@ -320,8 +320,8 @@ def run_file_ray(
 
 class BenchWorker:
     """A Ray Data actor of ``llmapps bench --engine ray``: opens one strategy of the bench once
-    (``_StrategyRun.open``: strategy, app, scoring model, judge) and answers batches of samples
-    with ``_StrategyRun.answer``, the code the local bench runs, so the rows are the same."""
+    (``StrategyRun.open``: strategy, app, scoring model, judge) and answers batches of samples
+    with ``StrategyRun.answer``, the code the local bench runs, so the rows are the same."""
 
     def __init__(
         self,
@@ -335,7 +335,7 @@ class BenchWorker:
     ) -> None:
         started = time.perf_counter()
         _prepare_worker(env, threads)
-        from llmapps.bench.run import Bench, BenchConfig, _StrategyRun
+        from llmapps.bench.run import Bench, BenchConfig, StrategyRun
         from llmapps.evaluate.scoring import MetricsConfig
 
         bench = Bench(
@@ -345,7 +345,7 @@ class BenchWorker:
             metrics=MetricsConfig.model_validate(metrics),
         )
         bench.load_judge()
-        self.srun = _StrategyRun(bench, name)
+        self.srun = StrategyRun(bench, name)
         self.status = self.srun.open(options)
         self.load_s = round(time.perf_counter() - started, 3)
 
@@ -377,11 +377,10 @@ def run_bench_strategy(
 ) -> dict[str, Any]:
     """One strategy of a bench on a pool of Ray actors; rows go to its samples file as they come.
 
-    Returns the strategy's status as ``_StrategyRun.run`` does, with the slowest actor's load
+    Returns the strategy's status as ``StrategyRun.run`` does, with the slowest actor's load
     time and the largest actor's peak RSS (each actor holds its own model), plus ``engine`` and
     ``workers``. A failure is recorded in the status (the rows written before it are kept).
     """
-    from llmapps.bench.run import _batched
     from llmapps.runner import JsonlWriter
     from llmapps.strategies.base import make_strategy
 
@@ -391,7 +390,7 @@ def run_bench_strategy(
         status["config"] = make_strategy(srun.name, **options).describe()  # bad options: no pool
     except Exception as err:
         return {**status, "status": "failed", "error": f"{type(err).__name__}: {err}"}
-    chunks = _batched(todo, b.config.batch_size)
+    chunks = list(batched(todo, b.config.batch_size))
     kwargs = {
         "config": b.config.model_dump(mode="json"),
         "metrics": b.metrics.model_dump(mode="json"),

@@ -100,6 +100,7 @@ class JsonlWriter:
 
 
 def batched(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
+    """``items`` in consecutive slices of ``size`` (the last one shorter)."""
     for i in range(0, len(items), size):
         yield items[i : i + size]
 

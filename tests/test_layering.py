@@ -134,29 +134,119 @@ def test_the_core_holds_no_app_name_or_field() -> None:
 
 # ---------------------------------------------------------------- no private cross-package imports
 
-# Known and owned by other work in progress.
-KNOWN_PRIVATE = {
-    # the Ray engine (issue 16) drives the bench's per-strategy pass; to be made public there
-    ("llmapps/ray_engine.py", "llmapps.bench.run._StrategyRun"),
-    ("llmapps/ray_engine.py", "llmapps.bench.run._batched"),
-}
+# Known and owned by other work in progress (none now: the bench's StrategyRun and batched, which
+# the Ray engine drives, are public).
+KNOWN_PRIVATE: set[tuple[str, str]] = set()
+OUR_ROOTS = ("llmapps", *FORBIDDEN)
+
+
+def _our_module(dotted: str) -> bool:
+    """Whether ``dotted`` names a module or package of this project."""
+    path = ROOT.joinpath(*dotted.split("."))
+    return dotted.split(".")[0] in OUR_ROOTS and (
+        path.with_suffix(".py").is_file() or (path / "__init__.py").is_file()
+    )
+
+
+def _dotted(node: ast.expr) -> str | None:
+    """``a.b.c`` for a chain of attribute reads on a name, else None."""
+    parts = []
+    while isinstance(node, ast.Attribute):
+        parts.append(node.attr)
+        node = node.value
+    if not isinstance(node, ast.Name):
+        return None
+    return ".".join([node.id, *reversed(parts)])
+
+
+def _private_uses(tree: ast.AST) -> list[tuple[int, str, str]]:
+    """(line, module, private name) for every private name taken from a module of ours: by
+    ``from mod import _name``, or as an attribute of a module it imported (``import a.b as m``
+    then ``m._name``; ``from a import b`` then ``b._name``; ``import a.b`` then ``a.b._name``)."""
+    found: list[tuple[int, str, str]] = []
+    aliases: dict[str, str] = {}  # a local name -> the module of ours it is bound to
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                if a.asname:
+                    aliases[a.asname] = a.name
+                else:  # ``import a.b.c`` binds ``a``; ``a.b.c._x`` is resolved below
+                    aliases[a.name.split(".")[0]] = a.name.split(".")[0]
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            for a in node.names:
+                if a.name.startswith("_") and not a.name.startswith("__"):
+                    found.append((node.lineno, node.module, a.name))
+                elif _our_module(f"{node.module}.{a.name}"):
+                    aliases[a.asname or a.name] = f"{node.module}.{a.name}"
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Attribute) or not node.attr.startswith("_"):
+            continue
+        if node.attr.startswith("__"):
+            continue
+        base = _dotted(node.value)
+        if base is None:
+            continue
+        head, _, rest = base.partition(".")
+        module = ".".join(filter(None, [aliases.get(head), rest])) if head in aliases else None
+        if module and _our_module(module):
+            found.append((node.lineno, module, node.attr))
+    return found
+
+
+def test_private_use_finder_sees_each_form() -> None:
+    """The finder behind the next test catches the four ways one module reaches another's
+    private name, and not a private attribute of an object or a name of the same module."""
+    code = (
+        "from llmapps.bench.run import _a, public\n"
+        "import llmapps.models.local as local\n"
+        "from llmapps.models import pool\n"
+        "import llmapps.settings\n"
+        "local._b; pool._c; llmapps.settings._d\n"
+        "self._e; public._f; local.x._g\n"
+    )
+    found = {(m, n) for _, m, n in _private_uses(ast.parse(code))}
+    assert found == {
+        ("llmapps.bench.run", "_a"),
+        ("llmapps.models.local", "_b"),
+        ("llmapps.models.pool", "_c"),
+        ("llmapps.settings", "_d"),
+    }
 
 
 def test_no_private_names_imported_across_packages() -> None:
-    """``from pkg.mod import _name`` only within ``pkg``: a private name is free to change, so
-    another package must not lean on it (make it public, or use a public API)."""
+    """A private name of a module of ours (``from pkg.mod import _name``, ``mod._name``) is used
+    only within ``pkg``: a private name is free to change, so another package must not lean on
+    it (make it public, or use a public API)."""
     bad = []
-    for root in ("llmapps", *FORBIDDEN):
+    for root in OUR_ROOTS:
         for path in sorted((ROOT / root).rglob("*.py")):
             rel = str(path.relative_to(ROOT))
             package = ".".join(path.relative_to(ROOT).parent.parts)
-            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-                if not isinstance(node, ast.ImportFrom) or not node.module or node.level:
-                    continue
-                source = node.module.rpartition(".")[0] or node.module
-                for alias in node.names:
-                    private = alias.name.startswith("_") and not alias.name.startswith("__")
-                    target = f"{node.module}.{alias.name}"
-                    if private and source != package and (rel, target) not in KNOWN_PRIVATE:
-                        bad.append(f"{rel}:{node.lineno}: imports {target}")
+            for line, module, name in _private_uses(ast.parse(path.read_text(encoding="utf-8"))):
+                source = module.rpartition(".")[0] or module
+                if (ROOT.joinpath(*module.split(".")) / "__init__.py").is_file():
+                    source = module  # a package's own name, from its __init__
+                target = f"{module}.{name}"
+                if source != package and (rel, target) not in KNOWN_PRIVATE:
+                    bad.append(f"{rel}:{line}: uses {target}")
     assert not bad, "private names used across packages:\n" + "\n".join(bad)
+
+
+# ---------------------------------------------------------------- module size
+
+MAX_MODULE_LINES = 600  # STYLE.md's ~600-line rule (issue 15); split a module by concern past it
+
+
+def test_no_module_is_over_the_line_limit() -> None:
+    """Every Python module of llmapps/, chains/ and finetune/ is at most 600 physical lines."""
+    files = [p for root in ("llmapps", "chains", "finetune") for p in (ROOT / root).rglob("*.py")]
+    assert len(files) > 20
+    sizes = {p: len(p.read_bytes().splitlines()) for p in files}
+    bad = [
+        f"{p.relative_to(ROOT)}: {n} lines"
+        for p, n in sorted(sizes.items(), key=lambda kv: -kv[1])
+        if n > MAX_MODULE_LINES
+    ]
+    assert not bad, (
+        f"modules over {MAX_MODULE_LINES} lines (split each by concern):\n" + "\n".join(bad)
+    )

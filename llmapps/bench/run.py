@@ -107,8 +107,11 @@ def _load_rows(path: Path, retry_failed: bool) -> dict[str, dict[str, Any]]:
     return done
 
 
-class _StrategyRun:
-    """One strategy's pass over the samples it has not done yet."""
+class StrategyRun:
+    """One strategy's pass over the samples it has not done yet: ``open`` builds the strategy,
+    the app on it, the scoring model and the judge; ``answer`` scores one batch of samples;
+    ``run`` does both for the local bench (``llmapps.ray_engine`` drives ``open``/``answer`` in
+    each Ray actor, so both engines write the same rows)."""
 
     def __init__(self, bench: Bench, name: str) -> None:
         self.bench = bench
@@ -168,7 +171,7 @@ class _StrategyRun:
 
     def run(self, todo: Sequence[dict[str, Any]], options: dict[str, Any]) -> dict[str, Any]:
         from llmapps.bench.measure import PeakMemory
-        from llmapps.runner import JsonlWriter
+        from llmapps.runner import JsonlWriter, batched
 
         b = self.bench
         with PeakMemory() as mem:
@@ -176,7 +179,7 @@ class _StrategyRun:
             if status["status"] == "failed":
                 return status
             with JsonlWriter(self.path) as writer:
-                for chunk in _batched(todo, b.config.batch_size):
+                for chunk in batched(todo, b.config.batch_size):
                     for row in self.answer(chunk):
                         writer.write(row)
                     b.advance(len(chunk))
@@ -296,10 +299,6 @@ class _StrategyRun:
         for row, m in zip(rows, metrics, strict=True):
             del row["id"]
             row["metrics"] = m
-
-
-def _batched(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
-    return [items[i : i + size] for i in range(0, len(items), size)]
 
 
 class Bench:
@@ -422,7 +421,7 @@ class Bench:
             _ = self.scorer.index  # load the embedder before measuring any strategy's memory
         statuses = self.statuses()
         for name in self.config.strategies:
-            srun = _StrategyRun(self, name)
+            srun = StrategyRun(self, name)
             done = _load_rows(srun.path, self.config.retry_failed)
             todo = [s for s in self.samples if str(s["id"]) not in done]
             if not todo:
