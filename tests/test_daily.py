@@ -11,13 +11,13 @@ from __future__ import annotations
 import functools
 import json
 import os
-import shutil
 import threading
 from html.parser import HTMLParser
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from browser import needs_chromium, open_page, sync_playwright
 from feed_server import FIXTURES, FeedServer
 
 from chains.daily import (
@@ -339,46 +339,14 @@ def test_article_text_reaches_the_model_only_inside_article_delimiters_and_outpu
 # ----------------------------------------------------------------------------- real browser
 
 
-def find_chromium() -> str | None:
-    for name in (
-        os.environ.get("LLMAPPS_CHROMIUM"),
-        "chromium",
-        "chromium-browser",
-        "google-chrome",
-    ):
-        if name and (path := shutil.which(name)):
-            return path
-    return None
-
-
-CHROMIUM = find_chromium()
-
-
 class QuietHandler(SimpleHTTPRequestHandler):
     def log_message(self, format: str, *args: object) -> None:
         pass
 
 
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-
-
-@pytest.mark.skipif(
-    CHROMIUM is None,
-    reason="no chromium binary on PATH (apt-get install chromium; "
-    "see .ci/apt-packages.txt); the page's HTML is still checked by the other tests",
-)
+@needs_chromium("; the page's HTML is still checked by the other tests")
 def test_answers_reveal_on_click_in_headless_chromium(tmp_path):
-    playwright = pytest.importorskip(
-        "playwright.sync_api", reason="playwright (dev extra) is not installed"
-    )
+    pw = sync_playwright(reason="playwright (dev extra) is not installed")
     site = tmp_path / "site"
     write_edition(hostile_edition(), site)
     httpd = ThreadingHTTPServer(
@@ -387,31 +355,12 @@ def test_answers_reveal_on_click_in_headless_chromium(tmp_path):
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{httpd.server_address[1]}/index.html"
     try:
-        with playwright.sync_playwright() as p:
-            ctx = p.chromium.launch_persistent_context(
-                str(tmp_path / "profile"),
-                executable_path=CHROMIUM,
-                headless=True,
-                args=CHROMIUM_ARGS,
-                viewport={"width": 390, "height": 844},
-                device_scale_factor=2,
-                is_mobile=True,
-                has_touch=True,
+        with pw as p:
+            # only loopback traffic: anything else the page asks for is refused and recorded
+            ctx, page, dialogs, outside = open_page(
+                p, tmp_path / "profile", 390, 844, mobile=True, device_scale_factor=2
             )
             try:
-                dialogs: list[str] = []
-                page = ctx.new_page()
-                page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
-                # Only loopback traffic: anything else the page asks for is refused and recorded.
-                outside: list[str] = []
-                page.route(
-                    "**/*",
-                    lambda route: (
-                        route.continue_()
-                        if route.request.url.startswith("http://127.0.0.1")
-                        else (outside.append(route.request.url), route.abort())
-                    ),
-                )
                 page.goto(url)
                 shots = Path(os.environ.get("LLMAPPS_SCREENSHOT_DIR", tmp_path))
                 shots.mkdir(parents=True, exist_ok=True)

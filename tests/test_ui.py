@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import socket
 import tempfile
 import threading
@@ -24,6 +23,7 @@ import time
 from pathlib import Path
 
 import pytest
+from browser import needs_chromium, open_page, sync_playwright
 
 pytest.importorskip("gradio", reason="the ui extra (gradio) is not installed")
 
@@ -37,32 +37,7 @@ PAYLOAD_TEXT = (
 )
 
 
-def _chromium() -> str | None:
-    for name in (
-        os.environ.get("LLMAPPS_CHROMIUM"),
-        "chromium",
-        "chromium-browser",
-        "google-chrome",
-    ):
-        if name and (path := shutil.which(name)):
-            return path
-    return None
-
-
-CHROMIUM = _chromium()
-needs_browser = pytest.mark.skipif(
-    CHROMIUM is None,
-    reason="no chromium binary on PATH (apt-get install chromium; see .ci/apt-packages.txt)",
-)
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
+needs_browser = needs_chromium()
 
 
 def free_port() -> int:
@@ -269,28 +244,7 @@ def test_a_service_that_is_down_is_one_line_in_the_page(app_url):
 
 
 def _open(p, tmp_path: Path, width: int, height: int, mobile: bool = False):
-    ctx = p.chromium.launch_persistent_context(
-        str(tmp_path / f"profile-{width}"),
-        executable_path=CHROMIUM,
-        headless=True,
-        args=CHROMIUM_ARGS,
-        viewport={"width": width, "height": height},
-        is_mobile=mobile,
-        has_touch=mobile,
-    )
-    page = ctx.new_page()
-    dialogs: list[str] = []
-    outside: list[str] = []
-    page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
-    page.route(
-        "**/*",
-        lambda route: (
-            route.continue_()
-            if route.request.url.startswith("http://127.0.0.1")
-            else (outside.append(route.request.url), route.abort())
-        ),
-    )
-    return ctx, page, dialogs, outside
+    return open_page(p, tmp_path / f"profile-{width}", width, height, mobile=mobile)
 
 
 def _box(page, elem_id: str):
@@ -320,9 +274,9 @@ def _select_strategy(page, label: str) -> None:
 
 @needs_browser
 def test_try_tab_real_model_and_hostile_output_in_chromium(app_url, tmp_path, shots):
-    playwright = pytest.importorskip("playwright.sync_api")
+    pw = sync_playwright()
     url, _ = app_url
-    with playwright.sync_playwright() as p:
+    with pw as p:
         ctx, page, dialogs, outside = _open(p, tmp_path, 1280, 800)
         try:
             page.goto(url)
@@ -367,9 +321,9 @@ def test_try_tab_real_model_and_hostile_output_in_chromium(app_url, tmp_path, sh
 
 @needs_browser
 def test_compare_and_batch_in_chromium(app_url, tmp_path, shots):
-    playwright = pytest.importorskip("playwright.sync_api")
+    pw = sync_playwright()
     url, _ = app_url
-    with playwright.sync_playwright() as p:
+    with pw as p:
         ctx, page, dialogs, outside = _open(p, tmp_path, 390, 844, mobile=True)
         try:
             page.goto(url)
@@ -400,11 +354,11 @@ def _stats_win_rates(text: str) -> dict[str, float]:
 
 @needs_browser
 def test_rate_three_pairs_reload_and_match_human_eval_import(app_url, tmp_path, shots, capsys):
-    playwright = pytest.importorskip("playwright.sync_api")
+    pw = sync_playwright()
     from llmapps.cli import main
 
     url, store = app_url
-    with playwright.sync_playwright() as p:
+    with pw as p:
         ctx, page, dialogs, outside = _open(p, tmp_path, 1280, 800)
         try:
             page.goto(url)
