@@ -221,7 +221,7 @@ def train(
         model_fingerprint,
         write_adapter_folder,
     )
-    from llmapps.models.local import pick_device
+    from llmapps.models.device import pick_device
     from prompts import load_task
 
     settings = settings or get_settings()

@@ -17,11 +17,11 @@ from typing import Any
 import pytest
 
 from llmapps.errors import InputError, ModelNotFoundError
+from llmapps.models.device import pick_dtype
 from llmapps.models.local import (
     GenerationParams,
     LocalModel,
     load_local_model,
-    pick_dtype,
     resolve_model_path,
 )
 from llmapps.models.memory import estimate_generate_bytes
@@ -350,10 +350,12 @@ def test_memory_estimate_grows_with_rows_and_length_and_respects_sliding_windows
 
 
 def test_names_moved_out_of_local_stay_importable_from_it() -> None:
-    """The memory estimate, stop strings and streaming moved to modules of their own; code that
-    imports them from ``llmapps.models.local`` keeps working, with the same objects."""
-    from llmapps.models import local, memory, streaming
+    """The device and dtype choice, the memory estimate, stop strings and streaming moved to
+    modules of their own; code that imports them from ``llmapps.models.local`` keeps working,
+    with the same objects."""
+    from llmapps.models import device, local, memory, streaming
 
-    for module, name in [(memory, "available_memory"), (memory, "estimate_generate_bytes"),
+    for module, name in [(device, "pick_device"), (device, "pick_dtype"),
+                         (memory, "available_memory"), (memory, "estimate_generate_bytes"),
                          (streaming, "cut_at_stop"), (streaming, "stream_local")]:
         assert getattr(local, name) is getattr(module, name), name

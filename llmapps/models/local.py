@@ -8,8 +8,8 @@ present) and dtype (bf16 on capable GPUs), and caches the loaded model per proce
 sorted by length, left-padded in batches (each prompt prefilled without padding, the caches stitched
 into one left-padded batch cache), stop strings end each row on its own, the prompt is never
 echoed, and a CUDA out-of-memory halves the batch and retries. Its parts live beside it: the
-stitched prefill in ``prefill``, the memory budget in ``memory``, stop strings and
-``stream_local`` in ``streaming``.
+device and dtype in ``device``, the stitched prefill in ``prefill``, the memory budget in
+``memory``, stop strings and ``stream_local`` in ``streaming``.
 """
 
 from __future__ import annotations
@@ -25,8 +25,9 @@ from typing import TYPE_CHECKING, Any
 
 from llmapps.errors import BackendError, InputError, ModelNotFoundError
 
-# available_memory, estimate_generate_bytes, cut_at_stop and stream_local moved to modules of
-# their own and stay importable from here, where users import them
+# pick_device, pick_dtype, available_memory, estimate_generate_bytes, cut_at_stop and stream_local
+# moved to modules of their own and stay importable from here, where users import them
+from llmapps.models.device import pick_device, pick_dtype
 from llmapps.models.memory import available_memory, rows_within_budget
 from llmapps.models.memory import estimate_generate_bytes as estimate_generate_bytes
 from llmapps.models.prefill import UnstitchableCache, stitched_prefill
@@ -34,7 +35,6 @@ from llmapps.models.streaming import StopStrings, cut_at_stop, stream_local
 from llmapps.settings import Settings, get_settings
 
 if TYPE_CHECKING:  # heavy imports stay lazy
-    import torch
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
     from llmapps.models.pool import ModelPool
@@ -64,48 +64,6 @@ class GenerationOutput:
     completion_tokens: int
     finish_reason: str  # "stop" (eos or stop string) or "length"
     truncated_prompt: bool = False
-
-
-def pick_device(requested: str = "auto") -> str:
-    import torch
-
-    if requested != "auto":
-        return requested
-    if torch.cuda.is_available():
-        return "cuda"
-    return "cpu"
-
-
-def pick_dtype(requested: str, device: str) -> torch.dtype:
-    import torch
-
-    if requested != "auto":
-        try:
-            return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
-                    "bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[requested]
-        except KeyError as err:
-            raise InputError(
-                f"dtype {requested!r} is not one of auto, float32, bfloat16, float16"
-            ) from err
-    if device.startswith("cuda") and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    if device == "cpu" and _cpu_has_native_bf16():
-        # Measured on 2 cores with AVX512-BF16 (4 prompts x 512 tokens, then 8 decode steps, three
-        # interleaved repeats, machine shared): Gemma 3 270M prefill 20.4 s bf16 vs 33.3 s fp32,
-        # decode 2.2 vs 4.4 s/step; SmolLM2-135M prefill 18.3 vs 30.4 s, decode 2.2 vs 2.3 s/step.
-        # Half the weight bytes to stream per token and oneDNN's bf16 kernels win on such CPUs; on
-        # CPUs without native bf16 it is emulated and slower, so float32 stays there.
-        return torch.bfloat16
-    return torch.float32
-
-
-def _cpu_has_native_bf16() -> bool:
-    import torch
-
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
 
 
 def resolve_model_path(name: str, settings: Settings | None = None, *, build: bool = True) -> str:

@@ -144,7 +144,8 @@ class LoraStrategy(Strategy):
         return self._lm
 
     def _load(self) -> LocalModel:
-        from llmapps.models.local import load_pretrained, pick_device
+        from llmapps.models.device import pick_device
+        from llmapps.models.local import load_pretrained
         from llmapps.settings import get_settings
 
         settings = get_settings()
