@@ -24,7 +24,8 @@ from langchain_core.outputs import (
 )
 from langchain_core.runnables import RunnableConfig
 from langchain_core.runnables.config import get_config_list
-from pydantic import ConfigDict, Field, PrivateAttr
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+from typing_extensions import Self
 
 from llmapps.models.local import (
     GenerationOutput,
@@ -34,18 +35,32 @@ from llmapps.models.local import (
 )
 
 
-class _LocalMixin:
-    """Fields and loading shared by the completion and chat classes."""
+class _LocalMixin(BaseModel):
+    """Fields, identity and loading shared by the completion and chat classes."""
 
-    model: str
-    device: str | None
-    dtype: str | None
-    batch_size: int | None
-    max_new_tokens: int
-    temperature: float
-    top_p: float
-    seed: int | None
-    _lm: LocalModel | None
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    model: str = Field(description="hub id, directory, or tiny-base/tiny-instruct")
+    device: str | None = None
+    dtype: str | None = None
+    batch_size: int | None = None
+    max_new_tokens: int = 96
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+    _lm: LocalModel | None = PrivateAttr(default=None)
+
+    @classmethod
+    def from_local(cls, lm: LocalModel, **kwargs: Any) -> Self:
+        """Wrap an already loaded ``LocalModel`` (no second load)."""
+        obj = cls(model=lm.name, **kwargs)
+        obj._lm = lm
+        return obj
+
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
+        return {"model": self.model, "max_new_tokens": self.max_new_tokens,
+                "temperature": self.temperature, "top_p": self.top_p}
 
     @property
     def local_model(self) -> LocalModel:
@@ -81,32 +96,9 @@ class LocalLLM(_LocalMixin, BaseLLM):
         >>> llm.batch(["The capital of France is", "2 + 2 ="], stop=["\\n"])  # doctest: +SKIP
     """
 
-    model_config = ConfigDict(arbitrary_types_allowed=True)
-
-    model: str = Field(description="hub id, directory, or tiny-base/tiny-instruct")
-    device: str | None = None
-    dtype: str | None = None
-    batch_size: int | None = None
-    max_new_tokens: int = 96
-    temperature: float = 0.0
-    top_p: float = 1.0
-    seed: int | None = None
-    _lm: LocalModel | None = PrivateAttr(default=None)
-
-    @classmethod
-    def from_local(cls, lm: LocalModel, **kwargs: Any) -> LocalLLM:
-        obj = cls(model=lm.name, **kwargs)
-        obj._lm = lm
-        return obj
-
     @property
     def _llm_type(self) -> str:
         return "llmapps-local"
-
-    @property
-    def _identifying_params(self) -> dict[str, Any]:
-        return {"model": self.model, "max_new_tokens": self.max_new_tokens,
-                "temperature": self.temperature, "top_p": self.top_p}
 
     def _generate(
         self,
@@ -157,33 +149,11 @@ class ChatLocal(_LocalMixin, BaseChatModel):
         >>> chat.invoke("Summarise: ...").content                  # doctest: +SKIP
     """
 
-    model_config = ConfigDict(arbitrary_types_allowed=True)
-
-    model: str = Field(description="hub id, directory, or tiny-instruct")
-    device: str | None = None
-    dtype: str | None = None
-    batch_size: int | None = None
-    max_new_tokens: int = 96
-    temperature: float = 0.0
-    top_p: float = 1.0
-    seed: int | None = None
     stop: list[str] | None = None
-    _lm: LocalModel | None = PrivateAttr(default=None)
-
-    @classmethod
-    def from_local(cls, lm: LocalModel, **kwargs: Any) -> ChatLocal:
-        obj = cls(model=lm.name, **kwargs)
-        obj._lm = lm
-        return obj
 
     @property
     def _llm_type(self) -> str:
         return "llmapps-chat-local"
-
-    @property
-    def _identifying_params(self) -> dict[str, Any]:
-        return {"model": self.model, "max_new_tokens": self.max_new_tokens,
-                "temperature": self.temperature, "top_p": self.top_p}
 
     def _prompt(self, messages: Sequence[BaseMessage]) -> str:
         return self.local_model.apply_chat_template(_to_dicts(messages))
