@@ -29,12 +29,12 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from llmapps.errors import ConfigError
 from llmapps.folders import atomic_folder
 from llmapps.hashing import sha256_file
-from llmapps.jsonl import atomic_write, json_checksum
+from llmapps.jsonl import atomic_write, json_checksum, read_manifest_json
 from llmapps.registry import Registry
 
 if TYPE_CHECKING:
@@ -200,26 +200,16 @@ def read_manifest(adapter: str | Path, *, verify_files: bool = True) -> AdapterM
             f"{folder} has no {MANIFEST_NAME}: only adapters written by `llmapps finetune` are "
             "loaded (the manifest names the base model and prompt they were trained with)"
         )
-    try:
-        data = json.loads(path.read_bytes().decode("utf-8"))
-    except UnicodeDecodeError as err:
-        raise ConfigError(f"{path} is not UTF-8 (byte {err.start}); {_RETRAIN}") from err
-    except (json.JSONDecodeError, RecursionError) as err:
-        raise ConfigError(f"{path} is not valid JSON ({getattr(err, 'msg', err)}); {_RETRAIN}") from err
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path} is not a JSON object; {_RETRAIN}")
-    if data.get("format") != MANIFEST_FORMAT:
-        raise ConfigError(
-            f"{path} is of manifest format {str(data.get('format'))[:20]!r}; this llmapps reads "
-            f"format {MANIFEST_FORMAT} only (with file hashes): {_RETRAIN}"
-        )
-    try:
-        manifest = AdapterManifest.model_validate(data)
-    except ValidationError as err:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'manifest'}: {e['msg']}" for e in err.errors()[:5])
-        raise ConfigError(f"invalid adapter manifest {path} ({problems}); {_RETRAIN}") from err
-    if json_checksum(data) != manifest.checksum:
-        raise ConfigError(f"{path} was changed after training wrote it (its checksum does not match); {_RETRAIN}")
+    def known_format(data: dict[str, Any]) -> None:
+        if data.get("format") != MANIFEST_FORMAT:
+            raise ConfigError(
+                f"{path} is of manifest format {str(data.get('format'))[:20]!r}; this llmapps reads "
+                f"format {MANIFEST_FORMAT} only (with file hashes): {_RETRAIN}"
+            )
+
+    manifest = read_manifest_json(
+        path, AdapterManifest, error=ConfigError, hint=_RETRAIN, check=known_format
+    )
     if verify_files:
         verify_adapter_files(folder, manifest)
     return manifest

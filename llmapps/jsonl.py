@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from pydantic import BaseModel, ValidationError
+
 from llmapps.errors import InputError, format_problems
 
 T = TypeVar("T")
@@ -227,3 +229,47 @@ def json_checksum(data: dict[str, Any], *, skip: str = "checksum") -> str:
     body = {k: v for k, v in data.items() if k != skip}
     blob = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=str)
     return hashlib.sha256(blob.encode("ascii")).hexdigest()
+
+
+M = TypeVar("M", bound="BaseModel")
+
+
+def read_manifest_json(
+    path: Path,
+    model: type[M],
+    *,
+    error: type[Exception],
+    hint: str,
+    check: Callable[[dict[str, Any]], None] | None = None,
+) -> M:
+    """A folder's JSON manifest, read, validated by ``model`` and checked against its checksum.
+
+    Every fault is one ``error`` naming ``path``, what is wrong and ``hint`` (what to do): not
+    UTF-8, not JSON, not an object, a field ``model`` rejects (the first five), or a ``checksum``
+    that does not match the content (edited after it was written). ``check`` sees the raw object
+    before validation (e.g. to refuse an unknown format with its own message).
+    """
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise error(f"{path} is not UTF-8 (byte {err.start}); {hint}") from err
+    except (json.JSONDecodeError, RecursionError) as err:
+        why = getattr(err, "msg", "nested too deeply")
+        raise error(f"{path} is corrupted (not valid JSON: {why}); {hint}") from err
+    if not isinstance(data, dict):
+        raise error(f"{path} is not a JSON object; {hint}")
+    if check is not None:
+        check(data)
+    try:
+        manifest = model.model_validate(data)
+    except ValidationError as err:
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'manifest'}: {e['msg']}" for e in err.errors()[:5]
+        )
+        raise error(f"{path} is not a valid manifest ({problems}); {hint}") from err
+    checksum = getattr(manifest, "checksum", None)
+    if checksum is not None and json_checksum(data) != checksum:
+        raise error(
+            f"{path} was changed after it was written (its checksum does not match); {hint}"
+        )
+    return manifest

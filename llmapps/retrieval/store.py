@@ -37,11 +37,11 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, cast
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from llmapps.errors import RetrievalError
 from llmapps.hashing import sha256_file
-from llmapps.jsonl import atomic_write, dumps_line, json_checksum, read_jsonl
+from llmapps.jsonl import atomic_write, dumps_line, json_checksum, read_jsonl, read_manifest_json
 
 log = logging.getLogger(__name__)
 
@@ -559,22 +559,7 @@ def _read_manifest(folder: Path) -> IndexManifest:
         raise RetrievalError(f"no index at {folder}; " + build_hint(folder))
     if not f.is_file():
         raise RetrievalError(f"{folder} holds no manifest.json, so it is not an llmapps index; " + build_hint(folder))
-    try:
-        data = json.loads(f.read_bytes().decode("utf-8"))
-    except UnicodeDecodeError as err:
-        raise RetrievalError(f"{f} is not UTF-8 (byte {err.start}); {hint}") from err
-    except (json.JSONDecodeError, RecursionError) as err:
-        raise RetrievalError(f"{f} is corrupted ({getattr(err, 'msg', 'nested too deeply')}); {hint}") from err
-    if not isinstance(data, dict):
-        raise RetrievalError(f"{f} is not a JSON object; {hint}")
-    try:
-        m = IndexManifest.model_validate(data)
-    except ValidationError as err:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'manifest'}: {e['msg']}" for e in err.errors()[:5])
-        raise RetrievalError(f"{f} is not a valid llmapps index manifest ({problems}); {hint}") from err
-    if m.checksum is not None and json_checksum(data) != m.checksum:
-        raise RetrievalError(f"{f} was changed after it was written (its checksum does not match); {hint}")
-    return m
+    return read_manifest_json(f, IndexManifest, error=RetrievalError, hint=hint)
 
 
 def read_manifest(path: Path | str) -> dict[str, Any]:
