@@ -1,5 +1,7 @@
 """Real-model LoRA smoke test: a few training steps on Gemma 3 270M (the packaged base), killed with
-SIGKILL mid-run, resumed, then the adapter loaded by the ``lora`` strategy and shown to be active.
+SIGKILL mid-run, resumed, then the adapter loaded by the ``lora`` strategy and shown to be active,
+on transformers (PEFT) and on llama.cpp (converted to a llama.cpp LoRA file: it must move the GGUF
+base's logits in the direction and by the size PEFT moves the HF base's).
 
 It runs the shipped demo recipe (``gemma-3-270m-demo``) with short examples (articles cut to fit
 192 tokens) and a few of them, so the module takes about a minute on 2 cores once the base is
@@ -17,6 +19,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -82,3 +85,55 @@ def test_a_killed_gemma_run_resumes_and_its_adapter_loads_active(gemma: str, tmp
     lm = strategy.local_model  # refuses an adapter that changes nothing
     assert strategy.logit_change is not None and strategy.logit_change > 1e-4
     assert lm.model.active_adapter in lm.model.peft_config
+
+    # The same adapter on llama.cpp: converted to a llama.cpp LoRA file on first use, it moves
+    # the GGUF base's next-token logits the way PEFT moves the HF base's (the HF folder was
+    # converted from that GGUF, so the two bases hold the same weights up to quantization).
+    _same_adapter_on_llama_cpp(strategy, out)
+
+
+def _same_adapter_on_llama_cpp(peft: Any, adapter: Path) -> None:
+    import numpy as np
+    import torch
+    from llama_cpp import Llama
+
+    from chains.news_data import samples
+    from llmapps.models.gguf_lora import lora_gguf_for
+    from llmapps.models.llamacpp import GGUFModel, gguf_file_for
+    from llmapps.strategies.lora import LoraStrategy
+    from prompts import load_task
+
+    cpp = LoraStrategy(adapter=str(adapter), backend="llama.cpp")
+    glm = cpp.local_model
+    assert isinstance(glm, GGUFModel) and cpp.scoring_model() is None
+    task = load_task("news_riddle/one_step", [])
+    prompt = LoraStrategy.prompt_for(task, samples("validation")[0])
+    text = cpp.build(task).invoke(samples("validation")[0])
+    assert isinstance(text, str) and text.strip()
+
+    base_file = gguf_file_for("gemma-3-270m")
+    lora_file = lora_gguf_for(adapter, base_file)
+
+    def cpp_logits(lora: Path | None) -> tuple[np.ndarray, list[int]]:
+        llm = Llama(str(base_file), n_ctx=1024, logits_all=True, verbose=False,
+                    lora_path=str(lora) if lora else None)
+        try:
+            ids = llm.tokenize(prompt.encode(), add_bos=True, special=True)
+            llm.eval(ids)
+            return np.array(llm.eval_logits[-1]), ids
+        finally:
+            llm.close()
+
+    on, ids = cpp_logits(lora_file)
+    off, _ = cpp_logits(None)
+    hf = peft.local_model
+    hf.activate()
+    with torch.no_grad():
+        x = torch.tensor([ids])
+        hf_on = hf.model(input_ids=x).logits[0, -1].float().numpy()
+        with hf.model.disable_adapter():
+            hf_off = hf.model(input_ids=x).logits[0, -1].float().numpy()
+    d_cpp, d_hf = on - off, hf_on - hf_off
+    cosine = float(d_cpp @ d_hf / (np.linalg.norm(d_cpp) * np.linalg.norm(d_hf)))
+    ratio = float(np.linalg.norm(d_cpp) / np.linalg.norm(d_hf))
+    assert cosine > 0.9 and 0.8 < ratio < 1.25, (cosine, ratio)  # same direction, same size

@@ -27,8 +27,10 @@ Choosing a backend: ``resolve_backend`` (a strategy's ``backend`` option, else
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import sys
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -336,6 +338,26 @@ class GGUFModel:
                 ) from err
 
 
+@contextlib.contextmanager
+def _native_stderr_to_log() -> Iterator[None]:
+    """Send what llama.cpp's C code prints to stderr while loading (with a LoRA: a line per
+    tensor, whatever ``verbose`` says) to this module's debug log instead of the terminal."""
+    import tempfile
+
+    sys.stderr.flush()
+    with tempfile.TemporaryFile() as sink:
+        saved = os.dup(2)
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            for line in sink.read().decode("utf-8", "replace").splitlines():
+                log.debug("llama.cpp: %s", line)
+
+
 def load_gguf_model(
     source: str,
     *,
@@ -343,6 +365,8 @@ def load_gguf_model(
     n_threads: int | None = None,
     settings: Settings | None = None,
     pool: ModelPool | None = None,
+    lora_path: Path | None = None,
+    name: str | None = None,
 ) -> GGUFModel:
     """Load (once per pool: default the process's ``default_pool()``) a ``.gguf`` file or
     packaged model in llama.cpp.
@@ -355,6 +379,8 @@ def load_gguf_model(
             (llama-cpp-python's own default, half the CPUs, is one thread on a 2-core machine).
         settings: resolved settings; read from the environment when omitted.
         pool: where loaded models are kept and shared.
+        lora_path: a llama.cpp LoRA file applied on top (see ``llmapps.models.gguf_lora``).
+        name: the loaded model's name (default ``source``).
     """
     from llmapps.models.pool import default_pool
     from llmapps.settings import get_settings
@@ -374,26 +400,29 @@ def load_gguf_model(
             ) from err
         try:
             threads = n_threads or max(1, len(os.sched_getaffinity(0)))
-            llama = llama_cpp.Llama(
-                model_path=str(path),
-                n_ctx=n_ctx,
-                n_batch=N_BATCH,
-                n_ubatch=N_UBATCH,
-                n_threads=threads,
-                n_threads_batch=threads,
-                verbose=False,
-            )
+            with _native_stderr_to_log():
+                llama = llama_cpp.Llama(
+                    model_path=str(path),
+                    n_ctx=n_ctx,
+                    n_batch=N_BATCH,
+                    n_ubatch=N_UBATCH,
+                    n_threads=threads,
+                    n_threads_batch=threads,
+                    verbose=False,
+                    lora_path=str(lora_path) if lora_path else None,
+                )
         except (ValueError, RuntimeError, OSError) as err:
             raise BackendError(
                 f"llama.cpp cannot load {path} (architecture {info.architecture!r}): {err}. Use a "
                 "GGUF of an architecture this llama.cpp build runs (llama, gemma3, qwen2, phi3, ...), "
                 "a newer llama-cpp-python, or backend=transformers"
             ) from err
-        lm = GGUFModel(llama, info, name=source, context_length=n_ctx)
+        lm = GGUFModel(llama, info, name=name or source, context_length=n_ctx)
         log.info("loaded %s in llama.cpp (%s, %d-token context)", path, info.architecture, n_ctx)
         return lm
 
-    return (pool or default_pool()).get(("gguf", str(path.resolve()), n_ctx), load)
+    lora = str(Path(lora_path).resolve()) if lora_path else None
+    return (pool or default_pool()).get(("gguf", str(path.resolve()), n_ctx, lora), load)
 
 
 def clear_gguf_cache(pool: ModelPool | None = None) -> None:

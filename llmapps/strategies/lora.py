@@ -30,11 +30,12 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from pydantic import Field
 
@@ -69,6 +70,11 @@ class LoraStrategyConfig(StrategyConfig):
         None, description="where the base lives, if not where the manifest says; its weights must match"
     )
     merge: bool = Field(False, description="fold the adapter into a private copy of the base (faster)")
+    backend: Literal["transformers", "llama.cpp"] | None = Field(
+        None,
+        description="transformers (PEFT), or llama.cpp (the base's GGUF with the adapter converted "
+        "to a llama.cpp LoRA file on first use); default settings.generation.backend",
+    )
     allow_other_task: bool = Field(False, description="use the adapter on a task it was not trained for")
     max_new_tokens: int | None = Field(None, ge=1, description="default: the task's budget")
     temperature: float = Field(0.0, ge=0.0, le=2.0)
@@ -152,6 +158,8 @@ class LoraStrategy(Strategy):
         c = self.config
         path = self._base_path(settings)
         folder = Path(c.adapter).expanduser().resolve()
+        if self.backend(settings) == "llama.cpp":
+            return self._load_gguf(settings, path, folder)
         dev = pick_device(c.device or settings.device)
         dt = c.dtype or settings.dtype
         batch = c.batch_size or settings.generation.batch_size
@@ -188,8 +196,51 @@ class LoraStrategy(Strategy):
                 self.logit_change = shared.logit_changes.get(str(folder))
         return AdaptedModel(shared, adapter_name, name=name, batch_size=batch)
 
-    def scoring_model(self) -> LocalModel:
+    def backend(self, settings: Settings) -> str:
+        """The backend this strategy runs on (its option, else ``settings.generation.backend``)."""
+        return self.config.backend or settings.generation.backend
+
+    def _load_gguf(self, settings: Settings, path: str, folder: Path) -> LocalModel:
+        """The base's GGUF in llama.cpp with the adapter as a llama.cpp LoRA file.
+
+        The HF base the adapter was trained on (its fingerprint checked by ``_base_path``) must
+        have been converted from that GGUF: its ``llmapps-model.json`` names the file's SHA-256.
+        """
+        from llmapps.hashing import sha256_file
+        from llmapps.models.gguf_lora import lora_gguf_for
+        from llmapps.models.llamacpp import gguf_file_for, load_gguf_model
+
+        c = self.config
+        if c.merge or self.manifest.method != "lora":
+            what = "merge=true" if c.merge else f"a {self.manifest.method} adapter"
+            raise ConfigError(f"{what} runs on backend=transformers only, not llama.cpp")
+        name = c.base_model or self.manifest.base_model
+        record = Path(path) / "llmapps-model.json"
+        source = json.loads(record.read_text(encoding="utf-8")) if record.is_file() else {}
+        if not source.get("source_sha256"):
+            raise ConfigError(
+                f"the base {name!r} of {c.adapter} was not converted from a GGUF file, so llama.cpp "
+                "has no base to apply the adapter to; use backend=transformers"
+            )
+        gguf = gguf_file_for(name, settings)
+        if sha256_file(gguf) != source["source_sha256"]:
+            raise ConfigError(
+                f"{gguf} is not the GGUF the base {name!r} was converted from (SHA-256 differs); "
+                "reinstall the model package, or use backend=transformers"
+            )
+        lora = lora_gguf_for(folder, gguf, settings)
+        lm = load_gguf_model(
+            str(gguf), settings=settings, pool=self.pool, lora_path=lora,
+            name=f"{self.manifest.base_model}+{folder.name}(llama.cpp)",
+        )
+        return cast(LocalModel, lm)
+
+    def scoring_model(self) -> LocalModel | None:
+        from llmapps.models.llamacpp import GGUFModel
+
         lm = self.local_model
+        if isinstance(lm, GGUFModel):
+            return None  # perplexity needs transformers' logits
         if isinstance(lm, AdaptedModel):
             lm.activate()
         return lm
@@ -216,7 +267,7 @@ class LoraStrategy(Strategy):
     def build(self, task: Task) -> Runnable[dict[str, Any], str]:
         from langchain_core.runnables import RunnableLambda
 
-        from llmapps.models.langchain_local import LocalLLM
+        from llmapps.models.llamacpp import completion_llm
         from llmapps.strategies.few_shot import fit_inputs
 
         self.check_task(task)
@@ -227,7 +278,7 @@ class LoraStrategy(Strategy):
         def render(inputs: dict[str, Any]) -> str:
             return self.prompt_for(task, inputs)
 
-        llm = LocalLLM.from_local(lm, max_new_tokens=max_new, temperature=c.temperature, top_p=c.top_p)
+        llm = completion_llm(lm, max_new_tokens=max_new, temperature=c.temperature, top_p=c.top_p)
         fit = fit_inputs(task, lm, max_new, render)
         chain = RunnableLambda(fit, name="fit_context") | RunnableLambda(render, name="render") | llm.bind(
             stop=list(task.stop)

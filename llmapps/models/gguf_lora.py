@@ -1,0 +1,129 @@
+"""PEFT LoRA adapters as llama.cpp LoRA files, so the ``lora`` strategy runs on llama.cpp.
+
+llama.cpp applies a LoRA at run time on top of a (quantized) base GGUF (``Llama(lora_path=)``).
+Its adapter file is a GGUF of ``general.type = adapter`` holding, for each adapted base tensor
+(``blk.3.attn_q.weight``), ``.lora_a`` (r x in) and ``.lora_b`` (out x r), and one
+``adapter.lora.alpha``; llama.cpp scales each pair by alpha / r, as PEFT does (rsLoRA's
+alpha / sqrt(r) is written as alpha * sqrt(r)). Tensor names are mapped with the ``gguf``
+package's own tables for the base's architecture, and every one must land on a tensor of the base
+file, so an adapter of another architecture or size is refused rather than silently ignored.
+
+``lora_gguf_for`` converts once and keeps the file under ``$LLMAPPS_HOME/gguf/adapters``, keyed
+by the SHA-256 of the adapter's weights and of the base GGUF: nothing is written into the adapter
+folder (its manifest lists every file it may hold).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from llmapps.errors import ConfigError
+from llmapps.hashing import sha256_file
+
+if TYPE_CHECKING:
+    from llmapps.settings import Settings
+
+WEIGHTS = "adapter_model.safetensors"
+_BACKEND_HINT = "use backend=transformers for it"
+
+
+def _lora_config(adapter: Path) -> dict[str, Any]:
+    path = adapter / "adapter_config.json"
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"cannot read the PEFT config {path} ({err}); retrain the adapter") from err
+    if config.get("peft_type") != "LORA":
+        raise ConfigError(
+            f"{adapter} is a {config.get('peft_type')} adapter; llama.cpp runs LoRA adapters only: "
+            + _BACKEND_HINT
+        )
+    unsupported = {
+        "use_dora": "DoRA",
+        "alpha_pattern": "per-module alpha (alpha_pattern)",
+        "modules_to_save": "fully trained modules (modules_to_save)",
+        "lora_bias": "LoRA biases",
+    }
+    for key, what in unsupported.items():
+        if config.get(key):
+            raise ConfigError(f"{adapter} uses {what}, which llama.cpp LoRA files cannot hold: " + _BACKEND_HINT)
+    return config
+
+
+def _base_tensors(base_gguf: Path) -> tuple[str, int, set[str]]:
+    import gguf
+
+    reader = gguf.GGUFReader(str(base_gguf))
+    arch = bytes(reader.fields["general.architecture"].parts[-1]).decode("utf-8")
+    blocks = int(reader.fields[f"{arch}.block_count"].parts[-1][0])
+    return arch, blocks, {t.name for t in reader.tensors}
+
+
+def export_lora_gguf(adapter: Path | str, base_gguf: Path | str, out: Path | str) -> Path:
+    """Write the llama.cpp LoRA file of the PEFT adapter in ``adapter`` for ``base_gguf``.
+
+    Raises:
+        ConfigError: not a plain LoRA (DoRA, prompt tuning, ...), or a tensor that has no
+            counterpart in the base file (another architecture or size).
+    """
+    import gguf
+    import numpy as np
+    from safetensors.numpy import load_file
+
+    adapter, base_gguf, out = Path(adapter), Path(base_gguf), Path(out)
+    config = _lora_config(adapter)
+    arch, blocks, present = _base_tensors(base_gguf)
+    arch_ids = [k for k, v in gguf.MODEL_ARCH_NAMES.items() if v == arch]
+    if not arch_ids:
+        raise ConfigError(f"{base_gguf} is of architecture {arch!r}, which this gguf package cannot map")
+    names = gguf.get_tensor_name_map(arch_ids[0], blocks)
+    pairs: dict[str, dict[str, Any]] = {}
+    for key, value in load_file(str(adapter / WEIGHTS)).items():
+        part = "lora_a" if ".lora_A." in key else "lora_b" if ".lora_B." in key else None
+        if part is None:
+            raise ConfigError(f"{adapter / WEIGHTS} holds {key!r}, not a LoRA A/B matrix: " + _BACKEND_HINT)
+        hf = key.replace("base_model.model.", "", 1).replace(f".lora_{part[-1].upper()}.weight", ".weight")
+        target = names.get_name(hf, try_suffixes=(".weight",))
+        if target is None or target not in present:
+            raise ConfigError(
+                f"the adapter's {hf!r} has no tensor in {base_gguf.name} ({arch}, {blocks} blocks): "
+                "the adapter was trained on another base"
+            )
+        pairs.setdefault(target, {})[part] = value.astype(np.float32)
+    if not pairs or any(len(p) != 2 for p in pairs.values()):
+        raise ConfigError(f"{adapter / WEIGHTS} holds no complete LoRA pairs; retrain the adapter")
+    alpha = float(config.get("lora_alpha", config.get("r", 8)))
+    if config.get("use_rslora"):
+        alpha *= math.sqrt(float(config["r"]))  # llama.cpp's alpha / r == rsLoRA's alpha / sqrt(r)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    writer = gguf.GGUFWriter(str(tmp), arch)
+    try:
+        writer.add_type(gguf.GGUFType.ADAPTER)
+        writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
+        writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, alpha)
+        for target in sorted(pairs):
+            writer.add_tensor(f"{target}.lora_a", pairs[target]["lora_a"])
+            writer.add_tensor(f"{target}.lora_b", pairs[target]["lora_b"])
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+    finally:
+        writer.close()
+    os.replace(tmp, out)  # complete or absent: a killed export leaves no half file behind
+    return out
+
+
+def lora_gguf_for(adapter: Path | str, base_gguf: Path | str, settings: Settings | None = None) -> Path:
+    """The llama.cpp LoRA file of ``adapter`` for ``base_gguf``, converted on first use."""
+    from llmapps.settings import get_settings
+
+    adapter, base_gguf = Path(adapter), Path(base_gguf)
+    home = (settings or get_settings()).home
+    key = f"{sha256_file(adapter / WEIGHTS)[:16]}-{sha256_file(base_gguf)[:16]}"
+    out = home / "gguf" / "adapters" / f"{adapter.name}-{key}.gguf"
+    return out if out.is_file() else export_lora_gguf(adapter, base_gguf, out)
