@@ -19,10 +19,16 @@ where they differ, plain llama.cpp is asked again on a fresh context (``reset()`
 text a prompt gives on its own: plain's cached run depends on which prompt ran before it, ours does
 not (see ``llmapps/models/llamacpp.py``).
 
+``--strategy lora`` runs the ``lora`` strategy instead (the adapter of ``--adapter``, default
+the full-recipe adapter in ``$LLMAPPS_HOME/adapters/news-riddle-gemma-3-270m``): transformers
+with PEFT, our llama.cpp backend with the adapter converted to a llama.cpp LoRA file, and plain
+llama-cpp-python given the same file (``Llama(lora_path=)``). Its prompts share no prefix.
+
 ::
 
     python benchmarks/bench_local_backends.py                    # example_selection=order
     python benchmarks/bench_local_backends.py --selection similarity --out /tmp/sim.json
+    python benchmarks/bench_local_backends.py --strategy lora --out benchmarks/results/bench_local_backends_lora.json
 """
 
 from __future__ import annotations
@@ -77,30 +83,31 @@ class _Prompts:
 
 def run_ours(backend: str, args: argparse.Namespace) -> dict[str, Any]:
     from llmapps.apps import load_chain
+    from llmapps.models.llamacpp import load_gguf_model
 
+    lora = _lora_file(args) if args.strategy == "lora" else None
     if backend == "llama.cpp":
-        from llmapps.models.llamacpp import load_gguf_model
-
-        load_gguf_model(MODEL, n_threads=args.threads)  # cached: the chain gets this one
+        # cached: the chain gets this one (the lora strategy names its model base+adapter)
+        load_gguf_model(MODEL, n_threads=args.threads, lora_path=lora)
     else:
         import torch
 
         torch.set_num_threads(args.threads)
-    opts = {
-        "base_model": MODEL,
+    opts: dict[str, Any] = {
         "backend": backend,
         "max_new_tokens": args.max_new_tokens,
-        "example_selection": args.selection,
         "temperature": 0.0,
     }
-    chain = load_chain("news-riddle", "few-shot", **opts)
+    if args.strategy == "lora":
+        opts["adapter"] = str(args.adapter)
+    else:
+        opts.update(base_model=MODEL, example_selection=args.selection)
+    chain = load_chain("news-riddle", args.strategy, **opts)
     arts = _articles(args.n)
     warm = chain.invoke(arts[0])  # load and warm up outside the clock (both backends alike)
     del warm
     if backend == "llama.cpp":
-        from llmapps.models.llamacpp import load_gguf_model
-
-        load_gguf_model(MODEL).llama.reset()  # no head start from the warm-up's cache
+        load_gguf_model(MODEL, lora_path=lora).llama.reset()  # no head start from the warm-up
     handler = _Prompts()
     started = time.perf_counter()
     rows = chain.batch(arts, config={"callbacks": [handler]})
@@ -116,14 +123,20 @@ def run_ours(backend: str, args: argparse.Namespace) -> dict[str, Any]:
         "prompt_tokens_mean": None,
     }
     if backend == "llama.cpp":
-        from llmapps.models.llamacpp import load_gguf_model
-
-        lm = load_gguf_model(MODEL)
+        lm = load_gguf_model(MODEL, lora_path=lora)
         counts = [lm.count_tokens(p) for p in handler.prompts]
         out["prompt_tokens_mean"] = round(sum(counts) / len(counts), 1)
         out["prompts"] = handler.prompts
         out["stop"] = _stop()
     return out
+
+
+def _lora_file(args: argparse.Namespace) -> Path:
+    """The llama.cpp LoRA file of ``--adapter`` for the packaged base (converted once)."""
+    from llmapps.models.gguf_lora import lora_gguf_for
+    from llmapps.models.packaged import gguf_path
+
+    return lora_gguf_for(args.adapter, gguf_path(MODEL))
 
 
 def _stop() -> list[str]:
@@ -148,6 +161,7 @@ def run_plain(args: argparse.Namespace, prompts: list[str], stop: list[str]) -> 
         n_threads=args.threads,
         n_threads_batch=args.threads,
         verbose=False,
+        lora_path=str(_lora_file(args)) if args.strategy == "lora" else None,
     )
 
     def complete(p: str) -> dict[str, Any]:
@@ -202,12 +216,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--selection", choices=["order", "similarity"], default="order")
+    ap.add_argument("--strategy", choices=["few-shot", "lora"], default="few-shot")
+    ap.add_argument("--adapter", type=Path, help="lora: the adapter folder (default: full recipe)")
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--fresh", action="store_true", help="ignore results already in --out")
     ap.add_argument("--side", choices=SIDES, help=argparse.SUPPRESS)
     ap.add_argument("--child-out", help=argparse.SUPPRESS)
     ap.add_argument("--prompts-from", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.strategy == "lora" and args.adapter is None:
+        from llmapps.settings import get_settings
+
+        args.adapter = get_settings().home / "adapters" / "news-riddle-gemma-3-270m"
     if args.side:
         return child(args)
 
@@ -216,8 +236,9 @@ def main(argv: list[str] | None = None) -> int:
         "n": args.n,
         "max_new_tokens": args.max_new_tokens,
         "threads": args.threads,
-        "example_selection": args.selection,
+        "example_selection": args.selection if args.strategy == "few-shot" else None,
         "greedy": True,
+        **({"strategy": "lora", "adapter": str(args.adapter)} if args.strategy == "lora" else {}),
     }
     results: dict[str, Any] = {}
     if args.out.exists() and not args.fresh:
@@ -261,6 +282,9 @@ def main(argv: list[str] | None = None) -> int:
             str(args.threads),
             "--selection",
             args.selection,
+            "--strategy",
+            args.strategy,
+            *(["--adapter", str(args.adapter)] if args.adapter else []),
         ]
         if side == "plain-llama.cpp":
             spec = work / "prompts.json"
