@@ -30,7 +30,7 @@ from llmapps.errors import BackendError, InputError, ModelNotFoundError
 from llmapps.models.device import pick_device, pick_dtype
 from llmapps.models.memory import available_memory, rows_within_budget
 from llmapps.models.memory import estimate_generate_bytes as estimate_generate_bytes
-from llmapps.models.prefill import UnstitchableCache, stitched_prefill
+from llmapps.models.prefill import UnstitchableCache, cache_arg, stitched_prefill
 from llmapps.models.streaming import StopStrings, cut_at_stop, stream_local
 from llmapps.settings import Settings, get_settings
 
@@ -282,7 +282,7 @@ class LocalModel:
             if cache is not None:
                 try:
                     out = generate(input_ids=input_ids, attention_mask=attention,
-                                              past_key_values=cache, **kwargs)
+                                   **{cache_arg(): cache}, **kwargs)
                 except (ValueError, NotImplementedError, TypeError) as err:
                     log.info("%s: generate refused a prefilled cache (%s); prefilling padded "
                              "batches", self.name, err)

@@ -7,10 +7,23 @@ caches are stitched into one left-padded batch cache that ``generate`` decodes f
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from typing import Any
 
 # The shortest common prompt start worth a prefill of its own (shorter: each row prefills it).
 _MIN_SHARED_PREFIX = 32
+
+
+@functools.cache
+def cache_arg() -> str:
+    """The name transformers gives the KV cache, as a model/``generate`` argument and an output
+    field: ``cache`` in recent 5.x (``past_key_values`` is deprecated there), else
+    ``past_key_values``."""
+    from transformers.modeling_outputs import CausalLMOutputWithPast
+
+    names = {f.name for f in dataclasses.fields(CausalLMOutputWithPast)}
+    return "cache" if "cache" in names else "past_key_values"
 
 
 class UnstitchableCache(Exception):
@@ -75,7 +88,7 @@ def stitched_prefill(
     prefix_cache: Any = None
     if shared:
         ids = torch.tensor([batch[0][:shared]], dtype=torch.long, device=model.device)
-        prefix_cache = model(input_ids=ids, use_cache=True, **keep).past_key_values
+        prefix_cache = getattr(model(input_ids=ids, use_cache=True, **keep), cache_arg())
         if not plain(prefix_cache):
             raise UnstitchableCache(f"a {type(prefix_cache).__name__} of layers not handled here")
 
@@ -96,8 +109,8 @@ def stitched_prefill(
         start = shared if n - 1 > shared else 0  # a row that is all prefix: prefill it whole
         ids = torch.tensor([batch[r][start:-1] for r in rows], dtype=torch.long,
                            device=model.device)
-        extra = {"past_key_values": continued(len(rows))} if start else {}
-        pkv = model(input_ids=ids, use_cache=True, **extra, **keep).past_key_values
+        extra = {cache_arg(): continued(len(rows))} if start else {}
+        pkv = getattr(model(input_ids=ids, use_cache=True, **extra, **keep), cache_arg())
         if not plain(pkv):
             raise UnstitchableCache(f"a {type(pkv).__name__} of layers not handled here")
         if stitched is None:
