@@ -135,6 +135,49 @@ def test_strategies_pick_the_backend_and_count_with_the_gguf(lm: Any) -> None:
         ).local_model
 
 
+# ------------------------------------------------------------------ served by `llmapps serve`
+
+
+def test_llmapps_serve_serves_a_gguf_on_llama_cpp(lm: Any, gguf: Path) -> None:
+    """``llmapps serve --model FILE.gguf`` (and a strategy with backend=llama.cpp) serves the GGUF
+    itself: chat, streaming and completions through the official client; a stream the client
+    drops midway ends llama.cpp's completion, so the next request is answered."""
+    import argparse
+
+    import openai
+
+    from llmapps.models.llamacpp import GGUFModel
+    from llmapps.serving.app import create_app
+    from llmapps.serving.cli import resolve_model
+    from llmapps.serving.server import serve_in_thread
+    from llmapps.settings import ServerSettings
+
+    args = argparse.Namespace(model=str(gguf), adapter=None, batch_size=None, strategy=None)
+    assert isinstance(resolve_model(args), GGUFModel)
+    app = create_app(lm, ServerSettings(max_tokens=24, batch_wait_ms=5), model_name="smol")
+    messages = [{"role": "user", "content": "Name a colour."}]
+    with serve_in_thread(app) as url:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0, timeout=120)
+        r = client.chat.completions.create(model="smol", messages=messages, max_tokens=12,
+                                           temperature=0)
+        assert r.choices[0].message.content and 0 < r.usage.completion_tokens <= 12
+        chunks = list(client.chat.completions.create(
+            model="smol", messages=messages, max_tokens=12, temperature=0, stream=True,
+            stream_options={"include_usage": True}))
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        assert text == r.choices[0].message.content  # greedy: streamed as answered
+        assert chunks[-1].usage.prompt_tokens == r.usage.prompt_tokens
+        done = client.completions.create(model="smol", prompt=["The sky is", "Two and two"],
+                                         max_tokens=6, temperature=0)
+        assert len(done.choices) == 2 and all(c.text for c in done.choices)
+        with client.chat.completions.create(model="smol", messages=messages, max_tokens=24,
+                                            temperature=0, stream=True) as dropped:
+            next(iter(dropped))  # the client leaves after the first chunk
+        again = client.chat.completions.create(model="smol", messages=messages, max_tokens=12,
+                                               temperature=0)
+        assert again.choices[0].message.content == r.choices[0].message.content
+
+
 # ------------------------------------------------------------------ bad files
 
 

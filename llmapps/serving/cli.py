@@ -52,7 +52,7 @@ def register(subparsers: Any) -> None:
 def resolve_model(args: argparse.Namespace) -> Any:
     """The ``LocalModel`` to serve: ``--model`` as is, else the strategy's own (with adapter)."""
     from llmapps.cli import strategy_options
-    from llmapps.models.local import load_local_model
+    from llmapps.models.llamacpp import load_model
     from llmapps.strategies.base import STRATEGIES, make_strategy
 
     if args.model:
@@ -60,7 +60,7 @@ def resolve_model(args: argparse.Namespace) -> Any:
             raise ConfigError(
                 "--adapter goes with --strategy lora (which names its base model), not --model"
             )
-        return load_local_model(args.model, batch_size=args.batch_size)
+        return load_model(args.model, batch_size=args.batch_size)  # a .gguf runs on llama.cpp
     if args.strategy is None:
         args.strategy = "lora" if args.adapter else "zero-shot"
     fields = STRATEGIES.get(args.strategy).config_class.model_fields
@@ -69,7 +69,7 @@ def resolve_model(args: argparse.Namespace) -> Any:
             f"the {args.strategy!r} strategy takes no adapter; use --strategy lora --adapter DIR"
         )
     strategy = make_strategy(args.strategy, **strategy_options(args.strategy, args))
-    lm = strategy.scoring_model()
+    lm = strategy.generation_model()
     if lm is None:
         raise ConfigError(
             f"the {args.strategy!r} strategy has no local model to serve; "

@@ -70,6 +70,43 @@ class _CancellableLM:
         return getattr(self._lm, name)
 
 
+def _pumped(pieces: Callable[[], Iterator[str]], cancel: threading.Event) -> Iterator[str]:
+    """``pieces()`` produced in a thread of its own that stops once ``cancel`` is set.
+
+    A client that leaves mid-stream abandons this generator while a piece may be in the making,
+    so closing it cannot reach the producer (``generator already executing``); llama.cpp's stream
+    holds the model's lock, so the producer checks ``cancel`` after each piece and closes its
+    stream itself, and the next request finds the model free.
+    """
+    import queue
+
+    out: queue.Queue[Any] = queue.Queue()
+    end = object()
+
+    def produce() -> None:
+        try:
+            stream = pieces()
+            try:
+                for piece in stream:
+                    if cancel.is_set():
+                        break
+                    out.put(piece)
+            finally:
+                close = getattr(stream, "close", None)
+                if close is not None:
+                    close()
+        except Exception as err:  # handed to the consumer, which raises it in the request
+            out.put(err)
+        finally:
+            out.put(end)
+
+    threading.Thread(target=produce, name="llmapps-stream", daemon=True).start()
+    while (item := out.get()) is not end:
+        if isinstance(item, Exception):
+            raise item
+        yield item
+
+
 class Serving:
     """The served model and the request steps the endpoints share (one per app)."""
 
@@ -212,12 +249,17 @@ class Serving:
         include_usage: bool, cancel: threading.Event,
     ) -> Iterator[dict[str, Any]]:
         """The events of one streamed answer: ``make(piece, finish, first=...)`` builds each."""
+        from llmapps.models.llamacpp import GGUFModel
         from llmapps.models.streaming import stream_local
 
         lm = self.lm
         yield make(None, None, first=True)
         pieces = []
-        for piece in stream_local(cast(Any, _CancellableLM(lm, cancel)), prompt, params):
+        if isinstance(lm, GGUFModel):
+            source: Iterator[str] = _pumped(lambda: lm.stream(prompt, params), cancel)
+        else:
+            source = stream_local(cast(Any, _CancellableLM(lm, cancel)), prompt, params)
+        for piece in source:
             pieces.append(piece)
             yield make(piece, None)
         n_out = len(lm.tokenizer("".join(pieces), add_special_tokens=False)["input_ids"])

@@ -74,6 +74,11 @@ class Strategy(ABC):
         """The local model whose logits score references (perplexity); None if it has none."""
         return None
 
+    def generation_model(self) -> LocalModel | None:
+        """The local model this strategy generates with, on whichever backend (what
+        ``llmapps serve`` serves); None where it generates remotely."""
+        return self.scoring_model()
+
     @classmethod
     @contextlib.contextmanager
     def demo_options(cls, settings: Settings) -> Iterator[dict[str, Any] | None]:

@@ -107,6 +107,9 @@ class FewShotStrategy(Strategy):
         lm = self.local_model
         return None if isinstance(lm, GGUFModel) else lm  # perplexity needs transformers' logits
 
+    def generation_model(self) -> LocalModel:
+        return self.local_model
+
     def ranker(self, task: Task) -> Any:
         """Orders the example bank per input; ``order`` keeps the bank's order."""
         if self.config.example_selection == "order":

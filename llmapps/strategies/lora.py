@@ -235,6 +235,12 @@ class LoraStrategy(Strategy):
         )
         return cast(LocalModel, lm)
 
+    def generation_model(self) -> LocalModel:
+        lm = self.local_model
+        if isinstance(lm, AdaptedModel):
+            lm.activate()  # what streams through its PEFT model (generate activates per call)
+        return lm
+
     def scoring_model(self) -> LocalModel | None:
         from llmapps.models.llamacpp import GGUFModel
 

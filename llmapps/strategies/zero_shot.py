@@ -70,6 +70,9 @@ class ZeroShotStrategy(Strategy):
         lm = self.local_model
         return None if isinstance(lm, GGUFModel) else lm  # perplexity needs transformers' logits
 
+    def generation_model(self) -> LocalModel:
+        return self.local_model
+
     def build(self, task: Task) -> Runnable[dict[str, Any], Any]:
         from langchain_core.runnables import RunnableLambda
 
