@@ -10,6 +10,7 @@ from langchain_core.messages import AIMessage
 from langchain_core.outputs import ChatGeneration, Generation
 from langchain_tests.integration_tests import AsyncCacheTestSuite, SyncCacheTestSuite
 
+from llmapps.errors import ConfigError
 from llmapps.service.cache import ResponseCache
 
 
@@ -48,5 +49,5 @@ def test_chat_generations_survive_a_reopened_file(tmp_path: Path) -> None:
 def test_a_file_that_is_not_a_cache_is_a_clear_error(tmp_path: Path) -> None:
     bad = tmp_path / "cache.sqlite"
     bad.write_text("not sqlite at all, " * 100)
-    with pytest.raises(Exception, match="not a readable response cache.*delete it"):
+    with pytest.raises(ConfigError, match=r"not a readable response cache.*delete it"):
         ResponseCache(bad)

@@ -19,6 +19,7 @@ from langchain_core.rate_limiters import BaseRateLimiter
 from pydantic import SecretStr
 
 from llmapps.errors import BackendError, ConfigError
+from llmapps.service.cache import ResponseCache
 from llmapps.service.chat import (
     ServiceChatModel,
     call_cost,
@@ -26,7 +27,6 @@ from llmapps.service.chat import (
     structured_support,
 )
 from llmapps.service.fake_endpoint import FakeEndpointState, create_fake_app
-from llmapps.service.cache import ResponseCache
 from llmapps.service.limits import RateLimiter, RetryPolicy, parse_retry_after
 from llmapps.serving.server import serve_in_thread
 

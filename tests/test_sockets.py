@@ -14,7 +14,7 @@ from llmapps.serving.server import serve_in_thread
 
 @pytest.mark.filterwarnings("ignore:A test tried to use socket")
 def test_a_connection_off_loopback_is_refused_before_it_leaves() -> None:
-    with pytest.raises(SocketConnectBlockedError, match="93.184.215.14"):
+    with pytest.raises(SocketConnectBlockedError, match=r"93\.184\.215\.14"):
         socket.create_connection(("93.184.215.14", 80), timeout=1)
 
 
