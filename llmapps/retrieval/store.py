@@ -34,23 +34,28 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal, cast
+from typing import Any, cast
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from llmapps.errors import RetrievalError
 from llmapps.hashing import sha256_file
-from llmapps.jsonl import atomic_write, dumps_line, json_checksum, read_jsonl, read_manifest_json
+from llmapps.jsonl import atomic_write, dumps_line, json_checksum, read_jsonl
+from llmapps.retrieval.manifest import FORMAT_VERSION as FORMAT_VERSION
+from llmapps.retrieval.manifest import (
+    DocRow,
+    IndexKind,
+    confined,
+    generation_on_disk,
+    read_index_manifest,
+)
+from llmapps.retrieval.manifest import IndexManifest as IndexManifest  # importable from here too
+from llmapps.retrieval.manifest import build_hint as build_hint
+from llmapps.retrieval.manifest import choose_kind as choose_kind
+from llmapps.retrieval.manifest import read_manifest as read_manifest
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 2  # 2: the manifest carries its own checksum; 1 is still read
-IndexKind = Literal["flat", "hnsw", "ivf"]
-
-
-def build_hint(path: Path | str) -> str:
-    return f"build one with: llmapps index build --input FILE_OR_FOLDER --out {path}"
 
 
 @dataclass
@@ -82,68 +87,6 @@ def _fsync_replace(tmp: Path, final: Path) -> None:
     with tmp.open("rb+") as f:
         os.fsync(f.fileno())
     os.replace(tmp, final)
-
-
-_Name = Field(pattern=r"^(index-[0-9]{1,12}\.faiss|docstore-[0-9]{1,12}\.jsonl)$")
-_Digest = Field(pattern=r"^[0-9a-f]{64}$")
-
-
-class _IndexParamsModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-    kind: IndexKind = "flat"
-    hnsw_m: int = Field(32, ge=2, le=4096)
-    hnsw_ef_construction: int = Field(80, ge=1, le=1 << 20)
-    hnsw_ef_search: int = Field(64, ge=1, le=1 << 20)
-    ivf_nlist: int | None = Field(None, ge=1, le=1 << 24)
-    ivf_nprobe: int | None = Field(None, ge=1, le=1 << 24)
-
-
-class _DocRow(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-    label: int = Field(ge=0, le=2**62)
-    id: str
-    text: str
-    metadata: dict[str, Any] = Field(default_factory=dict)
-    hash: str = ""
-
-
-class IndexManifest(BaseModel):
-    """``manifest.json``, validated strictly: what ``VectorIndex.load`` believes about a folder."""
-
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-    format_version: Literal[1, 2]
-    embedding_model: str = Field(min_length=1, max_length=1000)
-    dimension: int = Field(ge=1, le=1 << 16)
-    normalized: bool = True
-    metric: Literal["inner_product"] = "inner_product"
-    count: int = Field(ge=0, le=2**40)
-    next_label: int | None = Field(None, ge=0, le=2**62)
-    index: _IndexParamsModel
-    generation: int = Field(0, ge=0, le=2**40)
-    files: dict[Annotated[str, _Name], Annotated[str, _Digest]]
-    updated: str = ""
-    config: dict[str, Any] = Field(default_factory=dict)
-    checksum: Annotated[str, _Digest] | None = None
-
-    @model_validator(mode="after")
-    def _one_of_each(self) -> IndexManifest:
-        kinds = sorted(n.rsplit(".", 1)[1] for n in self.files)
-        if kinds != ["faiss", "jsonl"]:
-            raise ValueError("files must name exactly one index-N.faiss and one docstore-N.jsonl")
-        if self.format_version >= 2 and self.checksum is None:
-            raise ValueError("a format 2 manifest carries its checksum")
-        return self
-
-    @property
-    def index_file(self) -> str:
-        return next(n for n in self.files if n.endswith(".faiss"))
-
-    @property
-    def docstore_file(self) -> str:
-        return next(n for n in self.files if n.endswith(".jsonl"))
 
 
 class VectorIndex:
@@ -417,7 +360,7 @@ class VectorIndex:
         if target is None:
             raise RetrievalError("this index has no folder yet; pass save(path)")
         target.mkdir(parents=True, exist_ok=True)
-        on_disk = _generation_on_disk(target)
+        on_disk = generation_on_disk(target)
         if self.path is not None and self.path.resolve() == target.resolve() and on_disk > self.generation:
             raise RetrievalError(
                 f"{target} was saved by another writer (generation {on_disk}) since this index was "
@@ -463,7 +406,7 @@ class VectorIndex:
         import faiss
 
         folder = Path(path)
-        m = _read_manifest(folder)
+        m = read_index_manifest(folder)
         hint = "rebuild: " + build_hint(folder)
         if expected_model is not None and expected_model != m.embedding_model:
             raise RetrievalError(
@@ -472,7 +415,7 @@ class VectorIndex:
                 f"LLMAPPS_RETRIEVAL__EMBEDDING_MODEL={m.embedding_model} or rebuild the index"
             )
         for name, digest in m.files.items():
-            f = _confined(folder, name)
+            f = confined(folder, name)
             if sha256_file(f) != digest:
                 raise RetrievalError(f"{f} is corrupted (its SHA-256 does not match the manifest); {hint}")
         params = IndexParams(**m.index.model_dump())
@@ -499,7 +442,7 @@ class VectorIndex:
         else:
             self._apply_search_params()
         try:
-            rows = read_jsonl(folder / m.docstore_file, _DocRow.model_validate, max_listed=1,
+            rows = read_jsonl(folder / m.docstore_file, DocRow.model_validate, max_listed=1,
                               error=RetrievalError)
         except RetrievalError as err:  # the first bad line is enough: the file gets rebuilt
             bad = str(err).splitlines()[-1].strip().removeprefix("- ")
@@ -529,48 +472,3 @@ class VectorIndex:
         return self
 
 
-def _confined(folder: Path, name: str) -> Path:
-    """``folder / name``, refused unless it is a plain file directly inside ``folder``."""
-    f = folder / name
-    hint = "rebuild: " + build_hint(folder)
-    if not f.exists():
-        raise RetrievalError(f"{f} is missing (listed in the manifest); {hint}")
-    if f.is_symlink() or not f.is_file() or f.resolve().parent != folder.resolve():
-        raise RetrievalError(f"{f} is not a plain file inside {folder} (a link or folder); {hint}")
-    return f
-
-
-def _generation_on_disk(folder: Path) -> int:
-    """The generation of the index saved in ``folder`` (0: none; a damaged manifest counts too)."""
-    f = folder / "manifest.json"
-    if not f.exists():
-        return 0
-    try:
-        return _read_manifest(folder).generation
-    except RetrievalError:
-        gens = [int(p.stem.split("-")[1]) for p in folder.glob("index-*.faiss") if p.stem.split("-")[1].isdigit()]
-        return max(gens, default=0)
-
-
-def _read_manifest(folder: Path) -> IndexManifest:
-    f = folder / "manifest.json"
-    hint = "rebuild: " + build_hint(folder)
-    if not folder.exists():
-        raise RetrievalError(f"no index at {folder}; " + build_hint(folder))
-    if not f.is_file():
-        raise RetrievalError(f"{folder} holds no manifest.json, so it is not an llmapps index; " + build_hint(folder))
-    return read_manifest_json(f, IndexManifest, error=RetrievalError, hint=hint)
-
-
-def read_manifest(path: Path | str) -> dict[str, Any]:
-    """The validated manifest of the index at ``path`` (``RetrievalError`` if none or invalid)."""
-    return _read_manifest(Path(path)).model_dump()
-
-
-def choose_kind(requested: str, n: int, ann_above: int) -> IndexKind:
-    """``auto``: exact below ``ann_above`` vectors, HNSW above; otherwise what was asked."""
-    if requested == "auto":
-        return "hnsw" if n > ann_above else "flat"
-    if requested not in ("flat", "hnsw", "ivf"):
-        raise RetrievalError(f"unknown index kind {requested!r}; use auto, flat, hnsw or ivf")
-    return requested  # type: ignore[return-value]
