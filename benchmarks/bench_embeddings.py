@@ -62,13 +62,18 @@ def main(argv: list[str] | None = None) -> int:
         t_peer.append(time.perf_counter() - t)
     b = b / np.linalg.norm(b, axis=1, keepdims=True)
     cos = float(np.min(np.sum(a * b, axis=1)))
-    ours_tps, peer_tps = len(texts) / statistics.median(t_ours), len(texts) / statistics.median(t_peer)
+    ours_tps, peer_tps = (
+        len(texts) / statistics.median(t_ours),
+        len(texts) / statistics.median(t_peer),
+    )
 
     with tempfile.TemporaryDirectory() as tmp:
         cache = Path(tmp) / "cache"
         timings = []
         for n in range(2):
-            emb = CachedEmbeddings(SentenceTransformerEmbeddings(MINILM, device="cpu"), MINILM, cache_dir=cache)
+            emb = CachedEmbeddings(
+                SentenceTransformerEmbeddings(MINILM, device="cpu"), MINILM, cache_dir=cache
+            )
             t = time.perf_counter()
             store = FaissVectorStore(emb, path=Path(tmp) / f"idx{n}")
             store.add_documents(load_documents(args.articles), skip_duplicates=True)
@@ -79,17 +84,35 @@ def main(argv: list[str] | None = None) -> int:
     table = Table(title=f"embeddings, {len(texts)} bundled articles, all-MiniLM-L6-v2 on CPU")
     for col in ("measure", "ours", "peer / before", "ratio"):
         table.add_column(col, justify="right")
-    table.add_row("throughput (texts/s), vs HuggingFaceEmbeddings", f"{ours_tps:.1f}", f"{peer_tps:.1f}",
-                  f"{ours_tps / peer_tps:.2f}x")
+    table.add_row(
+        "throughput (texts/s), vs HuggingFaceEmbeddings",
+        f"{ours_tps:.1f}",
+        f"{peer_tps:.1f}",
+        f"{ours_tps / peer_tps:.2f}x",
+    )
     table.add_row("min cosine, ours vs HuggingFaceEmbeddings", f"{cos:.5f}", "", "")
-    table.add_row(f"index rebuild vs first build ({n1} chunks), s", f"{second:.2f}", f"{first:.2f}",
-                  f"{first / second:.1f}x")
+    table.add_row(
+        f"index rebuild vs first build ({n1} chunks), s",
+        f"{second:.2f}",
+        f"{first:.2f}",
+        f"{first / second:.1f}x",
+    )
     table.add_row("texts embedded (rebuild / first)", str(s2["misses"]), str(s1["misses"]), "")
     Console().print(table)
-    result = {"texts": len(texts), "ours_texts_per_s": ours_tps, "peer_texts_per_s": peer_tps,
-              "throughput_ratio": ours_tps / peer_tps, "min_cosine": cos, "rounds": args.rounds,
-              "first_build_s": first, "rebuild_s": second, "rebuild_speedup": first / second,
-              "first_build_embedded": s1["misses"], "rebuild_embedded": s2["misses"], "chunks": n1}
+    result = {
+        "texts": len(texts),
+        "ours_texts_per_s": ours_tps,
+        "peer_texts_per_s": peer_tps,
+        "throughput_ratio": ours_tps / peer_tps,
+        "min_cosine": cos,
+        "rounds": args.rounds,
+        "first_build_s": first,
+        "rebuild_s": second,
+        "rebuild_speedup": first / second,
+        "first_build_embedded": s1["misses"],
+        "rebuild_embedded": s2["misses"],
+        "chunks": n1,
+    }
     out = Path(__file__).resolve().parent / "results" / "bench_embeddings.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")

@@ -123,10 +123,15 @@ def timed(fn: Any, repeats: int) -> tuple[float, Any, float]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="tiny-base", help="packaged name, hub id, directory, or tiny-base")
-    ap.add_argument("--real", action="store_true",
-                    help="the real-model run: few-shot prompts packed by the strategy to the default "
-                    "budget on gemma-3-270m (with -n 16 --max-new-tokens 64 --repeats 1)")
+    ap.add_argument(
+        "--model", default="tiny-base", help="packaged name, hub id, directory, or tiny-base"
+    )
+    ap.add_argument(
+        "--real",
+        action="store_true",
+        help="the real-model run: few-shot prompts packed by the strategy to the default "
+        "budget on gemma-3-270m (with -n 16 --max-new-tokens 64 --repeats 1)",
+    )
     ap.add_argument("-n", type=int, default=32, help="prompts")
     ap.add_argument("--words", type=int, default=160, help="article words per prompt (at most)")
     ap.add_argument("--max-new-tokens", type=int, default=48)

@@ -24,7 +24,9 @@ HERE = Path(__file__).resolve().parent
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--base-model", default="gemma-3-270m")
     p.add_argument("--configs", default="ours,full,ours+bf16,ours+gc")
     p.add_argument("--rounds", type=int, default=2)
@@ -44,14 +46,29 @@ def main() -> int:
     path = resolve_model_path(args.base_model)
     task = load_task("news_riddle/one_step")
     tok = AutoTokenizer.from_pretrained(path)
-    rows = sorted(build_dataset(task, read_examples("train", task), tok, 1024), key=lambda r: r["length"])
+    rows = sorted(
+        build_dataset(task, read_examples("train", task), tok, 1024), key=lambda r: r["length"]
+    )
     collate = CompletionCollator(tok.pad_token_id)
     batches = [collate(rows[i * 20 : i * 20 + args.batch_size]) for i in range(1, 4)]
     torch.manual_seed(0)
     model = get_peft_model(
         AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32),
-        LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, task_type="CAUSAL_LM",
-                   target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]),
+        LoraConfig(
+            r=16,
+            lora_alpha=32,
+            lora_dropout=0.0,
+            task_type="CAUSAL_LM",
+            target_modules=[
+                "q_proj",
+                "k_proj",
+                "v_proj",
+                "o_proj",
+                "gate_proj",
+                "up_proj",
+                "down_proj",
+            ],
+        ),
     )
     model.train()
 
@@ -72,7 +89,9 @@ def main() -> int:
             opts = set(c.split("+"))
             torch.set_num_threads(1 if "t1" in opts else threads)
             if "gc" in opts:
-                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+                model.gradient_checkpointing_enable(
+                    gradient_checkpointing_kwargs={"use_reentrant": False}
+                )
                 model.enable_input_require_grads()
             b = batches[r % len(batches)]
             started = time.perf_counter()
@@ -89,9 +108,13 @@ def main() -> int:
                 res[c]["tokens"] += int(b["input_ids"].numel())
     for c in configs:
         res[c]["tokens_per_s"] = round(res[c]["tokens"] / sum(res[c]["seconds"]), 1)
-        res[c]["slowdown_vs_" + configs[0]] = round(sum(res[c]["seconds"]) / sum(res[configs[0]]["seconds"]), 3)
+        res[c]["slowdown_vs_" + configs[0]] = round(
+            sum(res[c]["seconds"]) / sum(res[configs[0]]["seconds"]), 3
+        )
     print(json.dumps(res, indent=1))
-    Path(args.out).write_text(json.dumps({"config": vars(args), "threads": threads, "results": res}, indent=2))
+    Path(args.out).write_text(
+        json.dumps({"config": vars(args), "threads": threads, "results": res}, indent=2)
+    )
     return 0
 
 

@@ -60,31 +60,59 @@ def run(mode: str, args: argparse.Namespace, data: dict[str, Any], tmp: Path) ->
     )
     from llmapps.settings import load_settings
 
-    recipe = load_recipe(args.recipe, base_model=args.base_model, **{"training.max_length": args.max_length})
+    recipe = load_recipe(
+        args.recipe, base_model=args.base_model, **{"training.max_length": args.max_length}
+    )
     set_seed(recipe.training.seed)
     base, tok, _, _ = load_base(recipe, load_settings(device=args.device), args.device)
     model = peft_model(recipe, base)
     cuda = args.device.startswith("cuda")
     targs = TrainingArguments(
-        output_dir=str(tmp / mode), max_steps=args.steps, per_device_train_batch_size=args.batch_size,
-        per_device_eval_batch_size=args.batch_size, learning_rate=recipe.training.learning_rate,
-        lr_scheduler_type=recipe.training.lr_scheduler, warmup_steps=recipe.training.warmup_ratio,
-        seed=recipe.training.seed, data_seed=recipe.training.seed, save_strategy="no", eval_strategy="no",
-        logging_steps=10_000, report_to=[], disable_tqdm=True, remove_unused_columns=False,
-        bf16=cuda and torch.cuda.is_bf16_supported(), use_cpu=not cuda, dataloader_num_workers=0,
+        output_dir=str(tmp / mode),
+        max_steps=args.steps,
+        per_device_train_batch_size=args.batch_size,
+        per_device_eval_batch_size=args.batch_size,
+        learning_rate=recipe.training.learning_rate,
+        lr_scheduler_type=recipe.training.lr_scheduler,
+        warmup_steps=recipe.training.warmup_ratio,
+        seed=recipe.training.seed,
+        data_seed=recipe.training.seed,
+        save_strategy="no",
+        eval_strategy="no",
+        logging_steps=10_000,
+        report_to=[],
+        disable_tqdm=True,
+        remove_unused_columns=False,
+        bf16=cuda and torch.cuda.is_bf16_supported(),
+        use_cpu=not cuda,
+        dataloader_num_workers=0,
         train_sampling_strategy=sampling_strategy(recipe) if mode == "finetune" else "random",
     )
     if mode == "naive":
         inner: Any = DataCollatorForSeq2Seq(tok, padding=True, label_pad_token_id=-100)
-        collator = CountingCollator(lambda rows: inner([{k: r[k] for k in ("input_ids", "labels")} for r in rows]),
-                                    tok.pad_token_id)
-        trainer = Trainer(model=model, args=targs, train_dataset=data["train"], eval_dataset=data["validation"],
-                          data_collator=collator, processing_class=tok)
+        collator = CountingCollator(
+            lambda rows: inner([{k: r[k] for k in ("input_ids", "labels")} for r in rows]),
+            tok.pad_token_id,
+        )
+        trainer = Trainer(
+            model=model,
+            args=targs,
+            train_dataset=data["train"],
+            eval_dataset=data["validation"],
+            data_collator=collator,
+            processing_class=tok,
+        )
     else:
         collator = CountingCollator(make_collator(recipe, tok), tok.pad_token_id)
-        trainer = make_trainer_class()(model=model, args=targs, train_dataset=data["train"],
-                                       eval_dataset=data["validation"], data_collator=collator,
-                                       processing_class=tok, completion_only_logits=True)
+        trainer = make_trainer_class()(
+            model=model,
+            args=targs,
+            train_dataset=data["train"],
+            eval_dataset=data["validation"],
+            data_collator=collator,
+            processing_class=tok,
+            completion_only_logits=True,
+        )
     from llmapps.bench.measure import PeakMemory
 
     if cuda:
@@ -98,23 +126,38 @@ def run(mode: str, args: argparse.Namespace, data: dict[str, Any], tmp: Path) ->
     real = collator.real
     collator.real = 0
     eval_loss = trainer.evaluate()["eval_loss"]
-    return {"mode": mode, "seconds": secs, "steps": trainer.state.global_step, "real_tokens": real,
-            "tokens_per_s": real / secs, "peak_rss_mb": mem.peak_mb, "eval_loss": eval_loss,
-            "eval_perplexity": math.exp(eval_loss)}
+    return {
+        "mode": mode,
+        "seconds": secs,
+        "steps": trainer.state.global_step,
+        "real_tokens": real,
+        "tokens_per_s": real / secs,
+        "peak_rss_mb": mem.peak_mb,
+        "eval_loss": eval_loss,
+        "eval_perplexity": math.exp(eval_loss),
+    }
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--recipe", default="gemma-3-270m")
     p.add_argument("--base-model", default="gemma-3-270m")
-    p.add_argument("--examples", type=int, default=64, help="the first N examples of the train split")
+    p.add_argument(
+        "--examples", type=int, default=64, help="the first N examples of the train split"
+    )
     p.add_argument("--epochs", type=float, default=1.0)
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--max-length", type=int, default=1024)
-    p.add_argument("--repeats", type=int, default=1, help="alternating runs of each; medians reported")
+    p.add_argument(
+        "--repeats", type=int, default=1, help="alternating runs of each; medians reported"
+    )
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", default=str(HERE / "results" / "bench_lora_training.json"))
-    p.add_argument("--only", choices=("naive", "finetune"), help=argparse.SUPPRESS)  # one run, in a child
+    p.add_argument(
+        "--only", choices=("naive", "finetune"), help=argparse.SUPPRESS
+    )  # one run, in a child
     args = p.parse_args()
     args.steps = max(1, math.ceil(args.examples * args.epochs / args.batch_size))
 
@@ -135,7 +178,10 @@ def main() -> int:
 
         task = load_task("news_riddle/one_step")
         tok = AutoTokenizer.from_pretrained(resolve_model_path(args.base_model))
-        rows = {"train": read_examples("train", task)[: args.examples], "validation": read_examples("validation", task)}
+        rows = {
+            "train": read_examples("train", task)[: args.examples],
+            "validation": read_examples("validation", task),
+        }
         data = {s: build_dataset(task, r, tok, args.max_length) for s, r in rows.items()}
         with tempfile.TemporaryDirectory() as tmp:
             Path(args.out).write_text(json.dumps(run(args.only, args, data, Path(tmp))))
@@ -146,33 +192,68 @@ def main() -> int:
         for _ in range(args.repeats):
             for mode in ("naive", "finetune"):  # each in a fresh process: its peak RSS is its own
                 child = Path(tmp) / f"{mode}.json"
-                argv = [f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items()
-                        if k not in ("out", "only", "steps", "repeats")]
-                subprocess.run([sys.executable, __file__, *argv, "--only", mode, "--out", str(child)], check=True)
+                argv = [
+                    f"--{k.replace('_', '-')}={v}"
+                    for k, v in vars(args).items()
+                    if k not in ("out", "only", "steps", "repeats")
+                ]
+                subprocess.run(
+                    [sys.executable, __file__, *argv, "--only", mode, "--out", str(child)],
+                    check=True,
+                )
                 results[mode].append(json.loads(child.read_text()))
     keys = ("tokens_per_s", "seconds", "eval_loss", "real_tokens", "peak_rss_mb")
     med = {m: {k: statistics.median(r[k] for r in rs) for k in keys} for m, rs in results.items()}
     speedup = med["finetune"]["tokens_per_s"] / med["naive"]["tokens_per_s"]
-    loss_gap = abs(med["finetune"]["eval_loss"] - med["naive"]["eval_loss"]) / med["naive"]["eval_loss"]
-    table = Table(title=f"LoRA training, {args.steps} steps x {args.batch_size} rows ({args.examples} examples, "
-                        f"{args.epochs:g} epoch), {args.base_model} on {args.device}")
-    for col in ("run", "real tokens", "seconds", "real tokens/s", "peak RSS MB", "validation loss", "ratio"):
+    loss_gap = (
+        abs(med["finetune"]["eval_loss"] - med["naive"]["eval_loss"]) / med["naive"]["eval_loss"]
+    )
+    table = Table(
+        title=f"LoRA training, {args.steps} steps x {args.batch_size} rows ({args.examples} examples, "
+        f"{args.epochs:g} epoch), {args.base_model} on {args.device}"
+    )
+    for col in (
+        "run",
+        "real tokens",
+        "seconds",
+        "real tokens/s",
+        "peak RSS MB",
+        "validation loss",
+        "ratio",
+    ):
         table.add_column(col)
     for m in ("naive", "finetune"):
         r = med[m]
         ratio = r["tokens_per_s"] / med["naive"]["tokens_per_s"]
-        table.add_row(m, f"{r['real_tokens']:.0f}", f"{r['seconds']:.1f}", f"{r['tokens_per_s']:.1f}",
-                      f"{r['peak_rss_mb']:.0f}", f"{r['eval_loss']:.4f}", f"{ratio:.2f}x")
+        table.add_row(
+            m,
+            f"{r['real_tokens']:.0f}",
+            f"{r['seconds']:.1f}",
+            f"{r['tokens_per_s']:.1f}",
+            f"{r['peak_rss_mb']:.0f}",
+            f"{r['eval_loss']:.4f}",
+            f"{ratio:.2f}x",
+        )
     console = Console()
     console.print(table)
-    console.print(f"speed-up {speedup:.2f}x (target >= 2x); validation loss gap {100 * loss_gap:.2f}% (target <= 2%)")
+    console.print(
+        f"speed-up {speedup:.2f}x (target >= 2x); validation loss gap {100 * loss_gap:.2f}% (target <= 2%)"
+    )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({
-        "config": {**vars(args), "torch_threads": torch.get_num_threads()},
-        "runs": results, "median": med, "speedup": speedup, "eval_loss_gap": loss_gap,
-        "meets_targets": speedup >= 2.0 and loss_gap <= 0.02,
-    }, indent=2))
+    out.write_text(
+        json.dumps(
+            {
+                "config": {**vars(args), "torch_threads": torch.get_num_threads()},
+                "runs": results,
+                "median": med,
+                "speedup": speedup,
+                "eval_loss_gap": loss_gap,
+                "meets_targets": speedup >= 2.0 and loss_gap <= 0.02,
+            },
+            indent=2,
+        )
+    )
     console.print(f"results: {out}")
     return 0
 

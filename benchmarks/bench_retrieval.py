@@ -41,7 +41,9 @@ def make_vectors(n: int, d: int, seed: int = 0) -> np.ndarray:
     topics = rng.normal(size=(max(n // 500, 1), d)).astype(np.float32)
     docs = topics[rng.integers(0, len(topics), max(n // 10, 1))]
     docs += DOC_SPREAD * rng.normal(size=docs.shape).astype(np.float32)
-    v = docs[rng.integers(0, len(docs), n)] + SENTENCE_SPREAD * rng.normal(size=(n, d)).astype(np.float32)
+    v = docs[rng.integers(0, len(docs), n)] + SENTENCE_SPREAD * rng.normal(size=(n, d)).astype(
+        np.float32
+    )
     return v / np.linalg.norm(v, axis=1, keepdims=True)
 
 
@@ -61,11 +63,15 @@ def describe(v: np.ndarray, q: np.ndarray, src: np.ndarray) -> dict[str, float]:
     top = -np.sort(-s, axis=1)
     qtop = -np.sort(-(q @ v.T), axis=1)
     ev = np.linalg.svd(v - v.mean(0), compute_uv=False) ** 2
-    return {"random_pair_cos": float(pairs.mean()), "random_pair_std": float(pairs.std()),
-            "nn1_cos": float(top[:, 0].mean()), "nn10_cos": float(top[:, 9].mean()),
-            "query_source_cos": float(np.sum(q * src, axis=1).mean()),
-            "query_nn10_cos": float(qtop[:, 9].mean()),
-            "pcs_for_90pct_variance": int(np.searchsorted(np.cumsum(ev) / ev.sum(), 0.9)) + 1}
+    return {
+        "random_pair_cos": float(pairs.mean()),
+        "random_pair_std": float(pairs.std()),
+        "nn1_cos": float(top[:, 0].mean()),
+        "nn10_cos": float(top[:, 9].mean()),
+        "query_source_cos": float(np.sum(q * src, axis=1).mean()),
+        "query_nn10_cos": float(qtop[:, 9].mean()),
+        "pcs_for_90pct_variance": int(np.searchsorted(np.cumsum(ev) / ev.sum(), 0.9)) + 1,
+    }
 
 
 def calibrate() -> dict[str, dict[str, float]]:
@@ -76,12 +82,18 @@ def calibrate() -> dict[str, dict[str, float]]:
     from llmapps.retrieval.embeddings import make_embeddings
 
     root = Path(__file__).resolve().parent.parent
-    sents = [s for a in read_articles(root / "data" / "articles.jsonl")
-             for s in re.split(r"(?<=[.!?])\s+", a["text"]) if len(s.split()) >= 6]
+    sents = [
+        s
+        for a in read_articles(root / "data" / "articles.jsonl")
+        for s in re.split(r"(?<=[.!?])\s+", a["text"])
+        if len(s.split()) >= 6
+    ]
     rng = np.random.default_rng(0)
     src_idx = list(range(0, len(sents), 10))
-    dropped = [" ".join([w for w in sents[i].split() if rng.random() > 0.3] or sents[i].split()[:1])
-               for i in src_idx]
+    dropped = [
+        " ".join([w for w in sents[i].split() if rng.random() > 0.3] or sents[i].split()[:1])
+        for i in src_idx
+    ]
     emb = make_embeddings(progress=True)
     v, q = emb.embed_array(sents), emb.embed_array(dropped)
     sv = make_vectors(len(sents), v.shape[1])
@@ -105,10 +117,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("-n", type=int, default=100_000, help="vectors")
     ap.add_argument("-d", type=int, default=384, help="dimension")
     ap.add_argument("--queries", type=int, default=200, help="queries for the FAISS indexes")
-    ap.add_argument("--peer-queries", type=int, default=10, help="queries for SimpleVectorStore (slow)")
+    ap.add_argument(
+        "--peer-queries", type=int, default=10, help="queries for SimpleVectorStore (slow)"
+    )
     ap.add_argument("--ef-search", type=int, nargs="+", default=[16, 32, 64, 128])
-    ap.add_argument("--calibrate", action="store_true",
-                    help="compare the synthetic data with real MiniLM embeddings of the bundled sentences")
+    ap.add_argument(
+        "--calibrate",
+        action="store_true",
+        help="compare the synthetic data with real MiniLM embeddings of the bundled sentences",
+    )
     args = ap.parse_args(argv)
 
     from llama_index.core.schema import TextNode
@@ -138,38 +155,71 @@ def main(argv: list[str] | None = None) -> int:
         t = time.perf_counter()
         idx = VectorIndex(args.d, "synthetic", IndexParams(kind=kind))
         for s in tqdm(range(0, args.n, 20_000), desc=f"building {kind}", file=sys.stderr):
-            idx.add(ids[s:s + 20_000], texts[s:s + 20_000], vecs[s:s + 20_000])
+            idx.add(ids[s : s + 20_000], texts[s : s + 20_000], vecs[s : s + 20_000])
         built[kind] = (idx, time.perf_counter() - t)
 
     t = time.perf_counter()
     peer = SimpleVectorStore()
-    peer.add([TextNode(id_=i, text="", embedding=v) for i, v in zip(ids, vecs.tolist(), strict=True)])
+    peer.add(
+        [TextNode(id_=i, text="", embedding=v) for i, v in zip(ids, vecs.tolist(), strict=True)]
+    )
     peer_build = time.perf_counter() - t
 
     rows = {}
-    exact_ms, exact_res = per_query_ms(lambda q: [r.id for r, _ in built["flat"][0].search(q[None], 10)[0]], queries)
+    exact_ms, exact_res = per_query_ms(
+        lambda q: [r.id for r, _ in built["flat"][0].search(q[None], 10)[0]], queries
+    )
     rows["faiss flat (exact)"] = (exact_ms, 1.0, built["flat"][1])
     hnsw = built["hnsw"][0]
     for ef in args.ef_search:  # efSearch trades speed for recall; show the curve
         hnsw.params.hnsw_ef_search = ef
         hnsw._apply_search_params()
-        hnsw_ms, hnsw_res = per_query_ms(lambda q: [r.id for r, _ in hnsw.search(q[None], 10)[0]], queries)
-        recall = float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(exact_res, hnsw_res, strict=True)]))
-        rows[f"faiss hnsw (M={hnsw.params.hnsw_m}, efSearch={ef})"] = (hnsw_ms, recall, built["hnsw"][1])
+        hnsw_ms, hnsw_res = per_query_ms(
+            lambda q: [r.id for r, _ in hnsw.search(q[None], 10)[0]], queries
+        )
+        recall = float(
+            np.mean([len(set(a) & set(b)) / 10 for a, b in zip(exact_res, hnsw_res, strict=True)])
+        )
+        rows[f"faiss hnsw (M={hnsw.params.hnsw_m}, efSearch={ef})"] = (
+            hnsw_ms,
+            recall,
+            built["hnsw"][1],
+        )
     pq = queries[: args.peer_queries]
     peer_ms, peer_res = per_query_ms(
-        lambda q: peer.query(VectorStoreQuery(query_embedding=q.tolist(), similarity_top_k=10)).ids, pq)
-    peer_recall = float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(exact_res, peer_res, strict=False)]))
+        lambda q: peer.query(VectorStoreQuery(query_embedding=q.tolist(), similarity_top_k=10)).ids,
+        pq,
+    )
+    peer_recall = float(
+        np.mean([len(set(a) & set(b)) / 10 for a, b in zip(exact_res, peer_res, strict=False)])
+    )
     rows["llama-index SimpleVectorStore"] = (peer_ms, peer_recall, peer_build)
 
     table = Table(title=f"query latency, {args.n:,} vectors x {args.d}, k=10, one query at a time")
-    for col in ("index", "median ms/query", "speed-up vs SimpleVectorStore", "recall@10 vs exact", "build s"):
+    for col in (
+        "index",
+        "median ms/query",
+        "speed-up vs SimpleVectorStore",
+        "recall@10 vs exact",
+        "build s",
+    ):
         table.add_column(col, justify="right")
-    result = {"n": args.n, "d": args.d, "queries": args.queries, "peer_queries": args.peer_queries, "rows": {}}
+    result = {
+        "n": args.n,
+        "d": args.d,
+        "queries": args.queries,
+        "peer_queries": args.peer_queries,
+        "rows": {},
+    }
     for name, (ms, rec, build_s) in rows.items():
         speed = peer_ms / ms
         table.add_row(name, f"{ms:.3f}", f"{speed:,.0f}x", f"{rec:.3f}", f"{build_s:.1f}")
-        result["rows"][name] = {"ms_per_query": ms, "speedup_vs_simple": speed, "recall_at_10": rec, "build_s": build_s}
+        result["rows"][name] = {
+            "ms_per_query": ms,
+            "speedup_vs_simple": speed,
+            "recall_at_10": rec,
+            "build_s": build_s,
+        }
     Console().print(table)
     out = Path(__file__).resolve().parent / "results" / "bench_retrieval.json"
     out.parent.mkdir(exist_ok=True)

@@ -566,7 +566,8 @@ class BoutiqueOptions(AppOptions):
     )
     k: int = Field(4, ge=1, description="documents retrieved per question")
     history_db: str | Path | None = Field(
-        None, description="SQLite file of chat histories (default $LLMAPPS_HOME/boutique/history.sqlite)"
+        None,
+        description="SQLite file of chat histories (default $LLMAPPS_HOME/boutique/history.sqlite)",
     )
 
 

@@ -89,12 +89,16 @@ def _load(root: str) -> tuple[dict[str, BundledArticle], dict[str, Riddle], dict
     riddles = {r.id: r for r in read_jsonl(base / "riddles.jsonl", Riddle)}
     unknown = sorted(set(riddles) - set(articles))
     if unknown:
-        raise InputError(f"{base / 'riddles.jsonl'}: riddles for unknown article ids {unknown[:10]}")
+        raise InputError(
+            f"{base / 'riddles.jsonl'}: riddles for unknown article ids {unknown[:10]}"
+        )
     splits = json.loads((base / "splits.json").read_text())
     for split in SPLITS:
         missing = [i for i in splits.get(split, []) if i not in riddles]
         if missing:
-            raise InputError(f"{base / 'splits.json'}: {split} lists ids without a riddle: {missing[:10]}")
+            raise InputError(
+                f"{base / 'splits.json'}: {split} lists ids without a riddle: {missing[:10]}"
+            )
     return articles, riddles, splits
 
 
@@ -111,8 +115,14 @@ def samples(split: str = "test") -> list[dict[str, Any]]:
     out = []
     for i in ids:
         a, r = articles[i], riddles[i]
-        out.append({**a.model_dump(), "reference_summary": r.summary, "reference_riddle": r.riddle,
-                    "reference_answer": r.answer})
+        out.append(
+            {
+                **a.model_dump(),
+                "reference_summary": r.summary,
+                "reference_riddle": r.riddle,
+                "reference_answer": r.answer,
+            }
+        )
     return out
 
 
@@ -140,7 +150,9 @@ def read_articles(path: Path) -> list[dict[str, Any]]:
     """
     path = Path(path)
     if not path.exists():
-        raise InputError(f"input {path} does not exist; pass a .jsonl file, a .txt file or a folder of them")
+        raise InputError(
+            f"input {path} does not exist; pass a .jsonl file, a .txt file or a folder of them"
+        )
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.suffix in {".jsonl", ".txt", ".md"})
         if not files:
@@ -150,7 +162,10 @@ def read_articles(path: Path) -> list[dict[str, Any]]:
 
         def article(raw: dict[str, Any]) -> dict[str, Any]:
             if "id" not in raw:
-                raw = {**raw, "id": _content_id(str(raw.get("title", "")), str(raw.get("text", "")))}
+                raw = {
+                    **raw,
+                    "id": _content_id(str(raw.get("title", "")), str(raw.get("text", ""))),
+                }
             return Article.model_validate(raw).model_dump()
 
         return jsonl.read_jsonl(path, article)

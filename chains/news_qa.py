@@ -35,7 +35,9 @@ from prompts import load_task
 log = logging.getLogger(__name__)
 
 _CITE_RE = re.compile(r"\[(\d{1,2})\]")
-EXAMPLE_WORDS = 60  # worked examples quote the start of their article, to leave room for the real sources
+EXAMPLE_WORDS = (
+    60  # worked examples quote the start of their article, to leave room for the real sources
+)
 
 
 def question_for(topic: str) -> str:
@@ -44,7 +46,7 @@ def question_for(topic: str) -> str:
 
 def format_source(n: int, title: str, doc_id: str, text: str, date: str = "") -> str:
     when = f", {date}" if date else ""
-    body = text[len(title):].strip() if title and text.startswith(title) else text.strip()
+    body = text[len(title) :].strip() if title and text.startswith(title) else text.strip()
     return f"[{n}] {title} ({doc_id}{when}): {' '.join(body.split())}"
 
 
@@ -53,33 +55,46 @@ def examples(split: str = "train") -> list[dict[str, Any]]:
     out = []
     for ex in news_data.examples(split):
         text = " ".join(ex["text"].split()[:EXAMPLE_WORDS])
-        out.append({
-            "id": ex["id"],
-            "question": question_for(ex["answer"]),
-            "sources": format_source(1, ex["title"], ex["id"], text, ex.get("date", "")),
-            "answer": f"{ex['summary']} [1]",
-        })
+        out.append(
+            {
+                "id": ex["id"],
+                "question": question_for(ex["answer"]),
+                "sources": format_source(1, ex["title"], ex["id"], text, ex.get("date", "")),
+                "answer": f"{ex['summary']} [1]",
+            }
+        )
     return out
 
 
 def samples(split: str = "test") -> list[dict[str, Any]]:
     """Bundled questions of ``split`` with a reference answer and the article that answers them."""
-    return [{"id": f"q-{ex['id']}", "question": question_for(ex["answer"]),
-             "reference_answer": ex["summary"], "reference_ids": [ex["id"]]}
-            for ex in news_data.examples(split)]
+    return [
+        {
+            "id": f"q-{ex['id']}",
+            "question": question_for(ex["answer"]),
+            "reference_answer": ex["summary"],
+            "reference_ids": [ex["id"]],
+        }
+        for ex in news_data.examples(split)
+    ]
 
 
 def read_questions(path: Path) -> list[dict[str, Any]]:
     """Questions from a JSONL file (``question`` field) or a text file (one per line)."""
     path = Path(path)
     if not path.is_file():
-        raise InputError(f"{path} is not a file; pass a .jsonl file with 'question' fields or a .txt file")
+        raise InputError(
+            f"{path} is not a file; pass a .jsonl file with 'question' fields or a .txt file"
+        )
     if path.suffix == ".jsonl":  # the project's one JSONL reader: every bad line named at once
         from llmapps.jsonl import parse_jsonl
 
         parsed, problems = parse_jsonl(path.read_bytes(), str(path))
-        problems += [f"{path}:{n}: expected an object with a non-empty 'question'"
-                     for n, row in parsed if not str(row.get("question", "")).strip()]
+        problems += [
+            f"{path}:{n}: expected an object with a non-empty 'question'"
+            for n, row in parsed
+            if not str(row.get("question", "")).strip()
+        ]
         if problems:
             raise InputError("; ".join(problems[:20]))
         return [{"id": str(row.get("id") or f"q{n}"), **row} for n, row in parsed]
@@ -112,7 +127,9 @@ def open_index(index: str | Path | Any | None) -> Any:
     from llmapps.retrieval.loaders import load_documents
 
     log.warning("indexing the bundled articles once into %s", path)
-    return FaissVectorStore.build(load_documents(news_data.data_dir() / "articles.jsonl"), path=path)
+    return FaissVectorStore.build(
+        load_documents(news_data.data_dir() / "articles.jsonl"), path=path
+    )
 
 
 def retrieve(store: Any, question: str, k: int) -> list[dict[str, Any]]:
@@ -122,9 +139,14 @@ def retrieve(store: Any, question: str, k: int) -> list[dict[str, Any]]:
     for doc, score in hits:
         doc_id = str(doc.metadata.get("doc_id") or doc.id)
         if doc_id not in seen:
-            seen[doc_id] = {"id": doc_id, "chunk_id": doc.id, "title": str(doc.metadata.get("title", "")),
-                            "date": str(doc.metadata.get("date", "")), "score": round(float(score), 4),
-                            "text": doc.page_content}
+            seen[doc_id] = {
+                "id": doc_id,
+                "chunk_id": doc.id,
+                "title": str(doc.metadata.get("title", "")),
+                "date": str(doc.metadata.get("date", "")),
+                "score": round(float(score), 4),
+                "text": doc.page_content,
+            }
         if len(seen) == k:
             break
     return [{"n": n, **s} for n, s in enumerate(seen.values(), 1)]
@@ -137,14 +159,24 @@ def parse_answer(raw: Any, sources: list[dict[str, Any]]) -> dict[str, Any]:
     by_n = {s["n"]: s for s in sources}
     cited_ns = [int(m) for m in _CITE_RE.findall(answer) if int(m) in by_n]
     cited_ns += [s["n"] for s in sources if s["id"] in answer and s["n"] not in cited_ns]
-    citations = [{"n": n, "id": by_n[n]["id"], "title": by_n[n]["title"]} for n in dict.fromkeys(cited_ns)]
+    citations = [
+        {"n": n, "id": by_n[n]["id"], "title": by_n[n]["title"]} for n in dict.fromkeys(cited_ns)
+    ]
     errors = [] if answer else ["empty answer"]
     if answer and not citations:
         errors.append("no citation")
-    return {"answer": answer, "citations": citations, "valid": not errors, "errors": errors, "raw": text}
+    return {
+        "answer": answer,
+        "citations": citations,
+        "valid": not errors,
+        "errors": errors,
+        "raw": text,
+    }
 
 
-def build(strategy: Strategy, *, index: str | Path | Any | None = None, k: int = 4) -> Runnable[Any, dict[str, Any]]:
+def build(
+    strategy: Strategy, *, index: str | Path | Any | None = None, k: int = 4
+) -> Runnable[Any, dict[str, Any]]:
     """The news-qa chain on ``strategy``: ``{"question"}`` in, answer with citations and sources out.
 
     Args:
@@ -167,8 +199,12 @@ def build(strategy: Strategy, *, index: str | Path | Any | None = None, k: int =
             raise InputError("news-qa needs a non-empty 'question'")
         found = retrieve(store, question, k)
         if not found:
-            raise InputError(f"the index at {store.path} returned nothing for {question!r}; is it empty?")
-        block = "\n".join(format_source(s["n"], s["title"], s["id"], s["text"], s["date"]) for s in found)
+            raise InputError(
+                f"the index at {store.path} returned nothing for {question!r}; is it empty?"
+            )
+        block = "\n".join(
+            format_source(s["n"], s["title"], s["id"], s["text"], s["date"]) for s in found
+        )
         return {**inputs, "question": question, "sources": block, "_found": found}
 
     def finish(x: dict[str, Any]) -> dict[str, Any]:

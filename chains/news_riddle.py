@@ -32,7 +32,9 @@ from prompts import load_task
 log = logging.getLogger(__name__)
 
 LABELS = ("summary", "riddle", "answer")
-_LABEL_RE = re.compile(r"^\s*(?:\[|\*\*)?\s*(summary|riddle|answer)\s*(?:\d+)?\s*(?:\]|\*\*)?\s*:\s*", re.I | re.M)
+_LABEL_RE = re.compile(
+    r"^\s*(?:\[|\*\*)?\s*(summary|riddle|answer)\s*(?:\d+)?\s*(?:\]|\*\*)?\s*:\s*", re.I | re.M
+)
 
 
 _PLACEHOLDER_RE = re.compile(r"^\s*<[^<>]{1,60}>\s*$")
@@ -45,7 +47,9 @@ def defuse_delimiters(text: str) -> str:
     The news-riddle prompt hands the article to chat models between those tags; an article that
     contains ``</article>`` itself could otherwise end the data early and pose as instructions.
     """
-    return _DELIMITER_RE.sub(lambda m: m.group(0).replace("<", "\u2039").replace(">", "\u203a"), text)
+    return _DELIMITER_RE.sub(
+        lambda m: m.group(0).replace("<", "\u2039").replace(">", "\u203a"), text
+    )
 
 
 def validate_article(article: Any) -> dict[str, Any]:
@@ -54,7 +58,9 @@ def validate_article(article: Any) -> dict[str, Any]:
     Whitespace is normalised and delimiter look-alikes are defused (article text is data).
     """
     if not isinstance(article, dict):
-        raise InputError(f"an article must be a dict with 'title' and 'text', got {type(article).__name__}")
+        raise InputError(
+            f"an article must be a dict with 'title' and 'text', got {type(article).__name__}"
+        )
     text = article.get("text")
     ident = article.get("id") or article.get("title") or "(untitled)"
     if not isinstance(text, str) or not text.strip():
@@ -74,7 +80,9 @@ def to_text(output: Any) -> str:
     return str(output)
 
 
-def parse_fields(text: str, expected: tuple[str, ...] = LABELS, leading: str | None = "summary") -> dict[str, Any]:
+def parse_fields(
+    text: str, expected: tuple[str, ...] = LABELS, leading: str | None = "summary"
+) -> dict[str, Any]:
     """Parse labelled fields (``Summary:``, ``[Riddle]:`` ...) or a JSON object out of ``text``.
 
     ``leading`` names the field a completion starts with unlabelled (the prompt ended on its label).
@@ -91,7 +99,11 @@ def parse_fields(text: str, expected: tuple[str, ...] = LABELS, leading: str | N
             found = {}
     if not found:
         matches = list(_LABEL_RE.finditer(text))
-        if leading and (not matches or matches[0].start() > 0) and text[: matches[0].start() if matches else None].strip():
+        if (
+            leading
+            and (not matches or matches[0].start() > 0)
+            and text[: matches[0].start() if matches else None].strip()
+        ):
             head_end = matches[0].start() if matches else len(text)
             found[leading] = text[:head_end].strip()
         for m, nxt in zip(matches, [*matches[1:], None], strict=False):
@@ -104,15 +116,22 @@ def parse_fields(text: str, expected: tuple[str, ...] = LABELS, leading: str | N
     copied = [k for k in expected if _PLACEHOLDER_RE.match(result[k])]
     for k in copied:
         result[k] = ""
-    errors = [f"no {k}" + (" (a copied placeholder)" if k in copied else "")
-              for k in expected if not result[k]]
+    errors = [
+        f"no {k}" + (" (a copied placeholder)" if k in copied else "")
+        for k in expected
+        if not result[k]
+    ]
     if result.get("answer"):
         result["answer"] = result["answer"].splitlines()[0].strip().rstrip(".")
     if result.get("summary"):
         result["summary"] = " ".join(result["summary"].split())
     if result.get("riddle") and result.get("answer"):
         riddle_words = set(re.findall(r"[a-z]+", result["riddle"].lower()))
-        named = [w for w in re.findall(r"[a-z]+", result["answer"].lower()) if len(w) > 3 and w in riddle_words]
+        named = [
+            w
+            for w in re.findall(r"[a-z]+", result["answer"].lower())
+            if len(w) > 3 and w in riddle_words
+        ]
         if named:
             result["names_answer"] = named
     result.update(valid=not errors, errors=errors, raw=raw)
@@ -145,16 +164,28 @@ def build(strategy: Strategy, *, variant: str = "one-step") -> Runnable[Any, dic
     if variant == "one-step":
         task = load_task("news_riddle/one_step", examples)
         gen = strategy.build(task)
-        return (validate | gen | _parser(LABELS, "summary")).with_config(run_name=f"news-riddle[{strategy.name}]")
+        return (validate | gen | _parser(LABELS, "summary")).with_config(
+            run_name=f"news-riddle[{strategy.name}]"
+        )
     if variant == "two-step":
-        summarize = strategy.build(load_task("news_riddle/summarize", examples)) | _parser(("summary",), "summary")
-        riddle = strategy.build(load_task("news_riddle/riddle", examples)) | _parser(("riddle", "answer"), "riddle")
+        summarize = strategy.build(load_task("news_riddle/summarize", examples)) | _parser(
+            ("summary",), "summary"
+        )
+        riddle = strategy.build(load_task("news_riddle/riddle", examples)) | _parser(
+            ("riddle", "answer"), "riddle"
+        )
 
         def combine(x: dict[str, Any]) -> dict[str, Any]:
             s, r = x["s"], x["r"]
             errors = s["errors"] + r["errors"]
-            out = {"summary": s["summary"], "riddle": r["riddle"], "answer": r["answer"],
-                   "valid": not errors, "errors": errors, "raw": s["raw"] + "\n---\n" + r["raw"]}
+            out = {
+                "summary": s["summary"],
+                "riddle": r["riddle"],
+                "answer": r["answer"],
+                "valid": not errors,
+                "errors": errors,
+                "raw": s["raw"] + "\n---\n" + r["raw"],
+            }
             if "names_answer" in r:
                 out["names_answer"] = r["names_answer"]
             return out
@@ -162,7 +193,9 @@ def build(strategy: Strategy, *, variant: str = "one-step") -> Runnable[Any, dic
         chain = (
             validate
             | RunnableParallel(s=summarize, passthrough=RunnablePassthrough())
-            | RunnableLambda(lambda x: {"s": x["s"], "summary": x["s"]["summary"] or x["passthrough"]["title"]})
+            | RunnableLambda(
+                lambda x: {"s": x["s"], "summary": x["s"]["summary"] or x["passthrough"]["title"]}
+            )
             | RunnablePassthrough.assign(r=riddle)
             | RunnableLambda(combine, name="combine")
         )

@@ -38,13 +38,19 @@ def cmd_train(args: argparse.Namespace) -> int:
             f"run `llmapps finetune {recipe.method} --recipe {args.recipe}`, or --set method={args.method}"
         )
     out = Path(args.out) if args.out else Path("adapters") / recipe.name
-    result = train(recipe, out, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
+    result = train(
+        recipe, out, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet
+    )
     m = result.metrics
     print(f"adapter: {result.adapter}")
-    print(f"validation loss {m['eval_loss']:.4f}, perplexity {m['eval_perplexity']:.2f}, "
-          f"{m['steps']} steps, {m['tokens_per_s']} tokens/s")
+    print(
+        f"validation loss {m['eval_loss']:.4f}, perplexity {m['eval_perplexity']:.2f}, "
+        f"{m['steps']} steps, {m['tokens_per_s']} tokens/s"
+    )
     for e in m["epochs"]:
-        print(f"  epoch {e['epoch']:.2f}: validation loss {e['eval_loss']:.4f}, perplexity {e['eval_perplexity']:.2f}")
+        print(
+            f"  epoch {e['epoch']:.2f}: validation loss {e['eval_loss']:.4f}, perplexity {e['eval_perplexity']:.2f}"
+        )
     return 0
 
 
@@ -73,18 +79,36 @@ def cmd_recipes(args: argparse.Namespace) -> int:
 
 def register(subparsers: Any) -> None:
     """Add ``finetune`` and its actions to the ``llmapps`` CLI."""
-    ft = subparsers.add_parser("finetune", help="train LoRA / prompt-tuning adapters and merge them")
+    ft = subparsers.add_parser(
+        "finetune", help="train LoRA / prompt-tuning adapters and merge them"
+    )
     sub = ft.add_subparsers(dest="finetune_command", metavar="ACTION", required=True)
-    for method, helptext in (("lora", "train a LoRA adapter from a recipe"),
-                             ("prompt-tuning", "train a prompt-tuning adapter from a recipe")):
+    for method, helptext in (
+        ("lora", "train a LoRA adapter from a recipe"),
+        ("prompt-tuning", "train a prompt-tuning adapter from a recipe"),
+    ):
         p = sub.add_parser(method, help=helptext)
-        p.add_argument("--recipe", "-r", required=True, help="recipe YAML path or shipped name (tiny, qwen2.5-0.5b)")
+        p.add_argument(
+            "--recipe",
+            "-r",
+            required=True,
+            help="recipe YAML path or shipped name (tiny, qwen2.5-0.5b)",
+        )
         p.add_argument("--out", "-o", help="adapter folder (default: adapters/<recipe name>)")
         p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
-        p.add_argument("--overwrite", action="store_true", help="discard an earlier run's checkpoints")
-        p.add_argument("--base-model", help="override the recipe's base model (hub id or directory)")
-        p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                       help="override a recipe field, e.g. --set training.max_steps=20 (repeatable)")
+        p.add_argument(
+            "--overwrite", action="store_true", help="discard an earlier run's checkpoints"
+        )
+        p.add_argument(
+            "--base-model", help="override the recipe's base model (hub id or directory)"
+        )
+        p.add_argument(
+            "--set",
+            action="append",
+            default=[],
+            metavar="FIELD=VALUE",
+            help="override a recipe field, e.g. --set training.max_steps=20 (repeatable)",
+        )
         p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
         p.set_defaults(func=cmd_train, method=method)
     p = sub.add_parser("merge", help="fold an adapter into its base; write a standalone model")

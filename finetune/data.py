@@ -21,11 +21,19 @@ from llmapps.errors import ConfigError, InputError
 from llmapps.jsonl import read_jsonl
 from llmapps.training import IGNORE, REAL_TOKENS, CompletionCollator
 
-__all__ = ["IGNORE", "REAL_TOKENS", "CompletionCollator", "build_dataset", "read_examples",
-           "split_example", "tokenize_example"]
+__all__ = [
+    "IGNORE",
+    "REAL_TOKENS",
+    "CompletionCollator",
+    "build_dataset",
+    "read_examples",
+    "split_example",
+    "tokenize_example",
+]
 
 if TYPE_CHECKING:
     from llmapps.tasks import Task
+
 
 def split_example(task: Task, example: dict[str, Any]) -> tuple[str, str]:
     """The (prompt, completion) texts of one worked example."""
@@ -33,13 +41,15 @@ def split_example(task: Task, example: dict[str, Any]) -> tuple[str, str]:
     inputs = {k: example[k] for k in task.input_variables}
     prompt = layout.render(inputs, [])
     suffix = layout.suffix.format(**inputs)
-    full = layout.example_template.format(**{k: example[k] for k in (*task.input_variables, *task.output_variables)})
+    full = layout.example_template.format(
+        **{k: example[k] for k in (*task.input_variables, *task.output_variables)}
+    )
     if not full.startswith(suffix):
         raise ConfigError(
             f"the prompt {task.name!r} cannot train a completion model: its example_template does "
             "not begin with its suffix, so a worked example is not 'prompt + completion'"
         )
-    return prompt, full[len(suffix):]
+    return prompt, full[len(suffix) :]
 
 
 def read_examples(source: str, task: Task) -> list[dict[str, Any]]:
@@ -56,7 +66,9 @@ def read_examples(source: str, task: Task) -> list[dict[str, Any]]:
     def example(row: dict[str, Any]) -> dict[str, Any]:
         bad = [k for k in needed if not isinstance(row.get(k), str) or not row[k].strip()]
         if bad:
-            raise InputError(f"missing or empty {', '.join(bad)} (each row needs {', '.join(needed)})")
+            raise InputError(
+                f"missing or empty {', '.join(bad)} (each row needs {', '.join(needed)})"
+            )
         return row
 
     rows = read_jsonl(path, example, what="malformed row")
@@ -65,7 +77,9 @@ def read_examples(source: str, task: Task) -> list[dict[str, Any]]:
     return rows
 
 
-def _app_examples(source: str, needed: tuple[str, ...], given: str | None = None) -> list[dict[str, Any]]:
+def _app_examples(
+    source: str, needed: tuple[str, ...], given: str | None = None
+) -> list[dict[str, Any]]:
     """Rows of ``<app>:<split>`` through the app registry (``AppSpec.training_examples``).
 
     ``given``: the bare split the recipe named, when ``source`` was derived from the task's name.
@@ -84,16 +98,22 @@ def _app_examples(source: str, needed: tuple[str, ...], given: str | None = None
     try:
         rows = spec.training_examples(split)
     except (InputError, KeyError) as err:  # an unknown split
-        raise ConfigError(f"data source {given or source!r}: the app {app!r} has no split {split!r} ({err})") from err
+        raise ConfigError(
+            f"data source {given or source!r}: the app {app!r} has no split {split!r} ({err})"
+        ) from err
     if not rows:
         raise InputError(f"data source {source!r} holds no examples")
     lacking = sorted({k for r in rows for k in needed if not isinstance(r.get(k), str)})
     if lacking:
-        raise ConfigError(f"data source {source!r}: its examples lack {', '.join(lacking)}, which the prompt needs")
+        raise ConfigError(
+            f"data source {source!r}: its examples lack {', '.join(lacking)}, which the prompt needs"
+        )
     return rows
 
 
-def tokenize_example(task: Task, example: dict[str, Any], tokenizer: Any, max_length: int) -> dict[str, Any]:
+def tokenize_example(
+    task: Task, example: dict[str, Any], tokenizer: Any, max_length: int
+) -> dict[str, Any]:
     """``input_ids`` and ``labels`` (prompt masked) of one example, cut to ``max_length`` tokens."""
     from llmapps.prompting import truncate_to_fit
 
@@ -101,23 +121,33 @@ def tokenize_example(task: Task, example: dict[str, Any], tokenizer: Any, max_le
     c_ids = tokenizer(completion, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     limit = max_length - len(c_ids)
     if limit < 8:
-        raise InputError(f"training.max_length={max_length} leaves no room for a prompt before a "
-                         f"{len(c_ids)}-token completion; raise max_length")
+        raise InputError(
+            f"training.max_length={max_length} leaves no room for a prompt before a "
+            f"{len(c_ids)}-token completion; raise max_length"
+        )
 
     def count(text: str) -> int:
         return len(tokenizer(text, add_special_tokens=True)["input_ids"])
 
     if count(prompt) > limit:
         inputs = {k: example[k] for k in task.input_variables}
-        fitted = truncate_to_fit(inputs, task.truncate_variable, lambda x: task.completion.render(x, []),
-                                 count, limit, what=f"{task.name} example")
+        fitted = truncate_to_fit(
+            inputs,
+            task.truncate_variable,
+            lambda x: task.completion.render(x, []),
+            count,
+            limit,
+            what=f"{task.name} example",
+        )
         prompt = task.completion.render(fitted, [])
     p_ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]
     ids = p_ids + c_ids
     return {"input_ids": ids, "labels": [IGNORE] * len(p_ids) + c_ids, "length": len(ids)}
 
 
-def build_dataset(task: Task, examples: list[dict[str, Any]], tokenizer: Any, max_length: int) -> Any:
+def build_dataset(
+    task: Task, examples: list[dict[str, Any]], tokenizer: Any, max_length: int
+) -> Any:
     """A ``datasets.Dataset`` of tokenised examples (with a ``length`` column for grouping)."""
     from datasets import Dataset
 

@@ -9,8 +9,13 @@ from llmapps.errors import ConfigError
 from llmapps.settings import Settings, get_settings
 
 
-def merge_adapter(adapter: str | Path, out: str | Path, *, base_model: str | None = None,
-                  settings: Settings | None = None) -> Path:
+def merge_adapter(
+    adapter: str | Path,
+    out: str | Path,
+    *,
+    base_model: str | None = None,
+    settings: Settings | None = None,
+) -> Path:
     """Merge ``adapter`` into its base and write a standalone model folder to ``out``.
 
     The folder and its base are checked against the adapter's manifest first (the checks of
@@ -30,10 +35,14 @@ def merge_adapter(adapter: str | Path, out: str | Path, *, base_model: str | Non
     settings = settings or get_settings()
     out = Path(out).expanduser().resolve()
     if out.exists() and any(out.iterdir()):
-        raise ConfigError(f"{out} exists and is not empty; choose a new folder for the merged model")
+        raise ConfigError(
+            f"{out} exists and is not empty; choose a new folder for the merged model"
+        )
     manifest = read_manifest(adapter)
     if manifest.method != "lora":
-        raise ConfigError(f"only LoRA adapters can be merged; {adapter} holds a {manifest.method} adapter")
+        raise ConfigError(
+            f"only LoRA adapters can be merged; {adapter} holds a {manifest.method} adapter"
+        )
     folder = Path(adapter).expanduser().resolve()
     name = base_model or manifest.base_model
     path = resolve_model_path(name, settings)
@@ -45,7 +54,10 @@ def merge_adapter(adapter: str | Path, out: str | Path, *, base_model: str | Non
     with atomic_folder(out) as tmp:
         merged.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        (tmp / "llmapps-merged.json").write_text(json.dumps(
-            {"adapter": str(folder), **manifest.model_dump(mode="json", exclude={"metrics"})},
-            indent=2))
+        (tmp / "llmapps-merged.json").write_text(
+            json.dumps(
+                {"adapter": str(folder), **manifest.model_dump(mode="json", exclude={"metrics"})},
+                indent=2,
+            )
+        )
     return out

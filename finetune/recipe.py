@@ -25,7 +25,9 @@ class _Strict(BaseModel):
 class DataConfig(_Strict):
     """Where the examples come from: a bundled split name or a JSONL file."""
 
-    train: str = Field("train", description="bundled split (train, validation, test) or a JSONL path")
+    train: str = Field(
+        "train", description="bundled split (train, validation, test) or a JSONL path"
+    )
     validation: str = Field("validation", description="bundled split or a JSONL path")
 
 
@@ -57,7 +59,9 @@ class TrainingConfig(_Strict):
     lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "cosine"
     warmup_ratio: float = Field(0.05, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)
-    max_length: int = Field(1024, ge=16, description="tokens per example; the article is cut to fit")
+    max_length: int = Field(
+        1024, ge=16, description="tokens per example; the article is cut to fit"
+    )
     batching: Literal["length-grouped", "padding-free", "padded"] = Field(
         "length-grouped",
         description="length-grouped: batches of similar length, little padding (best on CPU); "
@@ -65,7 +69,8 @@ class TrainingConfig(_Strict):
         "attention); padded: random batches padded to their longest (the naive baseline)",
     )
     completion_only_logits: bool = Field(
-        True, description="project only completion positions onto the vocabulary (faster, same loss)"
+        True,
+        description="project only completion positions onto the vocabulary (faster, same loss)",
     )
     save_steps: int = Field(50, ge=1)
     save_total_limit: int = Field(2, ge=1)
@@ -91,7 +96,9 @@ class Recipe(_Strict):
     description: str = ""
     method: Literal["lora", "prompt-tuning"] = "lora"
     base_model: str = Field(min_length=1, description="hub id, directory, or tiny-base")
-    prompt: str = Field("news_riddle/one_step", description="prompt file the data is formatted with")
+    prompt: str = Field(
+        "news_riddle/one_step", description="prompt file the data is formatted with"
+    )
     data: DataConfig = Field(default_factory=DataConfig)  # type: ignore[arg-type]
     lora: LoraConfig = Field(default_factory=LoraConfig)  # type: ignore[arg-type]
     prompt_tuning: PromptTuningConfig = Field(default_factory=PromptTuningConfig)  # type: ignore[arg-type]
@@ -101,8 +108,10 @@ class Recipe(_Strict):
     @model_validator(mode="after")
     def _consistent(self) -> Recipe:
         if self.method == "prompt-tuning" and self.training.batching == "padding-free":
-            raise ValueError("training.batching: padding-free cannot be used with prompt-tuning "
-                             "(virtual tokens are prepended to every row)")
+            raise ValueError(
+                "training.batching: padding-free cannot be used with prompt-tuning "
+                "(virtual tokens are prepended to every row)"
+            )
         return self
 
 
@@ -131,7 +140,9 @@ def recipe_from_dict(raw: Any, where: str = "recipe") -> Recipe:
         return Recipe.model_validate(raw)
     except ValidationError as err:
         problems = [f"{'.'.join(map(str, e['loc'])) or '(root)'}: {e['msg']}" for e in err.errors()]
-        raise ConfigError(format_problems(f"{where}: {len(problems)} problem(s) in the recipe:", problems)) from err
+        raise ConfigError(
+            format_problems(f"{where}: {len(problems)} problem(s) in the recipe:", problems)
+        ) from err
 
 
 def load_recipe(name_or_path: str | Path, **overrides: Any) -> Recipe:

@@ -50,8 +50,18 @@ from llmapps.errors import ConfigError, ModelNotFoundError
 from llmapps.settings import Settings, get_settings
 from llmapps.training import STAGING, last_checkpoint, make_trainer_class, staged_checkpoints
 
-__all__ = ["TrainResult", "checkpoints_dir", "last_checkpoint", "load_base", "make_collator",
-           "make_trainer_class", "peft_model", "sampling_strategy", "train", "train_recipe"]
+__all__ = [
+    "TrainResult",
+    "checkpoints_dir",
+    "last_checkpoint",
+    "load_base",
+    "make_collator",
+    "make_trainer_class",
+    "peft_model",
+    "sampling_strategy",
+    "train",
+    "train_recipe",
+]
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -77,7 +87,15 @@ def library_versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
     out = {"python": platform.python_version()}
-    for name in ("torch", "transformers", "peft", "datasets", "accelerate", "bitsandbytes", "llmapps"):
+    for name in (
+        "torch",
+        "transformers",
+        "peft",
+        "datasets",
+        "accelerate",
+        "bitsandbytes",
+        "llmapps",
+    ):
         try:
             out[name] = version(name)
         except PackageNotFoundError:
@@ -137,12 +155,19 @@ def load_base(recipe: Recipe, settings: Settings, device: str) -> tuple[Any, Any
         from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
         quant = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type=recipe.quantization.quant_type,
-            bnb_4bit_compute_dtype=torch.bfloat16, bnb_4bit_use_double_quant=True,
+            load_in_4bit=True,
+            bnb_4bit_quant_type=recipe.quantization.quant_type,
+            bnb_4bit_compute_dtype=torch.bfloat16,
+            bnb_4bit_use_double_quant=True,
         )
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=settings.trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(
+            path, trust_remote_code=settings.trust_remote_code
+        )
         model = AutoModelForCausalLM.from_pretrained(
-            path, quantization_config=quant, device_map={"": 0}, trust_remote_code=settings.trust_remote_code
+            path,
+            quantization_config=quant,
+            device_map={"": 0},
+            trust_remote_code=settings.trust_remote_code,
         )
         model = prepare_model_for_kbit_training(
             model, use_gradient_checkpointing=recipe.training.gradient_checkpointing
@@ -164,12 +189,14 @@ def peft_model(recipe: Recipe, base: Any) -> Any:
         config: Any = LoraConfig(
             r=lc.r,
             lora_alpha=lc.alpha,  # type: ignore[arg-type]  # peft says int but only divides by it
-            lora_dropout=lc.dropout, target_modules=lc.target_modules,
+            lora_dropout=lc.dropout,
+            target_modules=lc.target_modules,
             task_type=TaskType.CAUSAL_LM,
         )
     else:
-        config = PromptTuningConfig(task_type=TaskType.CAUSAL_LM,
-                                    num_virtual_tokens=recipe.prompt_tuning.num_virtual_tokens)
+        config = PromptTuningConfig(
+            task_type=TaskType.CAUSAL_LM, num_virtual_tokens=recipe.prompt_tuning.num_virtual_tokens
+        )
     try:
         return get_peft_model(base, config)
     except ValueError as err:  # e.g. target modules this architecture does not have
@@ -185,7 +212,9 @@ def make_collator(recipe: Recipe, tokenizer: Any) -> Any:
     """The batch collator for the recipe's ``training.batching`` (see ``llmapps.training.CompletionCollator``)."""
     from llmapps.training import CompletionCollator
 
-    return CompletionCollator(tokenizer.pad_token_id, padding_free=recipe.training.batching == "padding-free")
+    return CompletionCollator(
+        tokenizer.pad_token_id, padding_free=recipe.training.batching == "padding-free"
+    )
 
 
 def train(
@@ -245,7 +274,9 @@ def train(
         model.gradient_checkpointing_enable()
     precision = "bf16" if four_bit else _precision(recipe, device)
     args = TrainingArguments(
-        output_dir=str(ckpt_root / STAGING),  # staged_checkpoints renames each whole one into ckpt_root
+        output_dir=str(
+            ckpt_root / STAGING
+        ),  # staged_checkpoints renames each whole one into ckpt_root
         num_train_epochs=t.epochs,
         max_steps=t.max_steps or -1,
         per_device_train_batch_size=t.batch_size,
@@ -274,8 +305,12 @@ def train(
     collator = make_collator(recipe, tokenizer)
     trainer_cls = make_trainer_class()
     trainer = trainer_cls(
-        model=model, args=args, train_dataset=train_ds,
-        eval_dataset=val_ds, data_collator=collator, processing_class=tokenizer,
+        model=model,
+        args=args,
+        train_dataset=train_ds,
+        eval_dataset=val_ds,
+        data_collator=collator,
+        processing_class=tokenizer,
         completion_only_logits=t.completion_only_logits and recipe.method == "lora",
         callbacks=[staged_checkpoints(ckpt_root, t.save_total_limit)],
     )
@@ -283,8 +318,13 @@ def train(
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     train_secs = time.perf_counter() - started
     final_eval = trainer.evaluate()
-    by_epoch = {h["epoch"]: h["eval_loss"] for h in trainer.state.log_history[:-1] if "eval_loss" in h}
-    epochs = [{"epoch": e, "eval_loss": v, "eval_perplexity": math.exp(min(50.0, v))} for e, v in by_epoch.items()]
+    by_epoch = {
+        h["epoch"]: h["eval_loss"] for h in trainer.state.log_history[:-1] if "eval_loss" in h
+    }
+    epochs = [
+        {"epoch": e, "eval_loss": v, "eval_perplexity": math.exp(min(50.0, v))}
+        for e, v in by_epoch.items()
+    ]
     train_losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     metrics = {
         "eval_loss": final_eval["eval_loss"],
@@ -303,9 +343,15 @@ def train(
         "quantized_4bit": four_bit,
     }
     manifest = AdapterManifest(
-        method=recipe.method, base_model=recipe.base_model, base_model_sha256=base_hash,
-        task=task.name, prompt=recipe.prompt, prompt_sha256=layout_hash(task.completion),
-        recipe=recipe_json, metrics=metrics, versions=library_versions(),
+        method=recipe.method,
+        base_model=recipe.base_model,
+        base_model_sha256=base_hash,
+        task=task.name,
+        prompt=recipe.prompt,
+        prompt_sha256=layout_hash(task.completion),
+        recipe=recipe_json,
+        metrics=metrics,
+        versions=library_versions(),
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
     )
     write_adapter_folder(trainer.model, tokenizer, out, manifest)
@@ -341,8 +387,14 @@ class PeftTrainer:
         into ``out``; return ``out``."""
         from finetune.recipe import load_recipe
 
-        return train(load_recipe(recipe), out, resume=resume, overwrite=overwrite, progress=progress,
-                     settings=settings).adapter
+        return train(
+            load_recipe(recipe),
+            out,
+            resume=resume,
+            overwrite=overwrite,
+            progress=progress,
+            settings=settings,
+        ).adapter
 
     def demo_recipe(self, base_model: str) -> Any:
         """The ``DemoRecipe`` of ``base_model`` (``DEMO_RECIPES``), or None."""
@@ -353,8 +405,11 @@ class PeftTrainer:
         if not name:
             return None
         full = FULL_RECIPES.get(base_model)
-        return DemoRecipe(recipe=name, adapter=load_recipe(name).name,
-                          full_adapter=load_recipe(full).name if full else None)
+        return DemoRecipe(
+            recipe=name,
+            adapter=load_recipe(name).name,
+            full_adapter=load_recipe(full).name if full else None,
+        )
 
     def demo_bases(self) -> list[str]:
         return sorted(DEMO_RECIPES)
@@ -363,13 +418,17 @@ class PeftTrainer:
 train_recipe = PeftTrainer()
 
 
-def _prepare_checkpoints(root: Path, recipe_json: dict[str, Any], *, resume: bool, overwrite: bool) -> Path | None:
+def _prepare_checkpoints(
+    root: Path, recipe_json: dict[str, Any], *, resume: bool, overwrite: bool
+) -> Path | None:
     """Check the checkpoint folder against the request; return the checkpoint to resume from."""
     saved = root / "recipe.json"
     last = last_checkpoint(root)
     if resume:
         if last is None:
-            raise ConfigError(f"--resume: {root} holds no checkpoint to continue from; run without --resume")
+            raise ConfigError(
+                f"--resume: {root} holds no checkpoint to continue from; run without --resume"
+            )
         if saved.exists() and json.loads(saved.read_text()) != recipe_json:
             raise ConfigError(
                 f"--resume: the checkpoints in {root} were made with a different recipe; resume with "

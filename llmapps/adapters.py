@@ -97,8 +97,16 @@ class AdapterTrainer(Protocol):
     ``BackendError``); never prints or exits.
     """
 
-    def __call__(self, recipe: str, out: Path, *, overwrite: bool = False, resume: bool = False,
-                 progress: bool = True, settings: Settings | None = None) -> Path: ...
+    def __call__(
+        self,
+        recipe: str,
+        out: Path,
+        *,
+        overwrite: bool = False,
+        resume: bool = False,
+        progress: bool = True,
+        settings: Settings | None = None,
+    ) -> Path: ...
 
     def demo_recipe(self, base_model: str) -> DemoRecipe | None:
         """The demo recipe of ``base_model`` (None: it has none)."""
@@ -165,7 +173,11 @@ def model_fingerprint(path: str | Path) -> str:
     files = _weight_files(folder)
     if not files:
         raise ConfigError(f"{folder} holds no weight files (*.safetensors or *.bin)")
-    key = (str(folder.resolve()), max(f.stat().st_mtime for f in files), sum(f.stat().st_size for f in files))
+    key = (
+        str(folder.resolve()),
+        max(f.stat().st_mtime for f in files),
+        sum(f.stat().st_size for f in files),
+    )
     cached = _FP_CACHE.get(key)
     if cached:
         return cached
@@ -200,6 +212,7 @@ def read_manifest(adapter: str | Path, *, verify_files: bool = True) -> AdapterM
             f"{folder} has no {MANIFEST_NAME}: only adapters written by `llmapps finetune` are "
             "loaded (the manifest names the base model and prompt they were trained with)"
         )
+
     def known_format(data: dict[str, Any]) -> None:
         if data.get("format") != MANIFEST_FORMAT:
             raise ConfigError(
@@ -227,19 +240,35 @@ def verify_adapter_files(folder: Path, manifest: AdapterManifest) -> None:
                 f"safetensors only: delete it, or {retrain}"
             )
         if f.name not in manifest.files and (f.is_dir() or f.suffix in _LOADABLE_SUFFIXES):
-            raise ConfigError(f"{f} is not one of the files training wrote (not in the manifest); remove it, or {retrain}")
+            raise ConfigError(
+                f"{f} is not one of the files training wrote (not in the manifest); remove it, or {retrain}"
+            )
     for name, digest in manifest.files.items():
         f = folder / name
-        if "/" in name or "\\" in name or name in ("", ".", "..") or not f.is_file() or f.is_symlink():
-            raise ConfigError(f"{folder}: the manifest lists {name[:80]!r}, which is missing or not a plain file there; {retrain}")
+        if (
+            "/" in name
+            or "\\" in name
+            or name in ("", ".", "..")
+            or not f.is_file()
+            or f.is_symlink()
+        ):
+            raise ConfigError(
+                f"{folder}: the manifest lists {name[:80]!r}, which is missing or not a plain file there; {retrain}"
+            )
         if sha256_file(f) != digest:
-            raise ConfigError(f"{f} changed since training wrote it (its SHA-256 does not match the manifest); {retrain}")
+            raise ConfigError(
+                f"{f} changed since training wrote it (its SHA-256 does not match the manifest); {retrain}"
+            )
     if "adapter_config.json" not in manifest.files:
         raise ConfigError(f"{folder}: the manifest lists no adapter_config.json; {retrain}")
     try:
-        peft_type = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8")).get("peft_type")
+        peft_type = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8")).get(
+            "peft_type"
+        )
     except (ValueError, AttributeError) as err:
-        raise ConfigError(f"{folder / 'adapter_config.json'} is not a JSON object; {retrain}") from err
+        raise ConfigError(
+            f"{folder / 'adapter_config.json'} is not a JSON object; {retrain}"
+        ) from err
     if peft_type != _PEFT_TYPES[manifest.method]:
         raise ConfigError(
             f"{folder}: the manifest says method {manifest.method!r}, but adapter_config.json holds a "
@@ -258,7 +287,9 @@ def write_manifest(folder: str | Path, manifest: AdapterManifest) -> Path:
         for f in sorted(folder.iterdir())
         if f.is_file() and not f.is_symlink() and f.name != MANIFEST_NAME
     }
-    data = manifest.model_copy(update={"format": MANIFEST_FORMAT, "files": files, "checksum": ""}).model_dump(mode="json")
+    data = manifest.model_copy(
+        update={"format": MANIFEST_FORMAT, "files": files, "checksum": ""}
+    ).model_dump(mode="json")
     data["checksum"] = json_checksum(data)
     return atomic_write(folder / MANIFEST_NAME, json.dumps(data, indent=2))
 
@@ -276,7 +307,9 @@ def write_adapter_folder(model: Any, tokenizer: Any, out: Path, manifest: Adapte
     return out
 
 
-def check_base(manifest: AdapterManifest, path: str, *, adapter: str | Path, name: str | None = None) -> None:
+def check_base(
+    manifest: AdapterManifest, path: str, *, adapter: str | Path, name: str | None = None
+) -> None:
     """Refuse a base whose weights do not hash to the manifest's ``base_model_sha256``.
 
     Raises:
@@ -308,7 +341,9 @@ def load_peft(base: Any, folder: Path, name: str) -> Any:
         ) from err
 
 
-def check_adapter_active(peft_model: Any, adapter_name: str, tokenizer: Any, folder: str | Path) -> float:
+def check_adapter_active(
+    peft_model: Any, adapter_name: str, tokenizer: Any, folder: str | Path
+) -> float:
     """Prove the adapter changes the model: the largest logit change on a probe text.
 
     Raises:
@@ -323,7 +358,7 @@ def check_adapter_active(peft_model: Any, adapter_name: str, tokenizer: Any, fol
         on = peft_model(input_ids=ids_t).logits.float()
         with peft_model.disable_adapter():
             off = peft_model(input_ids=ids_t).logits.float()
-    delta = float((on[:, -off.shape[1]:] - off).abs().max())
+    delta = float((on[:, -off.shape[1] :] - off).abs().max())
     if not delta > 1e-6:
         raise ConfigError(
             f"the adapter in {folder} does not change the base model's output (largest logit "

@@ -177,7 +177,9 @@ def load_chain(
 
     spec = get_app(app)
     options = spec.parse_options(app_options)  # before any model is loaded
-    strat = strategy if isinstance(strategy, Strategy) else make_strategy(strategy, **strategy_options)
+    strat = (
+        strategy if isinstance(strategy, Strategy) else make_strategy(strategy, **strategy_options)
+    )
     return spec.build(strat, **as_kwargs(options))
 
 
@@ -198,7 +200,9 @@ def default_app(command: str, *, fallback: Callable[[AppSpec], bool] | None = No
     fitting = [s.name for s in specs if fallback is None or fallback(s)]
     if len(fitting) == 1:
         return fitting[0]
-    raise ConfigError(f"name the app for {command!r}: one of {', '.join(fitting) or '(none registered)'}")
+    raise ConfigError(
+        f"name the app for {command!r}: one of {', '.join(fitting) or '(none registered)'}"
+    )
 
 
 def default_corpus() -> list[dict[str, str]]:

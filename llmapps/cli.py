@@ -32,43 +32,92 @@ STRATEGY_FLAGS = {**MODEL_FLAGS, "adapter": "--adapter", "max_new_tokens": "--ma
 def add_strategy_flags(p: argparse.ArgumentParser, *, multiple: bool = False) -> None:
     """The flags every command that builds a strategy shares, and the app options (``-O``)."""
     if multiple:
-        p.add_argument("--strategies", default=None, help="comma-separated strategy names (default: all registered)")
+        p.add_argument(
+            "--strategies",
+            default=None,
+            help="comma-separated strategy names (default: all registered)",
+        )
     else:
-        p.add_argument("--strategy", "-s", default="few-shot", help="strategy name (llmapps strategies)")
-    p.add_argument("--base-model", help="base model: packaged name, hub id, directory or .gguf (default: gemma-3-270m)")
-    p.add_argument("--instruct-model", help="instruction model: packaged name, hub id, directory or .gguf "
-                   "(default: smollm2-135m-instruct)")
-    p.add_argument("--tiny", action="store_true", default=argparse.SUPPRESS,
-                   help="use the tiny models trained locally (tiny-base, tiny-instruct): fast, not good")
+        p.add_argument(
+            "--strategy", "-s", default="few-shot", help="strategy name (llmapps strategies)"
+        )
+    p.add_argument(
+        "--base-model",
+        help="base model: packaged name, hub id, directory or .gguf (default: gemma-3-270m)",
+    )
+    p.add_argument(
+        "--instruct-model",
+        help="instruction model: packaged name, hub id, directory or .gguf "
+        "(default: smollm2-135m-instruct)",
+    )
+    p.add_argument(
+        "--tiny",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="use the tiny models trained locally (tiny-base, tiny-instruct): fast, not good",
+    )
     p.add_argument("--adapter", help="LoRA adapter folder (lora strategy)")
     p.add_argument("--batch-size", type=int, help="prompts per generate() call")
     p.add_argument("--max-new-tokens", type=int, help="generation budget")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="any strategy config field, e.g. --set temperature=0.7 (repeatable)")
-    p.add_argument("--option", "-O", action="append", default=[], metavar="KEY=VALUE", dest="app_option",
-                   help="an option of the chosen app (repeatable; also --KEY VALUE; `llmapps apps` "
-                   "lists each app's)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any strategy config field, e.g. --set temperature=0.7 (repeatable)",
+    )
+    p.add_argument(
+        "--option",
+        "-O",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        dest="app_option",
+        help="an option of the chosen app (repeatable; also --KEY VALUE; `llmapps apps` "
+        "lists each app's)",
+    )
     p.set_defaults(app_flags=True)
 
 
 def add_engine_flags(p: argparse.ArgumentParser) -> None:
     """``--engine`` and where a Ray run goes (``llmapps.ray_engine``); Ray is imported only for it."""
-    p.add_argument("--engine", choices=["local", "ray"], default="local",
-                   help="local: this process (default); ray: a pool of Ray actors (pip install 'llmapps[ray]')")
-    p.add_argument("--address", help="--engine ray: an existing cluster (auto, ray://HOST:10001); "
-                   "default: a local cluster on loopback")
-    p.add_argument("--workers", type=int, help="--engine ray: actors in the pool, each loads the model once (default: 2)")
-    p.add_argument("--gpus-per-worker", type=float, help="--engine ray: GPUs each actor reserves (default: 1 when "
-                   "the cluster has GPUs, else 0; 0 for a service strategy whose model runs elsewhere)")
+    p.add_argument(
+        "--engine",
+        choices=["local", "ray"],
+        default="local",
+        help="local: this process (default); ray: a pool of Ray actors (pip install 'llmapps[ray]')",
+    )
+    p.add_argument(
+        "--address",
+        help="--engine ray: an existing cluster (auto, ray://HOST:10001); "
+        "default: a local cluster on loopback",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        help="--engine ray: actors in the pool, each loads the model once (default: 2)",
+    )
+    p.add_argument(
+        "--gpus-per-worker",
+        type=float,
+        help="--engine ray: GPUs each actor reserves (default: 1 when "
+        "the cluster has GPUs, else 0; 0 for a service strategy whose model runs elsewhere)",
+    )
 
 
 def engine_config(args: argparse.Namespace) -> Any:
     """The ``RayEngineConfig`` of ``--engine ray``; None for local (Ray flags then are an error)."""
     if getattr(args, "engine", "local") != "ray":
-        flags = (("--address", args.address), ("--workers", args.workers), ("--gpus-per-worker", args.gpus_per_worker))
+        flags = (
+            ("--address", args.address),
+            ("--workers", args.workers),
+            ("--gpus-per-worker", args.gpus_per_worker),
+        )
         given = [f for f, v in flags if v is not None]
         if given:
-            raise ConfigError(f"{' and '.join(given)} apply to --engine ray only; add --engine ray or drop them")
+            raise ConfigError(
+                f"{' and '.join(given)} apply to --engine ray only; add --engine ray or drop them"
+            )
         return None
     from llmapps.ray_engine import RayEngineConfig
 
@@ -76,8 +125,11 @@ def engine_config(args: argparse.Namespace) -> Any:
         raise ConfigError(f"--workers {args.workers}: give 1 or more actors")
     if args.gpus_per_worker is not None and args.gpus_per_worker < 0:
         raise ConfigError(f"--gpus-per-worker {args.gpus_per_worker}: give 0 or more")
-    return RayEngineConfig(address=args.address, gpus_per_worker=args.gpus_per_worker,
-                           **({"workers": args.workers} if args.workers else {}))
+    return RayEngineConfig(
+        address=args.address,
+        gpus_per_worker=args.gpus_per_worker,
+        **({"workers": args.workers} if args.workers else {}),
+    )
 
 
 def _chosen_strategies(name: str, args: argparse.Namespace) -> list[str]:
@@ -101,7 +153,9 @@ def strategy_options(name: str, args: argparse.Namespace) -> dict[str, Any]:
     from llmapps.strategies.base import STRATEGIES
 
     chosen = _chosen_strategies(name, args)
-    fields = {n: set(STRATEGIES.get(n).config_class.model_fields) - {"kind"} for n in {*chosen, name}}
+    fields = {
+        n: set(STRATEGIES.get(n).config_class.model_fields) - {"kind"} for n in {*chosen, name}
+    }
     given: dict[str, tuple[str, Any]] = {}
     for attr, flag in STRATEGY_FLAGS.items():
         value = getattr(args, attr, None)
@@ -111,12 +165,16 @@ def strategy_options(name: str, args: argparse.Namespace) -> dict[str, Any]:
         given[key] = (f"--set {key}", value)
     for attr, (flag, _) in given.items():
         if not any(attr in fields[n] for n in chosen):
-            takers = [n for n in STRATEGIES.names() if attr in STRATEGIES.get(n).config_class.model_fields]
+            takers = [
+                n for n in STRATEGIES.names() if attr in STRATEGIES.get(n).config_class.model_fields
+            ]
             which = " and ".join(repr(n) for n in chosen)
             hint = f"it is an option of {', '.join(takers)}" if takers else "no strategy has it"
             valid = ", ".join(sorted(set().union(*(fields[n] for n in chosen))))
-            raise ConfigError(f"{flag} does not apply to the {which} strateg{'y' if len(chosen) == 1 else 'ies'} "
-                              f"({hint}); {'its' if len(chosen) == 1 else 'their'} options: {valid}")
+            raise ConfigError(
+                f"{flag} does not apply to the {which} strateg{'y' if len(chosen) == 1 else 'ies'} "
+                f"({hint}); {'its' if len(chosen) == 1 else 'their'} options: {valid}"
+            )
     opts = {attr: value for attr, (_, value) in given.items() if attr in fields[name]}
     batch = getattr(args, "batch_size", None)
     if batch is not None and "batch_size" in fields[name] and "batch_size" not in opts:
@@ -164,7 +222,9 @@ def app_flags_to_options(parser: argparse.ArgumentParser, argv: Sequence[str]) -
             continue
         if not sep:
             if i + 1 >= len(argv) or argv[i + 1].startswith("-"):
-                raise ConfigError(f"{arg} needs a value: {arg} VALUE (an app option, as -O {arg[2:]}=VALUE)")
+                raise ConfigError(
+                    f"{arg} needs a value: {arg} VALUE (an app option, as -O {arg[2:]}=VALUE)"
+                )
             value = argv[i + 1]
             i += 1
         out += ["-O", f"{name[2:]}={value}"]
@@ -207,7 +267,9 @@ def cmd_apps(args: argparse.Namespace) -> int:
     for name in APPS.names():
         spec = APPS.get(name)
         opts = describe_options(spec.options)
-        table.add_row(name, spec.description, "; ".join(f"{k}: {v}" if v else k for k, v in opts.items()))
+        table.add_row(
+            name, spec.description, "; ".join(f"{k}: {v}" if v else k for k, v in opts.items())
+        )
     Console().print(table)
     return 0
 
@@ -222,7 +284,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     strat_opts = strategy_options(args.strategy, args)  # bad flags fail before inputs are read
     key = args.out.partition("=")[0]
     if "=" in args.out and option_key(key) in spec.options.model_fields:
-        raise ConfigError(f"-o is --out (the results file), not an app option; did you mean -O {args.out}?")
+        raise ConfigError(
+            f"-o is --out (the results file), not an app option; did you mean -O {args.out}?"
+        )
     if spec.read_inputs is None:
         raise ConfigError(f"the app {args.app!r} cannot read input files")
     inputs = spec.read_inputs(Path(args.input))
@@ -232,16 +296,31 @@ def cmd_run(args: argparse.Namespace) -> int:
     if engine is not None:  # --engine ray: the same rows and file, written from a pool of actors
         from llmapps.ray_engine import run_file_ray
 
-        summary = run_file_ray(args.app, args.strategy, inputs, Path(args.out), config=engine,
-                               strategy_options=strat_opts, app_options=options,
-                               batch_size=args.batch_size or 16, extra={"strategy": args.strategy},
-                               progress=not args.quiet, retry_failed=args.retry_failed)
+        summary = run_file_ray(
+            args.app,
+            args.strategy,
+            inputs,
+            Path(args.out),
+            config=engine,
+            strategy_options=strat_opts,
+            app_options=options,
+            batch_size=args.batch_size or 16,
+            extra={"strategy": args.strategy},
+            progress=not args.quiet,
+            retry_failed=args.retry_failed,
+        )
         print(summary.describe(args.out), file=sys.stderr)
         return ROWS_FAILED_EXIT if summary.failed else 0
     chain = load_chain(args.app, args.strategy, app_options=options, **strat_opts)
-    summary = run_file(chain, inputs, Path(args.out), batch_size=args.batch_size or 16,
-                       extra={"strategy": args.strategy}, progress=not args.quiet,
-                       retry_failed=args.retry_failed)
+    summary = run_file(
+        chain,
+        inputs,
+        Path(args.out),
+        batch_size=args.batch_size or 16,
+        extra={"strategy": args.strategy},
+        progress=not args.quiet,
+        retry_failed=args.retry_failed,
+    )
     print(summary.describe(args.out), file=sys.stderr)
     return ROWS_FAILED_EXIT if summary.failed else 0
 
@@ -269,8 +348,10 @@ def cmd_models_build(args: argparse.Namespace) -> int:
     unknown = [n for n in names if n not in tiny and not is_packaged(n)]
     if unknown:
         known = ["tiny-base", "tiny-instruct", *packaged_models()]
-        raise ConfigError(f"cannot build {', '.join(unknown)}: llmapps builds {', '.join(known)} "
-                          "(hub ids, folders and .gguf files are used as they are)")
+        raise ConfigError(
+            f"cannot build {', '.join(unknown)}: llmapps builds {', '.join(known)} "
+            "(hub ids, folders and .gguf files are used as they are)"
+        )
     for name in dict.fromkeys(names):
         if args.force:
             shutil.rmtree(settings.models_dir / name, ignore_errors=True)
@@ -295,7 +376,9 @@ def cmd_models_list(args: argparse.Namespace) -> int:
         manifest = read_model_manifest(folder)
         state = "built" if manifest else "not built"
         size = f"{folder_size(folder) / 2**20:,.0f} MB" if manifest else "-"
-        print(f"{name:23} {entry.kind:9} {state:10} {size:>8}  pip: {entry.package} ({entry.gguf_file})")
+        print(
+            f"{name:23} {entry.kind:9} {state:10} {size:>8}  pip: {entry.package} ({entry.gguf_file})"
+        )
     for name in ("tiny-base", "tiny-instruct"):
         folder = settings.models_dir / name
         manifest_path = folder / "llmapps-tiny.json"
@@ -306,8 +389,10 @@ def cmd_models_list(args: argparse.Namespace) -> int:
             data = json.loads(manifest_path.read_text())
             detail = f", final loss {data.get('final_loss', float('nan')):.3f}"
         kind = "base" if name == "tiny-base" else "instruct"
-        print(f"{name:23} {kind:9} {'built' if built else 'not built':10} {size:>8}  "
-              f"trained here on the bundled articles{detail}")
+        print(
+            f"{name:23} {kind:9} {'built' if built else 'not built':10} {size:>8}  "
+            f"trained here on the bundled articles{detail}"
+        )
     print(f"models folder: {settings.models_dir}")
     print(f"base model in use:     {settings.base_model}")
     print(f"instruct model in use: {settings.instruct_model}")
@@ -324,8 +409,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     parser.add_argument("-v", "--verbose", action="store_true", help="info logs")
-    parser.add_argument("--tiny", action="store_true",
-                        help="use the tiny local models (tiny-base, tiny-instruct) instead of the real defaults")
+    parser.add_argument(
+        "--tiny",
+        action="store_true",
+        help="use the tiny local models (tiny-base, tiny-instruct) instead of the real defaults",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("strategies", help="list registered strategies and what they need")
@@ -338,10 +426,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", "-i", required=True, help="JSONL file, text file or folder")
     p.add_argument("--out", "-o", required=True, help="JSONL results file (appended, resumable)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
-    p.add_argument("--retry-failed", action=argparse.BooleanOptionalAction, default=True,
-                   help="run rows that failed before (an 'error' in --out) again (default: yes)")
-    p.epilog = (f"exit status: 0 every row done, {ROWS_FAILED_EXIT} some rows failed (rerun to retry "
-                "them), 2 bad input or options, 3 a backend failed")
+    p.add_argument(
+        "--retry-failed",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="run rows that failed before (an 'error' in --out) again (default: yes)",
+    )
+    p.epilog = (
+        f"exit status: 0 every row done, {ROWS_FAILED_EXIT} some rows failed (rerun to retry "
+        "them), 2 bad input or options, 3 a backend failed"
+    )
     add_strategy_flags(p)
     add_engine_flags(p)
     p.set_defaults(func=cmd_run)
@@ -355,11 +449,17 @@ def build_parser() -> argparse.ArgumentParser:
     models = sub.add_parser("models", help="the packaged pretrained models and the tiny ones")
     msub = models.add_subparsers(dest="models_command", metavar="ACTION", required=True)
     p = msub.add_parser("build", help="convert packaged models / train the tiny ones, once")
-    p.add_argument("names", nargs="*", metavar="NAME",
-                   help="gemma-3-270m, smollm2-135m-instruct, tiny-base, tiny-instruct "
-                   "(default: the base and instruct models in use)")
+    p.add_argument(
+        "names",
+        nargs="*",
+        metavar="NAME",
+        help="gemma-3-270m, smollm2-135m-instruct, tiny-base, tiny-instruct "
+        "(default: the base and instruct models in use)",
+    )
     p.add_argument("--force", action="store_true", help="rebuild even if built")
-    p.add_argument("--spec", choices=["default", "test"], default="default", help="tiny models' size")
+    p.add_argument(
+        "--spec", choices=["default", "test"], default="default", help="tiny models' size"
+    )
     p.set_defaults(func=cmd_models_build)
     p = msub.add_parser("list", help="show the models and where they are")
     p.set_defaults(func=cmd_models_list)

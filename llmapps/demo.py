@@ -61,7 +61,11 @@ def run_demo(
                 started = time.perf_counter()
                 chain = load_chain(app, name, app_options=app_options, **opts)
                 rows = run_batches(chain, inputs, batch_size=len(inputs), desc=name)
-                timing[name] = (time.perf_counter() - started, sum(r.get("output_tokens", 0) for r in rows), "")
+                timing[name] = (
+                    time.perf_counter() - started,
+                    sum(r.get("output_tokens", 0) for r in rows),
+                    "",
+                )
             except LlmappsError as err:
                 console.print(f"[red]{name}: {err}[/red]")
                 timing[name] = (0.0, 0, str(err))
@@ -70,7 +74,9 @@ def run_demo(
     columns = spec.demo_columns or {k: k for k in spec.reference_keys} or {"output": "output"}
     keys = list(columns)
     for i, sample in enumerate(samples):
-        table = Table(title=f"{sample.get('title', sample.get('id'))}", show_lines=True, expand=True)
+        table = Table(
+            title=f"{sample.get('title', sample.get('id'))}", show_lines=True, expand=True
+        )
         table.add_column("strategy", no_wrap=True)
         for n_col, key in enumerate(keys):
             table.add_column(columns[key], ratio=3 if n_col == 0 else 1)
@@ -83,16 +89,35 @@ def run_demo(
             r = rows[i]
             first = r.get(keys[0]) or r.get("error") or " ".join((r.get("raw") or "").split())[:200]
             cells = [str(first), *(str(r.get(k, "")) for k in keys[1:])]
-            table.add_row(name, *cells, "yes" if r.get("valid") else "no",
-                          f"{r.get('input_tokens', 0)}/{r.get('output_tokens', 0)}")
+            table.add_row(
+                name,
+                *cells,
+                "yes" if r.get("valid") else "no",
+                f"{r.get('input_tokens', 0)}/{r.get('output_tokens', 0)}",
+            )
         console.print(table)
     summary = Table(title="per strategy")
-    for col in ("strategy", "valid", "wall s (load+generate)", "s / sample", "output tokens", "tokens/s", "error"):
+    for col in (
+        "strategy",
+        "valid",
+        "wall s (load+generate)",
+        "s / sample",
+        "output tokens",
+        "tokens/s",
+        "error",
+    ):
         summary.add_column(col)
     for name, (secs, toks, error) in timing.items():
         rows = results.get(name, [])
         valid = sum(1 for r in rows if r.get("valid"))
-        summary.add_row(name, f"{valid}/{len(rows)}", f"{secs:.1f}", f"{secs / max(1, len(rows)):.2f}",
-                        str(toks), f"{toks / secs:.1f}" if secs else "-", error[:60])
+        summary.add_row(
+            name,
+            f"{valid}/{len(rows)}",
+            f"{secs:.1f}",
+            f"{secs / max(1, len(rows)):.2f}",
+            str(toks),
+            f"{toks / secs:.1f}" if secs else "-",
+            error[:60],
+        )
     console.print(summary)
     return results

@@ -41,4 +41,8 @@ class UsageTracker(BaseCallbackHandler):
             self.output_tokens += int(usage.get("completion_tokens", 0))
 
     def as_dict(self) -> dict[str, int]:
-        return {"input_tokens": self.input_tokens, "output_tokens": self.output_tokens, "llm_calls": self.calls}
+        return {
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+            "llm_calls": self.calls,
+        }

@@ -66,7 +66,11 @@ class TokenBudgetExampleSelector(BaseExampleSelector):
 
     def select_examples(self, input_variables: dict[str, Any]) -> list[dict[str, Any]]:
         remaining = self.budget(input_variables)
-        order = self.ranker(input_variables, self.examples) if self.ranker else range(len(self.examples))
+        order = (
+            self.ranker(input_variables, self.examples)
+            if self.ranker
+            else range(len(self.examples))
+        )
         chosen: list[int] = []
         for i in order:
             if self.max_examples is not None and len(chosen) >= self.max_examples:
@@ -96,7 +100,9 @@ def truncate_to_fit(
     if count_tokens(render(inputs)) <= limit:
         return inputs
     if not variable or variable not in inputs:
-        raise InputError(f"the {what} is longer than the model's context ({limit} tokens) and cannot be truncated")
+        raise InputError(
+            f"the {what} is longer than the model's context ({limit} tokens) and cannot be truncated"
+        )
     words = str(inputs[variable]).split()
     lo, hi = 0, len(words)
     while lo < hi:  # largest prefix that fits
@@ -106,9 +112,16 @@ def truncate_to_fit(
         else:
             hi = mid - 1
     if lo == 0:
-        raise InputError(f"the {what} does not fit the model's context ({limit} tokens) even without its {variable!r}")
+        raise InputError(
+            f"the {what} does not fit the model's context ({limit} tokens) even without its {variable!r}"
+        )
     log.warning(
         "%s %r: %s truncated from %d to %d words to fit the model's context (%d tokens)",
-        what, inputs.get("id") or inputs.get("title", "")[:40], variable, len(words), lo, limit,
+        what,
+        inputs.get("id") or inputs.get("title", "")[:40],
+        variable,
+        len(words),
+        lo,
+        limit,
     )
     return {**inputs, variable: " ".join(words[:lo]), "_truncated": True}

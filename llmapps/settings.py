@@ -37,23 +37,30 @@ class GenerationSettings(BaseModel):
     batch_size: int = Field(32, ge=1, description="prompts per generate() call")
     max_new_tokens: int = Field(96, ge=1)
     backend: Literal["transformers", "llama.cpp"] = Field(
-        "transformers", description="backend of the local strategies (few-shot, zero-shot); a .gguf "
-        "model given without a backend runs on llama.cpp"
+        "transformers",
+        description="backend of the local strategies (few-shot, zero-shot); a .gguf "
+        "model given without a backend runs on llama.cpp",
     )
     llamacpp_context: int = Field(
-        8192, ge=256, description="tokens of context the llama.cpp backend allocates per model "
-        "(the GGUF's trained context is the ceiling)"
+        8192,
+        ge=256,
+        description="tokens of context the llama.cpp backend allocates per model "
+        "(the GGUF's trained context is the ceiling)",
     )
     # 2,048: the model's context (32,768 for Gemma 3) is a ceiling, never the target. On 2 CPU
     # cores a 2,048-token Gemma 3 prompt holds 4-5 worked examples and prefills in seconds; 8 of
     # them at the full context were OOM-killed at 24 GB (see README: What we measured).
     max_prompt_tokens: int = Field(
-        2048, ge=16, description="prompt budget of local models: few-shot packs examples up to it, "
-        "longer inputs are truncated (the model's context is the ceiling)"
+        2048,
+        ge=16,
+        description="prompt budget of local models: few-shot packs examples up to it, "
+        "longer inputs are truncated (the model's context is the ceiling)",
     )
     memory_budget_gb: float | None = Field(
-        None, gt=0, description="memory one generate() chunk may use for KV cache and activations; "
-        "none: memory_fraction of what is available (RAM, or free VRAM on CUDA) at the call"
+        None,
+        gt=0,
+        description="memory one generate() chunk may use for KV cache and activations; "
+        "none: memory_fraction of what is available (RAM, or free VRAM on CUDA) at the call",
     )
     memory_fraction: float = Field(0.5, gt=0, le=0.95)
 
@@ -63,7 +70,9 @@ class BenchSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    batch_size: int = Field(4, ge=1, description="articles per batch in a bench (latency is per batch)")
+    batch_size: int = Field(
+        4, ge=1, description="articles per batch in a bench (latency is per batch)"
+    )
     compute_price_per_hour: float = Field(
         0.0, ge=0.0, description="price of the machine running local strategies, per hour (0: free)"
     )
@@ -79,7 +88,8 @@ class BenchSettings(BaseModel):
         None, description="field holding the riddle (solvability, leakage); default: the app's"
     )
     answer_field: str | None = Field(
-        None, description="field holding the short answer (token F1, exact match); default: the app's"
+        None,
+        description="field holding the short answer (token F1, exact match); default: the app's",
     )
     leak_fields: list[str] | None = Field(
         None,
@@ -103,12 +113,18 @@ class IngestSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     timeout_s: float = Field(10.0, gt=0, description="connect/read timeout of one HTTP request")
-    retries: int = Field(2, ge=0, le=10, description="extra attempts after a 5xx, 429 or network error")
+    retries: int = Field(
+        2, ge=0, le=10, description="extra attempts after a 5xx, 429 or network error"
+    )
     concurrency: int = Field(4, ge=1, le=64, description="HTTP requests in flight at once")
     user_agent: str = Field("llmapps-news/0.1 (+https://github.com/llmapps)", min_length=1)
     max_response_bytes: int = Field(5_000_000, ge=1024, description="a larger response is rejected")
-    newsapi_base_url: str = Field("https://newsapi.org", description="any NewsAPI-compatible server")
-    newsapi_key: SecretStr | None = Field(None, description="from LLMAPPS_INGEST__NEWSAPI_KEY or NEWSAPI_KEY")
+    newsapi_base_url: str = Field(
+        "https://newsapi.org", description="any NewsAPI-compatible server"
+    )
+    newsapi_key: SecretStr | None = Field(
+        None, description="from LLMAPPS_INGEST__NEWSAPI_KEY or NEWSAPI_KEY"
+    )
 
 
 class ModelPrice(BaseModel):
@@ -140,20 +156,30 @@ class ServerSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    host: str = Field("127.0.0.1", description="bind address; loopback unless you mean to expose it")
+    host: str = Field(
+        "127.0.0.1", description="bind address; loopback unless you mean to expose it"
+    )
     port: int = Field(8000, ge=0, le=65535, description="0 picks a free port")
-    api_key: SecretStr | None = Field(None, description="bearer token clients must send; none: open")
+    api_key: SecretStr | None = Field(
+        None, description="bearer token clients must send; none: open"
+    )
     max_body_bytes: int = Field(1_000_000, ge=1024, description="larger request bodies get 413")
     max_tokens: int = Field(512, ge=1, description="largest max_tokens a request may ask for")
-    max_concurrent: int = Field(64, ge=1, description="prompts in flight (all requests) before 429 + Retry-After")
-    max_prompts: int = Field(16, ge=1, description="most prompts in one /v1/completions request (400 above)")
+    max_concurrent: int = Field(
+        64, ge=1, description="prompts in flight (all requests) before 429 + Retry-After"
+    )
+    max_prompts: int = Field(
+        16, ge=1, description="most prompts in one /v1/completions request (400 above)"
+    )
     allowed_hosts: list[str] = Field(
         default_factory=list,
         description="Host headers answered (others get 400, against DNS rebinding); empty: the loopback "
         "names when bound to loopback, any host otherwise",
     )
     max_batch: int = Field(16, ge=1, description="most requests in one batched generate call")
-    batch_wait_ms: float = Field(5.0, ge=0.0, description="how long to gather requests into a batch")
+    batch_wait_ms: float = Field(
+        5.0, ge=0.0, description="how long to gather requests into a batch"
+    )
 
 
 class ServiceSettings(BaseModel):
@@ -190,11 +216,18 @@ class RetrievalSettings(BaseModel):
     )
     batch_size: int = Field(64, ge=1, description="texts per embedding forward pass")
     index_kind: Literal["auto", "flat", "hnsw", "ivf"] = Field(
-        "auto", description="flat (exact), hnsw or ivf (approximate); auto: flat below auto_ann_above vectors"
+        "auto",
+        description="flat (exact), hnsw or ivf (approximate); auto: flat below auto_ann_above vectors",
     )
-    auto_ann_above: int = Field(200_000, ge=1, description="auto switches to HNSW above this many vectors")
-    cache_dir: Path | None = Field(None, description="embedding cache; default $LLMAPPS_HOME/embeddings")
-    chunk_tokens: int = Field(200, ge=16, description="split documents longer than this (model tokens)")
+    auto_ann_above: int = Field(
+        200_000, ge=1, description="auto switches to HNSW above this many vectors"
+    )
+    cache_dir: Path | None = Field(
+        None, description="embedding cache; default $LLMAPPS_HOME/embeddings"
+    )
+    chunk_tokens: int = Field(
+        200, ge=16, description="split documents longer than this (model tokens)"
+    )
     chunk_overlap: int = Field(24, ge=0)
 
 
@@ -219,7 +252,10 @@ class Settings(BaseSettings):
         description="instruction-tuned model: a packaged name, tiny-instruct, hub id, directory or .gguf file",
     )
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps")
-    dtype: str = Field("auto", description="auto (bf16 on capable GPUs and on CPUs with native bf16, else float32), float32, bfloat16, float16")
+    dtype: str = Field(
+        "auto",
+        description="auto (bf16 on capable GPUs and on CPUs with native bf16, else float32), float32, bfloat16, float16",
+    )
     offline: bool = Field(False, description="never try the Hugging Face hub; local files only")
     trust_remote_code: bool = False
     generation: GenerationSettings = Field(default_factory=GenerationSettings)  # type: ignore[arg-type]

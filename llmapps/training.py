@@ -27,7 +27,9 @@ from pathlib import Path
 from typing import Any
 
 IGNORE = -100
-REAL_TOKENS = "num_real_tokens"  # batch key: the real (non-pad) tokens, read by the trainer, never the model
+REAL_TOKENS = (
+    "num_real_tokens"  # batch key: the real (non-pad) tokens, read by the trainer, never the model
+)
 STAGING = ".staging"
 
 
@@ -89,9 +91,14 @@ def last_checkpoint(folder: Path) -> Path | None:
     """The highest-step checkpoint in ``folder`` (only whole ones are ever renamed there)."""
     if not folder.is_dir():
         return None
-    steps = [(int(p.name.split("-")[1]), p) for p in folder.iterdir()
-             if p.is_dir() and p.name.startswith("checkpoint-") and p.name.split("-")[1].isdigit()
-             and (p / "trainer_state.json").exists()]
+    steps = [
+        (int(p.name.split("-")[1]), p)
+        for p in folder.iterdir()
+        if p.is_dir()
+        and p.name.startswith("checkpoint-")
+        and p.name.split("-")[1].isdigit()
+        and (p / "trainer_state.json").exists()
+    ]
     return max(steps)[1] if steps else None
 
 
@@ -111,8 +118,13 @@ def make_trainer_class() -> type:
             self.real_tokens = 0
             self.started = time.perf_counter()
 
-        def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
-                         num_items_in_batch: Any = None) -> Any:
+        def compute_loss(
+            self,
+            model: Any,
+            inputs: dict[str, Any],
+            return_outputs: bool = False,
+            num_items_in_batch: Any = None,
+        ) -> Any:
             real = inputs.pop(REAL_TOKENS, None)  # a count for us, not a model input
             if model.training:
                 if real is None:  # another collator: its mask, or every position
@@ -130,7 +142,9 @@ def make_trainer_class() -> type:
             keep[:, :-1] = targets != IGNORE
             forward = {k: v for k, v in inputs.items() if k != "labels"}
             logits = model(**forward, logits_to_keep=keep).logits
-            loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets[targets != IGNORE])
+            loss = F.cross_entropy(
+                logits.float().reshape(-1, logits.shape[-1]), targets[targets != IGNORE]
+            )
             return (loss, {"loss": loss, "logits": logits}) if return_outputs else loss
 
         def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
@@ -139,7 +153,9 @@ def make_trainer_class() -> type:
                 logs["tokens_per_s"] = round(self.real_tokens / secs, 1) if secs > 0 else 0.0
             if "eval_loss" in logs:
                 logs["eval_perplexity"] = round(math.exp(min(50.0, logs["eval_loss"])), 3)
-            super().log({k: round(v, 5) if isinstance(v, float) else v for k, v in logs.items()}, start_time)
+            super().log(
+                {k: round(v, 5) if isinstance(v, float) else v for k, v in logs.items()}, start_time
+            )
 
     return CompletionTrainer
 
@@ -161,8 +177,11 @@ def staged_checkpoints(root: Path, limit: int) -> Any:
             if final.exists():
                 shutil.rmtree(final)
             os.replace(staged, final)  # complete or absent, never half
-            done = sorted((int(p.name.split("-")[1]), p) for p in root.glob("checkpoint-*")
-                          if p.name.split("-")[1].isdigit())
+            done = sorted(
+                (int(p.name.split("-")[1]), p)
+                for p in root.glob("checkpoint-*")
+                if p.name.split("-")[1].isdigit()
+            )
             for _, old in done[:-limit]:
                 shutil.rmtree(old, ignore_errors=True)
 

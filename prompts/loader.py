@@ -50,7 +50,8 @@ class PromptFile(BaseModel):
     chat: list[_Message] = Field(min_length=1)
     json_schema: dict[str, Any] | None = None
     chat_reply: str | None = Field(
-        None, description="the reply layout the chat prompt asks for, with output variables (scores references)"
+        None,
+        description="the reply layout the chat prompt asks for, with output variables (scores references)",
     )
 
 
@@ -70,7 +71,9 @@ def _resolve(name_or_path: str | Path) -> Path:
     if not path.is_absolute() and not path.exists():
         path = PROMPTS_DIR / path
     if not path.exists():
-        known = ", ".join(str(p.relative_to(PROMPTS_DIR).with_suffix("")) for p in list_prompt_files())
+        known = ", ".join(
+            str(p.relative_to(PROMPTS_DIR).with_suffix("")) for p in list_prompt_files()
+        )
         raise ConfigError(f"no prompt file {name_or_path!r}; known: {known}")
     return path
 
@@ -90,16 +93,24 @@ def validate_prompt_file(path: Path) -> PromptFile:
     problems = []
     c = spec.completion
     if _variables(c.suffix) != inputs:
-        problems.append(f"completion.suffix uses {sorted(_variables(c.suffix))}, expected exactly {sorted(inputs)}")
+        problems.append(
+            f"completion.suffix uses {sorted(_variables(c.suffix))}, expected exactly {sorted(inputs)}"
+        )
     if not _variables(c.example_template) <= inputs | outputs:
-        problems.append(f"completion.example_template uses unknown {sorted(_variables(c.example_template) - inputs - outputs)}")
+        problems.append(
+            f"completion.example_template uses unknown {sorted(_variables(c.example_template) - inputs - outputs)}"
+        )
     if _variables(c.prefix):
-        problems.append(f"completion.prefix must not use variables, found {sorted(_variables(c.prefix))}")
+        problems.append(
+            f"completion.prefix must not use variables, found {sorted(_variables(c.prefix))}"
+        )
     chat_vars = set().union(*(_variables(m.content) for m in spec.chat))
     if chat_vars != inputs:
         problems.append(f"chat messages use {sorted(chat_vars)}, expected exactly {sorted(inputs)}")
     if spec.chat_reply is not None and not _variables(spec.chat_reply) <= outputs:
-        problems.append(f"chat_reply uses {sorted(_variables(spec.chat_reply) - outputs)}, which are not output variables")
+        problems.append(
+            f"chat_reply uses {sorted(_variables(spec.chat_reply) - outputs)}, which are not output variables"
+        )
     if spec.truncate_variable and spec.truncate_variable not in inputs:
         problems.append(f"truncate_variable {spec.truncate_variable!r} is not an input variable")
     if problems:

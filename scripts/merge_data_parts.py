@@ -24,7 +24,11 @@ for r in riddles:
     n = int(r["id"][1:])
     splits["test" if n % 7 == 3 else "validation" if n % 7 == 5 else "train"].append(r["id"])
 out.mkdir(parents=True, exist_ok=True)
-(out / "articles.jsonl").write_text("".join(json.dumps(a, ensure_ascii=False) + "\n" for a in articles))
-(out / "riddles.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in riddles))
+(out / "articles.jsonl").write_text(
+    "".join(json.dumps(a, ensure_ascii=False) + "\n" for a in articles)
+)
+(out / "riddles.jsonl").write_text(
+    "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in riddles)
+)
 (out / "splits.json").write_text(json.dumps(splits, indent=1) + "\n")
 print(len(articles), "articles", len(riddles), "riddles", {k: len(v) for k, v in splits.items()})

@@ -45,8 +45,10 @@ def real_models() -> dict[str, Path]:
     from their pip-installed GGUF files into the test home (kept across runs)."""
     from llmapps.models.packaged import ensure_packaged_model
 
-    return {name: ensure_packaged_model(name, progress=False)
-            for name in ("gemma-3-270m", "smollm2-135m-instruct")}
+    return {
+        name: ensure_packaged_model(name, progress=False)
+        for name in ("gemma-3-270m", "smollm2-135m-instruct")
+    }
 
 
 @pytest.fixture(scope="session")

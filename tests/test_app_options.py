@@ -179,7 +179,9 @@ def test_apps_lists_the_options_of_every_app(capsys: pytest.CaptureFixture[str])
 def test_an_unknown_strategy_option_in_the_library_names_the_valid_ones() -> None:
     from llmapps.apps import load_chain
 
-    with pytest.raises(ConfigError, match=r"(?s)adapter: Extra inputs.*its options: backend, base_model"):
+    with pytest.raises(
+        ConfigError, match=r"(?s)adapter: Extra inputs.*its options: backend, base_model"
+    ):
         load_chain("news-riddle", "few-shot", adapter="x")
 
 

@@ -149,8 +149,12 @@ def test_demo_shows_the_apps_own_columns(
     from llmapps.cli import main
 
     monkeypatch.setenv("COLUMNS", "240")  # one line per cell, so the headers read whole
-    assert main(["demo", "--app", app, "-n", "1", "--strategies", "zero-shot",
-                 "--max-new-tokens", "8"]) == 0
+    assert (
+        main(
+            ["demo", "--app", app, "-n", "1", "--strategies", "zero-shot", "--max-new-tokens", "8"]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     spec = APPS.get(app)
     for title in (spec.demo_columns or {k: k for k in spec.reference_keys}).values():

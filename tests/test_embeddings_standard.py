@@ -35,7 +35,9 @@ class TestCachedEmbeddingsStandard(EmbeddingsIntegrationTests):
 
 def test_the_cache_answers_a_second_call_from_its_file(tmp_path: Path) -> None:
     inner = SentenceTransformerEmbeddings(MINILM, device="cpu", local_files_only=True)
-    first = CachedEmbeddings(inner, MINILM, cache_dir=tmp_path).embed_documents(["a harbour reopened"])
+    first = CachedEmbeddings(inner, MINILM, cache_dir=tmp_path).embed_documents(
+        ["a harbour reopened"]
+    )
     fresh = SentenceTransformerEmbeddings(MINILM, device="cpu", local_files_only=True)
     again = CachedEmbeddings(fresh, MINILM, cache_dir=tmp_path)
     assert again.embed_documents(["a harbour reopened"]) == first

@@ -21,8 +21,12 @@ from llmapps.errors import ConfigError, InputError, ModelNotFoundError
 
 ROOT = Path(__file__).resolve().parent.parent
 FAST = {
-    "training.max_steps": 6, "training.batch_size": 4, "training.max_length": 320,
-    "training.save_steps": 3, "training.logging_steps": 2, "training.learning_rate": 1e-2,
+    "training.max_steps": 6,
+    "training.batch_size": 4,
+    "training.max_length": 320,
+    "training.save_steps": 3,
+    "training.logging_steps": 2,
+    "training.learning_rate": 1e-2,
 }
 
 
@@ -41,7 +45,9 @@ def trained(tiny_models, tmp_path_factory):
     return train(_recipe(), out, progress=False)
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "finetune" / "recipes").glob("*.yaml")), ids=lambda p: p.stem)
+@pytest.mark.parametrize(
+    "path", sorted((ROOT / "finetune" / "recipes").glob("*.yaml")), ids=lambda p: p.stem
+)
 def test_every_shipped_recipe_loads(path):
     from finetune.recipe import load_recipe
 
@@ -52,9 +58,14 @@ def test_every_shipped_recipe_loads(path):
 def test_bad_recipe_lists_every_field_at_once(tmp_path):
     from finetune.recipe import load_recipe
 
-    bad = {"name": "x", "base_model": "tiny-base", "method": "dora", "lr": 1,
-           "lora": {"r": 0, "dropout": 2},
-           "training": {"batching": "random", "epochs": -1}}
+    bad = {
+        "name": "x",
+        "base_model": "tiny-base",
+        "method": "dora",
+        "lr": 1,
+        "lora": {"r": 0, "dropout": 2},
+        "training": {"batching": "random", "epochs": -1},
+    }
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(bad))
     with pytest.raises(ConfigError, match="6 problem") as err:
@@ -77,7 +88,9 @@ def test_malformed_rows_name_file_and_lines(tmp_path):
     task = load_task("news_riddle/one_step")
     path = tmp_path / "rows.jsonl"
     good = {"title": "T", "text": "Some text.", "summary": "S", "riddle": "R", "answer": "A"}
-    path.write_text("\n".join([json.dumps(good), "{not json", json.dumps({**good, "riddle": ""}), "[1]"]))
+    path.write_text(
+        "\n".join([json.dumps(good), "{not json", json.dumps({**good, "riddle": ""}), "[1]"])
+    )
     with pytest.raises(InputError, match="3 malformed") as err:
         read_examples(str(path), task)
     msg = str(err.value)
@@ -103,7 +116,10 @@ def test_formatting_uses_the_strategy_prompt_and_masks_it(tiny_base):
     assert row["labels"][n_prompt:] == row["input_ids"][n_prompt:]
     assert row["input_ids"][-1] == tok.eos_token_id
     short = tokenize_example(task, ex, tok, 280)  # the article is cut, the completion kept
-    assert len(row["input_ids"]) > 280 >= len(short["input_ids"]) and short["input_ids"][-len(row["input_ids"]) + n_prompt:] == row["input_ids"][n_prompt:]
+    assert (
+        len(row["input_ids"]) > 280 >= len(short["input_ids"])
+        and short["input_ids"][-len(row["input_ids"]) + n_prompt :] == row["input_ids"][n_prompt:]
+    )
 
 
 def test_missing_base_model_says_how_to_get_one(tiny_models, tmp_path):
@@ -124,7 +140,10 @@ def test_few_step_run_writes_a_complete_adapter(trained):
     assert manifest.recipe["training"]["max_steps"] == 6 and "peft" in manifest.versions
     assert manifest.metrics["steps"] == 6 and manifest.metrics["eval_perplexity"] > 1
     ckpts = out.with_name(out.name + ".checkpoints")
-    assert sorted(p.name for p in ckpts.iterdir() if p.name.startswith("checkpoint-")) == ["checkpoint-3", "checkpoint-6"]
+    assert sorted(p.name for p in ckpts.iterdir() if p.name.startswith("checkpoint-")) == [
+        "checkpoint-3",
+        "checkpoint-6",
+    ]
     assert not (ckpts / ".staging").exists()
     assert not [p for p in out.parent.iterdir() if ".tmp-" in p.name]
 
@@ -137,13 +156,33 @@ def test_resume_needs_a_checkpoint_and_a_rerun_needs_a_choice(trained, tmp_path)
     with pytest.raises(ConfigError, match="--resume to continue it or --overwrite"):
         train(_recipe(), trained.adapter, progress=False)
     with pytest.raises(ConfigError, match="different recipe"):
-        train(_recipe(**{"training.learning_rate": 5e-3}), trained.adapter, resume=True, progress=False)
+        train(
+            _recipe(**{"training.learning_rate": 5e-3}),
+            trained.adapter,
+            resume=True,
+            progress=False,
+        )
 
 
 def _cli(out: Path, *extra: str) -> list[str]:
-    sets = [f"--set={k}={v}" for k, v in {**FAST, "training.max_steps": 12, "training.save_steps": 2}.items()]
-    return [sys.executable, "-m", "llmapps.cli", "finetune", "lora", "--recipe", "tiny", "--out", str(out),
-            "--quiet", *sets, *extra]
+    sets = [
+        f"--set={k}={v}"
+        for k, v in {**FAST, "training.max_steps": 12, "training.save_steps": 2}.items()
+    ]
+    return [
+        sys.executable,
+        "-m",
+        "llmapps.cli",
+        "finetune",
+        "lora",
+        "--recipe",
+        "tiny",
+        "--out",
+        str(out),
+        "--quiet",
+        *sets,
+        *extra,
+    ]
 
 
 @pytest.mark.slow  # three subprocess runs: ~60 s alone on 2 cores, minutes when shared
@@ -153,7 +192,9 @@ def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tiny_models,
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     killed = tmp_path / "killed"
     ckpts = killed.with_name("killed.checkpoints")
-    proc = subprocess.Popen(_cli(killed), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        _cli(killed), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     deadline = time.monotonic() + 240
     while not (ckpts / "checkpoint-4").exists():  # 12 steps of 4 rows: epoch 1 ends after step 5+
         assert proc.poll() is None, proc.stderr.read().decode()[-2000:] if proc.stderr else ""
@@ -164,7 +205,9 @@ def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tiny_models,
     assert not killed.exists()  # no adapter that looks complete
     for ck in ckpts.glob("checkpoint-*"):  # every visible checkpoint is whole
         assert (ck / "trainer_state.json").exists() and (ck / "adapter_model.safetensors").exists()
-    resumed = subprocess.run(_cli(killed, "--resume"), env=env, capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run(
+        _cli(killed, "--resume"), env=env, capture_output=True, text=True, timeout=300
+    )
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     straight = tmp_path / "straight"
     full = subprocess.run(_cli(straight), env=env, capture_output=True, text=True, timeout=300)
@@ -187,9 +230,14 @@ def test_merge_is_loadable_and_matches_base_plus_adapter(trained, tmp_path):
     strategy = LoraStrategy(adapter=str(trained.adapter), device="cpu", dtype="float32")
     adapted = strategy.local_model
     plain = LocalModel(merged.eval(), adapted.tokenizer, name="merged", device="cpu")
-    prompts = ["[Article]: The harbour reopened. Boats returned.\n[Summary]:", "[Article]: Rain fell.\n[Summary]:"]
+    prompts = [
+        "[Article]: The harbour reopened. Boats returned.\n[Summary]:",
+        "[Article]: Rain fell.\n[Summary]:",
+    ]
     params = GenerationParams(max_new_tokens=12)
-    assert [o.text for o in plain.generate(prompts, params)] == [o.text for o in adapted.generate(prompts, params)]
+    assert [o.text for o in plain.generate(prompts, params)] == [
+        o.text for o in adapted.generate(prompts, params)
+    ]
     with pytest.raises(ConfigError, match="not empty"):
         merge_adapter(trained.adapter, out)
 
@@ -207,30 +255,51 @@ def test_every_batching_mode_gives_the_same_completion_only_loss(tiny_base, tmp_
     task = load_task("news_riddle/one_step")
     tok = AutoTokenizer.from_pretrained(tiny_base)
     rows = [tokenize_example(task, ex, tok, 320) for ex in examples("train")[:3]]
-    rows[1] = {k: v[:-40] if isinstance(v, list) else v for k, v in rows[1].items()}  # force padding
-    model = AutoModelForCausalLM.from_pretrained(tiny_base, dtype=torch.float32)  # no dropout: train() is exact
+    rows[1] = {
+        k: v[:-40] if isinstance(v, list) else v for k, v in rows[1].items()
+    }  # force padding
+    model = AutoModelForCausalLM.from_pretrained(
+        tiny_base, dtype=torch.float32
+    )  # no dropout: train() is exact
     args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[])
     # the Trainer turns the model's KV cache off: with one, transformers would not read packed rows' position ids
     trainer = make_trainer_class()(model=model, args=args, processing_class=tok)
-    plain = make_trainer_class()(model=model, args=args, processing_class=tok, completion_only_logits=False)
+    plain = make_trainer_class()(
+        model=model, args=args, processing_class=tok, completion_only_logits=False
+    )
     losses, full, evaluated = {}, {}, {}
     for training in (True, False):  # evaluation uses the same collator
         model.train(training)
-        for name, collator in {"no-mask": CompletionCollator(tok.pad_token_id),
-                               "mask": CompletionCollator(tok.pad_token_id, attention_mask=True),
-                               "padding-free": CompletionCollator(tok.pad_token_id, padding_free=True)}.items():
+        for name, collator in {
+            "no-mask": CompletionCollator(tok.pad_token_id),
+            "mask": CompletionCollator(tok.pad_token_id, attention_mask=True),
+            "padding-free": CompletionCollator(tok.pad_token_id, padding_free=True),
+        }.items():
             batch = collator(rows)
             assert batch[REAL_TOKENS] == sum(len(r["input_ids"]) for r in rows)
             assert ("attention_mask" in batch) == (name == "mask")
             labelled = int((batch["labels"] != IGNORE).sum())
-            assert labelled == sum(sum(t != IGNORE for t in r["labels"][1:]) for r in rows)  # completions only
+            assert labelled == sum(
+                sum(t != IGNORE for t in r["labels"][1:]) for r in rows
+            )  # completions only
             with torch.no_grad():
-                losses[name, training] = trainer.compute_loss(model, dict(batch)).item()  # completion-only logits
-                full[name, training] = plain.compute_loss(model, dict(batch)).item()  # the model's own loss
-                loss, out = trainer.compute_loss(model, dict(batch), return_outputs=True)  # as evaluate() asks
+                losses[name, training] = trainer.compute_loss(
+                    model, dict(batch)
+                ).item()  # completion-only logits
+                full[name, training] = plain.compute_loss(
+                    model, dict(batch)
+                ).item()  # the model's own loss
+                loss, out = trainer.compute_loss(
+                    model, dict(batch), return_outputs=True
+                )  # as evaluate() asks
                 evaluated[name, training] = loss.item()
-                assert out["logits"].shape == (labelled, model.config.vocab_size)  # only the kept positions
-    assert trainer.real_tokens == 6 * sum(len(r["input_ids"]) for r in rows)  # training batches only
+                assert out["logits"].shape == (
+                    labelled,
+                    model.config.vocab_size,
+                )  # only the kept positions
+    assert trainer.real_tokens == 6 * sum(
+        len(r["input_ids"]) for r in rows
+    )  # training batches only
     for key in losses:
         assert losses[key] == pytest.approx(losses["mask", True], rel=1e-4), key
         assert full[key] == pytest.approx(losses["mask", True], rel=1e-4), key

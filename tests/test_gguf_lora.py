@@ -42,13 +42,19 @@ def _shape(gguf: Path, name: str) -> tuple[int, int]:
     if not _SHAPES:
         import gguf as gg
 
-        _SHAPES.update({t.name: (int(t.shape[0]), int(t.shape[1]))
-                        for t in gg.GGUFReader(str(gguf)).tensors if len(t.shape) == 2})
+        _SHAPES.update(
+            {
+                t.name: (int(t.shape[0]), int(t.shape[1]))
+                for t in gg.GGUFReader(str(gguf)).tensors
+                if len(t.shape) == 2
+            }
+        )
     return _SHAPES[name]
 
 
-def write_adapter(folder: Path, gguf: Path, *, scale_b: float, layers: tuple[int, ...] = (0, 1),
-                  **config: Any) -> Path:
+def write_adapter(
+    folder: Path, gguf: Path, *, scale_b: float, layers: tuple[int, ...] = (0, 1), **config: Any
+) -> Path:
     """A PEFT LoRA folder (r=4 on q_proj and v_proj) with seeded weights; B scaled by ``scale_b``."""
     from safetensors.numpy import save_file
 
@@ -59,10 +65,18 @@ def write_adapter(folder: Path, gguf: Path, *, scale_b: float, layers: tuple[int
             n_in, n_out = _shape(gguf, f"blk.{min(i, 0)}.{gname}.weight")
             key = f"base_model.model.model.layers.{i}.self_attn.{proj}"
             tensors[f"{key}.lora_A.weight"] = rng.normal(0, 0.05, (r, n_in)).astype(np.float32)
-            tensors[f"{key}.lora_B.weight"] = (scale_b * rng.normal(0, 1, (n_out, r))).astype(np.float32)
+            tensors[f"{key}.lora_B.weight"] = (scale_b * rng.normal(0, 1, (n_out, r))).astype(
+                np.float32
+            )
     folder.mkdir(parents=True)
     save_file(tensors, str(folder / "adapter_model.safetensors"))
-    cfg = {"peft_type": "LORA", "r": r, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"], **config}
+    cfg = {
+        "peft_type": "LORA",
+        "r": r,
+        "lora_alpha": 8,
+        "target_modules": ["q_proj", "v_proj"],
+        **config,
+    }
     (folder / "adapter_config.json").write_text(json.dumps(cfg))
     return folder
 
@@ -70,8 +84,9 @@ def write_adapter(folder: Path, gguf: Path, *, scale_b: float, layers: tuple[int
 def last_logits(gguf: Path, lora: Path | None) -> np.ndarray:
     from llama_cpp import Llama
 
-    llm = Llama(str(gguf), n_ctx=256, logits_all=True, verbose=False,
-                lora_path=str(lora) if lora else None)
+    llm = Llama(
+        str(gguf), n_ctx=256, logits_all=True, verbose=False, lora_path=str(lora) if lora else None
+    )
     try:
         llm.eval(llm.tokenize(PROMPT.encode(), add_bos=True, special=True))
         return np.array(llm.eval_logits[-1])
@@ -83,8 +98,12 @@ def test_a_converted_lora_is_applied_by_llama_cpp(gguf: Path, tmp_path: Path) ->
     from llmapps.models.gguf_lora import export_lora_gguf
 
     base = last_logits(gguf, None)
-    zero = export_lora_gguf(write_adapter(tmp_path / "zero", gguf, scale_b=0.0), gguf, tmp_path / "zero.gguf")
-    moved = export_lora_gguf(write_adapter(tmp_path / "some", gguf, scale_b=0.5), gguf, tmp_path / "some.gguf")
+    zero = export_lora_gguf(
+        write_adapter(tmp_path / "zero", gguf, scale_b=0.0), gguf, tmp_path / "zero.gguf"
+    )
+    moved = export_lora_gguf(
+        write_adapter(tmp_path / "some", gguf, scale_b=0.5), gguf, tmp_path / "some.gguf"
+    )
     assert np.abs(last_logits(gguf, zero) - base).max() < 1e-3  # B = 0: the adapter adds nothing
     assert np.abs(last_logits(gguf, moved) - base).max() > 0.05  # read and applied
 
@@ -104,10 +123,19 @@ def test_the_conversion_is_kept_and_reused(gguf: Path, tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"layers": (0, 99)}, r"'model.layers.99.self_attn.q_proj.weight' has no tensor in .*another base"),
-        ({"use_dora": True}, r"uses DoRA, which llama.cpp LoRA files cannot hold: use backend=transformers"),
+        (
+            {"layers": (0, 99)},
+            r"'model.layers.99.self_attn.q_proj.weight' has no tensor in .*another base",
+        ),
+        (
+            {"use_dora": True},
+            r"uses DoRA, which llama.cpp LoRA files cannot hold: use backend=transformers",
+        ),
         ({"modules_to_save": ["lm_head"]}, r"fully trained modules"),
-        ({"peft_type": "PROMPT_TUNING"}, r"PROMPT_TUNING adapter; llama.cpp runs LoRA adapters only"),
+        (
+            {"peft_type": "PROMPT_TUNING"},
+            r"PROMPT_TUNING adapter; llama.cpp runs LoRA adapters only",
+        ),
     ],
 )
 def test_adapters_llama_cpp_cannot_hold_are_refused(

@@ -247,6 +247,6 @@ def test_no_module_is_over_the_line_limit() -> None:
         for p, n in sorted(sizes.items(), key=lambda kv: -kv[1])
         if n > MAX_MODULE_LINES
     ]
-    assert not bad, (
-        f"modules over {MAX_MODULE_LINES} lines (split each by concern):\n" + "\n".join(bad)
+    assert not bad, f"modules over {MAX_MODULE_LINES} lines (split each by concern):\n" + "\n".join(
+        bad
     )

@@ -158,23 +158,34 @@ def test_llmapps_serve_serves_a_gguf_on_llama_cpp(lm: Any, gguf: Path) -> None:
     messages = [{"role": "user", "content": "Name a colour."}]
     with serve_in_thread(app) as url:
         client = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0, timeout=120)
-        r = client.chat.completions.create(model="smol", messages=messages, max_tokens=12,
-                                           temperature=0)
+        r = client.chat.completions.create(
+            model="smol", messages=messages, max_tokens=12, temperature=0
+        )
         assert r.choices[0].message.content and 0 < r.usage.completion_tokens <= 12
-        chunks = list(client.chat.completions.create(
-            model="smol", messages=messages, max_tokens=12, temperature=0, stream=True,
-            stream_options={"include_usage": True}))
+        chunks = list(
+            client.chat.completions.create(
+                model="smol",
+                messages=messages,
+                max_tokens=12,
+                temperature=0,
+                stream=True,
+                stream_options={"include_usage": True},
+            )
+        )
         text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
         assert text == r.choices[0].message.content  # greedy: streamed as answered
         assert chunks[-1].usage.prompt_tokens == r.usage.prompt_tokens
-        done = client.completions.create(model="smol", prompt=["The sky is", "Two and two"],
-                                         max_tokens=6, temperature=0)
+        done = client.completions.create(
+            model="smol", prompt=["The sky is", "Two and two"], max_tokens=6, temperature=0
+        )
         assert len(done.choices) == 2 and all(c.text for c in done.choices)
-        with client.chat.completions.create(model="smol", messages=messages, max_tokens=24,
-                                            temperature=0, stream=True) as dropped:
+        with client.chat.completions.create(
+            model="smol", messages=messages, max_tokens=24, temperature=0, stream=True
+        ) as dropped:
             next(iter(dropped))  # the client leaves after the first chunk
-        again = client.chat.completions.create(model="smol", messages=messages, max_tokens=12,
-                                               temperature=0)
+        again = client.chat.completions.create(
+            model="smol", messages=messages, max_tokens=12, temperature=0
+        )
         assert again.choices[0].message.content == r.choices[0].message.content
 
 

@@ -286,7 +286,9 @@ def test_chat_local_batch_matches_invoke(tiny_instruct: str) -> None:
     assert all(m.usage_metadata and m.usage_metadata["output_tokens"] <= 6 for m in batched)
 
 
-def test_weights_left_on_meta_are_reloaded_or_reported(tiny_base: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_weights_left_on_meta_are_reloaded_or_reported(
+    tiny_base: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Fault injection: from_pretrained returning a model with tensors on the meta device (seen once
     in a long demo run) is reloaded once; if that does not help, a BackendError names them."""
     import torch
@@ -303,7 +305,9 @@ def test_weights_left_on_meta_are_reloaded_or_reported(tiny_base: str, monkeypat
         model = real(*args, **kwargs)
         calls.append(1)
         if len(calls) == 1 or always_broken:
-            model.model.norm.weight = torch.nn.Parameter(torch.empty(model.model.norm.weight.shape, device="meta"))
+            model.model.norm.weight = torch.nn.Parameter(
+                torch.empty(model.model.norm.weight.shape, device="meta")
+            )
         return model
 
     monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", broken_first)
@@ -312,7 +316,9 @@ def test_weights_left_on_meta_are_reloaded_or_reported(tiny_base: str, monkeypat
     assert len(calls) == 2 and not local._meta_tensors(model)
 
     always_broken = True
-    with pytest.raises(BackendError, match=r"left 1 tensor\(s\) without data \(model\.norm\.weight\)"):
+    with pytest.raises(
+        BackendError, match=r"left 1 tensor\(s\) without data \(model\.norm\.weight\)"
+    ):
         local._from_pretrained(tiny_base, "cpu", "float32", get_settings())
 
 
@@ -339,9 +345,16 @@ def test_memory_budget_splits_chunks_and_keeps_outputs(
 def test_memory_estimate_grows_with_rows_and_length_and_respects_sliding_windows() -> None:
     from transformers import Gemma3TextConfig
 
-    cfg = Gemma3TextConfig(num_hidden_layers=6, sliding_window=512, hidden_size=64,
-                           intermediate_size=128, num_attention_heads=4, num_key_value_heads=1,
-                           head_dim=16, vocab_size=1000)
+    cfg = Gemma3TextConfig(
+        num_hidden_layers=6,
+        sliding_window=512,
+        hidden_size=64,
+        intermediate_size=128,
+        num_attention_heads=4,
+        num_key_value_heads=1,
+        head_dim=16,
+        vocab_size=1000,
+    )
     small = estimate_generate_bytes(cfg, 1, 1000, 16, 4)
     assert estimate_generate_bytes(cfg, 2, 1000, 16, 4) > small
     assert estimate_generate_bytes(cfg, 1, 2000, 16, 4) > 3 * small  # attention grows with L^2
@@ -355,7 +368,12 @@ def test_names_moved_out_of_local_stay_importable_from_it() -> None:
     with the same objects."""
     from llmapps.models import device, local, memory, streaming
 
-    for module, name in [(device, "pick_device"), (device, "pick_dtype"),
-                         (memory, "available_memory"), (memory, "estimate_generate_bytes"),
-                         (streaming, "cut_at_stop"), (streaming, "stream_local")]:
+    for module, name in [
+        (device, "pick_device"),
+        (device, "pick_dtype"),
+        (memory, "available_memory"),
+        (memory, "estimate_generate_bytes"),
+        (streaming, "cut_at_stop"),
+        (streaming, "stream_local"),
+    ]:
         assert getattr(local, name) is getattr(module, name), name

@@ -47,7 +47,10 @@ def _scaled_copy(src: Path, dst: Path, factor: float) -> Path:
 
     shutil.copytree(src, dst)
     weights = load_file(dst / "adapter_model.safetensors")
-    save_file({k: v * factor if "lora_B" in k else v for k, v in weights.items()}, dst / "adapter_model.safetensors")
+    save_file(
+        {k: v * factor if "lora_B" in k else v for k, v in weights.items()},
+        dst / "adapter_model.safetensors",
+    )
     return _resign(dst)
 
 
@@ -187,7 +190,11 @@ def test_merge_option_gives_the_same_greedy_output(adapter, prompt):
 
     params = GenerationParams(max_new_tokens=16)
     shared = LoraStrategy(adapter=str(adapter)).local_model.generate([prompt], params)[0].text
-    merged = LoraStrategy(adapter=str(adapter), merge=True).local_model.generate([prompt], params)[0].text
+    merged = (
+        LoraStrategy(adapter=str(adapter), merge=True)
+        .local_model.generate([prompt], params)[0]
+        .text
+    )
     assert merged == shared
 
 

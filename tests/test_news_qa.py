@@ -23,8 +23,14 @@ def small_index(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from llmapps.retrieval.vectorstore import FaissVectorStore
 
     rows = examples("train")[:12]
-    docs = [Document(page_content=f"{r['title']}\n{r['text']}", id=r["id"],
-                     metadata={"doc_id": r["id"], "title": r["title"], "date": r["date"]}) for r in rows]
+    docs = [
+        Document(
+            page_content=f"{r['title']}\n{r['text']}",
+            id=r["id"],
+            metadata={"doc_id": r["id"], "title": r["title"], "date": r["date"]},
+        )
+        for r in rows
+    ]
     path = tmp_path_factory.mktemp("qa") / "idx"
     FaissVectorStore.build(docs, path=path)
     return path
@@ -43,7 +49,9 @@ def test_retrieve_numbers_one_chunk_per_article(small_index: Path) -> None:
     from llmapps.retrieval.vectorstore import FaissVectorStore
 
     first = examples("train")[0]
-    found = news_qa.retrieve(FaissVectorStore.load(small_index), news_qa.question_for(first["answer"]), 3)
+    found = news_qa.retrieve(
+        FaissVectorStore.load(small_index), news_qa.question_for(first["answer"]), 3
+    )
     assert [s["n"] for s in found] == [1, 2, 3]
     assert found[0]["id"] == first["id"] and len({s["id"] for s in found}) == 3
 
@@ -56,13 +64,21 @@ def test_parse_answer_turns_markers_into_citations() -> None:
 
 
 @pytest.mark.parametrize("strategy", ["zero-shot", "few-shot"])
-def test_news_qa_answers_with_sources_on_any_strategy(strategy: str, small_index: Path, tiny_base: str,
-                                                      tiny_instruct: str) -> None:
+def test_news_qa_answers_with_sources_on_any_strategy(
+    strategy: str, small_index: Path, tiny_base: str, tiny_instruct: str
+) -> None:
     from llmapps.apps import load_chain
 
-    opts = {"instruct_model": tiny_instruct} if strategy == "zero-shot" else {"base_model": tiny_base}
-    chain = load_chain("news-qa", strategy, app_options={"index": str(small_index), "k": 2},
-                       max_new_tokens=24, **opts)
+    opts = (
+        {"instruct_model": tiny_instruct} if strategy == "zero-shot" else {"base_model": tiny_base}
+    )
+    chain = load_chain(
+        "news-qa",
+        strategy,
+        app_options={"index": str(small_index), "k": 2},
+        max_new_tokens=24,
+        **opts,
+    )
     out = chain.invoke({"question": "What happened with the mayoral recount?"})
     assert out["sources"][0]["id"] == "a001" and len(out["sources"]) == 2
     assert isinstance(out["answer"], str) and {"citations", "valid", "errors"} <= set(out)
@@ -70,21 +86,41 @@ def test_news_qa_answers_with_sources_on_any_strategy(strategy: str, small_index
         chain.invoke({"question": "  "})
 
 
-def test_ask_cli_prints_answer_and_sources(small_index: Path, tiny_instruct: str,
-                                           capsys: pytest.CaptureFixture[str]) -> None:
+def test_ask_cli_prints_answer_and_sources(
+    small_index: Path, tiny_instruct: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     from llmapps.cli import main
 
-    rc = main(["ask", "What happened with the mayoral recount?", "--index", str(small_index),
-               "--strategy", "zero-shot", "--instruct-model", tiny_instruct, "--max-new-tokens", "16", "-k", "2"])
+    rc = main(
+        [
+            "ask",
+            "What happened with the mayoral recount?",
+            "--index",
+            str(small_index),
+            "--strategy",
+            "zero-shot",
+            "--instruct-model",
+            tiny_instruct,
+            "--max-new-tokens",
+            "16",
+            "-k",
+            "2",
+        ]
+    )
     assert rc == 0
     out = capsys.readouterr().out
     assert "sources:" in out and "(a001, score" in out
 
 
-def test_ask_on_a_missing_index_says_how_to_build_one(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_ask_on_a_missing_index_says_how_to_build_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from llmapps.cli import main
 
-    assert main(["ask", "anything?", "--index", str(tmp_path / "none"), "--strategy", "zero-shot"]) == 2
+    assert (
+        main(["ask", "anything?", "--index", str(tmp_path / "none"), "--strategy", "zero-shot"])
+        == 2
+    )
     assert "llmapps index build" in capsys.readouterr().err
 
 
@@ -99,7 +135,9 @@ def test_similarity_and_mmr_rankers(caplog: pytest.LogCaptureFixture) -> None:
     probe = {"question": target["question"], "sources": " ".join(target["sources"].split()[:30])}
     with caplog.at_level(logging.DEBUG, logger="llmapps.strategies.selection"):
         order = make_ranker("similarity", task)(probe, bank)
-    assert sorted(order) == list(range(10)) and order[0] == 3  # nothing excludes it: no id on the probe
+    assert (
+        sorted(order) == list(range(10)) and order[0] == 3
+    )  # nothing excludes it: no id on the probe
     assert "few-shot similarity ranking" in caplog.text and bank[3]["id"] in caplog.text
     order = make_ranker("similarity", task)({**probe, "id": target["id"]}, bank)
     assert 3 not in order and len(order) == 9  # the input itself is never its own example
@@ -115,14 +153,20 @@ def test_few_shot_packs_similar_examples_first(tiny_base: str, test_articles: li
     from llmapps.strategies.base import make_strategy
     from prompts import load_task
 
-    strat = make_strategy("few-shot", base_model=tiny_base, example_selection="similarity", max_new_tokens=8)
+    strat = make_strategy(
+        "few-shot", base_model=tiny_base, example_selection="similarity", max_new_tokens=8
+    )
     bank = news_data.examples("train")
     task = load_task("news_riddle/one_step", bank)
     strat.build(task)
     selector = strat.selectors[task.name]
     article = test_articles[0]
     # a short input leaves the tiny model's context room for several worked examples
-    probe = {"title": article["title"], "text": " ".join(article["text"].split()[:40]), "id": article["id"]}
+    probe = {
+        "title": article["title"],
+        "text": " ".join(article["text"].split()[:40]),
+        "id": article["id"],
+    }
     chosen = selector.select_examples(probe)
     order = strat.ranker(task)(probe, bank)
     positions = [order.index(i) for i in selector.last_selection]

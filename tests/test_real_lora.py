@@ -44,14 +44,21 @@ def _overrides(tmp: Path) -> dict[str, object]:
         rows = examples(split)[:n]
         (tmp / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return {
-        "data.train": str(tmp / "train.jsonl"), "data.validation": str(tmp / "validation.jsonl"),
-        "training.max_steps": STEPS, "training.save_steps": 1, "training.save_total_limit": STEPS,
-        "training.max_length": 192, "training.batch_size": 2, "training.logging_steps": 1,
+        "data.train": str(tmp / "train.jsonl"),
+        "data.validation": str(tmp / "validation.jsonl"),
+        "training.max_steps": STEPS,
+        "training.save_steps": 1,
+        "training.save_total_limit": STEPS,
+        "training.max_length": 192,
+        "training.batch_size": 2,
+        "training.logging_steps": 1,
     }
 
 
 @pytest.mark.timeout(1200)  # ~1 min on 2 quiet cores; minutes more when the machine is shared
-def test_a_killed_gemma_run_resumes_and_its_adapter_loads_active(gemma: str, tmp_path: Path) -> None:
+def test_a_killed_gemma_run_resumes_and_its_adapter_loads_active(
+    gemma: str, tmp_path: Path
+) -> None:
     from finetune.recipe import load_recipe
     from finetune.train import train
     from llmapps.strategies.lora import LoraStrategy, model_fingerprint, read_manifest
@@ -59,10 +66,25 @@ def test_a_killed_gemma_run_resumes_and_its_adapter_loads_active(gemma: str, tmp
     overrides = _overrides(tmp_path)
     out = tmp_path / "adapter"
     ckpts = out.with_name("adapter.checkpoints")
-    cmd = [sys.executable, "-m", "llmapps.cli", "finetune", "lora", "--recipe", "gemma-3-270m-demo",
-           "--out", str(out), "--quiet", *(f"--set={k}={v}" for k, v in overrides.items())]
-    proc = subprocess.Popen(cmd, env={**os.environ, "OMP_NUM_THREADS": "2"}, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
+    cmd = [
+        sys.executable,
+        "-m",
+        "llmapps.cli",
+        "finetune",
+        "lora",
+        "--recipe",
+        "gemma-3-270m-demo",
+        "--out",
+        str(out),
+        "--quiet",
+        *(f"--set={k}={v}" for k, v in overrides.items()),
+    ]
+    proc = subprocess.Popen(
+        cmd,
+        env={**os.environ, "OMP_NUM_THREADS": "2"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.monotonic() + 600
     while not (ckpts / "checkpoint-2").exists():
         assert proc.poll() is None, proc.stderr.read().decode()[-2000:] if proc.stderr else ""
@@ -72,14 +94,19 @@ def test_a_killed_gemma_run_resumes_and_its_adapter_loads_active(gemma: str, tmp
     proc.wait()
     assert not out.exists()  # no adapter that looks complete
     done = sorted(int(p.name.split("-")[1]) for p in ckpts.glob("checkpoint-*"))
-    assert done[-1] >= 2 and all((ckpts / f"checkpoint-{s}" / "adapter_model.safetensors").exists() for s in done)
+    assert done[-1] >= 2 and all(
+        (ckpts / f"checkpoint-{s}" / "adapter_model.safetensors").exists() for s in done
+    )
 
     result = train(load_recipe("gemma-3-270m-demo", **overrides), out, resume=True, progress=False)
     m = result.metrics
     assert m["resumed_from"] == f"checkpoint-{done[-1]}"  # every finished step was kept
     assert m["steps"] == STEPS and m["eval_loss"] > 0 and m["precision"] == "float32"
     manifest = read_manifest(out)
-    assert manifest.base_model == "gemma-3-270m" and manifest.base_model_sha256 == model_fingerprint(gemma)
+    assert (
+        manifest.base_model == "gemma-3-270m"
+        and manifest.base_model_sha256 == model_fingerprint(gemma)
+    )
 
     strategy = LoraStrategy(adapter=str(out))
     lm = strategy.local_model  # refuses an adapter that changes nothing
@@ -115,8 +142,13 @@ def _same_adapter_on_llama_cpp(peft: Any, adapter: Path) -> None:
     lora_file = lora_gguf_for(adapter, base_file)
 
     def cpp_logits(lora: Path | None) -> tuple[np.ndarray, list[int]]:
-        llm = Llama(str(base_file), n_ctx=1024, logits_all=True, verbose=False,
-                    lora_path=str(lora) if lora else None)
+        llm = Llama(
+            str(base_file),
+            n_ctx=1024,
+            logits_all=True,
+            verbose=False,
+            lora_path=str(lora) if lora else None,
+        )
         try:
             ids = llm.tokenize(prompt.encode(), add_bos=True, special=True)
             llm.eval(ids)

@@ -94,22 +94,27 @@ def test_few_shot_on_gemma_parses_and_stays_in_budget(
     # packed up to the budget (not to Gemma's 32,768-token context), with worked examples
     assert all(budget - 400 < n <= budget for n in sizes), sizes
     assert all(p.count("[Riddle]:") >= 2 for p in prompts)
-    chain = load_chain("news-riddle", strategy="few-shot", base_model=GEMMA, max_prompt_tokens=budget)
+    chain = load_chain(
+        "news-riddle", strategy="few-shot", base_model=GEMMA, max_prompt_tokens=budget
+    )
     results = chain.batch(inputs)
     assert all(r["summary"] for r in results), results
     assert any(r["valid"] for r in results), [r["raw"] for r in results]
     assert parse_fields(results[0]["raw"])["summary"] == results[0]["summary"]
 
 
-def test_zero_shot_uses_smollm2_chat_template(real_models: dict[str, Path], test_articles: list[dict]) -> None:
+def test_zero_shot_uses_smollm2_chat_template(
+    real_models: dict[str, Path], test_articles: list[dict]
+) -> None:
     from llmapps.models.local import load_local_model
 
     lm = load_local_model(SMOL)
     prompt = lm.apply_chat_template([{"role": "user", "content": "hello"}])
     assert prompt.startswith("<|im_start|>") and prompt.endswith("<|im_start|>assistant\n")
     # a final assistant message is a prefill the model continues, not a finished turn
-    prefilled = lm.apply_chat_template([{"role": "user", "content": "hello"},
-                                        {"role": "assistant", "content": "Summary:"}])
+    prefilled = lm.apply_chat_template(
+        [{"role": "user", "content": "hello"}, {"role": "assistant", "content": "Summary:"}]
+    )
     assert prefilled.endswith("<|im_start|>assistant\nSummary:")
     from llmapps import load_chain
 
@@ -165,7 +170,9 @@ def test_eight_prompts_at_the_budget_stay_under_the_memory_budget(
     outs, baseline, peak = _peak_rss_during(lambda: lm.generate(prompts, params))
     assert len(outs) == 8 and all(o.completion_tokens > 0 for o in outs)
     grown = peak - baseline
-    assert grown <= budget_gib * 2**30, f"grew {grown / 2**30:.2f} GiB > budget {budget_gib:.2f} GiB"
+    assert grown <= budget_gib * 2**30, (
+        f"grew {grown / 2**30:.2f} GiB > budget {budget_gib:.2f} GiB"
+    )
     # a prompt that cannot fit alone: one line naming the numbers and what to do
     monkeypatch.setenv("LLMAPPS_GENERATION__MEMORY_BUDGET_GB", f"{0.5 * one / 2**30:.4f}")
     with pytest.raises(InputError, match="more than the memory budget"):
@@ -193,9 +200,14 @@ def test_gemma_batched_generate_equals_plain_generate(real_models: dict[str, Pat
     for prompt, out in zip(prompts, ours, strict=True):
         ids = lm.tokenizer(prompt, return_tensors="pt")["input_ids"]
         with torch.inference_mode():
-            plain = lm.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n,
-                                      do_sample=False, pad_token_id=lm.tokenizer.pad_token_id)
-        text = lm.tokenizer.decode(plain[0, ids.shape[1]:], skip_special_tokens=True)
+            plain = lm.model.generate(
+                ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=n,
+                do_sample=False,
+                pad_token_id=lm.tokenizer.pad_token_id,
+            )
+        text = lm.tokenizer.decode(plain[0, ids.shape[1] :], skip_special_tokens=True)
         assert out.text == text, (prompt, out.text, text)
 
 

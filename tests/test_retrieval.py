@@ -22,10 +22,26 @@ from llmapps.retrieval.store import IndexParams, VectorIndex
 from llmapps.retrieval.vectorstore import FaissVectorStore
 
 ROWS = [
-    {"id": "n1", "title": "Fuel prices climb", "text": "Petrol and diesel prices rose ten cents a litre after a refinery fire."},
-    {"id": "n2", "title": "Cup final", "text": "A late header gave the visitors a two-one win in the cup final."},
-    {"id": "n3", "title": "Comet spotted", "text": "An amateur astronomer found a comet that may be visible next month."},
-    {"id": "n4", "title": "Flood warning", "text": "Heavy rain flooded three villages and closed the coast road."},
+    {
+        "id": "n1",
+        "title": "Fuel prices climb",
+        "text": "Petrol and diesel prices rose ten cents a litre after a refinery fire.",
+    },
+    {
+        "id": "n2",
+        "title": "Cup final",
+        "text": "A late header gave the visitors a two-one win in the cup final.",
+    },
+    {
+        "id": "n3",
+        "title": "Comet spotted",
+        "text": "An amateur astronomer found a comet that may be visible next month.",
+    },
+    {
+        "id": "n4",
+        "title": "Flood warning",
+        "text": "Heavy rain flooded three villages and closed the coast road.",
+    },
     {"id": "n5", "title": "Empty", "text": "   "},
 ]
 
@@ -44,11 +60,16 @@ def corpus(tmp_path: Path) -> Path:
     folder = tmp_path / "docs"
     (folder / "sub").mkdir(parents=True)
     (folder / "news.jsonl").write_text("\n".join(json.dumps(r) for r in ROWS) + "\n")
-    (folder / "more.csv").write_text("id,title,text\nc1,Bakery merger,Two bakery chains agreed to merge into one group.\n")
-    (folder / "note.md").write_text("# Glacier retreat\nThe glacier lost forty metres of ice this summer.\n")
+    (folder / "more.csv").write_text(
+        "id,title,text\nc1,Bakery merger,Two bakery chains agreed to merge into one group.\n"
+    )
+    (folder / "note.md").write_text(
+        "# Glacier retreat\nThe glacier lost forty metres of ice this summer.\n"
+    )
     (folder / "sub" / "page.html").write_text(
         "<html><head><title>Rail strike</title></head><body><article><p>Train drivers walked out on Monday, "
-        "cancelling most services across the region for the whole day.</p></article></body></html>")
+        "cancelling most services across the region for the whole day.</p></article></body></html>"
+    )
     (folder / "ignored.bin").write_bytes(b"\x00\x01")
     return folder
 
@@ -59,7 +80,9 @@ def random_unit(n: int, d: int = 32, seed: int = 0) -> np.ndarray:
 
 
 # ------------------------------------------------------------------ loaders
-def test_loader_reads_every_format_and_names_empty_documents(corpus: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_loader_reads_every_format_and_names_empty_documents(
+    corpus: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     with caplog.at_level(logging.WARNING):
         docs = load_documents(corpus)
     ids = sorted(d.id for d in docs)
@@ -71,7 +94,9 @@ def test_loader_reads_every_format_and_names_empty_documents(corpus: Path, caplo
 
 
 def test_loader_splits_long_documents_with_the_model_tokenizer(tmp_path: Path) -> None:
-    long = " ".join(f"Sentence number {i} talks about the harbour and its boats." for i in range(60))
+    long = " ".join(
+        f"Sentence number {i} talks about the harbour and its boats." for i in range(60)
+    )
     f = tmp_path / "long.jsonl"
     f.write_text(json.dumps({"id": "L", "title": "Harbour", "text": long}) + "\n")
     docs = load_documents(f, chunk_tokens=64, chunk_overlap=8)
@@ -114,7 +139,9 @@ def test_build_save_load_search_and_cache(corpus: Path, tmp_path: Path) -> None:
 
     rebuilt = FaissVectorStore(again)
     rebuilt.add_documents(docs)
-    assert again.stats["misses"] == 2  # only the two queries above; every document came from the cache
+    assert (
+        again.stats["misses"] == 2
+    )  # only the two queries above; every document came from the cache
 
 
 def test_add_skips_duplicates_by_content(corpus: Path, tmp_path: Path) -> None:
@@ -131,7 +158,10 @@ def test_wrong_model_and_missing_index_are_clear_errors(corpus: Path, tmp_path: 
     store = FaissVectorStore(cached(tmp_path / "cache"))
     store.add_documents(load_documents(corpus))
     store.save(tmp_path / "idx")
-    with pytest.raises(RetrievalError, match=r"built with embedding model 'sentence-transformers/all-MiniLM-L6-v2'.*'other/model'"):
+    with pytest.raises(
+        RetrievalError,
+        match=r"built with embedding model 'sentence-transformers/all-MiniLM-L6-v2'.*'other/model'",
+    ):
         VectorIndex.load(tmp_path / "idx", expected_model="other/model")
     with pytest.raises(RetrievalError, match=r"no index at .*llmapps index build"):
         FaissVectorStore.load(tmp_path / "missing")
@@ -194,7 +224,9 @@ def test_upsert_replaces_and_saves_are_atomic_generations(tmp_path: Path) -> Non
 def test_corruption_and_dimension_mismatch_are_detected(tmp_path: Path) -> None:
     idx = VectorIndex(32, "m")
     idx.add(["a"], ["A"], random_unit(1))
-    with pytest.raises(RetrievalError, match=r"shape \(1, 16\) do not fit this index of dimension 32"):
+    with pytest.raises(
+        RetrievalError, match=r"shape \(1, 16\) do not fit this index of dimension 32"
+    ):
         idx.add(["b"], ["B"], random_unit(1, d=16))
     folder = idx.save(tmp_path / "i")
     doc = next(folder.glob("docstore-*.jsonl"))
@@ -219,8 +251,12 @@ def test_corruption_and_dimension_mismatch_are_detected(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------ CLI and LlamaIndex
-def test_cli_build_add_info_search_delete(corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                          capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_build_add_info_search_delete(
+    corpus: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     from llmapps.cli import main
 
     monkeypatch.setenv("LLMAPPS_RETRIEVAL__CACHE_DIR", str(tmp_path / "cache"))
@@ -251,7 +287,9 @@ def test_llamaindex_retriever_and_query_engine(corpus: Path, tmp_path: Path) -> 
     store = FaissVectorStore(cached(tmp_path / "cache"))
     store.add_documents(load_documents(corpus))
     store.save(tmp_path / "idx")
-    nodes = LlamaFaissRetriever.from_path(tmp_path / "idx", k=2).retrieve("a comet in the night sky")
+    nodes = LlamaFaissRetriever.from_path(tmp_path / "idx", k=2).retrieve(
+        "a comet in the night sky"
+    )
     assert nodes[0].node.id_ == "n3" and nodes[0].score >= nodes[1].score
     # MockLLM only echoes the prompt: this checks the wiring, the retrieval is the real index.
     response = as_query_engine(store, llm=MockLLM(), k=1).query("a comet in the night sky")

@@ -98,7 +98,9 @@ def test_read_done_drops_only_a_torn_last_line(tmp_path: Path) -> None:
     assert list(read_done(out)) == ["a", "b"]
     assert out.read_text() == '{"id": "a"}\n{"id": "b"}\n'  # truncated so appends stay aligned
     out.write_text('{"id": "a"}\nbroken\n{"id": "c"}\n')
-    with pytest.raises(InputError, match=r"out.jsonl:2: not valid JSON \(.*\); fix or remove the line"):
+    with pytest.raises(
+        InputError, match=r"out.jsonl:2: not valid JSON \(.*\); fix or remove the line"
+    ):
         read_done(out)
 
 

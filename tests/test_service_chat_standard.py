@@ -40,7 +40,12 @@ class _Capabilities(TextChatCapabilities):
     @property
     def chat_model_params(self) -> dict[str, Any]:
         # fixed values: the unit suite's serialisation snapshot must not name a port or a folder
-        return {"model": "tiny-instruct", "base_url": "http://127.0.0.1:9/v1", "api_key": KEY, "retries": 0}
+        return {
+            "model": "tiny-instruct",
+            "base_url": "http://127.0.0.1:9/v1",
+            "api_key": KEY,
+            "retries": 0,
+        }
 
 
 class TestServiceChatModelUnit(_Capabilities, ChatModelUnitTests):
@@ -53,10 +58,20 @@ class TestServiceChatModelIntegration(_Capabilities, ChatModelIntegrationTests):
     @property
     def chat_model_params(self) -> dict[str, Any]:
         # a short budget keeps the suite fast; stream_usage asks the server for usage in streams
-        return {"model": SERVED["model"], "base_url": SERVED["url"] + "/v1", "api_key": KEY,
-                "max_tokens": 16, "retries": 0, "temperature": 0, "stream_usage": True}
+        return {
+            "model": SERVED["model"],
+            "base_url": SERVED["url"] + "/v1",
+            "api_key": KEY,
+            "max_tokens": 16,
+            "retries": 0,
+            "temperature": 0,
+            "stream_usage": True,
+        }
 
-    @pytest.mark.xfail(reason="langchain-openai caches one async httpx client per process; the "
-                       "suite's second event loop finds it bound to the first, closed one", strict=False)
+    @pytest.mark.xfail(
+        reason="langchain-openai caches one async httpx client per process; the "
+        "suite's second event loop finds it bound to the first, closed one",
+        strict=False,
+    )
     async def test_astream(self, model: Any) -> None:  # type: ignore[override]
         await super().test_astream(model)

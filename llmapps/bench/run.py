@@ -280,7 +280,9 @@ class StrategyRun:
         for row, sample in zip(rows, chunk, strict=True):
             row["id"] = str(sample["id"])
         metrics = b.scorer.score(rows, copy_texts=self.example_texts())
-        if b.spec.score is not None:  # the app's own metrics (AppSpec.score), beside the generic ones
+        if (
+            b.spec.score is not None
+        ):  # the app's own metrics (AppSpec.score), beside the generic ones
             for m, sample, row in zip(metrics, chunk, rows, strict=True):
                 m.update(b.spec.score(sample, row))
         if scoring is not None:

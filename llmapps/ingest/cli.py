@@ -196,7 +196,10 @@ def register(subparsers: Any) -> None:
     )
     add_source_flags(p)
     p.add_argument(
-        "--out", "-o", required=True, help="JSONL file to write (replaced atomically, on success only)"
+        "--out",
+        "-o",
+        required=True,
+        help="JSONL file to write (replaced atomically, on success only)",
     )
     p.add_argument(
         "--report", default=None, help="JSON report path (default: OUT with .report.json)"

@@ -139,7 +139,9 @@ class _GuardedBackend:
     def __init__(self, inner: Any) -> None:
         self.inner = inner
 
-    async def connect_tcp(self, host: str, port: int, timeout: float | None = None, **kw: Any) -> Any:
+    async def connect_tcp(
+        self, host: str, port: int, timeout: float | None = None, **kw: Any
+    ) -> Any:
         loop = asyncio.get_running_loop()
         try:
             infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
@@ -153,7 +155,9 @@ class _GuardedBackend:
             if reason is not None:
                 import httpcore
 
-                raise httpcore.ConnectError(f"{_BLOCKED}{host} resolves to {address}: {reason.split(' is ', 1)[1]}")
+                raise httpcore.ConnectError(
+                    f"{_BLOCKED}{host} resolves to {address}: {reason.split(' is ', 1)[1]}"
+                )
         return await self.inner.connect_tcp(addresses[0], port, timeout=timeout, **kw)
 
     def __getattr__(self, name: str) -> Any:  # sleep, connect_unix_socket
@@ -197,9 +201,7 @@ class Fetcher:
         o = self.options
         transport = self._transport
         if transport is None:
-            transport = httpx.AsyncHTTPTransport(
-                limits=httpx.Limits(max_connections=o.concurrency)
-            )
+            transport = httpx.AsyncHTTPTransport(limits=httpx.Limits(max_connections=o.concurrency))
             pool = getattr(transport, "_pool", None)
             if not o.allow_private and pool is not None and hasattr(pool, "_network_backend"):
                 pool._network_backend = _GuardedBackend(pool._network_backend)

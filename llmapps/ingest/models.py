@@ -28,8 +28,10 @@ def safe_http_url(url: object) -> str | None:
     if not isinstance(url, str):
         return None
     url = url.strip()
-    if not url or len(url) > 2048 or any(
-        ord(c) < 0x21 or unicodedata.category(c)[0] in "CZ" for c in url
+    if (
+        not url
+        or len(url) > 2048
+        or any(ord(c) < 0x21 or unicodedata.category(c)[0] in "CZ" for c in url)
     ):
         return None
     try:

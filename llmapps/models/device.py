@@ -28,8 +28,14 @@ def pick_dtype(requested: str, device: str) -> torch.dtype:
 
     if requested != "auto":
         try:
-            return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
-                    "bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[requested]
+            return {
+                "float32": torch.float32,
+                "bfloat16": torch.bfloat16,
+                "float16": torch.float16,
+                "bf16": torch.bfloat16,
+                "fp16": torch.float16,
+                "fp32": torch.float32,
+            }[requested]
         except KeyError as err:
             raise InputError(
                 f"dtype {requested!r} is not one of auto, float32, bfloat16, float16"

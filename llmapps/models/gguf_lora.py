@@ -36,7 +36,9 @@ def _lora_config(adapter: Path) -> dict[str, Any]:
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
-        raise ConfigError(f"cannot read the PEFT config {path} ({err}); retrain the adapter") from err
+        raise ConfigError(
+            f"cannot read the PEFT config {path} ({err}); retrain the adapter"
+        ) from err
     if config.get("peft_type") != "LORA":
         raise ConfigError(
             f"{adapter} is a {config.get('peft_type')} adapter; llama.cpp runs LoRA adapters only: "
@@ -50,7 +52,9 @@ def _lora_config(adapter: Path) -> dict[str, Any]:
     }
     for key, what in unsupported.items():
         if config.get(key):
-            raise ConfigError(f"{adapter} uses {what}, which llama.cpp LoRA files cannot hold: " + _BACKEND_HINT)
+            raise ConfigError(
+                f"{adapter} uses {what}, which llama.cpp LoRA files cannot hold: " + _BACKEND_HINT
+            )
     return config
 
 
@@ -79,14 +83,20 @@ def export_lora_gguf(adapter: Path | str, base_gguf: Path | str, out: Path | str
     arch, blocks, present = _base_tensors(base_gguf)
     arch_ids = [k for k, v in gguf.MODEL_ARCH_NAMES.items() if v == arch]
     if not arch_ids:
-        raise ConfigError(f"{base_gguf} is of architecture {arch!r}, which this gguf package cannot map")
+        raise ConfigError(
+            f"{base_gguf} is of architecture {arch!r}, which this gguf package cannot map"
+        )
     names = gguf.get_tensor_name_map(arch_ids[0], blocks)
     pairs: dict[str, dict[str, Any]] = {}
     for key, value in load_file(str(adapter / WEIGHTS)).items():
         part = "lora_a" if ".lora_A." in key else "lora_b" if ".lora_B." in key else None
         if part is None:
-            raise ConfigError(f"{adapter / WEIGHTS} holds {key!r}, not a LoRA A/B matrix: " + _BACKEND_HINT)
-        hf = key.replace("base_model.model.", "", 1).replace(f".lora_{part[-1].upper()}.weight", ".weight")
+            raise ConfigError(
+                f"{adapter / WEIGHTS} holds {key!r}, not a LoRA A/B matrix: " + _BACKEND_HINT
+            )
+        hf = key.replace("base_model.model.", "", 1).replace(
+            f".lora_{part[-1].upper()}.weight", ".weight"
+        )
         target = names.get_name(hf, try_suffixes=(".weight",))
         if target is None or target not in present:
             raise ConfigError(
@@ -118,7 +128,9 @@ def export_lora_gguf(adapter: Path | str, base_gguf: Path | str, out: Path | str
     return out
 
 
-def lora_gguf_for(adapter: Path | str, base_gguf: Path | str, settings: Settings | None = None) -> Path:
+def lora_gguf_for(
+    adapter: Path | str, base_gguf: Path | str, settings: Settings | None = None
+) -> Path:
     """The llama.cpp LoRA file of ``adapter`` for ``base_gguf``, converted on first use."""
     from llmapps.settings import get_settings
 

@@ -59,8 +59,12 @@ class _LocalMixin(BaseModel):
 
     @property
     def _identifying_params(self) -> dict[str, Any]:
-        return {"model": self.model, "max_new_tokens": self.max_new_tokens,
-                "temperature": self.temperature, "top_p": self.top_p}
+        return {
+            "model": self.model,
+            "max_new_tokens": self.max_new_tokens,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+        }
 
     @property
     def local_model(self) -> LocalModel:
@@ -72,7 +76,9 @@ class _LocalMixin(BaseModel):
 
     def _params(self, stop: list[str] | None, **kwargs: Any) -> GenerationParams:
         return GenerationParams(
-            max_new_tokens=int(kwargs.get("max_new_tokens", kwargs.get("max_tokens", self.max_new_tokens))),
+            max_new_tokens=int(
+                kwargs.get("max_new_tokens", kwargs.get("max_tokens", self.max_new_tokens))
+            ),
             temperature=float(kwargs.get("temperature", self.temperature)),
             top_p=float(kwargs.get("top_p", self.top_p)),
             stop=list(stop or []),
@@ -109,14 +115,20 @@ class LocalLLM(_LocalMixin, BaseLLM):
     ) -> LLMResult:
         outs = self.local_model.generate(prompts, self._params(stop, **kwargs))
         gens = [
-            [Generation(text=o.text, generation_info={"finish_reason": o.finish_reason, **_usage(o)})]
+            [
+                Generation(
+                    text=o.text, generation_info={"finish_reason": o.finish_reason, **_usage(o)}
+                )
+            ]
             for o in outs
         ]
         total = {
             "prompt_tokens": sum(o.prompt_tokens for o in outs),
             "completion_tokens": sum(o.completion_tokens for o in outs),
         }
-        return LLMResult(generations=gens, llm_output={"token_usage": total, "model_name": self.model})
+        return LLMResult(
+            generations=gens, llm_output={"token_usage": total, "model_name": self.model}
+        )
 
     def _stream(
         self,
@@ -162,8 +174,11 @@ class ChatLocal(_LocalMixin, BaseChatModel):
         return AIMessage(
             content=out.text,
             usage_metadata=_usage(out),  # type: ignore[arg-type]
-            response_metadata={"finish_reason": out.finish_reason, "model_name": self.model,
-                               "model_provider": "llmapps"},
+            response_metadata={
+                "finish_reason": out.finish_reason,
+                "model_name": self.model,
+                "model_provider": "llmapps",
+            },
         )
 
     def _stops(self, stop: list[str] | None) -> list[str]:
@@ -176,7 +191,9 @@ class ChatLocal(_LocalMixin, BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        (out,) = self.local_model.generate([self._prompt(messages)], self._params(self._stops(stop), **kwargs))
+        (out,) = self.local_model.generate(
+            [self._prompt(messages)], self._params(self._stops(stop), **kwargs)
+        )
         return ChatResult(generations=[ChatGeneration(message=self._message(out))])
 
     def _stream(
@@ -201,9 +218,16 @@ class ChatLocal(_LocalMixin, BaseChatModel):
         yield ChatGenerationChunk(
             message=AIMessageChunk(
                 content="",
-                usage_metadata={"input_tokens": n_in, "output_tokens": n_out, "total_tokens": n_in + n_out},
-                response_metadata={"finish_reason": "stop", "model_name": self.model,
-                                   "model_provider": "llmapps"},
+                usage_metadata={
+                    "input_tokens": n_in,
+                    "output_tokens": n_out,
+                    "total_tokens": n_in + n_out,
+                },
+                response_metadata={
+                    "finish_reason": "stop",
+                    "model_name": self.model,
+                    "model_provider": "llmapps",
+                },
                 chunk_position="last",
             )
         )
@@ -227,12 +251,21 @@ class ChatLocal(_LocalMixin, BaseChatModel):
         managers = []
         for msgs, cfg in zip(message_lists, configs, strict=True):
             cm = CallbackManager.configure(
-                cfg.get("callbacks"), self.callbacks, self.verbose,
-                cfg.get("tags"), self.tags, cfg.get("metadata"), self.metadata,
+                cfg.get("callbacks"),
+                self.callbacks,
+                self.verbose,
+                cfg.get("tags"),
+                self.tags,
+                cfg.get("metadata"),
+                self.metadata,
             )
             (rm,) = cm.on_chat_model_start(
-                self._serialized, [msgs], invocation_params=self._identifying_params,
-                name=cfg.get("run_name"), run_id=cfg.get("run_id"), batch_size=len(inputs),
+                self._serialized,
+                [msgs],
+                invocation_params=self._identifying_params,
+                name=cfg.get("run_name"),
+                run_id=cfg.get("run_id"),
+                batch_size=len(inputs),
             )
             managers.append(rm)
         try:

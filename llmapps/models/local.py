@@ -193,7 +193,10 @@ class LocalModel:
         return view
 
     def generate(
-        self, prompts: Sequence[str], params: GenerationParams | None = None, *,
+        self,
+        prompts: Sequence[str],
+        params: GenerationParams | None = None,
+        *,
         batch_size: int | None = None,
     ) -> list[GenerationOutput]:
         """Generate one completion per prompt, batched (``batch_size`` prompts at a time, default
@@ -213,8 +216,13 @@ class LocalModel:
             if len(ids) > limit:
                 log.warning(
                     "prompt %d has %d tokens, more than the %d that fit %r with %d new tokens: "
-                    "keeping its last %d tokens", i, len(ids), limit, self.name,
-                    params.max_new_tokens, limit,
+                    "keeping its last %d tokens",
+                    i,
+                    len(ids),
+                    limit,
+                    self.name,
+                    params.max_new_tokens,
+                    limit,
                 )
                 encoded[i] = ids[-limit:]
                 truncated[i] = True
@@ -226,9 +234,12 @@ class LocalModel:
             budget = self.memory_budget()
             while pos < len(order):
                 rows = rows_within_budget(
-                    self.model.config, self.model.dtype.itemsize, self.name,
+                    self.model.config,
+                    self.model.dtype.itemsize,
+                    self.name,
                     [len(encoded[i]) for i in order[pos : pos + batch_size]],
-                    params.max_new_tokens, budget,
+                    params.max_new_tokens,
+                    budget,
                 )
                 chunk = order[pos : pos + rows]
                 try:
@@ -281,20 +292,35 @@ class LocalModel:
             cache = self._stitched_prefill(batch, width, params.max_new_tokens)
             if cache is not None:
                 try:
-                    out = generate(input_ids=input_ids, attention_mask=attention,
-                                   **{cache_arg(): cache}, **kwargs)
+                    out = generate(
+                        input_ids=input_ids,
+                        attention_mask=attention,
+                        **{cache_arg(): cache},
+                        **kwargs,
+                    )
                 except (ValueError, NotImplementedError, TypeError) as err:
-                    log.info("%s: generate refused a prefilled cache (%s); prefilling padded "
-                             "batches", self.name, err)
+                    log.info(
+                        "%s: generate refused a prefilled cache (%s); prefilling padded batches",
+                        self.name,
+                        err,
+                    )
                     self.stitch_prefill = False
                     cache = None
             if cache is None and self.cache_implementation:
                 try:
-                    out = generate(input_ids=input_ids, attention_mask=attention,
-                                              cache_implementation=self.cache_implementation, **kwargs)
+                    out = generate(
+                        input_ids=input_ids,
+                        attention_mask=attention,
+                        cache_implementation=self.cache_implementation,
+                        **kwargs,
+                    )
                 except (ValueError, NotImplementedError, TypeError) as err:
-                    log.info("%s: no %s cache (%s); using the dynamic one", self.name,
-                             self.cache_implementation, err)
+                    log.info(
+                        "%s: no %s cache (%s); using the dynamic one",
+                        self.name,
+                        self.cache_implementation,
+                        err,
+                    )
                     self.cache_implementation = None
             if cache is None and not self.cache_implementation:
                 out = generate(input_ids=input_ids, attention_mask=attention, **kwargs)
@@ -324,7 +350,6 @@ class LocalModel:
             )
         return results
 
-
     def _stitched_prefill(self, batch: list[list[int]], width: int, max_new_tokens: int) -> Any:
         """One left-padded cache of the batch prefilled without padding (``stitched_prefill``),
         or None: stitching is off for this model, does not apply, or the model's cache has
@@ -332,8 +357,13 @@ class LocalModel:
         if not self.stitch_prefill:
             return None
         try:
-            return stitched_prefill(self.model, batch, width, max_new_tokens,
-                                    static=self.cache_implementation == "static")
+            return stitched_prefill(
+                self.model,
+                batch,
+                width,
+                max_new_tokens,
+                static=self.cache_implementation == "static",
+            )
         except UnstitchableCache as err:
             log.info("%s: no stitched prefill (%s); prefilling padded batches", self.name, err)
             self.stitch_prefill = False
@@ -382,7 +412,9 @@ def load_local_model(
 
     def load() -> LocalModel:
         model, tokenizer = load_pretrained(path, dev, dt, settings)
-        return LocalModel(model, tokenizer, name=name, device=dev, batch_size=settings.generation.batch_size)
+        return LocalModel(
+            model, tokenizer, name=name, device=dev, batch_size=settings.generation.batch_size
+        )
 
     shared = (pool or default_pool()).get(("transformers", path, dev, dt), load)
     return shared.with_batch_size(batch_size)
@@ -440,7 +472,9 @@ def load_pretrained(
             )
     model.to(device)  # type: ignore[arg-type]
     model.eval()
-    log.info("loaded %s on %s (%s) in %.1fs", path, device, torch_dtype, time.perf_counter() - started)
+    log.info(
+        "loaded %s on %s (%s) in %.1fs", path, device, torch_dtype, time.perf_counter() - started
+    )
     return model, tokenizer
 
 

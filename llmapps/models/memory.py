@@ -50,7 +50,9 @@ def estimate_generate_bytes(
     total = width + max_new
     per_position = kv_heads * head_dim * 2 * dtype_bytes
     kv = sum(
-        rows * (min(int(window), total) if window and t == "sliding_attention" else total) * per_position
+        rows
+        * (min(int(window), total) if window and t == "sliding_attention" else total)
+        * per_position
         for t in types
     )
     attention = rows * heads * width * width * 4 * 2
@@ -85,6 +87,11 @@ def rows_within_budget(
             "or raise generation.memory_budget_gb"
         )
     if rows < len(lengths):
-        log.info("%s: %d prompts of up to %d tokens per chunk fit the %.1f GiB memory budget",
-                 name, rows, lengths[0], budget / 2**30)
+        log.info(
+            "%s: %d prompts of up to %d tokens per chunk fit the %.1f GiB memory budget",
+            name,
+            rows,
+            lengths[0],
+            budget / 2**30,
+        )
     return rows

@@ -29,7 +29,9 @@ class ModelPool:
 
     def __init__(self) -> None:
         self._items: dict[tuple[Hashable, ...], Any] = {}
-        self._lock = threading.RLock()  # one load at a time: two loads of one model would double its memory
+        self._lock = (
+            threading.RLock()
+        )  # one load at a time: two loads of one model would double its memory
 
     def get(self, key: tuple[Hashable, ...], load: Callable[[], T]) -> T:
         """The object under ``key``, loaded with ``load()`` on first use."""

@@ -94,9 +94,13 @@ def stitched_prefill(
 
     def continued(rows: int) -> Any:
         """A copy of the prefix cache for ``rows`` rows, ``shared`` tokens long."""
-        data = [(layer.keys.expand(rows, -1, -1, -1).contiguous(),
-                 layer.values.expand(rows, -1, -1, -1).contiguous())
-                for layer in prefix_cache.layers]
+        data = [
+            (
+                layer.keys.expand(rows, -1, -1, -1).contiguous(),
+                layer.values.expand(rows, -1, -1, -1).contiguous(),
+            )
+            for layer in prefix_cache.layers
+        ]
         return _dynamic_cache(data, config, shared)
 
     # rows of one length share a forward pass (no padding either way)
@@ -107,25 +111,35 @@ def stitched_prefill(
     stitched: list[tuple[torch.Tensor, torch.Tensor]] | None = None
     for n, rows in groups.items():
         start = shared if n - 1 > shared else 0  # a row that is all prefix: prefill it whole
-        ids = torch.tensor([batch[r][start:-1] for r in rows], dtype=torch.long,
-                           device=model.device)
+        ids = torch.tensor(
+            [batch[r][start:-1] for r in rows], dtype=torch.long, device=model.device
+        )
         extra = {cache_arg(): continued(len(rows))} if start else {}
         pkv = getattr(model(input_ids=ids, use_cache=True, **extra, **keep), cache_arg())
         if not plain(pkv):
             raise UnstitchableCache(f"a {type(pkv).__name__} of layers not handled here")
         if stitched is None:
             stitched = [
-                (layer.keys.new_zeros((len(batch), layer.keys.shape[1],
-                                       _kept(layer, past), layer.keys.shape[3])),
-                 layer.values.new_zeros((len(batch), layer.values.shape[1],
-                                         _kept(layer, past), layer.values.shape[3])))
+                (
+                    layer.keys.new_zeros(
+                        (len(batch), layer.keys.shape[1], _kept(layer, past), layer.keys.shape[3])
+                    ),
+                    layer.values.new_zeros(
+                        (
+                            len(batch),
+                            layer.values.shape[1],
+                            _kept(layer, past),
+                            layer.values.shape[3],
+                        )
+                    ),
+                )
                 for layer in pkv.layers
             ]
         index = torch.tensor(rows, device=model.device)
         for (keys, values), layer in zip(stitched, pkv.layers, strict=True):
             m = layer.keys.shape[2]  # n - 1, or the window's last keys of them
-            keys[index, :, keys.shape[2] - m:] = layer.keys
-            values[index, :, values.shape[2] - m:] = layer.values
+            keys[index, :, keys.shape[2] - m :] = layer.keys
+            values[index, :, values.shape[2] - m :] = layer.values
     assert stitched is not None
     sliding = [isinstance(layer, DynamicSlidingWindowLayer) for layer in pkv.layers]
     if not static or any(sliding):

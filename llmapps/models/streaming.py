@@ -94,7 +94,7 @@ def stream_local(lm: LocalModel, prompt: str, params: GenerationParams) -> Any:
         text, hit = cut_at_stop(emitted + held, params.stop)
         if hit:
             if len(text) > len(emitted):
-                yield text[len(emitted):]
+                yield text[len(emitted) :]
             break
         # hold back a tail that could be the start of a stop string
         keep = max((len(s) - 1 for s in params.stop), default=0)

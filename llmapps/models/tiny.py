@@ -66,8 +66,16 @@ class TinySpec:
 
 
 TEST_SPEC = TinySpec(
-    vocab_size=1024, hidden_size=64, num_layers=2, num_heads=2, intermediate_size=160,
-    context_length=1024, block_size=128, batch_size=8, base_steps=60, instruct_steps=40,
+    vocab_size=1024,
+    hidden_size=64,
+    num_layers=2,
+    num_heads=2,
+    intermediate_size=160,
+    context_length=1024,
+    block_size=128,
+    batch_size=8,
+    base_steps=60,
+    instruct_steps=40,
 )
 
 
@@ -142,7 +150,9 @@ def instruction_pairs(corpus: Sequence[dict[str, str]]) -> list[tuple[str, str]]
             pairs.append((f"Write a headline for this article.\n{body}", doc["title"]))
         pairs.append((f"Summarize this article in one sentence.\n{body}", sents[0]))
         facts = [s for s in sents if any(c.isdigit() for c in s)][:3] or sents[1:3] or sents[:1]
-        pairs.append((f"List the key facts of this article.\n{body}", "\n".join(f"- {f}" for f in facts)))
+        pairs.append(
+            (f"List the key facts of this article.\n{body}", "\n".join(f"- {f}" for f in facts))
+        )
     return pairs
 
 
@@ -160,15 +170,22 @@ def _train_tokenizer(corpus: Sequence[dict[str, str]], spec: TinySpec) -> Any:
         show_progress=False,
     )
     texts = [f"{d.get('title', '')}\n\n{d['text']}" for d in corpus]
-    texts += ["Write a headline for this article.", "Summarize this article in one sentence.",
-              "List the key facts of this article.", "Summary: Riddle: Answer: Article: ###"]
+    texts += [
+        "Write a headline for this article.",
+        "Summarize this article in one sentence.",
+        "List the key facts of this article.",
+        "Summary: Riddle: Answer: Article: ###",
+    ]
     tok.train_from_iterator(texts, trainer=trainer)
     bos = tok.token_to_id("<s>")
     tok.post_processor = processors.TemplateProcessing(
         single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos)]
     )
     fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+        tokenizer_object=tok,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
         model_max_length=spec.context_length,
         additional_special_tokens=["<|system|>", "<|user|>", "<|assistant|>", "<|end|>"],
     )
@@ -215,8 +232,16 @@ class _Batches:
         return Rows()
 
 
-def _train(model: Any, rows: _Batches, steps: int, spec: TinySpec, learning_rate: float, desc: str,
-           progress: bool, work: Path) -> float:
+def _train(
+    model: Any,
+    rows: _Batches,
+    steps: int,
+    spec: TinySpec,
+    learning_rate: float,
+    desc: str,
+    progress: bool,
+    work: Path,
+) -> float:
     """``steps`` steps of the project's one training loop (``llmapps.training``) on CPU: AdamW,
     weight decay 0.01, gradient clipping 1.0, 10% warmup then cosine; the last logged loss."""
     from transformers import TrainingArguments
@@ -225,14 +250,29 @@ def _train(model: Any, rows: _Batches, steps: int, spec: TinySpec, learning_rate
 
     log.info("%s: %d steps", desc, steps)
     args = TrainingArguments(
-        output_dir=str(work), max_steps=steps, per_device_train_batch_size=spec.batch_size,
-        learning_rate=learning_rate, lr_scheduler_type="cosine", warmup_steps=max(1, steps // 10),
-        weight_decay=0.01, max_grad_norm=1.0, seed=spec.seed, data_seed=spec.seed, save_strategy="no",
-        eval_strategy="no", logging_steps=max(1, min(10, steps)), report_to=[], disable_tqdm=not progress,
-        remove_unused_columns=False, use_cpu=True, dataloader_num_workers=0,
+        output_dir=str(work),
+        max_steps=steps,
+        per_device_train_batch_size=spec.batch_size,
+        learning_rate=learning_rate,
+        lr_scheduler_type="cosine",
+        warmup_steps=max(1, steps // 10),
+        weight_decay=0.01,
+        max_grad_norm=1.0,
+        seed=spec.seed,
+        data_seed=spec.seed,
+        save_strategy="no",
+        eval_strategy="no",
+        logging_steps=max(1, min(10, steps)),
+        report_to=[],
+        disable_tqdm=not progress,
+        remove_unused_columns=False,
+        use_cpu=True,
+        dataloader_num_workers=0,
     )
     trainer = make_trainer_class()(
-        model=model, args=args, train_dataset=rows.as_dataset(),
+        model=model,
+        args=args,
+        train_dataset=rows.as_dataset(),
         data_collator=CompletionCollator(model.config.pad_token_id, attention_mask=True),
     )
     from transformers.trainer_callback import PrinterCallback
@@ -266,7 +306,9 @@ def _sft_rows(rows: list[tuple[list[int], int]]) -> Any:
     return draw
 
 
-def _save_atomic(models_dir: Path, name: str, model: Any, tokenizer: Any, manifest: dict[str, Any]) -> None:
+def _save_atomic(
+    models_dir: Path, name: str, model: Any, tokenizer: Any, manifest: dict[str, Any]
+) -> None:
     from llmapps.folders import atomic_folder
 
     with atomic_folder(models_dir / name) as tmp:
@@ -298,18 +340,37 @@ def build_tiny_models(
     eos = tokenizer.eos_token_id
     stream: list[int] = []
     for d in docs:
-        stream += tokenizer(f"{d.get('title', '')}\n\n{d['text']}", add_special_tokens=True)["input_ids"] + [eos]
+        stream += tokenizer(f"{d.get('title', '')}\n\n{d['text']}", add_special_tokens=True)[
+            "input_ids"
+        ] + [eos]
     base = _new_model(tokenizer, spec)
-    work = Path(tempfile.mkdtemp(prefix="llmapps-tiny-train-"))  # the Trainer's output_dir: nothing is saved there
+    work = Path(
+        tempfile.mkdtemp(prefix="llmapps-tiny-train-")
+    )  # the Trainer's output_dir: nothing is saved there
     try:
-        base_loss = _train(base, _Batches(_pretrain_rows(stream, spec), spec.seed), spec.base_steps, spec,
-                           spec.learning_rate, "pretraining tiny-base", progress, work)
+        base_loss = _train(
+            base,
+            _Batches(_pretrain_rows(stream, spec), spec.seed),
+            spec.base_steps,
+            spec,
+            spec.learning_rate,
+            "pretraining tiny-base",
+            progress,
+            work,
+        )
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
-    meta = {"spec": asdict(spec), "build_version": BUILD_VERSION, "corpus_sha256_16": corpus_hash(docs), "documents": len(docs)}
+    meta = {
+        "spec": asdict(spec),
+        "build_version": BUILD_VERSION,
+        "corpus_sha256_16": corpus_hash(docs),
+        "documents": len(docs),
+    }
     base.generation_config = GenerationConfig(
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=eos, pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=eos,
+        pad_token_id=tokenizer.pad_token_id,
         **GENERATION_DEFAULTS,
     )
     _save_atomic(models_dir, "tiny-base", base, tokenizer, {**meta, "final_loss": base_loss})
@@ -327,14 +388,29 @@ def build_tiny_models(
         rows.append((ids, max(0, len(ids) - len(r_ids))))
     instruct = base
     try:
-        inst_loss = _train(instruct, _Batches(_sft_rows(rows), spec.seed + 1), spec.instruct_steps, spec,
-                           spec.learning_rate / 2, "instruction-tuning tiny-instruct", progress, work)
+        inst_loss = _train(
+            instruct,
+            _Batches(_sft_rows(rows), spec.seed + 1),
+            spec.instruct_steps,
+            spec,
+            spec.learning_rate / 2,
+            "instruction-tuning tiny-instruct",
+            progress,
+            work,
+        )
     finally:
         shutil.rmtree(work, ignore_errors=True)
     instruct.generation_config = GenerationConfig(
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=[end, eos], pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=[end, eos],
+        pad_token_id=tokenizer.pad_token_id,
         **GENERATION_DEFAULTS,
     )
-    _save_atomic(models_dir, "tiny-instruct", instruct, tokenizer,
-                 {**meta, "final_loss": inst_loss, "instruction_pairs": len(rows)})
+    _save_atomic(
+        models_dir,
+        "tiny-instruct",
+        instruct,
+        tokenizer,
+        {**meta, "final_loss": inst_loss, "instruction_pairs": len(rows)},
+    )
     return {"tiny-base": base_loss, "tiny-instruct": inst_loss}

@@ -86,8 +86,14 @@ class SentenceTransformerEmbeddings(Embeddings):
         local_files_only: never contact the hub.
     """
 
-    def __init__(self, model_id: str = MINILM, *, batch_size: int = 64, device: str | None = None,
-                 local_files_only: bool = False) -> None:
+    def __init__(
+        self,
+        model_id: str = MINILM,
+        *,
+        batch_size: int = 64,
+        device: str | None = None,
+        local_files_only: bool = False,
+    ) -> None:
         self.model_id = canonical_model_id(model_id)
         self.batch_size = batch_size
         self.device = device
@@ -99,8 +105,9 @@ class SentenceTransformerEmbeddings(Embeddings):
     def model(self) -> Any:
         with self._lock:
             if self._model is None:
-                self._model = load_sentence_transformer(self.model_id, device=self.device,
-                                                        local_files_only=self.local_files_only)
+                self._model = load_sentence_transformer(
+                    self.model_id, device=self.device, local_files_only=self.local_files_only
+                )
             return self._model
 
     def embed_array(self, texts: Sequence[str]) -> np.ndarray:
@@ -110,8 +117,11 @@ class SentenceTransformerEmbeddings(Embeddings):
         # Sorting by length keeps padding small inside each batch; the order is restored after.
         order = np.argsort([-len(t) for t in texts], kind="stable")
         out = self.model.encode(
-            [texts[i] for i in order], batch_size=self.batch_size, convert_to_numpy=True,
-            normalize_embeddings=True, show_progress_bar=False,
+            [texts[i] for i in order],
+            batch_size=self.batch_size,
+            convert_to_numpy=True,
+            normalize_embeddings=True,
+            show_progress_bar=False,
         )
         result = np.empty_like(out)
         result[order] = out
@@ -119,8 +129,11 @@ class SentenceTransformerEmbeddings(Embeddings):
 
     @property
     def dimension(self) -> int:
-        return int(self.model.get_embedding_dimension() if hasattr(self.model, "get_embedding_dimension")
-                   else self.model.get_sentence_embedding_dimension())
+        return int(
+            self.model.get_embedding_dimension()
+            if hasattr(self.model, "get_embedding_dimension")
+            else self.model.get_sentence_embedding_dimension()
+        )
 
     def embed_documents(self, texts: list[str]) -> list[list[float]]:
         return self.embed_array(texts).tolist()
@@ -140,8 +153,15 @@ class CachedEmbeddings(Embeddings):
         progress: show a progress bar while embedding cache misses.
     """
 
-    def __init__(self, inner: Embeddings, model_id: str, *, cache_dir: Path | None = None,
-                 batch_size: int = 256, progress: bool = False) -> None:
+    def __init__(
+        self,
+        inner: Embeddings,
+        model_id: str,
+        *,
+        cache_dir: Path | None = None,
+        batch_size: int = 256,
+        progress: bool = False,
+    ) -> None:
         self.inner = inner
         self.model_id = model_id
         self.cache_dir = Path(cache_dir) if cache_dir else None
@@ -158,10 +178,14 @@ class CachedEmbeddings(Embeddings):
             return None
         if self._db is None:
             self.cache_dir.mkdir(parents=True, exist_ok=True)
-            db = sqlite3.connect(self.cache_dir / "embeddings.sqlite", timeout=60, check_same_thread=False)
+            db = sqlite3.connect(
+                self.cache_dir / "embeddings.sqlite", timeout=60, check_same_thread=False
+            )
             db.execute("PRAGMA journal_mode=WAL")
-            db.execute("CREATE TABLE IF NOT EXISTS vectors (model TEXT, hash TEXT, vec BLOB, "
-                       "PRIMARY KEY (model, hash))")
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS vectors (model TEXT, hash TEXT, vec BLOB, "
+                "PRIMARY KEY (model, hash))"
+            )
             db.commit()
             self._db = db
         return self._db
@@ -174,8 +198,10 @@ class CachedEmbeddings(Embeddings):
         for start in range(0, len(hashes), 500):  # SQLite caps bound parameters per statement
             chunk = hashes[start : start + 500]
             marks = ",".join("?" * len(chunk))
-            rows = db.execute(f"SELECT hash, vec FROM vectors WHERE model=? AND hash IN ({marks})",
-                              [self.model_id, *chunk])
+            rows = db.execute(
+                f"SELECT hash, vec FROM vectors WHERE model=? AND hash IN ({marks})",
+                [self.model_id, *chunk],
+            )
             for h, blob in rows:
                 found[h] = np.frombuffer(blob, dtype=np.float32)
         return found
@@ -184,8 +210,10 @@ class CachedEmbeddings(Embeddings):
         db = self._conn()
         if db is None or not items:
             return
-        db.executemany("INSERT OR REPLACE INTO vectors VALUES (?, ?, ?)",
-                       [(self.model_id, h, v.astype(np.float32).tobytes()) for h, v in items])
+        db.executemany(
+            "INSERT OR REPLACE INTO vectors VALUES (?, ?, ?)",
+            [(self.model_id, h, v.astype(np.float32).tobytes()) for h, v in items],
+        )
         db.commit()
 
     # ------------------------------------------------------------ embedding
@@ -195,8 +223,10 @@ class CachedEmbeddings(Embeddings):
         with self._lock:
             hashes = [text_hash(t) for t in texts]
             cached = self._lookup(sorted(set(hashes)))
-            missing = sorted({h: t for h, t in zip(hashes, texts, strict=True) if h not in cached}.items(),
-                             key=lambda kv: -len(kv[1]))
+            missing = sorted(
+                {h: t for h, t in zip(hashes, texts, strict=True) if h not in cached}.items(),
+                key=lambda kv: -len(kv[1]),
+            )
             self.stats["hits"] += len(texts) - sum(1 for h in hashes if h not in cached)
             self.stats["misses"] += len(missing)
             if missing:
@@ -214,8 +244,12 @@ class CachedEmbeddings(Embeddings):
         from tqdm.auto import tqdm
 
         parts = []
-        bar = tqdm(total=len(texts), desc=f"embedding ({self.model_id})", unit="text",
-                   disable=not self.progress or len(texts) < self.batch_size)
+        bar = tqdm(
+            total=len(texts),
+            desc=f"embedding ({self.model_id})",
+            unit="text",
+            disable=not self.progress or len(texts) < self.batch_size,
+        )
         for start in range(0, len(texts), self.batch_size):
             batch = texts[start : start + self.batch_size]
             if hasattr(self.inner, "embed_array"):
@@ -250,8 +284,13 @@ class CachedEmbeddings(Embeddings):
             self._db = None
 
 
-def load_sentence_transformer(model_id: str, *, device: str | None = None, local_files_only: bool = False,
-                              pool: ModelPool | None = None) -> Any:
+def load_sentence_transformer(
+    model_id: str,
+    *,
+    device: str | None = None,
+    local_files_only: bool = False,
+    pool: ModelPool | None = None,
+) -> Any:
     """The one loader of sentence-transformers models: loaded once per pool (default the
     process's ``default_pool()``) and device, shared by retrieval, few-shot example selection
     and the metrics.
@@ -279,8 +318,9 @@ def load_sentence_transformer(model_id: str, *, device: str | None = None, local
     return (pool or default_pool()).get(("sentence-transformers", where, device or "auto"), load)
 
 
-def shared_embeddings(model: str | None = None, *, settings: Settings | None = None,
-                      pool: ModelPool | None = None) -> CachedEmbeddings:
+def shared_embeddings(
+    model: str | None = None, *, settings: Settings | None = None, pool: ModelPool | None = None
+) -> CachedEmbeddings:
     """The cached embeddings of ``model`` (default: the settings'), one per pool, model and cache
     folder: what every part of the process that embeds (few-shot selection, metrics) shares."""
     from llmapps.models.pool import default_pool
@@ -306,8 +346,13 @@ def token_ids_fn(model_id: str) -> Callable[[str], list[int]]:
     return lambda text: list(range(int(len(text.split()) * 1.3)))
 
 
-def make_embeddings(model: str | None = None, *, settings: Settings | None = None,
-                    cache: bool = True, progress: bool = False) -> CachedEmbeddings:
+def make_embeddings(
+    model: str | None = None,
+    *,
+    settings: Settings | None = None,
+    cache: bool = True,
+    progress: bool = False,
+) -> CachedEmbeddings:
     """The embeddings named by ``model`` (default: ``settings.retrieval.embedding_model``), cached.
 
     Raises:
@@ -323,18 +368,22 @@ def make_embeddings(model: str | None = None, *, settings: Settings | None = Non
         try:
             from langchain_openai import OpenAIEmbeddings
         except ImportError as err:  # pragma: no cover - dependency of the project
-            raise ConfigError("openai embeddings need langchain-openai: pip install langchain-openai") from err
+            raise ConfigError(
+                "openai embeddings need langchain-openai: pip install langchain-openai"
+            ) from err
         try:
             inner = OpenAIEmbeddings(model=name.split(":", 1)[1])
         except Exception as err:
             raise ConfigError(f"cannot set up {name}: {err} (set OPENAI_API_KEY)") from err
     else:
         device = None if s.device == "auto" else s.device
-        inner = SentenceTransformerEmbeddings(name, batch_size=r.batch_size, device=device,
-                                              local_files_only=s.offline)
+        inner = SentenceTransformerEmbeddings(
+            name, batch_size=r.batch_size, device=device, local_files_only=s.offline
+        )
     cache_dir = (r.cache_dir or s.home / "embeddings") if cache else None
-    return CachedEmbeddings(inner, name, cache_dir=cache_dir, batch_size=max(r.batch_size, 256),
-                            progress=progress)
+    return CachedEmbeddings(
+        inner, name, cache_dir=cache_dir, batch_size=max(r.batch_size, 256), progress=progress
+    )
 
 
 def embeddings_model_id(embeddings: Embeddings) -> str:

@@ -31,7 +31,9 @@ class LlamaFaissRetriever(BaseRetriever):
         mmr: diversify with maximal marginal relevance.
     """
 
-    def __init__(self, store: FaissVectorStore, k: int = 4, *, mmr: bool = False, **kwargs: Any) -> None:
+    def __init__(
+        self, store: FaissVectorStore, k: int = 4, *, mmr: bool = False, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         self.store = store
         self.k = k
@@ -48,8 +50,13 @@ class LlamaFaissRetriever(BaseRetriever):
             hits = [(d, None) for d in self.store.max_marginal_relevance_search(query, k=self.k)]
         else:
             hits = self.store.similarity_search_with_score(query, k=self.k)
-        return [NodeWithScore(node=TextNode(id_=str(d.id), text=d.page_content, metadata=dict(d.metadata)),
-                              score=s) for d, s in hits]
+        return [
+            NodeWithScore(
+                node=TextNode(id_=str(d.id), text=d.page_content, metadata=dict(d.metadata)),
+                score=s,
+            )
+            for d, s in hits
+        ]
 
 
 def as_query_engine(store: FaissVectorStore, llm: Any, k: int = 4, **kwargs: Any) -> Any:

@@ -111,7 +111,11 @@ def generation_on_disk(folder: Path) -> int:
     try:
         return read_index_manifest(folder).generation
     except RetrievalError:
-        gens = [int(p.stem.split("-")[1]) for p in folder.glob("index-*.faiss") if p.stem.split("-")[1].isdigit()]
+        gens = [
+            int(p.stem.split("-")[1])
+            for p in folder.glob("index-*.faiss")
+            if p.stem.split("-")[1].isdigit()
+        ]
         return max(gens, default=0)
 
 
@@ -122,7 +126,9 @@ def read_index_manifest(folder: Path) -> IndexManifest:
     if not folder.exists():
         raise RetrievalError(f"no index at {folder}; " + build_hint(folder))
     if not f.is_file():
-        raise RetrievalError(f"{folder} holds no manifest.json, so it is not an llmapps index; " + build_hint(folder))
+        raise RetrievalError(
+            f"{folder} holds no manifest.json, so it is not an llmapps index; " + build_hint(folder)
+        )
     return read_manifest_json(f, IndexManifest, error=RetrievalError, hint=hint)
 
 

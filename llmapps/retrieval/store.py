@@ -57,7 +57,6 @@ from llmapps.retrieval.manifest import read_manifest as read_manifest
 log = logging.getLogger(__name__)
 
 
-
 @dataclass
 class Record:
     """One stored document (or chunk): its faiss label, id, text, metadata and content hash."""
@@ -178,15 +177,22 @@ class VectorIndex:
         """Ids of stored documents whose content hash is ``content_hash``."""
         return set(self._by_hash.get(content_hash, ()))
 
-    def add(self, ids: Sequence[str], texts: Sequence[str], vectors: np.ndarray,
-            metadatas: Sequence[dict[str, Any]] | None = None,
-            hashes: Sequence[str] | None = None) -> list[str]:
+    def add(
+        self,
+        ids: Sequence[str],
+        texts: Sequence[str],
+        vectors: np.ndarray,
+        metadatas: Sequence[dict[str, Any]] | None = None,
+        hashes: Sequence[str] | None = None,
+    ) -> list[str]:
         """Insert documents; an id already stored is replaced (upsert)."""
         if not ids:
             return []
         v = self._check_vectors(vectors)
         if not (len(ids) == len(texts) == len(v)):
-            raise RetrievalError(f"got {len(ids)} ids, {len(texts)} texts and {len(v)} vectors; they must match")
+            raise RetrievalError(
+                f"got {len(ids)} ids, {len(texts)} texts and {len(v)} vectors; they must match"
+            )
         if len(set(ids)) != len(ids):
             # keep the last occurrence, as sequential upserts would
             last = {i: n for n, i in enumerate(ids)}
@@ -254,8 +260,11 @@ class VectorIndex:
     def vectors_for(self, ids: Sequence[str]) -> np.ndarray:
         """The stored vectors of ``ids`` (all must exist)."""
         labels = [self.records[i].label for i in ids]
-        return np.stack([self.index.reconstruct(int(lb)) for lb in labels]) if labels else \
-            np.zeros((0, self.dimension), dtype=np.float32)
+        return (
+            np.stack([self.index.reconstruct(int(lb)) for lb in labels])
+            if labels
+            else np.zeros((0, self.dimension), dtype=np.float32)
+        )
 
     def search(self, queries: np.ndarray, k: int) -> list[list[tuple[Record, float]]]:
         """The ``k`` nearest stored documents of each query row, best first, with cosine scores."""
@@ -265,8 +274,11 @@ class VectorIndex:
         scores, labels = self._faiss_search(q, min(k, self.ntotal))
         out = []
         for srow, lrow in zip(scores, labels, strict=True):
-            hits = [(self.records[self._by_label[int(lb)]], float(s))
-                    for s, lb in zip(srow, lrow, strict=True) if lb >= 0 and int(lb) in self._by_label]
+            hits = [
+                (self.records[self._by_label[int(lb)]], float(s))
+                for s, lb in zip(srow, lrow, strict=True)
+                if lb >= 0 and int(lb) in self._by_label
+            ]
             out.append(hits)
         return out
 
@@ -303,7 +315,10 @@ class VectorIndex:
         _, truth = exact.search(q, kk)
         _, approx = self.index.search(q, kk)
         truth_labels = labels[truth]
-        hits = sum(len(set(t) & set(a)) for t, a in zip(truth_labels.tolist(), approx.tolist(), strict=True))
+        hits = sum(
+            len(set(t) & set(a))
+            for t, a in zip(truth_labels.tolist(), approx.tolist(), strict=True)
+        )
         return hits / (len(q) * kk)
 
     def tune_ef_search(self, target_recall: float = 0.95, k: int = 10, max_ef: int = 1024) -> float:
@@ -316,7 +331,9 @@ class VectorIndex:
             RetrievalError: the index is not HNSW, or ``target_recall`` is not in (0, 1].
         """
         if self.params.kind != "hnsw":
-            raise RetrievalError(f"efSearch applies to hnsw indexes; this one is {self.params.kind!r}")
+            raise RetrievalError(
+                f"efSearch applies to hnsw indexes; this one is {self.params.kind!r}"
+            )
         if not 0 < target_recall <= 1:
             raise RetrievalError(f"target_recall must be in (0, 1], got {target_recall}")
         ef = 1 << max(k - 1, 1).bit_length()
@@ -361,7 +378,11 @@ class VectorIndex:
             raise RetrievalError("this index has no folder yet; pass save(path)")
         target.mkdir(parents=True, exist_ok=True)
         on_disk = generation_on_disk(target)
-        if self.path is not None and self.path.resolve() == target.resolve() and on_disk > self.generation:
+        if (
+            self.path is not None
+            and self.path.resolve() == target.resolve()
+            and on_disk > self.generation
+        ):
             raise RetrievalError(
                 f"{target} was saved by another writer (generation {on_disk}) since this index was "
                 f"loaded (generation {self.generation}); load it again and redo the change"
@@ -370,19 +391,36 @@ class VectorIndex:
         index_name, doc_name = f"index-{gen}.faiss", f"docstore-{gen}.jsonl"
         tmp_index = target / f".{index_name}.tmp"
         if self.index is None:
-            self.index = self._new_faiss(np.zeros((0, self.dimension), np.float32)) \
-                if self.params.kind != "ivf" else None
+            self.index = (
+                self._new_faiss(np.zeros((0, self.dimension), np.float32))
+                if self.params.kind != "ivf"
+                else None
+            )
         if self.index is not None:
             faiss.write_index(self.index, str(tmp_index))
         else:  # an empty IVF index has not been trained: store an empty flat one
             faiss.write_index(faiss.IndexIDMap2(faiss.IndexFlatIP(self.dimension)), str(tmp_index))
         _fsync_replace(tmp_index, target / index_name)
-        atomic_write(target / doc_name, "".join(
-            dumps_line({"label": rec.label, "id": rec.id, "text": rec.text, "metadata": rec.metadata,
-                        "hash": rec.hash})
-            for rec in sorted(self.records.values(), key=lambda r: r.label)))
+        atomic_write(
+            target / doc_name,
+            "".join(
+                dumps_line(
+                    {
+                        "label": rec.label,
+                        "id": rec.id,
+                        "text": rec.text,
+                        "metadata": rec.metadata,
+                        "hash": rec.hash,
+                    }
+                )
+                for rec in sorted(self.records.values(), key=lambda r: r.label)
+            ),
+        )
         self.generation = gen
-        files = {index_name: sha256_file(target / index_name), doc_name: sha256_file(target / doc_name)}
+        files = {
+            index_name: sha256_file(target / index_name),
+            doc_name: sha256_file(target / doc_name),
+        }
         atomic_write(target / "manifest.json", json.dumps(self.manifest(files), indent=2) + "\n")
         # The new manifest is in place: older generations are garbage now.
         for stale in [*target.glob("index-*.faiss"), *target.glob("docstore-*.jsonl")]:
@@ -417,7 +455,9 @@ class VectorIndex:
         for name, digest in m.files.items():
             f = confined(folder, name)
             if sha256_file(f) != digest:
-                raise RetrievalError(f"{f} is corrupted (its SHA-256 does not match the manifest); {hint}")
+                raise RetrievalError(
+                    f"{f} is corrupted (its SHA-256 does not match the manifest); {hint}"
+                )
         params = IndexParams(**m.index.model_dump())
         self = cls(m.dimension, m.embedding_model, params)
         index_file = folder / m.index_file
@@ -425,50 +465,67 @@ class VectorIndex:
             self.index = faiss.read_index(str(index_file))
         except Exception as err:  # faiss raises RuntimeError with a C++ trace for bad bytes
             first = str(err).strip().splitlines()[-1:] or [type(err).__name__]
-            raise RetrievalError(f"{index_file} is not a readable FAISS index ({first[0][:200]}); {hint}") from err
+            raise RetrievalError(
+                f"{index_file} is not a readable FAISS index ({first[0][:200]}); {hint}"
+            ) from err
         if not isinstance(self.index, faiss.IndexIDMap2):
-            raise RetrievalError(f"{index_file} is a {type(self.index).__name__}, not an index this code "
-                                 f"writes; {hint}")
+            raise RetrievalError(
+                f"{index_file} is a {type(self.index).__name__}, not an index this code "
+                f"writes; {hint}"
+            )
         if self.index.d != self.dimension:
-            raise RetrievalError(f"{folder}: the FAISS index has dimension {self.index.d} but the manifest "
-                                 f"says {self.dimension}; {hint}")
+            raise RetrievalError(
+                f"{folder}: the FAISS index has dimension {self.index.d} but the manifest "
+                f"says {self.dimension}; {hint}"
+            )
         inner = faiss.downcast_index(self.index.index)
-        expected = {"flat": faiss.IndexFlat, "hnsw": faiss.IndexHNSW, "ivf": faiss.IndexIVF}[params.kind]
+        expected = {"flat": faiss.IndexFlat, "hnsw": faiss.IndexHNSW, "ivf": faiss.IndexIVF}[
+            params.kind
+        ]
         if params.kind == "ivf" and isinstance(inner, faiss.IndexFlat) and self.index.ntotal == 0:
             self.index = None  # saved empty before training
         elif not isinstance(inner, expected):
-            raise RetrievalError(f"{index_file} holds a {type(inner).__name__}, but the manifest says "
-                                 f"{params.kind!r}; {hint}")
+            raise RetrievalError(
+                f"{index_file} holds a {type(inner).__name__}, but the manifest says "
+                f"{params.kind!r}; {hint}"
+            )
         else:
             self._apply_search_params()
         try:
-            rows = read_jsonl(folder / m.docstore_file, DocRow.model_validate, max_listed=1,
-                              error=RetrievalError)
+            rows = read_jsonl(
+                folder / m.docstore_file, DocRow.model_validate, max_listed=1, error=RetrievalError
+            )
         except RetrievalError as err:  # the first bad line is enough: the file gets rebuilt
             bad = str(err).splitlines()[-1].strip().removeprefix("- ")
             raise RetrievalError(f"bad docstore row {bad}; {hint}") from err
         for row in rows:
             rec = Record(row.label, row.id, row.text, row.metadata, row.hash)
             if rec.id in self.records or rec.label in self._by_label:
-                raise RetrievalError(f"{folder / m.docstore_file}: id {rec.id[:80]!r} or label {rec.label} "
-                                     f"appears twice; {hint}")
+                raise RetrievalError(
+                    f"{folder / m.docstore_file}: id {rec.id[:80]!r} or label {rec.label} "
+                    f"appears twice; {hint}"
+                )
             self.records[rec.id] = rec
             self._by_label[rec.label] = rec.id
             self._by_hash.setdefault(rec.hash, set()).add(rec.id)
         if not (len(self.records) == self.ntotal == m.count):
-            raise RetrievalError(f"{folder}: {self.ntotal} vectors, {len(self.records)} documents and a manifest "
-                                 f"count of {m.count} disagree; {hint}")
+            raise RetrievalError(
+                f"{folder}: {self.ntotal} vectors, {len(self.records)} documents and a manifest "
+                f"count of {m.count} disagree; {hint}"
+            )
         if self.index is not None and self.ntotal:
             labels = set(faiss.vector_to_array(self.index.id_map).tolist())
             if labels != set(self._by_label):
-                raise RetrievalError(f"{folder}: the FAISS labels and the docstore's labels differ; {hint}")
+                raise RetrievalError(
+                    f"{folder}: the FAISS labels and the docstore's labels differ; {hint}"
+                )
         top = max(self._by_label, default=-1) + 1
         if m.next_label is not None and m.next_label < top:
-            raise RetrievalError(f"{folder}: next_label {m.next_label} is below a stored label; {hint}")
+            raise RetrievalError(
+                f"{folder}: next_label {m.next_label} is below a stored label; {hint}"
+            )
         self.next_label = top if m.next_label is None else m.next_label
         self.generation = m.generation
         self.extra = dict(m.config)
         self.path = folder
         return self
-
-

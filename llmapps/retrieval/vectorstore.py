@@ -68,9 +68,15 @@ class FaissVectorStore(VectorStore):
         path: folder ``save()`` writes to by default.
     """
 
-    def __init__(self, embedding: Embeddings, index: VectorIndex | None = None, *,
-                 index_kind: str = "auto", ann_above: int = 200_000,
-                 path: Path | str | None = None) -> None:
+    def __init__(
+        self,
+        embedding: Embeddings,
+        index: VectorIndex | None = None,
+        *,
+        index_kind: str = "auto",
+        ann_above: int = 200_000,
+        path: Path | str | None = None,
+    ) -> None:
         self.embedding = embedding
         self.model_id = embeddings_model_id(embedding)
         if index is not None and index.model_id != self.model_id:
@@ -90,23 +96,43 @@ class FaissVectorStore(VectorStore):
         return self.embedding
 
     @classmethod
-    def from_texts(cls, texts: list[str], embedding: Embeddings, metadatas: list[dict] | None = None,
-                   *, ids: list[str] | None = None, **kwargs: Any) -> FaissVectorStore:
-        store = cls(embedding, **{k: kwargs.pop(k) for k in ("index_kind", "ann_above", "path") if k in kwargs})
+    def from_texts(
+        cls,
+        texts: list[str],
+        embedding: Embeddings,
+        metadatas: list[dict] | None = None,
+        *,
+        ids: list[str] | None = None,
+        **kwargs: Any,
+    ) -> FaissVectorStore:
+        store = cls(
+            embedding,
+            **{k: kwargs.pop(k) for k in ("index_kind", "ann_above", "path") if k in kwargs},
+        )
         store.add_texts(texts, metadatas, ids=ids, **kwargs)
         return store
 
     @classmethod
-    def build(cls, documents: Iterable[Document], *, path: Path | str | None = None,
-              embedding: Embeddings | None = None, index_kind: str | None = None,
-              progress: bool = False) -> FaissVectorStore:
+    def build(
+        cls,
+        documents: Iterable[Document],
+        *,
+        path: Path | str | None = None,
+        embedding: Embeddings | None = None,
+        index_kind: str | None = None,
+        progress: bool = False,
+    ) -> FaissVectorStore:
         """Embed ``documents`` into a new index (saved to ``path`` when given), with settings' defaults."""
         from llmapps.retrieval.embeddings import make_embeddings
         from llmapps.settings import get_settings
 
         r = get_settings().retrieval
-        store = cls(embedding or make_embeddings(progress=progress), index_kind=index_kind or r.index_kind,
-                    ann_above=r.auto_ann_above, path=path)
+        store = cls(
+            embedding or make_embeddings(progress=progress),
+            index_kind=index_kind or r.index_kind,
+            ann_above=r.auto_ann_above,
+            path=path,
+        )
         store.add_documents(list(documents), skip_duplicates=True)
         if path is not None:
             store.save(path)
@@ -137,8 +163,15 @@ class FaissVectorStore(VectorStore):
         return self.path
 
     # ------------------------------------------------------------ writing
-    def add_texts(self, texts: Iterable[str], metadatas: list[dict] | None = None, *,
-                  ids: list[str] | None = None, skip_duplicates: bool = False, **kwargs: Any) -> list[str]:
+    def add_texts(
+        self,
+        texts: Iterable[str],
+        metadatas: list[dict] | None = None,
+        *,
+        ids: list[str] | None = None,
+        skip_duplicates: bool = False,
+        **kwargs: Any,
+    ) -> list[str]:
         """Embed and add ``texts``; an existing id is replaced.
 
         Args:
@@ -157,7 +190,9 @@ class FaissVectorStore(VectorStore):
                 empty.append(str(name))
                 continue
             h = text_hash(text)
-            if skip_duplicates and (h in seen or (self.index is not None and self.index.ids_with_hash(h))):
+            if skip_duplicates and (
+                h in seen or (self.index is not None and self.index.ids_with_hash(h))
+            ):
                 dupes.append(str(name))
                 continue
             seen.add(h)
@@ -168,7 +203,11 @@ class FaissVectorStore(VectorStore):
         if empty:
             log.warning("skipped %d empty document(s): %s", len(empty), ", ".join(empty[:20]))
         if dupes:
-            log.info("skipped %d document(s) already indexed (same content): %s", len(dupes), ", ".join(dupes[:20]))
+            log.info(
+                "skipped %d document(s) already indexed (same content): %s",
+                len(dupes),
+                ", ".join(dupes[:20]),
+            )
         self.last_skipped = empty + dupes
         if not keep_texts:
             return []
@@ -181,7 +220,9 @@ class FaissVectorStore(VectorStore):
     def add_documents(self, documents: list[Document], **kwargs: Any) -> list[str]:
         if "ids" not in kwargs and any(d.id for d in documents):
             kwargs["ids"] = [d.id for d in documents]
-        return self.add_texts([d.page_content for d in documents], [d.metadata for d in documents], **kwargs)
+        return self.add_texts(
+            [d.page_content for d in documents], [d.metadata for d in documents], **kwargs
+        )
 
     def delete(self, ids: list[str] | None = None, **kwargs: Any) -> bool | None:
         """Remove documents by id; unknown ids are ignored. True if any was removed."""
@@ -198,7 +239,9 @@ class FaissVectorStore(VectorStore):
     def __len__(self) -> int:
         return 0 if self.index is None else len(self.index)
 
-    def _search(self, vector: np.ndarray, k: int, flt: Filter, fetch_k: int | None = None) -> list[tuple[Record, float]]:
+    def _search(
+        self, vector: np.ndarray, k: int, flt: Filter, fetch_k: int | None = None
+    ) -> list[tuple[Record, float]]:
         if self.index is None or len(self.index) == 0:
             return []
         want = fetch_k or k
@@ -211,29 +254,43 @@ class FaissVectorStore(VectorStore):
                 return hits[:want]
             n *= 4
 
-    def similarity_search_with_score_by_vector(self, embedding: list[float], k: int = 4, *,
-                                               filter: Filter = None, **kwargs: Any) -> list[tuple[Document, float]]:
+    def similarity_search_with_score_by_vector(
+        self, embedding: list[float], k: int = 4, *, filter: Filter = None, **kwargs: Any
+    ) -> list[tuple[Document, float]]:
         """Documents nearest to ``embedding`` with their cosine similarity (higher is closer)."""
         q = normalize(np.asarray(embedding, dtype=np.float32))
         return [(_doc(r), s) for r, s in self._search(q, k, filter)]
 
-    def similarity_search_with_score(self, query: str, k: int = 4, **kwargs: Any) -> list[tuple[Document, float]]:
+    def similarity_search_with_score(
+        self, query: str, k: int = 4, **kwargs: Any
+    ) -> list[tuple[Document, float]]:
         if self.index is None or len(self.index) == 0:
             return []
-        return self.similarity_search_with_score_by_vector(_embed_query(self.embedding, query)[0].tolist(), k, **kwargs)
+        return self.similarity_search_with_score_by_vector(
+            _embed_query(self.embedding, query)[0].tolist(), k, **kwargs
+        )
 
     def similarity_search(self, query: str, k: int = 4, **kwargs: Any) -> list[Document]:
         return [d for d, _ in self.similarity_search_with_score(query, k, **kwargs)]
 
-    def similarity_search_by_vector(self, embedding: list[float], k: int = 4, **kwargs: Any) -> list[Document]:
+    def similarity_search_by_vector(
+        self, embedding: list[float], k: int = 4, **kwargs: Any
+    ) -> list[Document]:
         return [d for d, _ in self.similarity_search_with_score_by_vector(embedding, k, **kwargs)]
 
     def _select_relevance_score_fn(self) -> Callable[[float], float]:
         return lambda score: (1.0 + score) / 2.0  # cosine in [-1, 1] -> relevance in [0, 1]
 
-    def max_marginal_relevance_search_by_vector(self, embedding: list[float], k: int = 4, fetch_k: int = 20,
-                                                lambda_mult: float = 0.5, *, filter: Filter = None,
-                                                **kwargs: Any) -> list[Document]:
+    def max_marginal_relevance_search_by_vector(
+        self,
+        embedding: list[float],
+        k: int = 4,
+        fetch_k: int = 20,
+        lambda_mult: float = 0.5,
+        *,
+        filter: Filter = None,
+        **kwargs: Any,
+    ) -> list[Document]:
         from langchain_core.vectorstores.utils import maximal_marginal_relevance
 
         q = normalize(np.asarray(embedding, dtype=np.float32))
@@ -242,17 +299,22 @@ class FaissVectorStore(VectorStore):
             return []
         assert self.index is not None  # _search returns hits only from an index
         vecs = self.index.vectors_for([r.id for r, _ in hits])
-        picked = maximal_marginal_relevance(q[0], list(vecs), lambda_mult=lambda_mult, k=min(k, len(hits)))
+        picked = maximal_marginal_relevance(
+            q[0], list(vecs), lambda_mult=lambda_mult, k=min(k, len(hits))
+        )
         return [_doc(hits[i][0]) for i in picked]
 
-    def max_marginal_relevance_search(self, query: str, k: int = 4, fetch_k: int = 20,
-                                      lambda_mult: float = 0.5, **kwargs: Any) -> list[Document]:
+    def max_marginal_relevance_search(
+        self, query: str, k: int = 4, fetch_k: int = 20, lambda_mult: float = 0.5, **kwargs: Any
+    ) -> list[Document]:
         if self.index is None or len(self.index) == 0:
             return []
         q = _embed_query(self.embedding, query)[0].tolist()
         return self.max_marginal_relevance_search_by_vector(q, k, fetch_k, lambda_mult, **kwargs)
 
-    def as_retriever(self, k: int = 4, search_type: str = "similarity", **kwargs: Any) -> FaissRetriever:  # type: ignore[override]
+    def as_retriever(  # type: ignore[override]
+        self, k: int = 4, search_type: str = "similarity", **kwargs: Any
+    ) -> FaissRetriever:
         """A ``FaissRetriever`` returning ``k`` documents (``search_type``: similarity or mmr)."""
         return FaissRetriever(store=self, k=k, search_type=search_type, **kwargs)
 
@@ -287,10 +349,17 @@ class FaissRetriever(BaseRetriever):
             self.store = FaissVectorStore.load(self.path)
         return self
 
-    def _get_relevant_documents(self, query: str, *, run_manager: CallbackManagerForRetrieverRun,
-                                k: int | None = None, **kwargs: Any) -> list[Document]:
+    def _get_relevant_documents(
+        self,
+        query: str,
+        *,
+        run_manager: CallbackManagerForRetrieverRun,
+        k: int | None = None,
+        **kwargs: Any,
+    ) -> list[Document]:
         n = k or self.k
         if self.search_type == "mmr":
-            return self.store.max_marginal_relevance_search(query, n, max(self.fetch_k, n), self.lambda_mult,
-                                                            filter=self.filter)
+            return self.store.max_marginal_relevance_search(
+                query, n, max(self.fetch_k, n), self.lambda_mult, filter=self.filter
+            )
         return self.store.similarity_search(query, n, filter=self.filter)

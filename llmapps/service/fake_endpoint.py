@@ -133,8 +133,15 @@ def create_fake_app(state: FakeEndpointState | None = None) -> FastAPI:
                 st.completed[last] += 1
             n_in = sum(len(str(m.get("content", "")).split()) for m in body["messages"])
             n_out = len(content.split())
-            return chat_completion(f"fake-{time.time_ns()}", int(time.time()), body.get("model", "fake-model"),
-                                   content, "stop", n_in, n_out)
+            return chat_completion(
+                f"fake-{time.time_ns()}",
+                int(time.time()),
+                body.get("model", "fake-model"),
+                content,
+                "stop",
+                n_in,
+                n_out,
+            )
         finally:
             if counted:
                 with st._lock:

@@ -34,8 +34,13 @@ class RateLimiter(BaseRateLimiter):
     """
 
     def __init__(
-        self, rpm: int | None = None, tpm: int | None = None, *, window_s: float = 60.0,
-        clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] | None = None,
+        self,
+        rpm: int | None = None,
+        tpm: int | None = None,
+        *,
+        window_s: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] | None = None,
     ) -> None:
         self.rpm = rpm
         self.tpm = tpm

@@ -59,15 +59,24 @@ def add_chat_routes(app: FastAPI, ctx: Serving, bearer: list[Any], chat: Any = N
             (out,) = await ctx.generate(request, [prompt], params)
         finally:
             ctx.slots.release(1)
-        return chat_completion(cid, created, served, out.text, out.finish_reason,
-                               out.prompt_tokens, out.completion_tokens)
+        return chat_completion(
+            cid,
+            created,
+            served,
+            out.text,
+            out.finish_reason,
+            out.prompt_tokens,
+            out.completion_tokens,
+        )
 
     async def app_reply(req: ChatRequest) -> Any:
         """The app's answer to the conversation (one choice, no streaming, no token counts)."""
         from starlette.concurrency import run_in_threadpool
 
         if req.stream:
-            raise APIError(400, "an app chat answers whole replies: send stream: false", param="stream")
+            raise APIError(
+                400, "an app chat answers whole replies: send stream: false", param="stream"
+            )
         msgs = [{"role": m.role, "content": _text_of(m.content)} for m in req.messages]
         ctx.slots.acquire(1)
         try:
@@ -76,4 +85,6 @@ def add_chat_routes(app: FastAPI, ctx: Serving, bearer: list[Any], chat: Any = N
             raise APIError(400, str(err), param="messages", code="invalid_message") from err
         finally:
             ctx.slots.release(1)
-        return chat_completion(f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), served, text, "stop", 0, 0)
+        return chat_completion(
+            f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), served, text, "stop", 0, 0
+        )

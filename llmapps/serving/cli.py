@@ -121,8 +121,9 @@ def app_chat(args: argparse.Namespace) -> Any:
     if args.model:
         raise ConfigError("--app builds the app on --strategy; drop --model")
     options = check_app_options(args.app, args)
-    chain = load_chain(args.app, args.strategy, app_options=options,
-                       **strategy_options(args.strategy, args))
+    chain = load_chain(
+        args.app, args.strategy, app_options=options, **strategy_options(args.strategy, args)
+    )
     chat = spec.chat
     return lambda messages: chat(chain, messages)
 

@@ -53,10 +53,18 @@ def add_completion_routes(app: FastAPI, ctx: Serving, bearer: list[Any]) -> None
             usage = bool((req.stream_options or {}).get("include_usage"))
             cancel = threading.Event()
             make = partial(text_chunk, cid, created, served)
-            return ctx.streaming(ctx.stream_events(prompts[0], params, make, usage, cancel), 1, cancel)
+            return ctx.streaming(
+                ctx.stream_events(prompts[0], params, make, usage, cancel), 1, cancel
+            )
         try:
             outs = await ctx.generate(request, prompts, params)
         finally:
             ctx.slots.release(len(prompts))
-        return text_completion(cid, created, served, [(o.text, o.finish_reason) for o in outs],
-                               sum(o.prompt_tokens for o in outs), sum(o.completion_tokens for o in outs))
+        return text_completion(
+            cid,
+            created,
+            served,
+            [(o.text, o.finish_reason) for o in outs],
+            sum(o.prompt_tokens for o in outs),
+            sum(o.completion_tokens for o in outs),
+        )

@@ -37,8 +37,9 @@ class _Cancelled:
     def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
         import torch
 
-        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool,
-                          device=input_ids.device)
+        return torch.full(
+            (input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device
+        )
 
 
 class _CancellableModel:
@@ -114,7 +115,9 @@ class Serving:
         self.lm, self.settings, self.served = lm, settings, served
         self.slots = Slots(settings.max_concurrent)
         self.max_prompts = min(settings.max_prompts, settings.max_concurrent)
-        self.batcher = DynamicBatcher(lm, max_batch=settings.max_batch, wait_ms=settings.batch_wait_ms)
+        self.batcher = DynamicBatcher(
+            lm, max_batch=settings.max_batch, wait_ms=settings.batch_wait_ms
+        )
         self.started = int(time.time())
 
     def check_model(self, name: str) -> None:
@@ -192,7 +195,9 @@ class Serving:
                 ) from err
             raise
 
-    async def generate(self, request: Request, prompts: list[str], params: GenerationParams) -> list[Any]:
+    async def generate(
+        self, request: Request, prompts: list[str], params: GenerationParams
+    ) -> list[Any]:
         """Generate through the batcher; a client that goes away cancels its queued prompts."""
         futures = [asyncio.wrap_future(self.batcher.submit(p, params)) for p in prompts]
         gathered = asyncio.gather(*futures)
@@ -211,7 +216,9 @@ class Serving:
             if not gathered.done():
                 gathered.cancel()
 
-    def streaming(self, events: Iterator[dict[str, Any]], n_slots: int, cancel: threading.Event) -> StreamingResponse:
+    def streaming(
+        self, events: Iterator[dict[str, Any]], n_slots: int, cancel: threading.Event
+    ) -> StreamingResponse:
         """Server-sent events of ``events``; a failure midway ends with an error event and ``[DONE]``."""
         from starlette.concurrency import run_in_threadpool
 
@@ -228,11 +235,25 @@ class Serving:
             except Exception as err:  # headers are sent: say so in the stream, then end it
                 log.exception("stream failed")
                 body = APIError(
-                    500, f"generation failed ({type(err).__name__}); see the server log",
-                    type="server_error", code="internal_error",
+                    500,
+                    f"generation failed ({type(err).__name__}); see the server log",
+                    type="server_error",
+                    code="internal_error",
                 )
-                yield "data: " + json.dumps({"error": {"message": body.message, "type": body.type,
-                                                        "param": None, "code": body.code}}) + "\n\n"
+                yield (
+                    "data: "
+                    + json.dumps(
+                        {
+                            "error": {
+                                "message": body.message,
+                                "type": body.type,
+                                "param": None,
+                                "code": body.code,
+                            }
+                        }
+                    )
+                    + "\n\n"
+                )
             finally:
                 cancel.set()  # a client that left stops the generation at its next token
                 slots.release(n_slots)
@@ -245,8 +266,12 @@ class Serving:
         return StreamingResponse(sse(), media_type="text/event-stream")
 
     def stream_events(
-        self, prompt: str, params: GenerationParams, make: Callable[..., dict[str, Any]],
-        include_usage: bool, cancel: threading.Event,
+        self,
+        prompt: str,
+        params: GenerationParams,
+        make: Callable[..., dict[str, Any]],
+        include_usage: bool,
+        cancel: threading.Event,
     ) -> Iterator[dict[str, Any]]:
         """The events of one streamed answer: ``make(piece, finish, first=...)`` builds each."""
         from llmapps.models.llamacpp import GGUFModel

@@ -225,67 +225,125 @@ def usage(prompt_tokens: int, completion_tokens: int) -> Any:
     """``openai.types.CompletionUsage`` of one answer."""
     from openai.types import CompletionUsage
 
-    return CompletionUsage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
-                           total_tokens=prompt_tokens + completion_tokens)
+    return CompletionUsage(
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+        total_tokens=prompt_tokens + completion_tokens,
+    )
 
 
 def model_list(served: str, created: int) -> dict[str, Any]:
     """``GET /v1/models``: the one model served."""
     from openai.types import Model
 
-    return {"object": "list", "data": [_dump(Model(id=served, object="model", created=created, owned_by="llmapps"))]}
+    return {
+        "object": "list",
+        "data": [_dump(Model(id=served, object="model", created=created, owned_by="llmapps"))],
+    }
 
 
-def chat_completion(cid: str, created: int, model: str, text: str, finish: str,
-                    prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
+def chat_completion(
+    cid: str,
+    created: int,
+    model: str,
+    text: str,
+    finish: str,
+    prompt_tokens: int,
+    completion_tokens: int,
+) -> dict[str, Any]:
     """A whole chat answer (``openai.types.chat.ChatCompletion``), one choice."""
     from openai.types.chat import ChatCompletion, ChatCompletionMessage
     from openai.types.chat.chat_completion import Choice
 
-    choice = Choice(index=0, message=ChatCompletionMessage(role="assistant", content=text),
-                    finish_reason=finish, logprobs=None)  # type: ignore[arg-type]
-    return _dump(ChatCompletion(id=cid, object="chat.completion", created=created, model=model,
-                                choices=[choice], usage=usage(prompt_tokens, completion_tokens)))
+    choice = Choice(
+        index=0,
+        message=ChatCompletionMessage(role="assistant", content=text),
+        finish_reason=finish,  # type: ignore[arg-type]
+        logprobs=None,
+    )
+    return _dump(
+        ChatCompletion(
+            id=cid,
+            object="chat.completion",
+            created=created,
+            model=model,
+            choices=[choice],
+            usage=usage(prompt_tokens, completion_tokens),
+        )
+    )
 
 
-def chat_chunk(cid: str, created: int, model: str, piece: str | None, finish: str | None,
-               first: bool = False) -> dict[str, Any]:
+def chat_chunk(
+    cid: str, created: int, model: str, piece: str | None, finish: str | None, first: bool = False
+) -> dict[str, Any]:
     """One streamed chat event (``openai.types.chat.ChatCompletionChunk``): the first carries the
     role, the others a piece of text, the last the finish reason."""
     from openai.types.chat import ChatCompletionChunk
     from openai.types.chat.chat_completion_chunk import Choice, ChoiceDelta
 
-    delta = ChoiceDelta(role="assistant", content="") if first else (
-        ChoiceDelta(content=piece) if piece is not None else ChoiceDelta())
+    delta = (
+        ChoiceDelta(role="assistant", content="")
+        if first
+        else (ChoiceDelta(content=piece) if piece is not None else ChoiceDelta())
+    )
     choice = Choice(index=0, delta=delta, finish_reason=finish)  # type: ignore[arg-type]
-    return _dump(ChatCompletionChunk(id=cid, object="chat.completion.chunk", created=created,
-                                     model=model, choices=[choice]))
+    return _dump(
+        ChatCompletionChunk(
+            id=cid, object="chat.completion.chunk", created=created, model=model, choices=[choice]
+        )
+    )
 
 
-def text_completion(cid: str, created: int, model: str, texts: list[tuple[str, str]],
-                    prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
+def text_completion(
+    cid: str,
+    created: int,
+    model: str,
+    texts: list[tuple[str, str]],
+    prompt_tokens: int,
+    completion_tokens: int,
+) -> dict[str, Any]:
     """A completion answer (``openai.types.Completion``), one choice per (text, finish) pair."""
     from openai.types import Completion, CompletionChoice
 
-    choices = [CompletionChoice(index=i, text=t, finish_reason=f, logprobs=None)  # type: ignore[arg-type]
-               for i, (t, f) in enumerate(texts)]
-    return _dump(Completion(id=cid, object="text_completion", created=created, model=model,
-                            choices=choices, usage=usage(prompt_tokens, completion_tokens)))
+    choices = [
+        CompletionChoice(index=i, text=t, finish_reason=f, logprobs=None)  # type: ignore[arg-type]
+        for i, (t, f) in enumerate(texts)
+    ]
+    return _dump(
+        Completion(
+            id=cid,
+            object="text_completion",
+            created=created,
+            model=model,
+            choices=choices,
+            usage=usage(prompt_tokens, completion_tokens),
+        )
+    )
 
 
-def text_chunk(cid: str, created: int, model: str, piece: str | None, finish: str | None,
-               first: bool = False) -> dict[str, Any]:
+def text_chunk(
+    cid: str, created: int, model: str, piece: str | None, finish: str | None, first: bool = False
+) -> dict[str, Any]:
     """One streamed completion event (``openai.types.Completion`` without usage). The type has
     no streaming variant: its ``finish_reason`` is required, but a stream sends null until the
     last event (as OpenAI's does, and its client reads), so the event is built unvalidated."""
     from openai.types import Completion, CompletionChoice
 
-    choice = CompletionChoice.model_construct(index=0, text=piece or "", finish_reason=finish,  # type: ignore[arg-type]
-                                              logprobs=None)
-    return _dump(Completion.model_construct(id=cid, object="text_completion", created=created, model=model,
-                                            choices=[choice]))
+    choice = CompletionChoice.model_construct(
+        index=0,
+        text=piece or "",
+        finish_reason=finish,  # type: ignore[arg-type]
+        logprobs=None,
+    )
+    return _dump(
+        Completion.model_construct(
+            id=cid, object="text_completion", created=created, model=model, choices=[choice]
+        )
+    )
 
 
-def usage_chunk(event: dict[str, Any], prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
+def usage_chunk(
+    event: dict[str, Any], prompt_tokens: int, completion_tokens: int
+) -> dict[str, Any]:
     """The last streamed event when the client asked for usage: no choices, the token counts."""
     return {**event, "choices": [], "usage": _dump(usage(prompt_tokens, completion_tokens))}

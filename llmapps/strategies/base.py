@@ -44,8 +44,9 @@ class Strategy(ABC):
     summary: ClassVar[str] = ""
     requires: ClassVar[str] = ""
 
-    def __init__(self, config: StrategyConfig | None = None, *, pool: ModelPool | None = None,
-                 **options: Any) -> None:
+    def __init__(
+        self, config: StrategyConfig | None = None, *, pool: ModelPool | None = None, **options: Any
+    ) -> None:
         from llmapps.models.pool import default_pool
 
         self.pool = pool or default_pool()  # where this strategy's models are loaded and shared
@@ -54,7 +55,9 @@ class Strategy(ABC):
                 config = self.config_class(kind=self.name, **options)
             except ValidationError as err:
                 error = config_error_from_validation(f"options for the {self.name!r} strategy", err)
-                if any(e.get("type") == "extra_forbidden" for e in err.errors()):  # name the valid ones
+                if any(
+                    e.get("type") == "extra_forbidden" for e in err.errors()
+                ):  # name the valid ones
                     valid = ", ".join(sorted(set(self.config_class.model_fields) - {"kind"}))
                     error = ConfigError(f"{error}\n  its options: {valid}")
                 raise error from err
@@ -98,6 +101,8 @@ def make_strategy(name: str, **options: Any) -> Strategy:
 def strategy_from_config(config: dict[str, Any]) -> Strategy:
     """Build a strategy from a config mapping whose ``kind`` names it (as in YAML files)."""
     if "kind" not in config:
-        raise ConfigError(f"a strategy config needs a 'kind' (one of {', '.join(STRATEGIES.names())})")
+        raise ConfigError(
+            f"a strategy config needs a 'kind' (one of {', '.join(STRATEGIES.names())})"
+        )
     options = dict(config)
     return make_strategy(options.pop("kind"), **options)

@@ -27,25 +27,30 @@ class FewShotStrategyConfig(StrategyConfig):
 
     kind: Literal["few-shot"] = "few-shot"
     base_model: str | None = Field(
-        None, description="packaged name, hub id, directory or .gguf file; default: settings.base_model"
+        None,
+        description="packaged name, hub id, directory or .gguf file; default: settings.base_model",
     )
     max_new_tokens: int | None = Field(None, ge=1, description="default: the task's budget")
     temperature: float = Field(0.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     max_examples: int | None = Field(None, ge=0)
     max_prompt_tokens: int | None = Field(
-        None, ge=16, description="examples are packed up to this many prompt tokens; "
-        "default: settings.generation.max_prompt_tokens (the model's context is the ceiling)"
+        None,
+        ge=16,
+        description="examples are packed up to this many prompt tokens; "
+        "default: settings.generation.max_prompt_tokens (the model's context is the ceiling)",
     )
     example_selection: Literal["order", "similarity", "mmr"] = Field(
-        "similarity", description="similarity/mmr: rank the examples per input (embeddings); order: bank order"
+        "similarity",
+        description="similarity/mmr: rank the examples per input (embeddings); order: bank order",
     )
     batch_size: int | None = Field(None, ge=1)
     device: str | None = None
     dtype: str | None = None
     backend: Literal["transformers", "llama.cpp"] | None = Field(
-        None, description="transformers or llama.cpp (GGUF files and packaged models); default: "
-        "settings.generation.backend, or llama.cpp for a .gguf base_model"
+        None,
+        description="transformers or llama.cpp (GGUF files and packaged models); default: "
+        "settings.generation.backend, or llama.cpp for a .gguf base_model",
     )
 
 
@@ -68,8 +73,14 @@ def fit_inputs(
     limit = prompt_limit(lm, max_new, max_prompt_tokens)
 
     def fit(inputs: dict[str, Any]) -> dict[str, Any]:
-        return truncate_to_fit(inputs, task.truncate_variable, render, lm.count_tokens, limit,
-                               what=f"{task.name} input")
+        return truncate_to_fit(
+            inputs,
+            task.truncate_variable,
+            render,
+            lm.count_tokens,
+            limit,
+            what=f"{task.name} input",
+        )
 
     return fit
 
@@ -96,8 +107,12 @@ class FewShotStrategy(Strategy):
         if self._lm is None:
             c = self.config
             self._lm = load_model(
-                c.base_model or get_settings().base_model, c.backend,
-                device=c.device, dtype=c.dtype, batch_size=c.batch_size, pool=self.pool,
+                c.base_model or get_settings().base_model,
+                c.backend,
+                device=c.device,
+                dtype=c.dtype,
+                batch_size=c.batch_size,
+                pool=self.pool,
             )
         return self._lm
 
@@ -146,15 +161,22 @@ class FewShotStrategy(Strategy):
         max_new = c.max_new_tokens or task.max_new_tokens
         layout = task.completion
         example_prompt = PromptTemplate.from_template(layout.example_template)
-        sep_tokens = max(1, len(lm.tokenizer(layout.separator, add_special_tokens=False)["input_ids"]))
+        sep_tokens = max(
+            1, len(lm.tokenizer(layout.separator, add_special_tokens=False)["input_ids"])
+        )
         limit = prompt_limit(lm, max_new, c.max_prompt_tokens)
 
         def budget(inputs: dict[str, Any]) -> int:
             return limit - lm.count_tokens(layout.render(inputs)) - sep_tokens
 
         selector = TokenBudgetExampleSelector(
-            task.examples, example_prompt, lm.count_tokens, budget,
-            separator_tokens=sep_tokens, ranker=self.ranker(task), max_examples=c.max_examples,
+            task.examples,
+            example_prompt,
+            lm.count_tokens,
+            budget,
+            separator_tokens=sep_tokens,
+            ranker=self.ranker(task),
+            max_examples=c.max_examples,
         )
         prompt = FewShotPromptTemplate(
             example_selector=selector,

@@ -61,21 +61,29 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+
 class LoraStrategyConfig(StrategyConfig):
     """Options of the ``lora`` strategy."""
 
     kind: Literal["lora"] = "lora"
-    adapter: str = Field(description="adapter folder written by `llmapps finetune` (PEFT files + manifest)")
-    base_model: str | None = Field(
-        None, description="where the base lives, if not where the manifest says; its weights must match"
+    adapter: str = Field(
+        description="adapter folder written by `llmapps finetune` (PEFT files + manifest)"
     )
-    merge: bool = Field(False, description="fold the adapter into a private copy of the base (faster)")
+    base_model: str | None = Field(
+        None,
+        description="where the base lives, if not where the manifest says; its weights must match",
+    )
+    merge: bool = Field(
+        False, description="fold the adapter into a private copy of the base (faster)"
+    )
     backend: Literal["transformers", "llama.cpp"] | None = Field(
         None,
         description="transformers (PEFT), or llama.cpp (the base's GGUF with the adapter converted "
         "to a llama.cpp LoRA file on first use); default settings.generation.backend",
     )
-    allow_other_task: bool = Field(False, description="use the adapter on a task it was not trained for")
+    allow_other_task: bool = Field(
+        False, description="use the adapter on a task it was not trained for"
+    )
     max_new_tokens: int | None = Field(None, ge=1, description="default: the task's budget")
     temperature: float = Field(0.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
@@ -87,9 +95,12 @@ class LoraStrategyConfig(StrategyConfig):
 class AdaptedModel(LocalModel):
     """A ``LocalModel`` view of a shared PEFT model with one named adapter switched on per call."""
 
-    def __init__(self, shared: _SharedBase, adapter_name: str, *, name: str, batch_size: int) -> None:
-        super().__init__(shared.model, shared.tokenizer, name=name, device=shared.device,
-                         batch_size=batch_size)
+    def __init__(
+        self, shared: _SharedBase, adapter_name: str, *, name: str, batch_size: int
+    ) -> None:
+        super().__init__(
+            shared.model, shared.tokenizer, name=name, device=shared.device, batch_size=batch_size
+        )
         self.shared = shared
         self.adapter_name = adapter_name
 
@@ -185,7 +196,9 @@ class LoraStrategy(Strategy):
                 shared.model = load_peft(shared.model, folder, adapter_name)
                 shared.model.eval()
                 try:
-                    self.logit_change = check_adapter_active(shared.model, adapter_name, shared.tokenizer, folder)
+                    self.logit_change = check_adapter_active(
+                        shared.model, adapter_name, shared.tokenizer, folder
+                    )
                 except ConfigError:
                     shared.model.delete_adapter(adapter_name)
                     raise
@@ -230,7 +243,10 @@ class LoraStrategy(Strategy):
             )
         lora = lora_gguf_for(folder, gguf, settings)
         lm = load_gguf_model(
-            str(gguf), settings=settings, pool=self.pool, lora_path=lora,
+            str(gguf),
+            settings=settings,
+            pool=self.pool,
+            lora_path=lora,
             name=f"{self.manifest.base_model}+{folder.name}(llama.cpp)",
         )
         return cast(LocalModel, lm)
@@ -262,7 +278,9 @@ class LoraStrategy(Strategy):
         if layout_hash(task.completion) != self.manifest.prompt_sha256:
             log.warning(
                 "the prompt layout of %r changed since the adapter in %s was trained; its outputs "
-                "may suffer: retrain it with `llmapps finetune lora`", task.name, self.config.adapter,
+                "may suffer: retrain it with `llmapps finetune lora`",
+                task.name,
+                self.config.adapter,
             )
 
     @staticmethod
@@ -286,8 +304,10 @@ class LoraStrategy(Strategy):
 
         llm = completion_llm(lm, max_new_tokens=max_new, temperature=c.temperature, top_p=c.top_p)
         fit = fit_inputs(task, lm, max_new, render)
-        chain = RunnableLambda(fit, name="fit_context") | RunnableLambda(render, name="render") | llm.bind(
-            stop=list(task.stop)
+        chain = (
+            RunnableLambda(fit, name="fit_context")
+            | RunnableLambda(render, name="render")
+            | llm.bind(stop=list(task.stop))
         )
         return chain.with_config(run_name=f"lora:{task.name}")
 

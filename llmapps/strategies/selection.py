@@ -51,8 +51,9 @@ def mmr_order(query: np.ndarray, vectors: np.ndarray, lambda_mult: float = 0.5) 
     return chosen
 
 
-def make_ranker(kind: str, task: Task, *, embeddings: Embeddings | None = None,
-                lambda_mult: float = 0.5) -> Callable[[dict[str, Any], Sequence[dict[str, Any]]], list[int]]:
+def make_ranker(
+    kind: str, task: Task, *, embeddings: Embeddings | None = None, lambda_mult: float = 0.5
+) -> Callable[[dict[str, Any], Sequence[dict[str, Any]]], list[int]]:
     """A ranker of ``task``'s examples for one input, by ``similarity`` or ``mmr``.
 
     Args:
@@ -78,7 +79,9 @@ def make_ranker(kind: str, task: Task, *, embeddings: Embeddings | None = None,
             state["vectors"] = _embed(state["emb"], texts)
             state["texts"] = texts
             state["key"] = key
-            log.debug("embedded %d worked examples of %s for %s selection", len(texts), task.name, kind)
+            log.debug(
+                "embedded %d worked examples of %s for %s selection", len(texts), task.name, kind
+            )
         return state["vectors"]
 
     def rank(inputs: dict[str, Any], examples: Sequence[dict[str, Any]]) -> list[int]:
@@ -88,8 +91,11 @@ def make_ranker(kind: str, task: Task, *, embeddings: Embeddings | None = None,
         text = _text(inputs, keys)
         q = _embed(state["emb"], [text])[0]
         ident = inputs.get("id")
-        allowed = [i for i, ex in enumerate(examples)
-                   if not ((ident is not None and ex.get("id") == ident) or state["texts"][i] == text)]
+        allowed = [
+            i
+            for i, ex in enumerate(examples)
+            if not ((ident is not None and ex.get("id") == ident) or state["texts"][i] == text)
+        ]
         if kind == "similarity":
             sims = vecs[allowed] @ q
             order = [allowed[i] for i in np.argsort(-sims, kind="stable")]
@@ -98,8 +104,13 @@ def make_ranker(kind: str, task: Task, *, embeddings: Embeddings | None = None,
         if log.isEnabledFor(logging.DEBUG):
             sims_all = vecs @ q
             top = ", ".join(f"{examples[i].get('id', i)} ({sims_all[i]:.2f})" for i in order[:8])
-            log.debug("few-shot %s ranking for %s %r: %s", kind, task.name,
-                      ident or str(inputs.get(keys[0], ""))[:40], top)
+            log.debug(
+                "few-shot %s ranking for %s %r: %s",
+                kind,
+                task.name,
+                ident or str(inputs.get(keys[0], ""))[:40],
+                top,
+            )
         return order
 
     return rank

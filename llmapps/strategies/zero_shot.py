@@ -21,11 +21,14 @@ class ZeroShotStrategyConfig(StrategyConfig):
 
     kind: Literal["zero-shot"] = "zero-shot"
     instruct_model: str | None = Field(
-        None, description="packaged name, hub id, directory or .gguf file; default: settings.instruct_model"
+        None,
+        description="packaged name, hub id, directory or .gguf file; default: settings.instruct_model",
     )
     max_new_tokens: int | None = Field(None, ge=1)
     max_prompt_tokens: int | None = Field(
-        None, ge=16, description="longer inputs are truncated; default: settings.generation.max_prompt_tokens"
+        None,
+        ge=16,
+        description="longer inputs are truncated; default: settings.generation.max_prompt_tokens",
     )
     temperature: float = Field(0.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
@@ -33,8 +36,9 @@ class ZeroShotStrategyConfig(StrategyConfig):
     device: str | None = None
     dtype: str | None = None
     backend: Literal["transformers", "llama.cpp"] | None = Field(
-        None, description="transformers or llama.cpp (GGUF files and packaged models); default: "
-        "settings.generation.backend, or llama.cpp for a .gguf instruct_model"
+        None,
+        description="transformers or llama.cpp (GGUF files and packaged models); default: "
+        "settings.generation.backend, or llama.cpp for a .gguf instruct_model",
     )
 
 
@@ -59,8 +63,12 @@ class ZeroShotStrategy(Strategy):
         if self._lm is None:
             c = self.config
             self._lm = load_model(
-                c.instruct_model or get_settings().instruct_model, c.backend,
-                device=c.device, dtype=c.dtype, batch_size=c.batch_size, pool=self.pool,
+                c.instruct_model or get_settings().instruct_model,
+                c.backend,
+                device=c.device,
+                dtype=c.dtype,
+                batch_size=c.batch_size,
+                pool=self.pool,
             )
         return self._lm
 
@@ -82,8 +90,13 @@ class ZeroShotStrategy(Strategy):
         c = self.config
         max_new = c.max_new_tokens or task.max_new_tokens
         # the task's stop strings end a chat reply too (e.g. one line for a one-sentence summary)
-        chat = chat_llm(lm, max_new_tokens=max_new, temperature=c.temperature, top_p=c.top_p,
-                                    stop=list(task.stop))
+        chat = chat_llm(
+            lm,
+            max_new_tokens=max_new,
+            temperature=c.temperature,
+            top_p=c.top_p,
+            stop=list(task.stop),
+        )
 
         def render(inputs: dict[str, Any]) -> str:
             msgs = task.chat.format_messages(**{k: inputs[k] for k in task.input_variables})
