@@ -38,7 +38,7 @@ from pydantic import Field
 from chains import boutique_data as data
 from chains.boutique_guard import Catalog, Resolution
 from chains.boutique_metrics import METRICS, score
-from llmapps.errors import InputError, RetrievalError
+from llmapps.errors import InputError
 from llmapps.options import AppOptions
 from llmapps.strategies.base import Strategy
 
@@ -168,32 +168,14 @@ def _fingerprint() -> str:
     return hashlib.sha256("\n".join(d.page_content for d in documents()).encode()).hexdigest()[:12]
 
 
-_INDEX_LOCK = threading.Lock()
-
-
 def open_index(index: str | Path | Any | None = None) -> Any:
     """A ``FaissVectorStore`` from a store, a folder, or (None) the bundled catalog, built once
     under ``$LLMAPPS_HOME/indexes/boutique-<content hash>`` (a changed catalog gets a new one)."""
-    from llmapps.retrieval.vectorstore import FaissVectorStore
+    from llmapps.retrieval.vectorstore import open_store
     from llmapps.settings import get_settings
 
-    if isinstance(index, FaissVectorStore):
-        return index
-    if index is not None:
-        store = FaissVectorStore.load(index)
-        store.require_documents()
-        return store
     path = get_settings().home / "indexes" / f"boutique-{_fingerprint()}"
-    with _INDEX_LOCK:
-        if (path / "manifest.json").exists():
-            try:
-                return FaissVectorStore.load(path)
-            except (
-                RetrievalError
-            ) as err:  # written by another version of the index format: ours to redo
-                log.warning("rebuilding %s: %s", path, err)
-        log.warning("indexing the boutique catalog once into %s", path)
-        return FaissVectorStore.build(documents(), path=path)
+    return open_store(index, path, documents, what="the boutique catalog")
 
 
 def gather_sources(store: Any, question: str, res: Resolution, k: int) -> list[str]:

@@ -113,22 +113,14 @@ def bundled_index_path() -> Path:
 
 def open_index(index: str | Path | Any | None) -> Any:
     """A ``FaissVectorStore`` from a store, a folder, or (None) the bundled articles, built once."""
-    from llmapps.retrieval.vectorstore import FaissVectorStore
-
-    if isinstance(index, FaissVectorStore):
-        return index
-    if index is not None:
-        store = FaissVectorStore.load(index)
-        store.require_documents()
-        return store
-    path = bundled_index_path()
-    if (path / "manifest.json").exists():
-        return FaissVectorStore.load(path)
     from llmapps.retrieval.loaders import load_documents
+    from llmapps.retrieval.vectorstore import open_store
 
-    log.warning("indexing the bundled articles once into %s", path)
-    return FaissVectorStore.build(
-        load_documents(news_data.data_dir() / "articles.jsonl"), path=path
+    return open_store(
+        index,
+        bundled_index_path(),
+        lambda: load_documents(news_data.data_dir() / "articles.jsonl"),
+        what="the bundled articles",
     )
 
 

@@ -13,6 +13,7 @@ Example:
 from __future__ import annotations
 
 import logging
+import threading
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -363,3 +364,36 @@ class FaissRetriever(BaseRetriever):
                 query, n, max(self.fetch_k, n), self.lambda_mult, filter=self.filter
             )
         return self.store.similarity_search(query, n, filter=self.filter)
+
+
+_OPEN_LOCKS: dict[Path, threading.Lock] = {}
+_OPEN_LOCKS_GUARD = threading.Lock()
+
+
+def open_store(
+    index: str | Path | FaissVectorStore | None,
+    default: Path,
+    documents: Callable[[], list[Document]],
+    *,
+    what: str = "the bundled documents",
+) -> FaissVectorStore:
+    """The store an app retrieves from: ``index`` as given (a store, or a folder that must hold
+    documents), else the index at ``default``, built from ``documents()`` the first time and
+    rebuilt when it no longer loads (written by another version of the format). One build per
+    ``default`` at a time in this process."""
+    if isinstance(index, FaissVectorStore):
+        return index
+    if index is not None:
+        store = FaissVectorStore.load(index)
+        store.require_documents()
+        return store
+    with _OPEN_LOCKS_GUARD:
+        lock = _OPEN_LOCKS.setdefault(default.resolve(), threading.Lock())
+    with lock:
+        if (default / "manifest.json").exists():
+            try:
+                return FaissVectorStore.load(default)
+            except RetrievalError as err:  # ours to redo: it is built from bundled data
+                log.warning("rebuilding %s: %s", default, err)
+        log.warning("indexing %s once into %s", what, default)
+        return FaissVectorStore.build(documents(), path=default)
