@@ -13,7 +13,6 @@ SIZE_TOKEN = r"(?:XXS|XS|XXL|XL|S|M|L|\d{2})"
 SIZE_LIST = rf"{SIZE_TOKEN}(?:\s*(?:,\s*and|,|and|or|/)\s*{SIZE_TOKEN})*"
 _WORD_RE = re.compile(r"[a-z0-9]+(?:[-'][a-z0-9]+)*")
 ITEM_ID_RE = re.compile(r"\b(LB-\d{3})\b")
-_POLICY_ID_RE = re.compile(r"\b(P-[A-Z]+)\b")
 SENT_RE = re.compile(r"(?<=[.!?;])\s+")
 AMOUNT_RE = re.compile(
     r"(?:€|EUR\s?|\$|£)\s?(\d+(?:[.,]\d{1,2})?)|(\d+(?:[.,]\d{1,2})?)\s?(?:€|EUR\b|euros?\b|dollars?\b)",
