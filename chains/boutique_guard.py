@@ -30,6 +30,7 @@ from chains.boutique_words import (
     ONLY_RE,
     OUT_RE,
     PERCENT_RE,
+    PRICE_CHANGE_WORDS,
     REFUSALS,
     SENT_RE,
     SIZE_Q_RE,
@@ -312,21 +313,7 @@ class Catalog:
             ):
                 problems.append(f"{value:g}% matches no material or policy")
         if discounty and not PERCENT_RE.search(sentence) and not AMOUNT_RE.search(sentence):
-            said = [
-                w
-                for w in (
-                    "half price",
-                    "halved",
-                    "for free",
-                    "free of charge",
-                    "new price",
-                    "special price",
-                    "price is now",
-                    "prices are now",
-                    "coupon",
-                )
-                if w in low
-            ]
+            said = [w for w in PRICE_CHANGE_WORDS if w in low]
             if any(not any(w in s.lower() for _, s in self.policy_sentences) for w in said):
                 checked += 1
                 problems.append("a price change no policy allows")

@@ -35,23 +35,19 @@ COMES_RE = re.compile(rf"\bcomes? in (?:sizes?|EU sizes)\s+(?P<sizes>{SIZE_LIST}
 SIZE_Q_RE = re.compile(
     rf"(?:\b[Ss]izes?\s+|\b[Ii]n\s+|^\s*)(?P<size>{SIZE_TOKEN})\b(?!\s*(?:%|€|cm|days?|years?))"
 )
-DISCOUNT_WORDS = (
-    "discount",
-    " off",
-    "sale",
-    "coupon",
-    "code",
+# Words that announce a price change without a number: each must be backed by a policy sentence.
+PRICE_CHANGE_WORDS = (
     "half price",
     "halved",
-    "reduc",
-    "cheaper",
     "for free",
     "free of charge",
     "new price",
     "special price",
     "price is now",
     "prices are now",
+    "coupon",
 )
+DISCOUNT_WORDS = ("discount", " off", "sale", "code", "reduc", "cheaper", *PRICE_CHANGE_WORDS)
 REFUSALS = (
     "not in our catalog",
     "don't carry",
