@@ -1,7 +1,8 @@
 """The one way the browser tests (``test_ui``, ``test_daily``) launch Chromium: a real headless
 binary (``$LLMAPPS_CHROMIUM``, else ``chromium``/``chromium-browser``/``google-chrome`` on PATH;
 ``.ci/apt-packages.txt`` lists what CI installs) driven by Playwright, with a page that records
-dialogs and refuses, and records, every request that does not go to loopback.
+dialogs and refuses, and records, every request that does not go to loopback; and the scripted
+strategy the page tests inject faults with (a "model" whose well-formed output is hostile markup).
 
 A test marked ``needs_chromium()`` skips, saying why, where no binary is installed."""
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -86,3 +88,26 @@ def open_page(
         ),
     )
     return ctx, page, dialogs, outside
+
+
+def scripted_strategy(name: str, reply: Callable[[Any, dict[str, Any]], str]) -> Any:
+    """Fault injection: a strategy named ``name`` whose "model" answers ``reply(task, inputs)``
+    as a chat message (hostile markup, a record of what it was sent, ...)."""
+    from typing import Literal
+
+    from langchain_core.messages import AIMessage
+    from langchain_core.runnables import RunnableLambda
+
+    from llmapps.strategies.base import Strategy, StrategyConfig
+
+    class ScriptedConfig(StrategyConfig):
+        kind: Literal[name] = name  # type: ignore[valid-type]
+
+    class Scripted(Strategy):
+        config_class = ScriptedConfig
+
+        def build(self, task: Any) -> Any:
+            return RunnableLambda(lambda inputs: AIMessage(content=reply(task, inputs)))
+
+    Scripted.name = name
+    return Scripted()

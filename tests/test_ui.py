@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 import pytest
-from browser import needs_chromium, open_page, sync_playwright
+from browser import needs_chromium, open_page, scripted_strategy, sync_playwright
 
 pytest.importorskip("gradio", reason="the ui extra (gradio) is not installed")
 
@@ -48,30 +48,14 @@ def free_port() -> int:
 
 def hostile_strategy():
     """Fault injection: a 'model' whose well-formed output is hostile markup."""
-    from typing import Literal
-
-    from langchain_core.messages import AIMessage
-    from langchain_core.runnables import RunnableLambda
-
-    from llmapps.strategies.base import Strategy, StrategyConfig
-
-    class HostileConfig(StrategyConfig):
-        kind: Literal["hostile"] = "hostile"
-
-    class Hostile(Strategy):
-        name = "hostile"
-        config_class = HostileConfig
-
-        def build(self, task):
-            return RunnableLambda(
-                lambda inputs: AIMessage(
-                    content="Summary: <b>bold</b> [click](javascript:window.__pwned=6)\n"
-                    "Riddle: I am <script>window.__pwned=1</script> over water\n"
-                    'Answer: The bridge <img src=y onerror="window.__pwned=8">'
-                )
-            )
-
-    return Hostile()
+    return scripted_strategy(
+        "hostile",
+        lambda task, inputs: (
+            "Summary: <b>bold</b> [click](javascript:window.__pwned=6)\n"
+            "Riddle: I am <script>window.__pwned=1</script> over water\n"
+            'Answer: The bridge <img src=y onerror="window.__pwned=8">'
+        ),
+    )
 
 
 @pytest.fixture(scope="module")
