@@ -52,6 +52,19 @@ def real_models() -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
+def smollm2_gguf() -> Path:
+    """The packaged SmolLM2-135M-Instruct GGUF file itself (no conversion); skipped where the
+    model package is not installed."""
+    from llmapps.errors import ModelNotFoundError
+    from llmapps.models.packaged import gguf_path
+
+    try:
+        return gguf_path("smollm2-135m-instruct")
+    except ModelNotFoundError as err:
+        pytest.skip(str(err))
+
+
+@pytest.fixture(scope="session")
 def tiny_base(tiny_models: Path) -> str:
     return str(tiny_models / "tiny-base")
 

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from llmapps.errors import ConfigError, ModelNotFoundError
+from llmapps.errors import ConfigError
 
 pytest.importorskip("llama_cpp", reason="the llama.cpp backend needs llama-cpp-python")
 
@@ -25,13 +25,8 @@ PROMPT = "The river burst its banks after three days of rain, and the"
 
 
 @pytest.fixture(scope="module")
-def gguf() -> Path:
-    from llmapps.models.packaged import gguf_path
-
-    try:
-        return gguf_path(MODEL)
-    except ModelNotFoundError as err:
-        pytest.skip(str(err))
+def gguf(smollm2_gguf: Path) -> Path:
+    return smollm2_gguf
 
 
 _SHAPES: dict[str, tuple[int, int]] = {}

@@ -33,13 +33,8 @@ MODEL = "smollm2-135m-instruct"
 
 
 @pytest.fixture(scope="module")
-def gguf() -> Path:
-    from llmapps.models.packaged import gguf_path
-
-    try:
-        return gguf_path(MODEL)
-    except ModelNotFoundError as err:
-        pytest.skip(str(err))
+def gguf(smollm2_gguf: Path) -> Path:
+    return smollm2_gguf
 
 
 @pytest.fixture(scope="module")
