@@ -99,8 +99,10 @@ def test_a_converted_lora_is_applied_by_llama_cpp(gguf: Path, tmp_path: Path) ->
     moved = export_lora_gguf(
         write_adapter(tmp_path / "some", gguf, scale_b=0.5), gguf, tmp_path / "some.gguf"
     )
-    assert np.abs(last_logits(gguf, zero) - base).max() < 1e-3  # B = 0: the adapter adds nothing
-    assert np.abs(last_logits(gguf, moved) - base).max() > 0.05  # read and applied
+    unchanged = np.abs(last_logits(gguf, zero) - base).max()  # B = 0: the adapter adds nothing
+    moved_by = np.abs(last_logits(gguf, moved) - base).max()  # read and applied
+    # 0.0 and 15.05 here; relative, so kernels another CPU picks cannot fail it
+    assert moved_by > 0.05 and unchanged <= 0.01 * moved_by, (unchanged, moved_by)
 
 
 def test_the_conversion_is_kept_and_reused(gguf: Path, tmp_path: Path) -> None:
