@@ -77,6 +77,8 @@ class GGUFInfo:
     n_tensors: int
     file_size: int
     chat_template: str | None
+    block_count: int | None = None
+    tensor_names: frozenset[str] = frozenset()
 
 
 class _Reader:
@@ -155,8 +157,9 @@ def read_gguf_header(path: str | Path) -> GGUFInfo:
                 vtype = r.take("<I")
                 meta[key] = r.value(vtype, keep=vtype != _GGUF_ARRAY or key in _KEEP_ARRAYS)
             last_end = 0
+            names = []
             for _ in range(n_tensors):
-                r.string()
+                names.append(r.string())
                 n_dims = r.take("<I")
                 dims = [r.take("<Q") for _ in range(n_dims)]
                 ttype, offset = r.take("<I"), r.take("<Q")
@@ -185,6 +188,7 @@ def read_gguf_header(path: str | Path) -> GGUFInfo:
     if not arch:
         raise InputError(f"{what}: its header names no general.architecture; re-convert it")
     ctx = meta.get(f"{arch}.context_length")
+    blocks = meta.get(f"{arch}.block_count")
     template = meta.get("tokenizer.chat_template")
     return GGUFInfo(
         path=p,
@@ -195,4 +199,6 @@ def read_gguf_header(path: str | Path) -> GGUFInfo:
         n_tensors=n_tensors,
         file_size=size,
         chat_template=template if isinstance(template, str) else None,
+        block_count=int(blocks) if isinstance(blocks, int) else None,
+        tensor_names=frozenset(names),
     )

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from llmapps.errors import ConfigError
 from llmapps.hashing import sha256_file
+from llmapps.models.gguf import read_gguf_header
 
 if TYPE_CHECKING:
     from llmapps.settings import Settings
@@ -58,15 +59,6 @@ def _lora_config(adapter: Path) -> dict[str, Any]:
     return config
 
 
-def _base_tensors(base_gguf: Path) -> tuple[str, int, set[str]]:
-    import gguf
-
-    reader = gguf.GGUFReader(str(base_gguf))
-    arch = bytes(reader.fields["general.architecture"].parts[-1]).decode("utf-8")
-    blocks = int(reader.fields[f"{arch}.block_count"].parts[-1][0])
-    return arch, blocks, {t.name for t in reader.tensors}
-
-
 def export_lora_gguf(adapter: Path | str, base_gguf: Path | str, out: Path | str) -> Path:
     """Write the llama.cpp LoRA file of the PEFT adapter in ``adapter`` for ``base_gguf``.
 
@@ -80,7 +72,8 @@ def export_lora_gguf(adapter: Path | str, base_gguf: Path | str, out: Path | str
 
     adapter, base_gguf, out = Path(adapter), Path(base_gguf), Path(out)
     config = _lora_config(adapter)
-    arch, blocks, present = _base_tensors(base_gguf)
+    info = read_gguf_header(base_gguf)
+    arch, blocks, present = info.architecture, info.block_count or 0, info.tensor_names
     arch_ids = [k for k, v in gguf.MODEL_ARCH_NAMES.items() if v == arch]
     if not arch_ids:
         raise ConfigError(
@@ -133,15 +126,18 @@ def lora_gguf_for(
     base_gguf: Path | str,
     settings: Settings | None = None,
     *,
+    adapter_sha256: str | None = None,
     base_sha256: str | None = None,
 ) -> Path:
     """The llama.cpp LoRA file of ``adapter`` for ``base_gguf``, converted on first use
-    (``base_sha256``: the base file's digest where the caller has just checked it)."""
+    (``adapter_sha256``/``base_sha256``: the weights' and the base file's digests where the
+    caller has just checked them, so neither file is hashed again)."""
     from llmapps.settings import get_settings
 
     adapter, base_gguf = Path(adapter), Path(base_gguf)
     home = (settings or get_settings()).home
+    weights_key = adapter_sha256 or sha256_file(adapter / WEIGHTS)
     base_key = base_sha256 or sha256_file(base_gguf)
-    key = f"{sha256_file(adapter / WEIGHTS)[:16]}-{base_key[:16]}"
+    key = f"{weights_key[:16]}-{base_key[:16]}"
     out = home / "gguf" / "adapters" / f"{adapter.name}-{key}.gguf"
     return out if out.is_file() else export_lora_gguf(adapter, base_gguf, out)

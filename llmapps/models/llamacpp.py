@@ -125,6 +125,11 @@ def load_model(
     return load_local_model(source, device=device, dtype=dtype, batch_size=batch_size, pool=pool)
 
 
+def with_logits(lm: LocalModel | GGUFModel) -> LocalModel | None:
+    """``lm`` where it has transformers' logits (perplexity needs them); None for a GGUF model."""
+    return None if isinstance(lm, GGUFModel) else lm
+
+
 def completion_llm(lm: LocalModel | GGUFModel, **kwargs: Any) -> LocalLLM:
     """The LangChain completion model over ``lm``, whichever backend loaded it."""
     if isinstance(lm, GGUFModel):

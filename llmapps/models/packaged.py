@@ -98,7 +98,7 @@ def get_packaged(name: str) -> PackagedModel:
 # ---------------------------------------------------------------- files and checksums
 
 
-def _verified_sha256(path: Path) -> str:
+def verified_sha256(path: Path) -> str:
     """SHA-256 of ``path``, remembered in a stamp beside it while size and mtime are unchanged."""
     st = path.stat()
     stamp = path.with_name(f".{path.name}.sha256")
@@ -166,7 +166,7 @@ def gguf_path(name: str, settings: Settings | None = None) -> Path:
 
 
 def check_sha256(path: Path, expected: str, *, what: str) -> None:
-    actual = _verified_sha256(path)
+    actual = verified_sha256(path)
     if actual != expected:
         raise BackendError(
             f"refusing to load {what}: {path} has SHA-256 {actual[:16]}…, expected "
@@ -336,7 +336,7 @@ def ensure_gguf_model(
             raise ModelNotFoundError(
                 f"{path} is not a GGUF file (no GGUF magic bytes); pass a .gguf model file"
             )
-    digest = _verified_sha256(path)
+    digest = verified_sha256(path)
     out = settings.models_dir / f"gguf-{path.stem.lower()}-{digest[:12]}"
     return convert_gguf(
         path,

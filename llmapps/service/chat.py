@@ -266,10 +266,17 @@ class ServiceChatModel(ChatOpenAI):  # type: ignore[override]
     def _capability_key(self) -> tuple[str, str]:
         return (self.endpoint, self.model_name)
 
-    def _estimate_tokens(self, payload: dict[str, Any]) -> int:
+    def _take_tokens(
+        self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]
+    ) -> None:
+        """Wait until this request's estimated tokens fit ``tpm`` (the payload is built only
+        when a ``tpm`` is set: ChatOpenAI builds it again to send it)."""
+        if not self.tpm or self._limiter is None:
+            return
+        payload = self._get_request_payload(messages, stop=stop, **kwargs)
         chars = sum(len(str(m.get("content", ""))) for m in payload.get("messages", []))
         budget = payload.get("max_completion_tokens") or payload.get("max_tokens") or 256
-        return chars // 4 + int(budget)
+        self._limiter.take_tokens(chars // 4 + int(budget))
 
     def _classify(self, err: Exception) -> Exception:
         """A ``_Retryable`` for transient faults, else a ``BackendError`` saying what to do."""
@@ -386,13 +393,11 @@ class ServiceChatModel(ChatOpenAI):  # type: ignore[override]
         kwargs: dict[str, Any],
     ) -> ChatResult:
         call_kwargs = self._structured_kwargs(kwargs, level)
-        payload = self._get_request_payload(messages, stop=stop, **call_kwargs)
         sem = self._sem
         if sem is not None:
             sem.acquire()
         try:
-            assert self._limiter is not None
-            self._limiter.take_tokens(self._estimate_tokens(payload))
+            self._take_tokens(messages, stop, call_kwargs)
 
             def once() -> ChatResult:
                 return super(ServiceChatModel, self)._generate(
@@ -438,9 +443,7 @@ class ServiceChatModel(ChatOpenAI):  # type: ignore[override]
     ) -> Iterator[ChatGenerationChunk]:
         # Streams are limited (LangChain's stream() has awaited rate_limiter) and counted, but not
         # retried once text has flowed.
-        payload = self._get_request_payload(messages, stop=stop, **kwargs)
-        assert self._limiter is not None
-        self._limiter.take_tokens(self._estimate_tokens(payload))
+        self._take_tokens(messages, stop, kwargs)
         try:
             yield from super()._stream(messages, stop, run_manager, **kwargs)
         except Exception as err:

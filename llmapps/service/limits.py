@@ -53,10 +53,6 @@ class RateLimiter(BaseRateLimiter):
         self._cond = threading.Condition()
         self.waited_s = 0.0
 
-    @property
-    def enabled(self) -> bool:
-        return bool(self.rpm or self.tpm)
-
     def _expire(self, now: float) -> None:
         while self._requests and now - self._requests[0] >= self.window_s:
             self._requests.popleft()

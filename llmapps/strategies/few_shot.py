@@ -117,10 +117,9 @@ class FewShotStrategy(Strategy):
         return self._lm
 
     def scoring_model(self) -> LocalModel | None:
-        from llmapps.models.llamacpp import GGUFModel
+        from llmapps.models.llamacpp import with_logits
 
-        lm = self.local_model
-        return None if isinstance(lm, GGUFModel) else lm  # perplexity needs transformers' logits
+        return with_logits(self.local_model)
 
     def generation_model(self) -> LocalModel:
         return self.local_model

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import logging
 import threading
 from collections.abc import Iterator
@@ -219,29 +218,34 @@ class LoraStrategy(Strategy):
         The HF base the adapter was trained on (its fingerprint checked by ``_base_path``) must
         have been converted from that GGUF: its ``llmapps-model.json`` names the file's SHA-256.
         """
-        from llmapps.hashing import sha256_file
-        from llmapps.models.gguf_lora import lora_gguf_for
+        from llmapps.models.gguf_lora import WEIGHTS, lora_gguf_for
         from llmapps.models.llamacpp import gguf_file_for, load_gguf_model
+        from llmapps.models.packaged import read_model_manifest, verified_sha256
 
         c = self.config
         if c.merge or self.manifest.method != "lora":
             what = "merge=true" if c.merge else f"a {self.manifest.method} adapter"
             raise ConfigError(f"{what} runs on backend=transformers only, not llama.cpp")
         name = c.base_model or self.manifest.base_model
-        record = Path(path) / "llmapps-model.json"
-        source = json.loads(record.read_text(encoding="utf-8")) if record.is_file() else {}
+        source = read_model_manifest(Path(path)) or {}
         if not source.get("source_sha256"):
             raise ConfigError(
                 f"the base {name!r} of {c.adapter} was not converted from a GGUF file, so llama.cpp "
                 "has no base to apply the adapter to; use backend=transformers"
             )
         gguf = gguf_file_for(name, settings)
-        if sha256_file(gguf) != source["source_sha256"]:
+        if verified_sha256(gguf) != source["source_sha256"]:  # hashed once, then stamped
             raise ConfigError(
                 f"{gguf} is not the GGUF the base {name!r} was converted from (SHA-256 differs); "
                 "reinstall the model package, or use backend=transformers"
             )
-        lora = lora_gguf_for(folder, gguf, settings, base_sha256=source["source_sha256"])
+        lora = lora_gguf_for(
+            folder,
+            gguf,
+            settings,
+            adapter_sha256=self.manifest.files.get(WEIGHTS),  # checked by read_manifest
+            base_sha256=source["source_sha256"],
+        )
         lm = load_gguf_model(
             str(gguf),
             settings=settings,
@@ -258,14 +262,9 @@ class LoraStrategy(Strategy):
         return lm
 
     def scoring_model(self) -> LocalModel | None:
-        from llmapps.models.llamacpp import GGUFModel
+        from llmapps.models.llamacpp import with_logits
 
-        lm = self.local_model
-        if isinstance(lm, GGUFModel):
-            return None  # perplexity needs transformers' logits
-        if isinstance(lm, AdaptedModel):
-            lm.activate()
-        return lm
+        return with_logits(self.generation_model())
 
     def check_task(self, task: Task) -> None:
         """Refuse a task the adapter was not trained for; warn when its prompt layout changed."""
