@@ -33,6 +33,7 @@ from llmapps.models.local import (
     LocalModel,
     load_local_model,
 )
+from llmapps.models.structured import OutputConstraint
 
 
 class _LocalMixin(BaseModel):
@@ -48,6 +49,12 @@ class _LocalMixin(BaseModel):
     temperature: float = 0.0
     top_p: float = 1.0
     seed: int | None = None
+    # Structured generation (see llmapps.models.structured): every reply is constrained to it;
+    # a call's ``constraint=`` keyword (``.bind(constraint=...)``) overrides it.
+    constraint: OutputConstraint | None = None
+    repetition_penalty: float = 1.0
+    no_repeat_ngram_size: int = 0
+
     _lm: LocalModel | None = PrivateAttr(default=None)
 
     @classmethod
@@ -83,6 +90,9 @@ class _LocalMixin(BaseModel):
             top_p=float(kwargs.get("top_p", self.top_p)),
             stop=list(stop or []),
             seed=kwargs.get("seed", self.seed),
+            constraint=kwargs.get("constraint", self.constraint),
+            repetition_penalty=float(kwargs.get("repetition_penalty", self.repetition_penalty)),
+            no_repeat_ngram_size=int(kwargs.get("no_repeat_ngram_size", self.no_repeat_ngram_size)),
         )
 
 

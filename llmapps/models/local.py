@@ -32,6 +32,7 @@ from llmapps.models.memory import available_memory, rows_within_budget
 from llmapps.models.memory import estimate_generate_bytes as estimate_generate_bytes
 from llmapps.models.prefill import UnstitchableCache, cache_arg, stitched_prefill
 from llmapps.models.streaming import StopStrings, cut_at_stop, stream_local
+from llmapps.models.structured import OutputConstraint
 from llmapps.settings import Settings, get_settings
 
 if TYPE_CHECKING:  # heavy imports stay lazy
@@ -53,6 +54,11 @@ class GenerationParams:
     top_p: float = 1.0
     stop: list[str] = field(default_factory=list)
     seed: int | None = None
+    # Structured generation: the reply is constrained to this grammar (see llmapps.models.structured)
+    constraint: OutputConstraint | None = None
+    # Repetition control for small models that loop (1.0 / 0: off)
+    repetition_penalty: float = 1.0
+    no_repeat_ngram_size: int = 0
 
 
 @dataclass
@@ -64,6 +70,9 @@ class GenerationOutput:
     completion_tokens: int
     finish_reason: str  # "stop" (eos or stop string) or "length"
     truncated_prompt: bool = False
+    # set when a constrained reply did not complete its grammar (e.g. it ran out of tokens): the
+    # reason, so the row is marked invalid with it instead of being cut silently
+    constraint_error: str | None = None
 
 
 def resolve_model_path(name: str, settings: Settings | None = None, *, build: bool = True) -> str:
