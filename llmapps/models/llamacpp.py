@@ -41,6 +41,7 @@ from llmapps.models.gguf import GGUFInfo as GGUFInfo  # the header check; import
 from llmapps.models.gguf import read_gguf_header as read_gguf_header
 from llmapps.models.langchain_local import ChatLocal, LocalLLM
 from llmapps.models.local import GenerationOutput, GenerationParams
+from llmapps.models.native_probe import check_llamacpp
 
 if TYPE_CHECKING:
     from llmapps.models.local import LocalModel
@@ -403,6 +404,9 @@ def load_gguf_model(
             raise ConfigError(
                 f"the llama.cpp backend needs llama-cpp-python, which is not installed: {INSTALL_HINT}"
             ) from err
+        # a build that crashes on this CPU fails here in one line, in a child process, not later
+        # in this one with SIGSEGV (see llmapps.models.native_probe)
+        check_llamacpp()
         try:
             threads = n_threads or max(1, len(os.sched_getaffinity(0)))
             with _native_stderr_to_log():
