@@ -149,9 +149,11 @@ def run_plain(args: argparse.Namespace, prompts: list[str], stop: list[str]) -> 
     import llama_cpp
 
     from llmapps.models.llamacpp import read_gguf_header
+    from llmapps.models.native_probe import check_llamacpp
     from llmapps.models.packaged import gguf_path
     from llmapps.settings import get_settings
 
+    check_llamacpp()  # the peer runs in this process: probe the build first, as our backend does
     path = str(gguf_path(MODEL))
     trained = read_gguf_header(path).context_length  # the context our backend allocates
     n_ctx = min(get_settings().generation.llamacpp_context, trained or 1 << 30)

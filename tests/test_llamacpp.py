@@ -278,6 +278,9 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def llama_server(gguf: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     pytest.importorskip("sse_starlette", reason="llama_cpp.server needs llama-cpp-python[server]")
+    from llmapps.models.native_probe import check_llamacpp
+
+    check_llamacpp()  # a build that crashes on this CPU: one line here, not a dead server
     port = _free_port()
     log = tmp_path_factory.mktemp("llama-server") / "server.log"
     with log.open("w") as fh:
