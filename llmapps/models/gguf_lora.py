@@ -10,7 +10,11 @@ file, so an adapter of another architecture or size is refused rather than silen
 
 ``lora_gguf_for`` converts once and keeps the file under ``$LLMAPPS_HOME/gguf/adapters``, keyed
 by the SHA-256 of the adapter's weights and of the base GGUF: nothing is written into the adapter
-folder (its manifest lists every file it may hold).
+folder (its manifest lists every file it may hold). Beside it a manifest (``NAME.gguf.json``)
+records both digests and the converted file's own SHA-256; a kept file is used only while it is a
+regular file whose digest matches (hashed once, then stamped by size and mtime), else it is
+converted again, so a damaged, truncated or replaced file is never handed to llama.cpp (which
+accepts random bytes as a LoRA).
 """
 
 from __future__ import annotations
@@ -24,11 +28,13 @@ from typing import TYPE_CHECKING, Any
 from llmapps.errors import ConfigError
 from llmapps.hashing import sha256_file
 from llmapps.models.gguf import read_gguf_header
+from llmapps.models.packaged import file_lock, verified_sha256
 
 if TYPE_CHECKING:
     from llmapps.settings import Settings
 
 WEIGHTS = "adapter_model.safetensors"
+CACHE_FORMAT = "llmapps-lora-gguf/1"
 _BACKEND_HINT = "use backend=transformers for it"
 
 
@@ -121,6 +127,27 @@ def export_lora_gguf(adapter: Path | str, base_gguf: Path | str, out: Path | str
     return out
 
 
+def _cache_manifest(out: Path) -> Path:
+    return out.with_name(out.name + ".json")
+
+
+def _verified(out: Path, adapter_sha256: str, base_sha256: str) -> bool:
+    """True when ``out`` is a regular file that its manifest vouches for, digest included."""
+    if out.is_symlink() or not out.is_file():
+        return False
+    try:
+        manifest = json.loads(_cache_manifest(out).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return (
+        isinstance(manifest, dict)
+        and manifest.get("format") == CACHE_FORMAT
+        and manifest.get("adapter_sha256") == adapter_sha256
+        and manifest.get("base_sha256") == base_sha256
+        and manifest.get("sha256") == verified_sha256(out)
+    )
+
+
 def lora_gguf_for(
     adapter: Path | str,
     base_gguf: Path | str,
@@ -131,7 +158,14 @@ def lora_gguf_for(
 ) -> Path:
     """The llama.cpp LoRA file of ``adapter`` for ``base_gguf``, converted on first use
     (``adapter_sha256``/``base_sha256``: the weights' and the base file's digests where the
-    caller has just checked them, so neither file is hashed again)."""
+    caller has just checked them, so neither file is hashed again).
+
+    A kept file is verified against the manifest beside it and converted again when it does not
+    match (damaged, truncated, replaced, or a symlink); two processes convert it once (a lock).
+
+    Raises:
+        ConfigError: something that is not a file (a folder) holds the cache file's name.
+    """
     from llmapps.settings import get_settings
 
     adapter, base_gguf = Path(adapter), Path(base_gguf)
@@ -140,4 +174,36 @@ def lora_gguf_for(
     base_key = base_sha256 or sha256_file(base_gguf)
     key = f"{weights_key[:16]}-{base_key[:16]}"
     out = home / "gguf" / "adapters" / f"{adapter.name}-{key}.gguf"
-    return out if out.is_file() else export_lora_gguf(adapter, base_gguf, out)
+    if _verified(out, weights_key, base_key):
+        return out
+    with file_lock(out.with_name(f".{out.name}.lock")):
+        if _verified(out, weights_key, base_key):  # another process converted it meanwhile
+            return out
+        if not out.is_symlink() and out.exists() and not out.is_file():
+            raise ConfigError(
+                f"{out} is not a file (a folder?), so the converted LoRA cannot be written there; "
+                "remove it and run again"
+            )
+        if out.is_symlink():
+            out.unlink()  # never write through a link into the file it points at
+        export_lora_gguf(adapter, base_gguf, out)
+        manifest = {
+            "format": CACHE_FORMAT,
+            "adapter": str(adapter),
+            "adapter_sha256": weights_key,
+            "base_gguf": str(base_gguf),
+            "base_sha256": base_key,
+            "sha256": verified_sha256(out),
+        }
+        record = _cache_manifest(out)
+        tmp = record.with_name(f".{record.name}.{os.getpid()}.tmp")
+        try:
+            tmp.write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+            os.replace(tmp, record)  # written last: a file without its record is converted again
+        except OSError as err:
+            tmp.unlink(missing_ok=True)
+            raise ConfigError(
+                f"cannot write the record {record} of the converted LoRA ({err}); remove it and "
+                "run again"
+            ) from err
+    return out

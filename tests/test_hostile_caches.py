@@ -1,0 +1,152 @@
+"""Hostile caches: a file llmapps wrote and keeps is verified before it is used again.
+
+The llama.cpp LoRA file ``lora_gguf_for`` converts once (issue 22, item 3): overwritten with
+another adapter's conversion (``lora_b`` x100, same size), truncated, random bytes, empty, a
+symlink to the base GGUF, or its record removed: each is converted again and the result matches
+its record; a folder in its place is one ``ConfigError`` naming it. Real conversions of a
+hand-written PEFT adapter on the packaged SmolLM2 GGUF; nothing is mocked.
+
+The Gemma GGUF its package assembles under ``$LLMAPPS_HOME/gguf`` is the same kind of cache:
+truncated, random or a symlink to another file, it is assembled again (it used to be refused
+with "reinstall its package"); a folder in its place is one ``BackendError``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from llmapps.errors import BackendError, ConfigError
+from llmapps.hashing import sha256_file
+
+
+@pytest.fixture(scope="module")
+def converted(smollm2_gguf: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """One adapter converted once, its good bytes kept; and a second adapter's conversion."""
+    pytest.importorskip("gguf", reason="converting a LoRA for llama.cpp needs the gguf package")
+    from test_gguf_lora import write_adapter
+
+    from llmapps.models.gguf_lora import export_lora_gguf, lora_gguf_for
+    from llmapps.settings import Settings
+
+    root = tmp_path_factory.mktemp("caches")
+    settings = Settings(home=root / "home")
+    adapter = write_adapter(root / "adapter", smollm2_gguf, scale_b=0.5)
+    out = lora_gguf_for(adapter, smollm2_gguf, settings)
+    loud = export_lora_gguf(
+        write_adapter(root / "loud", smollm2_gguf, scale_b=50.0), smollm2_gguf, root / "loud.gguf"
+    )
+    return {
+        "settings": settings,
+        "adapter": adapter,
+        "out": out,
+        "good": out.read_bytes(),
+        "loud": loud.read_bytes(),
+    }
+
+
+def _tamper(kind: str, out: Path, good: bytes, loud: bytes, base: Path) -> None:
+    out.unlink()
+    if kind == "lora_b x100":
+        assert len(loud) == len(good) and loud != good
+        out.write_bytes(loud)
+    elif kind == "truncated":
+        out.write_bytes(good[: len(good) // 2])
+    elif kind == "random bytes":
+        out.write_bytes(os.urandom(len(good)))
+    elif kind == "empty":
+        out.write_bytes(b"")
+    elif kind == "symlink to the base":
+        out.symlink_to(base)
+    elif kind == "record removed":
+        out.write_bytes(loud)
+        out.with_name(out.name + ".json").unlink()
+
+
+@pytest.mark.parametrize(
+    "kind",
+    ["lora_b x100", "truncated", "random bytes", "empty", "symlink to the base", "record removed"],
+)
+def test_a_damaged_converted_lora_is_converted_again(
+    kind: str, converted: dict, smollm2_gguf: Path
+) -> None:
+    from llmapps.models.gguf_lora import lora_gguf_for
+
+    out: Path = converted["out"]
+    _tamper(kind, out, converted["good"], converted["loud"], smollm2_gguf)
+    base_digest = sha256_file(smollm2_gguf)
+    again = lora_gguf_for(converted["adapter"], smollm2_gguf, converted["settings"])
+    assert again == out and not out.is_symlink() and out.read_bytes() == converted["good"]
+    record = json.loads(out.with_name(out.name + ".json").read_text())
+    assert record["sha256"] == sha256_file(out) and record["base_sha256"] == base_digest
+    assert sha256_file(smollm2_gguf) == base_digest  # the symlink's target was not written
+
+
+def test_a_verified_file_is_reused_without_converting(converted: dict, smollm2_gguf: Path) -> None:
+    from llmapps.models.gguf_lora import lora_gguf_for
+
+    out: Path = converted["out"]
+    lora_gguf_for(converted["adapter"], smollm2_gguf, converted["settings"])
+    stamp = out.stat().st_mtime_ns
+    assert lora_gguf_for(converted["adapter"], smollm2_gguf, converted["settings"]) == out
+    assert out.stat().st_mtime_ns == stamp
+
+
+def test_a_folder_in_the_cache_files_place_is_one_error(
+    converted: dict, smollm2_gguf: Path
+) -> None:
+    from llmapps.models.gguf_lora import lora_gguf_for
+
+    out: Path = converted["out"]
+    out.unlink()
+    (out / "inner").mkdir(parents=True)
+    try:
+        with pytest.raises(ConfigError, match=r"is not a file \(a folder\?\).*remove it"):
+            lora_gguf_for(converted["adapter"], smollm2_gguf, converted["settings"])
+    finally:
+        shutil.rmtree(out)
+
+
+GEMMA = "gemma-3-270m"
+
+
+@pytest.mark.parametrize("kind", ["truncated", "random bytes", "symlink to another file"])
+def test_a_damaged_assembled_gguf_is_assembled_again(kind: str, tmp_path: Path) -> None:
+    from llmapps.errors import ModelNotFoundError
+    from llmapps.models.packaged import get_packaged, gguf_path
+    from llmapps.settings import Settings
+
+    settings = Settings(home=tmp_path / "home")
+    try:
+        target = gguf_path(GEMMA, settings)
+    except ModelNotFoundError as err:
+        pytest.skip(str(err))
+    size = target.stat().st_size
+    if kind == "truncated":
+        with target.open("r+b") as fh:
+            fh.truncate(size // 3)
+    elif kind == "random bytes":
+        target.write_bytes(os.urandom(4096))
+    else:
+        other = tmp_path / "other.gguf"
+        other.write_bytes(b"GGUF" + os.urandom(64))
+        target.unlink()
+        target.symlink_to(other)
+    assert gguf_path(GEMMA, settings) == target and not target.is_symlink()
+    assert target.stat().st_size == size and sha256_file(target) == get_packaged(GEMMA).sha256
+
+
+def test_a_folder_in_place_of_the_assembled_gguf_is_one_error(tmp_path: Path) -> None:
+    from llmapps.models.packaged import get_packaged, gguf_path
+    from llmapps.settings import Settings
+
+    settings = Settings(home=tmp_path / "home")
+    if not get_packaged(GEMMA).assemble:
+        pytest.skip("the Gemma package is not assembled")
+    (settings.home / "gguf" / get_packaged(GEMMA).gguf_file / "inner").mkdir(parents=True)
+    with pytest.raises(BackendError, match=r"is a folder where llmapps keeps .* remove it"):
+        gguf_path(GEMMA, settings)
