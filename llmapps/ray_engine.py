@@ -126,29 +126,72 @@ def ray_cluster(config: RayEngineConfig) -> Iterator[Any]:
         ray.shutdown()
 
 
+# An HTTP/2 client preface and an empty SETTINGS frame: every gRPC server (Ray's GCS at
+# HOST:6379, its client server at ray://HOST:10001) answers with a SETTINGS frame at once.
+_H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+_PROBE_TIMEOUT_S = 3.0
+
+
+def _auto_address() -> str | None:
+    """The cluster ``auto`` stands for, as Ray finds it: ``RAY_ADDRESS``, else the address file
+    the last ``ray start`` on this machine wrote; None where there is neither."""
+    env = os.environ.get("RAY_ADDRESS", "").strip()
+    if env and env != "auto":
+        return env
+    temp = os.environ.get("RAY_TMPDIR") or "/tmp"  # where Ray itself looks
+    try:
+        return (Path(temp) / "ray" / "ray_current_cluster").read_text().strip() or None
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
 def _probe(address: str) -> None:
-    """Fail in seconds on an address nothing listens on (``ray.init`` retries for minutes)."""
+    """Fail in seconds unless a gRPC server (what Ray speaks) answers at ``address``.
+
+    ``ray.init`` retries for minutes on an address nothing listens on, and hangs on one where
+    something else (an HTTP server, any plain listener) does; every form is probed: ``auto``
+    through the address it stands for, ``localhost:PORT`` and ``127.0.0.1:PORT`` like any host.
+    """
     import socket
     from urllib.parse import urlsplit
 
-    if address == "auto" or address.startswith("local"):
-        return  # Ray finds a cluster on this machine itself, and says at once if there is none
+    if address == "local":
+        return  # Ray starts a new local cluster for it
+    given = address
+    if address == "auto":
+        found = _auto_address()
+        if found is None:
+            return  # Ray says at once that it finds no cluster on this machine
+        address = found
     parts = urlsplit(address if "://" in address else f"ray://{address}")
+    expected = "expected auto, ray://HOST:PORT or HOST:PORT"
     try:
         port = parts.port
     except ValueError as err:
-        raise ConfigError(
-            f"--address {address!r}: expected auto, ray://HOST:PORT or HOST:PORT"
-        ) from err
+        raise ConfigError(f"--address {given!r}: {expected}") from err
     if not parts.hostname or port is None:
-        raise ConfigError(f"--address {address!r}: expected auto, ray://HOST:PORT or HOST:PORT")
+        raise ConfigError(f"--address {given!r}: {expected}")
+    where = f"the Ray cluster at {given!r}" + (f" ({address})" if given != address else "")
     try:
-        socket.create_connection((parts.hostname, port), timeout=5).close()
+        with socket.create_connection((parts.hostname, port), timeout=_PROBE_TIMEOUT_S) as sock:
+            sock.settimeout(_PROBE_TIMEOUT_S)
+            sock.sendall(_H2_PREFACE)
+            reply = b""
+            while len(reply) < 9 and (chunk := sock.recv(9 - len(reply))):
+                reply += chunk
+    except TimeoutError:
+        reply = b""
     except OSError as err:
         raise BackendError(
-            f"cannot reach the Ray cluster at {address!r}: {err} (is `ray start --head` running "
-            "there? run without --address for a local cluster)"
+            f"cannot reach {where}: {err} (is `ray start --head` running there? run without "
+            "--address for a local cluster)"
         ) from err
+    if len(reply) < 4 or reply[3] != 0x04:  # the fourth byte of a frame header is its type
+        raise BackendError(
+            f"{where} is not a Ray cluster: something listens there but does not answer as Ray's "
+            f"gRPC server does within {_PROBE_TIMEOUT_S:.0f}s (check the port: `ray start --head` "
+            "prints it; or run without --address for a local cluster)"
+        )
 
 
 def worker_env() -> dict[str, str]:
