@@ -193,8 +193,17 @@ class ServiceSettings(BaseModel):
     base_url: str | None = Field(None, description="e.g. http://127.0.0.1:8000/v1; none: OpenAI")
     model: str = "gpt-4o-mini"
     api_key: SecretStr | None = Field(default_factory=_openai_key_from_env)
-    timeout: float = Field(60.0, gt=0.0, description="seconds per request")
-    max_retries: int = Field(4, ge=0, description="retries on 429, 5xx, timeouts, bad bodies")
+    timeout: float = Field(
+        600.0, gt=0.0, description="seconds per request (as OpenAI's and LangChain's clients)"
+    )
+    max_retries: int = Field(
+        4, ge=0, description="retries on 429, 5xx, connect timeouts, lost connections, bad bodies"
+    )
+    retry_timeouts: bool = Field(
+        False,
+        description="also retry a request that timed out once sent (only for an endpoint that "
+        "cancels the work of a client that hung up)",
+    )
     max_concurrency: int = Field(8, ge=1, description="requests in flight in a batch")
     rpm: int | None = Field(None, ge=1, description="requests per minute (none: unlimited)")
     tpm: int | None = Field(None, ge=1, description="tokens per minute (none: unlimited)")

@@ -64,7 +64,7 @@ def model(url: str, **kw: Any) -> ServiceChatModel:
 @pytest.mark.parametrize("kind", ["429", "500", "garbage", "slow"])
 def test_transient_faults_are_retried_and_counted(endpoint: Any, kind: str) -> None:
     url, state = endpoint
-    llm = model(url)
+    llm = model(url, retry_timeouts=kind == "slow")  # a sent request that timed out: opt-in
     msg = f"hello [fail:{kind}:2]"
     out = llm.invoke(msg)
     assert "Riddle:" in out.content
@@ -202,7 +202,7 @@ def test_transient_faults_while_probing_are_retried_not_taken_for_refusals(
     state.supports_json_schema = True
     for kind in ("429", "500", "slow"):
         forget_structured_support()
-        llm = model(url, structured_format=FMT)
+        llm = model(url, structured_format=FMT, retry_timeouts=kind == "slow")
         out = llm.invoke(f"probe [fail:{kind}:1]")
         assert out.response_metadata["structured_output"] == "json_schema", kind
         assert llm.stats.retries == 1 and llm.stats.structured_fallbacks == 0, kind

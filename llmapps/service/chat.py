@@ -5,10 +5,12 @@ Each call goes: LangChain's ``cache=`` (``cache_path`` opens our SQLite ``Respon
 ``BaseCache`` works, and this model counts its hits) -> LangChain's ``rate_limiter=`` (``rpm``
 makes our ``RateLimiter``; any ``BaseRateLimiter`` works) -> a slot of ``max_inflight`` -> the
 tokens-per-minute limit (the LangChain hook carries no token count) -> the endpoint, retried with
-exponential backoff and jitter on 429, 5xx, timeouts, dropped connections and unreadable bodies
-(``Retry-After`` honoured). The openai client's own retries are off so every retry is counted
-here. Token usage and cost (from a per-model price table) land in the message's
-``response_metadata`` and in ``ServiceStats``.
+exponential backoff and jitter on 429, 5xx, connect timeouts, dropped connections and unreadable
+bodies (``Retry-After`` honoured). A request that was sent and timed out is not retried (unless
+``retry_timeouts``): a self-hosted server may still be computing it, and the retry would queue the
+same work behind it. The openai client's own retries are off so every retry is counted here.
+Token usage and cost (from a per-model price table) land in the message's ``response_metadata``
+and in ``ServiceStats``.
 
 Structured output, capability-aware: given a ``response_format`` (a JSON schema), the first call
 to an endpoint+model tries, in turn, ``json_schema``, ``json_object`` (with the schema, which
@@ -34,6 +36,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import httpx
 import openai
 from langchain_core.caches import BaseCache
 from langchain_core.callbacks import CallbackManagerForLLMRun
@@ -168,6 +171,10 @@ def _refuses_format(err: Exception) -> bool:
     return False
 
 
+# Timeouts before the request left this process: retrying cannot double the server's work.
+_NOT_SENT = (httpx.ConnectTimeout, httpx.PoolTimeout)
+
+
 class ServiceChatModel(ChatOpenAI):  # type: ignore[override]
     """An OpenAI-compatible chat endpoint with caching, rate limits, counted retries and cost.
 
@@ -178,6 +185,11 @@ class ServiceChatModel(ChatOpenAI):  # type: ignore[override]
     """
 
     retries: int = Field(4, ge=0, description="retries after the first attempt")
+    retry_timeouts: bool = Field(
+        False,
+        description="retry a request that was sent and timed out: only for an endpoint that "
+        "cancels the work of a client that hung up (a connect timeout is always retried)",
+    )
     backoff_base: float = Field(0.5, gt=0.0, description="first backoff in seconds (doubles)")
     backoff_max: float = Field(20.0, gt=0.0)
     rpm: int | None = Field(None, ge=1)
@@ -295,7 +307,15 @@ class ServiceChatModel(ChatOpenAI):  # type: ignore[override]
                 f"{self.endpoint} rejected the request (HTTP {status}): {self._scrub(err.message)}"
             )
         if isinstance(err, openai.APITimeoutError):
-            return _Retryable(f"timed out after {self.request_timeout}s")
+            if self.retry_timeouts or isinstance(err.__cause__, _NOT_SENT):
+                return _Retryable(f"timed out after {self.request_timeout}s")
+            # Sent and not answered in time: a self-hosted server may still be computing it, and
+            # a retry would queue the same work behind it (issue 22: 4 of 4 articles lost so).
+            return BackendError(
+                f"{self.endpoint} did not answer within {self.request_timeout}s; not retried, as "
+                "the server may still be computing it. Raise the timeout (LLMAPPS_SERVICE__TIMEOUT "
+                "or --set timeout=SECONDS) or lower max_concurrency"
+            )
         if isinstance(err, openai.APIConnectionError):
             return _Retryable(f"connection failed: {type(err.__cause__ or err).__name__}")
         if isinstance(err, (json.JSONDecodeError, openai.APIResponseValidationError)) or (

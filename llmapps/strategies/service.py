@@ -116,6 +116,7 @@ class ServiceStrategy(Strategy):
             max_tokens=max_new_tokens,  # type: ignore[call-arg]  # ChatOpenAI alias
             timeout=c.timeout or s.timeout,
             retries=s.max_retries if c.max_retries is None else c.max_retries,
+            retry_timeouts=s.retry_timeouts,
             rpm=c.rpm or s.rpm,
             tpm=c.tpm or s.tpm,
             max_inflight=self.max_concurrency,
