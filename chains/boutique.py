@@ -24,10 +24,13 @@ clients send it), so ``batch`` runs one real batched generation.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
+import sqlite3
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -39,6 +42,7 @@ from chains import boutique_data as data
 from chains.boutique_guard import Catalog, Resolution
 from chains.boutique_metrics import METRICS, score
 from llmapps.errors import InputError
+from llmapps.locks import exclusive_lock
 from llmapps.options import AppOptions
 from llmapps.strategies.base import Strategy
 
@@ -46,6 +50,7 @@ log = logging.getLogger(__name__)
 
 MAX_MESSAGE_CHARS = 2000  # a shop question; longer is refused before anything is stored
 HISTORY_TURNS = 3  # question/answer pairs of the conversation shown to the model
+SESSION_WAIT_S = 600.0  # how long a turn waits for another process answering in its session
 _SESSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _CITE_RE = re.compile(r"\b(LB-\d{3}|P-[A-Z]+)\b")
 NO_ANSWER = (
@@ -370,9 +375,48 @@ class BoutiqueChat(Runnable[Any, dict[str, Any]]):
                 self._graph = self._compile()
             return self._graph
 
-    def _compile(self) -> Any:
-        import sqlite3
+    def _damaged(self, err: sqlite3.Error) -> InputError:
+        """One line naming the history file, for a store SQLite cannot use."""
+        if isinstance(err, sqlite3.OperationalError):  # a folder, no access, locked too long
+            what = f"cannot be used ({err})"
+        else:
+            what = f"is damaged or not a history database ({err})"
+        return InputError(
+            f"the chat history {self.history_db} {what}; move it aside (or delete it) to start "
+            "with empty histories, or pass another --history-db"
+        )
 
+    @contextlib.contextmanager
+    def _store(self, sid: str | None = None) -> Iterator[Any]:
+        """The compiled graph, every SQLite fault one ``InputError`` naming the file; with ``sid``,
+        held alone: one session's read-answer-write runs in one process and thread at a time, or
+        two writers both extend the same old history and one's turns are lost."""
+        try:
+            if sid is None:
+                yield self.graph()
+                return
+            with self._session_lock(sid):
+                yield self.graph()
+        except sqlite3.Error as err:
+            raise self._damaged(err) from err
+
+    @contextlib.contextmanager
+    def _session_lock(self, sid: str) -> Iterator[None]:
+        lock = self.history_db.parent / f".{self.history_db.name}.{sid}.lock"
+        deadline = time.monotonic() + SESSION_WAIT_S
+        held = contextlib.ExitStack()
+        while True:
+            try:
+                held.enter_context(exclusive_lock(lock, f"session {sid!r} of {self.history_db}"))
+                break
+            except InputError:  # another process (or thread) is answering in this session
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        with held:
+            yield
+
+    def _compile(self) -> Any:
         from langchain_core.messages import AIMessage
         from langgraph.checkpoint.sqlite import SqliteSaver
         from langgraph.graph import END, START, MessagesState, StateGraph
@@ -392,7 +436,9 @@ class BoutiqueChat(Runnable[Any, dict[str, Any]]):
 
         self.history_db.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(str(self.history_db), check_same_thread=False)
-        self._saver = SqliteSaver(conn)
+        saver = SqliteSaver(conn)
+        saver.setup()  # reads the file now: a damaged one is refused before any turn is answered
+        self._saver = saver
         g = StateGraph(State)
         g.add_node("answer", answer)
         g.add_edge(START, "answer")
@@ -425,7 +471,8 @@ class BoutiqueChat(Runnable[Any, dict[str, Any]]):
             **(config or {}),
             "configurable": {**(config or {}).get("configurable", {}), "thread_id": sid},
         }
-        state = self.graph().invoke({"messages": [HumanMessage(question)]}, cfg)
+        with self._store(sid) as graph:
+            state = graph.invoke({"messages": [HumanMessage(question)]}, cfg)
         return dict(state["result"])
 
     def batch(
@@ -458,17 +505,19 @@ class BoutiqueChat(Runnable[Any, dict[str, Any]]):
     def history(self, session_id: str) -> list[dict[str, Any]]:
         """The session's messages, oldest first (empty for a new session)."""
         cfg = {"configurable": {"thread_id": check_session_id(session_id)}}
-        msgs = self.graph().get_state(cfg).values.get("messages", [])
+        with self._store() as graph:
+            msgs = graph.get_state(cfg).values.get("messages", [])
         return _as_turns(msgs)
 
     def reset(self, session_id: str) -> None:
         """Forget a session's history."""
-        self.graph()
-        self._saver.delete_thread(check_session_id(session_id))
+        sid = check_session_id(session_id)
+        with self._store(sid):
+            self._saver.delete_thread(sid)
 
     def sessions(self) -> list[str]:
-        self.graph()
-        return sorted({c.config["configurable"]["thread_id"] for c in self._saver.list(None)})
+        with self._store():
+            return sorted({c.config["configurable"]["thread_id"] for c in self._saver.list(None)})
 
 
 def default_history_db() -> Path:

@@ -33,6 +33,7 @@ def run_chat(chain: Any, session: str, stdin: TextIO, stdout: TextIO) -> int:
     from chains.boutique import check_session_id
 
     check_session_id(session)
+    chain.history(session)  # a damaged history file: one line before the first question
     interactive = stdin.isatty()
     print(
         f"session {session!r}: ask about the shop; /history, /reset, /quit", file=stdout, flush=True
