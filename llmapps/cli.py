@@ -310,7 +310,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             retry_failed=args.retry_failed,
         )
         print(summary.describe(args.out), file=sys.stderr)
-        return ROWS_FAILED_EXIT if summary.failed else 0
+        return ROWS_FAILED_EXIT if summary.unfinished else 0
     chain = load_chain(args.app, args.strategy, app_options=options, **strat_opts)
     summary = run_file(
         chain,
@@ -322,7 +322,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         retry_failed=args.retry_failed,
     )
     print(summary.describe(args.out), file=sys.stderr)
-    return ROWS_FAILED_EXIT if summary.failed else 0
+    return ROWS_FAILED_EXIT if summary.unfinished else 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

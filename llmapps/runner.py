@@ -153,13 +153,20 @@ class RunSummary:
     """What ``run_file`` did: rows written now, ids skipped as already done, and failures.
 
     ``failed`` counts the rows written now with an ``error``; ``retried`` the earlier failed rows
-    that were run again (they are removed from the file first, so each id keeps one row).
+    that were run again (they are removed from the file first, so each id keeps one row);
+    ``kept_failed`` the earlier failed rows of these inputs left as they were (not retried).
     """
 
     done: int
     skipped: int
     failed: int = 0
     retried: int = 0
+    kept_failed: int = 0
+
+    @property
+    def unfinished(self) -> int:
+        """Rows of these inputs that still hold an ``error`` after the run."""
+        return self.failed + self.kept_failed
 
     def describe(self, out: Path | str) -> str:
         text = f"{self.done} done, {self.skipped} already in {out}"
@@ -167,6 +174,11 @@ class RunSummary:
             text += f"; {self.retried} failed before and retried"
         if self.failed:
             text += f"; {self.failed} failed (see their 'error'; run again to retry them)"
+        if self.kept_failed:
+            text += (
+                f"; {self.kept_failed} failed before and were not retried (run again without "
+                "--no-retry-failed to retry them)"
+            )
         return text
 
 
@@ -186,10 +198,12 @@ class ResultsFile:
         skipped: int,
         retried: int,
         extra: dict[str, Any] | None,
+        kept_failed: int = 0,
     ) -> None:
         self.todo = todo
         self.skipped = skipped
         self.retried = retried
+        self.kept_failed = kept_failed
         self.failed = 0
         self.written = 0
         self._writer = writer
@@ -202,7 +216,7 @@ class ResultsFile:
         self._writer.write({**{k: inp[k] for k in self.KEEP if k in inp}, **row, **self._extra})
 
     def summary(self) -> RunSummary:
-        return RunSummary(len(self.todo), self.skipped, self.failed, self.retried)
+        return RunSummary(len(self.todo), self.skipped, self.failed, self.retried, self.kept_failed)
 
 
 @contextlib.contextmanager
@@ -225,9 +239,10 @@ def open_results(
     with exclusive_lock(lock_path(out), f"the results file {out}"):
         done = read_done(out)
         retried = 0
+        failed_ids = {k for k, r in done.items() if r.get("error")}
+        wanted = {str(x["id"]) for x in inputs}
+        kept_failed = 0 if retry_failed else len(failed_ids & wanted)
         if retry_failed:
-            failed_ids = {k for k, r in done.items() if r.get("error")}
-            wanted = {str(x["id"]) for x in inputs}
             retried = len(failed_ids & wanted)
             if retried:
                 kept = {k: r for k, r in done.items() if k not in failed_ids or k not in wanted}
@@ -235,7 +250,7 @@ def open_results(
                 done = kept
         todo = [x for x in inputs if str(x["id"]) not in done]
         with JsonlWriter(out) as writer:
-            yield ResultsFile(writer, todo, len(inputs) - len(todo), retried, extra)
+            yield ResultsFile(writer, todo, len(inputs) - len(todo), retried, extra, kept_failed)
 
 
 def run_file(

@@ -196,10 +196,10 @@ def test_failed_rows_are_retried_on_resume_and_the_exit_code_says_so(
     rows = read_jsonl(out)
     assert [r["id"] for r in rows] == [f"a{i}" for i in range(5)]  # one row per id
     assert not any(r.get("error") for r in rows) and all(r["riddle"] for r in rows)
-    # with --no-retry-failed a failed row stays as it is
+    # with --no-retry-failed a failed row stays as it is, and the exit status still says so
     out.write_text(dumps_line({"id": "a0", "error": "old"}))
     with serve_in_thread(create_fake_app(FakeEndpointState())) as url:
-        assert main([*args(url + "/v1"), "--no-retry-failed"]) == 0
+        assert main([*args(url + "/v1"), "--no-retry-failed"]) == ROWS_FAILED_EXIT
     assert read_jsonl(out)[0].get("error") == "old"
 
 
