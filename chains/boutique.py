@@ -42,6 +42,7 @@ from chains import boutique_data as data
 from chains.boutique_guard import Catalog, Resolution
 from chains.boutique_metrics import METRICS, score
 from llmapps.errors import InputError
+from llmapps.files import read_text
 from llmapps.locks import exclusive_lock
 from llmapps.options import AppOptions
 from llmapps.strategies.base import Strategy
@@ -573,7 +574,7 @@ def read_questions(path: Path) -> list[dict[str, Any]]:
 
         rows = read_jsonl(path, row, what="bad question")
         return [{"id": str(r.get("id") or f"q{n}"), **r} for n, r in enumerate(rows, 1)]
-    lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()]
+    lines = [ln.strip() for ln in read_text(path).splitlines()]
     return [{"id": f"q{n}", "question": ln} for n, ln in enumerate(lines, 1) if ln]
 
 

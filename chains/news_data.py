@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from llmapps import jsonl
 from llmapps.errors import InputError
+from llmapps.files import read_text
 
 SPLITS = ("train", "validation", "test")
 
@@ -169,7 +170,7 @@ def read_articles(path: Path) -> list[dict[str, Any]]:
             return Article.model_validate(raw).model_dump()
 
         return jsonl.read_jsonl(path, article)
-    lines = [ln for ln in path.read_text(encoding="utf-8").splitlines()]
+    lines = [ln for ln in read_text(path).splitlines()]  # not UTF-8: one InputError
     nonempty = [ln for ln in lines if ln.strip()]
     if len(nonempty) < 2:
         raise InputError(f"{path}: a text article needs a title line and at least one line of text")

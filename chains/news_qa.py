@@ -28,6 +28,7 @@ from pydantic import Field
 from chains import news_data
 from chains.news_riddle import to_text
 from llmapps.errors import InputError
+from llmapps.files import read_text
 from llmapps.options import AppOptions
 from llmapps.strategies.base import Strategy
 from prompts import load_task
@@ -99,7 +100,7 @@ def read_questions(path: Path) -> list[dict[str, Any]]:
             raise InputError("; ".join(problems[:20]))
         return [{"id": str(row.get("id") or f"q{n}"), **row} for n, row in parsed]
     rows = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for n, line in enumerate(read_text(path).splitlines(), 1):
         if line.strip():
             rows.append({"id": f"q{n}", "question": line.strip()})
     return rows

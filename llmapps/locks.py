@@ -16,6 +16,12 @@ from pathlib import Path
 from llmapps.errors import InputError, LlmappsError
 
 
+def lock_path(out: Path | str) -> Path:
+    """The lock file of an output (a results file or a folder): ``.NAME.lock`` beside it."""
+    out = Path(out)
+    return out.parent / f".{out.name}.lock"
+
+
 def _try_lock(fd: int) -> bool:
     try:
         import fcntl

@@ -15,7 +15,7 @@ from langchain_core.runnables import Runnable
 
 from llmapps.errors import InputError, format_problems
 from llmapps.jsonl import dumps_line, scan_jsonl, write_jsonl
-from llmapps.locks import exclusive_lock
+from llmapps.locks import exclusive_lock, lock_path
 from llmapps.observe import UsageTracker
 
 log = logging.getLogger(__name__)
@@ -70,11 +70,6 @@ def read_done(path: Path, key: str = "id") -> dict[str, dict[str, Any]]:
                 f.seek(kept_end)
                 f.write(b"\n")
     return done
-
-
-def lock_path(out: Path) -> Path:
-    """The lock file of a results file: ``.NAME.lock`` beside it."""
-    return out.parent / f".{out.name}.lock"
 
 
 class JsonlWriter:

@@ -19,7 +19,7 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
-from llmapps.errors import config_error_from_validation
+from llmapps.errors import ConfigError, config_error_from_validation
 
 
 def default_home() -> Path:
@@ -240,6 +240,50 @@ class RetrievalSettings(BaseModel):
     chunk_overlap: int = Field(24, ge=0)
 
 
+class _YamlSource(YamlConfigSettingsSource):
+    """The settings file, read with ``yaml.safe_load``; every fault one ``ConfigError`` naming it."""
+
+    def _read_file(self, file_path: Path) -> dict[str, Any]:
+        import yaml
+
+        hint = "fix it, or point LLMAPPS_CONFIG at another file"
+        try:
+            text = file_path.read_bytes().decode("utf-8-sig")
+        except UnicodeDecodeError as err:
+            raise ConfigError(
+                f"the settings file {file_path} is not UTF-8 (byte {err.start}); {hint}"
+            ) from err
+        except OSError as err:
+            raise ConfigError(
+                f"the settings file {file_path} cannot be read ({err.strerror}); {hint}"
+            ) from err
+        try:
+            data = yaml.safe_load(text)
+        except yaml.constructor.ConstructorError as err:  # a !!python/... tag: never constructed
+            raise ConfigError(
+                f"the settings file {file_path} uses a YAML tag llmapps does not load "
+                f"({err.problem}{_yaml_where(err)}); use plain values; {hint}"
+            ) from err
+        except yaml.YAMLError as err:
+            why = getattr(err, "problem", None) or type(err).__name__
+            raise ConfigError(
+                f"the settings file {file_path} is not valid YAML ({why}{_yaml_where(err)}); {hint}"
+            ) from err
+        if data is None:
+            return {}
+        if not isinstance(data, dict):
+            raise ConfigError(
+                f"the settings file {file_path} holds a {type(data).__name__}, not a mapping of "
+                f"setting: value; {hint}"
+            )
+        return data
+
+
+def _yaml_where(err: Exception) -> str:
+    mark = getattr(err, "problem_mark", None)
+    return f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+
+
 class Settings(BaseSettings):
     """Every setting llmapps reads; see the module docstring for precedence."""
 
@@ -282,8 +326,18 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        config = os.environ.get("LLMAPPS_CONFIG") or str(default_home() / "config.yaml")
-        yaml_source = YamlConfigSettingsSource(settings_cls, yaml_file=config)
+        named = os.environ.get("LLMAPPS_CONFIG")
+        config = Path(named or default_home() / "config.yaml").expanduser()
+        if named and not config.is_file():  # the default file is optional; a named one is not
+            kind = "is a folder" if config.is_dir() else "does not exist"
+            raise ConfigError(
+                f"LLMAPPS_CONFIG={named} {kind}; point it at a YAML settings file or unset it"
+            )
+        if config.is_dir():
+            raise ConfigError(
+                f"the settings file {config} is a folder; remove it or set LLMAPPS_CONFIG"
+            )
+        yaml_source = _YamlSource(settings_cls, yaml_file=config)
         return (init_settings, env_settings, yaml_source)
 
     @property

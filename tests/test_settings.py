@@ -11,7 +11,8 @@ from llmapps.settings import Settings, get_settings, load_settings
 
 
 def test_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setenv("LLMAPPS_CONFIG", str(tmp_path / "missing.yaml"))
+    (tmp_path / "empty.yaml").write_text("")  # no settings file's values (a named one must exist)
+    monkeypatch.setenv("LLMAPPS_CONFIG", str(tmp_path / "empty.yaml"))
     s = get_settings()  # the suite pins the tiny models through the environment (conftest)
     assert (s.base_model, s.instruct_model) == ("tiny-base", "tiny-instruct")
     monkeypatch.delenv("LLMAPPS_BASE_MODEL")
@@ -54,7 +55,8 @@ def test_precedence_yaml_then_env_then_overrides(
 
 
 def test_invalid_values_list_every_field(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setenv("LLMAPPS_CONFIG", str(tmp_path / "missing.yaml"))
+    (tmp_path / "empty.yaml").write_text("")  # no settings file's values (a named one must exist)
+    monkeypatch.setenv("LLMAPPS_CONFIG", str(tmp_path / "empty.yaml"))
     monkeypatch.setenv("LLMAPPS_GENERATION__BATCH_SIZE", "0")
     with pytest.raises(ConfigError, match=r"invalid settings:") as info:
         load_settings(offline="not-a-bool")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import html
+import io
 import itertools
 import json
 import logging
@@ -29,11 +30,14 @@ from pathlib import Path
 from typing import Any
 
 from llmapps.errors import ConfigError, InputError
+from llmapps.files import read_text
+from llmapps.jsonl import atomic_write
 
 log = logging.getLogger(__name__)
 
 CHOICES = ("A", "B", "tie")
 RATINGS_FILE = "ratings.jsonl"
+SHEET_FILES = ("sheet.csv", "sheet.html", "key.json")  # what export_sheet writes in its folder
 
 
 def _show(row: Mapping[str, Any] | None, fields: Sequence[str]) -> str:
@@ -100,13 +104,12 @@ def export_sheet(
             }
         )
     paths = {"csv": out / "sheet.csv", "html": out / "sheet.html", "key": out / "key.json"}
-    with paths["csv"].open("w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=["item", "context", "A", "B", "preference", "rater"])
-        writer.writeheader()
-        writer.writerows(rows)
-    paths["key"].write_text(
-        json.dumps({"strategies": names, "items": key}, indent=2) + "\n", encoding="utf-8"
-    )
+    buf = io.StringIO(newline="")
+    writer = csv.DictWriter(buf, fieldnames=["item", "context", "A", "B", "preference", "rater"])
+    writer.writeheader()
+    writer.writerows(rows)
+    # each file replaced whole (a temp file and a rename); the key last, as the sheet's seal
+    atomic_write(paths["csv"], buf.getvalue())
     cells = "".join(
         "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td></td></tr>".format(
             html.escape(r["item"]),
@@ -114,16 +117,69 @@ def export_sheet(
         )
         for r in rows
     )
-    paths["html"].write_text(
+    atomic_write(
+        paths["html"],
         "<!doctype html><meta charset='utf-8'><title>side-by-side</title>"
         "<style>body{font-family:sans-serif}td{vertical-align:top;border:1px solid #ccc;padding:6px}"
         "table{border-collapse:collapse}</style>"
         "<p>For each item, which output is better: A, B or tie? Enter it in the <code>preference</code> "
         "column of sheet.csv, with your name in <code>rater</code>.</p>"
         f"<table><tr><th>item</th><th>article</th><th>A</th><th>B</th><th>preference</th></tr>{cells}</table>\n",
-        encoding="utf-8",
     )
+    atomic_write(paths["key"], json.dumps({"strategies": names, "items": key}, indent=2) + "\n")
     return paths
+
+
+def read_key(path: Path) -> tuple[dict[str, dict[str, str]], list[str]]:
+    """The items (``{item: {"id", "A", "B"}}``) and strategies of a sheet's ``key.json``.
+
+    Raises:
+        InputError: one line naming ``path`` and what is wrong with it (missing, a folder, not
+            UTF-8, not JSON, not an object with ``items``, an item without ``id``, ``A``, ``B``).
+    """
+    path = Path(path)
+    hint = "use the key.json written with the sheet (`llmapps human-eval export`)"
+    data: Any = None
+    try:
+        data = json.loads(read_text(path, what="the key"))
+    except (json.JSONDecodeError, RecursionError) as err:
+        why = getattr(err, "msg", "nested too deeply")
+        raise InputError(f"the key {path} is not valid JSON ({why}); {hint}") from err
+    items = data.get("items") if isinstance(data, dict) else None
+    if not isinstance(items, dict) or not items:
+        raise InputError(f"the key {path} is not a sheet's key (no 'items' object); {hint}")
+    for iid, item in items.items():
+        if not isinstance(item, dict) or not all(
+            isinstance(item.get(k), str) for k in ("id", "A", "B")
+        ):
+            raise InputError(
+                f"the key {path}: item {iid!r} needs string 'id', 'A' and 'B' fields; {hint}"
+            )
+    strategies = data.get("strategies")
+    names = [str(n) for n in strategies] if isinstance(strategies, list) else []
+    return items, names
+
+
+def read_sheet(path: Path) -> list[tuple[int, dict[str, str]]]:
+    """The rows of a sheet CSV with their line numbers (the header is line 1).
+
+    Raises:
+        InputError: one line naming ``path``: missing, a folder, not UTF-8, or not a CSV this
+            reader can read (a field over the csv module's limit, a NUL byte ...).
+    """
+    path = Path(path)
+    text = read_text(path, what="the sheet")
+    rows: list[tuple[int, dict[str, str]]] = []
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    try:
+        for row in reader:
+            rows.append((reader.line_num, {k: v or "" for k, v in row.items() if k}))
+    except csv.Error as err:
+        raise InputError(
+            f"the sheet {path}:{reader.line_num} is not a readable CSV ({err}); re-export it "
+            "with `llmapps human-eval export`"
+        ) from err
+    return rows
 
 
 def _normalize_preference(pref: str) -> str | None:
@@ -162,22 +218,24 @@ def _read_ratings(paths: Sequence[Path]) -> list[dict[str, str]]:
     ratings: list[dict[str, str]] = []
     problems: list[str] = []
     for path in paths:
+        if not Path(path).is_file():
+            kind = "is a folder" if Path(path).is_dir() else "does not exist"
+            raise InputError(f"the ratings {path} {kind}; give a filled sheet.csv or ratings.jsonl")
         if Path(path).suffix == ".jsonl":
             ratings.extend(_read_jsonl_ratings(Path(path), problems))
             continue
-        with Path(path).open(newline="", encoding="utf-8") as f:
-            for n, row in enumerate(csv.DictReader(f), start=2):
-                pref = (row.get("preference") or "").strip()
-                if not pref:
-                    continue
-                norm = _normalize_preference(pref)
-                if norm is None:
-                    problems.append(f"{path}:{n}: preference {pref!r} is not A, B or tie")
-                    continue
-                rater = (row.get("rater") or "").strip() or Path(path).stem
-                ratings.append(
-                    {"item": (row.get("item") or "").strip(), "preference": norm, "rater": rater}
-                )
+        for n, row in read_sheet(Path(path)):
+            pref = (row.get("preference") or "").strip()
+            if not pref:
+                continue
+            norm = _normalize_preference(pref)
+            if norm is None:
+                problems.append(f"{path}:{n}: preference {pref!r} is not A, B or tie")
+                continue
+            rater = (row.get("rater") or "").strip() or Path(path).stem
+            ratings.append(
+                {"item": (row.get("item") or "").strip(), "preference": norm, "rater": rater}
+            )
     if problems:
         from llmapps.errors import format_problems
 
@@ -208,7 +266,7 @@ def import_ratings(sheets: Sequence[Path], key_path: Path) -> dict[str, Any]:
     Returns:
         ``{"ratings", "win_rate": {strategy: rate}, "pairs": [...], "agreement": {...}}``.
     """
-    key = json.loads(Path(key_path).read_text())["items"]
+    key, _names = read_key(Path(key_path))
     return summarize_ratings(_read_ratings(sheets), key, key_path)
 
 
@@ -327,15 +385,12 @@ class RatingStore:
                 f"{self.folder} holds no exported sheet (key.json and sheet.csv): run "
                 "`llmapps human-eval export RUN --out DIR` or open a bench run with `llmapps ui --run RUN`"
             )
-        key = json.loads(key_path.read_text(encoding="utf-8"))
         self.key_path = key_path
-        self.key: dict[str, dict[str, str]] = key["items"]
-        self.strategies: list[str] = key.get("strategies", [])
-        with sheet_path.open(newline="", encoding="utf-8") as f:
-            self.items = [
-                {k: row.get(k) or "" for k in ("item", "context", "A", "B")}
-                for row in csv.DictReader(f)
-            ]
+        self.key, self.strategies = read_key(key_path)
+        self.items = [
+            {k: row.get(k) or "" for k in ("item", "context", "A", "B")}
+            for _n, row in read_sheet(sheet_path)
+        ]
         self._by_id = {it["item"]: it for it in self.items}
         self.path = self.folder / RATINGS_FILE
         self._lock = threading.Lock()
