@@ -14,12 +14,13 @@ Registered by the boutique app through the ``llmapps.cli`` entry-point group::
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any, TextIO
 
 from llmapps.errors import ConfigError, InputError
+from llmapps.files import check_output, writing
+from llmapps.jsonl import write_jsonl
 
 
 def _chat_apps() -> list[str]:
@@ -124,6 +125,8 @@ def cmd_annotate(args: argparse.Namespace) -> int:
 
     from chains import boutique, boutique_data
 
+    if args.action == "format" and args.out:  # before reading: never overwrite the dialogues
+        check_output(args.out, [args.file])
     rows = boutique_data.read_dialogues(Path(args.file))  # InputError lists every problem
     kinds = Counter(t["kind"] for d in rows for t in d["turns"])
     print(
@@ -133,14 +136,9 @@ def cmd_annotate(args: argparse.Namespace) -> int:
     if args.action == "format":
         if not args.out:
             raise ConfigError("annotate format needs --out FILE.jsonl")
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
         examples = boutique.examples(rows=rows)
-        tmp = out.with_suffix(out.suffix + ".tmp")
-        tmp.write_text(
-            "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in examples), encoding="utf-8"
-        )
-        tmp.replace(out)
+        with writing(args.out, [args.file]) as out:
+            write_jsonl(out, examples)  # a temp file and a rename
         print(f"{len(examples)} fine-tuning rows (sources, history, question, answer) -> {out}")
     return 0
 

@@ -36,7 +36,9 @@ from urllib.parse import quote, urlsplit
 from pydantic import BaseModel, ConfigDict, Field
 
 from llmapps.errors import ConfigError, InputError
+from llmapps.files import writing
 from llmapps.ingest.models import NewsItem, SourceReport, safe_http_url
+from llmapps.jsonl import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -242,19 +244,18 @@ def render_markdown(edition: Edition) -> str:
     return str(_env().get_template("daily.md.j2").render(edition=edition))
 
 
+EDITION_FILES = {"html": "index.html", "markdown": "edition.md", "json": "edition.json"}
+
+
 def write_edition(edition: Edition, out_dir: Path) -> dict[str, Path]:
     """Write ``index.html``, ``edition.md`` and ``edition.json`` in ``out_dir``; return paths."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {
-        "html": out_dir / "index.html",
-        "markdown": out_dir / "edition.md",
-        "json": out_dir / "edition.json",
-    }
-    paths["html"].write_text(render_html(edition), encoding="utf-8")
-    paths["markdown"].write_text(render_markdown(edition), encoding="utf-8")
-    paths["json"].write_text(
+    paths = {kind: out_dir / name for kind, name in EDITION_FILES.items()}
+    # each file replaced whole (a temp file and a rename): a reader never sees half a page
+    atomic_write(paths["html"], render_html(edition))
+    atomic_write(paths["markdown"], render_markdown(edition))
+    atomic_write(
+        paths["json"],
         json.dumps(edition.model_dump(mode="json"), indent=2, ensure_ascii=False) + "\n",
-        encoding="utf-8",
     )
     return paths
 
@@ -263,6 +264,12 @@ def write_edition(edition: Edition, out_dir: Path) -> dict[str, Path]:
 
 
 def cmd_daily(args: argparse.Namespace) -> int:
+    # the folder's lock for the whole run, and no edition file may be one of the local feeds
+    with writing(args.out, args.feed, kind="folder", writes=EDITION_FILES.values()):
+        return _daily(args)
+
+
+def _daily(args: argparse.Namespace) -> int:
     from llmapps.cli import app_options, strategy_options
     from llmapps.ingest.cli import run_ingest
 

@@ -27,6 +27,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from finetune.recipe import load_recipe
     from finetune.train import train
     from llmapps.errors import ConfigError
+    from llmapps.files import writing
 
     overrides = _overrides(args.set)
     if args.base_model:
@@ -38,9 +39,10 @@ def cmd_train(args: argparse.Namespace) -> int:
             f"run `llmapps finetune {recipe.method} --recipe {args.recipe}`, or --set method={args.method}"
         )
     out = Path(args.out) if args.out else Path("adapters") / recipe.name
-    result = train(
-        recipe, out, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet
-    )
+    with writing(out, [recipe.base_model], kind="folder"):  # one trainer per folder
+        result = train(
+            recipe, out, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet
+        )
     m = result.metrics
     print(f"adapter: {result.adapter}")
     print(
@@ -56,8 +58,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_merge(args: argparse.Namespace) -> int:
     from finetune.merge import merge_adapter
+    from llmapps.files import writing
 
-    out = merge_adapter(args.adapter, args.out, base_model=args.base_model)
+    # the merged folder replaces --out whole: it must not be (or hold) the adapter or the base
+    with writing(args.out, [args.adapter, args.base_model], kind="folder"):
+        out = merge_adapter(args.adapter, args.out, base_model=args.base_model)
     print(f"merged model: {out} (load it with AutoModelForCausalLM.from_pretrained)")
     return 0
 

@@ -20,6 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from llmapps.errors import ConfigError
+from llmapps.jsonl import atomic_write
+
+SWEEP_FILES = ("config.json", "results.jsonl", "sweep.md", "sweep.png")
 
 
 def _grid(raw: str, cast: Any, what: str) -> list[Any]:
@@ -62,12 +65,13 @@ def sweep(
             f"{len(grid)} runs asked for; this sweep runs at most {max_runs} (fewer values)"
         )
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(
+    atomic_write(
+        out / "config.json",
         json.dumps(
             {"recipe": recipe, "learning_rates": lrs, "ranks": ranks, "overrides": overrides or {}},
             indent=2,
         )
-        + "\n"
+        + "\n",
     )
     results = out / "results.jsonl"
     done = {row["name"] for row in read_results(results)}
@@ -125,7 +129,7 @@ def write_report(rows: list[dict[str, Any]], out: Path, recipe: str) -> None:
             "",
             f"Chosen by validation loss: learning rate {rows[0]['learning_rate']:g}, r {rows[0]['r']}.",
         ]
-    (out / "sweep.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    atomic_write(out / "sweep.md", "\n".join(lines) + "\n")
     fig, ax = plt.subplots(figsize=(5, 3.2))
     for r in sorted({row["r"] for row in rows}):
         pts = sorted((row["learning_rate"], row["eval_loss"]) for row in rows if row["r"] == r)
@@ -145,6 +149,7 @@ def write_report(rows: list[dict[str, Any]], out: Path, recipe: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     from finetune.cli import _overrides
+    from llmapps.files import writing
     from llmapps.settings import get_settings
 
     p = argparse.ArgumentParser(
@@ -164,14 +169,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = p.parse_args(argv)
     work = Path(args.work) if args.work else get_settings().home / "sweeps" / Path(args.recipe).stem
-    rows = sweep(
-        args.recipe,
-        _grid(args.lr, float, "lr"),
-        _grid(args.ranks, int, "r"),
-        Path(args.out),
-        work,
-        overrides=_overrides(args.set),
-    )
+    # one sweep per folder (a second is refused, naming the first's PID); --out not a file
+    with writing(args.out, kind="folder", writes=SWEEP_FILES) as out:
+        rows = sweep(
+            args.recipe,
+            _grid(args.lr, float, "lr"),
+            _grid(args.ranks, int, "r"),
+            out,
+            work,
+            overrides=_overrides(args.set),
+        )
     print((Path(args.out) / "sweep.md").read_text())
     return 0 if rows else 1
 

@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from llmapps.errors import ConfigError, LlmappsError
+from llmapps.files import check_output
+from llmapps.locks import exclusive_lock, lock_path
 
 log = logging.getLogger("llmapps")
 
@@ -289,6 +291,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
     if spec.read_inputs is None:
         raise ConfigError(f"the app {args.app!r} cannot read input files")
+    check_output(args.out, [args.input])  # never an input, nor the wrong kind of path
+    with exclusive_lock(lock_path(Path(args.out)), f"the results file {args.out}"):
+        pass  # a second run is refused before models load; the runner holds the lock itself
     inputs = spec.read_inputs(Path(args.input))
     if not inputs:
         raise ConfigError(f"{args.input} holds no inputs")

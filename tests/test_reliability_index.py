@@ -321,7 +321,7 @@ def test_two_writers_the_second_is_refused_and_nothing_is_lost(
         for cmd in (
             ["index", "add", "--index", str(folder), "--input", str(tmp_path)],
             ["index", "delete", "d0", "--index", str(folder)],
-            ["index", "build", "--input", str(tmp_path), "--out", str(folder), "--force"],
+            ["index", "build", "--input", str(tmp_path / "docs"), "--out", str(folder), "--force"],
         ):
             assert main(cmd) == 2
             err = capsys.readouterr().err

@@ -7,6 +7,7 @@ libraries are imported inside the commands so ``llmapps --help`` stays instant.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -14,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from llmapps.errors import ConfigError
+from llmapps.files import check_output, writing
+from llmapps.jsonl import atomic_write, write_jsonl
 
 
 def _default_app() -> str:
@@ -23,6 +26,13 @@ def _default_app() -> str:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    out = Path(args.out or f"runs/bench-{time.strftime('%Y%m%d-%H%M%S')}")
+    # one bench per folder: a second one on the same --out is refused, naming the first's PID
+    with writing(out, kind="folder"):
+        return _bench(args, out)
+
+
+def _bench(args: argparse.Namespace, out: Path) -> int:
     from rich.console import Console
 
     from llmapps.bench.report import log_mlflow, rich_tables, write_reports
@@ -43,7 +53,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
         if args.strategies
         else STRATEGIES.names()
     )
-    out = Path(args.out or f"runs/bench-{time.strftime('%Y%m%d-%H%M%S')}")
     config = BenchConfig(
         app=app,
         strategies=names,
@@ -92,7 +101,20 @@ def _settings() -> Any:
     return get_settings()
 
 
+def _writing_out(args: argparse.Namespace, inputs: list[str]) -> Any:
+    """``--out``'s checks and lock for the whole command (before any work), if it has one."""
+    return writing(args.out, inputs) if args.out else contextlib.nullcontext()
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    inputs = [args.predictions, args.references]
+    if args.out:
+        check_output(Path(args.out).with_suffix(".rows.jsonl"), inputs)
+    with _writing_out(args, inputs):
+        return _evaluate(args)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
@@ -129,19 +151,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             ),
         )
     Console().print(table)
-    if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(
-            json.dumps({"metrics": groups, "config": config.model_dump()}, indent=2) + "\n"
+    if args.out:  # each file replaced whole (a temp file and a rename)
+        out, rows_path = Path(args.out), Path(args.out).with_suffix(".rows.jsonl")
+        atomic_write(
+            out, json.dumps({"metrics": groups, "config": config.model_dump()}, indent=2) + "\n"
         )
-        rows_path = out.with_suffix(".rows.jsonl")
-        rows_path.write_text(
-            "".join(
-                json.dumps({"id": r["id"], "strategy": r.get("strategy"), "metrics": r["metrics"]})
-                + "\n"
+        write_jsonl(
+            rows_path,
+            (
+                {"id": r["id"], "strategy": r.get("strategy"), "metrics": r["metrics"]}
                 for r in scored
-            )
+            ),
         )
         print(f"wrote {out} and {rows_path}", file=sys.stderr)
     return 0
@@ -166,28 +186,31 @@ def cmd_metrics(args: argparse.Namespace) -> int:
 
 
 def cmd_human_export(args: argparse.Namespace) -> int:
-    from llmapps.evaluate.human import export_sheet, load_run_outputs
+    from llmapps.evaluate.human import SHEET_FILES, export_sheet, load_run_outputs
 
     run = Path(args.run)
     names = [s.strip() for s in args.strategies.split(",")] if args.strategies else None
     outputs, refs = load_run_outputs(run, names)
+    sources = [run / "references.jsonl", *sorted((run / "samples").glob("*.jsonl"))]
     fields = (
         [f.strip() for f in args.fields.split(",")]
         if args.fields
         else sorted({k[len("reference_") :] for r in refs for k in r if k.startswith("reference_")})
     )
-    paths = export_sheet(
-        outputs,
-        refs[: args.limit] if args.limit else refs,
-        Path(args.out),
-        fields=fields,
-        seed=args.seed,
-    )
+    with writing(args.out, sources, kind="folder", writes=SHEET_FILES) as out:
+        paths = export_sheet(
+            outputs, refs[: args.limit] if args.limit else refs, out, fields=fields, seed=args.seed
+        )
     print(f"fill in {paths['csv']} (view: {paths['html']}); keep {paths['key']} to unblind")
     return 0
 
 
 def cmd_human_import(args: argparse.Namespace) -> int:
+    with _writing_out(args, [*args.sheets, args.key]):  # never the key or a sheet it reads
+        return _human_import(args)
+
+
+def _human_import(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
@@ -209,7 +232,7 @@ def cmd_human_import(args: argparse.Namespace) -> int:
         f", Cohen's kappa {a['cohen_kappa'] if a['cohen_kappa'] is not None else 'n/a'}"
     )
     if args.out:
-        Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+        atomic_write(args.out, json.dumps(report, indent=2) + "\n")
     return 0
 
 

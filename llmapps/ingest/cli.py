@@ -172,17 +172,21 @@ def print_reports(result: Any) -> None:
 
 
 def cmd_news_fetch(args: argparse.Namespace) -> int:
+    from llmapps.files import check_output, writing
     from llmapps.ingest.pipeline import write_jsonl, write_report
 
-    result = run_ingest(args, quiet=args.quiet)
     out = Path(args.out)
-    if not result.items:  # a failed fetch must not wipe what a good one wrote before
-        kept = f"{out} is left as it was" if out.exists() else f"{out} was not written"
-        print(f"0 articles landed from any source; {kept}", file=sys.stderr)
-        return 1
     report = Path(args.report) if args.report else out.with_suffix(".report.json")
-    write_jsonl(result.items, out)  # each file replaced atomically: a reader never sees half
-    write_report(result, report)
+    # neither file may be a local feed it reads (fetching first would be wasted work)
+    check_output(report, args.feed, flag="--report")
+    with writing(out, args.feed):
+        result = run_ingest(args, quiet=args.quiet)
+        if not result.items:  # a failed fetch must not wipe what a good one wrote before
+            kept = f"{out} is left as it was" if out.exists() else f"{out} was not written"
+            print(f"0 articles landed from any source; {kept}", file=sys.stderr)
+            return 1
+        write_jsonl(result.items, out)  # each file replaced atomically: a reader never sees half
+        write_report(result, report)
     print(f"{len(result.items)} articles -> {out} (report: {report})", file=sys.stderr)
     return 0
 

@@ -45,6 +45,9 @@ def _add(store: Any, inputs: list[str], chunk_tokens: int | None) -> tuple[int, 
 
 
 def cmd_build(args: argparse.Namespace) -> int:
+    from llmapps.files import check_output
+
+    check_output(args.out, args.input, kind="folder")  # no input inside it, not a file
     with _writing(args.out):
         return _build(args)
 
