@@ -176,6 +176,10 @@ class ServerSettings(BaseModel):
         description="Host headers answered (others get 400, against DNS rebinding); empty: the loopback "
         "names when bound to loopback, any host otherwise",
     )
+    max_stop: int = Field(4, ge=0, description="most stop strings in one request (400 above)")
+    max_stop_chars: int = Field(
+        1000, ge=0, description="most characters of all stop strings together (400 above)"
+    )
     max_batch: int = Field(16, ge=1, description="most requests in one batched generate call")
     batch_wait_ms: float = Field(
         5.0, ge=0.0, description="how long to gather requests into a batch"

@@ -124,10 +124,13 @@ def test_bad_requests_get_openai_errors(served: dict[str, Any]) -> None:
     with pytest.raises(openai.BadRequestError, match="above this server's limit of 32") as info:
         client.chat.completions.create(model="tiny-instruct", messages=msg, max_tokens=500)
     assert info.value.param == "max_tokens"
-    with pytest.raises(openai.BadRequestError, match="does not support 'response_format'"):
+    with pytest.raises(openai.BadRequestError, match="'structural_tag' is not supported") as info:
         client.chat.completions.create(
-            model="tiny-instruct", messages=msg, response_format={"type": "json_object"}
+            model="tiny-instruct",
+            messages=msg,
+            response_format={"type": "structural_tag"},  # type: ignore[typeddict-item]
         )
+    assert info.value.param == "response_format.type"
     with pytest.raises(openai.BadRequestError, match="does not support 'n'"):
         client.chat.completions.create(model="tiny-instruct", messages=msg, n=2)
     headers = {"Authorization": f"Bearer {KEY}"}
@@ -201,6 +204,7 @@ def test_dynamic_batching_and_the_in_flight_limit(served: dict[str, Any]) -> Non
 def test_service_strategy_runs_the_app_against_llmapps_serve(tiny_instruct: str) -> None:
     from llmapps.apps import load_chain
     from llmapps.runner import run_batches
+    from llmapps.service.chat import forget_structured_support, structured_support
     from llmapps.settings import get_settings
     from llmapps.strategies.service import ServiceStrategy
 
@@ -209,6 +213,7 @@ def test_service_strategy_runs_the_app_against_llmapps_serve(tiny_instruct: str)
         {"title": "Comet seen", "text": "An amateur astronomer spotted a new comet."},
     ]
     settings = get_settings().model_copy(update={"instruct_model": tiny_instruct})
+    forget_structured_support()
     with ServiceStrategy.demo_options(settings) as opts:
         assert opts is not None and opts["base_url"].startswith("http://127.0.0.1:")
         strategy = ServiceStrategy(**opts, max_new_tokens=8)
@@ -219,7 +224,9 @@ def test_service_strategy_runs_the_app_against_llmapps_serve(tiny_instruct: str)
     assert all({"summary", "riddle", "answer", "valid", "raw"} <= set(r) for r in rows)
     assert all(r["input_tokens"] > 0 and 0 < r["output_tokens"] <= 8 for r in rows)
     stats = strategy.stats
-    assert stats["calls"] == 2 and stats["structured_fallbacks"] >= 1  # our server has no JSON mode
+    # the server constrains to the task's schema: json_schema is taken on the first try
+    assert stats["calls"] == 2 and stats["structured_fallbacks"] == 0
+    assert structured_support(opts["base_url"], tiny_instruct) == "json_schema"
 
 
 def test_serve_cli_refuses_open_host_without_key(capsys: pytest.CaptureFixture[str]) -> None:

@@ -48,7 +48,17 @@ class BatcherStats:
 
 
 def _params_key(p: GenerationParams) -> tuple[Any, ...]:
-    return (p.max_new_tokens, p.temperature, p.top_p, tuple(p.stop), p.seed)
+    """What requests must share to be batched (a batch runs under one set of params)."""
+    return (
+        p.max_new_tokens,
+        p.temperature,
+        p.top_p,
+        tuple(p.stop),
+        p.seed,
+        p.constraint.key if p.constraint is not None else None,
+        p.repetition_penalty,
+        p.no_repeat_ngram_size,
+    )
 
 
 class DynamicBatcher:

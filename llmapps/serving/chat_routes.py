@@ -3,7 +3,6 @@ whole, or from an app's chain (``llmapps serve --app NAME``)."""
 
 from __future__ import annotations
 
-import threading
 import time
 import uuid
 from functools import partial
@@ -12,6 +11,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 
 from llmapps.errors import InputError
+from llmapps.serving.constraints import CONSTRAINT_FIELDS, constraint_of
 from llmapps.serving.engine import Serving
 from llmapps.serving.protocol import (
     _ERRORS,
@@ -35,6 +35,7 @@ def add_chat_routes(app: FastAPI, ctx: Serving, bearer: list[Any], chat: Any = N
         _refuse_unsupported(req)
         if chat is not None:
             return await app_reply(req)
+        constraint, where = constraint_of(req)
         if not lm.has_chat_template:
             raise APIError(
                 400,
@@ -42,21 +43,20 @@ def add_chat_routes(app: FastAPI, ctx: Serving, bearer: list[Any], chat: Any = N
                 "or serve an instruction-tuned model",
                 code="no_chat_template",
             )
-        params = ctx.params_of(req, req.max_completion_tokens or req.max_tokens)
+        params = ctx.params_of(req, req.max_completion_tokens or req.max_tokens, constraint)
         msgs = [
             {"role": "system" if m.role == "developer" else m.role, "content": _text_of(m.content)}
             for m in req.messages
         ]
         prompt = ctx.fit_chat(msgs, params)
         cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
-        ctx.slots.acquire(1)
         if req.stream:
             usage = bool((req.stream_options or {}).get("include_usage"))
-            cancel = threading.Event()
             make = partial(chat_chunk, cid, created, served)
-            return ctx.streaming(ctx.stream_events(prompt, params, make, usage, cancel), 1, cancel)
+            return await ctx.stream(prompt, params, make, usage, where)
+        ctx.slots.acquire(1)
         try:
-            (out,) = await ctx.generate(request, [prompt], params)
+            (out,) = await ctx.generate(request, [prompt], params, where)
         finally:
             ctx.slots.release(1)
         return chat_completion(
@@ -70,13 +70,29 @@ def add_chat_routes(app: FastAPI, ctx: Serving, bearer: list[Any], chat: Any = N
         )
 
     async def app_reply(req: ChatRequest) -> Any:
-        """The app's answer to the conversation (one choice, no streaming, no token counts)."""
+        """The app's answer to the conversation (one choice, no streaming, no token counts).
+
+        The app's chain chooses its own budget, sampling and output shape, so a request that
+        sets them is refused rather than silently answered without them; ``stop`` is honoured
+        by cutting the reply at the first stop string."""
         from starlette.concurrency import run_in_threadpool
+
+        from llmapps.models.streaming import cut_at_stop
 
         if req.stream:
             raise APIError(
                 400, "an app chat answers whole replies: send stream: false", param="stream"
             )
+        for param in (*_APP_CHOOSES, *CONSTRAINT_FIELDS):
+            if getattr(req, param) is not None:
+                raise APIError(
+                    400,
+                    f"{param}: an app chat sets its own budget, sampling and reply shape "
+                    f"(serve --app); leave {param} out, or serve the model without --app",
+                    param=param,
+                    code="unsupported_parameter",
+                )
+        stop = ctx.stops_of(req)
         msgs = [{"role": m.role, "content": _text_of(m.content)} for m in req.messages]
         ctx.slots.acquire(1)
         try:
@@ -85,6 +101,11 @@ def add_chat_routes(app: FastAPI, ctx: Serving, bearer: list[Any], chat: Any = N
             raise APIError(400, str(err), param="messages", code="invalid_message") from err
         finally:
             ctx.slots.release(1)
+        text, _ = cut_at_stop(text, stop)
         return chat_completion(
             f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), served, text, "stop", 0, 0
         )
+
+
+# what an app's chain decides for itself (serve --app refuses them in a request)
+_APP_CHOOSES = ("max_tokens", "max_completion_tokens", "temperature", "top_p", "seed")

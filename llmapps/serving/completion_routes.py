@@ -3,7 +3,6 @@ with every other request; ``stream`` for one prompt."""
 
 from __future__ import annotations
 
-import threading
 import time
 import uuid
 from functools import partial
@@ -11,6 +10,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 
+from llmapps.serving.constraints import constraint_of
 from llmapps.serving.engine import Serving
 from llmapps.serving.protocol import (
     _ERRORS,
@@ -46,18 +46,16 @@ def add_completion_routes(app: FastAPI, ctx: Serving, bearer: list[Any]) -> None
             )
         if req.stream and len(prompts) != 1:
             raise APIError(400, "streaming takes one prompt; send a string", param="prompt")
-        params = ctx.params_of(req, req.max_tokens)
+        constraint, where = constraint_of(req)
+        params = ctx.params_of(req, req.max_tokens, constraint)
         cid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
-        ctx.slots.acquire(len(prompts))
         if req.stream:
             usage = bool((req.stream_options or {}).get("include_usage"))
-            cancel = threading.Event()
             make = partial(text_chunk, cid, created, served)
-            return ctx.streaming(
-                ctx.stream_events(prompts[0], params, make, usage, cancel), 1, cancel
-            )
+            return await ctx.stream(prompts[0], params, make, usage, where)
+        ctx.slots.acquire(len(prompts))
         try:
-            outs = await ctx.generate(request, prompts, params)
+            outs = await ctx.generate(request, prompts, params, where)
         finally:
             ctx.slots.release(len(prompts))
         return text_completion(

@@ -16,13 +16,14 @@ from typing import TYPE_CHECKING, Any, cast
 from fastapi import Request
 from fastapi.responses import StreamingResponse
 
-from llmapps.errors import InputError
+from llmapps.errors import BackendError, InputError
 from llmapps.serving.batcher import DynamicBatcher
 from llmapps.serving.guard import Slots
 from llmapps.serving.protocol import APIError, _Sampling, usage_chunk
 
 if TYPE_CHECKING:
     from llmapps.models.local import GenerationParams, LocalModel
+    from llmapps.models.structured import OutputConstraint
     from llmapps.settings import ServerSettings
 
 log = logging.getLogger(__name__)
@@ -129,7 +130,12 @@ class Serving:
                 code="model_not_found",
             )
 
-    def params_of(self, req: _Sampling, max_tokens: int | None) -> GenerationParams:
+    def params_of(
+        self,
+        req: _Sampling,
+        max_tokens: int | None,
+        constraint: OutputConstraint | None = None,
+    ) -> GenerationParams:
         from llmapps.models.local import GenerationParams
 
         settings, lm = self.settings, self.lm
@@ -150,15 +156,38 @@ class Serving:
                 param="max_tokens",
                 code="max_tokens_too_large",
             )
-        stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
         temperature = 1.0 if req.temperature is None else req.temperature  # OpenAI's default
         return GenerationParams(
             max_new_tokens=wanted,
             temperature=temperature,
             top_p=req.top_p or 1.0,
-            stop=[s for s in stop if s],  # an empty stop string would end every completion at once
+            stop=self.stops_of(req),
             seed=req.seed,
+            constraint=constraint,
         )
+
+    def stops_of(self, req: _Sampling) -> list[str]:
+        """The request's stop strings, bounded in count and total length (a stop string is
+        matched against every decoded tail, so its length must not be the client's to choose)."""
+        settings = self.settings
+        stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
+        if len(stop) > settings.max_stop:
+            raise APIError(
+                400,
+                f"stop: {len(stop)} stop strings; this server takes at most {settings.max_stop}",
+                param="stop",
+                code="too_many_stop_strings",
+            )
+        chars = sum(len(s) for s in stop)
+        if chars > settings.max_stop_chars:
+            raise APIError(
+                400,
+                f"stop: {chars} characters of stop strings; this server takes at most "
+                f"{settings.max_stop_chars} in all: send shorter ones",
+                param="stop",
+                code="stop_too_long",
+            )
+        return [s for s in stop if s]  # an empty stop string would end every completion at once
 
     def fit_chat(self, messages: list[dict[str, str]], params: GenerationParams) -> str:
         """The chat prompt, its longest message shortened if the whole would not fit the context."""
@@ -196,11 +225,22 @@ class Serving:
             raise
 
     async def generate(
-        self, request: Request, prompts: list[str], params: GenerationParams
+        self,
+        request: Request,
+        prompts: list[str],
+        params: GenerationParams,
+        constraint_field: str | None = None,
     ) -> list[Any]:
-        """Generate through the batcher; a client that goes away cancels its queued prompts."""
+        """Generate through the batcher; a client that goes away cancels its queued prompts.
+
+        ``constraint_field`` is the request field the constraint came from: a constraint the
+        backend cannot compile is a 400 naming it.
+        """
         futures = [asyncio.wrap_future(self.batcher.submit(p, params)) for p in prompts]
         gathered = asyncio.gather(*futures)
+        # a dropped client leaves the gathered future unawaited: read its outcome so asyncio
+        # does not log "_GatheringFuture exception was never retrieved" for every one
+        gathered.add_done_callback(_settle)
         try:
             while True:
                 done, _ = await asyncio.wait({gathered}, timeout=0.25)
@@ -211,7 +251,7 @@ class Serving:
                     gathered.cancel()  # cancels every wrapped future, so the batcher skips them
                     raise APIError(499, "client closed the request", code="client_closed")
         except InputError as err:
-            raise APIError(400, str(err), code="invalid_request") from err
+            raise input_error(err, constraint_field) from err
         finally:
             if not gathered.done():
                 gathered.cancel()
@@ -265,29 +305,95 @@ class Serving:
 
         return StreamingResponse(sse(), media_type="text/event-stream")
 
+    async def open_stream(
+        self,
+        prompt: str,
+        params: GenerationParams,
+        cancel: threading.Event,
+        constraint_field: str | None = None,
+    ) -> Iterator[str]:
+        """The pieces of one streamed answer, the first already made, so that what fails before
+        any token (a constraint the backend cannot compile) is a 400 rather than an error event
+        after a 200 has been sent."""
+        import itertools
+
+        from starlette.concurrency import run_in_threadpool
+
+        from llmapps.models.llamacpp import GGUFModel
+        from llmapps.models.streaming import stream_local
+
+        lm = self.lm
+        if isinstance(lm, GGUFModel):
+            source: Iterator[str] = _pumped(lambda: lm.stream(prompt, params), cancel)
+        else:
+            source = stream_local(cast(Any, _CancellableLM(lm, cancel)), prompt, params)
+        end = object()
+        try:
+            first = await run_in_threadpool(next, source, end)
+        except InputError as err:
+            raise input_error(err, constraint_field) from err
+        except BackendError as err:  # the stream's thread wraps what the backend raised
+            if isinstance(err.__cause__, InputError):
+                raise input_error(err.__cause__, constraint_field) from err
+            raise
+        return iter(()) if first is end else itertools.chain([cast(str, first)], source)
+
     def stream_events(
+        self,
+        prompt: str,
+        pieces: Iterator[str],
+        params: GenerationParams,
+        make: Callable[..., dict[str, Any]],
+        include_usage: bool,
+    ) -> Iterator[dict[str, Any]]:
+        """The events of one streamed answer: ``make(piece, finish, first=...)`` builds each."""
+        lm = self.lm
+        yield make(None, None, first=True)
+        out = []
+        for piece in pieces:
+            out.append(piece)
+            yield make(piece, None)
+        n_out = len(lm.tokenizer("".join(out), add_special_tokens=False)["input_ids"])
+        yield make(None, "length" if n_out >= params.max_new_tokens else "stop")
+        if include_usage:
+            yield usage_chunk(make(None, None), lm.count_tokens(prompt), n_out)
+
+    async def stream(
         self,
         prompt: str,
         params: GenerationParams,
         make: Callable[..., dict[str, Any]],
         include_usage: bool,
-        cancel: threading.Event,
-    ) -> Iterator[dict[str, Any]]:
-        """The events of one streamed answer: ``make(piece, finish, first=...)`` builds each."""
-        from llmapps.models.llamacpp import GGUFModel
-        from llmapps.models.streaming import stream_local
+        constraint_field: str | None = None,
+    ) -> StreamingResponse:
+        """A streamed answer to one prompt, holding one slot (taken here, released at its end)."""
+        cancel = threading.Event()
+        self.slots.acquire(1)
+        try:
+            pieces = await self.open_stream(prompt, params, cancel, constraint_field)
+        except BaseException:
+            cancel.set()
+            self.slots.release(1)
+            raise
+        events = self.stream_events(prompt, pieces, params, make, include_usage)
+        return self.streaming(events, 1, cancel)
 
-        lm = self.lm
-        yield make(None, None, first=True)
-        pieces = []
-        if isinstance(lm, GGUFModel):
-            source: Iterator[str] = _pumped(lambda: lm.stream(prompt, params), cancel)
-        else:
-            source = stream_local(cast(Any, _CancellableLM(lm, cancel)), prompt, params)
-        for piece in source:
-            pieces.append(piece)
-            yield make(piece, None)
-        n_out = len(lm.tokenizer("".join(pieces), add_special_tokens=False)["input_ids"])
-        yield make(None, "length" if n_out >= params.max_new_tokens else "stop")
-        if include_usage:
-            yield usage_chunk(make(None, None), lm.count_tokens(prompt), n_out)
+
+def _settle(fut: asyncio.Future[Any]) -> None:
+    """Mark a finished future's outcome as read (it is handled, or its client has gone)."""
+    if not fut.cancelled():
+        fut.exception()
+
+
+def input_error(err: InputError, constraint_field: str | None) -> APIError:
+    """A 400 for bad input found while generating; a constraint's names the field it came from."""
+    from llmapps.models.structured import ConstraintError
+
+    if isinstance(err, ConstraintError):
+        return APIError(
+            400,
+            f"{constraint_field or 'constraint'}: {err}",
+            param=constraint_field or err.param,
+            code="invalid_structured_output",
+        )
+    return APIError(400, str(err), code="invalid_request")

@@ -112,20 +112,25 @@ class _Sampling(_Body):
     n: int | None = Field(None, ge=1, le=2**31 - 1)
     stream: bool = False
     stream_options: dict[str, Any] | None = None
-    stop: str | Annotated[list[str], Field(max_length=4)] | None = None
+    # bounded in count and total length by the server's settings (max_stop, max_stop_chars)
+    stop: str | list[str] | None = None
     seed: Seed | None = None
     user: str | None = None
     presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
     frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
     logit_bias: dict[str, float] | None = None
     logprobs: Any = None
+    # structured output, as OpenAI, vLLM and llama-server spell it (llmapps.serving.constraints)
+    response_format: dict[str, Any] | None = None
+    structured_outputs: dict[str, Any] | None = None
+    json_schema: dict[str, Any] | None = None
+    grammar: str | None = None
 
 
 class ChatRequest(_Sampling):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1, le=2**31 - 1)
     top_logprobs: Count | None = None
-    response_format: dict[str, Any] | None = None
     tools: list[dict[str, Any]] | None = None
     tool_choice: Any = None
     parallel_tool_calls: bool | None = None
@@ -173,12 +178,19 @@ def _refuse_unsupported(req: _Sampling) -> None:
         ("logprobs", bool(req.logprobs)),
     ]
     if isinstance(req, ChatRequest):
-        fmt = (req.response_format or {}).get("type", "text")
         checks += [
-            ("response_format", fmt != "text"),
             ("tools", bool(req.tools)),
             ("top_logprobs", bool(req.top_logprobs)),
         ]
+        for param in ("tool_choice", "parallel_tool_calls"):
+            if getattr(req, param) is not None and not req.tools:
+                raise APIError(
+                    400,
+                    f"{param} is only allowed with tools, and this server takes no tools; "
+                    f"leave {param} out",
+                    param=param,
+                    code="invalid_request",
+                )
     if isinstance(req, CompletionRequest):
         checks += [
             ("echo", bool(req.echo)),
@@ -190,7 +202,7 @@ def _refuse_unsupported(req: _Sampling) -> None:
             raise APIError(
                 400,
                 f"this server does not support {param!r} (llmapps serve generates "
-                "plain text, one choice per prompt); leave it out",
+                "text or structured output, one choice per prompt); leave it out",
                 param=param,
                 code="unsupported_parameter",
             )
