@@ -15,11 +15,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from llmapps.errors import ConfigError
+from llmapps.errors import ConfigError, LlmappsError
 from llmapps.jsonl import atomic_write
 
 SWEEP_FILES = ("config.json", "results.jsonl", "sweep.md", "sweep.png")
@@ -148,6 +149,16 @@ def write_report(rows: list[dict[str, Any]], out: Path, recipe: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The script's entry: a typed error is one ``error:`` line and its exit code, as in
+    ``llmapps`` (``--debug`` is not a flag here; the library logs the detail)."""
+    try:
+        return _main(argv)
+    except LlmappsError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return err.exit_code
+
+
+def _main(argv: list[str] | None) -> int:
     from finetune.cli import _overrides
     from llmapps.files import writing
     from llmapps.settings import get_settings

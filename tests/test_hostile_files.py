@@ -248,6 +248,17 @@ def test_a_wrong_kind_of_out_path_is_one_line(
     assert target.is_dir() if kind == "folder" else target.read_text() == "keep me\n"
 
 
+def test_the_sweep_script_gives_one_line_for_a_file_as_its_folder(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from finetune.sweep import main as sweep_main
+
+    (tmp_path / "plain.txt").write_text("keep me\n")
+    assert sweep_main(["--recipe", "tiny", "--out", str(tmp_path / "plain.txt")]) == 2
+    assert "is a file" in _one_error_line(capsys.readouterr().err)
+    assert (tmp_path / "plain.txt").read_text() == "keep me\n"
+
+
 # commands whose --out is replaced whole: (case, argv, the file written)
 ATOMIC: list[tuple[str, list[str], str]] = [
     ("evaluate", [*EVALUATE, "--out", "e2.json"], "e2.json"),
