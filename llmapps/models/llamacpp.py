@@ -42,6 +42,15 @@ from llmapps.models.gguf import read_gguf_header as read_gguf_header
 from llmapps.models.langchain_local import ChatLocal, LocalLLM
 from llmapps.models.local import GenerationOutput, GenerationParams
 from llmapps.models.native_probe import check_llamacpp
+from llmapps.models.structured import (
+    CompiledConstraint,
+    NumpyGrammarProcessor,
+    NumpyNoRepeatNGram,
+    OutputConstraint,
+    compile_constraint,
+    engine_refusal,
+    gguf_engine_tokenizer,
+)
 
 if TYPE_CHECKING:
     from llmapps.models.local import LocalModel
@@ -275,18 +284,52 @@ class GGUFModel:
         else:
             self.reused_tokens += n_cached
 
-    def _kwargs(self, params: GenerationParams, max_new: int) -> dict[str, Any]:
+    # -------------------------------------------------------------- structured generation
+
+    def constraint_refusal(self, constraint: OutputConstraint) -> str | None:
+        """Why this model cannot constrain decoding to ``constraint``; None when it can (every
+        kind, where llguidance is installed: it reads the GGUF's own vocabulary)."""
+        return engine_refusal()
+
+    def compile(self, constraint: OutputConstraint) -> CompiledConstraint:
+        """``constraint`` compiled for this GGUF's vocabulary (cached; see ``structured``).
+
+        Raises:
+            ConstraintError: it does not compile (``param`` names the field).
+        """
+        stat = self.path.stat()
+        tok = gguf_engine_tokenizer(
+            self, self.llama, f"{self.path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+        )
+        return compile_constraint(constraint, tok)
+
+    def _kwargs(
+        self, params: GenerationParams, max_new: int, compiled: CompiledConstraint | None = None
+    ) -> dict[str, Any]:
+        """``create_completion`` arguments; the logits processors are new per completion (they
+        follow one reply's tokens): llguidance's mask for a constraint and the no-repeat n-gram
+        ban (llama.cpp has none of its own); ``repeat_penalty`` is llama.cpp's (over its last
+        64 tokens, where transformers' ``repetition_penalty`` sees the whole sequence)."""
         kw: dict[str, Any] = {
             "max_tokens": max_new,
             "temperature": params.temperature,
             "top_p": params.top_p if params.temperature > 0 else 1.0,
             "top_k": 0,  # off, as in transformers' greedy/top-p sampling here
             "min_p": 0.0,
-            "repeat_penalty": 1.0,
+            "repeat_penalty": params.repetition_penalty,
             "stop": [s for s in params.stop if s] or None,
         }
         if params.seed is not None:
             kw["seed"] = params.seed
+        processors: list[Any] = []
+        if params.no_repeat_ngram_size > 0:  # before the mask: the grammar has the last word
+            processors.append(NumpyNoRepeatNGram(params.no_repeat_ngram_size, self.llama))
+        if compiled is not None:
+            processors.append(NumpyGrammarProcessor(compiled, self.llama))
+        if processors:
+            from llama_cpp import LogitsProcessorList
+
+            kw["logits_processor"] = LogitsProcessorList(processors)
         return kw
 
     def generate(
@@ -302,26 +345,33 @@ class GGUFModel:
             return []
         max_new = params.max_new_tokens
         encoded, truncated = self._encode(prompts, max_new)
+        # a constraint that does not compile fails here, before any token is generated
+        compiled = self.compile(params.constraint) if params.constraint is not None else None
         order = sorted(range(len(encoded)), key=lambda i: encoded[i])
         results: list[GenerationOutput | None] = [None] * len(encoded)
-        kw = self._kwargs(params, max_new)
         with self._lock:
             for i in order:
                 self._align_cache(encoded[i])
                 try:
-                    out = self.llama.create_completion(encoded[i], **kw)
+                    out = self.llama.create_completion(
+                        encoded[i], **self._kwargs(params, max_new, compiled)
+                    )
                 except (RuntimeError, ValueError) as err:
                     raise BackendError(
                         f"llama.cpp generation with {self.name!r} failed: {err}"
                     ) from err
                 choice = out["choices"][0]
                 usage = out.get("usage") or {}
+                finish = "length" if choice.get("finish_reason") == "length" else "stop"
                 results[i] = GenerationOutput(
                     text=choice["text"],
                     prompt_tokens=int(usage.get("prompt_tokens", len(encoded[i]))),
                     completion_tokens=int(usage.get("completion_tokens", 0)),
-                    finish_reason="length" if choice.get("finish_reason") == "length" else "stop",
+                    finish_reason=finish,
                     truncated_prompt=truncated[i],
+                    constraint_error=(
+                        compiled.check(choice["text"], finish, max_new) if compiled else None
+                    ),
                 )
         return [r for r in results if r is not None]
 
@@ -329,19 +379,27 @@ class GGUFModel:
         """Text pieces of one completion as llama.cpp produces them (stop strings honoured)."""
         params = params or GenerationParams()
         (ids,), _ = self._encode([prompt], params.max_new_tokens)
+        compiled = self.compile(params.constraint) if params.constraint is not None else None
+        text, finish = "", "stop"
         with self._lock:
             self._align_cache(ids)
             try:
                 for chunk in self.llama.create_completion(
-                    ids, stream=True, **self._kwargs(params, params.max_new_tokens)
+                    ids, stream=True, **self._kwargs(params, params.max_new_tokens, compiled)
                 ):
                     piece = chunk["choices"][0]["text"]
+                    finish = chunk["choices"][0].get("finish_reason") or finish
                     if piece:
+                        text += piece
                         yield piece
             except (RuntimeError, ValueError) as err:
                 raise BackendError(
                     f"llama.cpp generation with {self.name!r} failed: {err}"
                 ) from err
+        if compiled is not None:
+            reason = compiled.check(text, finish, params.max_new_tokens)
+            if reason:  # a stream has no field for it: said in the log, never silently
+                log.warning("%s: streamed reply is invalid: %s", self.name, reason)
 
 
 @contextlib.contextmanager

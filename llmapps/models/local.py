@@ -32,7 +32,14 @@ from llmapps.models.memory import available_memory, rows_within_budget
 from llmapps.models.memory import estimate_generate_bytes as estimate_generate_bytes
 from llmapps.models.prefill import UnstitchableCache, cache_arg, stitched_prefill
 from llmapps.models.streaming import StopStrings, cut_at_stop, stream_local
-from llmapps.models.structured import OutputConstraint
+from llmapps.models.structured import (
+    CompiledConstraint,
+    OutputConstraint,
+    TorchGrammarProcessor,
+    compile_constraint,
+    engine_refusal,
+    hf_engine_tokenizer,
+)
 from llmapps.settings import Settings, get_settings
 
 if TYPE_CHECKING:  # heavy imports stay lazy
@@ -192,6 +199,34 @@ class LocalModel:
         """Text pieces of one completion as they are generated (``stream_local``)."""
         return stream_local(self, prompt, params or GenerationParams())
 
+    def constraint_refusal(self, constraint: OutputConstraint) -> str | None:
+        """Why this model cannot constrain decoding to ``constraint``; None when it can (every
+        kind, where llguidance is installed and the tokenizer is a fast one)."""
+        if (reason := engine_refusal()) is not None:
+            return reason
+        if getattr(self.tokenizer, "backend_tokenizer", None) is None:
+            return f"the tokenizer of {self.name!r} is not a fast tokenizer"
+        return None
+
+    def end_ids(self) -> list[int]:
+        """The token ids that end a row: the generation config's end-of-sequence ids and pad."""
+        eos = self.model.generation_config.eos_token_id
+        ids = eos if isinstance(eos, list) else [eos] if eos is not None else []
+        if not ids and self.tokenizer.eos_token_id is not None:
+            ids = [self.tokenizer.eos_token_id]
+        return [int(i) for i in ids]
+
+    def compile(self, constraint: OutputConstraint) -> CompiledConstraint:
+        """``constraint`` compiled for this model's tokenizer (cached; see ``structured``).
+
+        Raises:
+            ConstraintError: it does not compile (``param`` names the field).
+        """
+        head = self.model.get_output_embeddings()
+        vocab = int(head.weight.shape[0]) if head is not None else len(self.tokenizer)
+        tok = hf_engine_tokenizer(self.tokenizer, vocab, self.end_ids())
+        return compile_constraint(constraint, tok)
+
     def with_batch_size(self, batch_size: int | None) -> LocalModel:
         """A view of this model (same weights, tokenizer and lock) generating ``batch_size``
         prompts at a time; ``self`` when it already does. The shared model is never changed."""
@@ -235,6 +270,8 @@ class LocalModel:
                 )
                 encoded[i] = ids[-limit:]
                 truncated[i] = True
+        # a constraint that does not compile fails here, before any token is generated
+        compiled = self.compile(params.constraint) if params.constraint is not None else None
         order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]), reverse=True)
         results: list[GenerationOutput | None] = [None] * len(encoded)
         with self._lock:
@@ -252,7 +289,7 @@ class LocalModel:
                 )
                 chunk = order[pos : pos + rows]
                 try:
-                    outs = self._generate_chunk([encoded[i] for i in chunk], params)
+                    outs = self._generate_chunk([encoded[i] for i in chunk], params, compiled)
                 except Exception as err:  # CUDA OOM: halve the batch and retry
                     if _is_oom(err) and batch_size > 1:
                         batch_size = max(1, batch_size // 2)
@@ -267,7 +304,10 @@ class LocalModel:
         return [r for r in results if r is not None]
 
     def _generate_chunk(
-        self, batch: list[list[int]], params: GenerationParams
+        self,
+        batch: list[list[int]],
+        params: GenerationParams,
+        compiled: CompiledConstraint | None = None,
     ) -> list[GenerationOutput]:
         import torch
 
@@ -296,6 +336,21 @@ class LocalModel:
             # Our own check on decoded tails every few steps: transformers' stop_strings criterion
             # costs ~10% per step; rows may run a few tokens past a stop, cut off below anyway.
             kwargs["stopping_criteria"] = [StopStrings(tok, list(params.stop), width)]
+        kwargs.update(repetition_kwargs(params))
+        end_ids = set(self.end_ids())
+        if pad_id is not None:
+            end_ids.add(pad_id)
+        if compiled is not None:
+            # after transformers' penalties, before temperature/top-p: a masked token stays out
+            kwargs["logits_processor"] = [
+                TorchGrammarProcessor(
+                    compiled,
+                    len(batch),
+                    width,
+                    sorted(end_ids),
+                    guard_banned=params.no_repeat_ngram_size > 0,
+                )
+            ]
         generate: Any = self.model.generate  # transformers' stubs type it as a Tensor attribute
         with torch.inference_mode():
             cache = self._stitched_prefill(batch, width, params.max_new_tokens)
@@ -334,15 +389,12 @@ class LocalModel:
             if cache is None and not self.cache_implementation:
                 out = generate(input_ids=input_ids, attention_mask=attention, **kwargs)
         new = out[:, width:].tolist()
-        eos = self.model.generation_config.eos_token_id
-        eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
-        eos_ids.add(pad_id) if pad_id is not None else None
         results = []
         for row, ids in enumerate(new):
             finish = "length"
             cut = len(ids)
             for j, t in enumerate(ids):
-                if t in eos_ids:
+                if t in end_ids:
                     cut, finish = j, "stop"
                     break
             ids = ids[:cut]
@@ -355,6 +407,9 @@ class LocalModel:
                     prompt_tokens=len(batch[row]),
                     completion_tokens=len(ids),
                     finish_reason=finish,
+                    constraint_error=(
+                        compiled.check(text, finish, params.max_new_tokens) if compiled else None
+                    ),
                 )
             )
         return results
@@ -377,6 +432,16 @@ class LocalModel:
             log.info("%s: no stitched prefill (%s); prefilling padded batches", self.name, err)
             self.stitch_prefill = False
             return None
+
+
+def repetition_kwargs(params: GenerationParams) -> dict[str, Any]:
+    """transformers' ``generate`` arguments for the params' repetition control (none when off)."""
+    kw: dict[str, Any] = {}
+    if params.repetition_penalty != 1.0:
+        kw["repetition_penalty"] = params.repetition_penalty
+    if params.no_repeat_ngram_size > 0:
+        kw["no_repeat_ngram_size"] = params.no_repeat_ngram_size
+    return kw
 
 
 def _is_oom(err: Exception) -> bool:

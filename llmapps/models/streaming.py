@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, cast
@@ -13,6 +14,8 @@ if TYPE_CHECKING:
     import torch
 
     from llmapps.models.local import GenerationParams, LocalModel
+
+log = logging.getLogger(__name__)
 
 
 class StopStrings:
@@ -51,10 +54,19 @@ def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
 
 
 def stream_local(lm: LocalModel, prompt: str, params: GenerationParams) -> Any:
-    """Yield text pieces of one completion as they are generated (stop strings honoured)."""
+    """Yield text pieces of one completion as they are generated (stop strings honoured).
+
+    With ``params.constraint`` the reply is constrained as in ``LocalModel.generate``; a
+    constraint that does not compile raises ``ConstraintError`` before any token, and a reply that
+    did not complete it is logged (a stream has no field to carry ``constraint_error``).
+    """
     import torch
     from transformers import TextIteratorStreamer
 
+    from llmapps.models.local import repetition_kwargs
+    from llmapps.models.structured import TorchGrammarProcessor
+
+    compiled = lm.compile(params.constraint) if params.constraint is not None else None
     ids = lm.tokenizer(prompt, add_special_tokens=True, return_tensors="pt")
     limit = lm.context_length - params.max_new_tokens
     input_ids = ids["input_ids"][:, -limit:].to(lm.model.device)
@@ -73,6 +85,18 @@ def stream_local(lm: LocalModel, prompt: str, params: GenerationParams) -> Any:
         kwargs.update(temperature=None, top_p=None, top_k=None)
     if params.stop:
         kwargs.update(stop_strings=list(params.stop), tokenizer=lm.tokenizer)
+    kwargs.update(repetition_kwargs(params))
+    if compiled is not None:
+        ends = set(lm.end_ids()) | {lm.tokenizer.pad_token_id}
+        kwargs["logits_processor"] = [
+            TorchGrammarProcessor(
+                compiled,
+                1,
+                input_ids.shape[1],
+                sorted(e for e in ends if e is not None),
+                guard_banned=params.no_repeat_ngram_size > 0,
+            )
+        ]
 
     failure: list[BaseException] = []
 
@@ -112,3 +136,10 @@ def stream_local(lm: LocalModel, prompt: str, params: GenerationParams) -> Any:
     thread.join()
     if failure:
         raise BackendError(f"generation with {lm.name!r} failed: {failure[0]}") from failure[0]
+    if compiled is not None:
+        full = text if hit else emitted + held
+        used = len(lm.tokenizer(full, add_special_tokens=False)["input_ids"])
+        finish = "length" if not hit and used >= params.max_new_tokens else "stop"
+        reason = compiled.check(full, finish, params.max_new_tokens)
+        if reason:
+            log.warning("%s: streamed reply is invalid: %s", lm.name, reason)
