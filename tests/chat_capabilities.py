@@ -1,9 +1,10 @@
 """What our chat models declare to LangChain's standard suites (langchain-tests).
 
 ``ChatLocal`` (a local model behind its chat template) and ``ServiceChatModel`` (through
-``llmapps serve``, which refuses ``response_format``) are text in, text out: no tool calling, no
-structured output or JSON mode, no multimodal inputs, no per-call model override; they report
-token usage. Both standard test modules mix this in.
+``llmapps serve``) take text in and give text out: no tool calling, no multimodal inputs, no
+per-call model override; they report token usage. Both standard test modules mix this in.
+``ChatLocal`` also has structured output and JSON mode (``StructuredChatCapabilities``):
+``with_structured_output`` constrains decoding to the schema.
 """
 
 from __future__ import annotations
@@ -67,3 +68,20 @@ class TextChatCapabilities:
     @property
     def supports_model_override(self) -> bool:
         return False
+
+
+class StructuredChatCapabilities(TextChatCapabilities):
+    """A text chat model whose ``with_structured_output`` constrains decoding (json_schema and
+    json_mode)."""
+
+    @property
+    def has_structured_output(self) -> bool:
+        return True
+
+    @property
+    def structured_output_kwargs(self) -> dict[str, str]:
+        return {"method": "json_schema"}
+
+    @property
+    def supports_json_mode(self) -> bool:
+        return True

@@ -1,8 +1,11 @@
 """ChatLocal against LangChain's standard chat-model suites (langchain-tests).
 
 The suites run on the tiny instruct fixture through the real ``from_pretrained`` path. Capabilities
-are declared honestly: a small local model behind a chat template has no tool calling, no
-structured output, no JSON mode and no multimodal inputs; it does report token usage.
+are declared honestly: a small local model behind a chat template has no tool calling and no
+multimodal inputs; it has structured output and JSON mode (constrained decoding), and reports token
+usage. The suite's structured-output tests ask for a ``Joke`` of two free-length strings, which
+the tiny model never closes (see ``_UNCLOSED``); tests/test_chat_local_structured.py shows the same
+calls parse on a schema the tiny model can close.
 """
 
 from __future__ import annotations
@@ -11,7 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from chat_capabilities import TextChatCapabilities
+from chat_capabilities import StructuredChatCapabilities
+from langchain_core.exceptions import OutputParserException
+from langchain_core.language_models import BaseChatModel
 from langchain_tests.integration_tests import ChatModelIntegrationTests
 from langchain_tests.unit_tests import ChatModelUnitTests
 
@@ -26,7 +31,7 @@ TINY_INSTRUCT = (
 )
 
 
-class _Capabilities(TextChatCapabilities):
+class _Capabilities(StructuredChatCapabilities):
     """What ChatLocal can and cannot do, shared by both suites."""
 
     @pytest.fixture(autouse=True)
@@ -49,5 +54,40 @@ class TestChatLocalUnit(_Capabilities, ChatModelUnitTests):
     """The standard unit suite (construction, serialisation, params, batching contracts)."""
 
 
+# What the tiny model does with the suite's Joke schema: decoding is held to it, so the reply is
+# valid JSON as far as it goes, but inside a free-length string the model writes "-" (or spaces)
+# until max_new_tokens, so the string never closes and the parser says so (the message's
+# constraint_error: "the reply used all 16 new tokens before completing its json schema").
+_UNCLOSED = pytest.mark.xfail(
+    reason="tiny-instruct never closes the Joke's free-length strings: the constrained reply "
+    "runs to max_new_tokens inside the first string and does not parse",
+    raises=OutputParserException,
+    strict=False,
+)
+SCHEMA_TYPES = ["pydantic", "typeddict", "json_schema"]
+
+
 class TestChatLocalIntegration(_Capabilities, ChatModelIntegrationTests):
     """The standard integration suite: real generations from the tiny instruct model."""
+
+    @_UNCLOSED
+    @pytest.mark.parametrize("schema_type", SCHEMA_TYPES)
+    def test_structured_output(self, model: BaseChatModel, schema_type: Any) -> None:
+        super().test_structured_output(model, schema_type)
+
+    @_UNCLOSED
+    @pytest.mark.parametrize("schema_type", SCHEMA_TYPES)
+    async def test_structured_output_async(self, model: BaseChatModel, schema_type: Any) -> None:
+        await super().test_structured_output_async(model, schema_type)
+
+    @_UNCLOSED
+    def test_structured_output_pydantic_2_v1(self, model: BaseChatModel) -> None:
+        super().test_structured_output_pydantic_2_v1(model)
+
+    @_UNCLOSED
+    def test_structured_output_optional_param(self, model: BaseChatModel) -> None:
+        super().test_structured_output_optional_param(model)
+
+    @_UNCLOSED
+    def test_json_mode(self, model: BaseChatModel) -> None:
+        super().test_json_mode(model)

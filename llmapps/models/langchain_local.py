@@ -4,16 +4,25 @@ Both load any Hugging Face causal LM by hub id or directory (see ``load_local_mo
 ``batch`` runs one real batched ``generate`` (``BaseLLM`` already hands ``_generate`` all prompts;
 ``ChatLocal`` overrides ``batch``), report token usage, honour stop strings and never echo the
 prompt.
+
+Structured output is constrained decoding, not a parse-and-hope: ``constraint=`` (a field, or a
+call's keyword through ``.bind(constraint=OutputConstraint(...))``) holds every reply to a JSON
+schema, regex, choice list or grammar (``llmapps.models.structured``), and
+``ChatLocal.with_structured_output`` binds the schema's constraint and an output parser, the shape
+langchain-openai gives it (``include_raw=True`` returns ``{"raw", "parsed", "parsing_error"}``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from typing import Any
+from collections.abc import AsyncIterator, Iterator, Sequence
+from operator import itemgetter
+from typing import Any, Literal
 
 from langchain_core.callbacks import CallbackManager, CallbackManagerForLLMRun
+from langchain_core.exceptions import OutputParserException
 from langchain_core.language_models import BaseChatModel, BaseLLM
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
+from langchain_core.output_parsers import JsonOutputParser, PydanticOutputParser
 from langchain_core.outputs import (
     ChatGeneration,
     ChatGenerationChunk,
@@ -22,8 +31,16 @@ from langchain_core.outputs import (
     GenerationChunk,
     LLMResult,
 )
-from langchain_core.runnables import RunnableConfig
+from langchain_core.runnables import (
+    Runnable,
+    RunnableConfig,
+    RunnableGenerator,
+    RunnableMap,
+    RunnablePassthrough,
+)
 from langchain_core.runnables.config import get_config_list
+from langchain_core.utils.function_calling import convert_to_json_schema
+from langchain_core.utils.pydantic import is_basemodel_subclass
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 from typing_extensions import Self
 
@@ -181,14 +198,17 @@ class ChatLocal(_LocalMixin, BaseChatModel):
         return self.local_model.apply_chat_template(_to_dicts(messages))
 
     def _message(self, out: GenerationOutput) -> AIMessage:
+        meta: dict[str, Any] = {
+            "finish_reason": out.finish_reason,
+            "model_name": self.model,
+            "model_provider": "llmapps",
+        }
+        if out.constraint_error:  # a constrained reply that did not close, and why
+            meta["constraint_error"] = out.constraint_error
         return AIMessage(
             content=out.text,
             usage_metadata=_usage(out),  # type: ignore[arg-type]
-            response_metadata={
-                "finish_reason": out.finish_reason,
-                "model_name": self.model,
-                "model_provider": "llmapps",
-            },
+            response_metadata=meta,
         )
 
     def _stops(self, stop: list[str] | None) -> list[str]:
@@ -257,6 +277,8 @@ class ChatLocal(_LocalMixin, BaseChatModel):
         if configs[0].get("max_concurrency") is not None:
             return super().batch(inputs, config, return_exceptions=return_exceptions, **kwargs)
         stop = self._stops(kwargs.pop("stop", None))
+        structured = _ls_structured_output(kwargs.pop("ls_structured_output_format", None))
+        options = {"stop": stop, **kwargs, **structured}
         message_lists = [self._convert_input(x).to_messages() for x in inputs]
         managers = []
         for msgs, cfg in zip(message_lists, configs, strict=True):
@@ -273,6 +295,7 @@ class ChatLocal(_LocalMixin, BaseChatModel):
                 self._serialized,
                 [msgs],
                 invocation_params=self._identifying_params,
+                options=options,
                 name=cfg.get("run_name"),
                 run_id=cfg.get("run_id"),
                 batch_size=len(inputs),
@@ -296,6 +319,77 @@ class ChatLocal(_LocalMixin, BaseChatModel):
             results.append(msg)
         return results
 
+    def with_structured_output(  # type: ignore[override]
+        self,
+        schema: dict[str, Any] | type | None = None,
+        *,
+        method: Literal["json_schema", "json_mode", "function_calling"] = "json_schema",
+        include_raw: bool = False,
+        strict: bool | None = None,
+        **kwargs: Any,
+    ) -> Runnable[Any, Any]:
+        """This model with every reply constrained to ``schema`` and parsed.
+
+        Args:
+            schema: a pydantic class (v2 or v1), a TypedDict, or a JSON schema dict; the result
+                is an instance of the class, else a dict.
+            method: ``json_schema`` constrains decoding to the schema. ``json_mode`` constrains
+                to a JSON object: the schema's when one is given (as llama.cpp's ``json_object``
+                with a ``schema`` does), any object otherwise. ``function_calling``: this model
+                has no tool calls, so the schema constrains the reply itself, as
+                ``json_schema`` does; the result is the same parsed object.
+            include_raw: return ``{"raw": AIMessage, "parsed": ..., "parsing_error": ...}``
+                (a reply that does not parse gives ``parsed`` None and the error) instead of
+                raising.
+            strict: decoding is always held to the schema; ``strict=True`` also closes a dict
+                schema's objects to the keys it names (``additionalProperties: false``, as
+                OpenAI's strict mode wants them). Schemas from classes are always closed: keys
+                the class lacks would be dropped by the parser anyway, and a small model that
+                may add keys can keep adding them until it runs out of tokens.
+
+        Raises:
+            ValueError: an unknown ``method`` or keyword, or no schema where one is needed.
+        """
+        if kwargs:
+            raise ValueError(f"with_structured_output got unsupported arguments {sorted(kwargs)}")
+        if method not in ("json_schema", "json_mode", "function_calling"):
+            raise ValueError(
+                f"method={method!r}: use 'json_schema', 'json_mode' or 'function_calling'"
+            )
+        if strict is not None and method == "json_mode":
+            raise ValueError("strict is not supported with method='json_mode'")
+        if schema is None and method != "json_mode":
+            raise ValueError(f"method={method!r} needs a schema (only json_mode works without)")
+        is_dict = isinstance(schema, dict)
+        constraint = OutputConstraint(
+            "json_schema",
+            {} if schema is None else json_schema_of(schema, closed=strict or not is_dict),
+        )
+        bind: dict[str, Any] = {"constraint": constraint}
+        if schema is not None:
+            bind["ls_structured_output_format"] = {
+                "kwargs": {"method": method, "strict": strict},
+                "schema": schema,
+            }
+        llm = self.bind(**bind)
+        parse: Runnable[Any, Any] = (
+            PydanticOutputParser(pydantic_object=schema)  # type: ignore[arg-type,type-var]
+            if isinstance(schema, type) and is_basemodel_subclass(schema)
+            else JsonOutputParser()
+        )
+        # checked per message so a stream still streams; JsonOutputParser would otherwise
+        # complete a reply cut short into a dict that lacks the fields it never reached
+        parser = RunnableGenerator(_check_closed, _acheck_closed) | parse
+        if not include_raw:
+            return llm | parser
+        parsed = RunnablePassthrough.assign(
+            parsed=itemgetter("raw") | parser, parsing_error=lambda _: None
+        )
+        unparsed = RunnablePassthrough.assign(parsed=lambda _: None)
+        return RunnableMap(raw=llm) | parsed.with_fallbacks(
+            [unparsed], exception_key="parsing_error"
+        )
+
     async def abatch(
         self,
         inputs: list[Any],
@@ -309,3 +403,75 @@ class ChatLocal(_LocalMixin, BaseChatModel):
         return await asyncio.to_thread(
             self.batch, inputs, config, return_exceptions=return_exceptions, **kwargs
         )
+
+
+def json_schema_of(schema: dict[str, Any] | type, *, closed: bool = False) -> dict[str, Any]:
+    """The JSON schema of a pydantic class (v2 or v1), a TypedDict or a schema dict: pydantic's
+    own (nested models as ``$defs``), else LangChain's conversion; ``closed``: every object that
+    does not say otherwise takes no keys beyond its ``properties``."""
+    if isinstance(schema, type) and is_basemodel_subclass(schema):
+        model: Any = schema
+        out = dict(
+            model.model_json_schema() if hasattr(model, "model_json_schema") else model.schema()
+        )
+    elif (
+        isinstance(schema, dict)
+        and schema.get("type") != "function"  # an OpenAI tool, converted below
+        and not {"type", "properties"}.isdisjoint(schema)
+    ):
+        out = dict(schema)  # a JSON schema as it is
+    else:
+        out = dict(convert_to_json_schema(schema))
+    return _closed(out) if closed else out
+
+
+# keywords whose value maps names to schemas (a property may be called "properties")
+_SCHEMA_MAPS = frozenset({"properties", "$defs", "definitions", "patternProperties"})
+
+
+def _closed(node: Any) -> Any:
+    """A copy of a JSON schema whose objects take only the keys they name."""
+    if isinstance(node, list):
+        return [_closed(x) for x in node]
+    if not isinstance(node, dict):
+        return node
+    out = {
+        k: {name: _closed(sub) for name, sub in v.items()}
+        if k in _SCHEMA_MAPS and isinstance(v, dict)
+        else _closed(v)
+        for k, v in node.items()
+    }
+    if "properties" in out and "additionalProperties" not in out:
+        out["additionalProperties"] = False
+    return out
+
+
+def _raise_if_unclosed(message: BaseMessage) -> None:
+    why = message.response_metadata.get("constraint_error")
+    if why:
+        raise OutputParserException(
+            f"the reply did not complete its schema: {why}", llm_output=str(message.content)
+        )
+
+
+def _check_closed(messages: Iterator[BaseMessage]) -> Iterator[BaseMessage]:
+    for message in messages:
+        _raise_if_unclosed(message)
+        yield message
+
+
+async def _acheck_closed(messages: AsyncIterator[BaseMessage]) -> AsyncIterator[BaseMessage]:
+    async for message in messages:
+        _raise_if_unclosed(message)
+        yield message
+
+
+def _ls_structured_output(fmt: dict[str, Any] | None) -> dict[str, Any]:
+    """The ``ls_structured_output_format`` callback option, as ``BaseChatModel`` gives it."""
+    if not fmt:
+        return {}
+    try:
+        schema = convert_to_json_schema(fmt["schema"])
+    except ValueError:
+        return {}
+    return {"ls_structured_output_format": {"kwargs": fmt.get("kwargs", {}), "schema": schema}}
