@@ -1,9 +1,16 @@
-"""Query latency of our FAISS index (exact and HNSW) against LlamaIndex's SimpleVectorStore.
+"""Query latency of our FAISS index (exact and HNSW) against LlamaIndex and numpy brute force.
 
-Same vectors, same queries, one query at a time, side by side::
+Same vectors, the same queries on every side, one query at a time, k=10, on
+``benchmarks/harness.py`` (interleaved repeats; the figure is ms per query over a run):
 
-    python benchmarks/bench_retrieval.py              # 100,000 x 384, ~2-4 minutes on 2 cores
+- ours: our ``VectorIndex`` flat (exact), and HNSW (M=32, ``--ef-search``, default 64);
+- peers: LlamaIndex's ``SimpleVectorStore`` and numpy brute force (``vecs @ q`` + argpartition).
+
+Quality is recall@10 against the exact index on the same queries. ::
+
+    python benchmarks/bench_retrieval.py              # 100,000 x 384, 20 queries, ~10 min
     python benchmarks/bench_retrieval.py -n 20000     # quicker
+    python benchmarks/bench_retrieval.py --quick      # 2,000 x 32, 5 queries
 
 The vectors are synthetic but calibrated on real all-MiniLM-L6-v2 embeddings of the bundled
 article sentences (``--calibrate`` embeds them and prints both sets of statistics side by side).
@@ -16,19 +23,19 @@ neighbour 0.35 vs 0.38. The synthetic set is more isotropic than the real one (9
 variance needs 265 principal components vs 171), which makes it harder, not easier, for HNSW.
 An earlier version perturbed queries by 0.3 per dimension (cosine 0.17 to their source: queries
 close to random, unlike any real query) and drew flat isotropic clusters; it made efSearch look
-far more necessary than on text. Prints a table and writes ``results/bench_retrieval.json``
-beside this script. Recall@10 is measured against the exact index on the same queries.
+far more necessary than on text. Writes ``results/bench_retrieval.json``. The earlier version
+timed FAISS on 200 queries against SimpleVectorStore on 10; every side now gets the same ones.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
-import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import harness
 import numpy as np
 
 # Calibrated against MiniLM embeddings of the bundled sentences (see the module docstring).
@@ -103,128 +110,125 @@ def calibrate() -> dict[str, dict[str, float]]:
     return {"real": describe(v, q, v[src_idx]), "synthetic": describe(sv, sq, sq_src)}
 
 
-def per_query_ms(search, queries: np.ndarray) -> tuple[float, list]:
-    times, results = [], []
-    for q in queries:
-        t = time.perf_counter()
-        results.append(search(q))
-        times.append((time.perf_counter() - t) * 1000)
-    return statistics.median(times), results
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("-n", type=int, default=100_000, help="vectors")
     ap.add_argument("-d", type=int, default=384, help="dimension")
-    ap.add_argument("--queries", type=int, default=200, help="queries for the FAISS indexes")
-    ap.add_argument(
-        "--peer-queries", type=int, default=10, help="queries for SimpleVectorStore (slow)"
-    )
-    ap.add_argument("--ef-search", type=int, nargs="+", default=[16, 32, 64, 128])
+    ap.add_argument("--queries", type=int, default=20, help="queries, the same for every side")
+    ap.add_argument("--ef-search", type=int, default=64, help="HNSW efSearch")
     ap.add_argument(
         "--calibrate",
         action="store_true",
         help="compare the synthetic data with real MiniLM embeddings of the bundled sentences",
     )
+    harness.add_arguments(ap)
     args = ap.parse_args(argv)
+    if args.quick:
+        args.n, args.d, args.queries = 2_000, 32, 5
 
     from llama_index.core.schema import TextNode
     from llama_index.core.vector_stores import SimpleVectorStore, VectorStoreQuery
-    from rich.console import Console
-    from rich.table import Table
-    from tqdm import tqdm
 
     from llmapps.retrieval.store import IndexParams, VectorIndex
 
     if args.calibrate:
         stats = calibrate()
-        table = Table(title="bundled sentences: real all-MiniLM-L6-v2 vs synthetic, same size")
-        for col in ("statistic", "real", "synthetic"):
-            table.add_column(col, justify="right")
+        print("bundled sentences: real all-MiniLM-L6-v2 vs synthetic, same size")
         for key in stats["real"]:
-            table.add_row(key, f"{stats['real'][key]:.3f}", f"{stats['synthetic'][key]:.3f}")
-        Console().print(table)
+            print(f"  {key:<24} {stats['real'][key]:>8.3f} {stats['synthetic'][key]:>8.3f}")
         return 0
     vecs = make_vectors(args.n, args.d)
     queries = make_queries(vecs, args.queries)
     ids = [f"v{i}" for i in range(args.n)]
     texts = [""] * args.n
 
-    built = {}
+    built: dict[str, Any] = {}
     for kind in ("flat", "hnsw"):
         t = time.perf_counter()
         idx = VectorIndex(args.d, "synthetic", IndexParams(kind=kind))
-        for s in tqdm(range(0, args.n, 20_000), desc=f"building {kind}", file=sys.stderr):
+        for s in range(0, args.n, 20_000):
             idx.add(ids[s : s + 20_000], texts[s : s + 20_000], vecs[s : s + 20_000])
         built[kind] = (idx, time.perf_counter() - t)
-
+    hnsw = built["hnsw"][0]
+    hnsw.params.hnsw_ef_search = args.ef_search
+    hnsw._apply_search_params()
     t = time.perf_counter()
     peer = SimpleVectorStore()
     peer.add(
         [TextNode(id_=i, text="", embedding=v) for i, v in zip(ids, vecs.tolist(), strict=True)]
     )
     peer_build = time.perf_counter() - t
+    id_arr = np.asarray(ids)
 
-    rows = {}
-    exact_ms, exact_res = per_query_ms(
-        lambda q: [r.id for r, _ in built["flat"][0].search(q[None], 10)[0]], queries
-    )
-    rows["faiss flat (exact)"] = (exact_ms, 1.0, built["flat"][1])
-    hnsw = built["hnsw"][0]
-    for ef in args.ef_search:  # efSearch trades speed for recall; show the curve
-        hnsw.params.hnsw_ef_search = ef
-        hnsw._apply_search_params()
-        hnsw_ms, hnsw_res = per_query_ms(
-            lambda q: [r.id for r, _ in hnsw.search(q[None], 10)[0]], queries
-        )
-        recall = float(
-            np.mean([len(set(a) & set(b)) / 10 for a, b in zip(exact_res, hnsw_res, strict=True)])
-        )
-        rows[f"faiss hnsw (M={hnsw.params.hnsw_m}, efSearch={ef})"] = (
-            hnsw_ms,
-            recall,
-            built["hnsw"][1],
-        )
-    pq = queries[: args.peer_queries]
-    peer_ms, peer_res = per_query_ms(
-        lambda q: peer.query(VectorStoreQuery(query_embedding=q.tolist(), similarity_top_k=10)).ids,
-        pq,
-    )
-    peer_recall = float(
-        np.mean([len(set(a) & set(b)) / 10 for a, b in zip(exact_res, peer_res, strict=False)])
-    )
-    rows["llama-index SimpleVectorStore"] = (peer_ms, peer_recall, peer_build)
+    def faiss_search(index: Any) -> Callable[[np.ndarray], list[str]]:
+        return lambda q: [r.id for r, _ in index.search(q[None], 10)[0]]
 
-    table = Table(title=f"query latency, {args.n:,} vectors x {args.d}, k=10, one query at a time")
-    for col in (
-        "index",
-        "median ms/query",
-        "speed-up vs SimpleVectorStore",
-        "recall@10 vs exact",
-        "build s",
-    ):
-        table.add_column(col, justify="right")
-    result = {
-        "n": args.n,
-        "d": args.d,
-        "queries": args.queries,
-        "peer_queries": args.peer_queries,
-        "rows": {},
-    }
-    for name, (ms, rec, build_s) in rows.items():
-        speed = peer_ms / ms
-        table.add_row(name, f"{ms:.3f}", f"{speed:,.0f}x", f"{rec:.3f}", f"{build_s:.1f}")
-        result["rows"][name] = {
-            "ms_per_query": ms,
-            "speedup_vs_simple": speed,
-            "recall_at_10": rec,
-            "build_s": build_s,
-        }
-    Console().print(table)
-    out = Path(__file__).resolve().parent / "results" / "bench_retrieval.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"written {out}")
+    def numpy_search(q: np.ndarray) -> list[str]:
+        scores = vecs @ q
+        top = np.argpartition(-scores, 10)[:10]
+        return list(id_arr[top[np.argsort(-scores[top])]])
+
+    def llama_search(q: np.ndarray) -> list[str]:
+        query = VectorStoreQuery(query_embedding=q.tolist(), similarity_top_k=10)
+        return list(peer.query(query).ids or [])
+
+    exact = [faiss_search(built["flat"][0])(q) for q in queries]
+
+    def side_run(search: Callable[[np.ndarray], list[str]]) -> Callable[[], harness.Run]:
+        def run() -> harness.Run:
+            found = [search(q) for q in queries]
+            recall = float(
+                np.mean([len(set(a) & set(b)) / 10 for a, b in zip(exact, found, strict=True)])
+            )
+            return harness.Run(work=len(queries), info={"quality": {"recall@10": recall}})
+
+        return run
+
+    inputs = [q.tobytes().hex() for q in queries]
+    import faiss
+
+    threads = faiss.omp_get_max_threads()
+    common = {"dtype": "float32", "inputs": inputs}
+    sides = [
+        harness.Side(
+            "FAISS flat (exact)",
+            side_run(faiss_search(built["flat"][0])),
+            role="ours",
+            threads=threads,
+            settings={"build_s": round(built["flat"][1], 2)},
+            **common,
+        ),
+        harness.Side(
+            f"FAISS HNSW (M={hnsw.params.hnsw_m}, efSearch={args.ef_search})",
+            side_run(faiss_search(hnsw)),
+            role="ours",
+            threads=threads,
+            settings={"build_s": round(built["hnsw"][1], 2)},
+            **common,
+        ),
+        harness.Side(
+            "LlamaIndex SimpleVectorStore",
+            side_run(llama_search),
+            settings={"build_s": round(peer_build, 2)},
+            **common,
+        ),
+        harness.Side("numpy brute force", side_run(numpy_search), **common),
+    ]
+    m = harness.measure(
+        sides,
+        harness.Metric("ms/query", kind="time", scale=1000.0),
+        repeats=args.repeats,
+        warmup=args.warmup,
+        progress=print,
+    )
+    harness.finish(
+        "bench_retrieval",
+        m,
+        args,
+        config={k: getattr(args, k) for k in ("n", "d", "queries", "ef_search")},
+        what=f"k=10 queries one at a time over {args.n:,} synthetic vectors x {args.d}",
+        argv=argv,
+    )
     return 0
 
 

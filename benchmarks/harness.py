@@ -9,8 +9,8 @@ calls :func:`measure`. The harness
 - picks ``repeats`` itself when not told: 5 when every side's warm-up took under a minute, else 3
   (never fewer than 3);
 - reports each figure (``metric``: a rate such as tokens/s, or a time per unit such as ms/query)
-  as median and min-max over the counted rounds, and each ratio ours/peer as median and min-max of
-  the per-round ratios (paired by round, which is what interleaving buys);
+  as median and min-max over the counted rounds, and each ratio (every ``ours`` side against every
+  other side) as median and min-max of the per-round ratios (paired by round, which is what interleaving buys);
 - records per side its dtype, threads, batch size, the library versions, the inputs' hash, the
   1-minute load average before and after each run, and peak RSS;
 - where a side returns texts, records quality: the valid count (``valid``) and how many texts are
@@ -97,7 +97,8 @@ class Run:
     Attributes:
         work: units of work done (output tokens, requests, queries); a rate is ``work / seconds``.
         texts: the texts generated, in input order, for sides that generate text.
-        info: anything else the side wants kept from its last counted run (e.g. recall).
+        info: anything else the side wants kept from its last counted run; ``info["quality"]``
+            is the quality of a side that generates no text (recall@10, cosine).
     """
 
     work: float = 1.0
@@ -364,7 +365,9 @@ def _quality(
     results: list[SideResult], valid: Callable[[str], bool] | None, reference: str | None
 ) -> None:
     with_texts = [sr for sr in results if sr.texts is not None]
-    if not with_texts:
+    if not with_texts:  # no text: the side says its own quality (recall, cosine), if any
+        for sr in results:
+            sr.quality = sr.info.get("quality")
         return
     if len(with_texts) != len(results):
         missing = [sr.side.name for sr in results if sr.texts is None]
@@ -385,13 +388,9 @@ def _quality(
 
 def _ratios(results: list[SideResult], metric: Metric) -> list[dict[str, Any]]:
     ours = [sr for sr in results if sr.side.role == "ours"]
-    if not ours:
-        return []
-    o = ours[0]
+    peers = [sr for sr in results if sr.side.role != "ours"]
     out = []
-    for sr in results:
-        if sr is o:
-            continue
+    for o, sr in ((o, p) for o in ours for p in peers):
         paired = [metric.speedup(a, b) for a, b in zip(o.values, sr.values, strict=True)]
         out.append(
             {
@@ -509,10 +508,12 @@ def report(doc: dict[str, Any]) -> str:
     for s in doc["sides"]:
         q = s["quality"]
         qual = ""
-        if q:
+        if q and "identical_to" in q:
             qual = f"; identical to {q['identical_to']} {q['identical']}/{q['of']}"
             if "valid" in q:
                 qual += f", valid {q['valid']}/{q['of']}"
+        elif q:
+            qual = "; " + ", ".join(f"{k} {v}" for k, v in q.items())
         lines.append(
             f"  {s['name']:<44} {s['median']:>10.4g} {unit} ({s['min']:.4g}-{s['max']:.4g}), "
             f"dtype {s['dtype']}, threads {s['threads']}, peak RSS {s['peak_rss_mb']:.0f} MB" + qual
@@ -520,7 +521,7 @@ def report(doc: dict[str, Any]) -> str:
     for r in doc["ratios"]:
         sp = r["speedup"]
         lines.append(
-            f"  ours vs {r['peer']}: {sp['median']:.2f}x ({sp['min']:.2f}-{sp['max']:.2f}x)"
+            f"  {r['ours']} vs {r['peer']}: {sp['median']:.2f}x ({sp['min']:.2f}-{sp['max']:.2f}x)"
         )
     return "\n".join(lines)
 

@@ -70,7 +70,7 @@ def harness_cells(doc: dict[str, Any]) -> Cells:
             f"vs {r['peer']}: **{_x(sp['median'])}** ({_x(sp['min'])}-{_x(sp['max'])}); "
             f"{_num(o['median'])} vs {_num(p['median'])} {unit}"
         )
-    dtypes = {str(s["dtype"]) for s in doc["sides"]}
+    dtypes = {str(s["dtype"] or "n/a") for s in doc["sides"]}
     dtype = (
         f"{dtypes.pop()} (every side)"
         if len(dtypes) == 1

@@ -201,7 +201,7 @@ def test_a_harness_result_renders_with_spread_dtype_and_quality(tmp_path: Path) 
 # ---------------------------------------------------------------- --quick runs
 
 
-def check_result(path: Path, sides: int, texts: bool) -> dict[str, Any]:
+def check_result(path: Path, sides: int, texts: bool, ratios: int | None = None) -> dict[str, Any]:
     doc = json.loads(path.read_text())
     assert doc["schema"] == harness.SCHEMA and doc["quick"] is True
     assert doc["repeats"] >= 3 and len(doc["sides"]) == sides
@@ -210,7 +210,7 @@ def check_result(path: Path, sides: int, texts: bool) -> dict[str, Any]:
         assert len(s["samples"]) == doc["repeats"] and s["min"] <= s["median"] <= s["max"]
         assert s["versions"]["llmapps"] and s["load_1m_before"]
         assert (s["quality"] is not None) or not texts
-    assert len(doc["ratios"]) == sides - 1
+    assert len(doc["ratios"]) == (sides - 1 if ratios is None else ratios)
     return doc
 
 
@@ -220,3 +220,22 @@ def test_bench_generation_quick(tiny_models: Path, tmp_path: Path) -> None:
     doc = check_result(out, sides=3, texts=True)
     assert {s["dtype"] for s in doc["sides"]} == {doc["sides"][0]["dtype"]}  # same dtype
     assert all("valid" in s["quality"] for s in doc["sides"])
+
+
+def test_bench_service_client_quick(tmp_path: Path) -> None:
+    out = tmp_path / "service.json"
+    assert bench("bench_service_client").main(["--quick", "--repeats", "3", "--out", str(out)]) == 0
+    doc = check_result(out, sides=3, texts=True)
+    assert [r["peer"].split(",")[0] for r in doc["ratios"]] == [
+        "ChatOpenAI.batch",
+        "AsyncOpenAI + asyncio.gather",
+    ]
+    assert all(s["quality"]["valid"] == 16 for s in doc["sides"])
+
+
+def test_bench_retrieval_quick(tmp_path: Path) -> None:
+    out = tmp_path / "retrieval.json"
+    assert bench("bench_retrieval").main(["--quick", "--repeats", "3", "--out", str(out)]) == 0
+    doc = check_result(out, sides=4, texts=False, ratios=4)  # 2 of ours x 2 peers
+    assert doc["sides"][0]["quality"] == {"recall@10": 1.0}
+    assert len({s["inputs_sha256"] for s in doc["sides"]}) == 1  # the same queries everywhere
