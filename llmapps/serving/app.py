@@ -3,7 +3,8 @@
 Routes: ``GET /health`` (open), ``GET /v1/models``, ``POST /v1/chat/completions`` (SSE streaming
 or not), ``POST /v1/completions``; the OpenAPI schema at ``/openapi.json`` and docs at ``/docs``.
 Generation requests go through the ``DynamicBatcher``; streams use ``stream_local``. The pieces:
-``protocol`` (request bodies, errors, responses built from the ``openai`` types), ``guard`` (the
+``protocol`` (request bodies, errors, responses built from the ``openai`` types), ``constraints``
+(the structured-output fields mapped to one ``OutputConstraint``), ``guard`` (the
 middleware and the in-flight cap), ``engine`` (what the generation endpoints share),
 ``chat_routes`` and ``completion_routes`` (one module per endpoint); this module wires them.
 
@@ -19,7 +20,10 @@ three before any route reads the body):
    is even parsed, so an unauthenticated client learns nothing about the API;
 3. a body size limit (413);
 4. the body: every field typed and bounded (integers fit what the model accepts, no NaN or
-   infinity, no lone surrogates anywhere in it), unsupported options refused (400);
+   infinity, no lone surrogates anywhere in it, stop strings bounded in count and total length),
+   unsupported options refused (400); structured output as OpenAI (``response_format``), vLLM
+   (``structured_outputs``) and llama-server (``json_schema``, ``grammar``) spell it becomes one
+   constraint (``constraints``), and one that does not compile is a 400 naming its field;
 5. ``max_tokens`` ceiling (400), prompts per request capped (``max_prompts``, 400), and prompts
    in flight over all requests capped (``max_concurrent``, 429 with ``Retry-After``): a request
    holds one slot per prompt, so one big request cannot bypass the cap.
