@@ -239,3 +239,13 @@ def test_bench_retrieval_quick(tmp_path: Path) -> None:
     doc = check_result(out, sides=4, texts=False, ratios=4)  # 2 of ours x 2 peers
     assert doc["sides"][0]["quality"] == {"recall@10": 1.0}
     assert len({s["inputs_sha256"] for s in doc["sides"]}) == 1  # the same queries everywhere
+
+
+def test_bench_embeddings_quick(tmp_path: Path) -> None:
+    out = tmp_path / "embeddings.json"
+    assert bench("bench_embeddings").main(["--quick", "--repeats", "3", "--out", str(out)]) == 0
+    doc = check_result(out, sides=2, texts=False)
+    assert all(s["quality"]["min cosine to ours"] > 0.999 for s in doc["sides"])
+    rebuild = check_result(tmp_path / "embeddings_rebuild.json", sides=2, texts=False)
+    warm, cold = rebuild["sides"]
+    assert warm["quality"]["misses"] == 0 and cold["quality"]["hits"] == 0
