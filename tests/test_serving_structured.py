@@ -195,6 +195,18 @@ def test_what_cannot_be_honoured_is_a_400_naming_the_field(
     assert ok.status_code == 200 and ok.json()["choices"][0]["message"]["content"] in "ab"
 
 
+def test_a_server_that_cannot_constrain_says_so(
+    served: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without the engine (injected: llguidance "missing") a constraint is a 400 naming its field,
+    which is what the service strategy takes to mean "fall back a level"."""
+    monkeypatch.setattr(served["lm"], "constraint_refusal", lambda c: "llguidance is not installed")
+    r = _post(served["url"], "/v1/chat/completions", _chat(json_schema=SCHEMA))
+    assert r.status_code == 400 and r.json()["error"]["param"] == "json_schema"
+    assert r.json()["error"]["code"] == "unsupported_parameter"
+    assert "llguidance is not installed" in r.json()["error"]["message"]
+
+
 def _rss_mb() -> float:
     with open("/proc/self/status") as f:
         line = next(ln for ln in f if ln.startswith("VmRSS:"))

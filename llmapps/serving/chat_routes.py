@@ -44,6 +44,7 @@ def add_chat_routes(app: FastAPI, ctx: Serving, bearer: list[Any], chat: Any = N
                 code="no_chat_template",
             )
         params = ctx.params_of(req, req.max_completion_tokens or req.max_tokens, constraint)
+        await ctx.check_constraint(constraint, where)
         msgs = [
             {"role": "system" if m.role == "developer" else m.role, "content": _text_of(m.content)}
             for m in req.messages

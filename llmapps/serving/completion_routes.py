@@ -48,6 +48,7 @@ def add_completion_routes(app: FastAPI, ctx: Serving, bearer: list[Any]) -> None
             raise APIError(400, "streaming takes one prompt; send a string", param="prompt")
         constraint, where = constraint_of(req)
         params = ctx.params_of(req, req.max_tokens, constraint)
+        await ctx.check_constraint(constraint, where)
         cid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
         if req.stream:
             usage = bool((req.stream_options or {}).get("include_usage"))

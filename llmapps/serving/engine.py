@@ -166,6 +166,30 @@ class Serving:
             constraint=constraint,
         )
 
+    async def check_constraint(
+        self, constraint: OutputConstraint | None, constraint_field: str | None
+    ) -> None:
+        """A 400 naming ``constraint_field`` when the model cannot hold replies to ``constraint``
+        (no engine here) or it does not compile; compiled grammars are cached, so the batch and
+        the stream that follow reuse this one."""
+        from starlette.concurrency import run_in_threadpool
+
+        if constraint is None:
+            return
+        where = constraint_field or "constraint"
+        reason = self.lm.constraint_refusal(constraint)
+        if reason is not None:
+            raise APIError(
+                400,
+                f"{where}: this server cannot constrain its replies ({reason})",
+                param=where,
+                code="unsupported_parameter",
+            )
+        try:
+            await run_in_threadpool(self.lm.compile, constraint)
+        except InputError as err:
+            raise input_error(err, constraint_field) from err
+
     def stops_of(self, req: _Sampling) -> list[str]:
         """The request's stop strings, bounded in count and total length (a stop string is
         matched against every decoded tail, so its length must not be the client's to choose)."""
