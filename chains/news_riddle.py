@@ -8,7 +8,11 @@ The seed's flagship app. One-step (summary, riddle and answer in one generation)
     chain.invoke({"title": "...", "text": "..."})   # -> {"summary", "riddle", "answer", "valid", ...}
 
 Generations are parsed tolerantly: a malformed one yields a result with ``valid=False`` and the
-reasons, never an exception that would lose the rest of a batch.
+reasons, never an exception that would lose the rest of a batch. With structured generation on
+(the strategies' ``structured`` option) a chat reply is the task's JSON object and a completion
+reply its layout; a reply the backend could not close inside its budget is invalid with the
+backend's reason (``constraint_error``), never cut silently. Validity judges content too: a
+riddle that repeats the summary or names its answer is not a riddle, whatever its format.
 """
 
 from __future__ import annotations
@@ -134,12 +138,46 @@ def parse_fields(
         ]
         if named:
             result["names_answer"] = named
+            errors.append(f"the riddle names its answer ({', '.join(named)})")
+    if result.get("riddle"):  # a grammar guarantees the shape, not the content
+        riddle = _words(result["riddle"])
+        errors += [
+            f"the riddle repeats the {k}"
+            for k in ("summary", "answer")
+            if _words(result.get(k)) == riddle
+        ]
     result.update(valid=not errors, errors=errors, raw=raw)
     return result
 
 
+def _words(text: Any) -> str:
+    return " ".join(re.findall(r"\w+", str(text or "").lower()))
+
+
+def constraint_error(output: Any) -> str | None:
+    """Why a structured reply did not close (the backend's ``constraint_error`` in the message's
+    ``response_metadata``); None when it closed or was not constrained."""
+    meta = getattr(output, "response_metadata", None) or {}
+    reason = meta.get("constraint_error")
+    return str(reason) if reason else None
+
+
+def parse_output(
+    output: Any, expected: tuple[str, ...] = LABELS, leading: str | None = "summary"
+) -> dict[str, Any]:
+    """``parse_fields`` of a strategy's output (text or message), invalid with the reason when
+    the backend says its structured reply did not close."""
+    result = parse_fields(to_text(output), expected, leading)
+    reason = constraint_error(output)
+    if reason:
+        result["constraint_error"] = reason
+        result["errors"].append(f"the structured reply did not close: {reason}")
+        result["valid"] = False
+    return result
+
+
 def _parser(expected: tuple[str, ...], leading: str | None) -> Runnable[Any, dict[str, Any]]:
-    return RunnableLambda(lambda out: parse_fields(to_text(out), expected, leading), name="parse")
+    return RunnableLambda(lambda out: parse_output(out, expected, leading), name="parse")
 
 
 def _examples() -> list[dict[str, Any]]:
@@ -178,6 +216,8 @@ def build(strategy: Strategy, *, variant: str = "one-step") -> Runnable[Any, dic
         def combine(x: dict[str, Any]) -> dict[str, Any]:
             s, r = x["s"], x["r"]
             errors = s["errors"] + r["errors"]
+            if r["riddle"] and _words(r["riddle"]) == _words(s["summary"]):
+                errors.append("the riddle repeats the summary")
             out = {
                 "summary": s["summary"],
                 "riddle": r["riddle"],
@@ -188,6 +228,9 @@ def build(strategy: Strategy, *, variant: str = "one-step") -> Runnable[Any, dic
             }
             if "names_answer" in r:
                 out["names_answer"] = r["names_answer"]
+            reasons = [x["constraint_error"] for x in (s, r) if x.get("constraint_error")]
+            if reasons:
+                out["constraint_error"] = "; ".join(reasons)
             return out
 
         chain = (

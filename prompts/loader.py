@@ -16,7 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from llmapps.errors import ConfigError, format_problems
-from llmapps.tasks import CompletionLayout, Task
+from llmapps.tasks import CompletionLayout, FieldSpec, Task
 
 PROMPTS_DIR = Path(__file__).resolve().parent
 
@@ -33,6 +33,12 @@ class _Message(BaseModel):
     model_config = ConfigDict(extra="forbid")
     role: Literal["system", "user", "assistant"]
     content: str
+
+
+class _Field(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    max_tokens: int | None = Field(None, ge=1, description="token budget of the field")
+    multiline: bool = Field(False, description="the field may span lines (a riddle's verses)")
 
 
 class PromptFile(BaseModel):
@@ -52,6 +58,11 @@ class PromptFile(BaseModel):
     chat_reply: str | None = Field(
         None,
         description="the reply layout the chat prompt asks for, with output variables (scores references)",
+    )
+    fields: dict[str, _Field] = Field(
+        default_factory=dict,
+        description="per output variable: its token budget for structured generation (the rest "
+        "share max_new_tokens) and whether it spans lines",
     )
 
 
@@ -111,6 +122,13 @@ def validate_prompt_file(path: Path) -> PromptFile:
         problems.append(
             f"chat_reply uses {sorted(_variables(spec.chat_reply) - outputs)}, which are not output variables"
         )
+    if set(spec.fields) - outputs:
+        problems.append(f"fields names {sorted(set(spec.fields) - outputs)}, not output variables")
+    budget = sum(f.max_tokens or 0 for f in spec.fields.values())
+    if budget > spec.max_new_tokens:
+        problems.append(
+            f"the fields' budgets sum to {budget} tokens, more than max_new_tokens={spec.max_new_tokens}"
+        )
     if spec.truncate_variable and spec.truncate_variable not in inputs:
         problems.append(f"truncate_variable {spec.truncate_variable!r} is not an input variable")
     if problems:
@@ -146,4 +164,5 @@ def load_task(name_or_path: str | Path, examples: list[dict[str, Any]] | None = 
         json_schema=spec.json_schema,
         meta={"path": str(path), "description": spec.description},
         chat_reply=spec.chat_reply,
+        fields=tuple(FieldSpec(n, f.max_tokens, f.multiline) for n, f in spec.fields.items()),
     )

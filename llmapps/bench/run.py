@@ -5,6 +5,7 @@ Layout of a bench folder::
     config.json            resolved config, strategy configs and library versions
     references.jsonl       the samples (inputs + reference_<field>) every strategy ran on
     samples/<strategy>.jsonl   one row per sample: outputs, latency, tokens, cost, metrics, error
+                           (a swept strategy: samples/<strategy>[<key>=<value>].jsonl, one per value)
     strategies.json        per strategy: status, error, load time, peak memory
     summary.{md,csv,json}  one row per strategy          plots/*.png
 
@@ -12,6 +13,10 @@ Rows are appended and fsynced one by one; a rerun into the same folder skips the
 strategy's file (a torn last line from a kill is dropped), so a killed bench loses and repeats
 nothing already written. A strategy that cannot be built is recorded with its error and the
 others go on.
+
+``sweep`` runs a strategy once per value of an option (``llmapps bench --sweep
+structured=on,off``), over the same samples, as rows of the same report named
+``<strategy>[<key>=<value>]``: what the option is worth, side by side.
 """
 
 from __future__ import annotations
@@ -49,6 +54,8 @@ class BenchConfig(BaseModel):
         judge: a strategy used as LLM judge through ``judge_app`` (None: no judge).
         judge_app: the app that wraps the judge prompt (default: the app's ``judge_app``).
         retry_failed: run rows that failed in an earlier run again.
+        sweep: option name -> values; each strategy that has the option runs once per value
+            (the product over several options), labelled ``<strategy>[<key>=<value>,...]``.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -64,6 +71,46 @@ class BenchConfig(BaseModel):
     judge: str | None = None
     judge_app: str | None = None
     retry_failed: bool = False
+    sweep: dict[str, list[Any]] = Field(default_factory=dict)
+
+    def runs(self) -> list[tuple[str, str, dict[str, Any]]]:
+        """``(strategy, label, swept options)`` for every run of this bench, in order."""
+        import itertools
+
+        from llmapps.strategies.base import STRATEGIES
+
+        out: list[tuple[str, str, dict[str, Any]]] = []
+        for name in self.strategies:
+            fields = STRATEGIES.get(name).config_class.model_fields
+            keys = [k for k in self.sweep if k in fields]
+            if not keys:
+                out.append((name, name, {}))
+                continue
+            for values in itertools.product(*(self.sweep[k] for k in keys)):
+                opts = dict(zip(keys, values, strict=True))
+                label = ",".join(f"{k}={_value_text(v)}" for k, v in opts.items())
+                out.append((name, f"{name}[{label}]", opts))
+        return out
+
+
+def parse_sweep(items: Sequence[str]) -> dict[str, list[Any]]:
+    """``["structured=on,off"]`` -> ``{"structured": ["on", "off"]}`` (``--sweep`` flags; each
+    value a YAML scalar as ``--set`` reads it, ``on``/``off`` kept as words)."""
+    from llmapps.options import parse_assignments, parse_value
+
+    out: dict[str, list[Any]] = {}
+    for item in items:
+        ((key, _),) = parse_assignments([item.split(",")[0]], "--sweep").items()
+        raw = item.partition("=")[2]
+        words = [v.strip() for v in raw.split(",") if v.strip()]
+        out[key] = [v if v in ("on", "off") else parse_value(v) for v in words]
+    return out
+
+
+def _value_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return str(value)
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -113,10 +160,11 @@ class StrategyRun:
     ``run`` does both for the local bench (``llmapps.ray_engine`` drives ``open``/``answer`` in
     each Ray actor, so both engines write the same rows)."""
 
-    def __init__(self, bench: Bench, name: str) -> None:
+    def __init__(self, bench: Bench, name: str, label: str | None = None) -> None:
         self.bench = bench
-        self.name = name
-        self.path = bench.out / "samples" / f"{name}.jsonl"
+        self.name = name  # the registered strategy
+        self.label = label or name  # its row in the report (a swept option's value appended)
+        self.path = bench.out / "samples" / f"{self.label}.jsonl"
         self.tasks: list[Any] = []  # the tasks the app built on the strategy
         self.prompts: list[list[Any]] = []  # per sample of the last batch: the prompts it sent
 
@@ -166,7 +214,7 @@ class StrategyRun:
         out = []
         for sample, row in zip(chunk, rows, strict=True):
             row["cost_usd"] = round(self.price.cost(row), 10)
-            out.append({"id": str(sample["id"]), "strategy": self.name, **row})
+            out.append({"id": str(sample["id"]), "strategy": self.label, **row})
         return out
 
     def run(self, todo: Sequence[dict[str, Any]], options: dict[str, Any]) -> dict[str, Any]:
@@ -335,6 +383,17 @@ class Bench:
             config = config.model_copy(update={"strategies": STRATEGIES.names()})
         for name in config.strategies:  # unknown names fail before anything runs
             STRATEGIES.get(name)
+        for key, values in config.sweep.items():  # so do options no strategy of the bench has
+            takers = [
+                n for n in config.strategies if key in STRATEGIES.get(n).config_class.model_fields
+            ]
+            if not takers or not values:
+                why = (
+                    f"no strategy of this bench ({', '.join(config.strategies)}) has that option"
+                    if not takers
+                    else "give at least one value"
+                )
+                raise ConfigError(f"sweep {key}={values}: {why}")
         self.config = config
         self.out = Path(out)
         samples = self.spec.samples(config.split)
@@ -422,27 +481,27 @@ class Bench:
         if self.scorer.config.semantic or self.scorer.config.riddle_field:
             _ = self.scorer.index  # load the embedder before measuring any strategy's memory
         statuses = self.statuses()
-        for name in self.config.strategies:
-            srun = StrategyRun(self, name)
+        for name, label, swept in self.config.runs():
+            srun = StrategyRun(self, name, label)
             done = _load_rows(srun.path, self.config.retry_failed)
             todo = [s for s in self.samples if str(s["id"]) not in done]
             if not todo:
-                log.info("%s: all %d samples already done", name, len(self.samples))
+                log.info("%s: all %d samples already done", label, len(self.samples))
                 continue
             cls = STRATEGIES.get(name)
             clear_model_cache()  # each strategy's memory is measured without the previous one's
             gc.collect()
             with cls.demo_options(self.settings) as demo:
                 if demo is None:
-                    statuses[name] = {
+                    statuses[label] = {
                         "status": "skipped",
                         "error": "not available offline here (demo_options gave None)",
                     }
                     _write_json(self.out / "strategies.json", statuses)
                     continue
-                options = {**demo, **self.config.strategy_options.get(name, {})}
+                options = {**demo, **self.config.strategy_options.get(name, {}), **swept}
                 self._bar = tqdm(
-                    total=len(todo), desc=name, unit="sample", disable=not self.progress
+                    total=len(todo), desc=label, unit="sample", disable=not self.progress
                 )
                 try:
                     if self.engine is None:
@@ -454,7 +513,7 @@ class Bench:
                 finally:
                     self._bar.close()
                     self._bar = None
-            prev = statuses.get(name, {})
+            prev = statuses.get(label, {})
             if (
                 prev.get("status") == "ran" and status["status"] == "ran"
             ):  # resumed: keep the worst case
@@ -463,7 +522,7 @@ class Bench:
                         status.get(key), (int, float)
                     ):
                         status[key] = max(prev[key], status[key])
-            statuses[name] = status
+            statuses[label] = status
             _write_json(self.out / "strategies.json", statuses)
         clear_model_cache()
         return self.summary()
@@ -482,9 +541,14 @@ class Bench:
         refs = {str(s["id"]): s for s in self.samples}
         return [
             summarise(
-                name, self.rows(name), statuses.get(name, {}), self.metrics, refs, len(self.samples)
+                label,
+                self.rows(label),
+                statuses.get(label, {}),
+                self.metrics,
+                refs,
+                len(self.samples),
             )
-            for name in self.config.strategies
+            for _, label, _ in self.config.runs()
         ]
 
 

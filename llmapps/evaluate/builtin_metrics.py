@@ -88,8 +88,15 @@ def _format_valid(batch: Batch) -> list[dict[str, Any]]:
     from llmapps.evaluate.riddle import format_valid
 
     fields = batch.config.fields
+    # a structured reply the backend could not close (constraint_error) is not well formed, even
+    # where the tolerant parser found every field in what was written
     return [
-        {"format_valid": float(not r.get("error") and format_valid(r, fields))} for r in batch.rows
+        {
+            "format_valid": float(
+                not r.get("error") and not r.get("constraint_error") and format_valid(r, fields)
+            )
+        }
+        for r in batch.rows
     ]
 
 

@@ -36,7 +36,7 @@ def _bench(args: argparse.Namespace, out: Path) -> int:
     from rich.console import Console
 
     from llmapps.bench.report import log_mlflow, rich_tables, write_reports
-    from llmapps.bench.run import Bench, BenchConfig
+    from llmapps.bench.run import Bench, BenchConfig, parse_sweep
     from llmapps.cli import check_app_options, engine_config, strategy_options
     from llmapps.strategies.base import STRATEGIES
 
@@ -60,6 +60,7 @@ def _bench(args: argparse.Namespace, out: Path) -> int:
         limit=args.limit,
         batch_size=args.batch_size or _settings().bench.batch_size,
         strategy_options={n: strategy_options(n, args) for n in names},
+        sweep=parse_sweep(args.sweep or []),
         app_options=check_app_options(app, args),
         perplexity=not args.no_perplexity,
         judge=args.judge,
@@ -252,6 +253,13 @@ def register_bench(sub: Any) -> None:
     p.add_argument("--split", default="test", help="sample split (default: test)")
     p.add_argument("--out", "-o", help="results folder (default: runs/bench-<time>)")
     p.add_argument("--limit", type=int, help="only the first N samples")
+    p.add_argument(
+        "--sweep",
+        action="append",
+        metavar="KEY=V1,V2",
+        help="run each strategy that has option KEY once per value, side by side in one report "
+        "(e.g. --sweep structured=on,off); repeatable",
+    )
     p.add_argument(
         "--judge", metavar="STRATEGY", help="grade outputs with this strategy as LLM judge"
     )

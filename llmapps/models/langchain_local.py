@@ -144,7 +144,13 @@ class LocalLLM(_LocalMixin, BaseLLM):
         gens = [
             [
                 Generation(
-                    text=o.text, generation_info={"finish_reason": o.finish_reason, **_usage(o)}
+                    text=o.text,
+                    generation_info={
+                        "finish_reason": o.finish_reason,
+                        **_usage(o),
+                        # a constrained reply that did not close, and why (as ChatLocal says it)
+                        **({"constraint_error": o.constraint_error} if o.constraint_error else {}),
+                    },
                 )
             ]
             for o in outs

@@ -12,6 +12,7 @@ from pydantic import Field
 
 from llmapps.errors import ConfigError
 from llmapps.strategies.base import Strategy, StrategyConfig
+from llmapps.strategies.structured import CompletionReply, GenerationControls, resolve_constraint
 
 if TYPE_CHECKING:
     from langchain_core.runnables import Runnable
@@ -22,7 +23,7 @@ if TYPE_CHECKING:
 EXAMPLE_SELECTIONS = ("order", "similarity", "mmr")
 
 
-class FewShotStrategyConfig(StrategyConfig):
+class FewShotStrategyConfig(StrategyConfig, GenerationControls):
     """Options of the ``few-shot`` strategy."""
 
     kind: Literal["few-shot"] = "few-shot"
@@ -138,14 +139,24 @@ class FewShotStrategy(Strategy):
                 f"extension, which is not available: {err}"
             ) from err
 
-    def build(self, task: Task) -> Runnable[dict[str, Any], str]:
+    def build(self, task: Task) -> Runnable[dict[str, Any], Any]:
         from llmapps.models.llamacpp import completion_llm
 
         lm = self.local_model
         c = self.config
         max_new = c.max_new_tokens or task.max_new_tokens
-        llm = completion_llm(lm, max_new_tokens=max_new, temperature=c.temperature, top_p=c.top_p)
-        chain = self.prompt(task) | llm.bind(stop=list(task.stop))
+        constraint = resolve_constraint(
+            c.structured, task, lm, chat=False, max_new_tokens=max_new, strategy=self.name
+        )
+        llm = completion_llm(
+            lm,
+            max_new_tokens=max_new,
+            temperature=c.temperature,
+            top_p=c.top_p,
+            constraint=constraint,
+            **c.generation_kwargs(),
+        )
+        chain = self.prompt(task) | CompletionReply(llm=llm, stop=list(task.stop))
         return chain.with_config(run_name=f"few-shot:{task.name}")
 
     def prompt(self, task: Task) -> Runnable[dict[str, Any], Any]:

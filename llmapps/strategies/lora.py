@@ -51,6 +51,7 @@ from llmapps.adapters import write_manifest as write_manifest
 from llmapps.errors import ConfigError
 from llmapps.models.local import LocalModel
 from llmapps.strategies.base import Strategy, StrategyConfig
+from llmapps.strategies.structured import CompletionReply, GenerationControls, resolve_constraint
 
 if TYPE_CHECKING:
     from langchain_core.runnables import Runnable
@@ -61,7 +62,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-class LoraStrategyConfig(StrategyConfig):
+class LoraStrategyConfig(StrategyConfig, GenerationControls):
     """Options of the ``lora`` strategy."""
 
     kind: Literal["lora"] = "lora"
@@ -287,7 +288,7 @@ class LoraStrategy(Strategy):
         """The prompt for ``inputs``: the completion layout with zero examples (as in training)."""
         return task.completion.render({k: inputs[k] for k in task.input_variables}, [])
 
-    def build(self, task: Task) -> Runnable[dict[str, Any], str]:
+    def build(self, task: Task) -> Runnable[dict[str, Any], Any]:
         from langchain_core.runnables import RunnableLambda
 
         from llmapps.models.llamacpp import completion_llm
@@ -301,12 +302,22 @@ class LoraStrategy(Strategy):
         def render(inputs: dict[str, Any]) -> str:
             return self.prompt_for(task, inputs)
 
-        llm = completion_llm(lm, max_new_tokens=max_new, temperature=c.temperature, top_p=c.top_p)
+        constraint = resolve_constraint(
+            c.structured, task, lm, chat=False, max_new_tokens=max_new, strategy=self.name
+        )
+        llm = completion_llm(
+            lm,
+            max_new_tokens=max_new,
+            temperature=c.temperature,
+            top_p=c.top_p,
+            constraint=constraint,
+            **c.generation_kwargs(),
+        )
         fit = fit_inputs(task, lm, max_new, render)
         chain = (
             RunnableLambda(fit, name="fit_context")
             | RunnableLambda(render, name="render")
-            | llm.bind(stop=list(task.stop))
+            | CompletionReply(llm=llm, stop=list(task.stop))
         )
         return chain.with_config(run_name=f"lora:{task.name}")
 

@@ -8,6 +8,7 @@ from pydantic import Field
 
 from llmapps.strategies.base import Strategy, StrategyConfig
 from llmapps.strategies.few_shot import fit_inputs
+from llmapps.strategies.structured import GenerationControls, resolve_constraint
 
 if TYPE_CHECKING:
     from langchain_core.runnables import Runnable
@@ -16,7 +17,7 @@ if TYPE_CHECKING:
     from llmapps.tasks import Task
 
 
-class ZeroShotStrategyConfig(StrategyConfig):
+class ZeroShotStrategyConfig(StrategyConfig, GenerationControls):
     """Options of the ``zero-shot`` strategy."""
 
     kind: Literal["zero-shot"] = "zero-shot"
@@ -88,6 +89,10 @@ class ZeroShotStrategy(Strategy):
         lm = self.local_model
         c = self.config
         max_new = c.max_new_tokens or task.max_new_tokens
+        # structured: the reply is the task's JSON object (its json_schema), which the app parses
+        constraint = resolve_constraint(
+            c.structured, task, lm, chat=True, max_new_tokens=max_new, strategy=self.name
+        )
         # the task's stop strings end a chat reply too (e.g. one line for a one-sentence summary)
         chat = chat_llm(
             lm,
@@ -95,6 +100,8 @@ class ZeroShotStrategy(Strategy):
             temperature=c.temperature,
             top_p=c.top_p,
             stop=list(task.stop),
+            constraint=constraint,
+            **c.generation_kwargs(),
         )
 
         def render(inputs: dict[str, Any]) -> str:
