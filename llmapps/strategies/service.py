@@ -138,13 +138,12 @@ class ServiceStrategy(Strategy):
 
         fmt = None
         if task.json_schema:
+            # closed unless the task says otherwise: an endpoint that constrains decoding (vLLM,
+            # llama.cpp, llmapps serve) would let a small model add keys until max_tokens
+            schema = {"additionalProperties": False, **task.json_schema}
             fmt = {
                 "type": "json_schema",
-                "json_schema": {
-                    "name": _schema_name(task),
-                    "schema": task.json_schema,
-                    "strict": False,
-                },
+                "json_schema": {"name": _schema_name(task), "schema": schema, "strict": False},
             }
         llm = self.chat_model(self.config.max_new_tokens or task.max_new_tokens, fmt)
         stop = list(task.stop)
