@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 
 CHOICES = ("A", "B", "tie")
 RATINGS_FILE = "ratings.jsonl"
+MAX_COMMENT_CHARS = 2000  # a rater's note on one pair; longer is refused, not stored
+MAX_RATER_CHARS = 100
 SHEET_FILES = ("sheet.csv", "sheet.html", "key.json")  # what export_sheet writes in its folder
 
 
@@ -393,6 +395,7 @@ class RatingStore:
         ]
         self._by_id = {it["item"]: it for it in self.items}
         self.path = self.folder / RATINGS_FILE
+        self.skipped: list[str] = []  # the bad lines of the ratings file, as last read
         self._lock = threading.Lock()
         self._repair_tail()
 
@@ -437,6 +440,13 @@ class RatingStore:
         rater = " ".join((rater or "").split())
         if not rater:
             problems.append("no rater name: type your name first")
+        elif len(rater) > MAX_RATER_CHARS:
+            problems.append(f"the rater name is over {MAX_RATER_CHARS} characters: shorten it")
+        if len(comment or "") > MAX_COMMENT_CHARS:
+            problems.append(
+                f"the comment is {len(comment):,} characters, over the {MAX_COMMENT_CHARS:,} "
+                "a comment may hold: shorten it"
+            )
         if problems:
             raise InputError("; ".join(problems))
         row = {
@@ -454,10 +464,19 @@ class RatingStore:
         return row
 
     def ratings(self) -> list[dict[str, str]]:
-        """Every counted rating (the latest per rater and item)."""
+        """Every counted rating (the latest per rater and item). A bad line (not JSON, not a
+        rating) is skipped and reported in ``skipped`` and the log, so one damaged line does not
+        turn every rater away; ``InputError`` only when the file is not a file."""
+        if self.path.is_dir():
+            raise InputError(f"the ratings {self.path} is a folder; move it aside to rate")
         if not self.path.exists():
             return []
-        return _read_ratings([self.path])
+        problems: list[str] = []
+        ratings = _read_jsonl_ratings(self.path, problems)  # the project's tolerant JSONL scan
+        if problems and problems != self.skipped:
+            log.warning("%s: skipping %d bad line(s): %s", self.path, len(problems), problems[0])
+        self.skipped = problems
+        return ratings
 
     def rated_by(self, rater: str) -> set[str]:
         rater = " ".join((rater or "").split())

@@ -15,24 +15,58 @@ Every model output is shown in text boxes and text-only tables, never as HTML or
 error becomes a line in the page (the traceback goes to the log). Generation events share one
 queue (``concurrency_id="generate"``), so many sessions wait their turn instead of piling onto
 the CPU.
+
+What a request meets first is ``serve``'s guard (``PageGuard``): the Host header must be one the
+page answers to (on loopback: ``127.0.0.1``, ``localhost``, ``[::1]``), and so must the Origin of a
+request that has one, so a DNS-rebinding or cross-site page cannot drive it (400/403); bodies over
+``max_body_bytes`` get 413. Off loopback the page needs a key (Gradio's sign-in, the key as the
+password); ``llmapps ui`` refuses to listen there without one.
 """
 
 from __future__ import annotations
 
+import hmac
 import logging
 from collections.abc import Callable, Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
-from llmapps.evaluate.human import RatingStore, plot_win_rates
+from llmapps.evaluate.human import MAX_COMMENT_CHARS, RatingStore, plot_win_rates
+from llmapps.serving.guard import LOOPBACK_HOSTS, Guard, _host_of
+from llmapps.serving.protocol import APIError
+from llmapps.serving.server import is_loopback
 from llmapps.ui.session import AppSession, error_text, status_line
 
 log = logging.getLogger(__name__)
 
 COMPARE_MAX = 4
+MAX_BODY_BYTES = 2_000_000  # an input of MAX_INPUT_CHARS characters, JSON-escaped, fits
 CSS = """
 .gradio-container {max-width: 1200px !important}
 footer {display: none !important}
 """
+
+
+class PageGuard(Guard):
+    """``serve``'s guard (Host check, body size limit) with the Origin checked too: a browser
+    sends the page's own origin, so another one is a cross-site or rebinding page (403)."""
+
+    def _refusal(self, scope: Any) -> APIError | None:
+        refusal = super()._refusal(scope)
+        if refusal is not None or self.allowed is None:
+            return refusal
+        origin = dict(scope.get("headers") or []).get(b"origin")
+        if origin is None:
+            return None
+        name = _host_of(urlsplit(origin.decode("latin-1")).netloc)
+        if name not in self.allowed:
+            return APIError(
+                403,
+                f"this page does not answer requests from the origin {name[:80]!r}; open it as "
+                f"http://{sorted(self.allowed)[0]}:PORT or start it with --allowed-hosts",
+                code="origin_not_allowed",
+            )
+        return None
 
 
 def _safe(fn: Callable[..., Any], n_out: int, status_index: int) -> Callable[..., Any]:
@@ -384,7 +418,9 @@ def _rate_tab(gr: Any, blocks: Any, store: RatingStore, saved_name: Any) -> None
         a = gr.Textbox(label="A", interactive=False, lines=4, elem_id="rate-a")
         b = gr.Textbox(label="B", interactive=False, lines=4, elem_id="rate-b")
     choice = gr.Radio(["A", "B", "tie"], label="Better", elem_id="rate-choice")
-    comment = gr.Textbox(label="Comment (optional)", elem_id="rate-comment")
+    comment = gr.Textbox(
+        label="Comment (optional)", elem_id="rate-comment", max_length=MAX_COMMENT_CHARS
+    )
     save = gr.Button("Save rating", variant="primary", elem_id="rate-save")
     status = gr.Textbox(label="Status", interactive=False, elem_id="rate-status")
     with gr.Row():
@@ -392,12 +428,21 @@ def _rate_tab(gr: Any, blocks: Any, store: RatingStore, saved_name: Any) -> None
         plot = gr.Plot(label="Win rates", elem_id="rate-plot")
     current = gr.State(None)
 
+    def _stats(report: dict[str, Any] | None) -> str:
+        text = stats_text(report)
+        if store.skipped:  # read on: one damaged line does not turn every rater away
+            text += (
+                f"\n({len(store.skipped)} bad line(s) in {store.path.name} skipped; the first: "
+                f"{store.skipped[0][:200]})"
+            )
+        return text
+
     def view(name: str) -> tuple[Any, ...]:
         name = " ".join((name or "").split())
         report = store.summary()
         fig = plot_win_rates(report) if report else None
         if not name:
-            return (None, "type your name and press Start", "", "", "", stats_text(report), fig)
+            return (None, "type your name and press Start", "", "", "", _stats(report), fig)
         item = store.next_item(name)
         done = len(store.rated_by(name))
         if item is None:
@@ -407,7 +452,7 @@ def _rate_tab(gr: Any, blocks: Any, store: RatingStore, saved_name: Any) -> None
                 "",
                 "",
                 "",
-                stats_text(report),
+                _stats(report),
                 fig,
             )
         return (
@@ -416,7 +461,7 @@ def _rate_tab(gr: Any, blocks: Any, store: RatingStore, saved_name: Any) -> None
             item["context"],
             item["A"],
             item["B"],
-            stats_text(report),
+            _stats(report),
             fig,
         )
 
@@ -428,7 +473,7 @@ def _rate_tab(gr: Any, blocks: Any, store: RatingStore, saved_name: Any) -> None
             return (
                 gr.skip(),
                 *[gr.skip()] * 5,
-                stats_text(report),
+                _stats(report),
                 plot_win_rates(report) if report else None,
                 gr.skip(),
             )
@@ -477,10 +522,30 @@ def launch(
     port: int | None = None,
     concurrency: int = 1,
     block: bool = True,
+    key: str | None = None,
+    allowed_hosts: Sequence[str] | None = None,
+    max_body_bytes: int = MAX_BODY_BYTES,
 ) -> Any:
-    """Serve the page; with ``block=False`` return the running ``Blocks`` (``.close()`` stops it)."""
-    import gradio as gr
+    """Serve the page; with ``block=False`` return the running ``Blocks`` (``.close()`` stops it).
 
+    Args:
+        key: the key the page asks for (Gradio's sign-in: any name, the key as the password);
+            None: no sign-in, which ``llmapps ui`` allows on loopback only.
+        allowed_hosts: Host (and Origin) names answered besides the loopback names; None: the
+            loopback names on loopback, any host otherwise (as ``serve``).
+        max_body_bytes: larger request bodies get 413.
+    """
+    import gradio as gr
+    from starlette.middleware import Middleware
+
+    # The loopback names are always answered: a rebinding page's requests carry its own name,
+    # and Gradio checks its start on http://127.0.0.1:PORT (or localhost).
+    allowed = (
+        [*allowed_hosts, *LOOPBACK_HOSTS]
+        if allowed_hosts
+        else (list(LOOPBACK_HOSTS) if is_loopback(host) else None)
+    )
+    guard = Middleware(PageGuard, max_bytes=max_body_bytes, allowed_hosts=allowed)
     blocks = build_blocks(session, store)
     blocks.queue(default_concurrency_limit=concurrency, max_size=64)
     theme = gr.themes.Default(
@@ -498,5 +563,12 @@ def launch(
         css=CSS,
         inbrowser=False,
         share=False,
+        app_kwargs={"middleware": [guard]},
+        auth=None if key is None else (lambda _user, given: _same(given, key)),
+        auth_message=None if key is None else "Sign in with any name and the page's key.",
     )
     return blocks
+
+
+def _same(given: str, key: str) -> bool:
+    return hmac.compare_digest((given or "").encode(), key.encode())

@@ -35,12 +35,23 @@ def cmd_ui(args: argparse.Namespace) -> int:
     from llmapps.apps import get_app
     from llmapps.cli import check_app_options, strategy_options
     from llmapps.evaluate.human import RatingStore
+    from llmapps.serving.server import is_loopback
+    from llmapps.settings import get_settings
     from llmapps.strategies.base import STRATEGIES
-    from llmapps.ui.app import launch
+    from llmapps.ui.app import MAX_BODY_BYTES, launch
     from llmapps.ui.session import AppSession, resolve_ui
 
     if args.concurrency < 1:
         raise ConfigError(f"--concurrency {args.concurrency}: give 1 or more")
+    server = get_settings().service.server  # the key and limits `llmapps serve` uses
+    key = server.api_key.get_secret_value() if server.api_key else None
+    if not is_loopback(args.host) and key is None:  # before any model loads
+        raise ConfigError(
+            f"refusing to serve the page on {args.host} without a key: set "
+            "LLMAPPS_SERVICE__SERVER__API_KEY (the page then asks for it), or keep the default "
+            "--host 127.0.0.1"
+        )
+    hosts = [h.strip() for h in (args.allowed_hosts or "").split(",") if h.strip()]
     app = args.app or _default_app()
     spec = get_app(app)
     names = (
@@ -78,10 +89,20 @@ def cmd_ui(args: argparse.Namespace) -> int:
     print(
         f"llmapps ui: {app} with {', '.join(session.entries)} on http://{args.host}:{args.port}"
         + (f"; ratings in {store.path}" if store else "")
+        + ("; key required" if key else "")
         + " (Ctrl-C stops)",
         file=sys.stderr,
     )
-    launch(session, store, host=args.host, port=args.port, concurrency=args.concurrency)
+    launch(
+        session,
+        store,
+        host=args.host,
+        port=args.port,
+        concurrency=args.concurrency,
+        key=key,
+        allowed_hosts=hosts or list(server.allowed_hosts) or None,
+        max_body_bytes=max(MAX_BODY_BYTES, server.max_body_bytes),
+    )
     return 0
 
 
@@ -97,7 +118,17 @@ def register(sub: Any) -> None:
         "saved as you go to ratings.jsonl, which `llmapps human-eval import` reads too).",
     )
     p.add_argument("app", nargs="?", help="app name (default: the first app with a page layout)")
-    p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: loopback)")
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="interface to listen on (default: loopback; others need a key: "
+        "LLMAPPS_SERVICE__SERVER__API_KEY)",
+    )
+    p.add_argument(
+        "--allowed-hosts",
+        help="comma-separated Host names the page answers (default: loopback names on loopback, "
+        "any host otherwise; against DNS rebinding)",
+    )
     p.add_argument("--port", type=int, default=7860, help="port (default: 7860)")
     p.add_argument(
         "--articles",
