@@ -150,3 +150,72 @@ def test_a_folder_in_place_of_the_assembled_gguf_is_one_error(tmp_path: Path) ->
     (settings.home / "gguf" / get_packaged(GEMMA).gguf_file / "inner").mkdir(parents=True)
     with pytest.raises(BackendError, match=r"is a folder where llmapps keeps .* remove it"):
         gguf_path(GEMMA, settings)
+
+
+# --------------------------------------------------------------- converted model folders
+
+SMOL = "smollm2-135m-instruct"
+
+
+@pytest.fixture(scope="module")
+def converted_model() -> Path:
+    """The packaged SmolLM2 converted into the test home once (kept across runs, as the
+    ``real_models`` fixture keeps it)."""
+    from llmapps.errors import ModelNotFoundError
+    from llmapps.models.packaged import ensure_packaged_model
+
+    try:
+        return ensure_packaged_model(SMOL, progress=False)
+    except ModelNotFoundError as err:
+        pytest.skip(str(err))
+
+
+def _damage_folder(kind: str, folder: Path) -> None:
+    weights = folder / "model.safetensors"
+    if kind == "weights truncated":
+        with weights.open("r+b") as fh:
+            fh.truncate(weights.stat().st_size // 2)
+    elif kind == "weights replaced, same size":
+        with weights.open("r+b") as fh:
+            fh.seek(weights.stat().st_size // 2)
+            fh.write(b"\x7f" * 64)
+    elif kind == "config edited":
+        config = json.loads((folder / "config.json").read_text())
+        (folder / "config.json").write_text(json.dumps({**config, "num_hidden_layers": 1}))
+    elif kind == "a file added":
+        (folder / "model-00002-of-00002.safetensors").write_bytes(b"\0" * 16)
+    elif kind == "a file replaced by a symlink":
+        (folder / "tokenizer.json").unlink()
+        (folder / "tokenizer.json").symlink_to(folder / "config.json")
+    elif kind == "a file removed":
+        (folder / "tokenizer.json").unlink()
+    elif kind == "an old manifest without digests":
+        manifest = json.loads((folder / "llmapps-model.json").read_text())
+        manifest.pop("files")
+        (folder / "llmapps-model.json").write_text(json.dumps({**manifest, "format": 1}))
+
+
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "intact",
+        "weights truncated",
+        "weights replaced, same size",
+        "config edited",
+        "a file added",
+        "a file replaced by a symlink",
+        "a file removed",
+        "an old manifest without digests",
+    ],
+)
+def test_a_changed_converted_model_is_not_taken_as_built(
+    kind: str, converted_model: Path, tmp_path: Path
+) -> None:
+    """``ensure_packaged_model`` converts again (the atomic, locked ``convert_gguf``) whenever
+    ``_is_built`` is false; the conversion itself is ~50 s here, so the decision is what is shown."""
+    from llmapps.models.packaged import _is_built, get_packaged
+
+    copy = tmp_path / SMOL
+    shutil.copytree(converted_model, copy, symlinks=True)  # times kept: the stamps still hold
+    _damage_folder(kind, copy)
+    assert _is_built(copy, get_packaged(SMOL).sha256) is (kind == "intact")

@@ -42,7 +42,7 @@ from llmapps.settings import Settings, get_settings
 log = logging.getLogger(__name__)
 
 MANIFEST = "llmapps-model.json"
-MANIFEST_FORMAT = 1
+MANIFEST_FORMAT = 2  # 2: the SHA-256 of every file of the folder ("files"), checked per load
 _REGISTRY_FILE = Path(__file__).with_name("packaged.yaml")
 
 
@@ -208,13 +208,45 @@ def read_model_manifest(folder: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
+def folder_digests(folder: Path) -> dict[str, str]:
+    """SHA-256 of each file of a folder we wrote (not its manifest, not dot files such as the
+    digest stamps), hashed once and then stamped by size and mtime (``verified_sha256``)."""
+    return {
+        p.name: verified_sha256(p)
+        for p in sorted(folder.iterdir())
+        if p.is_file() and not p.name.startswith(".") and p.name != MANIFEST
+    }
+
+
+def _files_match(folder: Path, files: Any) -> bool:
+    """The folder holds exactly the regular files its manifest lists, each of its digest."""
+    if not isinstance(files, dict) or "config.json" not in files:
+        return False
+    try:
+        present = {p.name for p in folder.iterdir() if not p.name.startswith(".")} - {MANIFEST}
+        if present != set(files):
+            return False
+        for name, digest in files.items():
+            path = folder / name
+            if path.is_symlink() or not path.is_file() or verified_sha256(path) != digest:
+                log.warning(
+                    "%s: %s is not the file converted there; converting again", folder, name
+                )
+                return False
+    except OSError:
+        return False
+    return True
+
+
 def _is_built(folder: Path, source_sha256: str) -> bool:
+    """A complete conversion of ``source_sha256``: the manifest says so and every file it lists
+    is there unchanged (a truncated, replaced or added file means convert again)."""
     manifest = read_model_manifest(folder)
     return bool(
         manifest
         and manifest.get("format") == MANIFEST_FORMAT
         and manifest.get("source_sha256") == source_sha256
-        and (folder / "config.json").exists()
+        and _files_match(folder, manifest.get("files"))
     )
 
 
@@ -252,6 +284,7 @@ def convert_gguf(
                 "versions": _versions(),
                 "converted_in_s": round(time.perf_counter() - started, 1),
                 **(extra or {}),
+                "files": folder_digests(tmp),  # stamped in tmp: the first load hashes nothing
             }
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
         log.info("converted %s to %s in %.1fs", gguf.name, out, time.perf_counter() - started)
