@@ -19,6 +19,7 @@ import logging
 import re
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, Literal
 
 import httpx
@@ -279,3 +280,34 @@ def test_app_mode_refuses_what_its_chain_decides_and_honours_stop(tiny_instruct:
             r = httpx.post(url + "/v1/chat/completions", json={**base, **extra}, timeout=30)
             assert r.status_code == 400, (extra, r.text)
             assert r.json()["error"]["param"] == next(iter(extra)), r.json()
+
+
+# llama-cpp-python warns once per vocabulary entry (49,152) while the engine reads the GGUF's
+# vocabulary; pytest recording them all took 2 minutes
+@pytest.mark.filterwarnings("ignore:llama_token_get_attr is deprecated:DeprecationWarning")
+def test_a_gguf_served_on_llama_cpp_is_held_to_the_same_constraints(smollm2_gguf: Path) -> None:
+    """The same fields on the llama.cpp backend (SmolLM2 GGUF): schema streamed, regex whole,
+    an invalid regex a 400 naming it."""
+    pytest.importorskip("llama_cpp", reason="the llama.cpp backend needs llama-cpp-python")
+    from llmapps.models.llamacpp import load_gguf_model
+    from llmapps.serving.app import create_app
+    from llmapps.serving.server import serve_in_thread
+    from llmapps.settings import ServerSettings
+
+    lm = load_gguf_model("smollm2-135m-instruct")
+    app = create_app(lm, ServerSettings(max_tokens=64), model_name="smol")
+    with serve_in_thread(app) as url:
+        base = {"model": "smol", "messages": ASK, "max_tokens": 64, "temperature": 0}
+        r = httpx.post(
+            url + "/v1/chat/completions",
+            json={**base, "json_schema": SCHEMA, "stream": True},
+            timeout=120,
+        )
+        streamed = "".join(e["choices"][0]["delta"].get("content") or "" for e in _events(r))
+        Verdict.model_validate_json(streamed)
+        regex = {**base, "structured_outputs": {"regex": "[0-9]{3}"}}
+        r = httpx.post(url + "/v1/chat/completions", json=regex, timeout=120)
+        assert re.fullmatch("[0-9]{3}", r.json()["choices"][0]["message"]["content"]), r.text
+        bad = {**base, "structured_outputs": {"regex": "([a-z"}}
+        r = httpx.post(url + "/v1/chat/completions", json=bad, timeout=120)
+        assert r.status_code == 400 and r.json()["error"]["param"] == "structured_outputs.regex"
