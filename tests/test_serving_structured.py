@@ -170,6 +170,10 @@ BAD: list[tuple[dict[str, Any], str]] = [
     ({"structured_outputs": {"whitespace_pattern": " "}}, "structured_outputs.whitespace_pattern"),
     ({"grammar": "root ::= ("}, "grammar"),
     ({"json_schema": {"type": "objekt"}}, "json_schema"),
+    ({"json_schema": {"$ref": "#/nope"}}, "json_schema"),
+    ({"json_schema": {"type": "integer", "minimum": 5, "maximum": 1}}, "json_schema"),
+    ({"json_schema": json.loads('{"type": "array", "items": ' * 900 + "{}" + "}" * 900)},
+     "json_schema"),  # was a RecursionError, a 500
     ({"response_format": {"type": "json_object"}, "grammar": 'root ::= "a"'}, "grammar"),
     ({"tool_choice": "auto"}, "tool_choice"),
     ({"parallel_tool_calls": False}, "parallel_tool_calls"),

@@ -39,12 +39,30 @@ def _bad(param: str, message: str, code: str = "invalid_structured_output") -> A
     return APIError(400, f"{param}: {message}", param=param, code=code)
 
 
+# deeper schemas are refused: compiling walks them recursively (900 levels was a RecursionError)
+MAX_SCHEMA_DEPTH = 64
+
+
+def _depth(value: Any) -> int:
+    """How deeply ``value``'s objects and lists nest (iteratively: any depth is safe here)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list)):
+            deepest = max(deepest, depth)
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
 def _schema(value: Any, param: str) -> dict[str, Any]:
     """A JSON schema given as an object (``{}``/``true``: any JSON object)."""
     if value is True or value is None:
         return {}
     if not isinstance(value, dict):
         raise _bad(param, f"a JSON schema is an object, not {type(value).__name__}")
+    if _depth(value) > MAX_SCHEMA_DEPTH:
+        raise _bad(param, f"the schema nests deeper than {MAX_SCHEMA_DEPTH} levels; flatten it")
     return value
 
 
