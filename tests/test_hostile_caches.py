@@ -8,7 +8,10 @@ hand-written PEFT adapter on the packaged SmolLM2 GGUF; nothing is mocked.
 
 The Gemma GGUF its package assembles under ``$LLMAPPS_HOME/gguf`` is the same kind of cache:
 truncated, random or a symlink to another file, it is assembled again (it used to be refused
-with "reinstall its package"); a folder in its place is one ``BackendError``.
+with "reinstall its package"); a folder in its place is one ``BackendError``. A converted model
+folder under ``$LLMAPPS_HOME/models`` is taken as built only while every file matches the digest
+its manifest records. The embeddings cache (real MiniLM): a damaged SQLite file is set aside and
+rebuilt, a damaged vector (NaN, not unit length, another dimension, odd bytes) is embedded again.
 """
 
 from __future__ import annotations
@@ -17,10 +20,12 @@ import json
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 
-from llmapps.errors import BackendError, ConfigError
+from llmapps.errors import BackendError, ConfigError, ModelNotFoundError
 from llmapps.hashing import sha256_file
 
 
@@ -219,3 +224,94 @@ def test_a_changed_converted_model_is_not_taken_as_built(
     shutil.copytree(converted_model, copy, symlinks=True)  # times kept: the stamps still hold
     _damage_folder(kind, copy)
     assert _is_built(copy, get_packaged(SMOL).sha256) is (kind == "intact")
+
+
+# --------------------------------------------------------------- the embeddings cache
+
+TEXTS = ["a harbour reopened", "the bridge was closed for repairs", "rain flooded the valley"]
+
+
+@pytest.fixture(scope="module")
+def minilm() -> Any:
+    from llmapps.retrieval.embeddings import MINILM, SentenceTransformerEmbeddings
+
+    inner = SentenceTransformerEmbeddings(MINILM, device="cpu", local_files_only=True)
+    try:
+        inner.embed_query("load")
+    except ModelNotFoundError as err:
+        pytest.skip(str(err))
+    return inner
+
+
+def _cached(inner: Any, folder: Path) -> Any:
+    from llmapps.retrieval.embeddings import MINILM, CachedEmbeddings
+
+    return CachedEmbeddings(inner, MINILM, cache_dir=folder)
+
+
+def _fill(inner: Any, folder: Path) -> np.ndarray:
+    cache = _cached(inner, folder)
+    truth = np.array(cache.embed_documents(TEXTS))
+    cache.close()  # the WAL folded into the file, as when a process ends
+    return truth
+
+
+@pytest.mark.parametrize("kind", ["garbage", "truncated", "header damaged", "text file"])
+def test_a_damaged_embeddings_cache_is_set_aside_and_rebuilt(
+    kind: str, minilm: Any, tmp_path: Path
+) -> None:
+    truth = _fill(minilm, tmp_path)
+    path = tmp_path / "embeddings.sqlite"
+    data = path.read_bytes()
+    damaged = {
+        "garbage": os.urandom(len(data)),
+        "truncated": data[: len(data) // 3],
+        "header damaged": b"\xff" * 100 + data[100:],
+        "text file": b"not a database\n" * 40,
+    }[kind]
+    path.write_bytes(damaged)
+    cache = _cached(minilm, tmp_path)
+    assert np.allclose(cache.embed_documents(TEXTS), truth, atol=1e-5)
+    assert path.with_name("embeddings.sqlite.damaged").read_bytes() == damaged
+    cache.close()
+    again = _cached(minilm, tmp_path)  # the rebuilt file answers, the model is not asked
+    assert np.allclose(again.embed_documents(TEXTS), truth, atol=1e-5)
+    assert again.stats == {"hits": 3, "misses": 0}
+
+
+@pytest.mark.parametrize(
+    "vec",
+    [
+        np.full(384, np.nan, dtype=np.float32),
+        np.full(384, 7.0, dtype=np.float32),  # not unit length
+        np.ones(17, dtype=np.float32) / np.sqrt(17),  # unit length, another dimension
+        b"abc",  # not float32 at all
+    ],
+    ids=["nan", "scaled", "other dimension", "odd bytes"],
+)
+def test_a_damaged_cached_vector_is_embedded_again(vec: Any, minilm: Any, tmp_path: Path) -> None:
+    import sqlite3
+
+    from llmapps.retrieval.embeddings import text_hash
+
+    truth = _fill(minilm, tmp_path)
+    blob = vec if isinstance(vec, bytes) else vec.tobytes()
+    with sqlite3.connect(tmp_path / "embeddings.sqlite") as db:
+        db.execute("UPDATE vectors SET vec=? WHERE hash=?", (blob, text_hash(TEXTS[1])))
+    cache = _cached(minilm, tmp_path)
+    assert np.allclose(cache.embed_documents(TEXTS), truth, atol=1e-5)
+    assert cache.stats == {"hits": 2, "misses": 1}
+    cache.close()
+    again = _cached(minilm, tmp_path)  # the good vector replaced the bad one in the file
+    assert np.allclose(again.embed_documents(TEXTS), truth, atol=1e-5)
+    assert again.stats == {"hits": 3, "misses": 0}
+
+
+def test_a_folder_in_place_of_the_embeddings_cache_is_one_error(
+    minilm: Any, tmp_path: Path
+) -> None:
+    from llmapps.errors import RetrievalError
+
+    (tmp_path / "embeddings.sqlite").mkdir()
+    with pytest.raises(RetrievalError, match=r"cannot use the embeddings cache .*move it aside"):
+        _cached(minilm, tmp_path).embed_documents(TEXTS)

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from langchain_core.embeddings import Embeddings
 
-from llmapps.errors import ConfigError, ModelNotFoundError
+from llmapps.errors import ConfigError, ModelNotFoundError, RetrievalError
 
 if TYPE_CHECKING:
     from llmapps.models.pool import ModelPool
@@ -173,24 +173,91 @@ class CachedEmbeddings(Embeddings):
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------ cache
+    # A cache we wrote is verified before use: a file SQLite cannot read is set aside and the
+    # cache starts afresh; a vector that is not finite, not unit length or not of the cache's
+    # dimension is a miss, embedded again and replaced.
+    @property
+    def cache_path(self) -> Path | None:
+        return None if self.cache_dir is None else self.cache_dir / "embeddings.sqlite"
+
     def _conn(self) -> sqlite3.Connection | None:
-        if self.cache_dir is None:
+        path = self.cache_path
+        if path is None:
             return None
         if self._db is None:
-            self.cache_dir.mkdir(parents=True, exist_ok=True)
-            db = sqlite3.connect(
-                self.cache_dir / "embeddings.sqlite", timeout=60, check_same_thread=False
-            )
+            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                self._db = self._open(path)
+            except sqlite3.OperationalError as err:  # a folder in its place, no access, locked
+                raise self._unusable(err) from err
+            except sqlite3.DatabaseError as err:  # not a database, or a damaged one
+                self._set_aside(err)
+                self._db = self._open(path)
+        return self._db
+
+    @staticmethod
+    def _open(path: Path) -> sqlite3.Connection:
+        db = sqlite3.connect(path, timeout=60, check_same_thread=False)
+        try:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute(
                 "CREATE TABLE IF NOT EXISTS vectors (model TEXT, hash TEXT, vec BLOB, "
                 "PRIMARY KEY (model, hash))"
             )
             db.commit()
-            self._db = db
-        return self._db
+        except sqlite3.Error:
+            db.close()
+            raise
+        return db
+
+    def _set_aside(self, err: Exception) -> None:
+        """Move a damaged cache file aside (kept for a look, replacing an older one)."""
+        path = self.cache_path
+        assert path is not None
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+        aside = path.with_name(path.name + ".damaged")
+        log.warning("the embeddings cache %s is damaged (%s); moved to %s", path, err, aside)
+        for suffix in ("-wal", "-shm"):
+            path.with_name(path.name + suffix).unlink(missing_ok=True)
+        path.replace(aside)
+
+    def _valid(self, found: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The cached vectors fit to use: finite, of unit length (or zero) and of one dimension."""
+        if not found:
+            return found
+        dims = [v.shape[0] for v in found.values()]
+        dim = self._dim or max(set(dims), key=dims.count)
+        good = {}
+        for h, v in found.items():
+            norm = float(np.linalg.norm(v)) if v.shape[0] == dim else -1.0
+            if np.isfinite(norm) and (abs(norm - 1.0) < 1e-3 or norm == 0.0):
+                good[h] = v
+        if len(good) < len(found):
+            log.warning(
+                "%s: %d damaged cached vector(s) embedded again",
+                self.cache_path,
+                len(found) - len(good),
+            )
+        return good
+
+    def _unusable(self, err: sqlite3.Error) -> RetrievalError:
+        return RetrievalError(
+            f"cannot use the embeddings cache {self.cache_path} ({err}); move it aside, or set "
+            "LLMAPPS_RETRIEVAL__CACHE_DIR to another folder"
+        )
 
     def _lookup(self, hashes: list[str]) -> dict[str, np.ndarray]:
+        try:
+            return self._valid(self._lookup_rows(hashes))
+        except sqlite3.OperationalError as err:
+            raise self._unusable(err) from err
+        except sqlite3.DatabaseError as err:  # damaged pages: start afresh, every vector a miss
+            self._set_aside(err)
+            return {}
+
+    def _lookup_rows(self, hashes: list[str]) -> dict[str, np.ndarray]:
         db = self._conn()
         if db is None or not hashes:
             return {}
@@ -203,18 +270,26 @@ class CachedEmbeddings(Embeddings):
                 [self.model_id, *chunk],
             )
             for h, blob in rows:
-                found[h] = np.frombuffer(blob, dtype=np.float32)
+                if isinstance(blob, bytes) and len(blob) % 4 == 0 and blob:
+                    found[h] = np.frombuffer(blob, dtype=np.float32)
         return found
 
     def _store(self, items: list[tuple[str, np.ndarray]]) -> None:
-        db = self._conn()
-        if db is None or not items:
-            return
-        db.executemany(
-            "INSERT OR REPLACE INTO vectors VALUES (?, ?, ?)",
-            [(self.model_id, h, v.astype(np.float32).tobytes()) for h, v in items],
-        )
-        db.commit()
+        rows = [(self.model_id, h, v.astype(np.float32).tobytes()) for h, v in items]
+        for attempt in (1, 2):
+            db = self._conn()
+            if db is None or not rows:
+                return
+            try:
+                db.executemany("INSERT OR REPLACE INTO vectors VALUES (?, ?, ?)", rows)
+                db.commit()
+                return
+            except sqlite3.OperationalError as err:
+                raise self._unusable(err) from err
+            except sqlite3.DatabaseError as err:  # damaged pages: write into a fresh file
+                if attempt == 2:
+                    raise self._unusable(err) from err
+                self._set_aside(err)
 
     # ------------------------------------------------------------ embedding
     def embed_array(self, texts: Sequence[str]) -> np.ndarray:
