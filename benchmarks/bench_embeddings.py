@@ -102,11 +102,10 @@ def measure_both(args: argparse.Namespace, lines: list[str], tmp: Path) -> int:
     )
 
     warm_cache = tmp / "warm-cache"
-    inner = SentenceTransformerEmbeddings(MINILM, device="cpu")
     runs = iter(range(1_000_000))
 
     def build(cache: Path) -> harness.Run:
-        emb = CachedEmbeddings(inner, MINILM, cache_dir=cache)
+        emb = CachedEmbeddings(ours, MINILM, cache_dir=cache)
         store = FaissVectorStore(emb, path=tmp / f"index-{next(runs)}")
         store.add_documents(load_documents(corpus), skip_duplicates=True)
         store.save()

@@ -19,7 +19,7 @@ the one-by-one reference (a). Throughput is output tokens (of the cut texts) per
     python benchmarks/bench_generation.py --model Qwen/Qwen2.5-0.5B -n 32 --max-new-tokens 64
     python benchmarks/bench_generation.py --real -n 16 --max-new-tokens 64
                                            # Gemma 3 270M, prompts packed to the default budget
-    python benchmarks/bench_generation.py --quick               # 4 prompts, 8 tokens: does it run
+    python benchmarks/bench_generation.py --quick               # 3 short prompts, 6 tokens: does it run
 
 Runs on ``benchmarks/harness.py`` (sides interleaved, repeats, spread, dtype, quality: valid =
 the output parses as a news riddle, identical = the same text as (a)) and writes
@@ -96,11 +96,14 @@ def main(argv: list[str] | None = None) -> int:
         help="ours, and peer (b)'s (default: settings.generation.batch_size)",
     )
     ap.add_argument("--device", default=None)
+    ap.add_argument(
+        "--dtype", default=None, help="float32, bfloat16, ... (default: the settings' auto)"
+    )
     harness.add_arguments(ap)
     args = ap.parse_args(argv)
     name = "bench_generation"
     if args.quick:
-        args.model, args.n, args.words, args.max_new_tokens = "tiny-base", 4, 40, 8
+        args.model, args.n, args.words, args.max_new_tokens = "tiny-base", 3, 20, 6
     if args.real:
         if args.model == "tiny-base":
             args.model = "gemma-3-270m"
@@ -115,7 +118,9 @@ def main(argv: list[str] | None = None) -> int:
     from llmapps.models.local import load_local_model
     from llmapps.models.streaming import cut_at_stop
 
-    lm = load_local_model(args.model, device=args.device, batch_size=args.batch_size)
+    lm = load_local_model(
+        args.model, device=args.device, dtype=args.dtype, batch_size=args.batch_size
+    )
     args.batch_size = lm.batch_size
     if args.real:
         prompts, stops = build_packed_prompts(args.n, args.model, args.max_new_tokens)
@@ -198,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         "max_new_tokens": args.max_new_tokens,
         "batch_size": args.batch_size,
         "device": lm.device,
+        "dtype": dtype,
         "stops": stops,
     }
     what = (

@@ -1,32 +1,41 @@
-"""Dynamic batching in ``llmapps serve``: 16 concurrent clients vs the same requests one by one.
+"""``llmapps serve`` under concurrent clients against llama-cpp-python's own server, same GGUF.
 
-The server runs in its own process on 127.0.0.1 (``llmapps serve --port 0``). The same 16 chat
-requests (greedy, ``max_tokens`` 32) are sent sequentially (the peer: what a server that handles
-one request at a time behind a lock delivers), then by 16 concurrent clients, which the server
-gathers into batched ``generate`` calls. Throughput is completion tokens per wall second.
+Each server runs in its own process on 127.0.0.1, both up for the whole run; the same chat
+requests (greedy, ``max_tokens`` 32) go to them on ``benchmarks/harness.py`` (interleaved
+repeats, completion tokens per wall second, each server process's peak RSS):
 
-::
+- ours: ``llmapps serve --model GGUF`` (our llama.cpp backend, dynamic batching), ``--clients``
+  (16) concurrent clients;
+- peer: ``python -m llama_cpp.server --model GGUF`` with the same threads and context, the same
+  concurrent clients (it answers one request at a time, as shipped);
+- reference: our server with the requests sent one by one (what batching gains, not a peer).
 
-    python benchmarks/bench_server_batching.py                       # tiny-instruct, ~1-2 min
-    python benchmarks/bench_server_batching.py \
-        --model .pytest_cache/llmapps-home/models/tiny-instruct
-    python benchmarks/bench_server_batching.py --model Qwen/Qwen2.5-0.5B-Instruct --threads 8
+Quality: every reply non-empty (valid) and identical to ours. ``--model`` that is not a ``.gguf``
+(a transformers model, e.g. ``tiny-instruct``) runs ours and the reference only. ::
 
-Prints a table and writes ``results/bench_server_batching.json`` beside this script.
+    python benchmarks/bench_server_batching.py           # the packaged SmolLM2-135M GGUF
+    python benchmarks/bench_server_batching.py --model tiny-instruct --threads 1
+    python benchmarks/bench_server_batching.py --quick   # tiny-instruct, 4 clients, 8 tokens
+    python benchmarks/bench_server_batching.py --quick --model PATH.gguf   # with the peer
+
+Writes ``results/bench_server_batching.json``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import contextlib
 import os
 import re
+import socket
 import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+
+import harness
 
 TOPICS = [
     "a new footbridge",
@@ -51,6 +60,7 @@ TOPICS = [
 def start_server(
     model: str, threads: int, max_batch: int, wait_ms: float
 ) -> tuple[subprocess.Popen[str], str]:
+    """``llmapps serve`` on a free loopback port; its URL."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     env.pop("LLMAPPS_SERVICE__SERVER__API_KEY", None)
     cmd = [
@@ -81,24 +91,88 @@ def start_server(
     raise SystemExit("llmapps serve did not start; run it by hand to see why")
 
 
+def start_llama_server(gguf: str, threads: int, n_ctx: int, log: Path) -> tuple[Any, str]:
+    """llama-cpp-python's own server on a free loopback port; its URL."""
+    import httpx
+
+    from llmapps.models.native_probe import check_llamacpp
+
+    check_llamacpp()  # a build that crashes on this CPU: one line, not a dead server
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    with log.open("w") as fh:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "llama_cpp.server",
+                "--model",
+                gguf,
+                "--model_alias",
+                "bench",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--n_ctx",
+                str(n_ctx),
+                "--n_threads",
+                str(threads),
+                "--n_threads_batch",
+                str(threads),
+            ],
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 300
+    while True:
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{url}/v1/models", timeout=5).status_code == 200:
+                return proc, url
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.terminate()
+            raise SystemExit(f"llama_cpp.server did not start: {log.read_text()[-2000:]}")
+        time.sleep(0.5)
+
+
+def stop(proc: Any) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument(
-        "--model", default="tiny-instruct", help="model id or directory (default: tiny-instruct)"
+        "--model",
+        default=None,
+        help="a .gguf (default: the packaged SmolLM2-135M-Instruct) "
+        "or a transformers model (tiny-instruct, a directory): then no llama.cpp peer",
     )
     ap.add_argument("--clients", type=int, default=16)
     ap.add_argument("--max-tokens", type=int, default=32)
-    ap.add_argument("--rounds", type=int, default=2, help="rounds of each mode (totals are summed)")
-    ap.add_argument("--threads", type=int, default=1, help="torch threads in the server process")
+    ap.add_argument(
+        "--threads", type=int, default=len(os.sched_getaffinity(0)), help="threads of each server"
+    )
     ap.add_argument("--batch-wait-ms", type=float, default=5.0)
+    harness.add_arguments(ap)
     args = ap.parse_args(argv)
+    if args.quick:
+        args.clients, args.max_tokens = 4, 8
+        args.model = args.model or "tiny-instruct"
+    if args.model is None:
+        from llmapps.models.packaged import gguf_path
+
+        args.model = str(gguf_path("smollm2-135m-instruct"))
+    gguf = args.model.endswith(".gguf")
 
     import httpx
-    from rich.console import Console
-    from rich.table import Table
 
-    proc, url = start_server(args.model, args.threads, args.clients, args.batch_wait_ms)
-    client = httpx.Client(base_url=url, timeout=600)
     bodies = [
         {
             "model": "bench",
@@ -110,70 +184,106 @@ def main(argv: list[str] | None = None) -> int:
         }
         for i in range(args.clients)
     ]
-
-    def ask(body: dict[str, Any]) -> int:
-        r = client.post("/v1/chat/completions", json=body)
-        r.raise_for_status()
-        return int(r.json()["usage"]["completion_tokens"])
-
-    totals = {"sequential": [0.0, 0], "concurrent": [0.0, 0]}
+    prompts = [b["messages"][0]["content"] for b in bodies]  # type: ignore[index]
+    procs: list[Any] = []
+    pool = ThreadPoolExecutor(args.clients)
     try:
-        ask(bodies[0])  # warm up (first generate call pays one-off costs)
-        with ThreadPoolExecutor(args.clients) as pool:
-            for _ in range(args.rounds):
-                started = time.perf_counter()
-                toks = sum(ask(b) for b in bodies)
-                totals["sequential"][0] += time.perf_counter() - started
-                totals["sequential"][1] += toks
-                started = time.perf_counter()
-                toks = sum(pool.map(ask, bodies))
-                totals["concurrent"][0] += time.perf_counter() - started
-                totals["concurrent"][1] += toks
-        batching = client.get("/health").json()["batching"]
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        ours_proc, ours_url = start_server(
+            args.model, args.threads, args.clients, args.batch_wait_ms
+        )
+        procs.append(ours_proc)
+        servers = {"ours": (ours_proc, httpx.Client(base_url=ours_url, timeout=600))}
+        if gguf:
+            from llmapps.models.llamacpp import read_gguf_header
+            from llmapps.settings import get_settings
 
-    rows = []
-    for mode, (secs, toks) in totals.items():
-        rows.append(
-            {
-                "mode": mode,
-                "requests": args.rounds * args.clients,
-                "seconds": secs,
-                "completion_tokens": toks,
-                "tokens_per_s": toks / secs,
-            }
+            trained = read_gguf_header(args.model).context_length
+            n_ctx = min(get_settings().generation.llamacpp_context, trained or 1 << 30)
+            log = harness.QUICK_RESULTS / "llama_server.log"
+            log.parent.mkdir(parents=True, exist_ok=True)
+            peer_proc, peer_url = start_llama_server(args.model, args.threads, n_ctx, log)
+            procs.append(peer_proc)
+            servers["peer"] = (peer_proc, httpx.Client(base_url=peer_url, timeout=600))
+
+        def ask(client: httpx.Client, body: dict[str, Any]) -> tuple[str, int]:
+            r = client.post("/v1/chat/completions", json=body)
+            r.raise_for_status()
+            doc = r.json()
+            text = doc["choices"][0]["message"]["content"] or ""
+            return text, int(doc["usage"]["completion_tokens"])
+
+        def concurrent(client: httpx.Client) -> harness.Run:
+            got = list(pool.map(lambda b: ask(client, b), bodies))
+            return harness.Run(sum(n for _, n in got), texts=[t for t, _ in got])
+
+        def one_by_one(client: httpx.Client) -> harness.Run:
+            got = [ask(client, b) for b in bodies]
+            return harness.Run(sum(n for _, n in got), texts=[t for t, _ in got])
+
+        common = {"threads": args.threads, "inputs": prompts}
+        dtype = "GGUF (llama.cpp)" if gguf else "auto (transformers)"
+        ours_client = servers["ours"][1]
+        sides = [
+            harness.Side(
+                f"ours: llmapps serve, {args.clients} concurrent clients",
+                lambda: concurrent(ours_client),
+                role="ours",
+                dtype=dtype,
+                batch_size=args.clients,
+                pid=ours_proc.pid,
+                **common,
+            )
+        ]
+        if gguf:
+            peer_proc, peer_client = servers["peer"]
+            sides.append(
+                harness.Side(
+                    f"llama_cpp.server, {args.clients} concurrent clients",
+                    lambda: concurrent(peer_client),
+                    dtype=dtype,
+                    batch_size=1,
+                    pid=peer_proc.pid,
+                    note="llama-cpp-python's own server as shipped (one request at a time)",
+                    **common,
+                )
+            )
+        sides.append(
+            harness.Side(
+                "llmapps serve, one request at a time",
+                lambda: one_by_one(ours_client),
+                role="reference",
+                dtype=dtype,
+                batch_size=1,
+                pid=ours_proc.pid,
+                **common,
+            )
         )
-    ratio = rows[1]["tokens_per_s"] / rows[0]["tokens_per_s"]
-    table = Table(
-        title=f"llmapps serve {args.model}: {args.clients} requests x {args.rounds} rounds, "
-        f"max_tokens {args.max_tokens}"
-    )
-    for col in ("mode", "requests", "seconds", "completion tokens", "tokens/s"):
-        table.add_column(col)
-    for r in rows:
-        table.add_row(
-            r["mode"],
-            str(r["requests"]),
-            f"{r['seconds']:.2f}",
-            str(r["completion_tokens"]),
-            f"{r['tokens_per_s']:.1f}",
+        m = harness.measure(
+            sides,
+            harness.Metric("tokens/s"),
+            repeats=args.repeats,
+            warmup=args.warmup,
+            valid=lambda t: bool(t.strip()),
+            progress=print,
         )
-    Console().print(table)
-    print(
-        f"concurrent / sequential tokens/s = {ratio:.2f}x "
-        f"(target >= 3: {'PASS' if ratio >= 3 else 'MISS'}); "
-        f"server batch sizes {batching['sizes']}"
+        batching = ours_client.get("/health").json().get("batching")
+    finally:
+        pool.shutdown()
+        for proc in procs:
+            stop(proc)
+    harness.finish(
+        "bench_server_batching",
+        m,
+        args,
+        config={
+            "model": Path(args.model).name,
+            **{k: getattr(args, k) for k in ("clients", "max_tokens", "threads", "batch_wait_ms")},
+        },
+        what=f"{args.clients} greedy chat requests of {args.max_tokens} tokens to servers of "
+        f"{Path(args.model).name} on loopback",
+        argv=argv,
+        extra={"ours_batching": batching},
     )
-    out = Path(__file__).parent / "results" / "bench_server_batching.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(
-        json.dumps(
-            {"config": vars(args), "rows": rows, "ratio": ratio, "batching": batching}, indent=2
-        )
-    )
-    print(f"wrote {out}")
     return 0
 
 
