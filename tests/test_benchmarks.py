@@ -270,3 +270,15 @@ def test_bench_server_batching_quick_against_llama_cpp_server(
     assert bench("bench_server_batching").main(argv) == 0
     doc = check_result(out, sides=3, texts=True)
     assert doc["sides"][1]["name"].startswith("llama_cpp.server")
+
+
+def test_run_all_runs_every_benchmark_on_the_harness() -> None:
+    run_all = bench("run_all")
+    on_harness = sorted(
+        p.stem for p in BENCH.glob("bench_*.py") if "import harness" in p.read_text()
+    )
+    assert sorted(run_all.RUNS) == on_harness
+    quick = run_all.commands(quick=True, only=None)
+    assert len(quick) == len(on_harness) and all(c[-1] == "--quick" for c in quick)
+    with pytest.raises(SystemExit, match="unknown benchmarks"):
+        run_all.commands(quick=True, only=["bench_nothing"])
