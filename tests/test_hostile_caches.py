@@ -315,3 +315,40 @@ def test_a_folder_in_place_of_the_embeddings_cache_is_one_error(
     (tmp_path / "embeddings.sqlite").mkdir()
     with pytest.raises(RetrievalError, match=r"cannot use the embeddings cache .*move it aside"):
         _cached(minilm, tmp_path).embed_documents(TEXTS)
+
+
+# --------------------------------------------------------------- the service response cache
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "{not json",
+        '{"lc": 1, "type": "constructor", "id": ["os", "system"], "kwargs": {}}',
+        "[]",
+        '"just a string"',
+        "other model parameters",
+    ],
+    ids=["not json", "a foreign class", "empty", "a string", "another llm_string"],
+)
+def test_a_damaged_cached_response_is_a_miss(value: str, tmp_path: Path) -> None:
+    import sqlite3
+
+    from langchain_core.messages import AIMessage
+    from langchain_core.outputs import ChatGeneration
+
+    from llmapps.service.cache import ResponseCache
+
+    cache = ResponseCache(tmp_path / "cache.sqlite")
+    answer = [ChatGeneration(message=AIMessage("the cached answer"))]
+    cache.update("prompt", "llm", answer)
+    assert cache.lookup("prompt", "llm") == answer
+    with sqlite3.connect(tmp_path / "cache.sqlite") as db:
+        if value == "other model parameters":
+            db.execute("UPDATE generations SET llm_string = 'another model'")
+        else:
+            db.execute("UPDATE generations SET value = ?", (value,))
+    assert cache.lookup("prompt", "llm") is None  # asked again, not a traceback
+    cache.update("prompt", "llm", answer)
+    assert cache.lookup("prompt", "llm") == answer
+    cache.close()

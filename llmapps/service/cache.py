@@ -104,15 +104,34 @@ class ResponseCache(BaseCache):
                 )
 
     def lookup(self, prompt: str, llm_string: str) -> RETURN_VAL_TYPE | None:
-        with self._lock:
-            row = self._conn.execute(
-                "SELECT value FROM generations WHERE key = ?", (_key(prompt, llm_string),)
-            ).fetchone()
+        """The cached generations, verified before use: a row whose recorded ``llm_string`` is
+        not this one, or whose value does not load as generations, is a miss (logged), and the
+        fresh answer replaces it."""
+        try:
+            with self._lock:
+                row = self._conn.execute(
+                    "SELECT value, llm_string FROM generations WHERE key = ?",
+                    (_key(prompt, llm_string),),
+                ).fetchone()
+        except sqlite3.DatabaseError as err:
+            raise ConfigError(
+                f"{self.path} is not a readable response cache ({err}); delete it (it is only a "
+                "cache) or point LLMAPPS_SERVICE__CACHE_PATH elsewhere"
+            ) from err
         if row is None:
             return None
-        with warnings.catch_warnings():  # loads is marked beta; the classes allowed are fixed
-            warnings.simplefilter("ignore")
-            return list(loads(row[0], allowed_objects=_ALLOWED))
+        try:
+            if row[1] != llm_string:
+                raise ValueError("it was stored for other model parameters")
+            with warnings.catch_warnings():  # loads is marked beta; the classes allowed are fixed
+                warnings.simplefilter("ignore")
+                value = list(loads(row[0], allowed_objects=_ALLOWED))
+            if not value or not all(isinstance(g, Generation) for g in value):
+                raise ValueError("it holds no generations")
+        except Exception as err:  # anything a damaged or foreign row makes loads raise
+            log.warning("%s: a damaged cached response is asked again (%s)", self.path, err)
+            return None
+        return value
 
     def update(self, prompt: str, llm_string: str, return_val: RETURN_VAL_TYPE) -> None:
         value = dumps(list(return_val))
