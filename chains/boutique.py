@@ -29,7 +29,6 @@ import logging
 import re
 import sqlite3
 import threading
-import time
 from collections.abc import Iterator, Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -40,10 +39,10 @@ from pydantic import Field
 
 from chains import boutique_data as data
 from chains.boutique_guard import Catalog, Resolution
+from chains.boutique_memory import history_error, session_lock
 from chains.boutique_metrics import METRICS, score
 from llmapps.errors import InputError
 from llmapps.files import read_text
-from llmapps.locks import exclusive_lock
 from llmapps.options import AppOptions
 from llmapps.strategies.base import Strategy
 
@@ -51,7 +50,6 @@ log = logging.getLogger(__name__)
 
 MAX_MESSAGE_CHARS = 2000  # a shop question; longer is refused before anything is stored
 HISTORY_TURNS = 3  # question/answer pairs of the conversation shown to the model
-SESSION_WAIT_S = 600.0  # how long a turn waits for another process answering in its session
 _SESSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _CITE_RE = re.compile(r"\b(LB-\d{3}|P-[A-Z]+)\b")
 NO_ANSWER = (
@@ -376,17 +374,6 @@ class BoutiqueChat(Runnable[Any, dict[str, Any]]):
                 self._graph = self._compile()
             return self._graph
 
-    def _damaged(self, err: sqlite3.Error) -> InputError:
-        """One line naming the history file, for a store SQLite cannot use."""
-        if isinstance(err, sqlite3.OperationalError):  # a folder, no access, locked too long
-            what = f"cannot be used ({err})"
-        else:
-            what = f"is damaged or not a history database ({err})"
-        return InputError(
-            f"the chat history {self.history_db} {what}; move it aside (or delete it) to start "
-            "with empty histories, or pass another --history-db"
-        )
-
     @contextlib.contextmanager
     def _store(self, sid: str | None = None) -> Iterator[Any]:
         """The compiled graph, every SQLite fault one ``InputError`` naming the file; with ``sid``,
@@ -396,26 +383,10 @@ class BoutiqueChat(Runnable[Any, dict[str, Any]]):
             if sid is None:
                 yield self.graph()
                 return
-            with self._session_lock(sid):
+            with session_lock(self.history_db, sid):
                 yield self.graph()
         except sqlite3.Error as err:
-            raise self._damaged(err) from err
-
-    @contextlib.contextmanager
-    def _session_lock(self, sid: str) -> Iterator[None]:
-        lock = self.history_db.parent / f".{self.history_db.name}.{sid}.lock"
-        deadline = time.monotonic() + SESSION_WAIT_S
-        held = contextlib.ExitStack()
-        while True:
-            try:
-                held.enter_context(exclusive_lock(lock, f"session {sid!r} of {self.history_db}"))
-                break
-            except InputError:  # another process (or thread) is answering in this session
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-        with held:
-            yield
+            raise history_error(self.history_db, err) from err
 
     def _compile(self) -> Any:
         from langchain_core.messages import AIMessage

@@ -42,7 +42,7 @@ class Slots:
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
-def _host_of(header: str) -> str:
+def host_of(header: str) -> str:
     """The host of a Host header, without its port or IPv6 brackets, lower case."""
     h = header.strip().lower()
     if h.startswith("["):
@@ -64,13 +64,13 @@ class Guard:
         self, app: Any, max_bytes: int, key: str | None = None, allowed_hosts: Any = None
     ) -> None:
         self.app, self.max_bytes, self.key = app, max_bytes, key
-        self.allowed = None if allowed_hosts is None else {_host_of(h) for h in allowed_hosts}
+        self.allowed = None if allowed_hosts is None else {host_of(h) for h in allowed_hosts}
 
     def _refusal(self, scope: Any) -> APIError | None:
         headers = dict(scope.get("headers") or [])
         host = headers.get(b"host")
         if self.allowed is not None and host is not None:
-            name = _host_of(host.decode("latin-1"))
+            name = host_of(host.decode("latin-1"))
             if name not in self.allowed:
                 return APIError(
                     400,

@@ -32,7 +32,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from llmapps.evaluate.human import MAX_COMMENT_CHARS, RatingStore, plot_win_rates
-from llmapps.serving.guard import LOOPBACK_HOSTS, Guard, _host_of
+from llmapps.serving.guard import LOOPBACK_HOSTS, Guard, host_of
 from llmapps.serving.protocol import APIError
 from llmapps.serving.server import is_loopback
 from llmapps.ui.session import AppSession, error_text, status_line
@@ -58,7 +58,7 @@ class PageGuard(Guard):
         origin = dict(scope.get("headers") or []).get(b"origin")
         if origin is None:
             return None
-        name = _host_of(urlsplit(origin.decode("latin-1")).netloc)
+        name = host_of(urlsplit(origin.decode("latin-1")).netloc)
         if name not in self.allowed:
             return APIError(
                 403,
