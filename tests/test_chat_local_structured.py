@@ -71,6 +71,7 @@ def test_a_reply_cut_short_is_a_parsing_error_not_a_partial_dict(chat: ChatLocal
     assert out["raw"].response_metadata["constraint_error"]
     with pytest.raises(OutputParserException, match="did not complete its schema"):
         short.with_structured_output(PickDict).invoke(ASK)
+    assert list(short.stream(ASK))[-1].response_metadata["finish_reason"] == "length"
 
 
 def test_callbacks_see_the_structured_output_format(chat: ChatLocal) -> None:

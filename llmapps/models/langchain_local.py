@@ -260,7 +260,8 @@ class ChatLocal(_LocalMixin, BaseChatModel):
                     "total_tokens": n_in + n_out,
                 },
                 response_metadata={
-                    "finish_reason": "stop",
+                    # as the server says it: a reply that used its whole budget was cut
+                    "finish_reason": "length" if n_out >= params.max_new_tokens else "stop",
                     "model_name": self.model,
                     "model_provider": "llmapps",
                 },
