@@ -88,6 +88,12 @@ def test_openai_client_parse_returns_the_pydantic_object(served: dict[str, Any])
     assert isinstance(parsed, Verdict), r.choices[0].message.content
     assert Verdict.model_validate_json(r.choices[0].message.content or "") == parsed
     assert r.choices[0].finish_reason == "stop"
+    with served["client"].chat.completions.stream(  # the client's streaming helper parses too
+        model=MODEL, messages=ASK, response_format=Verdict, max_tokens=160, temperature=0
+    ) as stream:
+        for _event in stream:
+            pass
+        assert stream.get_final_completion().choices[0].message.parsed == parsed
 
 
 def test_json_schema_streams_the_same_reply(served: dict[str, Any]) -> None:
