@@ -128,9 +128,11 @@ def _plain(value: Any) -> Any:
 
 # ------------------------------------------------------------------ the engine (llguidance)
 
-# Whitespace JSON may hold between tokens: bounded, so a small model cannot loop on newlines
-# (llguidance's default is unbounded); pretty-printed JSON (newline + indent) still fits.
-JSON_WHITESPACE = r"[\x20\x0A\x0D\x09]{0,16}"
+# Whitespace JSON may hold between tokens: one space, or one newline and an indent, so a small
+# model cannot spend its tokens on blank lines (llguidance's default is any run of whitespace:
+# SmolLM2 wrote "\n\n,\n\n" between fields and ran out of tokens in 1 of 4 replies); both
+# json.dumps' and pretty-printed JSON still fit.
+JSON_WHITESPACE = r"(\x20|\x0A[\x20\x09]{0,8})?"
 # compiled grammars kept per (tokenizer fingerprint, constraint key)
 _CACHE_SIZE = 64
 
@@ -179,7 +181,8 @@ def grammar_of(constraint: OutputConstraint) -> tuple[str, str]:
             )
         try:
             grammar = LLMatcher.grammar_from_json_schema(
-                _json_text(value), defaults={"whitespace_pattern": JSON_WHITESPACE}
+                _json_text(_closed_objects(value)),
+                defaults={"whitespace_pattern": JSON_WHITESPACE},
             )
         except ValueError as err:
             raise ConstraintError(f"invalid JSON schema: {err}", param="json_schema") from err
@@ -216,6 +219,21 @@ def grammar_of(constraint: OutputConstraint) -> tuple[str, str]:
     return LLMatcher.grammar_from_lark(layout_lark(value)), "layout"
 
 
+def _closed_objects(schema: Any) -> Any:
+    """The schema with ``additionalProperties: false`` on every object that lists its
+    ``properties`` and says nothing of others: the strict reading OpenAI's structured outputs
+    require and xgrammar applies by default (SmolLM2 otherwise went on past the three news-riddle
+    fields with keys of its own, 2 of 4 replies). An explicit ``additionalProperties`` is kept."""
+    if isinstance(schema, list):
+        return [_closed_objects(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: _closed_objects(v) for k, v in schema.items()}
+    if isinstance(out.get("properties"), dict) and "additionalProperties" not in out:
+        out["additionalProperties"] = False
+    return out
+
+
 def _lark_str(text: str) -> str:
     return json.dumps(text, ensure_ascii=False)
 
@@ -234,9 +252,14 @@ def layout_lark(layout: Layout) -> str:
         if f.before:
             seq.append(_lark_str(f.before))
         seq.append(f"f{i}")
-        # a multiline field may not hold the next field's label (it would end there)
+        # a multiline field ends where the next label starts: the engine's lexemes are greedy, so
+        # a bare /(.|\n)+/ swallowed "\n[Answer]: ..." and never closed (a worked example's
+        # own reply was rejected); a stop at the next literal ends it there (lazily), and a spent
+        # budget still forces the literal itself (helper-3's mend, issue 21)
         body = r"/(.|\n)+/" if f.multiline else r"/[^\n]+/"
-        rules.append(f"f{i}[max_tokens={f.max_tokens}]: {body}")
+        nxt = (layout.fields[i + 1].before if i + 1 < len(layout.fields) else layout.after).rstrip()
+        stop = f", stop={_lark_str(nxt)}" if f.multiline and nxt else ""
+        rules.append(f"f{i}[max_tokens={f.max_tokens}{stop}]: {body}")
     if layout.after:
         seq.append(_lark_str(layout.after))
     return "start: " + " ".join(seq) + "\n" + "\n".join(rules) + "\n"
