@@ -11,7 +11,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 
 from llmapps.errors import InputError
-from llmapps.serving.constraints import CONSTRAINT_FIELDS, constraint_of
+from llmapps.serving.constraints import constraint_of
 from llmapps.serving.engine import Serving
 from llmapps.serving.protocol import (
     _ERRORS,
@@ -84,8 +84,9 @@ def add_chat_routes(app: FastAPI, ctx: Serving, bearer: list[Any], chat: Any = N
             raise APIError(
                 400, "an app chat answers whole replies: send stream: false", param="stream"
             )
-        for param in (*_APP_CHOOSES, *CONSTRAINT_FIELDS):
-            if getattr(req, param) is not None:
+        _, constrained = constraint_of(req)  # response_format text is no constraint
+        for param in (*_APP_CHOOSES, *([constrained] if constrained else [])):
+            if getattr(req, param.split(".")[0]) is not None:
                 raise APIError(
                     400,
                     f"{param}: an app chat sets its own budget, sampling and reply shape "

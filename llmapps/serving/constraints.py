@@ -22,9 +22,6 @@ from typing import Any
 from llmapps.models.structured import OutputConstraint
 from llmapps.serving.protocol import APIError
 
-# the structured-output fields a request body may carry, in the order they are read
-CONSTRAINT_FIELDS = ("response_format", "structured_outputs", "json_schema", "grammar")
-
 # each response_format type and the fields it takes
 _RESPONSE_FORMATS = {
     "text": {"type"},
