@@ -424,3 +424,48 @@ def test_task_stop_strings_beyond_four_are_cut_on_arrival(endpoint: Any) -> None
     strategy = ServiceStrategy(base_url=url, model="fake-model", api_key=SECRET, cache=False)
     out = strategy.build(task).invoke({"x": "cut me"})
     assert out.content == "Summary: A thing happened.\n"  # the fake ignores stops; the 5th is ours
+
+
+def test_structured_on_is_an_error_where_the_endpoint_takes_no_structured_level(
+    endpoint: Any,
+) -> None:
+    url, state = endpoint
+    llm = model(url, structured_format=FMT, structured_required=True)
+    with pytest.raises(BackendError, match="takes neither response_format json_schema nor json"):
+        llm.invoke("a")
+    assert state.formats == {"json_schema": 1, "json_object": 1}  # no text request was sent
+    with pytest.raises(BackendError, match="structured=on"):  # remembered: no probe again
+        model(url, structured_format=FMT, structured_required=True).invoke("b")
+    assert state.formats == {"json_schema": 1, "json_object": 1}
+    state.supports_json_object = True
+    forget_structured_support()
+    out = model(url, structured_format=FMT, structured_required=True).invoke("c")
+    assert out.response_metadata["structured_output"] == "json_object"
+
+
+def test_service_strategy_structured_option_and_budgeted_schema(endpoint: Any) -> None:
+    from llmapps.strategies.service import ServiceStrategy, budgeted_schema
+    from prompts.loader import load_task
+
+    url, state = endpoint
+    opts = {"base_url": url, "model": "fake-model", "api_key": SECRET, "cache": False}
+    assert ServiceStrategy(**opts, structured_output="off").config.structured == "off"  # old name
+    assert ServiceStrategy(**opts, structured=True).config.structured == "on"  # --set structured=on
+    task = load_task("news_riddle/one_step", [])
+    schema = budgeted_schema(task, 128)
+    props = schema["properties"]
+    assert schema["additionalProperties"] is False
+    caps = [props[n]["maxLength"] for n in ("summary", "riddle", "answer")]
+    assert all(c > 0 and c % 4 == 0 for c in caps) and sum(caps) // 4 < 128, caps  # in budget
+    assert task.json_schema and "maxLength" not in task.json_schema["properties"]["summary"]
+    with pytest.raises(BackendError, match="structured=on"):
+        ServiceStrategy(**opts, structured="on").build(task).invoke(
+            {"title": "T", "text": "A thing happened."}
+        )
+    assert (
+        ServiceStrategy(**opts, structured="off")
+        .build(task)
+        .invoke({"title": "T", "text": "A thing happened."})
+        .content
+    )
+    assert state.formats.get("text", 0) == 1

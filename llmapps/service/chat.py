@@ -202,6 +202,9 @@ class ServiceChatModel(ChatOpenAI):  # type: ignore[override]
     structured_format: dict[str, Any] | None = Field(
         None, description="response_format sent when the endpoint supports it"
     )
+    structured_required: bool = Field(
+        False, description="an endpoint that takes neither json_schema nor json_object is an error"
+    )
 
     _stats: ServiceStats = PrivateAttr(default_factory=ServiceStats)
     _limiter: RateLimiter | None = PrivateAttr(default=None)
@@ -373,12 +376,17 @@ class ServiceChatModel(ChatOpenAI):  # type: ignore[override]
         key = self._capability_key
         level = _CAPABILITIES.get(key)
         if level is not None:
+            self._check_level(level)
             return self._generate_at(level, messages, stop, run_manager, kwargs)
         with _CAPABILITIES.deciding(key):  # one probe per endpoint+model, even in a batch
             level = _CAPABILITIES.get(key)
             if level is not None:
+                self._check_level(level)
                 return self._generate_at(level, messages, stop, run_manager, kwargs)
             for n, level in enumerate(STRUCTURED_LEVELS):
+                if level == "text" and self.structured_required:
+                    _CAPABILITIES.set(key, level)
+                    self._check_level(level)
                 if n and self.rate_limiter is not None:  # each probe is one more request
                     self.rate_limiter.acquire(blocking=True)
                 try:
@@ -403,6 +411,14 @@ class ServiceChatModel(ChatOpenAI):  # type: ignore[override]
                     )
                 return result
         raise AssertionError("the text level sends no response_format and cannot be refused")
+
+    def _check_level(self, level: str) -> None:
+        if level == "text" and self.structured_required:
+            raise BackendError(
+                f"{self.endpoint} ({self.model_name}) takes neither response_format json_schema "
+                "nor json_object, and structured output is required (structured=on); use "
+                "structured=auto to fall back to text, or an endpoint that constrains replies"
+            )
 
     def _generate_at(
         self,

@@ -13,7 +13,7 @@ import logging
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 
 from llmapps.strategies.base import Strategy, StrategyConfig
 
@@ -50,9 +50,21 @@ class ServiceStrategyConfig(StrategyConfig):
     tpm: int | None = Field(None, ge=1)
     cache: bool | None = None
     cache_path: str | None = None
-    structured_output: Literal["auto", "off"] = Field(
-        "auto", description="auto: ask for the task's JSON schema, fall back to text if refused"
+    structured: Literal["auto", "on", "off"] = Field(
+        "auto",
+        # structured_output: its name before the local strategies took `structured`
+        validation_alias=AliasChoices("structured", "structured_output"),
+        description="ask the endpoint for the task's JSON schema (each string capped from its "
+        "field budget): auto = json_schema, else json_object, else text, whichever the endpoint "
+        "takes; on = json_schema or json_object required (an error where the endpoint takes "
+        "neither); off = free text",
     )
+
+    @field_validator("structured", mode="before")
+    @classmethod
+    def _on_off(cls, value: Any) -> Any:
+        # `--set structured=on` arrives as YAML's True (and off as False)
+        return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
 
 
 class ServiceStrategy(Strategy):
@@ -122,7 +134,8 @@ class ServiceStrategy(Strategy):
             max_inflight=self.max_concurrency,
             cache_path=cache_path if use_cache else None,
             prices={k: v.model_dump() for k, v in s.prices.items()},
-            structured_format=response_format if c.structured_output == "auto" else None,
+            structured_format=response_format if c.structured != "off" else None,
+            structured_required=c.structured == "on",
         )
         self.models.append(model)
         return model
@@ -136,16 +149,25 @@ class ServiceStrategy(Strategy):
     def build(self, task: Task) -> Runnable[dict[str, Any], Any]:
         from langchain_core.runnables import RunnableLambda
 
+        max_new = self.config.max_new_tokens or task.max_new_tokens
         fmt = None
         if task.json_schema:
-            # closed unless the task says otherwise: an endpoint that constrains decoding (vLLM,
-            # llama.cpp, llmapps serve) would let a small model add keys until max_tokens
-            schema = {"additionalProperties": False, **task.json_schema}
             fmt = {
                 "type": "json_schema",
-                "json_schema": {"name": _schema_name(task), "schema": schema, "strict": False},
+                "json_schema": {
+                    "name": _schema_name(task),
+                    "schema": budgeted_schema(task, max_new),
+                    "strict": False,
+                },
             }
-        llm = self.chat_model(self.config.max_new_tokens or task.max_new_tokens, fmt)
+        elif self.config.structured == "on":
+            from llmapps.errors import ConfigError
+
+            raise ConfigError(
+                f"structured=on: the task {task.name!r} declares no json_schema for the service "
+                "strategy; use structured=auto or off"
+            )
+        llm = self.chat_model(max_new, fmt)
         stop = list(task.stop)
         # OpenAI takes at most 4 stop sequences: send 4, cut at any further ones on arrival
         gen: Runnable[Any, Any] = task.chat | (llm.bind(stop=stop[:4]) if stop else llm)
@@ -188,3 +210,30 @@ def _schema_name(task: Task) -> str:
     import re
 
     return re.sub(r"[^A-Za-z0-9_-]", "_", str(task.json_schema.get("title") or task.name))[:64]  # type: ignore[union-attr]
+
+
+def budgeted_schema(task: Task, max_new_tokens: int) -> dict[str, Any]:
+    """The task's JSON schema as an endpoint that constrains decoding should get it: each string
+    field capped (``maxLength``) from its token budget (``Task.field_budgets``, at
+    ``CHARS_PER_TOKEN``) so the reply can close inside ``max_new_tokens``, and no keys beyond
+    the schema's (``additionalProperties: false`` unless it says otherwise), where a small model
+    would otherwise add keys until it runs out. An endpoint that does not constrain (OpenAI with
+    ``strict: false``) reads it as guidance. What the task's schema sets itself is kept."""
+    import json
+
+    from llmapps.tasks import CHARS_PER_TOKEN
+
+    schema = dict(task.json_schema or {})
+    props = schema.get("properties")
+    if isinstance(props, dict):
+        skeleton = json.dumps({n: "" for n in task.output_variables if n in props})
+        budgets = task.field_budgets(max(max_new_tokens - (len(skeleton) + 1) // 2, 1))
+        schema["properties"] = {
+            name: (
+                {"maxLength": (budgets[name].max_tokens or 1) * CHARS_PER_TOKEN, **p}
+                if name in budgets and isinstance(p, dict) and p.get("type") == "string"
+                else p
+            )
+            for name, p in props.items()
+        }
+    return {"additionalProperties": False, **schema}
