@@ -119,15 +119,22 @@ def ingest_options(args: argparse.Namespace) -> Any:
     )
 
 
+def check_sources(args: argparse.Namespace) -> None:
+    """Refuse flags that name no source (before a command takes its output's lock)."""
+    from llmapps.errors import ConfigError
+
+    if not args.feed and not args.newsapi:
+        raise ConfigError("no sources: give --feed URL_OR_FILE (repeatable) or --newsapi QUERY")
+
+
 def run_ingest(args: argparse.Namespace, *, quiet: bool = False) -> Any:
     """Run ingestion for the parsed flags; print per-source results to stderr; return the result."""
     from pydantic import ValidationError
 
-    from llmapps.errors import ConfigError, config_error_from_validation
+    from llmapps.errors import config_error_from_validation
     from llmapps.ingest.pipeline import ingest
 
-    if not args.feed and not args.newsapi:
-        raise ConfigError("no sources: give --feed URL_OR_FILE (repeatable) or --newsapi QUERY")
+    check_sources(args)
     try:
         options = ingest_options(args)
     except ValidationError as err:
@@ -179,6 +186,7 @@ def cmd_news_fetch(args: argparse.Namespace) -> int:
     report = Path(args.report) if args.report else out.with_suffix(".report.json")
     # neither file may be a local feed it reads (fetching first would be wasted work)
     check_output(report, args.feed, flag="--report")
+    check_sources(args)  # before the lock: a refused command leaves no lock file behind
     with writing(out, args.feed):
         result = run_ingest(args, quiet=args.quiet)
         if not result.items:  # a failed fetch must not wipe what a good one wrote before
