@@ -309,6 +309,48 @@ def engines(names: list[str]) -> dict[str, Any]:
     return out
 
 
+def llamacpp_grammars(name: str, rounds: int = 3, max_new: int = 64) -> dict[str, Any]:
+    """On llama.cpp: no constraint, llama.cpp's own GBNF sampler (``LlamaGrammar`` from the same
+    schema) and llguidance through our logits processor, one chat prompt, interleaved."""
+    from llama_cpp import LlamaGrammar
+
+    from llmapps.models.llamacpp import load_gguf_model
+    from llmapps.models.local import GenerationParams
+    from llmapps.models.structured import OutputConstraint
+
+    lm = load_gguf_model(name)
+    prompt, _ = prompts_for(lm, 1)
+    sch = schema(60)
+    t = time.perf_counter()
+    grammar = LlamaGrammar.from_json_schema(json.dumps(sch), verbose=False)
+    gbnf_compile = time.perf_counter() - t
+    compiled = lm.compile(OutputConstraint("json_schema", sch))
+    ids = lm.tokenize(prompt[0])
+    rec: dict[str, list[float]] = {"none": [], "llama.cpp GBNF": [], "llguidance": []}
+    texts: dict[str, str] = {}
+    for _ in range(rounds):
+        for side in rec:
+            kw = lm._kwargs(
+                GenerationParams(max_new_tokens=max_new),
+                max_new,
+                compiled if side == "llguidance" else None,
+            )
+            if side == "llama.cpp GBNF":
+                kw["grammar"] = grammar
+            lm.llama.reset()
+            t = time.perf_counter()
+            out = lm.llama.create_completion(ids, **kw)
+            dt = time.perf_counter() - t
+            rec[side].append(out["usage"]["completion_tokens"] / dt)
+            texts[side] = out["choices"][0]["text"]
+    return {
+        "gbnf_compile_s": round(gbnf_compile, 3),
+        "tok_s_median": {k: round(statistics.median(v), 2) for k, v in rec.items()},
+        "tok_s_min_max": {k: [round(min(v), 2), round(max(v), 2)] for k, v in rec.items()},
+        "texts": texts,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="tiny models, 1 round")
@@ -319,6 +361,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-new-tokens", type=int, default=96)
     ap.add_argument("--models", nargs="+", default=list(MODELS))
     ap.add_argument("--backends", nargs="+", default=["transformers", "llama.cpp"])
+    ap.add_argument(
+        "--compile-models", nargs="*", help="models to time compiles on (default: --models)"
+    )
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
     env = {
@@ -329,7 +374,11 @@ def main(argv: list[str] | None = None) -> int:
         "nice": os.nice(0),
     }
     if args.engines:
-        doc = {"environment": env, "engines": engines(args.models)}
+        doc = {
+            "environment": env,
+            "engines": engines(args.models),
+            "llama.cpp": {n: llamacpp_grammars(n) for n in args.models},
+        }
         out = args.out or RESULTS / "bench_structured_engines.json"
         out.write_text(json.dumps(doc, indent=2) + "\n")
         print(json.dumps(doc, indent=2))
@@ -352,6 +401,7 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             doc["runs"][f"{name} / {backend}"] = run_pair(name, backend, args)
             out.write_text(json.dumps(doc, indent=2) + "\n")  # incrementally
+    for name in args.models if args.compile_models is None else args.compile_models:
         doc["compile"][name] = compile_times(name)
         out.write_text(json.dumps(doc, indent=2) + "\n")
     print(json.dumps(doc, indent=2))

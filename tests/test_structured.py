@@ -197,7 +197,8 @@ def real_lm(backend: str, name: str, real_models: dict[str, Any]) -> Any:
     return load_local_model(str(real_models[name]))
 
 
-# Gemma's 262k-vocabulary head makes its runs minutes long on 2 busy cores: marked slow
+# Gemma's 262k-vocabulary head makes its runs minutes long on 2 busy cores: marked slow, as is
+# the layout run (the JSON run already proves the batch path on a real model by default)
 REAL = [
     "smollm2-135m-instruct",
     pytest.param("gemma-3-270m", marks=pytest.mark.slow),
@@ -206,7 +207,7 @@ REAL = [
 
 @pytest.mark.parametrize("backend", ["transformers", "llama.cpp"])
 @pytest.mark.parametrize("name", REAL)
-def test_real_models_parse_4_of_4(
+def test_real_models_json_parses_4_of_4(
     name: str, backend: str, real_models: dict[str, Any], test_articles: list[dict[str, Any]]
 ) -> None:
     lm = real_lm(backend, name, real_models)
@@ -215,6 +216,15 @@ def test_real_models_parse_4_of_4(
     outs = lm.generate(prompts, GenerationParams(max_new_tokens=96, constraint=schema))
     assert [parses(o.text) for o in outs] == [True] * 4, [o.text for o in outs]
     assert all(o.constraint_error is None for o in outs)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["transformers", "llama.cpp"])
+@pytest.mark.parametrize("name", ["smollm2-135m-instruct", "gemma-3-270m"])
+def test_real_models_layout_closes_4_of_4(
+    name: str, backend: str, real_models: dict[str, Any], test_articles: list[dict[str, Any]]
+) -> None:
+    lm = real_lm(backend, name, real_models)
     layout = OutputConstraint("layout", riddle_layout(12))
     prompts = article_prompts(lm, test_articles, chat=False)
     outs = lm.generate(prompts, GenerationParams(max_new_tokens=60, constraint=layout))

@@ -57,6 +57,7 @@ import hashlib
 import json
 import logging
 import threading
+import warnings
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -325,7 +326,9 @@ def gguf_engine_tokenizer(owner: Any, llama: Any, fingerprint: str) -> EngineTok
         import llama_cpp
         from llguidance.llamacpp import lltokenizer_from_vocab
 
-        ll = lltokenizer_from_vocab(llama_cpp.llama_model_get_vocab(llama.model))
+        with warnings.catch_warnings():  # it calls llama_token_get_attr, deprecated, per token
+            warnings.simplefilter("ignore", DeprecationWarning)
+            ll = lltokenizer_from_vocab(llama_cpp.llama_model_get_vocab(llama.model))
         made = EngineTokenizer(ll, f"gguf:{fingerprint}", int(llama.n_vocab()))
         _TOKENIZERS[owner] = made
         return made
