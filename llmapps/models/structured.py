@@ -18,34 +18,36 @@ A constraint that cannot be compiled raises ``ConstraintError`` (an ``InputError
 field at fault (``param``), before any token is generated: the server answers it with 400.
 
 **The engine: llguidance**, chosen by measurement (``benchmarks/bench_structured.py --engines``,
-``benchmarks/results/bench_structured_engines.json``; 2 shared CPU cores, the news-riddle schema):
+``benchmarks/results/bench_structured_engines.json``; 2 CPU cores shared with other jobs, the
+news-riddle schema, a batch of 16 matchers walking a real 50-token reply):
 
-=====================================  ==============  ==============  ================
-                                       llguidance      xgrammar        outlines-core
-=====================================  ==============  ==============  ================
-tokenizer info, SmolLM2 49k (once)     2.2 s           0.9 s           2.0 s (+ our
-tokenizer info, Gemma 262k (once)      7.3-10.4 s      3.0 s           byte map)
-schema compile, 49k: cold / warm       20 ms / 1 ms    53 ms / 7 ms    0.43 s
-schema compile, 262k: cold / warm      29 ms / 1-6 ms  103 ms / 84 ms  1.48 s
-mask + advance, batch 16, per step     0.30 / 0.24 ms  0.12 / 0.68 ms  6.9 / 19.1 ms
-JSON schema, regex, choice             yes             yes             regex only (no CFG)
-Lark grammar, per-rule token budget    yes (max_tokens)  EBNF, no budgets  no
-GBNF (llama.cpp grammars)              yes (converted)  yes            no
-drives llama.cpp                       logits processor  logits proc.  logits proc.
-install weight                         7.6 MB, no deps  3.9 MB + triton  5.3 MB
-                                                        (999 MB) + torch
-=====================================  ==============  ==============  ================
+===================================  =============  ================  ==============
+                                     llguidance     xgrammar          outlines-core
+===================================  =============  ================  ==============
+tokenizer model, SmolLM2 49k (once)  2.2 s          0.9 s             2.0 s
+tokenizer model, Gemma 262k (once)   7.3-10.4 s     3.0 s             3.1 s
+schema compile 49k, cold / warm      20 / 1 ms      53 / 7 ms         434 ms
+schema compile 262k, cold / warm     29 / 1-6 ms    103 / 84 ms       1,482 ms
+mask + advance per step, batch 16    0.30 / 0.24    0.12 / 0.68 ms    6.9 / 19.1 ms
+(49k / 262k)
+JSON schema, regex, choice           yes            yes               regex only
+Lark grammar, per-rule token budget  yes            EBNF, no budgets  no grammars
+GBNF (llama.cpp grammars)            converted      yes               no
+transformers 5.24                    our processor  its hf processor  our processor
+install                              7.6 MB         3.9 MB + triton   5.3 MB
+                                                    999 MB + torch
+===================================  =============  ================  ==============
 
-Both llguidance and xgrammar are far inside the budget (a Gemma forward step at batch 16 is
-tens of ms on CPU); llguidance wins on what the contract needs: a layout's per-field token budget
-is a Lark rule attribute (``f[max_tokens=N]``), so a field can never run away and a reply always
-closes inside ``max_new_tokens``; one engine (and one tokenizer model) serves the transformers
-and the llama.cpp backends; and it pulls no triton. Its one slow part is building the tokenizer
-model for a 262k vocabulary (seconds, once per tokenizer per process, then cached in memory);
-a schema compiles in milliseconds, so compiled grammars are cached in memory only (keyed by the
-tokenizer's fingerprint and ``OutputConstraint.key``), never on disk. llama.cpp's own GBNF
-``LlamaGrammar`` was not used: it covers JSON schema only through its converter (no token
-budgets), and its sampler checks candidates one by one against the grammar stacks.
+llguidance and xgrammar are both far inside the budget (a decoding step of Gemma at batch 16 is
+tens of ms on CPU; the mask is under 1 ms). llguidance wins on what the contract needs: a layout
+field's token budget is a Lark rule attribute (``f[max_tokens=N]``), so a field cannot run away
+and a reply closes inside ``max_new_tokens``; one engine and one grammar serve both backends
+(transformers through ``TorchGrammarProcessor``, llama.cpp through ``NumpyGrammarProcessor``
+over the GGUF's own vocabulary, so the two backends constrain to the same language and judge
+replies alike; llama.cpp's own GBNF sampler has no token budgets); and it pulls no triton.
+Its slow part is building the tokenizer model for a 262k vocabulary (seconds, once per tokenizer
+per process, then cached in memory); a schema compiles in milliseconds, so compiled grammars are
+cached in memory only, keyed by the tokenizer's fingerprint and ``OutputConstraint.key``.
 
 Decoding only masks: disallowed tokens get ``-inf``, allowed logits are never rescaled, so where
 the unconstrained greedy reply already fits, the constrained one is the same tokens.
