@@ -1,8 +1,9 @@
 """Local backends side by side: our transformers path, our llama.cpp backend, plain llama-cpp-python.
 
-news-riddle few-shot on Gemma 3 270M (the packaged GGUF, Q4_K_M; transformers runs the same file
-dequantized to float32), the first ``-n`` (16) bundled test articles, greedy, 64 new tokens, the
-task's stop strings, the same prompts and budget on every side:
+news-riddle few-shot on Gemma 3 270M (the packaged GGUF, Q4_K_M; transformers runs the converted
+model at ``--dtype``, default the settings' ``auto``, recorded), the first ``-n`` (16) bundled
+test articles, greedy, 64 new tokens, the task's stop strings, the same prompts and budget on
+every side:
 
 - ``ours-transformers``: ``load_chain("news-riddle", "few-shot", backend="transformers")``,
   one ``chain.batch`` (``LocalModel.generate``: batched, stitched prefill);
@@ -10,14 +11,13 @@ task's stop strings, the same prompts and budget on every side:
   prefixes follow each other; the KV cache of the shared part is reused);
 - ``plain-llama.cpp``: the peer, ``llama_cpp.Llama.create_completion`` called directly, one prompt
   at a time in input order with its own prefix cache, on the prompts our llama.cpp run sent
-  (captured from its callbacks), with the same ``Llama`` settings (context, threads).
+  (captured from its callbacks), with the same ``Llama`` settings (context, ``n_threads``,
+  ``n_threads_batch``, ``n_batch``).
 
-Each side runs in its own child process (so peak RSS is its own) one after the other; results go
-to ``results/bench_local_backends.json`` as each side finishes, and a rerun skips the sides
-already there (``--fresh`` starts over). Our llama.cpp texts are compared with plain llama.cpp's;
-where they differ, plain llama.cpp is asked again on a fresh context (``reset()``), which is the
-text a prompt gives on its own: plain's cached run depends on which prompt ran before it, ours does
-not (see ``llmapps/models/llamacpp.py``).
+On ``benchmarks/harness.py``: each side lives in its own process (``harness.ChildSide``: loaded
+once, its own peak RSS), the sides interleaved over the repeats; both llama.cpp sides start each
+run from an empty cache (``reset()``). The figure is articles/s; quality per side is the valid
+count (the output parses as a news riddle) and the texts identical to plain llama-cpp-python's.
 
 ``--strategy lora`` runs the ``lora`` strategy instead (the adapter of ``--adapter``, default
 the full-recipe adapter in ``$LLMAPPS_HOME/adapters/news-riddle-gemma-3-270m``): transformers
@@ -27,8 +27,13 @@ llama-cpp-python given the same file (``Llama(lora_path=)``). Its prompts share 
 ::
 
     python benchmarks/bench_local_backends.py                    # example_selection=order
-    python benchmarks/bench_local_backends.py --selection similarity --out /tmp/sim.json
-    python benchmarks/bench_local_backends.py --strategy lora --out benchmarks/results/bench_local_backends_lora.json
+    python benchmarks/bench_local_backends.py --selection similarity \
+        --out benchmarks/results/bench_local_backends_similarity.json
+    python benchmarks/bench_local_backends.py --strategy lora \
+        --out benchmarks/results/bench_local_backends_lora.json
+    python benchmarks/bench_local_backends.py --quick            # 1 article, 4 tokens
+
+``--quick`` still needs the packaged Gemma GGUF (there is no tiny GGUF model): it is a slow test.
 """
 
 from __future__ import annotations
@@ -36,16 +41,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import resource
-import subprocess
 import sys
-import time
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import harness
+
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS = Path(__file__).resolve().parent / "results" / "bench_local_backends.json"
 SIDES = ("ours-llama.cpp", "plain-llama.cpp", "ours-transformers")
 MODEL = "gemma-3-270m"
 
@@ -54,10 +58,6 @@ def _articles(n: int) -> list[dict[str, Any]]:
     from chains.news_data import samples
 
     return [{k: a[k] for k in ("id", "title", "text")} for a in samples("test")[:n]]
-
-
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 class _Prompts:
@@ -81,7 +81,20 @@ class _Prompts:
         return Handler()
 
 
-def run_ours(backend: str, args: argparse.Namespace) -> dict[str, Any]:
+def _dtype_loaded() -> str | None:
+    """The dtype of the transformers model this process loaded (the chain's), if any."""
+    from llmapps.models.pool import default_pool
+
+    pool = default_pool()
+    for key in pool.loaded():
+        model = getattr(pool.peek(key), "model", None)
+        if getattr(model, "dtype", None) is not None:
+            return str(model.dtype).removeprefix("torch.")
+    return None
+
+
+def make_ours(backend: str, args: argparse.Namespace) -> Callable[[], harness.Run]:
+    """Our chain on ``backend``, loaded; a function doing one run over the articles."""
     from llmapps.apps import load_chain
     from llmapps.models.llamacpp import load_gguf_model
 
@@ -104,31 +117,27 @@ def run_ours(backend: str, args: argparse.Namespace) -> dict[str, Any]:
         opts.update(base_model=MODEL, example_selection=args.selection)
     chain = load_chain("news-riddle", args.strategy, **opts)
     arts = _articles(args.n)
-    warm = chain.invoke(arts[0])  # load and warm up outside the clock (both backends alike)
-    del warm
-    if backend == "llama.cpp":
-        load_gguf_model(MODEL, lora_path=lora).llama.reset()  # no head start from the warm-up
-    handler = _Prompts()
-    started = time.perf_counter()
-    rows = chain.batch(arts, config={"callbacks": [handler]})
-    wall = time.perf_counter() - started
-    out: dict[str, Any] = {
-        "wall_s": round(wall, 2),
-        "articles_per_s": round(len(arts) / wall, 4),
-        "completion_tokens": handler.tokens,
-        "tokens_per_s": round(handler.tokens / wall, 2),
-        "peak_rss_mb": round(_peak_rss_mb(), 1),
-        "texts": [r["raw"] for r in rows],
-        "valid": sum(bool(r["valid"]) for r in rows),
-        "prompt_tokens_mean": None,
-    }
-    if backend == "llama.cpp":
-        lm = load_gguf_model(MODEL, lora_path=lora)
-        counts = [lm.count_tokens(p) for p in handler.prompts]
-        out["prompt_tokens_mean"] = round(sum(counts) / len(counts), 1)
-        out["prompts"] = handler.prompts
-        out["stop"] = _stop()
-    return out
+
+    def run() -> harness.Run:
+        if backend == "llama.cpp":
+            load_gguf_model(MODEL, lora_path=lora).llama.reset()  # no head start from before
+        handler = _Prompts()
+        rows = chain.batch(arts, config={"callbacks": [handler]})
+        info: dict[str, Any] = {"completion_tokens": handler.tokens}
+        if backend == "llama.cpp":
+            lm = load_gguf_model(MODEL, lora_path=lora)
+            counts = [lm.count_tokens(p) for p in handler.prompts]
+            info.update(
+                dtype="GGUF Q4_K_M",
+                prompt_tokens_mean=round(sum(counts) / len(counts), 1),
+                prompts=handler.prompts,
+                stop=_stop(),
+            )
+        else:
+            info["dtype"] = _dtype_loaded()
+        return harness.Run(len(arts), texts=[r["raw"] for r in rows], info=info)
+
+    return run
 
 
 def _lora_file(args: argparse.Namespace) -> Path:
@@ -145,7 +154,8 @@ def _stop() -> list[str]:
     return list(load_task("news_riddle/one_step").stop)
 
 
-def run_plain(args: argparse.Namespace, prompts: list[str], stop: list[str]) -> dict[str, Any]:
+def make_plain(args: argparse.Namespace) -> Callable[[], harness.Run]:
+    """Plain llama-cpp-python with our backend's settings, on the prompts our run sent."""
     import llama_cpp
 
     from llmapps.models.llamacpp import read_gguf_header
@@ -153,6 +163,8 @@ def run_plain(args: argparse.Namespace, prompts: list[str], stop: list[str]) -> 
     from llmapps.models.packaged import gguf_path
     from llmapps.settings import get_settings
 
+    spec = json.loads(Path(args.prompts_from).read_text())
+    prompts, stop = spec["prompts"], spec["stop"]
     check_llamacpp()  # the peer runs in this process: probe the build first, as our backend does
     path = str(gguf_path(MODEL))
     trained = read_gguf_header(path).context_length  # the context our backend allocates
@@ -166,48 +178,27 @@ def run_plain(args: argparse.Namespace, prompts: list[str], stop: list[str]) -> 
         lora_path=str(_lora_file(args)) if args.strategy == "lora" else None,
     )
 
-    def complete(p: str) -> dict[str, Any]:
-        return llm.create_completion(p, max_tokens=args.max_new_tokens, temperature=0.0, stop=stop)
+    def run() -> harness.Run:
+        llm.reset()
+        texts, tokens = [], 0
+        for p in prompts:
+            r = llm.create_completion(p, max_tokens=args.max_new_tokens, temperature=0.0, stop=stop)
+            texts.append(r["choices"][0]["text"])
+            tokens += int(r["usage"]["completion_tokens"])
+        return harness.Run(
+            len(prompts),
+            texts=texts,
+            info={"completion_tokens": tokens, "dtype": "GGUF Q4_K_M", "n_ctx": n_ctx},
+        )
 
-    complete(prompts[0])  # warm-up, as ours had
-    llm.reset()
-    texts, tokens = [], 0
-    started = time.perf_counter()
-    for p in prompts:
-        r = complete(p)
-        texts.append(r["choices"][0]["text"])
-        tokens += int(r["usage"]["completion_tokens"])
-    wall = time.perf_counter() - started
-    return {
-        "wall_s": round(wall, 2),
-        "articles_per_s": round(len(prompts) / wall, 4),
-        "completion_tokens": tokens,
-        "tokens_per_s": round(tokens / wall, 2),
-        "peak_rss_mb": round(_peak_rss_mb(), 1),
-        "texts": texts,
-        "_fresh": {},
-        "_llm": llm,
-        "_complete": complete,
-    }
+    return run
 
 
 def child(args: argparse.Namespace) -> int:
+    """One side's process: load, then run whenever the harness asks."""
     if args.side == "plain-llama.cpp":
-        spec = json.loads(Path(args.prompts_from).read_text())
-        out = run_plain(args, spec["prompts"], spec["stop"])
-        llm, complete = out.pop("_llm"), out.pop("_complete")
-        out.pop("_fresh")
-        # where plain's cached run differs from ours, plain on a fresh context decides
-        fresh = {}
-        for i, (a, b) in enumerate(zip(spec["texts"], out["texts"], strict=True)):
-            if a != b:
-                llm.reset()
-                fresh[str(i)] = complete(spec["prompts"][i])["choices"][0]["text"]
-        out["fresh_texts_where_different"] = fresh
-    else:
-        out = run_ours(args.side.removeprefix("ours-"), args)
-    Path(args.child_out).write_text(json.dumps(out))
-    return 0
+        return harness.serve_side(make_plain(args))
+    return harness.serve_side(make_ours(args.side.removeprefix("ours-"), args))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -217,15 +208,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("-n", type=int, default=16, help="bundled test articles")
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--dtype", default=None, help="transformers side (default: settings' auto)")
     ap.add_argument("--selection", choices=["order", "similarity"], default="order")
     ap.add_argument("--strategy", choices=["few-shot", "lora"], default="few-shot")
     ap.add_argument("--adapter", type=Path, help="lora: the adapter folder (default: full recipe)")
-    ap.add_argument("--out", type=Path, default=RESULTS)
-    ap.add_argument("--fresh", action="store_true", help="ignore results already in --out")
     ap.add_argument("--side", choices=SIDES, help=argparse.SUPPRESS)
-    ap.add_argument("--child-out", help=argparse.SUPPRESS)
     ap.add_argument("--prompts-from", help=argparse.SUPPRESS)
+    harness.add_arguments(ap)
     args = ap.parse_args(argv)
+    if args.quick:
+        args.n, args.max_new_tokens = 1, 4
     if args.strategy == "lora" and args.adapter is None:
         from llmapps.settings import get_settings
 
@@ -233,104 +225,96 @@ def main(argv: list[str] | None = None) -> int:
     if args.side:
         return child(args)
 
+    from chains.news_riddle import parse_fields
+
+    name = {"few-shot": "bench_local_backends", "lora": "bench_local_backends_lora"}[args.strategy]
+    if args.selection == "similarity" and args.strategy == "few-shot":
+        name += "_similarity"
     config = {
         "model": MODEL,
         "n": args.n,
         "max_new_tokens": args.max_new_tokens,
         "threads": args.threads,
+        "dtype": args.dtype or "auto",
         "example_selection": args.selection if args.strategy == "few-shot" else None,
         "greedy": True,
         **({"strategy": "lora", "adapter": str(args.adapter)} if args.strategy == "lora" else {}),
     }
-    results: dict[str, Any] = {}
-    if args.out.exists() and not args.fresh:
-        old = json.loads(args.out.read_text())
-        if old.get("config") == config:
-            results = old.get("sides", {})
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    work = args.out.with_suffix(".work")
-    work.mkdir(exist_ok=True)
+    common = [
+        "-n",
+        str(args.n),
+        "--max-new-tokens",
+        str(args.max_new_tokens),
+        "--threads",
+        str(args.threads),
+        "--selection",
+        args.selection,
+        "--strategy",
+        args.strategy,
+        *(["--adapter", str(args.adapter)] if args.adapter else []),
+    ]
+    env = {**os.environ, **({"LLMAPPS_DTYPE": args.dtype} if args.dtype else {})}
 
-    def save(summary: dict[str, Any] | None = None) -> None:
-        doc = {
-            "config": config,
-            "machine": {
-                "python": platform.python_version(),
-                "cpus": os.cpu_count(),
-                "load_avg_at_end": os.getloadavg(),
-            },
-            "sides": results,
-            **({"summary": summary} if summary else {}),
-        }
-        args.out.write_text(json.dumps(doc, indent=2))
+    def cmd(side: str, *extra: str) -> list[str]:
+        return [sys.executable, __file__, "--side", side, *common, *extra]
 
-    for side in SIDES:
-        if side in results:
-            print(f"{side}: already measured ({results[side]['articles_per_s']} articles/s)")
-            continue
-        out_file = work / f"{side}.json"
-        cmd = [
-            sys.executable,
-            __file__,
-            "--side",
-            side,
-            "--child-out",
-            str(out_file),
-            "-n",
-            str(args.n),
-            "--max-new-tokens",
-            str(args.max_new_tokens),
-            "--threads",
-            str(args.threads),
-            "--selection",
-            args.selection,
-            "--strategy",
-            args.strategy,
-            *(["--adapter", str(args.adapter)] if args.adapter else []),
+    with tempfile.TemporaryDirectory(prefix="bench-local-backends-") as tmp:
+        spec = Path(tmp) / "prompts.json"
+        ours_llama = harness.ChildSide(cmd("ours-llama.cpp"), env=env)
+        plain = harness.ChildSide(cmd("plain-llama.cpp", "--prompts-from", str(spec)), env=env)
+        ours_hf = harness.ChildSide(cmd("ours-transformers"), env=env)
+
+        def llama_run() -> harness.Run:
+            r = ours_llama()
+            prompts, stop = r.info.pop("prompts"), r.info.pop("stop")
+            if not spec.exists():  # the peer's process starts on the prompts ours sent first
+                spec.write_text(json.dumps({"prompts": prompts, "stop": stop}))
+            return r
+
+        sides = [
+            harness.Side(
+                "ours-llama.cpp", llama_run, role="ours", threads=args.threads, batch_size=None
+            ),
+            harness.Side(
+                "plain-llama.cpp",
+                plain,
+                threads=args.threads,
+                batch_size=1,
+                note="llama_cpp.Llama.create_completion, one prompt at a time",
+            ),
+            harness.Side(
+                "ours-transformers",
+                ours_hf,
+                role="ours",
+                dtype=args.dtype,
+                threads=args.threads,
+            ),
         ]
-        if side == "plain-llama.cpp":
-            spec = work / "prompts.json"
-            ours = results["ours-llama.cpp"]
-            spec.write_text(
-                json.dumps(
-                    {"prompts": ours["prompts"], "stop": ours["stop"], "texts": ours["texts"]}
-                )
+        try:
+            m = harness.measure(
+                sides,
+                harness.Metric("articles/s"),
+                repeats=args.repeats,
+                warmup=args.warmup,
+                valid=lambda t: bool(parse_fields(t)["valid"]),
+                reference="plain-llama.cpp",
+                progress=print,
             )
-            cmd += ["--prompts-from", str(spec)]
-        print(f"{side}: running ...", flush=True)
-        load0 = os.getloadavg()[0]
-        subprocess.run(cmd, check=True, cwd=ROOT)
-        results[side] = json.loads(out_file.read_text())
-        results[side]["load_avg_1m_before"] = round(load0, 2)
-        print(
-            f"{side}: {results[side]['wall_s']} s, {results[side]['articles_per_s']} articles/s, "
-            f"{results[side]['tokens_per_s']} tokens/s, peak RSS {results[side]['peak_rss_mb']} MB",
-            flush=True,
-        )
-        save()
-
-    ours, plain, hf = (results[s] for s in SIDES)
-    same = sum(a == b for a, b in zip(ours["texts"], plain["texts"], strict=True))
-    fresh = plain.get("fresh_texts_where_different", {})
-    same_fresh = sum(ours["texts"][int(i)] == t for i, t in fresh.items())
-    best = max(ours["articles_per_s"], hf["articles_per_s"])
-    summary = {
-        "ours_llamacpp_vs_plain_articles_per_s": round(
-            ours["articles_per_s"] / plain["articles_per_s"], 3
-        ),
-        "ours_transformers_vs_plain_articles_per_s": round(
-            hf["articles_per_s"] / plain["articles_per_s"], 3
-        ),
-        "best_ours_vs_plain": round(best / plain["articles_per_s"], 3),
-        "texts_equal_to_plain_cached": f"{same}/{len(ours['texts'])}",
-        "differing_texts_equal_to_plain_fresh_context": f"{same_fresh}/{len(fresh)}",
-        "transformers_texts_equal_to_llamacpp": sum(
-            a == b for a, b in zip(hf["texts"], ours["texts"], strict=True)
-        ),
-        "prompt_tokens_mean": ours.get("prompt_tokens_mean"),
-    }
-    save(summary)
-    print(json.dumps(summary, indent=2))
+        finally:
+            for c in (ours_llama, plain, ours_hf):
+                c.close()
+        inputs = json.loads(spec.read_text())["prompts"]
+    for sr in m.sides:
+        sr.side.inputs = inputs
+    harness.finish(
+        name,
+        m,
+        args,
+        config=config,
+        what=f"news-riddle {args.strategy} on {MODEL}, {args.n} test articles, "
+        f"{args.max_new_tokens} new tokens: our two backends vs plain llama-cpp-python",
+        argv=argv,
+    )
     return 0
 
 

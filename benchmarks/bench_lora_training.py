@@ -14,23 +14,27 @@ They differ only in what the issue asks to compare:
 
 Throughput is tokens/s of real (non-pad) tokens; after training both are evaluated on the
 validation split (the naive run with the model's own full-logits loss, ours with completion-only
-logits: the same quantity). Each run is a fresh subprocess, so its peak RSS (sampled by a thread)
-is its own. Prints a table and writes JSON beside this file::
+logits: the same quantity). On ``benchmarks/harness.py``: each side lives in its own process
+(``harness.ChildSide``: its peak RSS is its own), the two interleaved over the repeats, each run
+training a fresh base; the figure is real tokens/s of ``trainer.train()`` alone, quality the
+validation loss. Writes ``results/bench_lora_training.json``::
 
     OMP_NUM_THREADS=2 python benchmarks/bench_lora_training.py            # Gemma 3 270M, 64 examples, 1 epoch
     python benchmarks/bench_lora_training.py --recipe tiny --base-model tiny-base --examples 95
     python benchmarks/bench_lora_training.py --device cuda                 # bf16 on a CUDA GPU
+    python benchmarks/bench_lora_training.py --quick     # tiny-base, 8 examples, 2 steps
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import harness
 
 HERE = Path(__file__).resolve().parent
 
@@ -133,12 +137,48 @@ def run(mode: str, args: argparse.Namespace, data: dict[str, Any], tmp: Path) ->
         "real_tokens": real,
         "tokens_per_s": real / secs,
         "peak_rss_mb": mem.peak_mb,
+        "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
         "eval_loss": eval_loss,
         "eval_perplexity": math.exp(eval_loss),
     }
 
 
-def main() -> int:
+def make_side(mode: str, args: argparse.Namespace) -> Callable[[], harness.Run]:
+    """The data, built once; a function training ``mode`` from a fresh base each call."""
+    import tempfile
+
+    from transformers import AutoTokenizer
+
+    from finetune.data import build_dataset, read_examples
+    from llmapps.models.local import resolve_model_path
+    from prompts import load_task
+
+    task = load_task("news_riddle/one_step")
+    tok = AutoTokenizer.from_pretrained(resolve_model_path(args.base_model))
+    rows = {
+        "train": read_examples("train", task)[: args.examples],
+        "validation": read_examples("validation", task),
+    }
+    data = {s: build_dataset(task, r, tok, args.max_length) for s, r in rows.items()}
+
+    def one() -> harness.Run:
+        with tempfile.TemporaryDirectory() as tmp:
+            r = run(mode, args, data, Path(tmp))
+        return harness.Run(
+            work=r["real_tokens"],
+            seconds=r["seconds"],  # trainer.train() only: not the load, not the evaluation
+            info={
+                "quality": {"validation loss": round(r["eval_loss"], 4)},
+                "dtype": r["dtype"],
+                "steps": r["steps"],
+                "peak_rss_sampled_mb": r["peak_rss_mb"],
+            },
+        )
+
+    return one
+
+
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -150,111 +190,65 @@ def main() -> int:
     p.add_argument("--epochs", type=float, default=1.0)
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--max-length", type=int, default=1024)
-    p.add_argument(
-        "--repeats", type=int, default=1, help="alternating runs of each; medians reported"
-    )
     p.add_argument("--device", default="cpu")
-    p.add_argument("--out", default=str(HERE / "results" / "bench_lora_training.json"))
-    p.add_argument(
-        "--only", choices=("naive", "finetune"), help=argparse.SUPPRESS
-    )  # one run, in a child
-    args = p.parse_args()
+    p.add_argument("--side", choices=("naive", "finetune"), help=argparse.SUPPRESS)
+    harness.add_arguments(p)
+    args = p.parse_args(argv)
+    if args.quick:
+        args.recipe, args.base_model, args.examples, args.max_length = "tiny", "tiny-base", 8, 512
     args.steps = max(1, math.ceil(args.examples * args.epochs / args.batch_size))
+    if args.side:
+        return harness.serve_side(make_side(args.side, args))
 
-    import subprocess
     import sys
-    import tempfile
 
     import torch
-    from rich.console import Console
-    from rich.table import Table
 
-    if args.only:
-        from transformers import AutoTokenizer
-
-        from finetune.data import build_dataset, read_examples
-        from llmapps.models.local import resolve_model_path
-        from prompts import load_task
-
-        task = load_task("news_riddle/one_step")
-        tok = AutoTokenizer.from_pretrained(resolve_model_path(args.base_model))
-        rows = {
-            "train": read_examples("train", task)[: args.examples],
-            "validation": read_examples("validation", task),
-        }
-        data = {s: build_dataset(task, r, tok, args.max_length) for s, r in rows.items()}
-        with tempfile.TemporaryDirectory() as tmp:
-            Path(args.out).write_text(json.dumps(run(args.only, args, data, Path(tmp))))
-        return 0
-
-    results: dict[str, list[dict[str, Any]]] = {"naive": [], "finetune": []}
-    with tempfile.TemporaryDirectory() as tmp:
-        for _ in range(args.repeats):
-            for mode in ("naive", "finetune"):  # each in a fresh process: its peak RSS is its own
-                child = Path(tmp) / f"{mode}.json"
-                argv = [
-                    f"--{k.replace('_', '-')}={v}"
-                    for k, v in vars(args).items()
-                    if k not in ("out", "only", "steps", "repeats")
-                ]
-                subprocess.run(
-                    [sys.executable, __file__, *argv, "--only", mode, "--out", str(child)],
-                    check=True,
-                )
-                results[mode].append(json.loads(child.read_text()))
-    keys = ("tokens_per_s", "seconds", "eval_loss", "real_tokens", "peak_rss_mb")
-    med = {m: {k: statistics.median(r[k] for r in rs) for k in keys} for m, rs in results.items()}
-    speedup = med["finetune"]["tokens_per_s"] / med["naive"]["tokens_per_s"]
-    loss_gap = (
-        abs(med["finetune"]["eval_loss"] - med["naive"]["eval_loss"]) / med["naive"]["eval_loss"]
-    )
-    table = Table(
-        title=f"LoRA training, {args.steps} steps x {args.batch_size} rows ({args.examples} examples, "
-        f"{args.epochs:g} epoch), {args.base_model} on {args.device}"
-    )
-    for col in (
-        "run",
-        "real tokens",
-        "seconds",
-        "real tokens/s",
-        "peak RSS MB",
-        "validation loss",
-        "ratio",
-    ):
-        table.add_column(col)
-    for m in ("naive", "finetune"):
-        r = med[m]
-        ratio = r["tokens_per_s"] / med["naive"]["tokens_per_s"]
-        table.add_row(
-            m,
-            f"{r['real_tokens']:.0f}",
-            f"{r['seconds']:.1f}",
-            f"{r['tokens_per_s']:.1f}",
-            f"{r['peak_rss_mb']:.0f}",
-            f"{r['eval_loss']:.4f}",
-            f"{ratio:.2f}x",
+    flags = [
+        f"--{k}={getattr(args, k.replace('-', '_'))}"
+        for k in ("recipe", "base-model", "examples", "epochs", "batch-size", "max-length")
+    ] + [f"--device={args.device}"]
+    ours = harness.ChildSide([sys.executable, __file__, *flags, "--side", "finetune"])
+    naive = harness.ChildSide([sys.executable, __file__, *flags, "--side", "naive"])
+    common = {"threads": torch.get_num_threads(), "batch_size": args.batch_size}
+    try:
+        m = harness.measure(
+            [
+                harness.Side(
+                    "ours: finetune SftTrainer",
+                    ours,
+                    role="ours",
+                    note="length-grouped batches, completion-only logits",
+                    **common,
+                ),
+                harness.Side(
+                    "HF Trainer + PEFT",
+                    naive,
+                    note="random batches padded to the longest, full-vocabulary logits",
+                    **common,
+                ),
+            ],
+            harness.Metric("real tokens/s"),
+            repeats=args.repeats,
+            warmup=args.warmup,
+            progress=print,
         )
-    console = Console()
-    console.print(table)
-    console.print(
-        f"speed-up {speedup:.2f}x (target >= 2x); validation loss gap {100 * loss_gap:.2f}% (target <= 2%)"
+    finally:
+        ours.close()
+        naive.close()
+    config = {
+        k: getattr(args, k)
+        for k in ("recipe", "base_model", "examples", "epochs", "batch_size", "max_length")
+    } | {"device": args.device, "steps": args.steps}
+    harness.finish(
+        "bench_lora_training",
+        m,
+        args,
+        config=config,
+        what=f"LoRA training on {args.base_model}, {args.steps} steps of {args.batch_size} "
+        f"({args.examples} examples), each run from a fresh base in the side's own process",
+        argv=argv,
     )
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(
-        json.dumps(
-            {
-                "config": {**vars(args), "torch_threads": torch.get_num_threads()},
-                "runs": results,
-                "median": med,
-                "speedup": speedup,
-                "eval_loss_gap": loss_gap,
-                "meets_targets": speedup >= 2.0 and loss_gap <= 0.02,
-            },
-            indent=2,
-        )
-    )
-    console.print(f"results: {out}")
     return 0
 
 

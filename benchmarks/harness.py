@@ -9,8 +9,9 @@ calls :func:`measure`. The harness
 - picks ``repeats`` itself when not told: 5 when every side's warm-up took under a minute, else 3
   (never fewer than 3);
 - reports each figure (``metric``: a rate such as tokens/s, or a time per unit such as ms/query)
-  as median and min-max over the counted rounds, and each ratio (every ``ours`` side against every
-  other side) as median and min-max of the per-round ratios (paired by round, which is what interleaving buys);
+  as median and min-max over the counted rounds, and each ratio (every ``ours`` side against
+  every other side) as median and min-max of the per-round ratios (paired by round, which is
+  what interleaving buys);
 - records per side its dtype, threads, batch size, the library versions, the inputs' hash, the
   1-minute load average before and after each run, and peak RSS;
 - where a side returns texts, records quality: the valid count (``valid``) and how many texts are
@@ -18,9 +19,12 @@ calls :func:`measure`. The harness
   carries both sides' quality; a side that generates text with a peer that does not is an error.
 
 Peak RSS is sampled by a psutil thread (every 20 ms) over the side's runs, of this process or of
-the process the side names (``Side.pid``: a server the side talks to). In-process sides share what
-is already loaded (a model two sides use), so ``rss_growth_mb`` (the peak above where the run
-started) is what a side adds; ``peak_rss_mb`` is the process's high-water mark during its runs.
+the process the side names (``Side.pid``: a server the side talks to); a side in its own process
+(:class:`ChildSide`, which loads once and runs on request, so sides stay interleaved) reports its
+process's ``ru_maxrss`` instead (``rss_method`` in the results says which). In-process sides
+share what is already loaded (a model two sides use), so ``rss_growth_mb`` (the peak above where
+the run started) is what a side adds; ``peak_rss_mb`` is the process's high-water mark during its
+runs. A side may time only the part that counts (``Run.seconds``: training, not the model load).
 
 Why not ``pyperf``: it is built for microbenchmarks: it spawns worker processes per benchmark,
 calibrates loop counts and runs each benchmark's values to completion before the next, and its
@@ -98,12 +102,19 @@ class Run:
         work: units of work done (output tokens, requests, queries); a rate is ``work / seconds``.
         texts: the texts generated, in input order, for sides that generate text.
         info: anything else the side wants kept from its last counted run; ``info["quality"]``
-            is the quality of a side that generates no text (recall@10, cosine).
+            is the quality of a side that generates no text (recall@10, cosine), and
+            ``info["dtype"]`` the dtype of a side that learns it only when it loads.
+        peak_rss_mb: the high-water mark of the side's own process, where it runs in one
+            (:class:`ChildSide`); the harness's sampling of this process is then not used.
+        seconds: where only part of a run counts (training, not the model load and evaluation
+            around it), the side's own timing of that part; else the harness's clock decides.
     """
 
     work: float = 1.0
     texts: list[str] | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    peak_rss_mb: float | None = None  # reported by a side in its own process (ru_maxrss)
+    seconds: float | None = None  # the side's own timing of the part that counts, if not all
 
 
 @dataclass
@@ -240,6 +251,8 @@ class SideResult:
     load_after: list[float] = field(default_factory=list)
     peak_rss_mb: float = 0.0
     rss_growth_mb: float = 0.0
+    rss_reported: bool = False
+    self_timed: bool = False
     texts: list[str] | None = None
     texts_changed: int = 0
     info: dict[str, Any] = field(default_factory=dict)
@@ -275,6 +288,15 @@ def _one(
         secs = clock() - started
     sr.load_before.append(before)
     sr.load_after.append(load())
+    if run.seconds is not None:
+        secs, sr.self_timed = run.seconds, True
+    if run.peak_rss_mb is not None:
+        if not sr.rss_reported:  # the parent's sampling says nothing about the child
+            sr.peak_rss_mb = sr.rss_growth_mb = 0.0
+        sr.rss_reported = True
+        sr.peak_rss_mb = max(sr.peak_rss_mb, run.peak_rss_mb)
+    if sr.side.dtype is None and run.info.get("dtype"):
+        sr.side.dtype = str(run.info["dtype"])
     return secs, run
 
 
@@ -405,6 +427,85 @@ def _ratios(results: list[SideResult], metric: Metric) -> list[dict[str, Any]]:
     return out
 
 
+CHILD_PREFIX = "@@harness-run "
+
+
+class ChildSide:
+    """A side in its own process, for isolation and its own peak RSS, kept for every run.
+
+    The process (``cmd``, a script that ends in :func:`serve_side`) starts on the first call, so
+    its load falls in the warm-up; each call then asks it for one run and reads back the
+    :class:`Run`. Call :meth:`close` (or use it as a context manager) when done.
+    """
+
+    def __init__(self, cmd: Sequence[str], *, env: dict[str, str] | None = None) -> None:
+        self.cmd, self.env = list(cmd), env
+        self.proc: Any = None
+
+    def __call__(self) -> Run:
+        import subprocess
+
+        if self.proc is None:
+            self.proc = subprocess.Popen(
+                self.cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=self.env
+            )
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write("run\n")
+        self.proc.stdin.flush()
+        for line in self.proc.stdout:
+            if line.startswith(CHILD_PREFIX):
+                doc = json.loads(line[len(CHILD_PREFIX) :])
+                return Run(
+                    work=doc["work"],
+                    texts=doc["texts"],
+                    info=doc["info"],
+                    peak_rss_mb=doc["peak_rss_mb"],
+                    seconds=doc["seconds"],
+                )
+        code = self.proc.wait()
+        raise RuntimeError(f"side process {' '.join(self.cmd[:3])} ... ended with exit {code}")
+
+    def close(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            assert self.proc.stdin is not None
+            self.proc.stdin.close()  # the child's loop ends on end of input
+            try:
+                self.proc.wait(timeout=60)
+            except Exception:
+                self.proc.kill()
+                self.proc.wait()
+
+    def __enter__(self) -> ChildSide:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def serve_side(run: Callable[[], Run]) -> int:
+    """The child's end of :class:`ChildSide`: one ``run()`` per request line, until input ends.
+
+    Anything the run prints goes to stderr, so stdout carries only the results.
+    """
+    import resource
+
+    out, sys.stdout = sys.stdout, sys.stderr
+    for line in sys.stdin:
+        if line.strip() != "run":
+            break
+        r = run()
+        doc = {
+            "work": r.work,
+            "texts": r.texts,
+            "info": r.info,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "seconds": r.seconds,
+        }
+        out.write(CHILD_PREFIX + json.dumps(doc) + "\n")
+        out.flush()
+    return 0
+
+
 def side_document(sr: SideResult, metric: Metric, vers: dict[str, str]) -> dict[str, Any]:
     s = sr.side
     return {
@@ -423,13 +524,15 @@ def side_document(sr: SideResult, metric: Metric, vers: dict[str, str]) -> dict[
         "seconds": [round(v, 6) for v in sr.seconds],
         "work": sr.work,
         "warmup_seconds": [round(v, 6) for v in sr.warmup_s],
+        "timed_by": "the side (the part that counts)" if sr.self_timed else "the harness",
         **{k: round(v, 6) for k, v in spread(sr.values).items()},
         "load_1m_before": [round(v, 2) for v in sr.load_before],
         "load_1m_after": [round(v, 2) for v in sr.load_after],
         "peak_rss_mb": round(sr.peak_rss_mb, 1),
-        "rss_growth_mb": round(sr.rss_growth_mb, 1),
-        "rss_method": "psutil, sampled every 20 ms"
-        + (f", process {s.pid}" if s.pid else ", this process"),
+        "rss_growth_mb": None if sr.rss_reported else round(sr.rss_growth_mb, 1),
+        "rss_method": "ru_maxrss of the side's own process (its load included)"
+        if sr.rss_reported
+        else "psutil, sampled every 20 ms" + (f", process {s.pid}" if s.pid else ", this process"),
         "quality": sr.quality,
         "info": sr.info,
         "texts": sr.texts,

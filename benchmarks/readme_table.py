@@ -67,8 +67,10 @@ def harness_cells(doc: dict[str, Any]) -> Cells:
     figs = []
     for r in doc["ratios"]:
         o, p, sp = sides[r["ours"]], sides[r["peer"]], r["speedup"]
+        who = f"{r['ours']} vs " if len(set(x["ours"] for x in doc["ratios"])) > 1 else "vs "
+        ref = " (a reference line, not a peer)" if r.get("peer_role") == "reference" else ""
         figs.append(
-            f"vs {r['peer']}: **{_x(sp['median'])}** ({_x(sp['min'])}-{_x(sp['max'])}); "
+            f"{who}{r['peer']}{ref}: **{_x(sp['median'])}** ({_x(sp['min'])}-{_x(sp['max'])}); "
             f"{_num(o['median'])} vs {_num(p['median'])} {unit}"
         )
     dtypes = {str(s["dtype"] or "n/a") for s in doc["sides"]}
@@ -83,7 +85,12 @@ def harness_cells(doc: dict[str, Any]) -> Cells:
         if not q:
             quals.append(f"{s['name']}: not recorded")
         elif "identical" in q:
-            parts = [f"identical to {q['identical_to']} {q['identical']}/{q['of']}"]
+            same = (
+                "the reference for identical texts"
+                if q["identical_to"] == s["name"]
+                else f"identical to {q['identical_to']} {q['identical']}/{q['of']}"
+            )
+            parts = [same]
             if "valid" in q:
                 parts.insert(0, f"valid {q['valid']}/{q['of']}")
             quals.append(f"{s['name']}: " + ", ".join(parts))
@@ -262,15 +269,13 @@ ROWS: tuple[Row, ...] = (
     Row(
         "bench_local_backends_similarity.json",
         "the same with `example_selection=similarity` (the default)",
-        "python benchmarks/bench_local_backends.py --selection similarity "
-        "--out benchmarks/results/bench_local_backends_similarity.json",
+        "python benchmarks/bench_local_backends.py --selection similarity",
         _legacy_local_backends,
     ),
     Row(
         "bench_local_backends_lora.json",
         "news-riddle `lora` on Gemma 3 270M + the full-recipe adapter, 16 articles",
-        "python benchmarks/bench_local_backends.py --strategy lora "
-        "--out benchmarks/results/bench_local_backends_lora.json",
+        "python benchmarks/bench_local_backends.py --strategy lora",
         _legacy_local_backends,
     ),
 )

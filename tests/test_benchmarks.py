@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import shutil
 import sys
 from collections.abc import Iterator
@@ -192,7 +193,7 @@ def test_a_harness_result_renders_with_spread_dtype_and_quality(tmp_path: Path) 
     fig, dtype, qual, runs = readme_table.row_cells(row, tmp_path)
     assert "**2.00x** (1.00x-4.00x)" in fig
     assert dtype == "bf16 (every side)"
-    assert "identical to ours 1/1" in qual
+    assert "ours: the reference for identical texts" in qual and "identical to ours 1/1" in qual
     assert runs.startswith("3 interleaved repeats after 1 warm-up")
     with pytest.raises(ValueError, match="smoke test"):
         readme_table.harness_cells({**doc, "quick": True})
@@ -282,3 +283,58 @@ def test_run_all_runs_every_benchmark_on_the_harness() -> None:
     assert len(quick) == len(on_harness) and all(c[-1] == "--quick" for c in quick)
     with pytest.raises(SystemExit, match="unknown benchmarks"):
         run_all.commands(quick=True, only=["bench_nothing"])
+
+
+def test_a_child_side_runs_in_its_own_process_and_reports_its_rss(tmp_path: Path) -> None:
+    script = tmp_path / "side.py"
+    script.write_text(
+        "import os, sys\n"
+        f"sys.path.insert(0, {str(BENCH)!r})\n"
+        "import harness\n"
+        "calls = []\n"
+        "def run():\n"
+        "    calls.append(1)\n"
+        "    print('library chatter')  # must not reach the results channel\n"
+        "    return harness.Run(work=3, texts=[str(len(calls))], info={'pid': os.getpid()})\n"
+        "raise SystemExit(harness.serve_side(run))\n"
+    )
+    with harness.ChildSide([sys.executable, str(script)]) as side:
+        first, second = side(), side()
+    assert (first.texts, second.texts) == (["1"], ["2"])  # one process, kept between runs
+    assert first.info["pid"] == second.info["pid"] != os.getpid()
+    assert first.work == 3 and (first.peak_rss_mb or 0) > 1
+    clock, log = FakeClock(), []
+    sides = [
+        harness.Side("ours", scripted(clock, "o", [1] * 4, log), role="ours"),
+        harness.Side("child", lambda: harness.Run(peak_rss_mb=123.0)),
+    ]
+    m = harness.measure(sides, harness.Metric("x/s"), repeats=3, clock=clock, load=lambda: 0.0)
+    doc = harness.side_document(m.sides[1], m.metric, {})
+    assert doc["peak_rss_mb"] == 123.0 and doc["rss_method"].startswith("ru_maxrss")
+
+
+@pytest.mark.slow
+def test_bench_lora_training_quick(tiny_models: Path, tmp_path: Path) -> None:
+    out = tmp_path / "lora.json"
+    assert bench("bench_lora_training").main(["--quick", "--repeats", "3", "--out", str(out)]) == 0
+    doc = check_result(out, sides=2, texts=False)
+    for s in doc["sides"]:
+        assert s["timed_by"].startswith("the side") and s["rss_method"].startswith("ru_maxrss")
+        assert s["quality"]["validation loss"] > 0 and s["dtype"]
+
+
+@pytest.mark.slow
+def test_bench_local_backends_quick(tmp_path: Path) -> None:
+    """Needs the packaged Gemma GGUF: there is no tiny GGUF model."""
+    from llmapps.errors import ModelNotFoundError
+    from llmapps.models.packaged import gguf_path
+
+    try:
+        gguf_path("gemma-3-270m")
+    except ModelNotFoundError as err:
+        pytest.skip(str(err))
+    out = tmp_path / "local.json"
+    assert bench("bench_local_backends").main(["--quick", "--repeats", "3", "--out", str(out)]) == 0
+    doc = check_result(out, sides=3, texts=True, ratios=2)  # our two backends vs plain
+    assert {s["quality"]["identical_to"] for s in doc["sides"]} == {"plain-llama.cpp"}
+    assert all("valid" in s["quality"] for s in doc["sides"])
