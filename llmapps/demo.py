@@ -12,6 +12,14 @@ from llmapps.errors import LlmappsError
 log = logging.getLogger(__name__)
 
 
+def _why_not(row: dict[str, Any]) -> str:
+    """``no`` and the first reason a row is invalid (a structured reply that did not close, a
+    riddle that names its answer...), short enough for the table's column."""
+    errors = row.get("errors") or ([row["error"]] if row.get("error") else [])
+    reason = " ".join(str(errors[0]).split()) if errors else ""
+    return f"no: {reason[:48]}" if reason else "no"
+
+
 def run_demo(
     app: str,
     strategies: list[str] | None = None,
@@ -92,7 +100,7 @@ def run_demo(
             table.add_row(
                 name,
                 *cells,
-                "yes" if r.get("valid") else "no",
+                "yes" if r.get("valid") else _why_not(r),
                 f"{r.get('input_tokens', 0)}/{r.get('output_tokens', 0)}",
             )
         console.print(table)
