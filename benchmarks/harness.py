@@ -275,13 +275,13 @@ def _one(
     sr: SideResult, clock: Clock, load: Callable[[], float], memory: bool
 ) -> tuple[float, Run]:
     before = load()
+    sampled: tuple[float, float] | None = None
     if memory:
         with RssPeak(sr.side.pid) as rss:
             started = clock()
             run = sr.side.fn()
             secs = clock() - started
-        sr.peak_rss_mb = max(sr.peak_rss_mb, rss.peak / 2**20)
-        sr.rss_growth_mb = max(sr.rss_growth_mb, (rss.peak - rss.start) / 2**20)
+        sampled = (rss.peak / 2**20, (rss.peak - rss.start) / 2**20)
     else:
         started = clock()
         run = sr.side.fn()
@@ -290,11 +290,14 @@ def _one(
     sr.load_after.append(load())
     if run.seconds is not None:
         secs, sr.self_timed = run.seconds, True
-    if run.peak_rss_mb is not None:
-        if not sr.rss_reported:  # the parent's sampling says nothing about the child
+    if run.peak_rss_mb is not None:  # the side's own process: this one's sampling says nothing
+        if not sr.rss_reported:
             sr.peak_rss_mb = sr.rss_growth_mb = 0.0
         sr.rss_reported = True
         sr.peak_rss_mb = max(sr.peak_rss_mb, run.peak_rss_mb)
+    elif sampled is not None and not sr.rss_reported:
+        sr.peak_rss_mb = max(sr.peak_rss_mb, sampled[0])
+        sr.rss_growth_mb = max(sr.rss_growth_mb, sampled[1])
     if sr.side.dtype is None and run.info.get("dtype"):
         sr.side.dtype = str(run.info["dtype"])
     return secs, run

@@ -308,6 +308,7 @@ def test_a_child_side_runs_in_its_own_process_and_reports_its_rss(tmp_path: Path
         harness.Side("ours", scripted(clock, "o", [1] * 4, log), role="ours"),
         harness.Side("child", lambda: harness.Run(peak_rss_mb=123.0)),
     ]
+    _ = bytearray(200 * 2**20)  # this process is bigger than the child says it is
     m = harness.measure(sides, harness.Metric("x/s"), repeats=3, clock=clock, load=lambda: 0.0)
     doc = harness.side_document(m.sides[1], m.metric, {})
     assert doc["peak_rss_mb"] == 123.0 and doc["rss_method"].startswith("ru_maxrss")
