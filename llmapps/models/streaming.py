@@ -84,7 +84,13 @@ def stream_local(lm: LocalModel, prompt: str, params: GenerationParams) -> Any:
     else:
         kwargs.update(temperature=None, top_p=None, top_k=None)
     if params.stop:
-        kwargs.update(stop_strings=list(params.stop), tokenizer=lm.tokenizer)
+        # the same criterion as LocalModel.generate: transformers' stop_strings builds token
+        # tables whose size grows with the strings' length (a 20,000-character stop cost ~626 MB,
+        # 900,000 characters OOM-killed the server); ours decodes the new tokens and searches
+        # them, so memory does not depend on the stop strings. The cut below is exact.
+        kwargs["stopping_criteria"] = [
+            StopStrings(lm.tokenizer, list(params.stop), input_ids.shape[1])
+        ]
     kwargs.update(repetition_kwargs(params))
     if compiled is not None:
         ends = set(lm.end_ids()) | {lm.tokenizer.pad_token_id}
