@@ -170,6 +170,11 @@ def test_news_riddle_contract(
     strategy_setup: tuple[str, dict[str, Any]], test_articles: list[dict[str, Any]]
 ) -> None:
     name, opts = strategy_setup
+    # the app's budget rose from 96 to 128 tokens (structured replies); past ~100 greedy tokens the
+    # toy LoRA's degenerate loop ("-.\n-,\n...") flips a near-tied token between a padded batch and
+    # one row, so the check keeps the length it was designed on ("greedy and short", above)
+    if "max_new_tokens" in STRATEGIES.get(name).config_class.model_fields:
+        opts = {"max_new_tokens": 96, **opts}
     chain = load_chain("news-riddle", name, **opts)
     articles = [{"id": a["id"], "title": a["title"], "text": a["text"]} for a in test_articles[:3]]
     single = [chain.invoke(a) for a in articles]
