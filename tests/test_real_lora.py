@@ -122,6 +122,7 @@ def test_a_killed_gemma_run_resumes_and_its_adapter_loads_active(
 def _same_adapter_on_llama_cpp(peft: Any, adapter: Path) -> None:
     import numpy as np
     import torch
+    from langchain_core.messages import BaseMessage
     from llama_cpp import Llama
 
     from chains.news_data import samples
@@ -135,7 +136,10 @@ def _same_adapter_on_llama_cpp(peft: Any, adapter: Path) -> None:
     assert isinstance(glm, GGUFModel) and cpp.scoring_model() is None
     task = load_task("news_riddle/one_step", [])
     prompt = LoraStrategy.prompt_for(task, samples("validation")[0])
-    text = cpp.build(task).invoke(samples("validation")[0])
+    out = cpp.build(task).invoke(samples("validation")[0])
+    # a strategy's Runnable returns text or a message (the contract); lora returns an AIMessage
+    # now, so the backend's finish_reason and constraint_error reach the app
+    text = out.content if isinstance(out, BaseMessage) else out
     assert isinstance(text, str) and text.strip()
 
     base_file = gguf_file_for("gemma-3-270m")
