@@ -12,7 +12,7 @@ from pydantic import Field
 
 from llmapps.errors import ConfigError
 from llmapps.strategies.base import Strategy, StrategyConfig
-from llmapps.strategies.structured import CompletionReply, GenerationControls, resolve_constraint
+from llmapps.strategies.structured import CompletionReply, GenerationControls, completion_model
 
 if TYPE_CHECKING:
     from langchain_core.runnables import Runnable
@@ -140,22 +140,10 @@ class FewShotStrategy(Strategy):
             ) from err
 
     def build(self, task: Task) -> Runnable[dict[str, Any], Any]:
-        from llmapps.models.llamacpp import completion_llm
-
         lm = self.local_model
         c = self.config
         max_new = c.max_new_tokens or task.max_new_tokens
-        constraint = resolve_constraint(
-            c.structured, task, lm, chat=False, max_new_tokens=max_new, strategy=self.name
-        )
-        llm = completion_llm(
-            lm,
-            max_new_tokens=max_new,
-            temperature=c.temperature,
-            top_p=c.top_p,
-            constraint=constraint,
-            **c.generation_kwargs(),
-        )
+        llm = completion_model(c, task, lm, max_new_tokens=max_new, strategy=self.name)
         chain = self.prompt(task) | CompletionReply(llm=llm, stop=list(task.stop))
         return chain.with_config(run_name=f"few-shot:{task.name}")
 

@@ -51,7 +51,7 @@ from llmapps.adapters import write_manifest as write_manifest
 from llmapps.errors import ConfigError
 from llmapps.models.local import LocalModel
 from llmapps.strategies.base import Strategy, StrategyConfig
-from llmapps.strategies.structured import CompletionReply, GenerationControls, resolve_constraint
+from llmapps.strategies.structured import CompletionReply, GenerationControls, completion_model
 
 if TYPE_CHECKING:
     from langchain_core.runnables import Runnable
@@ -291,7 +291,6 @@ class LoraStrategy(Strategy):
     def build(self, task: Task) -> Runnable[dict[str, Any], Any]:
         from langchain_core.runnables import RunnableLambda
 
-        from llmapps.models.llamacpp import completion_llm
         from llmapps.strategies.few_shot import fit_inputs
 
         self.check_task(task)
@@ -302,17 +301,7 @@ class LoraStrategy(Strategy):
         def render(inputs: dict[str, Any]) -> str:
             return self.prompt_for(task, inputs)
 
-        constraint = resolve_constraint(
-            c.structured, task, lm, chat=False, max_new_tokens=max_new, strategy=self.name
-        )
-        llm = completion_llm(
-            lm,
-            max_new_tokens=max_new,
-            temperature=c.temperature,
-            top_p=c.top_p,
-            constraint=constraint,
-            **c.generation_kwargs(),
-        )
+        llm = completion_model(c, task, lm, max_new_tokens=max_new, strategy=self.name)
         fit = fit_inputs(task, lm, max_new, render)
         chain = (
             RunnableLambda(fit, name="fit_context")

@@ -133,6 +133,27 @@ def resolve_constraint(
     return constraint
 
 
+def completion_model(
+    controls: Any, task: Task, lm: LocalModel, *, max_new_tokens: int, strategy: str
+) -> Any:
+    """The LangChain completion model a completion strategy (few-shot, lora) generates with:
+    ``lm`` on its backend, the strategy's sampling and repetition options, and the task's
+    constraint as ``controls.structured`` resolves it (``resolve_constraint``)."""
+    from llmapps.models.llamacpp import completion_llm
+
+    constraint = resolve_constraint(
+        controls.structured, task, lm, chat=False, max_new_tokens=max_new_tokens, strategy=strategy
+    )
+    return completion_llm(
+        lm,
+        max_new_tokens=max_new_tokens,
+        temperature=controls.temperature,
+        top_p=controls.top_p,
+        constraint=constraint,
+        **controls.generation_kwargs(),
+    )
+
+
 class CompletionReply(RunnableSerializable[Any, AIMessage]):
     """A completion model whose replies come back as ``AIMessage``s carrying what the backend said
     (``response_metadata``: ``finish_reason``, ``constraint_error``, token counts): LangChain's
