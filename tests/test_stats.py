@@ -8,7 +8,8 @@ from llmapps.evaluate.stats import bootstrap_ci, paired_bootstrap
 def test_bootstrap_interval_contains_mean_and_is_seeded():
     values = [0.0, 1.0, 1.0, 0.0, 1.0, 1.0, 1.0, 0.0, 1.0, 1.0]
     a = bootstrap_ci(values, seed=3)
-    assert a.low <= a.mean == pytest.approx(0.7) <= a.high
+    assert a.mean == pytest.approx(0.7)
+    assert a.low <= a.mean <= a.high
     assert a == bootstrap_ci(values, seed=3)
     assert a.n == 10
 
