@@ -20,14 +20,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
-from llmapps.ingest.clean import (
-    _CARD_RE,
-    _EMAIL_RE,
-    _IPV4_RE,
-    _PHONE_RE,
-    _luhn_ok,
-    _phone_like,
-)
+from llmapps.ingest.clean import find_pii
 
 DEFAULT_COPY_WORDS = 12
 """A span of this many words copied verbatim is a finding (a headline-sized quote is shorter)."""
@@ -81,19 +74,7 @@ def _norm(kind: str, value: str) -> str:
 
 def pii_items(text: str) -> list[tuple[str, str]]:
     """(kind, value) of every e-mail, card, IP, phone number and street address in ``text``."""
-    found: list[tuple[str, str]] = [("email", m.group(0)) for m in _EMAIL_RE.finditer(text)]
-    found += [
-        ("card", m.group(0))
-        for m in _CARD_RE.finditer(text)
-        if _luhn_ok(re.sub(r"\D", "", m.group(0)))
-    ]
-    found += [("ip", m.group(0)) for m in _IPV4_RE.finditer(text)]
-    cards = {_norm("card", v) for k, v in found if k == "card"}
-    found += [
-        ("phone", m.group(0))
-        for m in _PHONE_RE.finditer(text)
-        if _phone_like(m.group(0)) and _norm("phone", m.group(0)) not in cards
-    ]
+    found = find_pii(text)
     found += [("address", m.group(0).rstrip(".")) for m in _ADDRESS_RE.finditer(text)]
     return found
 
