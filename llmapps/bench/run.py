@@ -107,6 +107,13 @@ def parse_sweep(items: Sequence[str]) -> dict[str, list[Any]]:
     return out
 
 
+def _prompt_text(prompt: Any) -> str:
+    """A prompt as text: a completion prompt as it is, a chat one as ``role: content`` lines."""
+    if isinstance(prompt, str):
+        return prompt
+    return "\n".join(f"{getattr(m, 'type', 'message')}: {getattr(m, 'content', m)}" for m in prompt)
+
+
 def _value_text(value: Any) -> str:
     if isinstance(value, bool):
         return "on" if value else "off"
@@ -274,6 +281,8 @@ class StrategyRun:
                 sample_s=round(elapsed / len(chunk), 4),
                 **tracker.as_dict(),
             )
+            if tracker.prompts:  # what the model was sent, for the results view (llmapps ui)
+                row["prompt"] = "\n\n".join(_prompt_text(p) for p in tracker.prompts)
             rows.append(row)
         return rows
 
