@@ -463,6 +463,24 @@ class RatingStore:
             os.fsync(f.fileno())
         return row
 
+    def withdraw(self, item: str, rater: str) -> bool:
+        """Take back ``rater``'s latest rating of ``item`` (the web app's undo): the file is
+        rewritten whole without that line (a temp file and a rename). False if there was none."""
+        rater = " ".join((rater or "").split())
+        with self._lock:
+            if not self.path.is_file():
+                return False
+            lines = self.path.read_text(encoding="utf-8").splitlines(keepends=True)
+            for n in range(len(lines) - 1, -1, -1):
+                try:
+                    row = json.loads(lines[n])
+                except json.JSONDecodeError:
+                    continue
+                if isinstance(row, dict) and row.get("item") == item and row.get("rater") == rater:
+                    atomic_write(self.path, "".join(lines[:n] + lines[n + 1 :]))
+                    return True
+        return False
+
     def ratings(self) -> list[dict[str, str]]:
         """Every counted rating (the latest per rater and item). A bad line (not JSON, not a
         rating) is skipped and reported in ``skipped`` and the log, so one damaged line does not
