@@ -26,7 +26,9 @@ __all__ = [
     "REAL_TOKENS",
     "CompletionCollator",
     "build_dataset",
+    "mix_augmented",
     "read_examples",
+    "read_train_rows",
     "split_example",
     "tokenize_example",
 ]
@@ -75,6 +77,62 @@ def read_examples(source: str, task: Task) -> list[dict[str, Any]]:
     if not rows:
         raise InputError(f"{path} holds no examples")
     return rows
+
+
+def mix_augmented(
+    train_rows: list[dict[str, Any]],
+    augmented: list[dict[str, Any]],
+    *,
+    transforms: list[str] | None = None,
+    per_row: int | None = None,
+    source: str = "augmented rows",
+) -> list[dict[str, Any]]:
+    """``train_rows`` followed by the ``augmented`` rows made from them.
+
+    Every augmented row must name its ``source_id`` and ``transform`` (as ``llmapps data augment``
+    writes them) and come from one of ``train_rows``: a row made from any other article (a
+    validation or test one) is an ``InputError``, so augmentation can never leak the test split
+    into training. ``transforms`` keeps only those transforms; ``per_row`` caps the rows per source
+    (in file order, so a cap keeps the same rows on every run).
+    """
+    ids = {str(r.get("id")) for r in train_rows}
+    bad = [
+        str(r.get("id", n))
+        for n, r in enumerate(augmented, 1)
+        if not r.get("transform") or str(r.get("source_id")) not in ids
+    ]
+    if bad:
+        raise InputError(
+            f"{source}: {len(bad)} row(s) ({', '.join(bad[:5])}) have no transform or were not made "
+            "from a train row (source_id); augment the same train split the recipe trains on"
+        )
+    wanted = set(transforms or ())
+    per_source: dict[str, int] = {}
+    mixed = list(train_rows)
+    for row in augmented:
+        if wanted and row["transform"] not in wanted:
+            continue
+        sid = str(row["source_id"])
+        if per_row is not None and per_source.get(sid, 0) >= per_row:
+            continue
+        per_source[sid] = per_source.get(sid, 0) + 1
+        mixed.append(row)
+    return mixed
+
+
+def read_train_rows(data: Any, task: Task) -> list[dict[str, Any]]:
+    """The training rows of a recipe's ``data`` section: ``train``, plus ``augmented`` mixed in."""
+    rows = read_examples(data.train, task)
+    if not data.augmented:
+        return rows
+    extra = read_examples(data.augmented, task)
+    return mix_augmented(
+        rows,
+        extra,
+        transforms=list(data.augment_transforms),
+        per_row=data.augment_per_row,
+        source=str(data.augmented),
+    )
 
 
 def _app_examples(

@@ -29,6 +29,17 @@ class DataConfig(_Strict):
         "train", description="bundled split (train, validation, test) or a JSONL path"
     )
     validation: str = Field("validation", description="bundled split or a JSONL path")
+    augmented: str | None = Field(
+        None,
+        description="JSONL of `llmapps data augment` rows mixed into train (each row's source_id "
+        "must be a train row's id, so no validation or test article gets in)",
+    )
+    augment_transforms: list[str] = Field(
+        default_factory=list, description="keep only rows of these transforms (empty: all)"
+    )
+    augment_per_row: int | None = Field(
+        None, ge=0, description="at most this many augmented rows per train row (None: all)"
+    )
 
 
 class LoraConfig(_Strict):
