@@ -243,7 +243,7 @@ def train(
     """
     from transformers import TrainingArguments, set_seed
 
-    from finetune.data import build_dataset, read_examples
+    from finetune.data import build_dataset, read_examples, read_train_rows
     from llmapps.adapters import (
         AdapterManifest,
         layout_hash,
@@ -261,7 +261,7 @@ def train(
 
     t = recipe.training
     task = load_task(recipe.prompt)
-    train_rows = read_examples(recipe.data.train, task)
+    train_rows = read_train_rows(recipe.data, task)
     val_rows = read_examples(recipe.data.validation, task)
     device = pick_device(settings.device)
     set_seed(t.seed)
