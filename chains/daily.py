@@ -80,8 +80,25 @@ class Edition(BaseModel):
     ai_generated: bool = Field(True, description="always true: the riddles come from a model")
     items: list[EditionItem] = Field(default_factory=list)
     skipped: list[str] = Field(
-        default_factory=list, description="'<title>: <why>' per article not riddled"
+        default_factory=list, description="'<title>: <why>' per article not published"
     )
+    skipped_counts: dict[str, int] = Field(
+        default_factory=dict, description="why articles were not published -> how many"
+    )
+    articles: int = Field(0, description="articles considered for this edition")
+
+    def skipped_line(self) -> str:
+        """``5 articles: 3 published, 2 skipped (2 not valid riddles)``, for the page's top."""
+        n = len(self.items)
+        line = f"{self.articles} article{'' if self.articles == 1 else 's'}: {n} published"
+        if self.skipped_counts:
+            why = ", ".join(f"{v} {k}" for k, v in self.skipped_counts.items())
+            line += f", {sum(self.skipped_counts.values())} skipped ({why})"
+        invalid = sum(1 for i in self.items if not i.valid)
+        if invalid:
+            line += f"; {invalid} shown although not valid (marked)"
+        return line
+
     sources: list[SourceReport] = Field(default_factory=list)
 
 
@@ -102,10 +119,30 @@ def _label(a: NewsItem | dict[str, Any]) -> str:
     return str(row.get("title") or row.get("id") or "(untitled)")
 
 
+SKIP_NO_TEXT = "without text"
+SKIP_FAILED = "the model failed"
+SKIP_NO_RIDDLE = "no riddle"
+SKIP_INVALID = "not valid riddles"
+SKIP_PRIVATE = "withheld: personal data or copied text from the article"
+
+
+def privacy_findings(article: dict[str, Any], out: dict[str, Any]) -> list[str]:
+    """Why an output may not be published: personal data of the article carried into the
+    riddle, answer or summary, or the riddle copying a long span of it
+    (``llmapps.audit.privacy``)."""
+    from llmapps.audit.privacy import check_output
+
+    source = "\n".join(str(article.get(k) or "") for k in ("title", "text"))
+    fields = {k: out.get(k) for k in ("riddle", "answer", "summary")}
+    found = check_output(source, fields)
+    return [str(f) for f in found if f.kind != "copy" or f.field == "riddle"]
+
+
 def make_edition(
     articles: Sequence[NewsItem | dict[str, Any]],
     strategy: Any = "few-shot",
     *,
+    include_invalid: bool = False,
     max_riddles: int = 10,
     title: str = "The Daily Riddle",
     date: str | None = None,
@@ -120,6 +157,9 @@ def make_edition(
         articles: ``NewsItem`` objects or dicts with ``title`` and ``text`` (and ``url``,
             ``source``, ``date``).
         strategy: a registered strategy name or a ``Strategy`` instance.
+        include_invalid: publish riddles the app marked not valid too (marked on the page);
+            by default they are skipped and counted. Riddles that carry the article's personal
+            data are withheld either way.
         max_riddles: the first this many articles are riddled.
         title: the edition's headline.
         date: ISO date of the edition (default: today, UTC).
@@ -133,11 +173,17 @@ def make_edition(
     if max_riddles < 1:
         raise ConfigError(f"max_riddles must be at least 1, got {max_riddles}")
     rows, unusable = [], []
-    for a in list(articles)[:max_riddles]:  # one bad article is skipped, never the edition
+
+    def skip(label: str, why: str, kind: str) -> None:
+        edition.skipped.append(f"{label}: {why}")
+        edition.skipped_counts[kind] = edition.skipped_counts.get(kind, 0) + 1
+
+    picked = list(articles)[:max_riddles]
+    for a in picked:  # one bad article is skipped, never the edition
         try:
             rows.append(_as_article(a))
         except InputError as err:
-            unusable.append(f"{_label(a)}: {err}")
+            unusable.append((_label(a), str(err)))
     name = (
         strategy
         if isinstance(strategy, str)
@@ -150,8 +196,10 @@ def make_edition(
         strategy=name,
         generated_at=now.strftime("%Y-%m-%d %H:%M UTC"),
         sources=list(sources),
-        skipped=unusable,
+        articles=len(picked),
     )
+    for label, why in unusable:
+        skip(label, why, SKIP_NO_TEXT)
     if not rows:
         return edition
     chain = load_chain(APP, strategy, app_options=app_options, **strategy_options)
@@ -160,13 +208,23 @@ def make_edition(
     for row, out in zip(rows, outputs, strict=True):
         label = row.get("title") or row.get("id") or "(untitled)"
         if isinstance(out, Exception):
-            edition.skipped.append(f"{label}: {type(out).__name__}: {out}")
+            log.debug("%s: the model failed: %s", label, out)
+            skip(label, f"the model failed: {' '.join(str(out).split())[:300]}", SKIP_FAILED)
             continue
         riddle = str(out.get("riddle") or "").strip()
         if not riddle:
-            edition.skipped.append(
-                f"{label}: the model gave no riddle ({'; '.join(out.get('errors', []))})"
+            skip(
+                label,
+                f"the model gave no riddle ({'; '.join(out.get('errors', []))})",
+                SKIP_NO_RIDDLE,
             )
+            continue
+        if not out.get("valid") and not include_invalid:
+            skip(label, f"not a valid riddle ({'; '.join(out.get('errors') or [])})", SKIP_INVALID)
+            continue
+        private = privacy_findings(row, out)
+        if private:
+            skip(label, "; ".join(private), SKIP_PRIVATE)
             continue
         edition.items.append(
             EditionItem(
@@ -280,6 +338,7 @@ def _daily(args: argparse.Namespace) -> int:
         result.items,
         args.strategy,
         max_riddles=args.max_riddles,
+        include_invalid=args.include_invalid,
         title=args.title,
         date=args.date,
         app_options=app_options(args),
@@ -289,7 +348,7 @@ def _daily(args: argparse.Namespace) -> int:
     )
     paths = write_edition(edition, Path(args.out))
     print(
-        f"{len(edition.items)} riddles ({len(edition.skipped)} skipped) -> {paths['html']}, "
+        f"{edition.skipped_line()} -> {paths['html']}, "
         f"{paths['markdown'].name}, {paths['json'].name}",
         file=sys.stderr,
     )
@@ -316,6 +375,12 @@ def register_cli(subparsers: Any) -> None:
         "--max-riddles", type=int, default=10, help="riddle at most this many articles (default 10)"
     )
     p.add_argument("--title", default="The Daily Riddle", help="the page's headline")
+    p.add_argument(
+        "--include-invalid",
+        action="store_true",
+        help="publish riddles that failed the app's checks too, marked as such (default: skip "
+        "and count them)",
+    )
     p.add_argument("--date", default=None, help="edition date, YYYY-MM-DD (default: today, UTC)")
     p.add_argument("--quiet", "-q", action="store_true", help="no per-source table")
     p.set_defaults(func=cmd_daily)

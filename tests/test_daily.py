@@ -298,7 +298,8 @@ def test_article_text_reaches_the_model_only_inside_article_delimiters_and_outpu
             "source": "Vale",
         },
     ]
-    edition = make_edition(articles, strategy, date="2026-11-21")
+    # escaping is the point here: the scripted riddle is shown even where the app marks it invalid
+    edition = make_edition(articles, strategy, date="2026-11-21", include_invalid=True)
     assert [i.id for i in edition.items] == ["a", "b"] and edition.skipped == []
     assert edition.items[0].riddle == "I am <script>window.__pwned=1</script>\nover water"
     assert [i.url for i in edition.items] == ["https://example.org/a", ""]
@@ -377,3 +378,111 @@ def test_an_empty_edition_says_so_and_keeps_the_label():
     audit(html)
     assert "No riddles today" in html and "<strong>AI-generated</strong>" in html
     assert "_No riddles today._" in render_markdown(edition)
+
+
+# ------------------------------------------------------- what is fit to print (issue 26 item 5)
+
+
+def _five_articles() -> list[dict[str, Any]]:
+    return [
+        {
+            "id": f"s{i}",
+            "title": f"Harbour story {i}",
+            "text": STORY_TEXT,
+            "source": "Saltmere Weekly",
+            "url": f"https://example.org/story-{i}",
+        }
+        for i in range(5)
+    ]
+
+
+def grading_strategy(name: str = "grading") -> Any:
+    """Fault injection: well-formed replies, two of five of which the app rejects (the riddle
+    names its answer), and one that carries the article's e-mail address when asked."""
+
+    def answer(task: Any, inputs: dict[str, Any]) -> str:
+        n = int(inputs["title"].rsplit(" ", 1)[-1])
+        riddle = (
+            "I carry stone over water and the bridge is my name"
+            if n in (1, 3)
+            else "Grey arches over a river, voted on by the town: what am I?"
+        )
+        if "contact" in inputs["text"]:
+            riddle = "Write to ann.lee@example.org to learn what spans the river"
+        return f"Summary: the council will rebuild it\nRiddle: {riddle}\nAnswer: the bridge"
+
+    return scripted_strategy(name, answer)
+
+
+def test_the_edition_publishes_valid_riddles_only_and_says_how_many_were_skipped(tmp_path):
+    edition = make_edition(_five_articles(), grading_strategy(), date="2026-11-21")
+    assert [i.id for i in edition.items] == ["s0", "s2", "s4"]
+    assert edition.skipped_counts == {"not valid riddles": 2}
+    assert edition.skipped_line() == "5 articles: 3 published, 2 skipped (2 not valid riddles)"
+    html = render_html(edition)
+    audit(html)
+    assert "5 articles: 3 published, 2 skipped (2 not valid riddles)" in html
+    # the headline sits inside the answer, never above the riddle
+    for item in edition.items:
+        _, _, inside = html.partition(f'id="riddle-{edition.items.index(item) + 1}"')
+        riddle_part, _, rest = inside.partition("<details>")
+        assert item.title not in riddle_part and item.title in rest.split("</details>")[0]
+    assert html.count('rel="noopener noreferrer nofollow"') == 3  # the source links
+    md = render_markdown(edition)
+    assert "5 articles: 3 published, 2 skipped \\(2 not valid riddles\\)" in md
+
+    shown = make_edition(
+        _five_articles(), grading_strategy("grading-all"), date="2026-11-21", include_invalid=True
+    )
+    assert len(shown.items) == 5 and [i.valid for i in shown.items].count(False) == 2
+    page = render_html(shown)
+    assert page.count('class="riddle invalid"') == 2
+    assert page.count("Did not pass the checks: the riddle names its answer (bridge)") == 2
+    assert "5 published; 2 shown although not valid (marked)" in page
+
+
+def test_a_riddle_carrying_the_articles_personal_data_is_withheld():
+    articles = _five_articles()[:1]
+    articles[0]["text"] = STORY_TEXT + " Readers can contact ann.lee@example.org with questions."
+    edition = make_edition(articles, grading_strategy("grading-pii"), date="2026-11-21")
+    assert edition.items == []
+    assert edition.skipped_counts == {"withheld: personal data or copied text from the article": 1}
+    assert "email" in edition.skipped[0] and "ann.lee@example.org" in edition.skipped[0]
+
+
+@needs_chromium("; the page's HTML is still checked by the other tests")
+def test_the_headline_shows_only_with_the_answer_in_chromium(tmp_path):
+    pw = sync_playwright(reason="playwright (dev extra) is not installed")
+    site = tmp_path / "site"
+    write_edition(
+        make_edition(_five_articles(), grading_strategy("grading-b"), date="2026-11-21"), site
+    )
+    httpd = ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(QuietHandler, directory=str(site))
+    )
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        with pw as p:
+            ctx, page, dialogs, outside = open_page(p, tmp_path / "profile", 390, 844, mobile=True)
+            try:
+                page.goto(f"http://127.0.0.1:{httpd.server_address[1]}/index.html")
+                assert page.locator(".skipped").inner_text() == (
+                    "5 articles: 3 published, 2 skipped (2 not valid riddles)"
+                )
+                first = page.locator("article.riddle").first
+                assert page.locator("article.riddle").count() == 3
+                assert not first.locator(".headline").is_visible()
+                assert not first.get_by_text("Harbour story 0").is_visible()
+                shots = Path(os.environ.get("LLMAPPS_SCREENSHOT_DIR", tmp_path))
+                shots.mkdir(parents=True, exist_ok=True)
+                page.screenshot(path=str(shots / "daily-valid-only.png"), full_page=True)
+                first.locator("summary").click()
+                assert first.locator(".headline").inner_text() == "Harbour story 0"
+                assert first.locator("a").get_attribute("href") == "https://example.org/story-0"
+                assert dialogs == [] and outside == []
+                assert page.evaluate("document.documentElement.scrollWidth") <= 390
+            finally:
+                ctx.close()
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
