@@ -6,6 +6,12 @@ Registered through the ``llmapps.cli`` entry point ``finetune = "finetune.cli:re
     llmapps finetune lora --recipe tiny --out adapters/news-riddle-tiny --resume
     llmapps finetune merge adapters/news-riddle-tiny --out merged/news-riddle-tiny
     llmapps finetune recipes            # the shipped recipes, validated
+
+Preference tuning (rate -> pairs -> dpo -> bench)::
+
+    llmapps finetune pairs --ratings RUN/human-eval/ratings.jsonl --key RUN/human-eval/key.json --out pairs.jsonl
+    llmapps finetune pairs --sample 4 --adapter SFT_DIR --limit 12 --out pairs.jsonl
+    llmapps finetune dpo --adapter SFT_DIR --pairs pairs.jsonl --out DPO_DIR [--loss simpo]
 """
 
 from __future__ import annotations
@@ -79,7 +85,107 @@ def cmd_recipes(args: argparse.Namespace) -> int:
         except ConfigError as err:
             bad += 1
             print(f"{path.stem:12} INVALID: {err}")
+    from finetune.dpo import list_dpo_recipes, load_dpo_recipe
+
+    for path in list_dpo_recipes():
+        try:
+            d = load_dpo_recipe(path)
+            print(f"{path.stem:12} {d.training.loss:14} on an SFT adapter  {d.description}")
+        except ConfigError as err:
+            bad += 1
+            print(f"{path.stem:12} INVALID: {err}")
     return 2 if bad else 0
+
+
+def cmd_pairs(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from llmapps.errors import ConfigError
+    from llmapps.evaluate.preferences import write_pairs
+    from llmapps.files import writing
+
+    out = Path(args.out)
+    if bool(args.ratings) == bool(args.sample):
+        raise ConfigError(
+            "finetune pairs: give --ratings FILE --key KEY (people's A/B ratings) or "
+            "--sample K --adapter DIR (AI feedback), one of the two"
+        )
+    if args.ratings:
+        from finetune.pairs import human_pairs
+
+        if not args.key:
+            raise ConfigError("--ratings needs --key: the key.json exported with the sheet")
+        with writing(out, [*args.ratings, args.key], kind="file"):
+            report, _app = human_pairs(
+                [Path(r) for r in args.ratings],
+                Path(args.key),
+                Path(args.run) if args.run else None,
+            )
+            digest = write_pairs(out, report.pairs)
+        print(report.summary())
+        print(f"pairs: {out} (sha256 {digest[:16]})")
+        return 0 if report.pairs else 1
+    from finetune.pairs import REWARD_WEIGHTS, ai_feedback_pairs
+
+    if not args.adapter:
+        raise ConfigError("--sample needs --adapter: the adapter folder to sample replies from")
+    weights = dict(REWARD_WEIGHTS)
+    weights.update({k: float(v) for k, v in _overrides(args.reward).items()})
+    samples_out = Path(args.samples) if args.samples else out.with_suffix(".samples.jsonl")
+    with writing(out, [args.adapter], kind="file"):
+        pairs, counts = ai_feedback_pairs(
+            args.app,
+            args.adapter,
+            samples_out,
+            k=args.sample,
+            splits=[s.strip() for s in args.split.split(",") if s.strip()],
+            limit=args.limit,
+            temperature=args.temperature,
+            top_p=args.top_p,
+            seed=args.seed,
+            margin=args.margin,
+            weights=weights,
+            base_model=args.base_model,
+            max_new_tokens=args.max_new_tokens,
+            progress=not args.quiet,
+        )
+        digest = write_pairs(out, pairs)
+    print(", ".join(f"{v} {k.replace('_', ' ')}" for k, v in counts.items()))
+    print(f"pairs: {out} (sha256 {digest[:16]}); every reply and its reward: {samples_out}")
+    return 0 if pairs else 1
+
+
+def cmd_dpo(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from finetune.dpo import load_dpo_recipe, train_dpo
+    from llmapps.files import writing
+
+    overrides = _overrides(args.set)
+    if args.loss:
+        overrides["training.loss"] = args.loss
+    recipe = load_dpo_recipe(args.recipe, **overrides)
+    out = Path(args.out)
+    sources = [s for s in (args.adapter or recipe.adapter, args.pairs or recipe.pairs) if s]
+    with writing(out, sources, kind="folder"):
+        result = train_dpo(
+            recipe,
+            out,
+            adapter=args.adapter,
+            pairs=args.pairs,
+            resume=args.resume,
+            overwrite=args.overwrite,
+            progress=not args.quiet,
+        )
+    m = result.metrics
+    first, last = m["first_logged"], m["last_logged"]
+    print(f"adapter: {result.adapter}")
+    print(
+        f"{m['loss_type']} loss {first.get('loss')} -> {last.get('loss')}, reward margin "
+        f"{first.get('reward_margin')} -> {last.get('reward_margin')}, {m['steps']} steps, "
+        f"{m['pairs_per_s']} pairs/s"
+    )
+    return 0
 
 
 def register(subparsers: Any) -> None:
@@ -121,5 +227,56 @@ def register(subparsers: Any) -> None:
     p.add_argument("--out", "-o", required=True, help="folder for the merged model")
     p.add_argument("--base-model", help="where the base lives, if not where the manifest says")
     p.set_defaults(func=cmd_merge)
+    p = sub.add_parser(
+        "pairs",
+        help="build preference pairs from A/B ratings (--ratings) or sampled replies (--sample)",
+    )
+    p.add_argument("--out", "-o", required=True, help="the pairs file to write (JSONL)")
+    p.add_argument(
+        "--ratings",
+        action="append",
+        default=[],
+        help="ratings.jsonl or filled sheet.csv (repeatable)",
+    )
+    p.add_argument("--key", help="the sheet's key.json (with --ratings)")
+    p.add_argument(
+        "--run", help="the bench run the sheet shows (default: the key's folder's parent)"
+    )
+    p.add_argument("--sample", type=int, metavar="K", help="AI feedback: replies per article")
+    p.add_argument("--adapter", help="AI feedback: the adapter folder to sample from")
+    p.add_argument("--app", default="news-riddle", help="the app (default news-riddle)")
+    p.add_argument("--split", default="train", help="train, validation or both comma-separated")
+    p.add_argument("--limit", type=int, help="the first N articles of each split")
+    p.add_argument("--temperature", type=float, default=0.9)
+    p.add_argument("--top-p", type=float, default=0.95)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--margin", type=float, default=0.5, help="least reward gap that makes a pair")
+    p.add_argument(
+        "--reward",
+        action="append",
+        default=[],
+        metavar="METRIC=WEIGHT",
+        help="change or add a reward weight, e.g. --reward leakage=-3 (repeatable)",
+    )
+    p.add_argument(
+        "--samples", help="where every reply and its reward go (default OUT.samples.jsonl)"
+    )
+    p.add_argument("--base-model", help="where the base lives, if not where the adapter says")
+    p.add_argument("--max-new-tokens", type=int)
+    p.add_argument("--quiet", "-q", action="store_true")
+    p.set_defaults(func=cmd_pairs)
+    p = sub.add_parser("dpo", help="preference-tune a LoRA adapter on pairs (DPO or SimPO)")
+    p.add_argument("--adapter", help="the parent (SFT) adapter folder")
+    p.add_argument("--pairs", help="the pairs file (llmapps finetune pairs)")
+    p.add_argument("--out", "-o", required=True, help="the adapter folder to write")
+    p.add_argument(
+        "--recipe", "-r", default="dpo-gemma-3-270m", help="DPO recipe path or shipped name"
+    )
+    p.add_argument("--loss", choices=["dpo", "simpo"], help="override the recipe's training.loss")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="discard an earlier run's checkpoints")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_dpo)
     p = sub.add_parser("recipes", help="list and validate the shipped recipes")
     p.set_defaults(func=cmd_recipes)
