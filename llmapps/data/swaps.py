@@ -113,7 +113,8 @@ def entity_tokens(
     return out
 
 
-def _match_case(template: str, word: str) -> str:
+def match_case(template: str, word: str) -> str:
+    """``word`` in the case pattern of ``template`` (upper, capitalised or lower)."""
     if template.isupper() and len(template) > 1:
         return word.upper()
     if template[:1].isupper():
@@ -136,7 +137,7 @@ def apply_mapping(text: str, mapping: Mapping[str, str]) -> str:
     pattern = re.compile(
         r"(?<![\w-])(" + "|".join(re.escape(k) for k in keys) + r")(?![\w-])", re.IGNORECASE
     )
-    return pattern.sub(lambda m: _match_case(m.group(0), lowered[m.group(0).lower()]), text)
+    return pattern.sub(lambda m: match_case(m.group(0), lowered[m.group(0).lower()]), text)
 
 
 def surviving(texts: Iterable[str], words: Iterable[str]) -> list[str]:

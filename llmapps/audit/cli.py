@@ -1,0 +1,118 @@
+"""``llmapps audit fairness APP``: counterfactual twins of the test inputs, every named strategy run
+on both twins, and the fairness + privacy report (``report.md``, ``report.json``) in ``--out``.
+
+Each strategy's outputs go to ``<out>/<strategy>.jsonl`` as they come, so a stopped audit resumes
+where it stopped; the report is rewritten from all the rows at the end of every run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from llmapps.errors import ConfigError
+
+DEFAULT_STRATEGIES = "few-shot,zero-shot,lora,service"
+
+
+def parse_options(items: list[str] | None, strategies: list[str]) -> dict[str, dict[str, Any]]:
+    """``STRATEGY.KEY=VALUE`` items -> {strategy: {key: value}} (values read as YAML scalars)."""
+    out: dict[str, dict[str, Any]] = {s: {} for s in strategies}
+    for item in items or []:
+        name, eq, value = item.partition("=")
+        strategy, dot, key = name.partition(".")
+        if not eq or not dot or not key:
+            raise ConfigError(f"--opt {item!r}: write STRATEGY.KEY=VALUE, e.g. lora.adapter=DIR")
+        if strategy not in out:
+            raise ConfigError(
+                f"--opt {item!r}: {strategy!r} is not among --strategies ({', '.join(strategies)})"
+            )
+        out[strategy][key.replace("-", "_")] = yaml.safe_load(value) if value else value
+    return out
+
+
+def cmd_fairness(args: argparse.Namespace) -> int:
+    from llmapps.apps import get_app, load_chain
+    from llmapps.audit.run import (
+        load_rows,
+        run_strategy,
+        strategy_report,
+        twins_for,
+        write_report,
+    )
+    from llmapps.files import check_output
+    from llmapps.jsonl import atomic_write
+    from llmapps.strategies.base import STRATEGIES
+
+    spec = get_app(args.app)
+    strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
+    for s in strategies:
+        STRATEGIES.get(s)  # an unknown name fails here, with suggestions, before any model
+    options = parse_options(args.opt, strategies)
+    if spec.samples is None:
+        raise ConfigError(f"app {spec.name!r} bundles no samples to audit")
+    out_dir = check_output(args.out, kind="folder")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    samples = spec.samples(args.split)[: args.limit] if args.limit else spec.samples(args.split)
+    common = spec.training_examples("train") if spec.training_examples else []
+    attributes = [a.strip() for a in args.attributes.split(",")] if args.attributes else None
+    twins = twins_for(
+        spec, samples, attributes=attributes, words_file=args.words, common_rows=common
+    )
+    timings_path = out_dir / "timings.json"
+    timings: dict[str, Any] = json.loads(timings_path.read_text()) if timings_path.exists() else {}
+    for name in strategies:
+        if not args.report_only:
+            chain = load_chain(spec.name, name, **options[name])
+            took = run_strategy(chain, twins, out_dir / f"{name}.jsonl", batch_size=args.batch_size)
+            before = timings.get(name, {})
+            took["seconds"] = round(took["seconds"] + float(before.get("seconds", 0)), 1)
+            timings[name] = took
+            atomic_write(timings_path, json.dumps(timings, indent=2) + "\n")
+            print(f"{name}: {took['done']} outputs in {took['seconds']} s", flush=True)
+    report = {
+        "app": spec.name,
+        "split": args.split,
+        "inputs": len(samples),
+        "twins": {a: sum(t.attribute == a for t in twins) for a in {t.attribute for t in twins}},
+        "timings": timings,
+        "strategies": {
+            name: strategy_report(spec, twins, load_rows(out_dir / f"{name}.jsonl"))
+            for name in strategies
+        },
+    }
+    _, md = write_report(out_dir, report)
+    print(md.read_text(encoding="utf-8"))
+    return 0
+
+
+def register(subparsers: Any) -> None:
+    """Add ``audit fairness`` to the ``llmapps`` command line."""
+    p = subparsers.add_parser("audit", help="audit an app's outputs (fairness, privacy)")
+    sub = p.add_subparsers(dest="audit_command", required=True)
+    f = sub.add_parser(
+        "fairness",
+        help="counterfactual twins (gender, origin) through every strategy + privacy checks",
+    )
+    f.add_argument("app", help="the app to audit (`llmapps apps` lists them)")
+    f.add_argument("--out", "-o", type=Path, required=True, help="folder for outputs and report")
+    f.add_argument("--strategies", default=DEFAULT_STRATEGIES, help="comma-separated")
+    f.add_argument("--split", default="test", help="the samples' split (default test)")
+    f.add_argument("--limit", type=int, help="only the first N samples")
+    f.add_argument("--attributes", help="comma-separated (default: every one in the words file)")
+    f.add_argument("--words", type=Path, help="YAML of counterfactual swaps (default: bundled)")
+    f.add_argument("--batch-size", type=int, default=4)
+    f.add_argument(
+        "--opt",
+        action="append",
+        metavar="STRATEGY.KEY=VALUE",
+        help="a strategy option, e.g. service.base_url=http://127.0.0.1:8000/v1 (repeatable)",
+    )
+    f.add_argument(
+        "--report-only", action="store_true", help="rewrite the report from the saved outputs"
+    )
+    f.set_defaults(func=cmd_fairness)
