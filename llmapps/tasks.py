@@ -107,6 +107,7 @@ class FieldSpec:
     name: str
     max_tokens: int | None = None
     multiline: bool = False
+    max_lines: int = 4
 
 
 @dataclass(frozen=True)
@@ -201,7 +202,12 @@ class Task:
         for n in free:
             budgets[n] = max(1, rest // len(free))
         return {
-            n: FieldSpec(n, budgets[n], declared[n].multiline if n in declared else False)
+            n: FieldSpec(
+                n,
+                budgets[n],
+                declared[n].multiline if n in declared else False,
+                declared[n].max_lines if n in declared else 4,
+            )
             for n in names
         }
 
@@ -260,6 +266,7 @@ class Task:
                 before,
                 budgets[name].max_tokens or 1,
                 budgets[name].multiline,
+                budgets[name].max_lines,
             )
             for before, name in pieces
         )
@@ -272,7 +279,9 @@ class Task:
                 overhead,
                 len(fields),
             )
-        return OutputConstraint("layout", Layout(fields=fields, after=after))
+        return OutputConstraint(
+            "layout", Layout(fields=fields, after=after, forbid=tuple(s for s in self.stop if s))
+        )
 
     def with_examples(self, examples: list[dict[str, Any]]) -> Task:
         from dataclasses import replace

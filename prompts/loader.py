@@ -39,6 +39,13 @@ class _Field(BaseModel):
     model_config = ConfigDict(extra="forbid")
     max_tokens: int | None = Field(None, ge=1, description="token budget of the field")
     multiline: bool = Field(False, description="the field may span lines (a riddle's verses)")
+    max_lines: int = Field(
+        4,
+        ge=1,
+        le=16,
+        description="a multiline field's most lines under structured generation; they share "
+        "the field's token budget",
+    )
 
 
 class PromptFile(BaseModel):
@@ -164,5 +171,7 @@ def load_task(name_or_path: str | Path, examples: list[dict[str, Any]] | None = 
         json_schema=spec.json_schema,
         meta={"path": str(path), "description": spec.description},
         chat_reply=spec.chat_reply,
-        fields=tuple(FieldSpec(n, f.max_tokens, f.multiline) for n, f in spec.fields.items()),
+        fields=tuple(
+            FieldSpec(n, f.max_tokens, f.multiline, f.max_lines) for n, f in spec.fields.items()
+        ),
     )

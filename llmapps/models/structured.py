@@ -58,6 +58,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import threading
 import warnings
 import weakref
@@ -90,14 +91,18 @@ class LayoutField:
     before: str
     max_tokens: int
     multiline: bool = False
+    max_lines: int = 4
 
 
 @dataclass(frozen=True)
 class Layout:
-    """Literal pieces and fields in order, ending with ``after`` (then end of reply)."""
+    """Literal pieces and fields in order, ending with ``after`` (then end of reply). No field
+    may contain a string of ``forbid`` (the prompt's stop strings: a field that wrote one would
+    be cut there by the stop and never close)."""
 
     fields: tuple[LayoutField, ...]
     after: str = ""
+    forbid: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -243,8 +248,8 @@ def _lark_str(text: str) -> str:
 
 def layout_lark(layout: Layout) -> str:
     """A layout as a Lark grammar: each field's ``before`` literally, then the field's text (one
-    line unless ``multiline``, at least one character, at most ``max_tokens`` tokens), then
-    ``after``, then the end of the reply."""
+    line, or up to ``max_lines`` lines when ``multiline``; at least one character, at most
+    ``max_tokens`` tokens), then ``after``, then the end of the reply."""
     seq, rules = [], []
     for i, f in enumerate(layout.fields):
         if f.max_tokens < 1:
@@ -255,17 +260,49 @@ def layout_lark(layout: Layout) -> str:
         if f.before:
             seq.append(_lark_str(f.before))
         seq.append(f"f{i}")
-        # a multiline field ends where the next label starts: the engine's lexemes are greedy, so
-        # a bare /(.|\n)+/ swallowed "\n[Answer]: ..." and never closed (a worked example's
-        # own reply was rejected); a stop at the next literal ends it there (lazily), and a spent
-        # budget still forces the literal itself (helper-3's mend, issue 21)
-        body = r"/(.|\n)+/" if f.multiline else r"/[^\n]+/"
-        nxt = (layout.fields[i + 1].before if i + 1 < len(layout.fields) else layout.after).rstrip()
-        stop = f", stop={_lark_str(nxt)}" if f.multiline and nxt else ""
-        rules.append(f"f{i}[max_tokens={f.max_tokens}{stop}]: {body}")
+        nxt = layout.fields[i + 1].before if i + 1 < len(layout.fields) else layout.after
+        rules.extend(_field_rules(f"f{i}", f, nxt, layout.forbid))
     if layout.after:
         seq.append(_lark_str(layout.after))
     return "start: " + " ".join(seq) + "\n" + "\n".join(rules) + "\n"
+
+
+def _without(body: str, forbid: Sequence[str]) -> str:
+    """A lexeme ``body`` that never contains any of ``forbid`` (llguidance's ``& ~`` operators);
+    strings with a newline are left out (a field's lines hold none)."""
+    for s in forbid:
+        if s and "\n" not in s:
+            body += " & ~/(?s:.*" + re.escape(s).replace("/", "\\/") + ".*)/"
+    return body
+
+
+def _field_rules(rule: str, f: LayoutField, nxt: str, forbid: Sequence[str] = ()) -> list[str]:
+    """The rules of one field. A multiline field is its lines as separate lexemes joined by
+    ``"\n"``: a line after the first may not start with the character that follows the newline
+    of the next literal (``[`` of ``"\n[Answer]: "``), so the engine's greedy lexer always knows
+    where the field ends, and a spent budget forces the next literal. Two designs failed on Gemma
+    (issue 21): one ``/(.|\n)+/`` lexeme swallowed the next label and never closed, and one with
+    ``stop="\n[Answer]:"`` made llguidance 1.9.1 panic ("num_rows=5 row_infos=4", then every
+    matcher of the batch failed with a poisoned lock) as soon as the model wrote the label itself.
+    The lines share the budget: each gets ``(max_tokens - (max_lines - 1)) // max_lines``. A
+    field never holds a string of ``forbid``: Gemma's few-shot replies went on after a riddle's
+    last line with "###" (the examples' separator, a stop string), which cut them unclosed."""
+    line = _without(r"/[^\n]+/", forbid)
+    if not f.multiline or f.max_lines < 2 or (nxt and not (nxt.startswith("\n") and len(nxt) > 1)):
+        # one line; also a multiline field whose next literal does not start a new line
+        return [f"{rule}[max_tokens={f.max_tokens}]: {line}"]
+    per_line = max(1, (f.max_tokens - (f.max_lines - 1)) // f.max_lines)
+    head = nxt[1] if nxt else ""
+    cont = (
+        line
+        if not head
+        else _without("/[^" + re.escape(head).replace("/", "\\/") + r"\n][^\n]*/", forbid)
+    )
+    return [
+        f'{rule}: {rule}l0 ("\\n" {rule}ln){{0,{f.max_lines - 1}}}',
+        f"{rule}l0[max_tokens={per_line}]: {line}",
+        f"{rule}ln[max_tokens={per_line}]: {cont}",
+    ]
 
 
 @dataclass
