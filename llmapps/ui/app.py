@@ -1,20 +1,24 @@
 """The web page of ``llmapps ui`` (Gradio): try an app, compare strategies, rate outputs blinded.
 
-Three tabs, labelled from the app's ``UiSpec``:
+Tabs, labelled from the app's ``UiSpec``:
 
 - the app's own tab (news-riddle: "Riddle me this"): paste an input or pick a bundled/ingested
   one, pick a strategy (its model shown), get the outputs with the hidden ones (the answer) kept
   on the server until the reader asks; latency, tokens and a truncation notice below. A batch of
-  N bundled inputs runs with a progress bar.
-- Compare: the same input through 2-4 strategies side by side.
-- Rate: blinded A/B/tie rating of a bench run's outputs into a ``RatingStore`` (the one
-  ``llmapps human-eval import`` reads), resuming where the rater stopped; win rates, agreement and
-  a plot.
+  N bundled inputs runs with a progress bar and says how many results are usable.
+- Compare: the same input through 2-4 strategies side by side (runnable ones by default).
+- Rate (``llmapps.ui.rate_tab``): blinded pairs of a bench run rated with one key each (A, B,
+  tie, both bad, skip, undo), win rates with intervals and a Bradley–Terry ranking, export as
+  preference pairs.
+- Results (``llmapps.ui.results``, with a bench run): the grid of samples x strategies, a cell's
+  prompt and output, a side-by-side diff, the summary with intervals and the run's plots.
 
-Every model output is shown in text boxes and text-only tables, never as HTML or Markdown; every
-error becomes a line in the page (the traceback goes to the log). Generation events share one
-queue (``concurrency_id="generate"``), so many sessions wait their turn instead of piling onto
-the CPU.
+The strategies are those of ``llmapps.compose`` (as the bench and the demo build them); one that
+cannot run is listed, greyed, with its reason and fix, and never offered. Every model output is
+shown in text boxes and text-only tables, never as HTML or Markdown. An error is a red status line
+in words (``llmapps.ui.widgets``) and clears the outputs it replaces; a user's mistake is logged
+at debug level, without a traceback. Generation events share one queue
+(``concurrency_id="generate"``), so many sessions wait their turn instead of piling onto the CPU.
 
 What a request meets first is ``serve``'s guard (``PageGuard``): the Host header must be one the
 page answers to (on loopback: ``127.0.0.1``, ``localhost``, ``[::1]``), and so must the Origin of a
@@ -27,24 +31,22 @@ from __future__ import annotations
 
 import hmac
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from llmapps.evaluate.human import MAX_COMMENT_CHARS, RatingStore, plot_win_rates
+from llmapps.errors import InputError
 from llmapps.serving.guard import LOOPBACK_HOSTS, Guard, host_of
 from llmapps.serving.protocol import APIError
 from llmapps.serving.server import is_loopback
 from llmapps.ui.session import AppSession, error_text, status_line
+from llmapps.ui.widgets import CSS, STATUS_SCRIPT, bad, ok, safe, unavailable_html
 
 log = logging.getLogger(__name__)
 
 COMPARE_MAX = 4
 MAX_BODY_BYTES = 2_000_000  # an input of MAX_INPUT_CHARS characters, JSON-escaped, fits
-CSS = """
-.gradio-container {max-width: 1200px !important}
-footer {display: none !important}
-"""
 
 
 class PageGuard(Guard):
@@ -69,54 +71,25 @@ class PageGuard(Guard):
         return None
 
 
-def _safe(fn: Callable[..., Any], n_out: int, status_index: int) -> Callable[..., Any]:
-    """``fn`` with any exception turned into a message in its status output (logged in full)."""
-    import functools
-
-    import gradio as gr
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except Exception as err:
-            log.warning("ui: %s failed: %s", fn.__name__, err, exc_info=True)
-            out: list[Any] = [gr.skip()] * n_out
-            out[status_index] = f"error: {error_text(err)}"
-            return tuple(out) if n_out > 1 else out[0]
-
-    return wrapper
-
-
 def _out(values: Sequence[Any]) -> Any:
     """Handler results for a list of outputs: Gradio takes a lone output's value as it is."""
     return values[0] if len(values) == 1 else tuple(values)
 
 
-def stats_text(report: dict[str, Any] | None) -> str:
-    """The statistics ``llmapps human-eval import`` prints, as plain text."""
-    if not report:
-        return "no ratings yet"
-    lines = [f"{report['ratings']} ratings by {len(report['raters'])} rater(s)", ""]
-    lines.append(f"{'strategy':<24} {'win rate':>8} {'comparisons':>12}")
-    for name, rate in sorted(report["win_rate"].items(), key=lambda kv: -kv[1]):
-        lines.append(f"{name:<24} {rate:>8.3f} {report['comparisons'][name]:>12}")
-    a = report["agreement"]
-    lines.append("")
-    lines.append(
-        f"agreement: {a['percent'] if a['percent'] is not None else 'n/a (one rater per item)'}"
-        f", Cohen's kappa {a['cohen_kappa'] if a['cohen_kappa'] is not None else 'n/a'}"
-    )
-    return "\n".join(lines)
-
-
-def build_blocks(session: AppSession, store: RatingStore | None = None) -> Any:
-    """The Gradio ``Blocks`` of the page for ``session`` (and ``store`` for the Rate tab)."""
+def build_blocks(session: AppSession, rating: Any = None, run: Path | None = None) -> Any:
+    """The Gradio ``Blocks`` of the page for ``session``; ``rating`` (a ``RatingFlow``, or a
+    ``RatingStore``) makes the Rate tab, ``run`` (a bench run folder) the Results tab."""
     import gradio as gr
 
+    from llmapps.ui.rating import RatingFlow
+
+    if rating is not None and not isinstance(rating, RatingFlow):
+        rating = RatingFlow(rating)
+
     ui = session.ui
-    strategies = session.strategy_choices()
+    strategies = session.strategy_choices()  # the runnable ones; the others are listed, greyed
     first_strategy = strategies[0][1] if strategies else None
+    unavailable = unavailable_html(session.unavailable())
     articles = session.article_choices()
     input_keys = list(ui.inputs)
     shown, hidden = list(ui.outputs), list(ui.hidden)
@@ -165,6 +138,7 @@ def build_blocks(session: AppSession, store: RatingStore | None = None) -> Any:
                             label="Strategy (model)",
                             elem_id="try-strategy",
                         )
+                        gr.HTML(unavailable, elem_id="try-unavailable", visible=bool(unavailable))
                         go = gr.Button(ui.title or "Run", variant="primary", elem_id="try-go")
                         outs = [
                             gr.Textbox(
@@ -197,15 +171,18 @@ def build_blocks(session: AppSession, store: RatingStore | None = None) -> Any:
                     *texts, name = values
                     inputs = session.check_input(dict(zip(input_keys, texts, strict=True)))
                     row = session.run(name, [inputs])[0]
+                    line = status_line(row, session.entries[name].label)
+                    if row.get("error"):  # nothing of an earlier run stays beside the error
+                        return (*["" for _ in (*shown, *hidden)], {}, bad(line))
                     return (
                         *[str(row.get(k) or "") for k in shown],
                         *["" for _ in hidden],
                         {k: str(row.get(k) or "") for k in hidden},
-                        status_line(row, session.entries[name].label),
+                        ok(line),
                     )
 
                 go.click(
-                    _safe(run_one, n_try, n_try - 1),
+                    safe(run_one, ["" for _ in range(n_try - 2)] + [{}, ""], n_try - 1),
                     [*ins, strategy],
                     [*outs, *secrets, kept, status],
                     concurrency_id="generate",
@@ -278,16 +255,24 @@ def build_blocks(session: AppSession, store: RatingStore | None = None) -> Any:
                         for (ident, article), row in zip(chunk, results, strict=True):
                             rows.append({**row, "id": ident, "input": article})
                         progress((len(rows), len(picked)), desc="generating", unit="articles")
-                    ok = sum(1 for r in rows if not r.get("error"))
+                    failed = sum(1 for r in rows if r.get("error"))
+                    valid = sum(
+                        1 for r in rows if not r.get("error") and r.get("valid") is not False
+                    )
                     secs = sum(r["latency_s"] for r in rows[::size])
+                    line = (
+                        f"{len(rows) - failed}/{len(rows)} done with {session.entries[name].label} "
+                        f"in {secs:.1f} s: {valid} usable, {len(rows) - failed - valid} not valid"
+                        + (f", {failed} failed" if failed else "")
+                    )
                     return (
                         batch_table(rows, False),
                         rows,
-                        f"{ok}/{len(rows)} done with {session.entries[name].label} in {secs:.1f} s",
+                        ok(line),
                     )
 
                 batch_go.click(
-                    _safe(run_batch, 3, 2),
+                    safe(run_batch, [None, [], ""], 2),
                     [n_batch, strategy],
                     [table, batch_rows, batch_status],
                     concurrency_id="generate",
@@ -315,7 +300,7 @@ def build_blocks(session: AppSession, store: RatingStore | None = None) -> Any:
                     with gr.Column(scale=2):
                         chosen = gr.CheckboxGroup(
                             choices=strategies,
-                            value=[v for _, v in strategies[:2]],
+                            value=[v for _, v in strategies[:2]],  # runnable ones only
                             label=f"Strategies (2 to {COMPARE_MAX})",
                             elem_id="cmp-strategies",
                         )
@@ -357,11 +342,12 @@ def build_blocks(session: AppSession, store: RatingStore | None = None) -> Any:
                     *texts, names = values
                     names = list(names or [])
                     if not 2 <= len(names) <= COMPARE_MAX:
-                        raise ValueError(
+                        raise InputError(
                             f"pick 2 to {COMPARE_MAX} strategies to compare, not {len(names)}"
                         )
                     inputs = session.check_input(dict(zip(input_keys, texts, strict=True)))
                     out: list[Any] = []
+                    failed: list[str] = []
                     for i in range(COMPARE_MAX):
                         if i >= len(names):
                             out += [gr.update(visible=False)] + [gr.skip()] * per_col
@@ -369,17 +355,28 @@ def build_blocks(session: AppSession, store: RatingStore | None = None) -> Any:
                         try:
                             row = session.run(names[i], [inputs])[0]
                         except Exception as err:  # one strategy failing does not hide the others
-                            log.warning("ui: %s failed: %s", names[i], err, exc_info=True)
+                            log.debug("ui: %s failed: %s", names[i], err)
                             row = {"error": error_text(err)}
+                        if row.get("error"):
+                            failed.append(names[i])
                         out.append(gr.update(visible=True))
                         out.append(session.entries[names[i]].label)
-                        out += [str(row.get(k) or "") for k in (*shown, *hidden)]
-                        out.append(status_line(row))
-                    return (*out, f"compared {len(names)} strategies")
+                        out += [
+                            "" if row.get("error") else str(row.get(k) or "")
+                            for k in (*shown, *hidden)
+                        ]
+                        out.append((bad if row.get("error") else ok)(status_line(row)))
+                    ran = len(names) - len(failed)
+                    if failed:
+                        return (
+                            *out,
+                            bad(f"{ran} of {len(names)} ran; failed: {', '.join(failed)}"),
+                        )
+                    return (*out, ok(f"compared {len(names)} strategies"))
 
                 flat = [c for col, boxes in zip(cols, cboxes, strict=True) for c in (col, *boxes)]
                 cgo.click(
-                    _safe(compare, n_cmp, n_cmp - 1),
+                    safe(compare, [gr.skip()] * (n_cmp - 1) + [""], n_cmp - 1),
                     [*cins, chosen],
                     [*flat, cstatus],
                     concurrency_id="generate",
@@ -388,136 +385,36 @@ def build_blocks(session: AppSession, store: RatingStore | None = None) -> Any:
 
             # ---------------------------------------------------------------------- rate
             with gr.Tab("Rate", id="rate"):
-                if store is None:
+                if rating is None:
                     gr.Markdown(
                         "No bench run to rate. Start the app with `llmapps ui --run RUN_DIR` "
                         "(the `--out` folder of `llmapps bench`)."
                     )
                 else:
-                    _rate_tab(gr, blocks, store, saved_name)
+                    from llmapps.ui.rate_tab import rate_tab
+
+                    rate_tab(
+                        gr,
+                        blocks,
+                        rating,
+                        saved_name,
+                        run=run,
+                        fields=[*shown, *hidden],
+                        inputs=input_keys,
+                    )
+            if run is not None:
+                with gr.Tab("Results", id="results"):
+                    from llmapps.ui.results import RunView, results_tab
+
+                    results_tab(gr, RunView(run, input_keys[0]), [*shown, *hidden])
     return blocks
-
-
-def _rate_tab(gr: Any, blocks: Any, store: RatingStore, saved_name: Any) -> None:
-    gr.Markdown(
-        f"Which output is better, **A** or **B**? The strategies are hidden and their sides "
-        f"shuffled. {len(store.items)} pairs from {len(store.strategies)} strategies; "
-        f"ratings are saved as you go and you can come back any time."
-    )
-    with gr.Row():
-        rater = gr.Textbox(label="Your name", elem_id="rate-rater", scale=3)
-        start = gr.Button("Start or resume", elem_id="rate-start", scale=1)
-    progress = gr.Textbox(
-        "type your name and press Start",
-        label="Progress",
-        interactive=False,
-        elem_id="rate-progress",
-    )
-    context = gr.Textbox(label="Article", interactive=False, lines=5, elem_id="rate-context")
-    with gr.Row():
-        a = gr.Textbox(label="A", interactive=False, lines=4, elem_id="rate-a")
-        b = gr.Textbox(label="B", interactive=False, lines=4, elem_id="rate-b")
-    choice = gr.Radio(["A", "B", "tie"], label="Better", elem_id="rate-choice")
-    comment = gr.Textbox(
-        label="Comment (optional)", elem_id="rate-comment", max_length=MAX_COMMENT_CHARS
-    )
-    save = gr.Button("Save rating", variant="primary", elem_id="rate-save")
-    status = gr.Textbox(label="Status", interactive=False, elem_id="rate-status")
-    with gr.Row():
-        stats = gr.Textbox(label="Statistics", interactive=False, lines=8, elem_id="rate-stats")
-        plot = gr.Plot(label="Win rates", elem_id="rate-plot")
-    current = gr.State(None)
-
-    def _stats(report: dict[str, Any] | None) -> str:
-        text = stats_text(report)
-        if store.skipped:  # read on: one damaged line does not turn every rater away
-            text += (
-                f"\n({len(store.skipped)} bad line(s) in {store.path.name} skipped; the first: "
-                f"{store.skipped[0][:200]})"
-            )
-        return text
-
-    def view(name: str) -> tuple[Any, ...]:
-        name = " ".join((name or "").split())
-        report = store.summary()
-        fig = plot_win_rates(report) if report else None
-        if not name:
-            return (None, "type your name and press Start", "", "", "", _stats(report), fig)
-        item = store.next_item(name)
-        done = len(store.rated_by(name))
-        if item is None:
-            return (
-                None,
-                f"{name}: all {len(store.items)} pairs rated, thank you",
-                "",
-                "",
-                "",
-                _stats(report),
-                fig,
-            )
-        return (
-            item["item"],
-            f"{name}: pair {done + 1} of {len(store.items)} ({item['item']})",
-            item["context"],
-            item["A"],
-            item["B"],
-            _stats(report),
-            fig,
-        )
-
-    view_outputs = [current, progress, context, a, b, stats, plot]
-
-    def on_load(saved: str) -> tuple[Any, ...]:
-        if not saved:  # leave alone whatever the rater typed while the page loaded
-            report = store.summary()
-            return (
-                gr.skip(),
-                *[gr.skip()] * 5,
-                _stats(report),
-                plot_win_rates(report) if report else None,
-                gr.skip(),
-            )
-        return (saved, *view(saved), "")
-
-    def on_start(name: str) -> tuple[Any, ...]:
-        name = " ".join((name or "").split())
-        return (name, name, *view(name), "")
-
-    def on_save(name: str, item: str | None, pref: str | None, note: str) -> tuple[Any, ...]:
-        if not item:
-            raise ValueError("no pair to rate: type your name and press Start")
-        if not pref:
-            raise ValueError("pick A, B or tie first")
-        store.add(item, pref, name, note)
-        return (*view(name), None, "", f"saved {item}: {pref}")
-
-    blocks.load(
-        _safe(on_load, 9, 8), saved_name, [rater, *view_outputs, status], api_visibility="private"
-    )
-    start.click(
-        _safe(on_start, 10, 9),
-        rater,
-        [saved_name, rater, *view_outputs, status],
-        api_visibility="private",
-    )
-    rater.submit(
-        _safe(on_start, 10, 9),
-        rater,
-        [saved_name, rater, *view_outputs, status],
-        api_visibility="private",
-    )
-    save.click(
-        _safe(on_save, 10, 9),
-        [rater, current, choice, comment],
-        [*view_outputs, choice, comment, status],
-        api_name="rate",
-    )
 
 
 def launch(
     session: AppSession,
-    store: RatingStore | None = None,
+    store: Any = None,
     *,
+    run: Path | None = None,
     host: str = "127.0.0.1",
     port: int | None = None,
     concurrency: int = 1,
@@ -534,9 +431,13 @@ def launch(
         allowed_hosts: Host (and Origin) names answered besides the loopback names; None: the
             loopback names on loopback, any host otherwise (as ``serve``).
         max_body_bytes: larger request bodies get 413.
+        store: a ``RatingStore`` or ``RatingFlow`` for the Rate tab; run: a bench run folder
+            for the Results tab.
     """
     import gradio as gr
     from starlette.middleware import Middleware
+
+    from llmapps.ui.rating import keys_script
 
     # The loopback names are always answered: a rebinding page's requests carry its own name,
     # and Gradio checks its start on http://127.0.0.1:PORT (or localhost).
@@ -546,7 +447,7 @@ def launch(
         else (list(LOOPBACK_HOSTS) if is_loopback(host) else None)
     )
     guard = Middleware(PageGuard, max_bytes=max_body_bytes, allowed_hosts=allowed)
-    blocks = build_blocks(session, store)
+    blocks = build_blocks(session, store, run)
     blocks.queue(default_concurrency_limit=concurrency, max_size=64)
     theme = gr.themes.Default(
         font=["system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"]
@@ -561,6 +462,7 @@ def launch(
         footer_links=["settings"],
         theme=theme,
         css=CSS,
+        head=keys_script() + STATUS_SCRIPT,
         inbrowser=False,
         share=False,
         app_kwargs={"middleware": [guard]},

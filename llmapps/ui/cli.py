@@ -34,11 +34,13 @@ def cmd_ui(args: argparse.Namespace) -> int:
         ) from err
     from llmapps.apps import get_app
     from llmapps.cli import check_app_options, strategy_options
-    from llmapps.evaluate.human import RatingStore
+    from llmapps.compose import compose_strategies
+    from llmapps.evaluate.human import RatingStore, load_run_outputs
     from llmapps.serving.server import is_loopback
     from llmapps.settings import get_settings
     from llmapps.strategies.base import STRATEGIES
     from llmapps.ui.app import MAX_BODY_BYTES, launch
+    from llmapps.ui.rating import RatingFlow
     from llmapps.ui.session import AppSession, resolve_ui
 
     if args.concurrency < 1:
@@ -55,9 +57,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
     app = args.app or _default_app()
     spec = get_app(app)
     names = (
-        [s.strip() for s in args.strategies.split(",") if s.strip()]
-        if args.strategies
-        else STRATEGIES.names()
+        [s.strip() for s in args.strategies.split(",") if s.strip()] if args.strategies else None
     )
     articles: list[dict[str, Any]] = []
     for path in args.articles:
@@ -66,43 +66,58 @@ def cmd_ui(args: argparse.Namespace) -> int:
         if not Path(path).exists():
             raise ConfigError(f"--articles {path}: no such file or folder")
         articles += spec.read_inputs(Path(path))
-    if args.run and not Path(args.run).is_dir():
+    run = Path(args.run) if args.run else None
+    if run is not None and not run.is_dir():
         raise ConfigError(f"--run {args.run}: no such folder (the --out of `llmapps bench`)")
-    session = AppSession(
-        app,
-        names,
-        strategy_options={n: strategy_options(n, args) for n in names},
-        app_options=check_app_options(app, args),  # a bad option fails before models load
-        articles=articles,
-    )
-    store = None
-    if args.ratings or args.run:
-        if args.run:
-            store = RatingStore.from_run(
-                Path(args.run),
-                Path(args.ratings) if args.ratings else None,
-                fields=resolve_ui(spec).rate_fields,
-                limit=args.limit,
-            )
-        else:
-            store = RatingStore(Path(args.ratings))
+    app_opts = check_app_options(app, args)  # a bad option fails before models load
+    for name in names or ():
+        STRATEGIES.get(name)  # an unknown name fails here, with suggestions
+    given = {n: strategy_options(n, args) for n in (names or STRATEGIES.names())}
     print(
-        f"llmapps ui: {app} with {', '.join(session.entries)} on http://{args.host}:{args.port}"
-        + (f"; ratings in {store.path}" if store else "")
-        + ("; key required" if key else "")
-        + " (Ctrl-C stops)",
+        "llmapps ui: preparing the strategies as the bench does"
+        + (f" (from {run}/config.json)" if run else "")
+        + ": a missing demo adapter is trained, a local server started...",
         file=sys.stderr,
     )
-    launch(
-        session,
-        store,
-        host=args.host,
-        port=args.port,
-        concurrency=args.concurrency,
-        key=key,
-        allowed_hosts=hosts or list(server.allowed_hosts) or None,
-        max_body_bytes=max(MAX_BODY_BYTES, server.max_body_bytes),
-    )
+    with compose_strategies(names, run=run, options={k: v for k, v in given.items() if v}) as cs:
+        session = AppSession(app, composed=cs, app_options=app_opts, articles=articles)
+        session.prepare()  # build each chain now: one that cannot run is listed with why
+        for name, reason in session.unavailable():
+            print(f"  {name}: not offered: {reason}", file=sys.stderr)
+        flow = None
+        if args.ratings or run:
+            fields = resolve_ui(spec).rate_fields
+            if run:
+                store = RatingStore.from_run(
+                    run,
+                    Path(args.ratings) if args.ratings else None,
+                    fields=fields,
+                    limit=args.limit,
+                )
+                outputs, refs = load_run_outputs(run, store.strategies)
+                samples = {str(r["id"]): r for r in refs}
+                flow = RatingFlow(store, outputs, samples, fields)
+            else:
+                flow = RatingFlow(RatingStore(Path(args.ratings)))
+        print(
+            f"llmapps ui: {app} with {', '.join(n for _, n in session.strategy_choices())} on "
+            f"http://{args.host}:{args.port}"
+            + (f"; ratings in {flow.store.path}" if flow else "")
+            + ("; key required" if key else "")
+            + " (Ctrl-C stops)",
+            file=sys.stderr,
+        )
+        launch(
+            session,
+            flow,
+            run=run,
+            host=args.host,
+            port=args.port,
+            concurrency=args.concurrency,
+            key=key,
+            allowed_hosts=hosts or list(server.allowed_hosts) or None,
+            max_body_bytes=max(MAX_BODY_BYTES, server.max_body_bytes),
+        )
     return 0
 
 
@@ -137,7 +152,10 @@ def register(sub: Any) -> None:
         metavar="PATH",
         help="more inputs to pick from, e.g. `llmapps news fetch` output (repeatable)",
     )
-    p.add_argument("--run", help="a bench run folder to rate (exports a blinded sheet once)")
+    p.add_argument(
+        "--run",
+        help="a bench run folder: its strategies as it ran them, its results grid, and its outputs to rate (a blinded sheet exported once)",
+    )
     p.add_argument(
         "--ratings", help="where the sheet and ratings.jsonl live (default: RUN/human-eval)"
     )

@@ -18,6 +18,7 @@ from typing import Any
 from langchain_core.callbacks import BaseCallbackHandler
 
 from llmapps.apps import AppSpec, UiSpec, get_app
+from llmapps.compose import one_line
 from llmapps.errors import InputError, LlmappsError
 from llmapps.observe import UsageTracker
 
@@ -65,16 +66,24 @@ class TruncationWatcher(BaseCallbackHandler):
 
 @dataclass
 class StrategyEntry:
-    """A strategy offered on the page: its name, the model it runs on, and its options."""
+    """A strategy offered on the page: its name (a bench row's label, e.g.
+    ``few-shot[structured=on]``), the model it runs on, its options, and why it cannot run
+    (``reason``; None: it can)."""
 
     name: str
     model: str
     options: dict[str, Any] = field(default_factory=dict)
     strategy: Any = None  # a ready Strategy instance (library use), else built from the name
+    kind: str = ""  # the registered strategy (default: name)
+    reason: str | None = None
 
     @property
     def label(self) -> str:
         return f"{self.name} · {self.model}" if self.model else self.name
+
+    @property
+    def runnable(self) -> bool:
+        return self.reason is None
 
 
 def _short(value: str) -> str:
@@ -83,15 +92,16 @@ def _short(value: str) -> str:
 
 
 def describe_model(name: str, options: Mapping[str, Any], strategy: Any = None) -> str:
-    """The model a strategy would run on (its config's model fields, else the settings' default)."""
+    """The model a strategy would run on (its config's model fields, else the settings' default).
+
+    Raises:
+        LlmappsError: the options do not make a strategy (its one line says why).
+    """
     from llmapps.settings import get_settings
     from llmapps.strategies.base import make_strategy
 
-    try:
-        strat = strategy or make_strategy(name, **options)
-        config = strat.describe()
-    except LlmappsError as err:
-        return f"not configured: {str(err).splitlines()[0][:80]}"
+    strat = strategy or make_strategy(name, **options)
+    config = strat.describe()
     settings = get_settings()
     parts = []
     for key in _MODEL_FIELDS:
@@ -105,6 +115,23 @@ def describe_model(name: str, options: Mapping[str, Any], strategy: Any = None) 
     return " on ".join(parts) if parts else ""
 
 
+def make_entry(
+    label: str,
+    kind: str,
+    options: Mapping[str, Any],
+    strategy: Any = None,
+    reason: str | None = None,
+) -> StrategyEntry:
+    """The page's entry for a strategy; one whose options do not build is kept with its reason."""
+    model = ""
+    if reason is None:
+        try:
+            model = describe_model(kind, options, strategy)
+        except LlmappsError as err:
+            reason = one_line(err)
+    return StrategyEntry(label, model, dict(options), strategy, kind, reason)
+
+
 class AppSession:
     """One app served to many page sessions: chains are built once per strategy and shared.
 
@@ -116,6 +143,8 @@ class AppSession:
         app_options: options for the app's ``build`` (e.g. ``{"variant": "two-step"}``).
         articles: extra inputs to pick from (e.g. ingested news), besides the app's samples.
         sample_split: the split of the app's bundled samples offered for picking.
+        composed: the strategy set of ``llmapps.compose.compose_strategies`` (the bench's and the
+            demo's): offered instead of ``strategies``, those that cannot run listed with why.
     """
 
     def __init__(
@@ -128,6 +157,7 @@ class AppSession:
         app_options: Mapping[str, Any] | None = None,
         articles: Sequence[Mapping[str, Any]] = (),
         sample_split: str = "test",
+        composed: Sequence[Any] = (),
     ) -> None:
         from llmapps.strategies.base import STRATEGIES
 
@@ -136,16 +166,15 @@ class AppSession:
         self.ui = resolve_ui(self.spec)
         self.app_options = dict(app_options or {})
         opts = strategy_options or {}
-        names = list(strategies) if strategies else STRATEGIES.names()
         self.entries: dict[str, StrategyEntry] = {}
-        for name in names:
-            STRATEGIES.get(name)  # unknown names fail here, with suggestions
-            options = dict(opts.get(name, {}))
-            self.entries[name] = StrategyEntry(name, describe_model(name, options), options)
+        for c in composed:
+            self.entries[c.label] = make_entry(c.label, c.name, c.options, reason=c.reason)
+        if not composed:
+            for name in list(strategies) if strategies else STRATEGIES.names():
+                STRATEGIES.get(name)  # unknown names fail here, with suggestions
+                self.entries[name] = make_entry(name, name, dict(opts.get(name, {})))
         for strat in extra_strategies:
-            self.entries[strat.name] = StrategyEntry(
-                strat.name, describe_model(strat.name, {}, strat), strategy=strat
-            )
+            self.entries[strat.name] = make_entry(strat.name, strat.name, {}, strat)
         self.articles = self._articles(articles, sample_split)
         self._chains: dict[str, Any] = {}
         self._build_lock = threading.Lock()
@@ -174,23 +203,44 @@ class AppSession:
         ]
 
     def strategy_choices(self) -> list[tuple[str, str]]:
-        return [(e.label, e.name) for e in self.entries.values()]
+        """(label, name) of the strategies that can run: the only ones a picker offers."""
+        return [(e.label, e.name) for e in self.entries.values() if e.runnable]
+
+    def unavailable(self) -> list[tuple[str, str]]:
+        """(name, one-line reason with the fix) of each strategy that cannot run here."""
+        return [(e.name, e.reason) for e in self.entries.values() if e.reason is not None]
+
+    def prepare(self) -> None:
+        """Build every runnable strategy's chain now (models load once, here), so one that
+        fails to build is listed with its reason instead of offered and failing on first use."""
+        for entry in self.entries.values():
+            if not entry.runnable:
+                continue
+            try:
+                self.chain(entry.name)
+            except Exception as err:  # any backend fault: this strategy is listed, not offered
+                log.debug("%s cannot run", entry.name, exc_info=True)
+                entry.reason = one_line(err)
+                log.warning("%s is not offered: %s", entry.name, entry.reason)
 
     def chain(self, name: str) -> Any:
         """The app's chain on strategy ``name``, built on first use (errors are ``LlmappsError``)."""
         from llmapps.apps import load_chain
 
         if name not in self.entries:
+            offered = [n for n, e in self.entries.items() if e.runnable]
             raise InputError(
-                f"strategy {name!r} is not offered here; pick one of {', '.join(self.entries)}"
+                f"strategy {str(name)[:80]!r} is not offered here; pick one of {', '.join(offered)}"
             )
+        entry = self.entries[name]
+        if entry.reason is not None and name not in self._chains:
+            raise InputError(f"{name} cannot run here: {entry.reason}")
         with self._build_lock:
             if name not in self._chains:
-                entry = self.entries[name]
                 started = time.perf_counter()
                 self._chains[name] = load_chain(
                     self.app,
-                    entry.strategy or name,
+                    entry.strategy or entry.kind or name,
                     app_options=self.app_options,
                     **({} if entry.strategy else entry.options),
                 )
@@ -235,7 +285,10 @@ class AppSession:
         rows = []
         for out, (usage, watcher) in zip(outs, trackers, strict=True):
             if isinstance(out, Exception):
-                log.info("%s failed on one input: %s", name, out, exc_info=out)
+                if isinstance(out, LlmappsError):  # said in the page; no traceback for it
+                    log.debug("%s failed on one input: %s", name, out)
+                else:
+                    log.warning("%s failed on one input: %s", name, out, exc_info=out)
                 row: dict[str, Any] = {"valid": False, "error": error_text(out)}
             else:
                 row = dict(out) if isinstance(out, Mapping) else {"output": out}
@@ -250,10 +303,12 @@ class AppSession:
 
 
 def error_text(err: BaseException) -> str:
-    """An error as one line for a page: our errors as they are, others with their type."""
+    """An error as one line for a page, in words: our errors as they say it, others' message
+    without the Python class name."""
     if isinstance(err, LlmappsError):
-        return str(err)
-    return f"{type(err).__name__}: {err}".splitlines()[0][:300]
+        return one_line(err)
+    text = one_line(err) if str(err).strip() else "an unexpected failure"
+    return f"{text[:300]} (the server log has the details)"
 
 
 def status_line(row: Mapping[str, Any], label: str = "") -> str:

@@ -1,0 +1,176 @@
+"""The one place that joins apps, strategies and models: which strategies a surface offers and
+with which options, built one way for ``llmapps bench``, ``llmapps demo`` and ``llmapps ui``.
+
+A strategy's options come, in this order (later wins), from:
+
+1. its offline defaults (``Strategy.demo_options``): ``lora`` finds, or trains on first use, the
+   demo adapter under ``$LLMAPPS_HOME/adapters/``; ``service`` takes the configured endpoint, or
+   starts ``llmapps serve`` on loopback for as long as the set is open;
+2. a bench run's recorded options (``--run RUN``: ``RUN/config.json``'s ``strategy_options`` and
+   the swept values of each row, so ``few-shot[structured=on]`` comes back as it ran);
+3. options given here (the command's flags).
+
+A strategy that cannot run (no demo adapter for this base, a bad option, a backend that failed to
+start) is kept in the set, ``reason`` saying why in one line with what to do, so a page can list it
+disabled instead of offering it and failing. Nothing here names an app.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from llmapps.errors import ConfigError, LlmappsError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ComposedStrategy:
+    """One row of a strategy set: its label (``few-shot`` or ``few-shot[structured=on]``), the
+    registered strategy, the options it is built with, and why it cannot run (None: it can)."""
+
+    label: str
+    name: str
+    options: dict[str, Any] = field(default_factory=dict)
+    reason: str | None = None
+
+    @property
+    def runnable(self) -> bool:
+        return self.reason is None
+
+
+def one_line(err: BaseException | str) -> str:
+    """An error as one line for a person: our errors' own words (their lines joined), others'
+    text without the Python class name."""
+    text = str(err) if not isinstance(err, str) else err
+    parts = [" ".join(p.split()).lstrip("- ") for p in text.splitlines() if p.strip()]
+    line = "; ".join(parts) or (type(err).__name__ if not isinstance(err, str) else "")
+    return line[:600]
+
+
+def read_run(run: Path) -> tuple[list[tuple[str, str, dict[str, Any]]], dict[str, dict[str, Any]]]:
+    """A bench run's rows (``(strategy, label, swept options)`` in run order) and the recorded
+    user options per strategy, from ``RUN/config.json``.
+
+    Raises:
+        ConfigError: ``run`` is not a bench folder (no or unreadable ``config.json``).
+    """
+    from llmapps.bench.run import BenchConfig
+
+    path = Path(run) / "config.json"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        bench = BenchConfig.model_validate(data["bench"])
+    except FileNotFoundError as err:
+        raise ConfigError(
+            f"{run} is not a bench run (no config.json): give the --out folder of `llmapps bench`"
+        ) from err
+    except (ValueError, KeyError, TypeError) as err:
+        raise ConfigError(
+            f"{path} is not a bench config this version reads ({one_line(err)[:200]}); "
+            "rerun `llmapps bench` into a new folder"
+        ) from err
+    return bench.runs(), {k: dict(v) for k, v in bench.strategy_options.items()}
+
+
+@contextlib.contextmanager
+def strategy_options(
+    name: str, settings: Any = None, overrides: Mapping[str, Any] | None = None
+) -> Iterator[tuple[dict[str, Any] | None, str | None]]:
+    """``(options, reason)`` for strategy ``name``: its offline defaults under ``overrides``, held
+    for the block (a local server a default started stops at its end). Without defaults the
+    options are the overrides alone (None when there are none) and ``reason`` says why there are
+    no defaults (what to do), for the caller to show if those options do not build."""
+    from llmapps.settings import get_settings
+    from llmapps.strategies.base import STRATEGIES
+
+    settings = settings or get_settings()
+    cls = STRATEGIES.get(name)
+    reason: str | None
+    with contextlib.ExitStack() as stack:
+        try:
+            demo = stack.enter_context(cls.demo_options(settings))
+        except LlmappsError as err:
+            demo, reason = None, one_line(err)
+        except Exception as err:  # a backend that would not start: say so, offer the rest
+            log.debug("defaults of %s failed", name, exc_info=True)
+            demo, reason = None, f"its defaults could not be prepared: {one_line(err)}"
+        else:
+            reason = None if demo is not None else _no_defaults(name, settings)
+        if demo is None:  # explicit options may still make it runnable
+            yield (dict(overrides) if overrides else None), reason
+            return
+        yield {**demo, **dict(overrides or {})}, None
+
+
+def _no_defaults(name: str, settings: Any) -> str:
+    if name == "lora":  # the one strategy whose defaults depend on a trained artefact
+        return (
+            f"no demo adapter for the base {settings.base_model!r} on this machine: train one "
+            "with `llmapps finetune lora --recipe RECIPE --out DIR` and pass --set adapter=DIR"
+        )
+    return f"{name} has no offline defaults here: give its options (llmapps strategies {name})"
+
+
+@contextlib.contextmanager
+def compose_strategies(
+    names: Sequence[str] | None = None,
+    *,
+    run: Path | None = None,
+    options: Mapping[str, Mapping[str, Any]] | None = None,
+    settings: Any = None,
+) -> Iterator[list[ComposedStrategy]]:
+    """The strategy set of a surface, held open for the block (servers it started stop after).
+
+    Args:
+        names: the strategies, by registered name (default: the run's rows with ``run``, else
+            every registered strategy). With ``run`` too, only the run's rows of these names.
+        run: a bench run folder: its rows (swept ones included) and its recorded options.
+        options: per strategy name, options over the defaults and the run's (the command's flags).
+        settings: the settings whose defaults apply (default: ``get_settings()``).
+
+    Each strategy's options are checked against its config now (``make_strategy``), so a missing
+    or bad option is a ``reason``, not a failure on first use.
+    """
+    from llmapps.settings import get_settings
+    from llmapps.strategies.base import STRATEGIES, make_strategy
+
+    settings = settings or get_settings()
+    given = {k: dict(v) for k, v in (options or {}).items()}
+    if run is not None:
+        rows, recorded = read_run(Path(run))
+        if names:
+            wanted = set(names)
+            rows = [r for r in rows if r[0] in wanted or r[1] in wanted]
+    else:
+        rows, recorded = [(n, n, {}) for n in (names or STRATEGIES.names())], {}
+    for name, _, _ in rows:
+        STRATEGIES.get(name)  # an unknown name fails here, with suggestions
+    out: list[ComposedStrategy] = []
+    with contextlib.ExitStack() as stack:
+        held: dict[str, tuple[dict[str, Any] | None, str | None]] = {}
+        for name, label, swept in rows:
+            if name not in held:  # one local server / adapter per strategy, shared by its rows
+                user = {**recorded.get(name, {}), **given.get(name, {})}
+                held[name] = stack.enter_context(strategy_options(name, settings, user))
+            opts, reason = held[name]
+            if opts is None:
+                out.append(ComposedStrategy(label, name, {}, reason))
+                continue
+            built = {**opts, **swept}
+            try:
+                make_strategy(name, **built)
+                reason = None
+            except LlmappsError as err:
+                reason = reason or one_line(err)
+            out.append(ComposedStrategy(label, name, built, reason))
+        for c in out:
+            if c.reason:
+                log.info("%s cannot run: %s", c.label, c.reason)
+        yield out
