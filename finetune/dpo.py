@@ -155,10 +155,14 @@ def load_dpo_recipe(name_or_path: str | Path, **overrides: Any) -> DpoRecipe:
 # ---------------------------------------------------------------- log-probabilities and losses
 
 
-def pair_logps(model: Any, input_ids: Any, labels: Any) -> tuple[Any, Any]:
+def pair_logps(
+    model: Any, input_ids: Any, labels: Any, *, full_logits: bool = False
+) -> tuple[Any, Any]:
     """Summed log-probability of each row's labelled tokens, and their count (two 1-D tensors).
 
-    Only the positions whose next label is not ignored are projected onto the vocabulary.
+    Only the positions whose next label is not ignored are projected onto the vocabulary;
+    ``full_logits=True`` projects every position and selects afterwards (the same numbers, the
+    way TRL's ``DPOTrainer`` computes them on CPU: for the training benchmark only).
     """
     import torch
     import torch.nn.functional as F
@@ -168,7 +172,10 @@ def pair_logps(model: Any, input_ids: Any, labels: Any) -> tuple[Any, Any]:
     targets = labels[:, 1:]
     keep = torch.zeros_like(labels, dtype=torch.bool)
     keep[:, :-1] = targets != IGNORE
-    logits = model(input_ids=input_ids, logits_to_keep=keep).logits
+    if full_logits:
+        logits = model(input_ids=input_ids).logits[keep]
+    else:
+        logits = model(input_ids=input_ids, logits_to_keep=keep).logits
     logits = logits.reshape(-1, logits.shape[-1]).float()
     wanted = targets[targets != IGNORE]
     token_logp = -F.cross_entropy(logits, wanted, reduction="none")
