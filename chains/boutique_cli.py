@@ -123,7 +123,14 @@ def register_chat(subparsers: Any) -> None:
 def cmd_annotate(args: argparse.Namespace) -> int:
     from collections import Counter
 
-    from chains import boutique, boutique_data
+    from chains import boutique, boutique_data, news_annotate
+
+    if args.action == "guide" or news_annotate.is_news_annotation_file(Path(args.file or "")):
+        return news_annotate.cmd_annotate(args)  # news-riddle references (chains/news_annotate.py)
+    if not args.file:
+        raise ConfigError(f"annotate {args.action} needs a FILE")
+    if args.action == "agree":
+        raise ConfigError("annotate agree compares news-riddle annotations; dialogues have none")
 
     if args.action == "format" and args.out:  # before reading: never overwrite the dialogues
         check_output(args.out, [args.file])
@@ -146,15 +153,25 @@ def cmd_annotate(args: argparse.Namespace) -> int:
 def register_annotate(subparsers: Any) -> None:
     """Add ``annotate`` (the boutique dialogue annotation format) to the ``llmapps`` command line."""
     p = subparsers.add_parser(
-        "annotate", help="check annotated shop dialogues, or format them for fine-tuning"
+        "annotate",
+        help="check annotated shop dialogues or news riddles, or format them for fine-tuning",
     )
     p.add_argument(
         "action",
-        choices=("check", "format"),
-        help="check: validate; format: also write fine-tuning rows",
+        choices=("check", "format", "agree", "guide"),
+        help="check: validate; format: also write fine-tuning rows (news riddles: a data "
+        "folder); agree: news riddles' inter-annotator agreement; guide: how to write one",
     )
     p.add_argument(
-        "file", help="JSONL of dialogues in the annotation format (chains/boutique_data.py)"
+        "file",
+        nargs="?",
+        help="JSONL of dialogues (chains/boutique_data.py) or news riddles (chains/news_annotate.py)",
     )
-    p.add_argument("--out", "-o", help="format: the JSONL of fine-tuning rows to write")
+    p.add_argument("--out", "-o", help="format: the JSONL of fine-tuning rows (news: a folder)")
+    p.add_argument(
+        "--split",
+        default="train",
+        choices=("train", "validation"),
+        help="news riddles: the split new articles join (never test)",
+    )
     p.set_defaults(func=cmd_annotate)
