@@ -38,6 +38,7 @@ def run_demo(
 
     from llmapps.apps import get_app, load_chain
     from llmapps.cli import strategy_options
+    from llmapps.compose import strategy_options as compose_options
     from llmapps.models.tiny import ensure_tiny_models
     from llmapps.runner import run_batches
     from llmapps.settings import get_settings
@@ -59,12 +60,13 @@ def run_demo(
     results: dict[str, list[dict[str, Any]]] = {}
     timing: dict[str, tuple[float, int, str]] = {}
     for name in names:
-        cls = STRATEGIES.get(name)
-        with cls.demo_options(settings) as demo_opts:
-            if demo_opts is None:
-                console.print(f"[yellow]{name}: skipped (not available offline here)[/yellow]")
+        given = strategy_options(name, flags) if flags else {}
+        # the defaults every surface shares (llmapps.compose): the bench's, the web app's
+        with compose_options(name, settings, given) as (opts, reason):
+            if reason is not None:
+                console.print(f"[yellow]{name}: skipped: {reason}[/yellow]")
                 continue
-            opts = {**demo_opts, **(strategy_options(name, flags) if flags else {})}
+            assert opts is not None
             try:
                 started = time.perf_counter()
                 chain = load_chain(app, name, app_options=app_options, **opts)

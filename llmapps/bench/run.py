@@ -473,8 +473,8 @@ class Bench:
         """Run every strategy on the samples it has not done; return the summary rows."""
         from tqdm.auto import tqdm
 
+        from llmapps.compose import strategy_options as compose_options
         from llmapps.models.local import clear_model_cache
-        from llmapps.strategies.base import STRATEGIES
 
         _check_folder(self.out, self.config)
         (self.out / "samples").mkdir(parents=True, exist_ok=True)
@@ -497,18 +497,15 @@ class Bench:
             if not todo:
                 log.info("%s: all %d samples already done", label, len(self.samples))
                 continue
-            cls = STRATEGIES.get(name)
             clear_model_cache()  # each strategy's memory is measured without the previous one's
             gc.collect()
-            with cls.demo_options(self.settings) as demo:
-                if demo is None:
-                    statuses[label] = {
-                        "status": "skipped",
-                        "error": "not available offline here (demo_options gave None)",
-                    }
+            given = {**self.config.strategy_options.get(name, {}), **swept}
+            # the defaults every surface shares (llmapps.compose): the demo's, the web app's
+            with compose_options(name, self.settings, given) as (options, reason):
+                if reason is not None or options is None:
+                    statuses[label] = {"status": "skipped", "error": reason}
                     _write_json(self.out / "strategies.json", statuses)
                     continue
-                options = {**demo, **self.config.strategy_options.get(name, {}), **swept}
                 self._bar = tqdm(
                     total=len(todo), desc=label, unit="sample", disable=not self.progress
                 )
