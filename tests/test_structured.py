@@ -143,6 +143,16 @@ def test_masking_never_changes_a_reply_that_fits(tiny: Any) -> None:
     assert all(o.constraint_error is None for o in held)
 
 
+def test_an_engine_failure_mid_reply_ends_the_row_with_its_reason(tiny: Any) -> None:
+    # compiles, then the engine gives up while decoding (its lexer's expression limit): the row
+    # must end at once and say why, not run on unconstrained to max_new_tokens
+    huge = OutputConstraint("regex", "a{1000000}")
+    outs = tiny.generate(["Hello", "Say a"], GenerationParams(max_new_tokens=40, constraint=huge))
+    for out in outs:
+        assert out.completion_tokens < 40
+        assert out.constraint_error and "regex" in out.constraint_error
+
+
 def test_streaming_and_repetition_controls(tiny: Any) -> None:
     choice = OutputConstraint("choice", ["alpha", "beta gamma"])
     text = "".join(tiny.stream("Pick one:", GenerationParams(max_new_tokens=8, constraint=choice)))

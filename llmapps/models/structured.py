@@ -479,6 +479,7 @@ class TorchGrammarProcessor:
         self.compiled = compiled
         self.matchers = [compiled.matcher() for _ in range(rows)]
         self.live = [True] * rows
+        self.failed: set[int] = set()
         self.width = prompt_width
         self.end_ids = set(end_ids)
         self.guard_banned = guard_banned  # no_repeat_ngram may ban every allowed token
@@ -496,8 +497,21 @@ class TorchGrammarProcessor:
             for row, m in enumerate(self.matchers):
                 if not self.live[row]:
                     continue
-                if last[row] in self.end_ids or not m.consume_token(last[row]):
+                if last[row] in self.end_ids:
                     self.live[row] = False
+                elif not m.consume_token(last[row]) or m.is_error():
+                    # the engine failed on this row (a grammar it cannot follow, an internal
+                    # error): end the row now rather than let it run on unconstrained; the
+                    # final check marks the reply invalid with the reason
+                    self.live[row] = False
+                    self.failed.add(row)
+                    log.warning("constrained decoding failed on row %d: %s", row, _matcher_error(m))
+        if self.failed:
+            ends = torch.tensor(sorted(self.end_ids), device=scores.device)
+            for row in self.failed:
+                kept = scores[row, ends].clone()
+                scores[row] = float("-inf")
+                scores[row, ends] = torch.where(torch.isfinite(kept), kept, 0.0)
         rows = [r for r, alive in enumerate(self.live) if alive]
         if not rows:
             return scores
@@ -532,6 +546,10 @@ class TorchGrammarProcessor:
         return torch.cat([bits, pad], dim=1)
 
 
+def _matcher_error(matcher: Any) -> str:
+    return _first_line(str(matcher.get_error() or "the token was refused"))[:200]
+
+
 _EXECUTOR: Any = None
 
 
@@ -547,9 +565,13 @@ class NumpyGrammarProcessor:
     sampled so far from the ``Llama`` object (its ``n_tokens``; the first call sees the prompt
     only), advances its matcher, and sets disallowed logits to ``-inf``."""
 
-    def __init__(self, compiled: CompiledConstraint, llama: Any) -> None:
+    def __init__(
+        self, compiled: CompiledConstraint, llama: Any, end_ids: Sequence[int] = ()
+    ) -> None:
         self.matcher = compiled.matcher()
         self.llama = llama
+        self.end_ids = list(end_ids) or [int(llama.token_eos())]
+        self.failed = False
         self.start: int | None = None
         self.seen = 0
 
@@ -562,7 +584,14 @@ class NumpyGrammarProcessor:
         for token in input_ids[self.start + self.seen : n]:
             self.matcher.consume_token(int(token))
             self.seen += 1
-        if self.matcher.is_error():
+        if self.matcher.is_error():  # the engine failed: end the reply (check() says why)
+            if not self.failed:
+                self.failed = True
+                log.warning("constrained decoding failed: %s", _matcher_error(self.matcher))
+            ends = [t for t in self.end_ids if t < scores.shape[0]]
+            kept = scores[ends].copy()
+            scores[:] = -np.inf
+            scores[ends] = np.where(np.isfinite(kept), kept, 0.0)
             return scores
         mask = np.frombuffer(self.matcher.compute_bitmask(), dtype=np.uint8)
         allowed = _byte_bits()[mask].reshape(-1)[: scores.shape[0]].astype(bool)
