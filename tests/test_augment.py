@@ -199,3 +199,31 @@ def test_recipe_mixes_augmented_rows_and_refuses_foreign_ones(train, spec, tmp_p
         mix_augmented(train, foreign)
     plain = load_recipe("tiny")
     assert len(read_train_rows(plain.data, task)) == len(train)
+
+
+def test_teacher_rows_come_from_a_real_endpoint_and_pass_the_checks(
+    tiny_instruct: str, tmp_path, monkeypatch, capsys
+) -> None:
+    from pydantic import SecretStr
+
+    from llmapps.models.local import load_local_model
+    from llmapps.serving.app import create_app
+    from llmapps.serving.server import serve_in_thread
+    from llmapps.settings import ServerSettings
+
+    key = "augment-teacher-key-0123456789"
+    monkeypatch.setenv("LLMAPPS_SERVICE__API_KEY", key)
+    settings = ServerSettings(api_key=SecretStr(key), max_tokens=48, max_concurrent=4)
+    app = create_app(load_local_model(tiny_instruct), settings, model_name="tiny-instruct")
+    out = tmp_path / "teacher.jsonl"
+    with serve_in_thread(app) as url:
+        code = main(["data", "augment", "news-riddle", "-o", str(out), "--limit", "3",
+                     "--transforms", "teacher", "--teacher-url", f"{url}/v1",
+                     "--teacher-model", "tiny-instruct"])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    summary = json.loads((tmp_path / "teacher.jsonl.json").read_text())
+    kept = summary["by_transform"].get("teacher", 0)
+    # every one of the 3 answers was judged: kept, or dropped with its reason
+    assert kept + sum(summary["teacher_dropped"].values()) == 3
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert all(r["transform"] == "teacher" and r["riddle"].strip() for r in rows)

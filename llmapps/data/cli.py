@@ -91,7 +91,7 @@ def cmd_augment(args: argparse.Namespace) -> int:
     if args.teacher_url and "teacher" not in transforms:
         transforms.append("teacher")
     with writing(args.out) as out:
-        rows = train_rows(spec)
+        rows = train_rows(spec)[: args.limit] if args.limit else train_rows(spec)
         made = augment_rows(
             rows,
             fields,
@@ -145,6 +145,7 @@ def register(subparsers: Any) -> None:
     a.add_argument(
         "--drop-share", type=float, default=0.25, help="sentence-drop: at most this share"
     )
+    a.add_argument("--limit", type=int, help="only the first N train rows")
     a.add_argument("--body", help="the input field sentence transforms rewrite (default: auto)")
     a.add_argument("--teacher-url", help="OpenAI-compatible endpoint whose outputs are distilled")
     a.add_argument("--teacher-model", help="the model name the endpoint serves")
