@@ -30,11 +30,17 @@ METRICS = (
 )
 
 
-def compare(run: Path, a: str, b: str, metrics: tuple[str, ...] = METRICS) -> dict[str, Any]:
+def compare(
+    run: Path, a: str, b: str, metrics: tuple[str, ...] = METRICS, run_b: Path | None = None
+) -> dict[str, Any]:
+    """``run_b``: B's rows come from another bench folder (same split, samples paired by id)."""
     from llmapps.evaluate.human import load_run_outputs
     from llmapps.evaluate.stats import bootstrap_ci, paired_bootstrap
 
-    outputs, _refs = load_run_outputs(run, [a, b])
+    if run_b is None:
+        outputs, _refs = load_run_outputs(run, [a, b])
+    else:
+        outputs = {a: load_run_outputs(run, [a])[0][a], b: load_run_outputs(run_b, [b])[0][b]}
     ids = sorted(set(outputs[a]) & set(outputs[b]))
     rows: dict[str, Any] = {}
     for m in metrics:
@@ -46,7 +52,8 @@ def compare(run: Path, a: str, b: str, metrics: tuple[str, ...] = METRICS) -> di
             "b": bootstrap_ci(vb).as_dict(),
             "b_minus_a": d.as_dict(),
         }
-    return {"run": str(run), "a": a, "b": b, "samples": len(ids), "metrics": rows}
+    where = f"{run} and {run_b}" if run_b else str(run)
+    return {"run": where, "a": a, "b": b, "samples": len(ids), "metrics": rows}
 
 
 def markdown(result: dict[str, Any], label_a: str, label_b: str) -> str:
@@ -74,11 +81,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("run", type=Path, help="the bench folder")
     p.add_argument("--a", required=True, help="baseline strategy label (a samples/*.jsonl stem)")
     p.add_argument("--b", required=True, help="the other strategy label")
+    p.add_argument("--run-b", type=Path, help="B's bench folder, if not the same run")
     p.add_argument("--label-a", default="SFT")
     p.add_argument("--label-b", default="DPO")
     p.add_argument("--out", type=Path, help="Markdown file to write (JSON beside it)")
     args = p.parse_args(argv)
-    result = compare(args.run, args.a, args.b)
+    result = compare(args.run, args.a, args.b, run_b=args.run_b)
     text = markdown(result, args.label_a, args.label_b)
     print(text)
     if args.out:
