@@ -234,6 +234,7 @@ def test_disabled_strategy_and_a_failing_run_in_chromium(page_app, tmp_path, sho
             assert not any(t.startswith("lora") for t in labels)
             checked = [labels[i] for i in range(boxes.count()) if boxes.nth(i).is_checked()]
             assert checked == ["few-shot · tiny-base", "zero-shot · tiny-instruct"]
+            page.screenshot(path=str(shots / "tab-compare.png"), full_page=True)
             assert page.evaluate("typeof window.__pwned") == "undefined"
             assert page.locator("img[src=x]").count() == 0 and dialogs == [] and outside == []
         finally:

@@ -146,12 +146,12 @@ class RunView:
         return "\n".join(f"{f}: {row.get(f) or ''}" for f in fields)
 
     def summary(self, metrics: Sequence[str] | None = None) -> tuple[list[str], list[list[Any]]]:
-        """(headers, rows): per strategy, samples, failures and each metric's mean with its 95%
-        bootstrap interval over the samples."""
+        """(headers, rows): per strategy, samples (n), failed, valid (the app's check), green (valid,
+        no leak, no copy) and each metric's mean with its 95% bootstrap interval over the samples."""
         from llmapps.evaluate.stats import bootstrap_ci
 
         metrics = list(metrics or self.metrics[:8])
-        headers = ["strategy", "samples", "failures", "passing", *metrics]
+        headers = ["strategy", "n", "failed", "valid", "green", *metrics]
         rows = []
         for s in self.strategies:
             rs = [self.outputs[s].get(i) for i in self.ids]
@@ -159,6 +159,7 @@ class RunView:
                 s,
                 sum(1 for r in rs if r is not None),
                 sum(1 for r in rs if r is not None and r.get("error")),
+                sum(1 for r in rs if r is not None and r.get("valid") is True),
                 sum(1 for r in rs if verdict(r)[0] == "pass"),
             ]
             for m in metrics:
