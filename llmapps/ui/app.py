@@ -221,6 +221,7 @@ def build_blocks(session: AppSession, rating: Any = None, run: Path | None = Non
                         datatype="str",
                         interactive=False,
                         wrap=True,
+                        column_widths=_widths(3 + len(shown)),
                         elem_id="batch-table",
                     )
                     batch_rows = gr.State([])
@@ -238,7 +239,11 @@ def build_blocks(session: AppSession, rating: Any = None, run: Path | None = Non
                         + [status_line(r).replace("\n", " ")]
                         for r in rows
                     ]
-                    return gr.update(value=body, headers=[*headers, "status"])
+                    return gr.update(
+                        value=body,
+                        headers=[*headers, "status"],
+                        column_widths=_widths(len(headers) + 1),
+                    )
 
                 def run_batch(
                     n: float,
@@ -470,6 +475,13 @@ def launch(
         auth_message=None if key is None else "Sign in with any name and the page's key.",
     )
     return blocks
+
+
+def _widths(n: int) -> list[str | int]:
+    """Column widths of the batch table (id, input, outputs..., status): the id narrow, the
+    rest shared, so no column collapses into a letter a line."""
+    rest = (100 - 7) / max(1, n - 1)
+    return ["7%", *[f"{rest:.1f}%" for _ in range(n - 1)]]
 
 
 def _same(given: str, key: str) -> bool:
