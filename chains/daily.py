@@ -334,18 +334,32 @@ def _daily(args: argparse.Namespace) -> int:
     result = run_ingest(args, quiet=args.quiet)
     if not result.items:
         raise InputError("no article landed from any source; see the per-source table above")
-    edition = make_edition(
-        result.items,
-        args.strategy,
-        max_riddles=args.max_riddles,
-        include_invalid=args.include_invalid,
-        title=args.title,
-        date=args.date,
-        app_options=app_options(args),
-        sources=result.reports,
-        batch_size=args.batch_size or 4,
-        **strategy_options(args.strategy, args),
-    )
+    from llmapps.compose import strategy_options as composed_options
+
+    # the strategy as the bench, the demo and the web app build it: lora's demo adapter,
+    # service's local server, unless the flags say otherwise
+    given = strategy_options(args.strategy, args)
+    with composed_options(args.strategy, overrides=given) as (options, reason):
+        if options is None or reason is not None:  # no defaults: the flags must build it
+            from llmapps.errors import LlmappsError
+            from llmapps.strategies.base import make_strategy
+
+            try:
+                make_strategy(args.strategy, **(options or {}))
+            except LlmappsError as err:
+                raise ConfigError(f"--strategy {args.strategy}: {reason or err}") from err
+        edition = make_edition(
+            result.items,
+            args.strategy,
+            max_riddles=args.max_riddles,
+            include_invalid=args.include_invalid,
+            title=args.title,
+            date=args.date,
+            app_options=app_options(args),
+            sources=result.reports,
+            batch_size=args.batch_size or 4,
+            **(options or {}),
+        )
     paths = write_edition(edition, Path(args.out))
     print(
         f"{edition.skipped_line()} -> {paths['html']}, "

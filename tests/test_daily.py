@@ -486,3 +486,23 @@ def test_the_headline_shows_only_with_the_answer_in_chromium(tmp_path):
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+def test_daily_with_lora_finds_the_demo_adapter_as_the_bench_does(
+    server, tiny_base, tmp_path, capsys
+):
+    """No --adapter: the strategy's defaults come from llmapps.compose, as in the bench, the demo
+    and the web app (before, `daily --strategy lora` said 'adapter: Field required')."""
+    from llmapps.cli import main
+
+    out = tmp_path / "site"
+    argv = ["daily", "--feed", server.url("rdf.xml"), "--strategy", "lora", "--max-riddles", "1"]
+    argv += ["--max-new-tokens", "24", "--retries", "0", "--allow-private-addresses"]
+    argv += ["--timeout", "2", "--min-words", "20", "--out", str(out), "--date", "2026-11-21"]
+    rc = main(argv)
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    data = json.loads((out / "edition.json").read_text(encoding="utf-8"))
+    assert data["strategy"] == "lora" and data["articles"] == 1
+    assert len(data["items"]) + len(data["skipped"]) == 1
+    assert "1 article: " in err
