@@ -44,9 +44,7 @@ class GenerationControls(BaseModel):
         "auto",
         description="constrain decoding to the task's reply shape (its JSON schema after a chat "
         "prompt, its layout after a completion prompt): auto = where the backend can, on = "
-        "required (an error where it cannot), off = free text and the tolerant parser. auto "
-        "constrains chat prompts only for now (the completion layout has a known fault on Gemma "
-        "at batch 8)",
+        "required (an error where it cannot), off = free text and the tolerant parser",
     )
     # Off by default, chosen on the validation split (zero-shot, SmolLM2-135M, structured=on, the
     # first 4 articles; benchmarks/results/bench_news_riddle_structured.md): 1.0 / 0 gave
@@ -98,13 +96,6 @@ def resolve_constraint(
             or the backend cannot honour it.
     """
     if structured == "off":
-        return None
-    if structured == "auto" and not chat:
-        # auto constrains chat replies only (their JSON schema: zero-shot SmolLM2 format_valid
-        # 0/8 -> 8/8 on the test split's first 8). The completion layout on Gemma closed 0 of 8
-        # few-shot and lora replies at batch 8 with the shared-prefix prefill (plain batches of
-        # 1-2 stayed in it; benchmarks/results/bench_news_riddle_structured.md): until that is
-        # found, completion prompts are constrained only when asked (structured=on).
         return None
 
     def count(text: str) -> int:
