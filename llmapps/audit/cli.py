@@ -46,13 +46,13 @@ def cmd_fairness(args: argparse.Namespace) -> int:
     )
     from llmapps.files import check_output
     from llmapps.jsonl import atomic_write
-    from llmapps.strategies.base import STRATEGIES
+    from llmapps.strategies.base import make_strategy
 
     spec = get_app(args.app)
     strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
-    for s in strategies:
-        STRATEGIES.get(s)  # an unknown name fails here, with suggestions, before any model
     options = parse_options(args.opt, strategies)
+    # every strategy's config is validated (unknown names, missing options) before any model loads
+    built = {name: make_strategy(name, **options[name]) for name in strategies}
     if spec.samples is None:
         raise ConfigError(f"app {spec.name!r} bundles no samples to audit")
     out_dir = check_output(args.out, kind="folder")
@@ -67,7 +67,7 @@ def cmd_fairness(args: argparse.Namespace) -> int:
     timings: dict[str, Any] = json.loads(timings_path.read_text()) if timings_path.exists() else {}
     for name in strategies:
         if not args.report_only:
-            chain = load_chain(spec.name, name, **options[name])
+            chain = load_chain(spec.name, built[name])
             took = run_strategy(chain, twins, out_dir / f"{name}.jsonl", batch_size=args.batch_size)
             before = timings.get(name, {})
             took["seconds"] = round(took["seconds"] + float(before.get("seconds", 0)), 1)
