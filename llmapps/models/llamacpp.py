@@ -39,13 +39,12 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 from llmapps.errors import BackendError, ConfigError, InputError
 from llmapps.models.gguf import GGUFInfo as GGUFInfo  # the header check; importable from here too
 from llmapps.models.gguf import read_gguf_header as read_gguf_header
+from llmapps.models.grammar_masks import NumpyGrammarProcessor, NumpyNoRepeatNGram
 from llmapps.models.langchain_local import ChatLocal, LocalLLM
 from llmapps.models.local import GenerationOutput, GenerationParams
 from llmapps.models.native_probe import check_llamacpp
 from llmapps.models.structured import (
     CompiledConstraint,
-    NumpyGrammarProcessor,
-    NumpyNoRepeatNGram,
     OutputConstraint,
     compile_constraint,
     engine_refusal,

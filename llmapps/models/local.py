@@ -28,6 +28,7 @@ from llmapps.errors import BackendError, InputError, ModelNotFoundError
 # pick_device, pick_dtype, available_memory, estimate_generate_bytes, cut_at_stop and stream_local
 # moved to modules of their own and stay importable from here, where users import them
 from llmapps.models.device import pick_device, pick_dtype
+from llmapps.models.grammar_masks import TorchGrammarProcessor
 from llmapps.models.memory import available_memory, rows_within_budget
 from llmapps.models.memory import estimate_generate_bytes as estimate_generate_bytes
 from llmapps.models.prefill import UnstitchableCache, cache_arg, stitched_prefill
@@ -35,7 +36,6 @@ from llmapps.models.streaming import StopStrings, cut_at_stop, stream_local
 from llmapps.models.structured import (
     CompiledConstraint,
     OutputConstraint,
-    TorchGrammarProcessor,
     compile_constraint,
     engine_refusal,
     hf_engine_tokenizer,

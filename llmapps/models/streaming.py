@@ -63,8 +63,8 @@ def stream_local(lm: LocalModel, prompt: str, params: GenerationParams) -> Any:
     import torch
     from transformers import TextIteratorStreamer
 
+    from llmapps.models.grammar_masks import TorchGrammarProcessor
     from llmapps.models.local import repetition_kwargs
-    from llmapps.models.structured import TorchGrammarProcessor
 
     compiled = lm.compile(params.constraint) if params.constraint is not None else None
     ids = lm.tokenizer(prompt, add_special_tokens=True, return_tensors="pt")
