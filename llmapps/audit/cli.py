@@ -69,11 +69,12 @@ def cmd_fairness(args: argparse.Namespace) -> int:
         if not args.report_only:
             chain = load_chain(spec.name, built[name])
             took = run_strategy(chain, twins, out_dir / f"{name}.jsonl", batch_size=args.batch_size)
+            print(f"{name}: {took['done']} outputs in {took['seconds']} s", flush=True)
             before = timings.get(name, {})
             took["seconds"] = round(took["seconds"] + float(before.get("seconds", 0)), 1)
+            took["done"] += int(before.get("done", 0))  # outputs the seconds paid for
             timings[name] = took
             atomic_write(timings_path, json.dumps(timings, indent=2) + "\n")
-            print(f"{name}: {took['done']} outputs in {took['seconds']} s", flush=True)
     report = {
         "app": spec.name,
         "split": args.split,

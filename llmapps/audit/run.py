@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -130,10 +131,9 @@ def strategy_report(
         "privacy": {
             "outputs": len(privacy_rows),
             "flagged": _ci(privacy_rows),
-            "by_kind": {
-                k: sum(1 for x in findings if x["kind"] == k)
-                for k in sorted({x["kind"] for x in findings})
-            },
+            "by_kind": dict(
+                sorted(Counter(f"{x['kind']} in {x['field']}" for x in findings).items())
+            ),
             "findings": findings[:50],
             "copy_words": DEFAULT_COPY_WORDS,
         },
@@ -179,13 +179,14 @@ def markdown(report: Mapping[str, Any]) -> str:
             lines.append("| " + " | ".join(cells) + " |")
     lines += [
         "",
-        "| strategy | outputs | flagged (privacy) | findings by kind | seconds |",
+        "| strategy | outputs | flagged (privacy) | findings by kind | generation time |",
         "|---|---|---|---|---|",
     ]
     for name, rep in report["strategies"].items():
         p = rep["privacy"]
         kinds = ", ".join(f"{k} {n}" for k, n in p["by_kind"].items()) or "none"
-        secs = report.get("timings", {}).get(name, {}).get("seconds", "-")
+        took = report.get("timings", {}).get(name, {})
+        secs = f"{took['seconds']} s for {took.get('done', '?')}" if took else "-"
         lines.append(f"| {name} | {p['outputs']} | {_fmt(p['flagged'])} | {kinds} | {secs} |")
     return "\n".join(lines) + "\n"
 
