@@ -13,24 +13,48 @@ LoRA and prompt tuning (``finetune.train``). Nothing here overrides a private ``
 - ``log`` adds real (non-pad) tokens per second and validation perplexity;
 - ``StagedCheckpoints`` (a ``TrainerCallback``): the ``Trainer`` saves into ``<root>/.staging``
   and the callback renames each finished checkpoint into ``<root>``, then keeps the newest
-  ``limit``; a kill at any point leaves only whole checkpoints in ``<root>``.
+  ``limit``; a kill at any point leaves only whole checkpoints in ``<root>``;
+- ``reporting_progress(report)``: inside the block, every trainer made here calls
+  ``report(steps_done, total_steps)`` at the start and after each optimizer step, whatever its
+  own progress bar does (a surface that trains an adapter on first use shows it training).
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import logging
 import math
 import os
 import shutil
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 IGNORE = -100
 REAL_TOKENS = (
     "num_real_tokens"  # batch key: the real (non-pad) tokens, read by the trainer, never the model
 )
 STAGING = ".staging"
+# (steps done, total steps) for whoever shows a training run's progress (``reporting_progress``)
+StepReport = Callable[[int, int], None]
+_REPORT: contextvars.ContextVar[StepReport | None] = contextvars.ContextVar(
+    "llmapps_training_report", default=None
+)
+
+
+@contextlib.contextmanager
+def reporting_progress(report: StepReport | None) -> Iterator[None]:
+    """Trainers made in this block (this thread) call ``report(done, total)`` as they train."""
+    token = _REPORT.set(report)
+    try:
+        yield
+    finally:
+        _REPORT.reset(token)
 
 
 @dataclass
@@ -117,6 +141,9 @@ def make_trainer_class() -> type:
             self.model_accepts_loss_kwargs = False  # we return a mean loss; Trainer scales for GA
             self.real_tokens = 0
             self.started = time.perf_counter()
+            report = _REPORT.get()
+            if report is not None:
+                self.add_callback(_step_reports(report))
 
         def compute_loss(
             self,
@@ -189,3 +216,24 @@ def staged_checkpoints(root: Path, limit: int) -> Any:
             shutil.rmtree(root / STAGING, ignore_errors=True)  # empty: every checkpoint moved out
 
     return StagedCheckpoints()
+
+
+def _step_reports(report: StepReport) -> Any:
+    """A ``TrainerCallback`` calling ``report(done, total)``; a failing display never stops
+    training."""
+    from transformers import TrainerCallback
+
+    def call(state: Any) -> None:
+        try:
+            report(int(state.global_step), int(state.max_steps or 0))
+        except Exception:
+            log.debug("training progress report failed", exc_info=True)
+
+    class StepReports(TrainerCallback):  # type: ignore[misc]
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            call(state)
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            call(state)
+
+    return StepReports()
