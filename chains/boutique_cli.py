@@ -84,6 +84,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
     from llmapps.apps import load_chain
     from llmapps.cli import app_options as option_flags
     from llmapps.cli import strategy_options
+    from llmapps.compose import runnable_options
 
     check_session_id(args.session)  # before minutes of model loading
     apps = _chat_apps()
@@ -96,10 +97,11 @@ def cmd_chat(args: argparse.Namespace) -> int:
         app_options["history_db"] = args.history_db
     if args.index:
         app_options["index"] = args.index
-    chain = load_chain(
-        args.app, args.strategy, app_options=app_options, **strategy_options(args.strategy, args)
-    )
-    return run_chat(chain, args.session, sys.stdin, sys.stdout)
+    # the strategy as the bench, demo, daily and web app build it (llmapps.compose): lora finds
+    # or trains its demo adapter, service uses the configured endpoint or a local server
+    with runnable_options(args.strategy, overrides=strategy_options(args.strategy, args)) as opts:
+        chain = load_chain(args.app, args.strategy, app_options=app_options, **opts)
+        return run_chat(chain, args.session, sys.stdin, sys.stdout)
 
 
 def register_chat(subparsers: Any) -> None:

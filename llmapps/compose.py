@@ -4,15 +4,20 @@ with which options, built one way for ``llmapps bench``, ``llmapps demo`` and ``
 A strategy's options come, in this order (later wins), from:
 
 1. its offline defaults (``Strategy.demo_options``): ``lora`` finds, or trains on first use, the
-   demo adapter under ``$LLMAPPS_HOME/adapters/``; ``service`` takes the configured endpoint, or
-   starts ``llmapps serve`` on loopback for as long as the set is open;
+   demo adapter under ``$LLMAPPS_HOME/adapters/`` (its steps shown as it trains: ``StepPrinter``
+   on stderr, or the caller's ``progress``); ``service`` takes the configured endpoint, or
+   starts ``llmapps serve`` on loopback for as long as the set is open. Options given that
+   already do the defaults' job (``lora``'s ``adapter``, ``service``'s ``base_url``) skip them;
+   a ``base_model``/``instruct_model`` given is the one whose defaults are looked up;
 2. a bench run's recorded options (``--run RUN``: ``RUN/config.json``'s ``strategy_options`` and
    the swept values of each row, so ``few-shot[structured=on]`` comes back as it ran);
 3. options given here (the command's flags).
 
 A strategy that cannot run (no demo adapter for this base, a bad option, a backend that failed to
 start) is kept in the set, ``reason`` saying why in one line with what to do, so a page can list it
-disabled instead of offering it and failing. Nothing here names an app.
+disabled instead of offering it and failing; a surface that runs one strategy (``llmapps chat``,
+``serve``, ``daily``) takes ``runnable_options``, which raises that reason as a one-line
+``ConfigError``. Nothing here names an app.
 """
 
 from __future__ import annotations
@@ -20,7 +25,9 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +35,42 @@ from typing import Any
 from llmapps.errors import ConfigError, LlmappsError
 
 log = logging.getLogger(__name__)
+
+# The option that does a strategy's defaults' job: given, the defaults are not prepared (no
+# adapter trained, no server started only to be replaced).
+_GIVEN_BY = {"lora": "adapter", "service": "base_url"}
+# Settings a strategy's defaults depend on, taken from the options when given there.
+_PINNED = ("base_model", "instruct_model")
+Progress = Callable[[int, int], None]  # (steps done, total steps) of a training run
+
+
+class StepPrinter:
+    """A training run's progress on ``stream`` (default stderr): ``lora: training its adapter
+    (first use): step 12/64, 40 s``, rewritten in place on a terminal; elsewhere (a log, a pipe)
+    one line at the start, at each further tenth and at the end."""
+
+    def __init__(self, label: str, stream: Any = None) -> None:
+        self.label = label
+        self.stream = stream
+        self.started: float | None = None
+        self.tenth = -1
+
+    def __call__(self, done: int, total: int) -> None:
+        stream = self.stream or sys.stderr
+        now = time.monotonic()
+        self.started = self.started if self.started is not None else now
+        line = (
+            f"{self.label}: training its adapter (first use): step {done}/{total or '?'}, "
+            f"{now - self.started:.0f} s"
+        )
+        last = bool(total) and done >= total
+        if getattr(stream, "isatty", lambda: False)():
+            print(f"\r{line}", end="\n" if last else "", file=stream, flush=True)
+            return
+        tenth = 10 * done // total if total else 0
+        if tenth > self.tenth or last:
+            self.tenth = 10 if last else tenth
+            print(line, file=stream, flush=True)
 
 
 @dataclass
@@ -81,21 +124,37 @@ def read_run(run: Path) -> tuple[list[tuple[str, str, dict[str, Any]]], dict[str
 
 @contextlib.contextmanager
 def strategy_options(
-    name: str, settings: Any = None, overrides: Mapping[str, Any] | None = None
+    name: str,
+    settings: Any = None,
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    progress: Progress | None = None,
 ) -> Iterator[tuple[dict[str, Any] | None, str | None]]:
     """``(options, reason)`` for strategy ``name``: its offline defaults under ``overrides``, held
     for the block (a local server a default started stops at its end). Without defaults the
     options are the overrides alone (None when there are none) and ``reason`` says why there are
-    no defaults (what to do), for the caller to show if those options do not build."""
+    no defaults (what to do), for the caller to show if those options do not build.
+
+    ``progress(done, total)`` hears the steps of an adapter the defaults train (default: a
+    ``StepPrinter`` on stderr)."""
     from llmapps.settings import get_settings
     from llmapps.strategies.base import STRATEGIES
+    from llmapps.training import reporting_progress
 
     settings = settings or get_settings()
     cls = STRATEGIES.get(name)
+    overrides = dict(overrides or {})
+    if overrides.get(_GIVEN_BY.get(name, "")):  # e.g. --adapter DIR: nothing to find or train
+        yield overrides, None
+        return
+    pinned = {k: overrides[k] for k in _PINNED if overrides.get(k)}
+    if pinned:  # --base-model X: X's demo adapter, not the configured base's
+        settings = settings.model_copy(update=pinned)
     reason: str | None
     with contextlib.ExitStack() as stack:
         try:
-            demo = stack.enter_context(cls.demo_options(settings))
+            with reporting_progress(progress or StepPrinter(name)):
+                demo = stack.enter_context(cls.demo_options(settings))
         except LlmappsError as err:
             demo, reason = None, one_line(err)
         except Exception as err:  # a backend that would not start: say so, offer the rest
@@ -104,9 +163,34 @@ def strategy_options(
         else:
             reason = None if demo is not None else _no_defaults(name, settings)
         if demo is None:  # explicit options may still make it runnable
-            yield (dict(overrides) if overrides else None), reason
+            yield (overrides or None), reason
             return
-        yield {**demo, **dict(overrides or {})}, None
+        yield {**demo, **overrides}, None
+
+
+@contextlib.contextmanager
+def runnable_options(
+    name: str,
+    settings: Any = None,
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    flag: str = "--strategy",
+    progress: Progress | None = None,
+) -> Iterator[dict[str, Any]]:
+    """The options strategy ``name`` runs with on a one-strategy surface (``llmapps chat``,
+    ``serve``, ``daily``), its defaults held for the block as in ``strategy_options``.
+
+    Raises:
+        ConfigError: it cannot run: one line, ``--strategy NAME cannot run: <reason and fix>``.
+    """
+    from llmapps.strategies.base import make_strategy
+
+    with strategy_options(name, settings, overrides, progress=progress) as (options, reason):
+        try:
+            make_strategy(name, **(options or {}))  # validates; loads no model
+        except LlmappsError as err:
+            raise ConfigError(f"{flag} {name} cannot run: {reason or one_line(err)}") from err
+        yield options or {}
 
 
 def _no_defaults(name: str, settings: Any) -> str:
@@ -125,6 +209,7 @@ def compose_strategies(
     run: Path | None = None,
     options: Mapping[str, Mapping[str, Any]] | None = None,
     settings: Any = None,
+    progress: Progress | None = None,
 ) -> Iterator[list[ComposedStrategy]]:
     """The strategy set of a surface, held open for the block (servers it started stop after).
 
@@ -134,6 +219,7 @@ def compose_strategies(
         run: a bench run folder: its rows (swept ones included) and its recorded options.
         options: per strategy name, options over the defaults and the run's (the command's flags).
         settings: the settings whose defaults apply (default: ``get_settings()``).
+        progress: hears an adapter's training steps (default: ``StepPrinter`` on stderr).
 
     Each strategy's options are checked against its config now (``make_strategy``), so a missing
     or bad option is a ``reason``, not a failure on first use.
@@ -158,7 +244,9 @@ def compose_strategies(
         for name, label, swept in rows:
             if name not in held:  # one local server / adapter per strategy, shared by its rows
                 user = {**recorded.get(name, {}), **given.get(name, {})}
-                held[name] = stack.enter_context(strategy_options(name, settings, user))
+                held[name] = stack.enter_context(
+                    strategy_options(name, settings, user, progress=progress)
+                )
             opts, reason = held[name]
             if opts is None:
                 out.append(ComposedStrategy(label, name, {}, reason))

@@ -8,7 +8,9 @@ history and process lists.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 from llmapps.errors import ConfigError
@@ -49,32 +51,70 @@ def register(subparsers: Any) -> None:
     )
 
 
-def resolve_model(args: argparse.Namespace) -> Any:
-    """The ``LocalModel`` to serve: ``--model`` as is, else the strategy's own (with adapter)."""
-    from llmapps.cli import strategy_options
-    from llmapps.models.llamacpp import load_model
-    from llmapps.strategies.base import STRATEGIES, make_strategy
+def check_strategy(args: argparse.Namespace) -> None:
+    """Flag combinations that cannot serve, refused before anything loads or trains; sets the
+    default strategy (zero-shot, or lora with --adapter)."""
+    from llmapps.strategies.base import STRATEGIES, Strategy
 
     if args.model:
         if args.adapter:
             raise ConfigError(
                 "--adapter goes with --strategy lora (which names its base model), not --model"
             )
-        return load_model(args.model, batch_size=args.batch_size)  # a .gguf runs on llama.cpp
+        return
     if args.strategy is None:
         args.strategy = "lora" if args.adapter else "zero-shot"
-    fields = STRATEGIES.get(args.strategy).config_class.model_fields
-    if args.adapter and "adapter" not in fields:
+    cls = STRATEGIES.get(args.strategy)
+    if args.adapter and "adapter" not in cls.config_class.model_fields:
         raise ConfigError(
             f"the {args.strategy!r} strategy takes no adapter; use --strategy lora --adapter DIR"
         )
-    strategy = make_strategy(args.strategy, **strategy_options(args.strategy, args))
-    lm = strategy.generation_model()
+    if (  # it generates remotely: no model here to serve (before starting its defaults' server)
+        cls.generation_model is Strategy.generation_model
+        and cls.scoring_model is Strategy.scoring_model
+    ):
+        raise ConfigError(_no_local_model(args.strategy))
+
+
+def _no_local_model(name: str) -> str:
+    return (
+        f"the {name!r} strategy has no local model to serve; "
+        "use zero-shot, few-shot, lora or --model"
+    )
+
+
+@contextlib.contextmanager
+def served_options(args: argparse.Namespace) -> Iterator[dict[str, Any] | None]:
+    """The served strategy's options, built as the bench, demo, chat and web app build them
+    (``llmapps.compose``: lora finds or trains its demo adapter), held for the block; None with
+    ``--model``. A strategy that cannot run is a one-line ``ConfigError`` with its reason."""
+    from llmapps.cli import strategy_options
+    from llmapps.compose import runnable_options
+
+    check_strategy(args)
+    if args.model:
+        yield None
+        return
+    with runnable_options(args.strategy, overrides=strategy_options(args.strategy, args)) as opts:
+        yield opts
+
+
+def resolve_model(args: argparse.Namespace, options: dict[str, Any] | None = None) -> Any:
+    """The ``LocalModel`` to serve: ``--model`` as is, else the strategy's own (with adapter),
+    built with ``options`` (default: the flags alone; ``served_options`` gives the composed
+    ones)."""
+    from llmapps.cli import strategy_options
+    from llmapps.models.llamacpp import load_model
+    from llmapps.strategies.base import make_strategy
+
+    check_strategy(args)
+    if args.model:
+        return load_model(args.model, batch_size=args.batch_size)  # a .gguf runs on llama.cpp
+    if options is None:
+        options = strategy_options(args.strategy, args)
+    lm = make_strategy(args.strategy, **options).generation_model()
     if lm is None:
-        raise ConfigError(
-            f"the {args.strategy!r} strategy has no local model to serve; "
-            "use zero-shot, few-shot, lora or --model"
-        )
+        raise ConfigError(_no_local_model(args.strategy))
     return lm
 
 
@@ -107,8 +147,9 @@ def server_settings(args: argparse.Namespace) -> Any:
         raise config_error_from_validation("serve options", err) from err
 
 
-def app_chat(args: argparse.Namespace) -> Any:
-    """``chat(messages) -> str``: the app ``--app`` built on the served strategy."""
+def app_chat(args: argparse.Namespace, options: dict[str, Any] | None = None) -> Any:
+    """``chat(messages) -> str``: the app ``--app`` built on the served strategy (with
+    ``options``: default, the flags alone; ``served_options`` gives the composed ones)."""
     from llmapps.apps import APPS, get_app, load_chain
     from llmapps.cli import check_app_options, strategy_options
 
@@ -120,10 +161,10 @@ def app_chat(args: argparse.Namespace) -> Any:
         )
     if args.model:
         raise ConfigError("--app builds the app on --strategy; drop --model")
-    options = check_app_options(args.app, args)
-    chain = load_chain(
-        args.app, args.strategy, app_options=options, **strategy_options(args.strategy, args)
-    )
+    app_opts = check_app_options(args.app, args)
+    if options is None:
+        options = strategy_options(args.strategy, args)
+    chain = load_chain(args.app, args.strategy, app_options=app_opts, **options)
     chat = spec.chat
     return lambda messages: chat(chain, messages)
 
@@ -142,17 +183,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from llmapps.cli import check_app_options
 
         check_app_options(args.app, args)  # a bad -O fails now, before any model loads
-    lm = resolve_model(args)
-    chat = app_chat(args) if getattr(args, "app", None) else None
-    name = args.served_model_name or getattr(args, "app", None) or args.model or lm.name
-    app = create_app(lm, server, model_name=name, chat=chat)
-    sock = bind_socket(server.host, server.port)
-    port = sock.getsockname()[1]
-    print(
-        f"serving {name!r} at http://{server.host}:{port}/v1 "
-        f"({'API key required' if server.api_key else 'no API key'}); Ctrl-C stops",
-        file=sys.stderr,
-        flush=True,
-    )
-    uvicorn_server(app).run(sockets=[sock])
+    with served_options(args) as options:
+        lm = resolve_model(args, options)
+        chat = app_chat(args, options) if getattr(args, "app", None) else None
+        name = args.served_model_name or getattr(args, "app", None) or args.model or lm.name
+        app = create_app(lm, server, model_name=name, chat=chat)
+        sock = bind_socket(server.host, server.port)
+        port = sock.getsockname()[1]
+        print(
+            f"serving {name!r} at http://{server.host}:{port}/v1 "
+            f"({'API key required' if server.api_key else 'no API key'}); Ctrl-C stops",
+            file=sys.stderr,
+            flush=True,
+        )
+        uvicorn_server(app).run(sockets=[sock])
     return 0
