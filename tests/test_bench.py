@@ -314,3 +314,25 @@ def test_peak_memory_sees_an_allocation_and_cost_uses_reported_cost_then_prices(
     settings = load_settings(bench={"prices": {"service": {"usd_per_1k_tokens": 1.0}}})
     with pytest.raises(ConfigError, match="usd_per_1k_tokens"):
         Price.for_strategy("service", settings)
+
+
+def test_sweep_labels_of_paths_name_files_not_folders() -> None:
+    from llmapps.bench.run import BenchConfig
+
+    adapters = ["/home/me/adapters/sft/", "/home/me/adapters/dpo"]
+    labels = [
+        label
+        for _, label, _ in BenchConfig(
+            app="x", strategies=["lora"], sweep={"adapter": adapters}
+        ).runs()
+    ]
+    assert labels == ["lora[adapter=sft]", "lora[adapter=dpo]"]
+    same_tail = ["/a/run1/adapter", "/b/run2/adapter"]
+    labels = [
+        label
+        for _, label, _ in BenchConfig(
+            app="x", strategies=["lora"], sweep={"adapter": same_tail}
+        ).runs()
+    ]
+    assert labels == ["lora[adapter=a_run1_adapter]", "lora[adapter=b_run2_adapter]"]
+    assert all("/" not in label for label in labels)

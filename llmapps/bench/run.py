@@ -86,9 +86,15 @@ class BenchConfig(BaseModel):
             if not keys:
                 out.append((name, name, {}))
                 continue
+            # a label names a file: a path value shows as its last part (its whole self, slashes
+            # replaced, where two values share a last part)
+            short = {k: len({_value_text(v, short=True) for v in self.sweep[k]}) for k in keys}
             for values in itertools.product(*(self.sweep[k] for k in keys)):
                 opts = dict(zip(keys, values, strict=True))
-                label = ",".join(f"{k}={_value_text(v)}" for k, v in opts.items())
+                label = ",".join(
+                    f"{k}={_value_text(v, short=short[k] == len(self.sweep[k]))}"
+                    for k, v in opts.items()
+                )
                 out.append((name, f"{name}[{label}]", opts))
         return out
 
@@ -114,10 +120,14 @@ def _prompt_text(prompt: Any) -> str:
     return "\n".join(f"{getattr(m, 'type', 'message')}: {getattr(m, 'content', m)}" for m in prompt)
 
 
-def _value_text(value: Any) -> str:
+def _value_text(value: Any, *, short: bool = True) -> str:
     if isinstance(value, bool):
         return "on" if value else "off"
-    return str(value)
+    text = str(value)
+    if "/" in text or os.sep in text:  # a path: never a folder of its own under samples/
+        text = text.rstrip("/" + os.sep)
+        return Path(text).name if short else text.strip("/").replace("/", "_").replace(os.sep, "_")
+    return text
 
 
 def _write_json(path: Path, data: Any) -> None:
