@@ -14,12 +14,14 @@ in the README's speed table).
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+_HOME = Path(os.environ.get("LLMAPPS_HOME") or Path.home() / ".cache" / "llmapps")
 
 # Each benchmark's real runs: the arguments that regenerate the results files the README cites.
 RUNS: dict[str, list[list[str]]] = {
@@ -34,6 +36,15 @@ RUNS: dict[str, list[list[str]]] = {
         ["--strategy", "lora"],
     ],
     "bench_lora_training": [[]],
+    # the demo SFT adapter and the AI-feedback pairs `llmapps finetune pairs --sample 4` built
+    "bench_dpo_training": [
+        [
+            "--adapter",
+            str(_HOME / "adapters" / "news-riddle-gemma-3-270m-demo"),
+            "--pairs",
+            str(_HOME / "pairs" / "gemma-demo-ai-k4.jsonl"),
+        ]
+    ],
 }
 
 
