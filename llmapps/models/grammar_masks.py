@@ -59,7 +59,6 @@ class TorchGrammarProcessor:
         self.guard_banned = guard_banned  # no_repeat_ngram may ban every allowed token
         words = (compiled.tokenizer.ll.vocab_size + 31) // 32
         self.bitmask = torch.full((rows, words), -1, dtype=torch.int32)
-        self.table = torch.from_numpy(_byte_bits()).bool()
         self.executor = _executor(LLExecutor)
 
     def __call__(self, input_ids: Any, scores: Any) -> Any:
@@ -92,6 +91,14 @@ class TorchGrammarProcessor:
         fill_next_token_bitmask_par(
             self.executor, [(self.matchers[r], r) for r in rows], self.bitmask
         )
+        packed = self.bitmask[rows]
+        partial = packed != -1  # words holding a disallowed token
+        if not self.guard_banned and int(partial.sum()) * 8 <= partial.numel():
+            # free text (most steps): few words hold a disallowed token, so set only those
+            # tokens; expanding the whole 262k-token mask cost 9.5 ms a step at batch 16 on
+            # Gemma (16% of its tokens/s), this 1 ms (benchmarks/results/bench_structured*.json)
+            _ban_sparse(scores, packed, partial, rows)
+            return scores
         allowed = self._allowed(rows, scores.shape[1])
         if len(rows) == scores.shape[0]:
             target = scores
@@ -110,14 +117,51 @@ class TorchGrammarProcessor:
         return scores
 
     def _allowed(self, rows: list[int], vocab: int) -> Any:
+        """The rows' masks as booleans over ``vocab`` tokens (beyond the engine's vocabulary:
+        disallowed)."""
         import torch
 
-        bytes_ = self.bitmask[rows].contiguous().view(torch.uint8).long()
-        bits = self.table[bytes_].reshape(len(rows), -1)
+        packed = self.bitmask[rows]
+        bits = ((packed.unsqueeze(-1) >> _BIT_INDEX()) & 1).bool().reshape(len(rows), -1)
         if bits.shape[1] >= vocab:
             return bits[:, :vocab]
         pad = torch.zeros((len(rows), vocab - bits.shape[1]), dtype=torch.bool)
         return torch.cat([bits, pad], dim=1)
+
+
+_BITS32: Any = None
+
+
+def _BIT_INDEX() -> Any:  # a constant, built on first use (torch is lazy)
+    global _BITS32
+    if _BITS32 is None:
+        import torch
+
+        _BITS32 = torch.arange(32, dtype=torch.int32)
+    return _BITS32
+
+
+def _ban_sparse(scores: Any, packed: Any, partial: Any, rows: list[int]) -> None:
+    """Set to ``-inf`` the disallowed tokens of ``rows``, reading only the words of the packed
+    mask that hold one (``partial``); tokens beyond the mask's width are disallowed."""
+    import torch
+
+    vocab = scores.shape[1]
+    width = 32 * packed.shape[1]
+    row_index = torch.tensor(rows, device=scores.device)
+    if vocab > width:
+        scores[row_index, width:] = float("-inf")
+    where = torch.nonzero(partial)
+    if where.numel() == 0:
+        return
+    words = packed[where[:, 0], where[:, 1]]
+    banned = ((words.unsqueeze(1) >> _BIT_INDEX()) & 1) == 0
+    cols = where[:, 1:2].long() * 32 + _BIT_INDEX().long()
+    banned &= cols < vocab
+    which = row_index[where[:, 0].to(scores.device)].unsqueeze(1).expand(-1, 32)
+    scores[which[banned.to(scores.device)], cols.to(scores.device)[banned.to(scores.device)]] = (
+        float("-inf")
+    )
 
 
 def _matcher_error(matcher: Any) -> str:
