@@ -20,7 +20,7 @@ and its ``ratings.jsonl`` or filled CSVs) into pairs, counting every rating it d
 a pair and why (``PairsReport.counts``): ties, raters who contradict each other with no majority,
 ratings of items the key does not know, items whose reply is missing or failed, identical replies.
 ``read_rating_files`` reads the rating files with their own counts (re-ratings superseded, bad
-lines, a torn last line). The web app's "export as pairs" and ``llmapps finetune pairs`` share
+lines, a torn last line). The web app's "export as pairs" and the training side's pairs command share
 them. ``write_pairs`` writes a file atomically and returns its SHA-256 (what an adapter's manifest
 cites); ``read_pairs`` reads one back, naming every bad line.
 """
@@ -340,7 +340,7 @@ def read_pairs(path: Path | str) -> list[PreferencePair]:
     )
     if not pairs:
         raise InputError(
-            f"{path} holds no preference pairs; build some with `llmapps finetune pairs`"
+            f"{path} holds no preference pairs; build some from ratings or sampled replies first (the pairs command of the training side)"
         )
     seen: set[str] = set()
     for p in pairs:

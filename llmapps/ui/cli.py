@@ -34,7 +34,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
         ) from err
     from llmapps.apps import get_app
     from llmapps.cli import check_app_options, strategy_options
-    from llmapps.compose import compose_strategies
+    from llmapps.compose import compose_strategies, read_run
     from llmapps.evaluate.human import RatingStore, load_run_outputs
     from llmapps.serving.server import is_loopback
     from llmapps.settings import get_settings
@@ -73,6 +73,15 @@ def cmd_ui(args: argparse.Namespace) -> int:
     for name in names or ():
         STRATEGIES.get(name)  # an unknown name fails here, with suggestions
     given = {n: strategy_options(n, args) for n in (names or STRATEGIES.names())}
+    store = None
+    if run is not None:  # a damaged sheet or key, or a folder that is no bench run: one line,
+        store = RatingStore.from_run(  # before anything is said or loaded
+            run,
+            Path(args.ratings) if args.ratings else None,
+            fields=resolve_ui(spec).rate_fields,
+            limit=args.limit,
+        )
+        read_run(run)
     print(
         "llmapps ui: preparing the strategies as the bench does"
         + (f" (from {run}/config.json)" if run else "")
@@ -87,13 +96,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
         flow = None
         if args.ratings or run:
             fields = resolve_ui(spec).rate_fields
-            if run:
-                store = RatingStore.from_run(
-                    run,
-                    Path(args.ratings) if args.ratings else None,
-                    fields=fields,
-                    limit=args.limit,
-                )
+            if store is not None and run is not None:
                 outputs, refs = load_run_outputs(run, store.strategies)
                 samples = {str(r["id"]): r for r in refs}
                 flow = RatingFlow(store, outputs, samples, fields)
