@@ -237,7 +237,7 @@ ROWS: tuple[Row, ...] = (
     ),
     Row(
         "bench_server_batching.json",
-        "`llmapps serve` dynamic batching, tiny-instruct",
+        "`llmapps serve`, 16 concurrent clients, SmolLM2-135M-Instruct GGUF (Q4_1), 32 tokens each",
         "python benchmarks/bench_server_batching.py",
         _legacy_server,
     ),
