@@ -39,7 +39,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import shutil
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -49,6 +48,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from finetune.train import checkpoints_dir as checkpoints_dir
 from llmapps.errors import ConfigError, InputError, format_problems
 from llmapps.settings import Settings, get_settings
 
@@ -347,37 +347,6 @@ def make_dpo_trainer_class(training: DpoTraining) -> type:
     return DpoTrainer
 
 
-def checkpoints_dir(out: Path) -> Path:
-    return out.with_name(out.name + ".checkpoints")
-
-
-def _prepare(root: Path, identity: dict[str, Any], *, resume: bool, overwrite: bool) -> Path | None:
-    from llmapps.training import last_checkpoint
-
-    saved = root / "run.json"
-    last = last_checkpoint(root)
-    if resume:
-        if last is None:
-            raise ConfigError(
-                f"--resume: {root} holds no checkpoint to continue from; run without --resume"
-            )
-        if saved.exists() and json.loads(saved.read_text()) != identity:
-            raise ConfigError(
-                f"--resume: the checkpoints in {root} were made with another recipe, parent "
-                "adapter or pairs file; resume with the same ones, or start afresh with --overwrite"
-            )
-        return last
-    if last is not None and not overwrite:
-        raise ConfigError(
-            f"{root} holds checkpoints of an earlier run (last: {last.name}): pass --resume to "
-            "continue it or --overwrite to start afresh"
-        )
-    shutil.rmtree(root, ignore_errors=True)
-    root.mkdir(parents=True, exist_ok=True)
-    saved.write_text(json.dumps(identity, indent=2))
-    return None
-
-
 def train_dpo(
     recipe: DpoRecipe,
     out: str | Path,
@@ -408,7 +377,7 @@ def train_dpo(
     from transformers import TrainingArguments, set_seed
 
     from finetune.recipe import Recipe
-    from finetune.train import library_versions, load_base
+    from finetune.train import _prepare_checkpoints, library_versions, load_base
     from llmapps.adapters import (
         AdapterManifest,
         check_base,
@@ -451,7 +420,14 @@ def train_dpo(
         "parent_checksum": parent.checksum,
         "pairs_sha256": digest,
     }
-    resume_from = _prepare(root, identity, resume=resume, overwrite=overwrite)
+    resume_from = _prepare_checkpoints(
+        root,
+        identity,
+        resume=resume,
+        overwrite=overwrite,
+        record="run.json",
+        made_with="another recipe, parent adapter or pairs file; resume with the same ones",
+    )
 
     try:
         sft = Recipe.model_validate(parent.recipe)

@@ -419,10 +419,18 @@ train_recipe = PeftTrainer()
 
 
 def _prepare_checkpoints(
-    root: Path, recipe_json: dict[str, Any], *, resume: bool, overwrite: bool
+    root: Path,
+    recipe_json: dict[str, Any],
+    *,
+    resume: bool,
+    overwrite: bool,
+    record: str = "recipe.json",
+    made_with: str = "a different recipe; resume with the same recipe",
 ) -> Path | None:
-    """Check the checkpoint folder against the request; return the checkpoint to resume from."""
-    saved = root / "recipe.json"
+    """Check the checkpoint folder against the request (``recipe_json``, kept in ``record``);
+    return the checkpoint to resume from. ``made_with`` says what differs when it does not
+    match (the DPO trainer's identity also holds its parent adapter and pairs)."""
+    saved = root / record
     last = last_checkpoint(root)
     if resume:
         if last is None:
@@ -431,8 +439,8 @@ def _prepare_checkpoints(
             )
         if saved.exists() and json.loads(saved.read_text()) != recipe_json:
             raise ConfigError(
-                f"--resume: the checkpoints in {root} were made with a different recipe; resume with "
-                "the same recipe, or start afresh with --overwrite"
+                f"--resume: the checkpoints in {root} were made with {made_with}, or start "
+                "afresh with --overwrite"
             )
         return last
     if last is not None and not overwrite:
