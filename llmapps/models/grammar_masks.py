@@ -11,6 +11,7 @@ why the reply is invalid. What is constrained, and how grammars compile, is ``st
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -122,46 +123,41 @@ class TorchGrammarProcessor:
         import torch
 
         packed = self.bitmask[rows]
-        bits = ((packed.unsqueeze(-1) >> _BIT_INDEX()) & 1).bool().reshape(len(rows), -1)
+        bits = ((packed.unsqueeze(-1) >> _bit_index()) & 1).bool().reshape(len(rows), -1)
         if bits.shape[1] >= vocab:
             return bits[:, :vocab]
         pad = torch.zeros((len(rows), vocab - bits.shape[1]), dtype=torch.bool)
         return torch.cat([bits, pad], dim=1)
 
 
-_BITS32: Any = None
+@functools.cache
+def _bit_index() -> Any:
+    """0..31 as int32: the bit positions of one packed mask word (built on first use)."""
+    import torch
 
-
-def _BIT_INDEX() -> Any:  # a constant, built on first use (torch is lazy)
-    global _BITS32
-    if _BITS32 is None:
-        import torch
-
-        _BITS32 = torch.arange(32, dtype=torch.int32)
-    return _BITS32
+    return torch.arange(32, dtype=torch.int32)
 
 
 def _ban_sparse(scores: Any, packed: Any, partial: Any, rows: list[int]) -> None:
     """Set to ``-inf`` the disallowed tokens of ``rows``, reading only the words of the packed
-    mask that hold one (``partial``); tokens beyond the mask's width are disallowed."""
+    mask that hold one (``partial``); tokens beyond the mask's width are disallowed. The indices
+    are worked out beside the mask (CPU) and moved to the scores' device once."""
     import torch
 
     vocab = scores.shape[1]
     width = 32 * packed.shape[1]
-    row_index = torch.tensor(rows, device=scores.device)
+    row_index = torch.tensor(rows)
     if vocab > width:
-        scores[row_index, width:] = float("-inf")
+        scores[row_index.to(scores.device), width:] = float("-inf")
     where = torch.nonzero(partial)
     if where.numel() == 0:
         return
     words = packed[where[:, 0], where[:, 1]]
-    banned = ((words.unsqueeze(1) >> _BIT_INDEX()) & 1) == 0
-    cols = where[:, 1:2].long() * 32 + _BIT_INDEX().long()
+    banned = ((words.unsqueeze(1) >> _bit_index()) & 1) == 0
+    cols = where[:, 1:2].long() * 32 + _bit_index().long()
     banned &= cols < vocab
-    which = row_index[where[:, 0].to(scores.device)].unsqueeze(1).expand(-1, 32)
-    scores[which[banned.to(scores.device)], cols.to(scores.device)[banned.to(scores.device)]] = (
-        float("-inf")
-    )
+    which = row_index[where[:, 0]].unsqueeze(1).expand(-1, 32)
+    scores[which[banned].to(scores.device), cols[banned].to(scores.device)] = float("-inf")
 
 
 def _matcher_error(matcher: Any) -> str:
