@@ -250,3 +250,232 @@ def test_no_module_is_over_the_line_limit() -> None:
     assert not bad, f"modules over {MAX_MODULE_LINES} lines (split each by concern):\n" + "\n".join(
         bad
     )
+
+
+# ---------------------------------------------------------------- the whole import graph
+#
+# Every import of a module of llmapps/ counts: top-level, inside functions and under
+# ``if TYPE_CHECKING:`` alike (a cycle through a function-level import is still a cycle of the
+# design). Importing ``a.b.c`` also runs ``a.b``'s ``__init__``, so that is an edge too. Only a
+# module-level ``__getattr__`` (PEP 562) is skipped: it is how an old import path lazily
+# re-exports a name that moved, and runs only when a user asks for the old name.
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {_module_name(p): p for root in OUR_ROOTS for p in (ROOT / root).rglob("*.py")}
+
+
+def _lazy_reexport_nodes(tree: ast.Module) -> set[int]:
+    """ids of the nodes inside a module-level ``def __getattr__``."""
+    return {
+        id(inner)
+        for node in tree.body
+        if isinstance(node, ast.FunctionDef) and node.name == "__getattr__"
+        for inner in ast.walk(node)
+    }
+
+
+def import_edges(tree: ast.Module, modules: dict[str, Path]) -> list[tuple[int, str]]:
+    """(line, module of ours) for every import in ``tree``, parents' ``__init__`` included."""
+    skip = _lazy_reexport_nodes(tree)
+    found: list[tuple[int, str]] = []
+    for node in ast.walk(tree):
+        if id(node) in skip:
+            continue
+        names: list[str] = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            subs = [f"{node.module}.{a.name}" for a in node.names]
+            names = [s for s in subs if s in modules]
+            if len(names) < len(subs):  # some names are attributes of the module itself
+                names.append(node.module)
+        elif (
+            isinstance(node, ast.Call)
+            and getattr(node.func, "attr", getattr(node.func, "id", None)) == "import_module"
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+            and isinstance(node.args[0].value, str)
+        ):
+            names = [node.args[0].value]
+        for name in names:
+            parts = name.split(".")
+            found += [
+                (node.lineno, ".".join(parts[:i]))
+                for i in range(2, len(parts) + 1)
+                if ".".join(parts[:i]) in modules
+            ]
+    return found
+
+
+def _graph() -> dict[str, dict[str, int]]:
+    """module -> {imported module of ours: first line}, for llmapps/, chains/ and finetune/."""
+    graph: dict[str, dict[str, int]] = {}
+    for name, path in MODULES.items():
+        edges = graph.setdefault(name, {})
+        for line, target in import_edges(ast.parse(path.read_text(encoding="utf-8")), MODULES):
+            if target != name:
+                edges.setdefault(target, line)
+    return graph
+
+
+def _strongly_connected(graph: dict[str, dict[str, int]]) -> list[set[str]]:
+    """Tarjan's strongly connected components of more than one module."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[set[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph.get(v, {}):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = set()
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.add(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(component)
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def _package(module: str) -> str:
+    """The unit a module belongs to: ``llmapps.X`` (a top-level module or package of the core),
+    or the top-level package for ``chains`` and ``finetune``."""
+    parts = module.split(".")
+    return ".".join(parts[:2]) if parts[0] == "llmapps" else parts[0]
+
+
+def test_import_graph_finder_sees_every_kind_of_import() -> None:
+    """Function-level and TYPE_CHECKING imports count, a parent package's ``__init__`` counts,
+    a name imported from a module is an edge to that module, and a module-level ``__getattr__``
+    (a lazy re-export for an old path) does not."""
+    code = (
+        "from typing import TYPE_CHECKING\n"
+        "if TYPE_CHECKING:\n"
+        "    from llmapps.models.local import LocalModel\n"
+        "def f():\n"
+        "    import llmapps.bench.run\n"
+        "    from llmapps import settings\n"
+        "def __getattr__(name):\n"
+        "    from llmapps.compose import load_chain\n"
+        "    return load_chain\n"
+    )
+    edges = {m for _, m in import_edges(ast.parse(code), MODULES)}
+    assert edges == {
+        "llmapps.models",
+        "llmapps.models.local",
+        "llmapps.bench",
+        "llmapps.bench.run",
+        "llmapps.settings",
+    }
+    ring = {"a.x": {"b.y": 1}, "b.y": {"a.x": 2, "c.z": 3}, "c.z": {}}
+    assert _strongly_connected(ring) == [{"a.x", "b.y"}]
+
+
+def test_no_import_cycle_between_packages() -> None:
+    """No two modules of different packages import each other, directly or round a circle, at
+    any level (functions included): each layer imports only the layers below it."""
+    graph = _graph()
+    assert len(graph) > 100 and sum(map(len, graph.values())) > 300  # the finder finds imports
+    bad = []
+    for component in _strongly_connected(graph):
+        if len({_package(m) for m in component}) < 2:
+            continue  # a package's own modules may lean on each other
+        edges = [
+            f"  {a} -> {b} ({MODULES[a].relative_to(ROOT)}:{line})"
+            for a in sorted(component)
+            for b, line in sorted(graph[a].items())
+            if b in component and _package(a) != _package(b)
+        ]
+        bad.append(f"a circle of {len(component)} modules; its edges across packages:")
+        bad += edges
+    assert not bad, "import cycles between packages:\n" + "\n".join(bad)
+
+
+def test_nothing_outside_the_cli_imports_it() -> None:
+    """The command line is the top: ``llmapps.cli`` is imported by no module of llmapps/,
+    chains/ or finetune/ outside it (an app's commands get what they need through the hook)."""
+    graph = _graph()
+    bad = [
+        f"{MODULES[a].relative_to(ROOT)}:{line}: imports {b}"
+        for a, edges in sorted(graph.items())
+        if not (a == "llmapps.cli" or a.startswith("llmapps.cli."))
+        for b, line in sorted(edges.items())
+        if b == "llmapps.cli" or b.startswith("llmapps.cli.")
+    ]
+    assert not bad, "the CLI is used as a library:\n" + "\n".join(bad)
+
+
+# Words the apps use that are also the core's own generic vocabulary as identifiers, each with
+# why: the check below is about the core knowing an app, not about common English.
+GENERIC_IDENTIFIERS = {
+    "answer": "a short answer scored by token F1 and exact match: a generic QA metric",
+    "question": "retrieval QA over any corpus (llmapps.retrieval)",
+    "history": "a trainer's log history, a rating sheet's history",
+    "variant": "the A or B side of a blinded comparison (llmapps.evaluate.human, ui)",
+}
+# Known exceptions (file, identifier): each with why.
+KNOWN_APP_IDENTIFIERS: dict[tuple[str, str], str] = {}
+
+
+def _identifiers(tree: ast.AST) -> list[tuple[int, str]]:
+    found: list[tuple[int, str]] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name):
+            found.append((node.lineno, node.id))
+        elif isinstance(node, ast.Attribute):
+            found.append((node.lineno, node.attr))
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            found.append((node.lineno, node.name))
+        elif isinstance(node, ast.arg):
+            found.append((node.lineno, node.arg))
+        elif isinstance(node, ast.keyword) and node.arg:
+            found.append((node.lineno, node.arg))
+        elif isinstance(node, ast.alias):
+            found += [(0, part) for part in (node.asname or node.name).split(".")]
+    return found
+
+
+def _words_of(identifier: str) -> set[str]:
+    """``riddleField``, ``riddle_field``, ``RiddleField`` -> {"riddle", "field"}."""
+    return set(re.findall(r"[a-z]+", re.sub(r"([A-Z])", r"_\1", identifier).lower()))
+
+
+def test_the_core_holds_no_app_identifier() -> None:
+    """No identifier of llmapps/ (a name, attribute, function, class, argument, keyword or
+    module) is made of an app's name or one of its fields: ``riddle_field``,
+    ``evaluate.riddle`` and ``MetricFields.riddle`` name the app as surely as a string does."""
+    names, words = _app_words()
+    words = {w for w in words if "_" not in w} - set(GENERIC_IDENTIFIERS)
+    words |= {f"{w}s" for w in words}
+    app_names = {n.replace("-", "_") for n in names}
+    assert "riddle" in words and "news_riddle" in app_names  # the check checks something
+    bad = []
+    for path in CORE_FILES:
+        rel = str(path.relative_to(ROOT))
+        for line, ident in _identifiers(ast.parse(path.read_text(encoding="utf-8"))):
+            low = ident.lower()
+            hits = (_words_of(ident) & words) or {n for n in app_names if n in low}
+            if hits and (rel, ident) not in KNOWN_APP_IDENTIFIERS:
+                bad.append(f"{rel}:{line}: {ident} names {sorted(hits)}")
+    assert not bad, "the core names an app; move it into the app:\n" + "\n".join(sorted(set(bad)))
