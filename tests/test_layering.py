@@ -447,9 +447,7 @@ def _identifiers(tree: ast.AST) -> list[tuple[int, str]]:
             found.append((node.lineno, node.attr))
         elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
             found.append((node.lineno, node.name))
-        elif isinstance(node, ast.arg):
-            found.append((node.lineno, node.arg))
-        elif isinstance(node, ast.keyword) and node.arg:
+        elif isinstance(node, ast.arg) or (isinstance(node, ast.keyword) and node.arg):
             found.append((node.lineno, node.arg))
         elif isinstance(node, ast.alias):
             found += [(0, part) for part in (node.asname or node.name).split(".")]
