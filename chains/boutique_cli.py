@@ -1,6 +1,7 @@
 """``llmapps chat`` (talk to the shop assistant) and ``llmapps annotate`` (check and format dialogues).
 
-Registered by the boutique app through the ``llmapps.cli`` entry-point group::
+Registered by the boutique app through the ``llmapps.cli`` entry-point group (the command line
+hands ``register_chat`` its flags; nothing here imports it)::
 
     llmapps chat boutique --strategy zero-shot --session alice
     > How much is the white linen shirt?
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from functools import partial
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -79,11 +81,9 @@ def run_chat(chain: Any, session: str, stdin: TextIO, stdout: TextIO) -> int:
         stdout.flush()
 
 
-def cmd_chat(args: argparse.Namespace) -> int:
+def cmd_chat(args: argparse.Namespace, flags: Any) -> int:
     from chains.boutique import check_session_id
     from llmapps.apps import load_chain
-    from llmapps.cli import app_options as option_flags
-    from llmapps.cli import strategy_options
     from llmapps.compose import runnable_options
 
     check_session_id(args.session)  # before minutes of model loading
@@ -92,26 +92,26 @@ def cmd_chat(args: argparse.Namespace) -> int:
         raise ConfigError(
             f"{args.app!r} is not a chat app; `llmapps chat` works with: {', '.join(apps) or '(none)'}"
         )
-    app_options: dict[str, Any] = option_flags(args)  # -O KEY=VALUE / --KEY VALUE
+    app_options: dict[str, Any] = flags.app_options(args)  # -O KEY=VALUE / --KEY VALUE
     if args.history_db:
         app_options["history_db"] = args.history_db
     if args.index:
         app_options["index"] = args.index
     # the strategy as the bench, demo, daily and web app build it (llmapps.compose): lora finds
     # or trains its demo adapter, service uses the configured endpoint or a local server
-    with runnable_options(args.strategy, overrides=strategy_options(args.strategy, args)) as opts:
+    with runnable_options(
+        args.strategy, overrides=flags.strategy_options(args.strategy, args)
+    ) as opts:
         chain = load_chain(args.app, args.strategy, app_options=app_options, **opts)
         return run_chat(chain, args.session, sys.stdin, sys.stdout)
 
 
-def register_chat(subparsers: Any) -> None:
-    """Add ``chat`` to the ``llmapps`` command line."""
-    from llmapps.cli import add_strategy_flags
-
+def register_chat(subparsers: Any, flags: Any) -> None:
+    """Add ``chat`` to the ``llmapps`` command line (``flags``: ``llmapps.cli.flags``, handed over)."""
     p = subparsers.add_parser("chat", help="chat with an app that keeps a conversation (boutique)")
     p.add_argument("app", nargs="?", default="boutique", help="the chat app (default boutique)")
-    add_strategy_flags(p)
-    p.set_defaults(strategy="zero-shot", func=cmd_chat)
+    flags.add_strategy_flags(p)
+    p.set_defaults(strategy="zero-shot", func=partial(cmd_chat, flags=flags))
     p.add_argument(
         "--session", default="default", help="session id: its history is kept across runs"
     )
@@ -152,7 +152,7 @@ def cmd_annotate(args: argparse.Namespace) -> int:
     return 0
 
 
-def register_annotate(subparsers: Any) -> None:
+def register_annotate(subparsers: Any, flags: Any) -> None:
     """Add ``annotate`` (the boutique dialogue annotation format) to the ``llmapps`` command line."""
     p = subparsers.add_parser(
         "annotate",

@@ -28,7 +28,7 @@ import logging
 import re
 import sys
 from collections.abc import Sequence
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -321,24 +321,21 @@ def write_edition(edition: Edition, out_dir: Path) -> dict[str, Path]:
 # ----------------------------------------------------------------------------- CLI
 
 
-def cmd_daily(args: argparse.Namespace) -> int:
+def cmd_daily(args: argparse.Namespace, flags: Any) -> int:
     # the folder's lock for the whole run, and no edition file may be one of the local feeds
     with writing(args.out, args.feed, kind="folder", writes=EDITION_FILES.values()):
-        return _daily(args)
+        return _daily(args, flags)
 
 
-def _daily(args: argparse.Namespace) -> int:
-    from llmapps.cli import app_options, strategy_options
-    from llmapps.ingest.cli import run_ingest
-
-    result = run_ingest(args, quiet=args.quiet)
+def _daily(args: argparse.Namespace, flags: Any) -> int:
+    result = flags.run_ingest(args, quiet=args.quiet)
     if not result.items:
         raise InputError("no article landed from any source; see the per-source table above")
     from llmapps.compose import strategy_options as composed_options
 
     # the strategy as the bench, the demo and the web app build it: lora's demo adapter,
     # service's local server, unless the flags say otherwise
-    given = strategy_options(args.strategy, args)
+    given = flags.strategy_options(args.strategy, args)
     with composed_options(args.strategy, overrides=given) as (options, reason):
         if options is None or reason is not None:  # no defaults: the flags must build it
             from llmapps.errors import LlmappsError
@@ -355,7 +352,7 @@ def _daily(args: argparse.Namespace) -> int:
             include_invalid=args.include_invalid,
             title=args.title,
             date=args.date,
-            app_options=app_options(args),
+            app_options=flags.app_options(args),
             sources=result.reports,
             batch_size=args.batch_size or 4,
             **(options or {}),
@@ -369,16 +366,14 @@ def _daily(args: argparse.Namespace) -> int:
     return 0
 
 
-def register_cli(subparsers: Any) -> None:
-    """Add ``daily`` to the ``llmapps`` command line (entry point ``chains.daily:register_cli``)."""
-    from llmapps.cli import add_strategy_flags
-    from llmapps.ingest.cli import add_source_flags
-
+def register_cli(subparsers: Any, flags: Any) -> None:
+    """Add ``daily`` to the ``llmapps`` command line (entry point ``chains.daily:register_cli``;
+    ``flags`` is ``llmapps.cli.flags``, handed over by the command line)."""
     p = subparsers.add_parser(
         "daily", help="fetch news and publish the day's riddles as HTML, Markdown and JSON"
     )
-    add_source_flags(p)
-    add_strategy_flags(p)
+    flags.add_source_flags(p)
+    flags.add_strategy_flags(p)
     # few-shot: on the default models it is the strategy that writes riddles (Gemma 3 270M with
     # worked examples parsed 3 of 4 validation articles; SmolLM2-135M zero-shot 1 of 19)
     p.set_defaults(strategy="few-shot")
@@ -397,4 +392,4 @@ def register_cli(subparsers: Any) -> None:
     )
     p.add_argument("--date", default=None, help="edition date, YYYY-MM-DD (default: today, UTC)")
     p.add_argument("--quiet", "-q", action="store_true", help="no per-source table")
-    p.set_defaults(func=cmd_daily)
+    p.set_defaults(func=partial(cmd_daily, flags=flags))

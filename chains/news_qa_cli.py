@@ -12,19 +12,21 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from functools import partial
 from typing import Any
 
 
-def cmd_ask(args: argparse.Namespace) -> int:
+def cmd_ask(args: argparse.Namespace, flags: Any) -> int:
     from llmapps.apps import load_chain
-    from llmapps.cli import app_options, strategy_options
 
     app_opts: dict[str, Any] = {"k": args.k}
     if args.index:
         app_opts["index"] = args.index
-    app_opts.update(app_options(args))  # -O KEY=VALUE / --KEY VALUE: any other option of the app
+    app_opts.update(
+        flags.app_options(args)
+    )  # -O KEY=VALUE / --KEY VALUE: any other option of the app
     chain = load_chain(
-        args.app, args.strategy, app_options=app_opts, **strategy_options(args.strategy, args)
+        args.app, args.strategy, app_options=app_opts, **flags.strategy_options(args.strategy, args)
     )
     result = chain.invoke({"question": args.question})
     if args.json:
@@ -41,15 +43,13 @@ def cmd_ask(args: argparse.Namespace) -> int:
     return 0
 
 
-def register_ask(subparsers: Any) -> None:
-    """Add ``ask`` to the ``llmapps`` command line."""
-    from llmapps.cli import add_strategy_flags
-
+def register_ask(subparsers: Any, flags: Any) -> None:
+    """Add ``ask`` to the ``llmapps`` command line (``flags``: ``llmapps.cli.flags``, handed over)."""
     p = subparsers.add_parser("ask", help="answer a question from indexed articles, with citations")
     p.add_argument("question")
     p.add_argument("--index", help="index folder (default: the bundled articles, indexed once)")
     p.add_argument("--app", default="news-qa", help="a retrieval app (default news-qa)")
     p.add_argument("-k", type=int, default=4, help="articles to retrieve")
     p.add_argument("--json", action="store_true")
-    add_strategy_flags(p)
-    p.set_defaults(func=cmd_ask)
+    flags.add_strategy_flags(p)
+    p.set_defaults(func=partial(cmd_ask, flags=flags))

@@ -188,7 +188,7 @@ def cmd_dpo(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers: Any) -> None:
+def register(subparsers: Any, flags: Any) -> None:
     """Add ``finetune`` and its actions to the ``llmapps`` CLI."""
     ft = subparsers.add_parser(
         "finetune", help="train LoRA / prompt-tuning adapters and merge them"

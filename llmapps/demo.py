@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import argparse
 import logging
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from llmapps.errors import LlmappsError
@@ -26,18 +26,19 @@ def run_demo(
     *,
     n: int = 5,
     app_options: dict[str, Any] | None = None,
-    flags: argparse.Namespace | None = None,
+    strategy_options: Mapping[str, dict[str, Any]] | None = None,
 ) -> dict[str, list[dict[str, Any]]]:
     """Run ``app`` on ``n`` test samples with each strategy; print and return the results.
 
-    The table shows the app's ``demo_columns`` (default: its reference keys), the sample's
-    references above the strategies' outputs.
+    ``strategy_options`` are given options per strategy name (the command's flags), on top of
+    the defaults every surface shares (``llmapps.compose``). The table shows the app's
+    ``demo_columns`` (default: its reference keys), the sample's references above the
+    strategies' outputs.
     """
     from rich.console import Console
     from rich.table import Table
 
     from llmapps.apps import get_app, load_chain
-    from llmapps.cli import strategy_options
     from llmapps.compose import strategy_options as compose_options
     from llmapps.models.tiny import ensure_tiny_models
     from llmapps.runner import run_batches
@@ -60,7 +61,7 @@ def run_demo(
     results: dict[str, list[dict[str, Any]]] = {}
     timing: dict[str, tuple[float, int, str]] = {}
     for name in names:
-        given = strategy_options(name, flags) if flags else {}
+        given = dict((strategy_options or {}).get(name) or {})
         # the defaults every surface shares (llmapps.compose): the bench's, the web app's
         with compose_options(name, settings, given) as (opts, reason):
             if reason is not None:

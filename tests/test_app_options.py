@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from llmapps.cli import app_flags_to_options, build_parser, main, strategy_options
+from llmapps.cli import build_parser, main
+from llmapps.cli.flags import app_flags_to_options, strategy_options
 from llmapps.errors import ConfigError
 
 
@@ -87,7 +88,7 @@ def test_app_flags_become_options_and_the_commands_own_flags_stay() -> None:
 
 def test_options_reach_the_app_and_its_model_types_them() -> None:
     from llmapps.apps import get_app
-    from llmapps.cli import check_app_options
+    from llmapps.cli.flags import check_app_options
 
     args = build_parser().parse_args(
         app_flags_to_options(

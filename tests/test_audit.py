@@ -149,7 +149,7 @@ def test_compare_sees_only_changes_beyond_the_swapped_terms(words) -> None:
 
 
 def test_bad_words_file_and_options_are_config_errors(tmp_path) -> None:
-    from llmapps.audit.cli import parse_options
+    from llmapps.cli.audit import parse_options
     from llmapps.audit.fairness import load_words
     from llmapps.errors import ConfigError
 

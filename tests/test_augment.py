@@ -25,7 +25,7 @@ from llmapps.data.augment import (
     sentence_drop,
     teacher_rows,
 )
-from llmapps.data.cli import fields_of
+from llmapps.cli.data import fields_of
 from llmapps.data.swaps import apply_mapping, split_sentences, surviving
 from llmapps.errors import InputError
 from llmapps.evaluate.riddle import content_words

@@ -61,7 +61,7 @@ def test_serve_app_with_lora_finds_its_demo_adapter(tiny_models: Path, tmp_path:
     import openai
 
     from llmapps.serving.app import create_app
-    from llmapps.serving.cli import app_chat, resolve_model, served_options
+    from llmapps.cli.serve import app_chat, resolve_model, served_options
     from llmapps.serving.server import serve_in_thread
     from llmapps.settings import ServerSettings
     from tests.conftest import TEST_HOME

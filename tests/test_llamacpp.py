@@ -143,7 +143,7 @@ def test_llmapps_serve_serves_a_gguf_on_llama_cpp(lm: Any, gguf: Path) -> None:
 
     from llmapps.models.llamacpp import GGUFModel
     from llmapps.serving.app import create_app
-    from llmapps.serving.cli import resolve_model
+    from llmapps.cli.serve import resolve_model
     from llmapps.serving.server import serve_in_thread
     from llmapps.settings import ServerSettings
 

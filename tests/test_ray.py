@@ -241,7 +241,8 @@ def test_a_real_ray_cluster_passes_the_address_probe(cluster: Any) -> None:
 def test_local_engine_imports_no_ray() -> None:
     code = (
         "import sys\n"
-        "from llmapps.cli import build_parser, engine_config\n"
+        "from llmapps.cli import build_parser\n"
+        "from llmapps.cli.flags import engine_config\n"
         "args = build_parser().parse_args(['run', 'news-riddle', '-i', 'x', '-o', 'y'])\n"
         "assert engine_config(args) is None\n"
         "import llmapps.runner, llmapps.ray_engine\n"

@@ -150,7 +150,8 @@ def _dead_port() -> int:
 def test_failed_rows_are_retried_on_resume_and_the_exit_code_says_so(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from llmapps.cli import ROWS_FAILED_EXIT, main
+    from llmapps.cli import main
+    from llmapps.cli.run import ROWS_FAILED_EXIT
     from llmapps.service.fake_endpoint import FakeEndpointState, create_fake_app
     from llmapps.serving.server import serve_in_thread
 

@@ -91,7 +91,7 @@ def cmd_fairness(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers: Any) -> None:
+def register(subparsers: Any, flags: Any) -> None:
     """Add ``audit fairness`` to the ``llmapps`` command line."""
     p = subparsers.add_parser("audit", help="audit an app's outputs (fairness, privacy)")
     sub = p.add_subparsers(dest="audit_command", required=True)

@@ -125,7 +125,7 @@ def cmd_augment(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers: Any) -> None:
+def register(subparsers: Any, flags: Any) -> None:
     """Add ``data augment`` to the ``llmapps`` command line."""
     p = subparsers.add_parser("data", help="grow an app's training data (augment)")
     sub = p.add_subparsers(dest="data_command", required=True)

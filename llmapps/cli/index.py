@@ -214,7 +214,7 @@ def _delete(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers: Any) -> None:
+def register(subparsers: Any, flags: Any) -> None:
     """Add ``index`` to the ``llmapps`` command line."""
     index = subparsers.add_parser("index", help="build, extend, inspect and search FAISS indexes")
     isub = index.add_subparsers(dest="index_command", metavar="ACTION", required=True)

@@ -13,12 +13,12 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
+from llmapps.cli import flags
 from llmapps.errors import ConfigError
 
 
-def register(subparsers: Any) -> None:
+def register(subparsers: Any, flags: Any) -> None:
     """Add the ``serve`` sub-command."""
-    from llmapps.cli import add_strategy_flags
 
     p = subparsers.add_parser(
         "serve",
@@ -26,7 +26,7 @@ def register(subparsers: Any) -> None:
         description="Serve a local model at /v1/chat/completions, /v1/completions and /v1/models. "
         "Set LLMAPPS_SERVICE__SERVER__API_KEY to require 'Authorization: Bearer <key>'.",
     )
-    add_strategy_flags(p)
+    flags.add_strategy_flags(p)
     # default: zero-shot, or lora when --adapter names an adapter folder
     p.set_defaults(strategy=None, func=cmd_serve)
     p.add_argument("--model", help="hub id or directory to serve instead of the strategy's model")
@@ -88,14 +88,15 @@ def served_options(args: argparse.Namespace) -> Iterator[dict[str, Any] | None]:
     """The served strategy's options, built as the bench, demo, chat and web app build them
     (``llmapps.compose``: lora finds or trains its demo adapter), held for the block; None with
     ``--model``. A strategy that cannot run is a one-line ``ConfigError`` with its reason."""
-    from llmapps.cli import strategy_options
     from llmapps.compose import runnable_options
 
     check_strategy(args)
     if args.model:
         yield None
         return
-    with runnable_options(args.strategy, overrides=strategy_options(args.strategy, args)) as opts:
+    with runnable_options(
+        args.strategy, overrides=flags.strategy_options(args.strategy, args)
+    ) as opts:
         yield opts
 
 
@@ -103,7 +104,6 @@ def resolve_model(args: argparse.Namespace, options: dict[str, Any] | None = Non
     """The ``LocalModel`` to serve: ``--model`` as is, else the strategy's own (with adapter),
     built with ``options`` (default: the flags alone; ``served_options`` gives the composed
     ones)."""
-    from llmapps.cli import strategy_options
     from llmapps.models.llamacpp import load_model
     from llmapps.strategies.base import make_strategy
 
@@ -111,7 +111,7 @@ def resolve_model(args: argparse.Namespace, options: dict[str, Any] | None = Non
     if args.model:
         return load_model(args.model, batch_size=args.batch_size)  # a .gguf runs on llama.cpp
     if options is None:
-        options = strategy_options(args.strategy, args)
+        options = flags.strategy_options(args.strategy, args)
     lm = make_strategy(args.strategy, **options).generation_model()
     if lm is None:
         raise ConfigError(_no_local_model(args.strategy))
@@ -126,7 +126,7 @@ def server_settings(args: argparse.Namespace) -> Any:
     from llmapps.settings import ServerSettings, get_settings
 
     base = get_settings().service.server
-    flags = {
+    given = {
         "host": args.host,
         "port": args.port,
         "max_batch": args.max_batch,
@@ -141,7 +141,7 @@ def server_settings(args: argparse.Namespace) -> Any:
     }
     try:
         return ServerSettings(
-            **{**base.model_dump(), **{k: v for k, v in flags.items() if v is not None}}
+            **{**base.model_dump(), **{k: v for k, v in given.items() if v is not None}}
         )
     except ValidationError as err:
         raise config_error_from_validation("serve options", err) from err
@@ -151,7 +151,6 @@ def app_chat(args: argparse.Namespace, options: dict[str, Any] | None = None) ->
     """``chat(messages) -> str``: the app ``--app`` built on the served strategy (with
     ``options``: default, the flags alone; ``served_options`` gives the composed ones)."""
     from llmapps.apps import APPS, get_app, load_chain
-    from llmapps.cli import check_app_options, strategy_options
 
     spec = get_app(args.app)
     if spec.chat is None:
@@ -161,9 +160,9 @@ def app_chat(args: argparse.Namespace, options: dict[str, Any] | None = None) ->
         )
     if args.model:
         raise ConfigError("--app builds the app on --strategy; drop --model")
-    app_opts = check_app_options(args.app, args)
+    app_opts = flags.check_app_options(args.app, args)
     if options is None:
-        options = strategy_options(args.strategy, args)
+        options = flags.strategy_options(args.strategy, args)
     chain = load_chain(args.app, args.strategy, app_options=app_opts, **options)
     chat = spec.chat
     return lambda messages: chat(chain, messages)
@@ -180,9 +179,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             "LLMAPPS_SERVICE__SERVER__API_KEY, or keep the default host 127.0.0.1"
         )
     if getattr(args, "app", None):
-        from llmapps.cli import check_app_options
-
-        check_app_options(args.app, args)  # a bad -O fails now, before any model loads
+        flags.check_app_options(args.app, args)  # a bad -O fails now, before any model loads
     with served_options(args) as options:
         lm = resolve_model(args, options)
         chat = app_chat(args, options) if getattr(args, "app", None) else None

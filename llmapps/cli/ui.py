@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from llmapps.cli import flags
 from llmapps.errors import ConfigError
 
 
@@ -33,7 +34,6 @@ def cmd_ui(args: argparse.Namespace) -> int:
             "llmapps ui needs Gradio, an optional extra: pip install 'llmapps[ui]'"
         ) from err
     from llmapps.apps import get_app
-    from llmapps.cli import check_app_options, strategy_options
     from llmapps.compose import compose_strategies, read_run
     from llmapps.evaluate.human import RatingStore, load_run_outputs
     from llmapps.serving.server import is_loopback
@@ -69,10 +69,10 @@ def cmd_ui(args: argparse.Namespace) -> int:
     run = Path(args.run) if args.run else None
     if run is not None and not run.is_dir():
         raise ConfigError(f"--run {args.run}: no such folder (the --out of `llmapps bench`)")
-    app_opts = check_app_options(app, args)  # a bad option fails before models load
+    app_opts = flags.check_app_options(app, args)  # a bad option fails before models load
     for name in names or ():
         STRATEGIES.get(name)  # an unknown name fails here, with suggestions
-    given = {n: strategy_options(n, args) for n in (names or STRATEGIES.names())}
+    given = {n: flags.strategy_options(n, args) for n in (names or STRATEGIES.names())}
     store = None
     if run is not None:  # a damaged sheet or key, or a folder that is no bench run: one line,
         store = RatingStore.from_run(  # before anything is said or loaded
@@ -124,9 +124,8 @@ def cmd_ui(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub: Any) -> None:
+def register(sub: Any, flags: Any) -> None:
     """Add ``llmapps ui``."""
-    from llmapps.cli import add_strategy_flags
 
     p = sub.add_parser(
         "ui",
@@ -169,5 +168,5 @@ def register(sub: Any) -> None:
         default=1,
         help="generations run at once; more sessions queue (default: 1)",
     )
-    add_strategy_flags(p, multiple=True)
+    flags.add_strategy_flags(p, multiple=True)
     p.set_defaults(func=cmd_ui)
