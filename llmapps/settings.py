@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, ValidationError
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -84,8 +84,12 @@ class BenchSettings(BaseModel):
     primary_field: str | None = Field(
         None, description="output field the quality table reports (default: the app's)"
     )
-    riddle_field: str | None = Field(
-        None, description="field holding the riddle (solvability, leakage); default: the app's"
+    target_field: str | None = Field(
+        None,
+        # the name before issue 24, still read from settings files written for it
+        validation_alias=AliasChoices("target_field", "riddle_field"),
+        description="output field the app's own checks judge (leakage, copying, solvability); "
+        "default: the app's",
     )
     answer_field: str | None = Field(
         None,
@@ -93,13 +97,13 @@ class BenchSettings(BaseModel):
     )
     leak_fields: list[str] | None = Field(
         None,
-        description="output or input fields whose content words must not appear in the riddle "
-        "(default: the app's)",
+        description="output or input fields whose content words must not appear in the target "
+        "field (default: the app's)",
     )
     copy_fields: list[str] | None = Field(
         None,
-        description="output or input fields the riddle must not repeat nearly word for word "
-        "(copying; default: the app's)",
+        description="output or input fields the target field must not repeat nearly word for "
+        "word (copying; default: the app's)",
     )
     source_fields: list[str] | None = Field(
         None, description="input fields that make the source document (default: the app's)"

@@ -75,7 +75,7 @@ class MetricsConfig(BaseModel):
         def pick(setting: Any, default: Any) -> Any:
             return setting if setting is not None else default
 
-        riddle = pick(b.riddle_field, app.riddle)
+        riddle = pick(b.target_field, app.riddle)
         riddle = riddle if riddle in fields else None
         answer = pick(b.answer_field, app.answer)
         primary = b.primary_field or app.primary or riddle or fields[0]
