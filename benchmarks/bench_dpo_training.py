@@ -12,8 +12,8 @@ step. They differ only in the log-probability path:
   is what TRL's ``DPOTrainer`` computes on CPU (its concatenated forward produces logits for the
   whole prompt + reply); it is *our loop with full logits*, not TRL itself.
 
-TRL's own ``DPOTrainer`` is a third side when ``trl`` is importable (``pip install trl``); it is
-not installed in the project's environment, and the results file says when it did not run.
+TRL's own ``DPOTrainer`` is a third side when ``trl`` is importable (the dev extra installs it):
+``benchmarks/dpo_trl.py`` says how it is called and why its settings match our loop's.
 
 On ``benchmarks/harness.py``: in-process sides, interleaved over the repeats; the figure is pairs
 per second of the optimizer steps alone (``Run.seconds``), quality the final batch loss, which must
@@ -184,6 +184,28 @@ def main(argv: list[str] | None = None) -> int:
         ),
     ]
     trl = importlib.util.find_spec("trl") is not None
+    if trl:
+        from dpo_trl import TrlSide
+
+        from finetune.dpo import DpoTraining
+
+        trl_side = TrlSide(
+            args.adapter,
+            args.pairs,
+            steps=args.steps,
+            max_length=args.max_length,
+            beta=DpoTraining().beta,
+        )
+        sides.append(
+            harness.Side(
+                "TRL DPOTrainer (PEFT, precomputed reference)",
+                trl_side,
+                role="peer",
+                dtype="float32",
+                threads=torch.get_num_threads(),
+                batch_size=1,
+            )
+        )
     m = harness.measure(sides, harness.Metric("pairs/s"), repeats=args.repeats, warmup=args.warmup)
     harness.finish(
         "bench_dpo_training",
@@ -194,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
             "pairs": str(args.pairs),
             "steps": args.steps,
             "max_length": args.max_length,
-            "trl_side": "not run: trl is not installed" if not trl else "not wired yet",
+            "trl_side": "benchmarks/dpo_trl.py" if trl else "not run: trl is not installed",
         },
         what="DPO optimizer steps per second of pairs, reply-only vs full-vocabulary logits",
         argv=argv,

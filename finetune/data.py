@@ -173,6 +173,22 @@ def tokenize_example(
     task: Task, example: dict[str, Any], tokenizer: Any, max_length: int
 ) -> dict[str, Any]:
     """``input_ids`` and ``labels`` (prompt masked) of one example, cut to ``max_length`` tokens."""
+    prompt, completion = fitted_example(task, example, tokenizer, max_length)
+    p_ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]
+    ids = p_ids + tokenizer(completion, add_special_tokens=False)["input_ids"]
+    ids.append(tokenizer.eos_token_id)
+    return {
+        "input_ids": ids,
+        "labels": [IGNORE] * len(p_ids) + ids[len(p_ids) :],
+        "length": len(ids),
+    }
+
+
+def fitted_example(
+    task: Task, example: dict[str, Any], tokenizer: Any, max_length: int
+) -> tuple[str, str]:
+    """The prompt and completion texts of one example, the prompt's article shortened so that
+    both (and an end token) fit in ``max_length`` tokens: what ``tokenize_example`` trains on."""
     from llmapps.prompting import truncate_to_fit
 
     prompt, completion = split_example(task, example)
@@ -198,9 +214,7 @@ def tokenize_example(
             what=f"{task.name} example",
         )
         prompt = task.completion.render(fitted, [])
-    p_ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]
-    ids = p_ids + c_ids
-    return {"input_ids": ids, "labels": [IGNORE] * len(p_ids) + c_ids, "length": len(ids)}
+    return prompt, completion
 
 
 def build_dataset(
