@@ -190,48 +190,41 @@ def cmd_dpo(args: argparse.Namespace) -> int:
 
 def register(subparsers: Any, flags: Any) -> None:
     """Add ``finetune`` and its actions to the ``llmapps`` CLI."""
-    ft = subparsers.add_parser(
-        "finetune", help="train LoRA / prompt-tuning adapters and merge them"
+    sub = flags.add_group(
+        subparsers, "finetune", "train LoRA / prompt-tuning adapters and merge them"
     )
-    sub = ft.add_subparsers(dest="finetune_command", metavar="ACTION", required=True)
     for method, helptext in (
         ("lora", "train a LoRA adapter from a recipe"),
         ("prompt-tuning", "train a prompt-tuning adapter from a recipe"),
     ):
         p = sub.add_parser(method, help=helptext)
-        p.add_argument(
-            "--recipe",
-            "-r",
-            required=True,
-            help="recipe YAML path or shipped name (tiny, qwen2.5-0.5b)",
+        flags.add(
+            p,
+            "resume",
+            "overwrite",
+            recipe={
+                "required": True,
+                "help": "recipe YAML path or shipped name (tiny, qwen2.5-0.5b)",
+            },
+            out="adapter folder (default: adapters/<recipe name>)",
+            base_model="override the recipe's base model (hub id or directory)",
+            set="override a recipe field, e.g. --set training.max_steps=20 (repeatable)",
         )
-        p.add_argument("--out", "-o", help="adapter folder (default: adapters/<recipe name>)")
-        p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
-        p.add_argument(
-            "--overwrite", action="store_true", help="discard an earlier run's checkpoints"
-        )
-        p.add_argument(
-            "--base-model", help="override the recipe's base model (hub id or directory)"
-        )
-        p.add_argument(
-            "--set",
-            action="append",
-            default=[],
-            metavar="FIELD=VALUE",
-            help="override a recipe field, e.g. --set training.max_steps=20 (repeatable)",
-        )
-        p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+        flags.add(p, "quiet")
         p.set_defaults(func=cmd_train, method=method)
     p = sub.add_parser("merge", help="fold an adapter into its base; write a standalone model")
     p.add_argument("adapter", help="adapter folder")
-    p.add_argument("--out", "-o", required=True, help="folder for the merged model")
-    p.add_argument("--base-model", help="where the base lives, if not where the manifest says")
+    flags.add(
+        p,
+        out={"required": True, "help": "folder for the merged model"},
+        base_model="where the base lives, if not where the manifest says",
+    )
     p.set_defaults(func=cmd_merge)
     p = sub.add_parser(
         "pairs",
         help="build preference pairs from A/B ratings (--ratings) or sampled replies (--sample)",
     )
-    p.add_argument("--out", "-o", required=True, help="the pairs file to write (JSONL)")
+    flags.add(p, out={"required": True, "help": "the pairs file to write (JSONL)"})
     p.add_argument(
         "--ratings",
         action="append",
@@ -243,13 +236,16 @@ def register(subparsers: Any, flags: Any) -> None:
         "--run", help="the bench run the sheet shows (default: the key's folder's parent)"
     )
     p.add_argument("--sample", type=int, metavar="K", help="AI feedback: replies per article")
-    p.add_argument("--adapter", help="AI feedback: the adapter folder to sample from")
+    flags.add(
+        p,
+        "seed",
+        adapter="AI feedback: the adapter folder to sample from",
+        split={"default": "train", "help": "train, validation or both comma-separated"},
+        limit="the first N articles of each split",
+    )
     p.add_argument("--app", default="news-riddle", help="the app (default news-riddle)")
-    p.add_argument("--split", default="train", help="train, validation or both comma-separated")
-    p.add_argument("--limit", type=int, help="the first N articles of each split")
     p.add_argument("--temperature", type=float, default=0.9)
     p.add_argument("--top-p", type=float, default=0.95)
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--margin", type=float, default=0.5, help="least reward gap that makes a pair")
     p.add_argument(
         "--reward",
@@ -261,22 +257,26 @@ def register(subparsers: Any, flags: Any) -> None:
     p.add_argument(
         "--samples", help="where every reply and its reward go (default OUT.samples.jsonl)"
     )
-    p.add_argument("--base-model", help="where the base lives, if not where the adapter says")
-    p.add_argument("--max-new-tokens", type=int)
-    p.add_argument("--quiet", "-q", action="store_true")
+    flags.add(
+        p,
+        base_model="where the base lives, if not where the adapter says",
+        max_new_tokens={"help": None},
+        quiet={"help": None},
+    )
     p.set_defaults(func=cmd_pairs)
     p = sub.add_parser("dpo", help="preference-tune a LoRA adapter on pairs (DPO or SimPO)")
-    p.add_argument("--adapter", help="the parent (SFT) adapter folder")
     p.add_argument("--pairs", help="the pairs file (llmapps finetune pairs)")
-    p.add_argument("--out", "-o", required=True, help="the adapter folder to write")
-    p.add_argument(
-        "--recipe", "-r", default="dpo-gemma-3-270m", help="DPO recipe path or shipped name"
-    )
     p.add_argument("--loss", choices=["dpo", "simpo"], help="override the recipe's training.loss")
-    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
-    p.add_argument("--overwrite", action="store_true", help="discard an earlier run's checkpoints")
-    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE")
-    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    flags.add(
+        p,
+        "resume",
+        "overwrite",
+        "set",
+        "quiet",
+        adapter="the parent (SFT) adapter folder",
+        out={"required": True, "help": "the adapter folder to write"},
+        recipe={"default": "dpo-gemma-3-270m", "help": "DPO recipe path or shipped name"},
+    )
     p.set_defaults(func=cmd_dpo)
     p = sub.add_parser("recipes", help="list and validate the shipped recipes")
     p.set_defaults(func=cmd_recipes)

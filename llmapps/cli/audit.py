@@ -93,20 +93,24 @@ def cmd_fairness(args: argparse.Namespace) -> int:
 
 def register(subparsers: Any, flags: Any) -> None:
     """Add ``audit fairness`` to the ``llmapps`` command line."""
-    p = subparsers.add_parser("audit", help="audit an app's outputs (fairness, privacy)")
-    sub = p.add_subparsers(dest="audit_command", required=True)
+    sub = flags.add_group(
+        subparsers, "audit", "audit an app's outputs (fairness, privacy)", metavar=None
+    )
     f = sub.add_parser(
         "fairness",
         help="counterfactual twins (gender, origin) through every strategy + privacy checks",
     )
-    f.add_argument("app", help="the app to audit (`llmapps apps` lists them)")
-    f.add_argument("--out", "-o", type=Path, required=True, help="folder for outputs and report")
-    f.add_argument("--strategies", default=DEFAULT_STRATEGIES, help="comma-separated")
-    f.add_argument("--split", default="test", help="the samples' split (default test)")
-    f.add_argument("--limit", type=int, help="only the first N samples")
+    flags.add(
+        f,
+        "limit",
+        app="the app to audit (`llmapps apps` lists them)",
+        out={"type": Path, "required": True, "help": "folder for outputs and report"},
+        strategies={"default": DEFAULT_STRATEGIES, "help": "comma-separated"},
+        split="the samples' split (default test)",
+        batch_size={"default": 4, "help": None},
+    )
     f.add_argument("--attributes", help="comma-separated (default: every one in the words file)")
     f.add_argument("--words", type=Path, help="YAML of counterfactual swaps (default: bundled)")
-    f.add_argument("--batch-size", type=int, default=4)
     f.add_argument(
         "--opt",
         action="append",

@@ -33,6 +33,7 @@ def _bench(args: argparse.Namespace, out: Path) -> int:
 
     from llmapps.bench.report import log_mlflow, rich_tables, write_reports
     from llmapps.bench.run import Bench, BenchConfig, parse_sweep
+    from llmapps.compose import strategy_options
     from llmapps.strategies.base import STRATEGIES
 
     if args.mlflow:  # fail before an hour of benching, not after
@@ -69,12 +70,19 @@ def _bench(args: argparse.Namespace, out: Path) -> int:
     engine = flags.engine_config(
         args
     )  # --engine ray: each strategy's batches on a pool of Ray actors
-    bench = Bench(config, out, progress=not args.quiet, engine=engine)
     if engine is None:
+        bench = Bench(config, out, progress=not args.quiet, options=strategy_options)
         rows = bench.run()
     else:
-        from llmapps.ray_engine import ray_cluster
+        from llmapps.bench.ray_engine import RayEngine, ray_cluster
 
+        bench = Bench(
+            config,
+            out,
+            progress=not args.quiet,
+            engine=RayEngine(engine),
+            options=strategy_options,
+        )
         with ray_cluster(engine):  # one cluster for every strategy of the bench
             rows = bench.run()
     paths = write_reports(rows, bench.out, bench.metrics)
@@ -107,12 +115,14 @@ def register(sub: Any, flags: Any) -> None:
         description="Run an app on every strategy over the same samples; write per-sample "
         "JSONL, a summary (md/csv/json) and plots. A rerun into the same --out skips done samples.",
     )
-    p.add_argument(
-        "app", nargs="?", help="app name (default: the app that declares itself the bench's)"
+    flags.add(
+        p,
+        "split",
+        "limit",
+        app={"nargs": "?", "help": "app name (default: the app that declares itself the bench's)"},
+        out="results folder (default: runs/bench-<time>)",
+        quiet="no progress bars",
     )
-    p.add_argument("--split", default="test", help="sample split (default: test)")
-    p.add_argument("--out", "-o", help="results folder (default: runs/bench-<time>)")
-    p.add_argument("--limit", type=int, help="only the first N samples")
     p.add_argument(
         "--sweep",
         action="append",
@@ -138,7 +148,6 @@ def register(sub: Any, flags: Any) -> None:
         "--mlflow", action="store_true", help="log params, metrics and artifacts to MLflow"
     )
     p.add_argument("--experiment", help="MLflow experiment name")
-    p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     flags.add_strategy_flags(p, multiple=True)
     flags.add_engine_flags(p)
     p.set_defaults(func=cmd_bench)

@@ -127,29 +127,31 @@ def cmd_augment(args: argparse.Namespace) -> int:
 
 def register(subparsers: Any, flags: Any) -> None:
     """Add ``data augment`` to the ``llmapps`` command line."""
-    p = subparsers.add_parser("data", help="grow an app's training data (augment)")
-    sub = p.add_subparsers(dest="data_command", required=True)
+    sub = flags.add_group(subparsers, "data", "grow an app's training data (augment)", metavar=None)
     a = sub.add_parser(
         "augment",
         help="new training rows from the train split (entity swaps, sentence order/drop, teacher)",
     )
-    a.add_argument("app", help="the app whose train split is augmented (`llmapps apps` lists them)")
-    a.add_argument("--out", "-o", required=True, help="JSONL to write (a .json summary beside it)")
+    flags.add(
+        a,
+        app="the app whose train split is augmented (`llmapps apps` lists them)",
+        out={"required": True, "help": "JSONL to write (a .json summary beside it)"},
+        seed="the same seed gives the same rows",
+        limit="only the first N train rows",
+        batch_size={"default": 4, "help": "teacher requests per batch"},
+    )
     a.add_argument(
         "--transforms",
         default="entity-swap,sentence-order,sentence-drop",
         help="comma-separated: entity-swap, sentence-order, sentence-drop, teacher",
     )
     a.add_argument("--copies", type=int, default=1, help="variants per row and transform")
-    a.add_argument("--seed", type=int, default=0, help="the same seed gives the same rows")
     a.add_argument(
         "--drop-share", type=float, default=0.25, help="sentence-drop: at most this share"
     )
-    a.add_argument("--limit", type=int, help="only the first N train rows")
     a.add_argument("--body", help="the input field sentence transforms rewrite (default: auto)")
     a.add_argument("--teacher-url", help="OpenAI-compatible endpoint whose outputs are distilled")
     a.add_argument("--teacher-model", help="the model name the endpoint serves")
-    a.add_argument("--batch-size", type=int, default=4, help="teacher requests per batch")
     a.add_argument(
         "--max-leakage",
         type=float,

@@ -23,8 +23,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def register(subparsers: Any, flags: Any) -> None:
     """Add ``demo``."""
-    sub = subparsers
-    p = sub.add_parser("demo", help="run an app on bundled test samples with every strategy")
+    p = subparsers.add_parser("demo", help="run an app on bundled test samples with every strategy")
     p.add_argument("--app", help="app name (default: the app that declares itself the demo's)")
     p.add_argument("-n", type=int, default=5, help="number of test samples")
     flags.add_strategy_flags(p, multiple=True)

@@ -163,17 +163,19 @@ def register(sub: Any, flags: Any) -> None:
     )
     p.set_defaults(func=cmd_evaluate)
 
-    h = sub.add_parser(
-        "human-eval", help="blinded side-by-side sheets for people, and their ratings back"
+    hsub = flags.add_group(
+        sub, "human-eval", "blinded side-by-side sheets for people, and their ratings back"
     )
-    hsub = h.add_subparsers(dest="human_command", metavar="ACTION", required=True)
     p = hsub.add_parser("export", help="write sheet.csv/.html and key.json from a bench folder")
     p.add_argument("run", help="a bench folder")
-    p.add_argument("--out", "-o", required=True, help="folder for the sheet")
-    p.add_argument("--strategies", help="comma-separated (default: every strategy in the folder)")
     p.add_argument("--fields", help="output fields to show (default: the reference fields)")
-    p.add_argument("--limit", type=int, help="only the first N samples")
-    p.add_argument("--seed", type=int, default=0)
+    flags.add(
+        p,
+        "limit",
+        "seed",
+        out={"required": True, "help": "folder for the sheet"},
+        strategies="comma-separated (default: every strategy in the folder)",
+    )
     p.set_defaults(func=cmd_human_export)
     p = hsub.add_parser("import", help="win rates and agreement from filled sheets")
     p.add_argument(

@@ -27,6 +27,57 @@ MODEL_FLAGS = {"base_model": "--base-model", "instruct_model": "--instruct-model
 STRATEGY_FLAGS = {**MODEL_FLAGS, "adapter": "--adapter", "max_new_tokens": "--max-new-tokens"}
 
 
+# Flags many commands share, written once: name -> (flag strings, argparse keywords). A command
+# adds them with ``add(p, "limit", "quiet", out="folder for the sheet")``: a name given as a
+# keyword gets its own help (a string) or its own keywords (a dict over the shared ones).
+SHARED: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
+    "app": (("app",), {"help": "app name (`llmapps apps` lists them)"}),
+    "out": (("--out", "-o"), {"help": "where the results go"}),
+    "split": (("--split",), {"default": "test", "help": "sample split (default: test)"}),
+    "limit": (("--limit",), {"type": int, "help": "only the first N samples"}),
+    "seed": (("--seed",), {"type": int, "default": 0}),
+    "batch_size": (("--batch-size",), {"type": int, "help": "prompts per generate() call"}),
+    "max_new_tokens": (("--max-new-tokens",), {"type": int, "help": "generation budget"}),
+    "strategies": (("--strategies",), {"help": "comma-separated strategy names"}),
+    "base_model": (("--base-model",), {"help": "base model: hub id or directory"}),
+    "adapter": (("--adapter",), {"help": "LoRA adapter folder"}),
+    "recipe": (("--recipe", "-r"), {"help": "recipe YAML path or shipped name"}),
+    "resume": (
+        ("--resume",),
+        {"action": "store_true", "help": "continue from the last checkpoint"},
+    ),
+    "overwrite": (
+        ("--overwrite",),
+        {"action": "store_true", "help": "discard an earlier run's checkpoints"},
+    ),
+    "set": (("--set",), {"action": "append", "default": [], "metavar": "FIELD=VALUE"}),
+    "host": (("--host",), {"help": "bind address (default 127.0.0.1; others need an API key)"}),
+    "port": (("--port",), {"type": int, "help": "port"}),
+    "allowed_hosts": (
+        ("--allowed-hosts",),
+        {"help": "comma-separated Host names to answer (default: loopback names on loopback)"},
+    ),
+    "quiet": (("--quiet", "-q"), {"action": "store_true", "help": "no progress bar"}),
+}
+
+
+def add(p: Any, *names: str, **custom: str | dict[str, Any]) -> None:
+    """Add the shared flags ``names``, then those in ``custom``, each with this command's help (a
+    string) or keywords (a dict, over the shared ones); see ``SHARED``."""
+    for name in (*names, *custom):
+        strings, keywords = SHARED[name]
+        own = custom.get(name, {})
+        p.add_argument(*strings, **{**keywords, **({"help": own} if isinstance(own, str) else own)})
+
+
+def add_group(subparsers: Any, name: str, help: str, *, metavar: str | None = "ACTION") -> Any:
+    """``llmapps NAME ACTION ...``: a command made of actions; returns the actions' sub-parsers
+    (each action's choice is ``args.<name>_command``)."""
+    p = subparsers.add_parser(name, help=help)
+    dest = f"{name.replace('-', '_')}_command"
+    return p.add_subparsers(dest=dest, metavar=metavar, required=True)
+
+
 def add_strategy_flags(p: argparse.ArgumentParser, *, multiple: bool = False) -> None:
     """The flags every command that builds a strategy shares, and the app options (``-O``)."""
     if multiple:
@@ -78,7 +129,7 @@ def add_strategy_flags(p: argparse.ArgumentParser, *, multiple: bool = False) ->
 
 
 def add_engine_flags(p: argparse.ArgumentParser) -> None:
-    """``--engine`` and where a Ray run goes (``llmapps.ray_engine``); Ray is imported only for it."""
+    """``--engine`` and where a Ray run goes (``llmapps.bench.ray_engine``); Ray is imported only for it."""
     p.add_argument(
         "--engine",
         choices=["local", "ray"],
@@ -117,7 +168,7 @@ def engine_config(args: argparse.Namespace) -> Any:
                 f"{' and '.join(given)} apply to --engine ray only; add --engine ray or drop them"
             )
         return None
-    from llmapps.ray_engine import RayEngineConfig
+    from llmapps.bench.ray_engine import RayEngineConfig
 
     if args.workers is not None and args.workers < 1:
         raise ConfigError(f"--workers {args.workers}: give 1 or more actors")

@@ -74,9 +74,7 @@ def cmd_models_list(args: argparse.Namespace) -> int:
 
 def register(subparsers: Any, flags: Any) -> None:
     """Add ``models`` (``build``, ``list``)."""
-    sub = subparsers
-    models = sub.add_parser("models", help="the packaged pretrained models and the tiny ones")
-    msub = models.add_subparsers(dest="models_command", metavar="ACTION", required=True)
+    msub = flags.add_group(subparsers, "models", "the packaged pretrained models and the tiny ones")
     p = msub.add_parser("build", help="convert packaged models / train the tiny ones, once")
     p.add_argument(
         "names",

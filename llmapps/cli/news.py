@@ -37,20 +37,18 @@ def cmd_news_fetch(args: argparse.Namespace) -> int:
 
 def register(subparsers: Any, flags: Any) -> None:
     """Add ``news`` (with ``news fetch``) to the ``llmapps`` command line."""
-    news = subparsers.add_parser("news", help="fetch and clean news from feeds, NewsAPI and files")
-    nsub = news.add_subparsers(dest="news_command", metavar="ACTION", required=True)
+    nsub = flags.add_group(subparsers, "news", "fetch and clean news from feeds, NewsAPI and files")
     p = nsub.add_parser(
         "fetch", help="fetch sources into a clean JSONL of articles (+ a per-source report)"
     )
     flags.add_source_flags(p)
-    p.add_argument(
-        "--out",
-        "-o",
-        required=True,
-        help="JSONL file to write (replaced atomically, on success only)",
+    flags.add(
+        p,
+        out={
+            "required": True,
+            "help": "JSONL file to write (replaced atomically, on success only)",
+        },
+        quiet="no per-source table",
     )
-    p.add_argument(
-        "--report", default=None, help="JSON report path (default: OUT with .report.json)"
-    )
-    p.add_argument("--quiet", "-q", action="store_true", help="no per-source table")
+    p.add_argument("--report", help="JSON report path (default: OUT with .report.json)")
     p.set_defaults(func=cmd_news_fetch)

@@ -23,9 +23,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     spec = get_app(args.app)
     options = flags.check_app_options(args.app, args)
-    strat_opts = flags.strategy_options(
-        args.strategy, args
-    )  # bad flags fail before inputs are read
+    # bad flags fail before inputs are read
+    strat_opts = flags.strategy_options(args.strategy, args)
     key = args.out.partition("=")[0]
     if "=" in args.out and option_key(key) in spec.options.model_fields:
         raise ConfigError(
@@ -39,9 +38,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     inputs = spec.read_inputs(Path(args.input))
     if not inputs:
         raise ConfigError(f"{args.input} holds no inputs")
+    how: dict[str, Any] = {
+        "batch_size": args.batch_size or 16,
+        "extra": {"strategy": args.strategy},
+        "progress": not args.quiet,
+        "retry_failed": args.retry_failed,
+    }
     engine = flags.engine_config(args)
     if engine is not None:  # --engine ray: the same rows and file, written from a pool of actors
-        from llmapps.ray_engine import run_file_ray
+        from llmapps.bench.ray_engine import run_file_ray
 
         summary = run_file_ray(
             args.app,
@@ -51,31 +56,18 @@ def cmd_run(args: argparse.Namespace) -> int:
             config=engine,
             strategy_options=strat_opts,
             app_options=options,
-            batch_size=args.batch_size or 16,
-            extra={"strategy": args.strategy},
-            progress=not args.quiet,
-            retry_failed=args.retry_failed,
+            **how,
         )
-        print(summary.describe(args.out), file=sys.stderr)
-        return ROWS_FAILED_EXIT if summary.unfinished else 0
-    chain = load_chain(args.app, args.strategy, app_options=options, **strat_opts)
-    summary = run_file(
-        chain,
-        inputs,
-        Path(args.out),
-        batch_size=args.batch_size or 16,
-        extra={"strategy": args.strategy},
-        progress=not args.quiet,
-        retry_failed=args.retry_failed,
-    )
+    else:
+        chain = load_chain(args.app, args.strategy, app_options=options, **strat_opts)
+        summary = run_file(chain, inputs, Path(args.out), **how)
     print(summary.describe(args.out), file=sys.stderr)
     return ROWS_FAILED_EXIT if summary.unfinished else 0
 
 
 def register(subparsers: Any, flags: Any) -> None:
     """Add ``run``."""
-    sub = subparsers
-    p = sub.add_parser("run", help="run an app over a file of inputs, resumable")
+    p = subparsers.add_parser("run", help="run an app over a file of inputs, resumable")
     p.add_argument("app", help="app name (llmapps apps)")
     p.add_argument("--input", "-i", required=True, help="JSONL file, text file or folder")
     p.add_argument("--out", "-o", required=True, help="JSONL results file (appended, resumable)")

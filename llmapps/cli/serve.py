@@ -19,7 +19,6 @@ from llmapps.errors import ConfigError
 
 def register(subparsers: Any, flags: Any) -> None:
     """Add the ``serve`` sub-command."""
-
     p = subparsers.add_parser(
         "serve",
         help="serve a local model over an OpenAI-compatible HTTP API",
@@ -33,16 +32,15 @@ def register(subparsers: Any, flags: Any) -> None:
     p.add_argument(
         "--served-model-name", help="the id clients send as 'model' (default: the model's name)"
     )
-    p.add_argument("--host", help="bind address (default 127.0.0.1; others need an API key)")
-    p.add_argument("--port", type=int, help="port (default 8000; 0: any free port)")
+    flags.add(p, "host", port="port (default 8000; 0: any free port)")
     p.add_argument("--max-batch", type=int, help="most requests in one batched generate call")
     p.add_argument("--batch-wait-ms", type=float, help="how long to gather requests into a batch")
     p.add_argument("--max-concurrent", type=int, help="prompts in flight (all requests) before 429")
     p.add_argument("--max-prompts", type=int, help="most prompts in one /v1/completions request")
-    p.add_argument(
-        "--allowed-hosts",
-        help="comma-separated Host names to answer (default: loopback names on loopback, any "
-        "otherwise); no CORS headers are ever sent",
+    flags.add(
+        p,
+        allowed_hosts="comma-separated Host names to answer (default: loopback names on loopback, "
+        "any otherwise); no CORS headers are ever sent",
     )
     p.add_argument("--max-tokens-limit", type=int, help="largest max_tokens a request may ask for")
     p.add_argument("--max-body-bytes", type=int, help="largest request body")

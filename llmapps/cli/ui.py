@@ -126,7 +126,6 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
 def register(sub: Any, flags: Any) -> None:
     """Add ``llmapps ui``."""
-
     p = sub.add_parser(
         "ui",
         help="web app: try an app, compare strategies, rate outputs blinded (Gradio)",
@@ -134,19 +133,18 @@ def register(sub: Any, flags: Any) -> None:
         "compare 2-4 strategies side by side, and rate a bench run's outputs blinded (A/B/tie, "
         "saved as you go to ratings.jsonl, which `llmapps human-eval import` reads too).",
     )
-    p.add_argument("app", nargs="?", help="app name (default: the first app with a page layout)")
-    p.add_argument(
-        "--host",
-        default="127.0.0.1",
-        help="interface to listen on (default: loopback; others need a key: "
-        "LLMAPPS_SERVICE__SERVER__API_KEY)",
+    flags.add(
+        p,
+        app={"nargs": "?", "help": "app name (default: the first app with a page layout)"},
+        host={
+            "default": "127.0.0.1",
+            "help": "interface to listen on (default: loopback; others need a key: "
+            "LLMAPPS_SERVICE__SERVER__API_KEY)",
+        },
+        allowed_hosts="comma-separated Host names the page answers (default: loopback names on "
+        "loopback, any host otherwise; against DNS rebinding)",
+        port={"default": 7860, "help": "port (default: 7860)"},
     )
-    p.add_argument(
-        "--allowed-hosts",
-        help="comma-separated Host names the page answers (default: loopback names on loopback, "
-        "any host otherwise; against DNS rebinding)",
-    )
-    p.add_argument("--port", type=int, default=7860, help="port (default: 7860)")
     p.add_argument(
         "--articles",
         action="append",
@@ -161,7 +159,7 @@ def register(sub: Any, flags: Any) -> None:
     p.add_argument(
         "--ratings", help="where the sheet and ratings.jsonl live (default: RUN/human-eval)"
     )
-    p.add_argument("--limit", type=int, help="rate only the first N samples of the run")
+    flags.add(p, limit="rate only the first N samples of the run")
     p.add_argument(
         "--concurrency",
         type=int,
