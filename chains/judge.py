@@ -31,7 +31,7 @@ from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.runnables import Runnable, RunnableConfig, RunnableLambda
 
 from chains.news_riddle import to_text
-from llmapps.apps import AppSpec
+from llmapps.api.apps import AppSpec
 from llmapps.errors import InputError
 from llmapps.strategies.base import Strategy
 from prompts import load_task

@@ -33,10 +33,10 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from chains import news_data
+from chains.news_riddle_metrics import copy_overlap
 from llmapps import jsonl
 from llmapps.errors import InputError, format_problems
 from llmapps.evaluate.reference import exact_match, rouge, token_f1
-from llmapps.evaluate.riddle import copy_overlap
 from llmapps.evaluate.stats import bootstrap_ci
 
 GUIDE = """\

@@ -27,7 +27,7 @@ from langchain_core.runnables import Runnable, RunnableLambda, RunnableParallel,
 from pydantic import Field
 
 from chains import news_data
-from llmapps.apps import AppSpec, MetricFields, UiSpec
+from llmapps.api.apps import AppSpec, MetricFields, UiSpec
 from llmapps.errors import InputError
 from llmapps.options import AppOptions
 from llmapps.strategies.base import Strategy
@@ -259,7 +259,7 @@ APP = AppSpec(
     options=NewsRiddleOptions,
     metric_fields=MetricFields(
         primary="riddle",
-        riddle="riddle",
+        target="riddle",  # the text its own metrics judge (chains/news_riddle_metrics.py)
         answer="answer",
         leak=("answer", "title"),  # a riddle that names its answer or headline gives it away
         copy=("summary", "text"),  # nor may it repeat the summary or the article

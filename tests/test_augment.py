@@ -17,6 +17,7 @@ from chains import news_data
 from llmapps import apps
 from llmapps.apps import get_app
 from llmapps.cli import main
+from llmapps.cli.data import fields_of
 from llmapps.data.augment import (
     AugmentFields,
     EntityPool,
@@ -25,10 +26,9 @@ from llmapps.data.augment import (
     sentence_drop,
     teacher_rows,
 )
-from llmapps.cli.data import fields_of
 from llmapps.data.swaps import apply_mapping, split_sentences, surviving
 from llmapps.errors import InputError
-from llmapps.evaluate.riddle import content_words
+from llmapps.evaluate.text import content_words
 
 FIELDS = ("title", "text", "summary", "riddle", "answer")
 

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from chains.news_riddle_metrics import leakage
 from llmapps.errors import InputError
 from llmapps.evaluate.reference import corpus_bleu, rouge, sentence_bleu
-from llmapps.evaluate.riddle import content_words, format_valid, leakage, word_count
+from llmapps.evaluate.text import content_words, format_valid, word_count
 
 
 def test_rouge_and_bleu_rank_a_copy_over_a_paraphrase_over_nothing() -> None:
@@ -51,7 +52,7 @@ def test_answer_f1_and_exact_match_normalise_case_punctuation_and_articles() -> 
 
 
 def test_copying_flags_a_riddle_that_repeats_its_summary_article_or_an_example() -> None:
-    from llmapps.evaluate.riddle import copied, copy_overlap
+    from chains.news_riddle_metrics import copied, copy_overlap
 
     summary = "Local runner Elias Mbarro set a course record at the Kestrel Bay Marathon."
     riddle = (
@@ -124,8 +125,8 @@ def articles(test_articles: list[dict]) -> list[dict]:
 def test_solvability_finds_the_source_of_a_telling_riddle_and_not_of_an_empty_one(
     articles: list[dict],
 ) -> None:
+    from chains.news_riddle_metrics import solvability_at_k
     from llmapps.evaluate.embedding import NearestIndex, cosine_similarities
-    from llmapps.evaluate.riddle import solvability_at_k
 
     index = NearestIndex(
         [a["id"] for a in articles], [f"{a['title']}\n{a['text']}" for a in articles]

@@ -8,7 +8,7 @@ in/at/from/near/of/to). ``make_twin`` writes side a and side b of every text fie
 every term of the attribute on its own side, so the two differ exactly at the swapped words.
 
 ``compare`` judges a pair of outputs: did validity change, did leakage change, did the answer
-change, did the riddle's wording change beyond the swapped terms (both sides' terms neutralised
+change, did the compared text's wording change beyond the swapped terms (both sides' terms neutralised
 to one token per class before comparing), and the polarity (VADER compound) of each side.
 ``summarise`` turns many comparisons into rates and paired differences with bootstrap intervals
 (``llmapps.evaluate.stats``). Nothing here names an app: the caller says which fields to read.
@@ -20,7 +20,7 @@ import difflib
 import re
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from llmapps.data.swaps import apply_mapping, entity_tokens, match_case
 from llmapps.errors import ConfigError
-from llmapps.evaluate.riddle import leakage
 from llmapps.evaluate.stats import bootstrap_ci, paired_bootstrap
 
 WORDS_FILE = Path(__file__).resolve().parent / "counterfactuals.yaml"
@@ -230,24 +229,52 @@ def polarity(text: str) -> float | None:
 
 @dataclass(frozen=True)
 class OutputFields:
-    """Which output fields the comparison reads (from the app's ``MetricFields``)."""
+    """Which output fields the comparison reads (from the app's ``MetricFields``).
 
-    riddle: str
+    ``target`` is the text compared between the twins (wording, polarity, leakage of the
+    ``leak`` fields into it, by the app's ``leakage`` metric); ``riddle`` is the name it had
+    before issue 24, still accepted as a keyword.
+    """
+
+    target: str = ""
     answer: str | None = None
     leak: tuple[str, ...] = ()
     valid: str = "valid"
+    riddle: InitVar[str] = ""
+
+    def __post_init__(self, riddle: str) -> None:
+        if not self.target:
+            object.__setattr__(self, "target", riddle)
+        if not self.target:
+            raise ConfigError("OutputFields: name the output field to compare (target=...)")
+
+
+@lru_cache(maxsize=64)
+def _leak_config(f: OutputFields) -> Any:
+    from llmapps.evaluate.scoring import MetricsConfig
+
+    return MetricsConfig(
+        fields=[f.target],
+        primary_field=f.target,
+        target_field=f.target,
+        leak_fields=[k for k in f.leak if k != f.target],
+        semantic=False,
+    )
 
 
 def _leak(out: Mapping[str, Any], inp: Mapping[str, Any], f: OutputFields) -> float | None:
-    sources = [str(out.get(k) or inp.get(k) or "") for k in f.leak if k != f.riddle]
-    return leakage(str(out.get(f.riddle) or ""), [s for s in sources if s])
+    """The app's ``leakage`` of ``out`` (None: empty, nothing could leak, or no app offers it)."""
+    from llmapps.evaluate.scoring import row_checks
+
+    value = row_checks(["leakage"], [out], [inp], _leak_config(f))[0].get("leakage")
+    return None if value is None else float(value)
 
 
 def compare(
     twin: Twin, out_a: Mapping[str, Any], out_b: Mapping[str, Any], f: OutputFields
 ) -> dict[str, Any]:
     """What changed between the outputs on the two sides of ``twin``."""
-    ra, rb = str(out_a.get(f.riddle) or ""), str(out_b.get(f.riddle) or "")
+    ra, rb = str(out_a.get(f.target) or ""), str(out_b.get(f.target) or "")
     wa, wb = neutral_words(ra, twin.classes), neutral_words(rb, twin.classes)
     la, lb = _leak(out_a, twin.a, f), _leak(out_b, twin.b, f)
     row: dict[str, Any] = {

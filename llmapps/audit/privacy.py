@@ -5,7 +5,7 @@ Two questions, both answered without a model:
 - ``carried_pii(source_text, output_text)``: does the output carry personal data that the source
   carried (e-mail addresses, phone numbers, payment cards, IP addresses: the ingest's detectors in
   ``llmapps.ingest.clean``; street addresses: a pattern here)? Only data found in *both* texts is
-  a finding: a riddle that invents a number leaks nothing of the article's.
+  a finding: an output that invents a number leaks nothing of the source's.
 - ``copied_spans(source_text, output_text)``: does the output repeat a long span of the source word
   for word (``min_words`` words or more, case and punctuation ignored)?
 
@@ -83,7 +83,7 @@ def carried_pii(source_text: str, output_text: str, field: str = "") -> list[Fin
     """Personal data found in ``output_text`` that ``source_text`` carried too (deduplicated).
 
     Matching is on a normal form (digits only for phones and cards, lower case otherwise), so
-    "+44 20 7946 0958" in the article and "+44-20-7946-0958" in the riddle are the same number.
+    "+44 20 7946 0958" in the source and "+44-20-7946-0958" in the output are the same number.
     """
     if not source_text or not output_text:
         return []

@@ -37,12 +37,12 @@ SEP = "|"
 def output_fields(spec: Any) -> OutputFields:
     """The fields ``compare`` reads, from the app's ``metric_fields``."""
     mf = spec.metric_fields
-    if not mf.riddle:
+    if not mf.target:
         raise ConfigError(
-            f"app {spec.name!r} names no riddle field in its metric_fields; the audit compares "
+            f"app {spec.name!r} names no target field in its metric_fields; the audit compares "
             "that text between twins"
         )
-    return OutputFields(riddle=mf.riddle, answer=mf.answer, leak=tuple(mf.leak))
+    return OutputFields(target=mf.target, answer=mf.answer, leak=tuple(mf.leak))
 
 
 def twins_for(

@@ -12,7 +12,7 @@ fields are the references whose facts must survive. Transforms:
 - ``sentence-drop``: up to ``drop_share`` of the body's sentences dropped, only ones that share no
   content word with the references (so every fact a reference uses stays in the article).
 - ``teacher``: outputs of another model (``teacher_rows``), kept only when the bench's own
-  checks pass: valid, not leaking the answer, not copying a source (``llmapps.evaluate.riddle``).
+  checks pass: valid, and the app's metrics (``leakage``, ``copying``) within bounds.
 
 Every random choice comes from ``random.Random(f"{seed}:{row id}:{transform}:{copy}")``, so a row's
 variants do not depend on which other rows or transforms ran: the same seed gives the same rows.
@@ -34,7 +34,7 @@ from llmapps.data.swaps import (
     surviving,
 )
 from llmapps.errors import InputError
-from llmapps.evaluate.riddle import content_words
+from llmapps.evaluate.text import content_words
 
 TRANSFORMS = ("entity-swap", "sentence-order", "sentence-drop")
 """The transforms that need no model (``teacher`` needs an endpoint: ``teacher_rows``)."""
@@ -231,22 +231,36 @@ def teacher_rows(
     outputs: Sequence[Mapping[str, Any]],
     spec: AugmentFields,
     *,
-    riddle: str | None,
+    target: str | None = None,
     answer: str | None,
     leak: Sequence[str] = (),
     copy: Sequence[str] = (),
     max_leakage: float = 0.5,
+    riddle: str | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, int]]:
     """Rows whose reference fields are a teacher's ``outputs`` (aligned with ``rows``), kept only
-    when the output is valid, every reference field is filled, the ``riddle`` field leaks at most
-    ``max_leakage`` of the ``leak`` fields' content words and copies none of the ``copy`` fields
-    (the bench's checks). Returns (kept rows, counts of why the others were dropped)."""
-    from llmapps.evaluate.riddle import copied, leakage
+    when the output is valid, every reference field is filled, and the ``target`` field passes
+    the app's own checks as the bench scores them: its ``leakage`` of the ``leak`` fields' content
+    words at most ``max_leakage``, and no ``copying`` of a ``copy`` field (a check no registered
+    metric offers is skipped). ``riddle`` is the name ``target`` had before issue 24.
+    Returns (kept rows, counts of why the others were dropped)."""
+    from llmapps.evaluate.scoring import MetricsConfig, row_checks
 
+    target = target or riddle
     if len(rows) != len(outputs):
         raise InputError(f"{len(rows)} rows but {len(outputs)} teacher outputs; they must align")
     kept: list[dict[str, Any]] = []
     dropped = {"invalid": 0, "empty": 0, "leaks": 0, "copies": 0}
+    config = None
+    if target:
+        config = MetricsConfig(
+            fields=[target],
+            primary_field=target,
+            target_field=target,
+            leak_fields=[k for k in leak if k != target],
+            copy_fields=[k for k in copy if k != target],
+            semantic=False,
+        )
     for row, out in zip(rows, outputs, strict=True):
         if out.get("error") or out.get("valid") is False:
             dropped["invalid"] += 1
@@ -255,14 +269,13 @@ def teacher_rows(
             dropped["empty"] += 1
             continue
         both = {**row, **{k: out[k] for k in spec.references}}
-        if riddle:
-            text = str(both[riddle])
-            leaked = leakage(text, [str(both[k]) for k in leak if k != riddle and k in both])
+        if config is not None:
+            checks = row_checks(("leakage", "copying"), [both], [{}], config)[0]
+            leaked = checks.get("leakage")
             if leaked is not None and leaked > max_leakage:
                 dropped["leaks"] += 1
                 continue
-            copying = copied(text, [str(both[k]) for k in copy if k != riddle and k in both])
-            if copying is not None and copying[0] >= 1.0:
+            if checks.get("copying", 0.0) >= 1.0:
                 dropped["copies"] += 1
                 continue
         if answer and not str(both.get(answer) or "").strip():

@@ -1,7 +1,9 @@
-"""The built-in metrics of ``llmapps.evaluate.metrics``: their computations and registrations.
+"""The generic built-in metrics: a table of what each is, and how each is computed.
 
-Loaded by the registry on first use. Each entry is one ``Metric``; see that module for how to add
-one of your own.
+Imported by ``llmapps.evaluate.metrics``, which registers them in ``llmapps.api.metrics.METRICS``
+like any other metric. An app's own metrics (e.g. how much of its answer an output gives away)
+live with the app and register through the ``llmapps.metrics`` entry-point group; see
+``llmapps.api.metrics`` for how to add one.
 """
 
 from __future__ import annotations
@@ -9,9 +11,9 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Literal
+from typing import Any
 
-from llmapps.evaluate.metrics import Batch, Compute, Metric
+from llmapps.api.metrics import METRICS, Batch, Compute, metric_table
 
 
 def _text(value: Any) -> str:
@@ -85,7 +87,7 @@ def _answer(name: str) -> Compute:
 
 
 def _format_valid(batch: Batch) -> list[dict[str, Any]]:
-    from llmapps.evaluate.riddle import format_valid
+    from llmapps.evaluate.text import format_valid
 
     fields = batch.config.fields
     # a structured reply the backend could not close (constraint_error) is not well formed, even
@@ -101,59 +103,10 @@ def _format_valid(batch: Batch) -> list[dict[str, Any]]:
 
 
 def _words(batch: Batch) -> list[dict[str, Any]]:
-    from llmapps.evaluate.riddle import word_count
+    from llmapps.evaluate.text import word_count
 
     p = batch.config.primary_field
     return [{f"words_{p}": word_count(_text(r.get(p)))} for r in batch.rows]
-
-
-def _leakage(batch: Batch) -> list[dict[str, Any]]:
-    from llmapps.evaluate.riddle import leakage
-
-    c = batch.config
-    if not c.riddle_field:
-        return [{} for _ in batch.rows]
-    out = []
-    for r, ref in zip(batch.rows, batch.refs, strict=True):
-        sources = [
-            _text(r.get(f)) or _text(ref.get(f)) or _text(ref.get(f"reference_{f}"))
-            for f in c.leak_fields
-        ]
-        out.append({"leakage": leakage(_text(r.get(c.riddle_field)), [s for s in sources if s])})
-    return out
-
-
-def _copying(batch: Batch) -> list[dict[str, Any]]:
-    from llmapps.evaluate.riddle import copied
-
-    c = batch.config
-    out: list[dict[str, Any]] = [{} for _ in batch.rows]
-    if not c.riddle_field:
-        return out
-    for m, r, ref in zip(out, batch.rows, batch.refs, strict=True):
-        texts = [_text(r.get(f)) or _text(ref.get(f)) for f in c.copy_fields]
-        copy = copied(_text(r.get(c.riddle_field)), [*(t for t in texts if t), *batch.copy_texts])
-        if copy is not None:
-            m["copying"], m["copy_overlap"] = copy
-    return out
-
-
-def _solvability(batch: Batch) -> list[dict[str, Any]]:
-    from llmapps.evaluate.riddle import solvability_at_k
-
-    c = batch.config
-    if not (c.riddle_field and c.source_fields and len(batch.scorer.references) > 1):
-        return [{} for _ in batch.rows]
-    index = batch.scorer.index
-    if index is None:
-        return [{} for _ in batch.rows]
-    solved = solvability_at_k(
-        [_text(r.get(c.riddle_field)) for r in batch.rows],
-        [str(r["id"]) for r in batch.rows],
-        index,
-        c.solvability_k,
-    )
-    return [dict(s) for s in solved]
 
 
 def _corpus_bleu(
@@ -195,253 +148,58 @@ def _perplexity(
     return round(math.exp(nll / toks), 4) if toks else None
 
 
-def _builtins() -> list[Metric]:
-    s: Literal["speed"] = "speed"
-    return [
-        Metric(
-            "rouge1",
-            higher_is_better=True,
-            compute=_rouge("rouge1"),
-            per="field",
-            table="",
-            rank=10,
-            description="ROUGE-1 F against the reference",
-        ),
-        Metric(
-            "rouge2",
-            higher_is_better=True,
-            compute=_rouge("rouge2"),
-            per="field",
-            table="",
-            rank=11,
-            description="ROUGE-2 F against the reference",
-        ),
-        Metric(
-            "rougeL",
-            compute=_rouge("rougeL"),
-            per="field",
-            rank=12,
-            description="ROUGE-L F against the reference",
-        ),
-        Metric(
-            "bleu",
-            compute=_per_field(_bleu, "bleu"),
-            per="field",
-            aggregation=_corpus_bleu,
-            rank=20,
-            description="sentence BLEU per row; corpus BLEU in the summary",
-        ),
-        Metric(
-            "semsim",
-            label="sem",
-            compute=_semsim,
-            per="field",
-            rank=30,
-            description="cosine similarity of embeddings to the reference",
-        ),
-        Metric(
-            "perplexity",
-            label="ppl",
-            higher_is_better=False,
-            aggregation=_perplexity,
-            rank=40,
-            description="perplexity of the reference after the strategy's prompt",
-        ),
-        Metric(
-            "ppl_nll",
-            aggregation="none",
-            table="",
-            higher_is_better=None,
-            rank=41,
-            description="summed negative log-likelihood of the reference (per row)",
-        ),
-        Metric(
-            "ppl_tokens",
-            aggregation="none",
-            table="",
-            higher_is_better=None,
-            rank=42,
-            description="tokens of the reference scored (per row)",
-        ),
-        Metric(
-            "solvability",
-            label="solv",
-            compute=_solvability,
-            per="k",
-            rank=50,
-            description="the source is among the k documents nearest the riddle",
-        ),
-        Metric(
-            "source_rank",
-            aggregation="none",
-            table="",
-            higher_is_better=False,
-            rank=51,
-            description="rank of the source among the candidates (per row)",
-        ),
-        Metric(
-            "leakage",
-            label="leak",
-            higher_is_better=False,
-            compute=_leakage,
-            rank=60,
-            description="share of the answer's and title's content words in the riddle",
-        ),
-        Metric(
-            "copying",
-            label="copy",
-            higher_is_better=False,
-            compute=_copying,
-            rank=70,
-            description="the riddle repeats a text nearly word for word",
-        ),
-        Metric(
-            "copy_overlap",
-            higher_is_better=False,
-            table="",
-            rank=71,
-            description="largest share of the riddle's word trigrams found in one text",
-        ),
-        Metric(
-            "answer_f1",
-            label="ans F1",
-            compute=_answer("answer_f1"),
-            rank=80,
-            description="token F1 of the answer",
-        ),
-        Metric(
-            "answer_em",
-            label="ans EM",
-            compute=_answer("answer_em"),
-            rank=81,
-            description="exact match of the answer",
-        ),
-        Metric(
-            "format_valid",
-            label="valid",
-            compute=_format_valid,
-            rank=90,
-            description="every reference field is a non-empty string",
-        ),
-        Metric(
-            "words",
-            higher_is_better=None,
-            compute=_words,
-            per="field",
-            rank=100,
-            description="words in the primary field",
-        ),
-        Metric(
-            "judge_score",
-            label="judge",
-            rank=110,
-            description="the LLM judge's grade (llmapps bench --judge)",
-        ),
-        # speed, cost and memory: the bench's summary measures them from its runs
-        Metric(
-            "latency_p50_s",
-            label="p50 s",
-            higher_is_better=False,
-            aggregation="summary",
-            group=s,
-            rank=10,
-            description="median latency of a batch",
-        ),
-        Metric(
-            "latency_p95_s",
-            label="p95 s",
-            higher_is_better=False,
-            aggregation="summary",
-            group=s,
-            rank=11,
-            description="95th-percentile latency of a batch",
-        ),
-        Metric(
-            "sample_s",
-            label="s/sample",
-            higher_is_better=False,
-            aggregation="summary",
-            group=s,
-            table="terminal",
-            rank=12,
-            description="generation time per sample",
-        ),
-        Metric(
-            "tokens_per_s",
-            label="tok/s",
-            aggregation="summary",
-            group=s,
-            rank=20,
-            description="output tokens per second of generation",
-        ),
-        Metric(
-            "output_tokens_mean",
-            higher_is_better=None,
-            aggregation="summary",
-            group=s,
-            table="",
-            rank=21,
-            description="output tokens per sample",
-        ),
-        Metric(
-            "cost_per_1k_usd",
-            label="$/1k",
-            higher_is_better=False,
-            aggregation="summary",
-            group=s,
-            rank=30,
-            description="cost of 1,000 samples (prices in settings.bench)",
-        ),
-        Metric(
-            "peak_rss_mb",
-            label="peak MB",
-            higher_is_better=False,
-            aggregation="summary",
-            group=s,
-            rank=40,
-            description="peak resident memory of the process while the strategy ran",
-        ),
-        Metric(
-            "rss_delta_mb",
-            label="+MB",
-            higher_is_better=False,
-            aggregation="summary",
-            group=s,
-            table="terminal",
-            rank=41,
-            description="peak memory minus memory before the strategy loaded",
-        ),
-        Metric(
-            "gpu_peak_mb",
-            label="GPU MB",
-            higher_is_better=False,
-            aggregation="summary",
-            group=s,
-            table="terminal",
-            rank=42,
-            description="peak CUDA memory allocated",
-        ),
-        Metric(
-            "load_s",
-            label="load s",
-            higher_is_better=False,
-            aggregation="summary",
-            group=s,
-            table="terminal",
-            rank=50,
-            description="time to build the strategy and load its model",
-        ),
-        Metric(
-            "failures",
-            label="fail",
-            higher_is_better=False,
-            aggregation="summary",
-            group=s,
-            table="",
-            rank=60,
-            description="samples that failed",
-        ),
-    ]
-
-
-BUILTINS = _builtins()
+# One metric a line, columns as ``llmapps.api.metrics.metric_table`` reads them; how each is
+# computed and summarised is in _COMPUTE and _AGGREGATE below (default: computed elsewhere, the
+# mean of the rows; the speed table's: the bench's summary).
+_QUALITY = """
+rouge1       | -      | + | 10  | field | -   | ROUGE-1 F against the reference
+rouge2       | -      | + | 11  | field | -   | ROUGE-2 F against the reference
+rougeL       | -      | + | 12  | field | all | ROUGE-L F against the reference
+bleu         | -      | + | 20  | field | all | sentence BLEU per row; corpus BLEU in the summary
+semsim       | sem    | + | 30  | field | all | cosine similarity of embeddings to the reference
+perplexity   | ppl    | - | 40  | -     | all | perplexity of the reference after the strategy's prompt
+ppl_nll      | -      | = | 41  | -     | -   | summed negative log-likelihood of the reference (per row)
+ppl_tokens   | -      | = | 42  | -     | -   | tokens of the reference scored (per row)
+answer_f1    | ans F1 | + | 80  | -     | all | token F1 of the answer
+answer_em    | ans EM | + | 81  | -     | all | exact match of the answer
+format_valid | valid  | + | 90  | -     | all | every reference field is a non-empty string
+words        | -      | = | 100 | field | all | words in the primary field
+judge_score  | judge  | + | 110 | -     | all | the LLM judge's grade (llmapps bench --judge)
+"""
+# speed, cost and memory: the bench's summary measures them from its runs
+_SPEED = """
+latency_p50_s      | p50 s    | - | 10 | - | all      | median latency of a batch
+latency_p95_s      | p95 s    | - | 11 | - | all      | 95th-percentile latency of a batch
+sample_s           | s/sample | - | 12 | - | terminal | generation time per sample
+tokens_per_s       | tok/s    | + | 20 | - | all      | output tokens per second of generation
+output_tokens_mean | -        | = | 21 | - | -        | output tokens per sample
+cost_per_1k_usd    | $/1k     | - | 30 | - | all      | cost of 1,000 samples (prices in settings.bench)
+peak_rss_mb        | peak MB  | - | 40 | - | all      | peak resident memory of the process while the strategy ran
+rss_delta_mb       | +MB      | - | 41 | - | terminal | peak memory minus memory before the strategy loaded
+gpu_peak_mb        | GPU MB   | - | 42 | - | terminal | peak CUDA memory allocated
+load_s             | load s   | - | 50 | - | terminal | time to build the strategy and load its model
+failures           | fail     | - | 60 | - | -        | samples that failed
+"""
+_COMPUTE: dict[str, Compute] = {
+    "rouge1": _rouge("rouge1"),
+    "rouge2": _rouge("rouge2"),
+    "rougeL": _rouge("rougeL"),
+    "bleu": _per_field(_bleu, "bleu"),
+    "semsim": _semsim,
+    "answer_f1": _answer("answer_f1"),
+    "answer_em": _answer("answer_em"),
+    "format_valid": _format_valid,
+    "words": _words,
+}
+_AGGREGATE: dict[str, Any] = {
+    "bleu": _corpus_bleu,
+    "perplexity": _perplexity,
+    "ppl_nll": "none",
+    "ppl_tokens": "none",
+}
+BUILTINS = [
+    *metric_table(_QUALITY, compute=_COMPUTE, aggregate=_AGGREGATE),
+    *metric_table(_SPEED, group="speed", aggregate=_AGGREGATE),
+]
+for _metric in BUILTINS:  # the generic metrics, registered like any other
+    METRICS.register(_metric.name, _metric)

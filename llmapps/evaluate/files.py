@@ -71,14 +71,14 @@ def evaluate_files(
     fields: Sequence[str] | None = None,
     primary_field: str | None = None,
     semantic: bool = True,
-    app: str | None = None,
+    app: Any = None,
 ) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]], Any]:
     """Score ``predictions`` against ``references``.
 
     Rows with a ``strategy`` key are grouped by it (a bench's sample files can be concatenated).
     ``app`` (default: the app of the bench whose ``references.jsonl`` this is, from the
-    ``config.json`` beside it) says which fields the riddle and answer metrics read; without one
-    only the per-field metrics are scored.
+    ``config.json`` beside it; a name or an ``AppSpec``) says which fields the app's own metrics
+    and the answer metrics read; without one only the per-field metrics are scored.
 
     Returns:
         (aggregate metrics per group, per-row results with ``metrics``, the MetricsConfig used).
@@ -90,9 +90,9 @@ def evaluate_files(
     app = app or bench_app(Path(references))
     app_fields = None
     if app is not None:
-        from llmapps.apps import get_app
+        from llmapps.api.apps import get_app
 
-        spec = get_app(app)
+        spec = get_app(app) if isinstance(app, str) else app  # a name, or the AppSpec itself
         spec.register_metrics()
         app_fields = spec.metric_fields
     config = MetricsConfig.for_fields(

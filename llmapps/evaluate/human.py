@@ -66,7 +66,7 @@ def export_sheet(
         outputs: strategy -> sample id -> output row (two strategies or more; every pair is asked).
         samples: the inputs, each with an ``id``.
         out: folder to write into.
-        fields: output fields shown to raters (e.g. riddle, answer).
+        fields: output fields shown to raters (e.g. summary, answer).
         context_fields: input fields shown as context (shortened to ``context_chars``).
         seed: seeds the A/B shuffle and the item order.
     """

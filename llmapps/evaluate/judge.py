@@ -1,11 +1,11 @@
 """LLM as judge: grade outputs with a judge chain built from any registered strategy.
 
-The rubric belongs to an app (``riddle-judge`` in this project, prompt in ``prompts/judge/``), so
-the core only feeds each sample's inputs and the generated fields to the judge chain and reads back
-a ``score``::
+The rubric belongs to an app (the one an app names as its ``AppSpec.judge_app``; this project's
+prompt is in ``prompts/judge/``), so the core only feeds each sample's inputs and the generated
+fields to the judge chain and reads back a ``score``::
 
-    from llmapps.apps import load_chain
-    judge = load_chain("riddle-judge", "zero-shot")
+    from llmapps import load_chain
+    judge = load_chain(spec.judge_app, "zero-shot")
     judge_rows(judge, samples, rows)   # -> [{"judge_score": 4, "judge_reason": "..."}, ...]
 """
 

@@ -1,11 +1,11 @@
 """Score generated rows against references, per row and per set of rows, for any app.
 
-A *row* is what a chain returned for one input (flat output fields such as ``riddle``, plus
+A *row* is what a chain returned for one input (flat output fields such as ``summary``, plus
 ``id``; a failed row carries ``error``), as written by ``llmapps run`` and ``llmapps bench``. A
 *reference* is a sample as ``AppSpec.samples`` gives it: its inputs plus ``reference_<field>``
-keys. ``MetricsConfig`` says which fields to compare and which fields the riddle metrics read
-(the app's ``AppSpec.metric_fields``), so no app is hard-coded here; what is scored, and how it
-is summarised, is the metric registry (``llmapps.evaluate.metrics``).
+keys. ``MetricsConfig`` says which fields to compare and which fields an app's own metrics read
+(the app's ``AppSpec.metric_fields``, handed in by the caller), so no app is hard-coded here;
+what is scored, and how it is summarised, is the metric registry (``llmapps.evaluate.metrics``).
 """
 
 from __future__ import annotations
@@ -25,13 +25,16 @@ class MetricsConfig(BaseModel):
     Attributes:
         fields: output fields with references (``reference_<field>`` in a sample).
         primary_field: the field whose scores the summary table shows.
-        riddle_field: the text solvability, leakage and copying judge; None turns them off.
+        target_field: the output text an app's own checks judge (e.g. leakage, copying,
+            solvability); None turns them off.
         answer_field: the short answer scored by token F1 and exact match; None: not scored.
-        leak_fields: fields (of the output first, else of the input) that must not leak.
-        copy_fields: fields (of the output first, else of the input) the riddle must not repeat
-            nearly word for word (``llmapps.evaluate.riddle.copied``).
-        source_fields: input fields joined into the source document a riddle is solved against.
-        solvability_k: cut-offs for solvability@k.
+        leak_fields: fields (of the output first, else of the input) whose content words must
+            not appear in the target field.
+        copy_fields: fields (of the output first, else of the input) the target field must not
+            repeat nearly word for word.
+        source_fields: input fields joined into the source document of a sample (``Scorer.index``
+            embeds them, for metrics that retrieve).
+        solvability_k: cut-offs of the ``per="k"`` metric families (``name@k``).
         app_columns: metrics of the app's own ``AppSpec.score`` shown in the tables.
         semantic: compute embedding similarity (loads the embedding model).
         embedder: embedding model name or directory.
@@ -41,7 +44,7 @@ class MetricsConfig(BaseModel):
 
     fields: list[str] = Field(min_length=1)
     primary_field: str
-    riddle_field: str | None = None
+    target_field: str | None = None
     answer_field: str | None = None
     leak_fields: list[str] = Field(default_factory=list)
     copy_fields: list[str] = Field(default_factory=list)
@@ -50,6 +53,11 @@ class MetricsConfig(BaseModel):
     app_columns: list[str] = Field(default_factory=list)
     semantic: bool = True
     embedder: str = "all-MiniLM-L6-v2"
+
+    @property
+    def riddle_field(self) -> str | None:
+        """The name ``target_field`` had before issue 24 (read-only)."""
+        return self.target_field
 
     @classmethod
     def for_fields(
@@ -60,25 +68,24 @@ class MetricsConfig(BaseModel):
         **overrides: Any,
     ) -> MetricsConfig:
         """The config for an app whose references have ``fields``: ``overrides`` over
-        ``settings.bench`` (where set) over the app's ``app_fields`` (``AppSpec.metric_fields``)."""
-        from llmapps.apps import MetricFields
+        ``settings.bench`` (where set) over the app's ``app_fields`` (its
+        ``AppSpec.metric_fields``, handed in by the caller; None: the app names none)."""
         from llmapps.settings import get_settings
 
         b = (settings or get_settings()).bench
-        app = app_fields or MetricFields()
         fields = list(fields)
         if not fields:
             raise InputError(
                 "nothing to score: the app declares no reference fields (AppSpec.reference_keys)"
             )
 
-        def pick(setting: Any, default: Any) -> Any:
-            return setting if setting is not None else default
+        def pick(setting: Any, role: str, default: Any = None) -> Any:
+            return setting if setting is not None else getattr(app_fields, role, default)
 
-        riddle = pick(b.target_field, app.riddle)
-        riddle = riddle if riddle in fields else None
-        answer = pick(b.answer_field, app.answer)
-        primary = b.primary_field or app.primary or riddle or fields[0]
+        target = pick(b.target_field, "target")
+        target = target if target in fields else None
+        answer = pick(b.answer_field, "answer")
+        primary = b.primary_field or getattr(app_fields, "primary", None) or target or fields[0]
         if primary not in fields:
             raise InputError(
                 f"primary field {primary!r} is not a reference field; choose one of {', '.join(fields)}"
@@ -86,11 +93,11 @@ class MetricsConfig(BaseModel):
         values: dict[str, Any] = dict(
             fields=fields,
             primary_field=primary,
-            riddle_field=riddle,
+            target_field=target,
             answer_field=answer if answer in fields else None,
-            leak_fields=list(pick(b.leak_fields, app.leak)),
-            copy_fields=list(pick(b.copy_fields, app.copy)),
-            source_fields=list(pick(b.source_fields, app.source)),
+            leak_fields=list(pick(b.leak_fields, "leak", ())),
+            copy_fields=list(pick(b.copy_fields, "copy", ())),
+            source_fields=list(pick(b.source_fields, "source", ())),
             solvability_k=list(b.solvability_k),
         )
         values.update({k: v for k, v in overrides.items() if v is not None})
@@ -109,8 +116,9 @@ def source_text(sample: Mapping[str, Any], fields: Sequence[str]) -> str:
 class Scorer:
     """Scores rows against a fixed set of references (one per id).
 
-    The FAISS index for solvability is built once over every reference's source document, so a
-    riddle is solved against all candidates of the split, not just the ones scored in a batch.
+    ``index`` (FAISS, built once on first use) embeds every reference's source document, so a
+    metric that retrieves (an app's solvability) searches all candidates of the split, not just
+    the ones scored in a batch.
     """
 
     def __init__(self, references: Sequence[Mapping[str, Any]], config: MetricsConfig) -> None:
@@ -138,8 +146,8 @@ class Scorer:
         """Per-row metrics (a dict per row, same order); a failed row scores as an empty output.
 
         Every registered metric with a ``compute`` runs (``llmapps.evaluate.metrics``), in table
-        order. ``copy_texts`` are texts no riddle may reproduce besides each row's
-        ``copy_fields`` (the riddles of the worked examples a strategy was shown).
+        order. ``copy_texts`` are texts no output may reproduce besides each row's
+        ``copy_fields`` (the target fields of the worked examples a strategy was shown).
         """
         from llmapps.evaluate.metrics import Batch, metrics
 
@@ -201,4 +209,27 @@ def aggregate(
             value = metric.aggregation(column, rows, per_row, refs, config)
             if value is not None:
                 out[column] = value
+    return out
+
+
+def row_checks(
+    names: Sequence[str],
+    rows: Sequence[Mapping[str, Any]],
+    refs: Sequence[Mapping[str, Any]],
+    config: MetricsConfig,
+) -> list[dict[str, Any]]:
+    """Per-row values of the registered metrics ``names`` alone, for ``rows`` aligned with
+    ``refs`` (inputs or references of each row): an app's checks (e.g. ``leakage``, ``copying``)
+    used outside a bench, without a split to retrieve from (``Batch.scorer`` is None). A name no
+    metric is registered under is left out (no app offers that check)."""
+    from llmapps.evaluate.metrics import METRICS, Batch
+
+    batch = Batch(rows=rows, refs=refs, config=config)
+    out: list[dict[str, Any]] = [{} for _ in rows]
+    for name in names:
+        metric = METRICS.get(name) if name in METRICS else None
+        if metric is None or metric.compute is None:
+            continue
+        for m, values in zip(out, metric.compute(batch), strict=True):
+            m.update(values)
     return out

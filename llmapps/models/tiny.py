@@ -1,13 +1,16 @@
 """The embedded default models, built from a text corpus because nothing can be downloaded.
 
+The corpus is an argument (the callers above pass an app's, ``AppSpec.corpus``): the model layer
+knows no app.
+
 ``build_tiny_models`` trains, seeded and reproducibly:
 
 1. a byte-level BPE tokenizer on the corpus (with a chat template and chat special tokens);
 2. ``tiny-base``: a small Llama-architecture causal LM pretrained on the corpus documents;
 3. ``tiny-instruct``: ``tiny-base`` further tuned on generic instructions derived from each
    document (write a headline, summarise in one sentence, list key facts), answered through the
-   chat template. No task of any app (riddles included) is in that mix, so prompting it on such a
-   task is truly zero-shot.
+   chat template. No task of any app is in that mix, so prompting it on such a task is truly
+   zero-shot.
 
 All three are saved with ``save_pretrained`` in standard Hugging Face format and are loaded back
 with ``from_pretrained`` like any real model.
@@ -23,12 +26,12 @@ import random
 import re
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from llmapps.errors import InputError
+from llmapps.errors import InputError, ModelNotFoundError
 
 log = logging.getLogger(__name__)
 
@@ -108,18 +111,27 @@ def _is_built(models_dir: Path, spec: TinySpec, corpus_id: str | None = None) ->
 def ensure_tiny_models(
     models_dir: Path,
     spec: TinySpec | None = None,
-    corpus: Sequence[dict[str, str]] | None = None,
+    corpus: Sequence[dict[str, str]] | Callable[[], Sequence[dict[str, str]]] | None = None,
     *,
     progress: bool = True,
 ) -> Path:
-    """Build the tiny models under ``models_dir`` unless an identical build is already there."""
+    """Build the tiny models under ``models_dir`` unless an identical build is already there.
+
+    ``corpus``: the documents (``title``, ``text``) to learn from: a list (a build from another
+    corpus is rebuilt), or a function returning one, called only when nothing is built yet
+    (callers pass an app's corpus, e.g. ``llmapps.api.apps.default_corpus``); None: use what is
+    built, a ``ModelNotFoundError`` saying how to build it when nothing is.
+    """
     spec = spec or spec_from_env()
-    if corpus is None:
+    if corpus is None or callable(corpus):
         if _is_built(models_dir, spec):
             return models_dir
-        from llmapps.apps import default_corpus
-
-        corpus = default_corpus()
+        if corpus is None:
+            raise ModelNotFoundError(
+                f"the tiny models are not built yet at {models_dir}; run `llmapps models build` "
+                "(it builds them from the installed apps' corpus)"
+            )
+        corpus = corpus()
     if _is_built(models_dir, spec, corpus_hash([d for d in corpus if d.get("text", "").strip()])):
         return models_dir
     build_tiny_models(models_dir, corpus, spec, progress=progress)

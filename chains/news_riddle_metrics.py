@@ -1,7 +1,10 @@
-"""Metrics that judge a generated puzzle without a human, parameterised by field names.
+"""news-riddle's own metrics: does a riddle give its answer away, repeat a text, point at its
+article? Registered through the ``llmapps.metrics`` entry-point group (pyproject.toml), so the
+bench, ``llmapps evaluate``, the tables and ``llmapps metrics`` see them like the generic ones.
 
-Nothing here knows the news-riddle app: callers say which text is the riddle, which texts must not
-leak into it, and which fields a valid output needs.
+They read the fields the app names in ``AppSpec.metric_fields`` (through the bench's
+``MetricsConfig``: ``target_field`` is the riddle, ``leak_fields``, ``copy_fields``,
+``source_fields``), so they score nothing for an app that names no target field.
 
 - ``solvability_at_k``: retrieve the source document among all candidates by the riddle's
   embedding; is it in the top ``k``? An empty riddle scores 0.
@@ -9,33 +12,16 @@ leak into it, and which fields a valid output needs.
   in the riddle. A riddle that names its answer is no riddle.
 - ``copy_overlap`` / ``copied``: does the riddle repeat a text (the summary, the article, a worked
   example's riddle) nearly word for word? The share of the riddle's word trigrams found in it.
-- ``format_valid`` and ``word_count``.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-from llmapps.evaluate.embedding import NearestIndex
-
-# Function words carry no content: a riddle may say "the" without giving the answer away.
-STOPWORDS = frozenset(
-    """a about above after again against all also am an and any are as at be because been before
-    being below between both but by can could did do does doing down during each few for from
-    further had has have having he her here hers him his how i if in into is it its itself just me
-    more most my no nor not now of off on once only or other our out over own same she should so
-    some such than that the their them then there these they this those through to too under until
-    up very was we were what when where which while who whom why will with would you your new says
-    said""".split()  # noqa: SIM905 - a word list reads better as text
-)
-_WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
-
-
-def content_words(text: str, min_length: int = 3) -> set[str]:
-    """Lower-cased words of ``text`` that are not function words and have ``min_length`` letters."""
-    return {w for w in _WORD.findall(text.lower()) if len(w) >= min_length and w not in STOPWORDS}
+from llmapps.api.metrics import Batch, metric_table
+from llmapps.errors import InputError
+from llmapps.evaluate.text import content_words, words_of
 
 
 def leakage(riddle: str, sources: Sequence[str]) -> float | None:
@@ -51,7 +37,7 @@ def leakage(riddle: str, sources: Sequence[str]) -> float | None:
     words: set[str] = set().union(*(content_words(s) for s in sources)) if sources else set()
     if not words or not riddle.strip():
         return None
-    said = set(_WORD.findall(riddle.lower()))
+    said = set(words_of(riddle))
     return round(len(words & said) / len(words), 6)
 
 
@@ -73,7 +59,7 @@ def copy_overlap(riddle: str, text: str, n: int = 3) -> float | None:
         >>> copy_overlap("The bay marathon fell to a local runner", "A local runner won the bay marathon")
         0.333333
     """
-    words, source = _WORD.findall(riddle.lower()), _WORD.findall(text.lower())
+    words, source = words_of(riddle), words_of(text)
     if not words or not source:
         return None
     k = min(n, len(words))
@@ -96,20 +82,10 @@ def copied(
     return float(best >= threshold), best
 
 
-def word_count(text: str) -> int:
-    """Number of whitespace-separated words."""
-    return len(text.split())
-
-
-def format_valid(output: Mapping[str, Any], fields: Sequence[str]) -> bool:
-    """True when every one of ``fields`` is a non-empty string in ``output``."""
-    return all(isinstance(output.get(f), str) and output[f].strip() for f in fields)
-
-
 def solvability_at_k(
     riddles: Sequence[str],
     source_ids: Sequence[str],
-    index: NearestIndex,
+    index: Any,
     ks: Sequence[int] = (1, 3),
 ) -> list[dict[str, float]]:
     """For each riddle, 1.0 if its source document is among the ``k`` nearest, else 0.0, per ``k``.
@@ -117,15 +93,14 @@ def solvability_at_k(
     Args:
         riddles: the generated texts to solve (an empty one scores 0 for every k).
         source_ids: the id of the document each riddle was made from.
-        index: every candidate document (all test articles), embedded.
+        index: every candidate document (all test articles), embedded
+            (``llmapps.evaluate.embedding.NearestIndex``).
         ks: the cut-offs to report.
 
     Returns:
         One ``{"solvability@k": 0.0|1.0, ..., "source_rank": rank or None}`` per riddle.
     """
     if len(riddles) != len(source_ids):
-        from llmapps.errors import InputError
-
         raise InputError(
             f"{len(riddles)} riddles but {len(source_ids)} source ids; they must align"
         )
@@ -141,3 +116,68 @@ def solvability_at_k(
         row["source_rank"] = rank  # type: ignore[assignment]
         out.append(row)
     return out
+
+
+# ---------------------------------------------------------------- the registered metrics
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def _leakage(batch: Batch) -> list[dict[str, Any]]:
+    c = batch.config
+    if not c.target_field:
+        return [{} for _ in batch.rows]
+    out = []
+    for r, ref in zip(batch.rows, batch.refs, strict=True):
+        sources = [
+            _text(r.get(f)) or _text(ref.get(f)) or _text(ref.get(f"reference_{f}"))
+            for f in c.leak_fields
+        ]
+        out.append({"leakage": leakage(_text(r.get(c.target_field)), [s for s in sources if s])})
+    return out
+
+
+def _copying(batch: Batch) -> list[dict[str, Any]]:
+    c = batch.config
+    out: list[dict[str, Any]] = [{} for _ in batch.rows]
+    if not c.target_field:
+        return out
+    for m, r, ref in zip(out, batch.rows, batch.refs, strict=True):
+        texts = [_text(r.get(f)) or _text(ref.get(f)) for f in c.copy_fields]
+        copy = copied(_text(r.get(c.target_field)), [*(t for t in texts if t), *batch.copy_texts])
+        if copy is not None:
+            m["copying"], m["copy_overlap"] = copy
+    return out
+
+
+def _solvability(batch: Batch) -> list[dict[str, Any]]:
+    c = batch.config
+    if not (c.target_field and c.source_fields and len(batch.scorer.references) > 1):
+        return [{} for _ in batch.rows]
+    index = batch.scorer.index  # every reference of the split, not only this batch's
+    if index is None:
+        return [{} for _ in batch.rows]
+    solved = solvability_at_k(
+        [_text(r.get(c.target_field)) for r in batch.rows],
+        [str(r["id"]) for r in batch.rows],
+        index,
+        c.solvability_k,
+    )
+    return [dict(s) for s in solved]
+
+
+_TABLE = """
+solvability  | solv | + | 50 | k | all | the source is among the k documents nearest the riddle
+source_rank  | -    | - | 51 | - | -   | rank of the source among the candidates (per row)
+leakage      | leak | - | 60 | - | all | share of the answer's and title's content words in the riddle
+copying      | copy | - | 70 | - | all | the riddle repeats a text nearly word for word
+copy_overlap | -    | - | 71 | - | -   | largest share of the riddle's word trigrams found in one text
+"""
+SOLVABILITY, SOURCE_RANK, LEAKAGE, COPYING, COPY_OVERLAP = metric_table(
+    _TABLE,
+    compute={"solvability": _solvability, "leakage": _leakage, "copying": _copying},
+    aggregate={"source_rank": "none"},
+)
+"""The app's metrics, one entry point each in pyproject.toml's ``llmapps.metrics`` group."""
