@@ -38,7 +38,7 @@ def run_demo(
     from rich.console import Console
     from rich.table import Table
 
-    from llmapps.apps import get_app, load_chain
+    from llmapps.apps import default_corpus, get_app, load_chain
     from llmapps.compose import strategy_options as compose_options
     from llmapps.models.tiny import ensure_tiny_models
     from llmapps.runner import run_batches
@@ -56,7 +56,7 @@ def run_demo(
     console.print(f"[bold]{app}[/bold] on {len(samples)} test samples with: {', '.join(names)}")
     if {"tiny-base", "tiny-instruct"} & {settings.base_model, settings.instruct_model}:
         console.print(f"models: {settings.models_dir} (built on first use)")
-        ensure_tiny_models(settings.models_dir)
+        ensure_tiny_models(settings.models_dir, corpus=default_corpus)
     inputs = [{k: s[k] for k in ("id", *spec.input_keys) if k in s} for s in samples]
     results: dict[str, list[dict[str, Any]]] = {}
     timing: dict[str, tuple[float, int, str]] = {}
