@@ -493,11 +493,14 @@ class Bench:
         from llmapps.models.local import BUILTIN_MODELS
 
         if {self.settings.base_model, self.settings.instruct_model} & set(BUILTIN_MODELS):
+            from llmapps.apps import default_corpus
             from llmapps.models.tiny import ensure_tiny_models
 
             # build once up front, so no strategy's load time or memory includes training
-            ensure_tiny_models(self.settings.models_dir, progress=self.progress)
-        if self.scorer.config.semantic or self.scorer.config.riddle_field:
+            ensure_tiny_models(
+                self.settings.models_dir, corpus=default_corpus, progress=self.progress
+            )
+        if self.scorer.config.semantic or self.scorer.config.target_field:
             _ = self.scorer.index  # load the embedder before measuring any strategy's memory
         statuses = self.statuses()
         for name, label, swept in self.config.runs():
