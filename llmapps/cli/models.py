@@ -12,6 +12,7 @@ def cmd_models_build(args: argparse.Namespace) -> int:
     import shutil
 
     from llmapps.models.packaged import ensure_packaged_model, is_packaged, packaged_models
+    from llmapps.apps import default_corpus
     from llmapps.models.tiny import TEST_SPEC, TinySpec, ensure_tiny_models
     from llmapps.settings import get_settings
 
@@ -31,7 +32,8 @@ def cmd_models_build(args: argparse.Namespace) -> int:
         if is_packaged(name):
             print(f"{name}: {ensure_packaged_model(name, settings)}")
     if tiny:
-        ensure_tiny_models(settings.models_dir, TEST_SPEC if args.spec == "test" else TinySpec())
+        spec = TEST_SPEC if args.spec == "test" else TinySpec()
+        ensure_tiny_models(settings.models_dir, spec, corpus=default_corpus)
         print(f"tiny-base and tiny-instruct are in {settings.models_dir}")
     return 0
 
