@@ -32,10 +32,11 @@ os.environ["LLMAPPS_INSTRUCT_MODEL"] = "tiny-instruct"
 @pytest.fixture(scope="session")
 def tiny_models() -> Path:
     """Directory holding ``tiny-base`` and ``tiny-instruct`` (built with the test spec)."""
+    from llmapps.apps import default_corpus
     from llmapps.models.tiny import TEST_SPEC, ensure_tiny_models
 
     models_dir = TEST_HOME / "models"
-    ensure_tiny_models(models_dir, TEST_SPEC, progress=False)
+    ensure_tiny_models(models_dir, TEST_SPEC, default_corpus, progress=False)
     return models_dir
 
 
