@@ -68,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
+    from chains.news_data import corpus as news_corpus
     from chains.news_data import samples
     from llmapps.apps import load_chain
     from llmapps.models.tiny import ensure_tiny_models
@@ -76,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     from llmapps.settings import get_settings
 
     settings = get_settings()
-    ensure_tiny_models(settings.models_dir, progress=False)
+    ensure_tiny_models(settings.models_dir, corpus=news_corpus, progress=False)
     articles = samples("train")[: args.n]
     if len(articles) < args.n:
         raise SystemExit(f"the train split has {len(articles)} articles, not {args.n}")
