@@ -1,7 +1,7 @@
 """``llmapps chat`` (talk to the shop assistant) and ``llmapps annotate`` (check and format dialogues).
 
-Registered by the boutique app through the ``llmapps.cli`` entry-point group (the command line
-hands ``register_chat`` its flags; nothing here imports it)::
+Registered by the boutique app through the command line's entry-point group (which hands
+``register_chat`` its flags module; nothing here imports the command line)::
 
     llmapps chat boutique --strategy zero-shot --session alice
     > How much is the white linen shirt?
@@ -107,7 +107,7 @@ def cmd_chat(args: argparse.Namespace, flags: Any) -> int:
 
 
 def register_chat(subparsers: Any, flags: Any) -> None:
-    """Add ``chat`` to the ``llmapps`` command line (``flags``: ``llmapps.cli.flags``, handed over)."""
+    """Add ``chat`` to the ``llmapps`` command line (``flags``: its shared flags, handed over)."""
     p = subparsers.add_parser("chat", help="chat with an app that keeps a conversation (boutique)")
     p.add_argument("app", nargs="?", default="boutique", help="the chat app (default boutique)")
     flags.add_strategy_flags(p)

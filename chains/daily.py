@@ -368,7 +368,7 @@ def _daily(args: argparse.Namespace, flags: Any) -> int:
 
 def register_cli(subparsers: Any, flags: Any) -> None:
     """Add ``daily`` to the ``llmapps`` command line (entry point ``chains.daily:register_cli``;
-    ``flags`` is ``llmapps.cli.flags``, handed over by the command line)."""
+    ``flags`` is the command line's shared flags module, handed over by it)."""
     p = subparsers.add_parser(
         "daily", help="fetch news and publish the day's riddles as HTML, Markdown and JSON"
     )

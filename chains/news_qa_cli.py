@@ -1,7 +1,7 @@
 """``llmapps ask``: answer a question from indexed articles with news-qa, citing its sources.
 
-Registered by the news-qa app through the ``llmapps.cli`` entry-point group (the core's
-``llmapps index`` builds the index it reads)::
+Registered by the news-qa app through the command line's entry-point group, which hands it the
+shared flags (the core's ``llmapps index`` builds the index it reads)::
 
     llmapps index build --input data/articles.jsonl --out indexes/news
     llmapps ask "What happened with fuel prices?" --index indexes/news --strategy zero-shot
@@ -44,7 +44,7 @@ def cmd_ask(args: argparse.Namespace, flags: Any) -> int:
 
 
 def register_ask(subparsers: Any, flags: Any) -> None:
-    """Add ``ask`` to the ``llmapps`` command line (``flags``: ``llmapps.cli.flags``, handed over)."""
+    """Add ``ask`` to the ``llmapps`` command line (``flags``: its shared flags, handed over)."""
     p = subparsers.add_parser("ask", help="answer a question from indexed articles, with citations")
     p.add_argument("question")
     p.add_argument("--index", help="index folder (default: the bundled articles, indexed once)")

@@ -1,6 +1,7 @@
 """``llmapps finetune ...``: train, resume, merge and check adapters (a CLI plugin of llmapps).
 
-Registered through the ``llmapps.cli`` entry point ``finetune = "finetune.cli:register"``::
+Registered through the command line's entry point ``finetune = "finetune.cli:register"``, which
+hands ``register`` the shared flags module::
 
     llmapps finetune lora --recipe finetune/recipes/tiny.yaml --out adapters/news-riddle-tiny
     llmapps finetune lora --recipe tiny --out adapters/news-riddle-tiny --resume

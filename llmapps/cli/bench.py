@@ -67,9 +67,8 @@ def _bench(args: argparse.Namespace, out: Path) -> int:
     console = Console(width=None if Console().is_terminal else 150)
     console.print(f"[bold]bench[/bold] {app} ({args.split}) with {', '.join(names)} -> {out}")
     started = time.perf_counter()
-    engine = flags.engine_config(
-        args
-    )  # --engine ray: each strategy's batches on a pool of Ray actors
+    # --engine ray: each strategy's batches on a pool of Ray actors
+    engine = flags.engine_config(args)
     if engine is None:
         bench = Bench(config, out, progress=not args.quiet, options=strategy_options)
         rows = bench.run()

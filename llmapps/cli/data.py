@@ -61,7 +61,7 @@ def _teacher(args: argparse.Namespace, spec: Any, rows: list[dict[str, Any]], fi
         rows,
         outs,
         fields,
-        riddle=mf.riddle,
+        target=mf.target,
         answer=mf.answer,
         leak=mf.leak,
         copy=mf.copy,

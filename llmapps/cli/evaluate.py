@@ -42,7 +42,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         semantic=not args.no_semantic,
         app=args.app,
     )
-    if config.riddle_field is None and config.answer_field is None and not args.app:
+    if config.target_field is None and config.answer_field is None and not args.app:
         print(
             "note: no app given (--app NAME) and the references are no bench's: only the "
             "per-field metrics are scored, not the app's riddle/answer ones",
