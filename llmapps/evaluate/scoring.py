@@ -70,22 +70,24 @@ class MetricsConfig(BaseModel):
         """The config for an app whose references have ``fields``: ``overrides`` over
         ``settings.bench`` (where set) over the app's ``app_fields`` (its
         ``AppSpec.metric_fields``, handed in by the caller; None: the app names none)."""
+        from llmapps.api.apps import MetricFields
         from llmapps.settings import get_settings
 
         b = (settings or get_settings()).bench
+        app = app_fields or MetricFields()
         fields = list(fields)
         if not fields:
             raise InputError(
                 "nothing to score: the app declares no reference fields (AppSpec.reference_keys)"
             )
 
-        def pick(setting: Any, role: str, default: Any = None) -> Any:
-            return setting if setting is not None else getattr(app_fields, role, default)
+        def pick(setting: Any, default: Any) -> Any:
+            return setting if setting is not None else default
 
-        target = pick(b.target_field, "target")
+        target = pick(b.target_field, app.target)
         target = target if target in fields else None
-        answer = pick(b.answer_field, "answer")
-        primary = b.primary_field or getattr(app_fields, "primary", None) or target or fields[0]
+        answer = pick(b.answer_field, app.answer)
+        primary = b.primary_field or app.primary or target or fields[0]
         if primary not in fields:
             raise InputError(
                 f"primary field {primary!r} is not a reference field; choose one of {', '.join(fields)}"
@@ -95,9 +97,9 @@ class MetricsConfig(BaseModel):
             primary_field=primary,
             target_field=target,
             answer_field=answer if answer in fields else None,
-            leak_fields=list(pick(b.leak_fields, "leak", ())),
-            copy_fields=list(pick(b.copy_fields, "copy", ())),
-            source_fields=list(pick(b.source_fields, "source", ())),
+            leak_fields=list(pick(b.leak_fields, app.leak)),
+            copy_fields=list(pick(b.copy_fields, app.copy)),
+            source_fields=list(pick(b.source_fields, app.source)),
             solvability_k=list(b.solvability_k),
         )
         values.update({k: v for k, v in overrides.items() if v is not None})
