@@ -65,7 +65,7 @@ def listener(request: pytest.FixtureRequest) -> Iterator[int]:
     "form", ["127.0.0.1:{port}", "localhost:{port}", "ray://localhost:{port}", "ray://[::1]:{port}"]
 )
 def test_a_listener_that_is_not_ray_fails_in_seconds(listener: int, form: str) -> None:
-    from llmapps.ray_engine import _probe
+    from llmapps.bench.ray_engine import _probe
 
     address = form.format(port=listener)
     started = time.monotonic()
@@ -77,7 +77,7 @@ def test_a_listener_that_is_not_ray_fails_in_seconds(listener: int, form: str) -
 def test_auto_is_probed_through_the_address_it_stands_for(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from llmapps.ray_engine import _probe
+    from llmapps.bench.ray_engine import _probe
 
     for port in _serve("silent"):
         monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{port}")

@@ -231,7 +231,7 @@ def test_an_address_nothing_listens_on_fails_in_seconds() -> None:
 
 def test_a_real_ray_cluster_passes_the_address_probe(cluster: Any) -> None:
     """The probe that refuses a non-Ray listener (tests/test_hostile_ray.py) lets Ray's GCS by."""
-    from llmapps.ray_engine import _probe
+    from llmapps.bench.ray_engine import _probe
 
     port = cluster.get_runtime_context().gcs_address.rsplit(":", 1)[1]
     _probe(f"127.0.0.1:{port}")  # the GCS listens on every interface; tests reach loopback only

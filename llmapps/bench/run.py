@@ -14,6 +14,11 @@ strategy's file (a torn last line from a kill is dropped), so a killed bench los
 nothing already written. A strategy that cannot be built is recorded with its error and the
 others go on.
 
+Who answers is an engine (``llmapps.bench.engine``: ``LocalEngine`` by default, or
+``llmapps.bench.ray_engine.RayEngine``); which options a strategy runs with beyond those given is
+the caller's ``options`` (``llmapps.compose.strategy_options`` for the defaults every surface
+shares, as ``llmapps bench`` passes; none: the options given alone).
+
 ``sweep`` runs a strategy once per value of an option (``llmapps bench --sweep
 structured=on,off``), over the same samples, as rows of the same report named
 ``<strategy>[<key>=<value>]``: what the option is worth, side by side.
@@ -27,107 +32,44 @@ import json
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
-
-from llmapps.errors import ConfigError, InputError
+from llmapps.bench.config import BenchConfig, parse_sweep
+from llmapps.bench.engine import Engine, LocalEngine, StrategyWork
+from llmapps.bench.strategy_run import BenchContext, StrategyJob, StrategyRun
+from llmapps.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
+__all__ = [
+    "Bench",
+    "BenchConfig",
+    "BenchContext",
+    "OptionsFor",
+    "StrategyRun",
+    "given_options",
+    "parse_sweep",
+    "run_bench",
+]
 
-class BenchConfig(BaseModel):
-    """What a bench runs; saved as ``config.json`` beside the results.
-
-    Attributes:
-        app: registered app name.
-        strategies: strategy names (default: every registered strategy).
-        split: the app's sample split.
-        limit: use only the first ``limit`` samples.
-        batch_size: samples per batch (latency is measured per batch).
-        strategy_options: per strategy, config options over its offline demo options.
-        app_options: options of the app (e.g. ``{"variant": "two-step"}``).
-        perplexity: score the reference reply after each strategy's own prompt, under its local
-            model (``llmapps.evaluate.perplexity.continuation_nll``).
-        judge: a strategy used as LLM judge through ``judge_app`` (None: no judge).
-        judge_app: the app that wraps the judge prompt (default: the app's ``judge_app``).
-        retry_failed: run rows that failed in an earlier run again.
-        sweep: option name -> values; each strategy that has the option runs once per value
-            (the product over several options), labelled ``<strategy>[<key>=<value>,...]``.
-    """
-
-    model_config = ConfigDict(extra="forbid")
-
-    app: str
-    strategies: list[str] = Field(default_factory=list)
-    split: str = "test"
-    limit: int | None = Field(None, ge=1)
-    batch_size: int = Field(4, ge=1)
-    strategy_options: dict[str, dict[str, Any]] = Field(default_factory=dict)
-    app_options: dict[str, Any] = Field(default_factory=dict)
-    perplexity: bool = True
-    judge: str | None = None
-    judge_app: str | None = None
-    retry_failed: bool = False
-    sweep: dict[str, list[Any]] = Field(default_factory=dict)
-
-    def runs(self) -> list[tuple[str, str, dict[str, Any]]]:
-        """``(strategy, label, swept options)`` for every run of this bench, in order."""
-        import itertools
-
-        from llmapps.strategies.base import STRATEGIES
-
-        out: list[tuple[str, str, dict[str, Any]]] = []
-        for name in self.strategies:
-            fields = STRATEGIES.get(name).config_class.model_fields
-            keys = [k for k in self.sweep if k in fields]
-            if not keys:
-                out.append((name, name, {}))
-                continue
-            # a label names a file: a path value shows as its last part (its whole self, slashes
-            # replaced, where two values share a last part)
-            short = {k: len({_value_text(v, short=True) for v in self.sweep[k]}) for k in keys}
-            for values in itertools.product(*(self.sweep[k] for k in keys)):
-                opts = dict(zip(keys, values, strict=True))
-                label = ",".join(
-                    f"{k}={_value_text(v, short=short[k] == len(self.sweep[k]))}"
-                    for k, v in opts.items()
-                )
-                out.append((name, f"{name}[{label}]", opts))
-        return out
+# (strategy name, settings, options given) -> a context holding (options, reason): the options the
+# strategy runs with for the block, or None and the reason it cannot run (llmapps.compose's
+# strategy_options is one).
+OptionsFor = Callable[
+    [str, Any, Mapping[str, Any]],
+    AbstractContextManager[tuple[dict[str, Any] | None, str | None]],
+]
 
 
-def parse_sweep(items: Sequence[str]) -> dict[str, list[Any]]:
-    """``["structured=on,off"]`` -> ``{"structured": ["on", "off"]}`` (``--sweep`` flags; each
-    value a YAML scalar as ``--set`` reads it, ``on``/``off`` kept as words)."""
-    from llmapps.options import parse_assignments, parse_value
-
-    out: dict[str, list[Any]] = {}
-    for item in items:
-        ((key, _),) = parse_assignments([item.split(",")[0]], "--sweep").items()
-        raw = item.partition("=")[2]
-        words = [v.strip() for v in raw.split(",") if v.strip()]
-        out[key] = [v if v in ("on", "off") else parse_value(v) for v in words]
-    return out
-
-
-def _prompt_text(prompt: Any) -> str:
-    """A prompt as text: a completion prompt as it is, a chat one as ``role: content`` lines."""
-    if isinstance(prompt, str):
-        return prompt
-    return "\n".join(f"{getattr(m, 'type', 'message')}: {getattr(m, 'content', m)}" for m in prompt)
-
-
-def _value_text(value: Any, *, short: bool = True) -> str:
-    if isinstance(value, bool):
-        return "on" if value else "off"
-    text = str(value)
-    if "/" in text or os.sep in text:  # a path: never a folder of its own under samples/
-        text = text.rstrip("/" + os.sep)
-        return Path(text).name if short else text.strip("/").replace("/", "_").replace(os.sep, "_")
-    return text
+@contextlib.contextmanager
+def given_options(
+    name: str, settings: Any, given: Mapping[str, Any]
+) -> Iterator[tuple[dict[str, Any] | None, str | None]]:
+    """The options given, as they are: no strategy's offline defaults (``OptionsFor``)."""
+    yield dict(given), None
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -171,207 +113,19 @@ def _load_rows(path: Path, retry_failed: bool) -> dict[str, dict[str, Any]]:
     return done
 
 
-class StrategyRun:
-    """One strategy's pass over the samples it has not done yet: ``open`` builds the strategy,
-    the app on it, the scoring model and the judge; ``answer`` scores one batch of samples;
-    ``run`` does both for the local bench (``llmapps.ray_engine`` drives ``open``/``answer`` in
-    each Ray actor, so both engines write the same rows)."""
-
-    def __init__(self, bench: Bench, name: str, label: str | None = None) -> None:
-        self.bench = bench
-        self.name = name  # the registered strategy
-        self.label = label or name  # its row in the report (a swept option's value appended)
-        self.path = bench.out / "samples" / f"{self.label}.jsonl"
-        self.tasks: list[Any] = []  # the tasks the app built on the strategy
-        self.prompts: list[list[Any]] = []  # per sample of the last batch: the prompts it sent
-
-    def _record_tasks(self, strategy: Any) -> None:
-        """Note every task the app builds on ``strategy``: the bench scores references in its
-        layouts and checks riddles against its worked examples, without knowing the app."""
-        build = strategy.build
-
-        def recording_build(task: Any) -> Any:
-            self.tasks.append(task)
-            return build(task)
-
-        strategy.build = recording_build
-
-    def open(self, options: dict[str, Any]) -> dict[str, Any]:
-        """Build the strategy, the app on it and its scoring model; the status says how it went.
-
-        ``answer`` then scores batches; ``run`` does both in this process, and
-        ``llmapps.ray_engine`` does them in each actor of a pool (``--engine ray``).
-        """
-        from llmapps.apps import load_chain
-        from llmapps.bench.measure import Price
-        from llmapps.strategies.base import make_strategy
-
-        b = self.bench
-        status: dict[str, Any] = {"status": "ran", "error": None, "options": options}
-        self.price = Price.for_strategy(self.name, b.settings)
-        started = time.perf_counter()
-        try:
-            strategy = make_strategy(self.name, **options)
-            status["config"] = strategy.describe()
-            self._record_tasks(strategy)
-            self.chain = load_chain(b.config.app, strategy, app_options=b.app_options)
-            self.scoring = self._scoring_model(strategy)
-        except Exception as err:  # any backend fault: record it, let the others run
-            log.warning("strategy %s cannot run: %s", self.name, err)
-            status.update(status="failed", error=f"{type(err).__name__}: {err}")
-            return status
-        status["load_s"] = round(time.perf_counter() - started, 3)
-        status["scores_perplexity"] = self.scoring is not None
-        return status
-
-    def answer(self, chunk: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-        """The scored result rows of one batch of samples, as the samples file holds them."""
-        rows = self._generate(self.chain, chunk)
-        self._score(chunk, rows, self.scoring)
-        out = []
-        for sample, row in zip(chunk, rows, strict=True):
-            row["cost_usd"] = round(self.price.cost(row), 10)
-            out.append({"id": str(sample["id"]), "strategy": self.label, **row})
-        return out
-
-    def run(self, todo: Sequence[dict[str, Any]], options: dict[str, Any]) -> dict[str, Any]:
-        from llmapps.bench.measure import PeakMemory
-        from llmapps.runner import JsonlWriter, batched
-
-        b = self.bench
-        with PeakMemory() as mem:
-            status = self.open(options)
-            if status["status"] == "failed":
-                return status
-            with JsonlWriter(self.path) as writer:
-                for chunk in batched(todo, b.config.batch_size):
-                    for row in self.answer(chunk):
-                        writer.write(row)
-                    b.advance(len(chunk))
-        status.update(
-            peak_rss_mb=mem.peak_mb, rss_delta_mb=mem.delta_mb, gpu_peak_mb=mem.gpu_peak_mb
-        )
-        return status
-
-    def _scoring_model(self, strategy: Any) -> Any:
-        if not self.bench.config.perplexity:
-            return None
-        try:
-            return strategy.scoring_model()
-        except Exception as err:  # perplexity is optional: say why it is missing
-            log.warning("strategy %s has no scoring model: %s", self.name, err)
-            return None
-
-    def _generate(self, chain: Any, chunk: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-        from llmapps.bench.measure import CostTracker
-
-        keys = ("id", *self.bench.spec.input_keys)
-        inputs = [{k: s[k] for k in keys if k in s} for s in chunk]
-        trackers = [CostTracker() for _ in chunk]
-        started = time.perf_counter()
-        try:
-            outs: list[Any] = chain.batch(
-                inputs, config=[{"callbacks": [t]} for t in trackers], return_exceptions=True
-            )
-        except Exception as err:  # a batch that fails as a whole fails each of its rows
-            outs = [err] * len(chunk)
-        elapsed = time.perf_counter() - started
-        self.prompts = [t.prompts for t in trackers]
-        rows = []
-        for out, tracker in zip(outs, trackers, strict=True):
-            if isinstance(out, Exception):
-                row: dict[str, Any] = {"valid": False, "error": f"{type(out).__name__}: {out}"}
-            elif isinstance(out, dict):
-                row = dict(out)
-            else:
-                row = {"output": str(out)}
-            row.update(
-                latency_s=round(elapsed, 4),
-                batch_size=len(chunk),
-                sample_s=round(elapsed / len(chunk), 4),
-                **tracker.as_dict(),
-            )
-            if tracker.prompts:  # what the model was sent, for the results view (llmapps ui)
-                row["prompt"] = "\n\n".join(_prompt_text(p) for p in tracker.prompts)
-            rows.append(row)
-        return rows
-
-    def example_texts(self) -> list[str]:
-        """The riddles (``riddle_field``) of the worked examples of every task built: no riddle may
-        reproduce one."""
-        field = self.bench.scorer.config.riddle_field
-        return (
-            [ex[field] for t in self.tasks for ex in t.examples if isinstance(ex.get(field), str)]
-            if field
-            else []
-        )
-
-    def conditioned_texts(
-        self, chunk: Sequence[dict[str, Any]], scoring: Any
-    ) -> list[tuple[str, str] | None]:
-        """Per sample, (prompt it was sent, reference reply in that prompt's layout), or None
-        when that cannot be said: not one task, not one model call, or no reply layout."""
-        from langchain_core.messages import convert_to_openai_messages
-
-        out: list[tuple[str, str] | None] = []
-        task = self.tasks[0] if len(self.tasks) == 1 else None
-        for sample, sent in zip(chunk, self.prompts or [[]] * len(chunk), strict=True):
-            if task is None or len(sent) != 1:
-                out.append(None)
-                continue
-            chat = not isinstance(sent[0], str)
-            values = {k: sample.get(k) for k in task.input_variables}
-            values.update({k: sample.get(f"reference_{k}") for k in task.output_variables})
-            if any(not isinstance(v, str) for v in values.values()):
-                out.append(None)
-                continue
-            reply = task.reference_reply(values, chat=chat)
-            try:
-                prompt = (
-                    scoring.apply_chat_template(
-                        convert_to_openai_messages(sent[0], text_format="string")
-                    )
-                    if chat
-                    else sent[0]
-                )
-            except Exception as err:  # e.g. no chat template: no figure, say why once per row
-                log.debug("cannot render the chat prompt for perplexity: %s", err)
-                prompt = None
-            out.append((prompt, reply) if reply and prompt is not None else None)
-        return out
-
-    def _score(
-        self, chunk: Sequence[dict[str, Any]], rows: list[dict[str, Any]], scoring: Any
-    ) -> None:
-        b = self.bench
-        for row, sample in zip(rows, chunk, strict=True):
-            row["id"] = str(sample["id"])
-        metrics = b.scorer.score(rows, copy_texts=self.example_texts())
-        if (
-            b.spec.score is not None
-        ):  # the app's own metrics (AppSpec.score), beside the generic ones
-            for m, sample, row in zip(metrics, chunk, rows, strict=True):
-                m.update(b.spec.score(sample, row))
-        if scoring is not None:
-            from llmapps.evaluate.perplexity import continuation_nll
-
-            pairs = self.conditioned_texts(chunk, scoring)
-            todo = [(i, p) for i, p in enumerate(pairs) if p is not None]
-            scored = continuation_nll(scoring, [p[0] for _, p in todo], [p[1] for _, p in todo])
-            for (i, _), (nll, n) in zip(todo, scored, strict=True):
-                metrics[i].update(ppl_nll=round(nll, 6), ppl_tokens=n)
-        if b.judge is not None:
-            from llmapps.evaluate.judge import judge_rows
-
-            for m, verdict in zip(metrics, judge_rows(b.judge, chunk, rows), strict=True):
-                m.update(verdict)
-        for row, m in zip(rows, metrics, strict=True):
-            del row["id"]
-            row["metrics"] = m
-
-
 class Bench:
-    """A bench run over one folder; ``run()`` does the work, ``summary()`` reads it back."""
+    """A bench run over one folder; ``run()`` does the work, ``summary()`` reads it back.
+
+    Args:
+        config: what to run.
+        out: the folder.
+        settings: default ``get_settings()``.
+        progress: show a progress bar per strategy.
+        metrics: the ``MetricsConfig`` (default: the app's fields' metrics).
+        engine: who answers (default ``LocalEngine()``, this process).
+        options: the options each strategy runs with over those given (default
+            ``given_options``: none; ``llmapps.compose.strategy_options``: the shared defaults).
+    """
 
     def __init__(
         self,
@@ -381,70 +135,43 @@ class Bench:
         settings: Any = None,
         progress: bool = True,
         metrics: Any = None,
-        engine: Any = None,
+        engine: Engine | None = None,
+        options: OptionsFor | None = None,
     ) -> None:
-        from llmapps.apps import get_app
-        from llmapps.evaluate.scoring import MetricsConfig, Scorer
-        from llmapps.settings import get_settings
-        from llmapps.strategies.base import STRATEGIES
-
-        self.settings = settings or get_settings()
-        self.spec = get_app(config.app)
-        if self.spec.samples is None:
-            raise ConfigError(f"the app {config.app!r} ships no samples to bench on")
-        self.app_options = self.spec.parse_options(config.app_options)  # fail before any run
-        self.spec.register_metrics()
-        if config.judge and not (config.judge_app or self.spec.judge_app):
-            raise ConfigError(
-                f"the app {config.app!r} names no judge app (AppSpec.judge_app); pass --judge-app"
-            )
-        if not config.strategies:
-            config = config.model_copy(update={"strategies": STRATEGIES.names()})
-        for name in config.strategies:  # unknown names fail before anything runs
-            STRATEGIES.get(name)
-        for key, values in config.sweep.items():  # so do options no strategy of the bench has
-            takers = [
-                n for n in config.strategies if key in STRATEGIES.get(n).config_class.model_fields
-            ]
-            if not takers or not values:
-                why = (
-                    f"no strategy of this bench ({', '.join(config.strategies)}) has that option"
-                    if not takers
-                    else "give at least one value"
-                )
-                raise ConfigError(f"sweep {key}={values}: {why}")
-        self.config = config
+        self.context = BenchContext.open(config, settings=settings, metrics=metrics)
         self.out = Path(out)
-        samples = self.spec.samples(config.split)
-        if config.limit:
-            samples = samples[: config.limit]
-        if not samples:
-            raise InputError(f"the {config.split!r} split of {config.app!r} is empty")
-        self.samples = samples
-        self.metrics = metrics or MetricsConfig.for_fields(
-            self.spec.reference_keys,
-            self.settings,
-            self.spec.metric_fields,
-            app_columns=list(self.spec.metric_columns),
-        )
-        self.scorer = Scorer(samples, self.metrics)
         self.progress = progress
-        self.engine = engine  # None: this process; a RayEngineConfig: llmapps.ray_engine
-        self.judge: Any = None
+        self.engine: Engine = engine or LocalEngine()
+        self.options_for: OptionsFor = options or given_options
         self._bar: Any = None
+
+    @property
+    def config(self) -> BenchConfig:
+        return self.context.config
+
+    @property
+    def settings(self) -> Any:
+        return self.context.settings
+
+    @property
+    def spec(self) -> Any:
+        return self.context.spec
+
+    @property
+    def samples(self) -> list[dict[str, Any]]:
+        return self.context.samples
+
+    @property
+    def metrics(self) -> Any:
+        return self.context.metrics
+
+    @property
+    def scorer(self) -> Any:
+        return self.context.scorer
 
     def load_judge(self) -> None:
         """Build the judge chain (``--judge``), if the bench has one."""
-        if self.config.judge:
-            from llmapps.apps import load_chain
-
-            judge_app = self.config.judge_app or self.spec.judge_app
-            assert judge_app is not None  # checked in __init__
-            self.judge = load_chain(judge_app, self.config.judge)
-
-    def advance(self, n: int) -> None:
-        if self._bar is not None:
-            self._bar.update(n)
+        self.context.load_judge()
 
     def _write_config(self) -> None:
         from llmapps.bench.measure import versions
@@ -479,19 +206,17 @@ class Bench:
         path = self.out / "strategies.json"
         return json.loads(path.read_text()) if path.exists() else {}
 
+    def _samples_file(self, label: str) -> Path:
+        return self.out / "samples" / f"{label}.jsonl"
+
     def run(self) -> list[dict[str, Any]]:
         """Run every strategy on the samples it has not done; return the summary rows."""
-        from tqdm.auto import tqdm
-
-        from llmapps.compose import strategy_options as compose_options
-        from llmapps.models.local import clear_model_cache
+        from llmapps.models.local import BUILTIN_MODELS, clear_model_cache
 
         _check_folder(self.out, self.config)
         (self.out / "samples").mkdir(parents=True, exist_ok=True)
         self._write_config()
         self.load_judge()
-        from llmapps.models.local import BUILTIN_MODELS
-
         if {self.settings.base_model, self.settings.instruct_model} & set(BUILTIN_MODELS):
             from llmapps.apps import default_corpus
             from llmapps.models.tiny import ensure_tiny_models
@@ -504,8 +229,8 @@ class Bench:
             _ = self.scorer.index  # load the embedder before measuring any strategy's memory
         statuses = self.statuses()
         for name, label, swept in self.config.runs():
-            srun = StrategyRun(self, name, label)
-            done = _load_rows(srun.path, self.config.retry_failed)
+            path = self._samples_file(label)
+            done = _load_rows(path, self.config.retry_failed)
             todo = [s for s in self.samples if str(s["id"]) not in done]
             if not todo:
                 log.info("%s: all %d samples already done", label, len(self.samples))
@@ -513,25 +238,19 @@ class Bench:
             clear_model_cache()  # each strategy's memory is measured without the previous one's
             gc.collect()
             given = {**self.config.strategy_options.get(name, {}), **swept}
-            # the defaults every surface shares (llmapps.compose): the demo's, the web app's
-            with compose_options(name, self.settings, given) as (options, reason):
+            with self.options_for(name, self.settings, given) as (options, reason):
                 if reason is not None or options is None:
                     statuses[label] = {"status": "skipped", "error": reason}
                     _write_json(self.out / "strategies.json", statuses)
                     continue
-                self._bar = tqdm(
-                    total=len(todo), desc=label, unit="sample", disable=not self.progress
+                job = StrategyJob(
+                    config=self.config,
+                    metrics=self.metrics.model_dump(mode="json"),
+                    name=name,
+                    label=label,
+                    options=options,
                 )
-                try:
-                    if self.engine is None:
-                        status = srun.run(todo, options)
-                    else:  # --engine ray: a pool of actors answers, this process writes
-                        from llmapps.ray_engine import run_bench_strategy
-
-                        status = run_bench_strategy(srun, todo, options, self.engine)
-                finally:
-                    self._bar.close()
-                    self._bar = None
+                status = self._answer(StrategyWork(job, self.context), todo, path)
             prev = statuses.get(label, {})
             if (
                 prev.get("status") == "ran" and status["status"] == "ran"
@@ -546,11 +265,36 @@ class Bench:
         clear_model_cache()
         return self.summary()
 
+    def _answer(self, work: StrategyWork, todo: list[dict[str, Any]], path: Path) -> dict[str, Any]:
+        """Let the engine answer ``todo``; append each row to ``path`` once per id, as it comes
+        (the file is made only when the first row is: a strategy that failed to build leaves none,
+        so a rerun retries it)."""
+        from tqdm.auto import tqdm
+
+        from llmapps.runner import JsonlWriter
+
+        written: set[str] = set()
+        with contextlib.ExitStack() as stack:
+            bar = stack.enter_context(
+                tqdm(total=len(todo), desc=work.job.label, unit="sample", disable=not self.progress)
+            )
+            writer: JsonlWriter | None = None
+            for rows in self.engine.run(work, todo):
+                for row in rows:
+                    if row["id"] in written:  # a batch an engine retried: one row per id
+                        continue
+                    if writer is None:
+                        writer = stack.enter_context(JsonlWriter(path))
+                    written.add(row["id"])
+                    writer.write(row)
+                    bar.update(1)
+        return work.status
+
     def rows(self, name: str) -> list[dict[str, Any]]:
         from llmapps.runner import read_done
 
         ids = {str(s["id"]) for s in self.samples}
-        return [r for k, r in read_done(self.out / "samples" / f"{name}.jsonl").items() if k in ids]
+        return [r for k, r in read_done(self._samples_file(name)).items() if k in ids]
 
     def summary(self) -> list[dict[str, Any]]:
         """One row per strategy of this bench, from what is on disk."""
@@ -572,16 +316,25 @@ class Bench:
 
 
 def run_bench(
-    config: BenchConfig, out: Path, *, progress: bool = True, settings: Any = None
+    config: BenchConfig,
+    out: Path,
+    *,
+    progress: bool = True,
+    settings: Any = None,
+    engine: Engine | None = None,
+    options: OptionsFor | None = None,
 ) -> list[dict[str, Any]]:
     """Run a bench into ``out`` and write its summary and plots; return the summary rows.
+
+    ``options`` as for ``Bench`` (default: the options given alone); ``llmapps.compose.run_bench``
+    is this with the defaults every surface shares (lora's demo adapter, service's local server).
 
     Example:
         >>> rows = run_bench(BenchConfig(app="news-riddle", strategies=["few-shot"]), Path("runs/x"))  # doctest: +SKIP
     """
     from llmapps.bench.report import write_reports
 
-    bench = Bench(config, out, settings=settings, progress=progress)
+    bench = Bench(config, out, settings=settings, progress=progress, engine=engine, options=options)
     rows = bench.run()
     write_reports(rows, bench.out, bench.metrics)
     return rows
