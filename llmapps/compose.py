@@ -262,3 +262,11 @@ def compose_strategies(
             if c.reason:
                 log.info("%s cannot run: %s", c.label, c.reason)
         yield out
+
+
+def run_bench(config: Any, out: Path, **kwargs: Any) -> list[dict[str, Any]]:
+    """``llmapps.bench.run_bench`` with the defaults every surface shares (``strategy_options``:
+    lora's demo adapter, service's local server), as ``llmapps bench`` runs it."""
+    from llmapps.bench.run import run_bench as bench_run
+
+    return bench_run(config, out, options=strategy_options, **kwargs)

@@ -63,7 +63,8 @@ def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def flow_run(tmp_path_factory: pytest.TempPathFactory, tiny_base: str, tiny_instruct: str) -> Path:
-    from llmapps.bench import BenchConfig, run_bench
+    from llmapps.bench import BenchConfig
+    from llmapps.compose import run_bench
 
     out = tmp_path_factory.mktemp("ui-flow-bench")
     short = {"max_new_tokens": 24, "structured": "off"}
