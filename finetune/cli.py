@@ -75,26 +75,30 @@ def cmd_merge(args: argparse.Namespace) -> int:
 
 
 def cmd_recipes(args: argparse.Namespace) -> int:
+    from finetune.dpo import list_dpo_recipes, load_dpo_recipe
     from finetune.recipe import list_recipes, load_recipe
     from llmapps.errors import ConfigError
 
+    shelves: list[tuple[Any, Any, Any]] = [
+        (
+            list_recipes,
+            load_recipe,
+            lambda r: f"{r.method:14} base={r.base_model}  {r.description}",
+        ),
+        (
+            list_dpo_recipes,
+            load_dpo_recipe,
+            lambda d: f"{d.training.loss:14} on an SFT adapter  {d.description}",
+        ),
+    ]
     bad = 0
-    for path in list_recipes():
-        try:
-            r = load_recipe(path)
-            print(f"{path.stem:12} {r.method:14} base={r.base_model}  {r.description}")
-        except ConfigError as err:
-            bad += 1
-            print(f"{path.stem:12} INVALID: {err}")
-    from finetune.dpo import list_dpo_recipes, load_dpo_recipe
-
-    for path in list_dpo_recipes():
-        try:
-            d = load_dpo_recipe(path)
-            print(f"{path.stem:12} {d.training.loss:14} on an SFT adapter  {d.description}")
-        except ConfigError as err:
-            bad += 1
-            print(f"{path.stem:12} INVALID: {err}")
+    for listing, load, describe in shelves:
+        for path in listing():
+            try:
+                print(f"{path.stem:12} {describe(load(path))}")
+            except ConfigError as err:
+                bad += 1
+                print(f"{path.stem:12} INVALID: {err}")
     return 2 if bad else 0
 
 
