@@ -238,9 +238,9 @@ class StrategyRun:
         return rows
 
     def example_texts(self) -> list[str]:
-        """The riddles (``riddle_field``) of the worked examples of every task built: no riddle may
-        reproduce one."""
-        field = self.context.scorer.config.riddle_field
+        """The target texts (``target_field``) of the worked examples of every task built: no
+        output may reproduce one."""
+        field = self.context.scorer.config.target_field
         return (
             [ex[field] for t in self.tasks for ex in t.examples if isinstance(ex.get(field), str)]
             if field
