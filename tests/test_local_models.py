@@ -377,3 +377,19 @@ def test_names_moved_out_of_local_stay_importable_from_it() -> None:
         (streaming, "stream_local"),
     ]:
         assert getattr(local, name) is getattr(module, name), name
+
+
+def test_tiny_models_take_their_corpus_as_an_argument(tiny_models: Path, tmp_path: Path) -> None:
+    """The model layer looks up no app's corpus: a function is called only when nothing is built,
+    and with no corpus and nothing built the error says how to build."""
+    from llmapps.models.tiny import TEST_SPEC, ensure_tiny_models
+
+    def never() -> list[dict[str, str]]:
+        raise AssertionError("the corpus was read although the models are built")
+
+    assert ensure_tiny_models(tiny_models, TEST_SPEC, never, progress=False) == tiny_models
+    assert ensure_tiny_models(tiny_models, TEST_SPEC, progress=False) == tiny_models
+    with pytest.raises(ModelNotFoundError, match=r"not built yet.*llmapps models build"):
+        ensure_tiny_models(tmp_path / "none", TEST_SPEC)
+    with pytest.raises(InputError, match="at least 5 are needed"):  # the function was called
+        ensure_tiny_models(tmp_path / "few", TEST_SPEC, lambda: [{"title": "t", "text": "x"}])

@@ -136,3 +136,44 @@ def test_the_metrics_command_lists_the_registry(
     out = capsys.readouterr().out
     assert "solvability@<k>" in out and "rougeL_<field>" in out and "corpus_bleu" in out
     assert any("leakage" in line and "lower" in line for line in out.splitlines())
+
+
+def test_every_registered_metric_says_what_it_is_and_apps_own_theirs() -> None:
+    """Built-in, an app's or a package's (entry points): every registered metric is picked up
+    here by name; an entry point's metric is computed by its package, not by the core."""
+    from importlib.metadata import entry_points
+
+    for m in metrics():
+        if m.name.startswith("test_"):
+            continue  # registered by a test of this file
+        assert m.group in ("quality", "speed") and (m.description or not m.table), m.name
+        assert m.per in ("", "field", "k") and m.label.strip() == m.label, m.name
+    for ep in entry_points(group="llmapps.metrics"):
+        m = METRICS.get(ep.name)
+        assert m.name == ep.name, f"entry point {ep.name} holds the metric {m.name}"
+        assert m.compute is None or not m.compute.__module__.startswith("llmapps."), ep.name
+    leak = metric_for("leakage")
+    assert leak is not None and leak.compute is not None
+    assert leak.compute.__module__ == "chains.news_riddle_metrics"  # the app owns it
+
+
+def test_a_metric_table_reads_one_metric_a_line() -> None:
+    from llmapps.api.metrics import metric_table
+
+    def compute(batch: Batch) -> list[dict[str, Any]]:
+        return [{} for _ in batch.rows]
+
+    a, b = metric_table(
+        """
+        test_a | A | - | 7 | field | terminal | one
+        test_b | - | = | 8 | -     | -        | two
+        """,
+        compute={"test_a": compute},
+        aggregate={"test_b": "none"},
+    )
+    assert (a.name, a.label, a.higher_is_better, a.rank, a.per, a.table) == (
+        "test_a", "A", False, 7, "field", "terminal",
+    )  # fmt: skip
+    assert a.compute is compute and a.aggregation == "mean" and a.description == "one"
+    assert (b.label, b.higher_is_better, b.per, b.table) == ("", None, "", "")
+    assert b.compute is None and b.aggregation == "none"

@@ -31,6 +31,21 @@ from typing import Any, Literal
 
 from llmapps.registry import Registry
 
+__all__ = [
+    "METRICS",
+    "Aggregate",
+    "Batch",
+    "Compute",
+    "Metric",
+    "direction",
+    "label",
+    "lower_is_better",
+    "metric_for",
+    "metric_table",
+    "metrics",
+    "register_metric",
+]
+
 # per-row values of one metric for a batch: one dict per row, in order (a metric may set several
 # keys, e.g. every name@k); a key left out means "not scored for this row"
 Compute = Callable[["Batch"], list[dict[str, Any]]]

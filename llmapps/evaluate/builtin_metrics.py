@@ -15,6 +15,9 @@ from typing import Any
 
 from llmapps.api.metrics import METRICS, Batch, Compute, metric_table
 
+Rows = Sequence[Mapping[str, Any]]
+Refs = Mapping[str, Any]
+
 
 def _text(value: Any) -> str:
     return value if isinstance(value, str) else ""
@@ -109,13 +112,7 @@ def _words(batch: Batch) -> list[dict[str, Any]]:
     return [{f"words_{p}": word_count(_text(r.get(p)))} for r in batch.rows]
 
 
-def _corpus_bleu(
-    column: str,
-    rows: Sequence[Mapping[str, Any]],
-    per_row: Sequence[Mapping[str, Any]],
-    refs: Mapping[str, Any],
-    config: Any,
-) -> float | None:
+def _corpus_bleu(column: str, rows: Rows, per_row: Rows, refs: Refs, config: Any) -> float | None:
     """Corpus BLEU over the rows scored on the field (replaces the mean of sentence BLEU)."""
     from llmapps.evaluate.reference import corpus_bleu
 
@@ -135,13 +132,7 @@ def _corpus_bleu(
     )
 
 
-def _perplexity(
-    column: str,
-    rows: Sequence[Mapping[str, Any]],
-    per_row: Sequence[Mapping[str, Any]],
-    refs: Mapping[str, Any],
-    config: Any,
-) -> float | None:
+def _perplexity(column: str, rows: Rows, per_row: Rows, refs: Refs, config: Any) -> float | None:
     """Corpus perplexity: exp of the summed negative log-likelihood over the summed tokens."""
     nll = sum(float(m.get("ppl_nll", 0.0)) for m in per_row)
     toks = sum(int(m.get("ppl_tokens", 0)) for m in per_row)

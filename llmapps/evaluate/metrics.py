@@ -5,17 +5,5 @@ this module re-exports it, and importing it registers the generic metrics, so wh
 tabulates imports the registry from here.
 """
 
-from llmapps.api.metrics import (  # noqa: F401  # re-export: the contract moved to llmapps.api
-    METRICS,
-    Aggregate,
-    Batch,
-    Compute,
-    Metric,
-    direction,
-    label,
-    lower_is_better,
-    metric_for,
-    metrics,
-    register_metric,
-)
+from llmapps.api.metrics import *  # noqa: F403  # re-export: the contract moved to llmapps.api
 from llmapps.evaluate import builtin_metrics as _builtins  # noqa: F401  # registers them
