@@ -1,0 +1,47 @@
+"""The ``generation`` section of the settings (``LLMAPPS_GENERATION__*``): local generation's
+defaults, read by the model backends and the local strategies. Imports nothing of ``llmapps.models``
+(``llmapps.settings`` assembles it)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class GenerationSettings(BaseModel):
+    """Defaults for local generation."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # 32: one chunk for the bench's 32 prompts halves the decode steps of two chunks of 16
+    # (benchmarks/bench_generation.py); CUDA out-of-memory halves it automatically.
+    batch_size: int = Field(32, ge=1, description="prompts per generate() call")
+    max_new_tokens: int = Field(96, ge=1)
+    backend: Literal["transformers", "llama.cpp"] = Field(
+        "transformers",
+        description="backend of the local strategies (few-shot, zero-shot); a .gguf "
+        "model given without a backend runs on llama.cpp",
+    )
+    llamacpp_context: int = Field(
+        8192,
+        ge=256,
+        description="tokens of context the llama.cpp backend allocates per model "
+        "(the GGUF's trained context is the ceiling)",
+    )
+    # 2,048: the model's context (32,768 for Gemma 3) is a ceiling, never the target. On 2 CPU
+    # cores a 2,048-token Gemma 3 prompt holds 4-5 worked examples and prefills in seconds; 8 of
+    # them at the full context were OOM-killed at 24 GB (see README: What we measured).
+    max_prompt_tokens: int = Field(
+        2048,
+        ge=16,
+        description="prompt budget of local models: few-shot packs examples up to it, "
+        "longer inputs are truncated (the model's context is the ceiling)",
+    )
+    memory_budget_gb: float | None = Field(
+        None,
+        gt=0,
+        description="memory one generate() chunk may use for KV cache and activations; "
+        "none: memory_fraction of what is available (RAM, or free VRAM on CUDA) at the call",
+    )
+    memory_fraction: float = Field(0.5, gt=0, le=0.95)
