@@ -121,7 +121,8 @@ def server_settings(args: argparse.Namespace) -> Any:
     from pydantic import ValidationError
 
     from llmapps.errors import config_error_from_validation
-    from llmapps.settings import ServerSettings, get_settings
+    from llmapps.serving.settings import ServerSettings
+    from llmapps.settings import get_settings
 
     base = get_settings().service.server
     given = {

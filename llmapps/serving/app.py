@@ -50,7 +50,7 @@ from llmapps.serving.protocol import _ERRORS, APIError, model_list
 
 if TYPE_CHECKING:
     from llmapps.models.local import LocalModel
-    from llmapps.settings import ServerSettings
+    from llmapps.serving.settings import ServerSettings
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ from llmapps.serving.protocol import APIError, _Sampling, usage_chunk
 if TYPE_CHECKING:
     from llmapps.models.local import GenerationParams, LocalModel
     from llmapps.models.structured import OutputConstraint
-    from llmapps.settings import ServerSettings
+    from llmapps.serving.settings import ServerSettings
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,8 @@ from llmapps.errors import BackendError, ConfigError
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
-    from llmapps.settings import ServerSettings, Settings
+    from llmapps.serving.settings import ServerSettings
+    from llmapps.settings import Settings
 
 log = logging.getLogger(__name__)
 
