@@ -150,10 +150,16 @@ def plot(
     qcols = quality_columns(metrics_config, rows)
     numeric = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)  # noqa: E731
     if quality is None:
+        from llmapps.evaluate.metrics import metrics
+
+        # a cut-off family's first column (an app's solvability@k), then ROUGE-L of the primary
         preferred = [
-            f"solvability@{metrics_config.solvability_k[0]}"
-            if metrics_config.solvability_k
-            else "",
+            *(
+                c
+                for m in metrics()
+                if m.per == "k" and m.table
+                for c in m.columns(metrics_config)[:1]
+            ),
             f"rougeL_{metrics_config.primary_field}",
         ]
         present = [q for q in [*preferred, *qcols] if any(numeric(r.get(q)) for r in rows)]
