@@ -17,7 +17,6 @@ from chains import news_data
 from llmapps import apps
 from llmapps.apps import get_app
 from llmapps.cli import main
-from llmapps.cli.data import fields_of
 from llmapps.data.augment import (
     AugmentFields,
     EntityPool,
@@ -26,6 +25,7 @@ from llmapps.data.augment import (
     sentence_drop,
     teacher_rows,
 )
+from llmapps.data.rows import fields_of
 from llmapps.data.swaps import apply_mapping, split_sentences, surviving
 from llmapps.errors import InputError
 from llmapps.evaluate.text import content_words

@@ -1,2 +1,3 @@
 """Training data that grows: augmentation of an app's train split (``augment``), the text surgery
-it shares with the counterfactual audit (``swaps``), and ``llmapps data augment`` (``cli``)."""
+it shares with the counterfactual audit (``swaps``), an app's train rows and fields (``rows``); the
+``llmapps data augment`` command reads its flags and calls them."""

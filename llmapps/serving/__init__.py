@@ -2,6 +2,6 @@
 
 ``batcher.py`` gathers concurrent requests into one batched ``LocalModel.generate`` call (dynamic
 batching), ``app.py`` is the FastAPI app (auth, limits, OpenAI-style errors, SSE streaming),
-``server.py`` runs it with uvicorn (in a thread on a loopback port for tests and the demo) and
-``cli.py`` registers the ``serve`` sub-command.
+``server.py`` runs it with uvicorn (in a thread on a loopback port for tests and the demo); the
+``serve`` command of the command line reads the flags and starts it.
 """
