@@ -281,77 +281,66 @@ def app_flags_to_options(parser: argparse.ArgumentParser, argv: Sequence[str]) -
     return out
 
 
+# The news source, fetch and cleaning flags ``news fetch`` and ``daily`` share, by group: (flags,
+# kind, help); a kind is a type (its value, default None: settings decide), ``bool`` (a switch) or
+# a metavar (a repeatable value).
+SOURCE_FLAGS: dict[str, tuple[tuple[str, Any, str], ...]] = {
+    "sources": (
+        (
+            "--feed -f",
+            "URL_OR_FILE",
+            "RSS/RDF/Atom feed URL, or a local JSONL/CSV/text/HTML/feed file or folder "
+            "(repeatable)",
+        ),
+        (
+            "--newsapi",
+            "QUERY",
+            "search a NewsAPI-compatible API (key from NEWSAPI_KEY or LLMAPPS_INGEST__NEWSAPI_KEY)",
+        ),
+        ("--newsapi-url", str, "base URL of the NewsAPI-compatible API"),
+        ("--language", str, "NewsAPI language filter, e.g. en"),
+    ),
+    "fetching": (
+        ("--timeout", float, "seconds per request (default 10)"),
+        (
+            "--allow-private-addresses",
+            bool,
+            "also fetch loopback, private and link-local addresses (local or intranet feeds); "
+            "refused by default, as feeds choose the links that get fetched",
+        ),
+        ("--retries", int, "extra attempts after 5xx/429/network errors (default 2)"),
+        ("--concurrency", int, "requests in flight at once (default 4)"),
+        ("--user-agent", str, "User-Agent header"),
+        ("--no-full-text", bool, "never fetch article pages for teasers"),
+        ("--max-per-source", int, "keep at most N entries per source"),
+        (
+            "--lenient",
+            bool,
+            "keep entries recovered from broken XML or wrong encodings (reported as warnings)",
+        ),
+    ),
+    "cleaning": (
+        ("--min-words", int, "drop shorter articles (default 30)"),
+        ("--max-chars", int, "cut longer articles at a sentence (default 20000)"),
+        ("--near-dup", float, "near-duplicate Jaccard threshold (default 0.7)"),
+        ("--no-dedup", bool, "keep duplicates"),
+        ("--scrub-pii", bool, "replace e-mails, phones, cards and IPs (training text)"),
+    ),
+}
+
+
 def add_source_flags(p: argparse.ArgumentParser) -> None:
-    """The source, fetch and cleaning flags ``news fetch`` and ``daily`` share."""
-    g = p.add_argument_group("sources")
-    g.add_argument(
-        "--feed",
-        "-f",
-        action="append",
-        default=[],
-        metavar="URL_OR_FILE",
-        help="RSS/RDF/Atom feed URL, or a local JSONL/CSV/text/HTML/feed file or folder "
-        "(repeatable)",
-    )
-    g.add_argument(
-        "--newsapi",
-        action="append",
-        default=[],
-        metavar="QUERY",
-        help="search a NewsAPI-compatible API "
-        "(key from NEWSAPI_KEY or LLMAPPS_INGEST__NEWSAPI_KEY)",
-    )
-    g.add_argument("--newsapi-url", default=None, help="base URL of the NewsAPI-compatible API")
-    g.add_argument("--language", default=None, help="NewsAPI language filter, e.g. en")
-    h = p.add_argument_group("fetching")
-    h.add_argument("--timeout", type=float, default=None, help="seconds per request (default 10)")
-    h.add_argument(
-        "--retries",
-        type=int,
-        default=None,
-        help="extra attempts after 5xx/429/network errors (default 2)",
-    )
-    h.add_argument(
-        "--concurrency", type=int, default=None, help="requests in flight at once (default 4)"
-    )
-    h.add_argument("--user-agent", default=None, help="User-Agent header")
-    h.add_argument(
-        "--no-full-text", action="store_true", help="never fetch article pages for teasers"
-    )
-    h.add_argument(
-        "--allow-private-addresses",
-        action="store_true",
-        help="also fetch loopback, private and link-local addresses (local or intranet feeds); "
-        "refused by default, as feeds choose the links that get fetched",
-    )
-    h.add_argument(
-        "--max-per-source", type=int, default=None, help="keep at most N entries per source"
-    )
-    h.add_argument(
-        "--lenient",
-        action="store_true",
-        help="keep entries recovered from broken XML or wrong encodings (reported as warnings)",
-    )
-    c = p.add_argument_group("cleaning")
-    c.add_argument("--min-words", type=int, default=None, help="drop shorter articles (default 30)")
-    c.add_argument(
-        "--max-chars",
-        type=int,
-        default=None,
-        help="cut longer articles at a sentence (default 20000)",
-    )
-    c.add_argument(
-        "--near-dup",
-        type=float,
-        default=None,
-        help="near-duplicate Jaccard threshold (default 0.7)",
-    )
-    c.add_argument("--no-dedup", action="store_true", help="keep duplicates")
-    c.add_argument(
-        "--scrub-pii",
-        action="store_true",
-        help="replace e-mails, phones, cards and IPs (training text)",
-    )
+    """The source, fetch and cleaning flags ``news fetch`` and ``daily`` share (``SOURCE_FLAGS``)."""
+    for title, rows in SOURCE_FLAGS.items():
+        group = p.add_argument_group(title)
+        for names, kind, help in rows:
+            if kind is bool:
+                how: dict[str, Any] = {"action": "store_true"}
+            elif isinstance(kind, str):
+                how = {"action": "append", "default": [], "metavar": kind}
+            else:
+                how = {"type": kind, "default": None}
+            group.add_argument(*names.split(), help=help, **how)
 
 
 def ingest_options(args: argparse.Namespace) -> Any:
