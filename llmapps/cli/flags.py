@@ -2,23 +2,23 @@
 command is handed (``register(subparsers, flags)`` gets this module), so nothing imports the
 command line to reuse its flags.
 
+- ``add(p, "limit", "quiet", out="...")`` / ``add_group``: the flags many commands share
+  (``SHARED``: ``--out``, ``--limit``, ``--quiet``, ``--seed``...) and ``llmapps NAME ACTION``;
 - ``add_strategy_flags`` / ``strategy_options`` / ``app_options`` / ``check_app_options``: a
   strategy's flags (``--strategy``, ``--base-model``, ``--set``...) and an app's (``-O``);
 - ``add_engine_flags`` / ``engine_config``: ``--engine ray`` and its pool;
-- ``add_source_flags`` / ``run_ingest``: the news sources, fetching and cleaning flags;
+- ``add_source_flags`` / ``run_ingest``: the news sources, fetching and cleaning flags
+  (``SOURCE_FLAGS``);
 - ``app_flags_to_options``: ``--KEY VALUE`` rewritten as ``-O KEY=VALUE`` for app commands.
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
 from collections.abc import Sequence
 from typing import Any
 
 from llmapps.errors import ConfigError
-
-log = logging.getLogger("llmapps")
 
 MODEL_FLAGS = {"base_model": "--base-model", "instruct_model": "--instruct-model"}
 # strategy config fields set by a flag of their own; a flag no chosen strategy has is an error.
