@@ -22,15 +22,8 @@ def cmd_build(args: argparse.Namespace) -> int:
     from llmapps.retrieval.folder import build_index
 
     check_output(args.out, args.input, kind="folder")  # no input inside it, not a file
-    done = build_index(
-        args.out,
-        args.input,
-        model=args.model,
-        kind=args.kind,
-        chunk_tokens=args.chunk_tokens,
-        force=args.force,
-        progress=not args.quiet,
-    )
+    given = {k: getattr(args, k) for k in ("model", "kind", "chunk_tokens", "force")}
+    done = build_index(args.out, args.input, progress=not args.quiet, **given)
     print(
         f"indexed {done.added} chunks ({done.skipped} skipped) from {', '.join(args.input)} into "
         f"{Path(args.out)} [{done.kind}, {done.embedded} embedded, {done.cached} from cache] "
