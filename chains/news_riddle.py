@@ -13,6 +13,10 @@ reasons, never an exception that would lose the rest of a batch. With structured
 reply its layout; a reply the backend could not close inside its budget is invalid with the
 backend's reason (``constraint_error``), never cut silently. Validity judges content too: a
 riddle that repeats the summary or names its answer is not a riddle, whatever its format.
+
+Its own metrics (solvability@k, leakage, copying) are in ``chains/news_riddle_metrics.py``,
+registered through the ``llmapps.metrics`` entry points; ``metric_fields`` tells them (and the
+fairness audit, augmentation's teacher filter) which fields to read.
 """
 
 from __future__ import annotations
