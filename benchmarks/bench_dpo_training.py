@@ -155,33 +155,23 @@ def main(argv: list[str] | None = None) -> int:
 
     sides = [
         harness.Side(
-            "dpo reply-only logits (finetune)",
+            name,
             DpoSide(
                 args.adapter,
                 args.pairs,
-                full_logits=False,
+                full_logits=full_logits,
                 steps=args.steps,
                 max_length=args.max_length,
             ),
-            role="ours",
+            role="peer" if full_logits else "ours",
             dtype="float32",
             threads=torch.get_num_threads(),
             batch_size=1,
-        ),
-        harness.Side(
-            "dpo full-vocabulary logits (TRL's CPU path, our loop)",
-            DpoSide(
-                args.adapter,
-                args.pairs,
-                full_logits=True,
-                steps=args.steps,
-                max_length=args.max_length,
-            ),
-            role="peer",
-            dtype="float32",
-            threads=torch.get_num_threads(),
-            batch_size=1,
-        ),
+        )
+        for name, full_logits in (
+            ("dpo reply-only logits (finetune)", False),
+            ("dpo full-vocabulary logits (TRL's CPU path, our loop)", True),
+        )
     ]
     trl = importlib.util.find_spec("trl") is not None
     if trl:
@@ -206,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
                 batch_size=1,
             )
         )
-    m = harness.measure(sides, harness.Metric("pairs/s"), repeats=args.repeats, warmup=args.warmup)
+    m = harness.measure_with(args, sides, harness.Metric("pairs/s"))
     harness.finish(
         "bench_dpo_training",
         m,

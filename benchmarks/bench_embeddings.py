@@ -81,15 +81,13 @@ def measure_both(args: argparse.Namespace, lines: list[str], tmp: Path) -> int:
         return harness.Run(len(texts), info={"quality": quality(vectors)})
 
     common = {"dtype": "float32", "threads": torch.get_num_threads(), "inputs": texts}
-    m = harness.measure(
+    m = harness.measure_with(
+        args,
         [
             harness.Side("ours: SentenceTransformerEmbeddings", ours_run, role="ours", **common),
             harness.Side("HuggingFaceEmbeddings (defaults)", peer_run, **common),
         ],
         harness.Metric("texts/s"),
-        repeats=args.repeats,
-        warmup=args.warmup,
-        progress=print,
     )
     config = {"articles": len(rows), "model": MINILM}
     harness.finish(

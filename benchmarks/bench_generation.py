@@ -186,14 +186,12 @@ def main(argv: list[str] | None = None) -> int:
             **common,
         ),
     ]
-    m = harness.measure(
+    m = harness.measure_with(
+        args,
         sides,
         harness.Metric("tokens/s"),
-        repeats=args.repeats,
-        warmup=args.warmup,
         valid=lambda t: bool(parse_fields(t)["valid"]),
         reference=sides[1].name,
-        progress=print,
     )
     config = {
         "model": args.model,

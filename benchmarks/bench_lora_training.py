@@ -98,25 +98,20 @@ def run(mode: str, args: argparse.Namespace, data: dict[str, Any], tmp: Path) ->
             lambda rows: inner([{k: r[k] for k in ("input_ids", "labels")} for r in rows]),
             tok.pad_token_id,
         )
-        trainer = Trainer(
-            model=model,
-            args=targs,
-            train_dataset=data["train"],
-            eval_dataset=data["validation"],
-            data_collator=collator,
-            processing_class=tok,
-        )
+        trainer_cls: Any = Trainer
+        extra: dict[str, Any] = {}
     else:
         collator = CountingCollator(make_collator(recipe, tok), tok.pad_token_id)
-        trainer = make_trainer_class()(
-            model=model,
-            args=targs,
-            train_dataset=data["train"],
-            eval_dataset=data["validation"],
-            data_collator=collator,
-            processing_class=tok,
-            completion_only_logits=True,
-        )
+        trainer_cls, extra = make_trainer_class(), {"completion_only_logits": True}
+    trainer = trainer_cls(
+        model=model,
+        args=targs,
+        train_dataset=data["train"],
+        eval_dataset=data["validation"],
+        data_collator=collator,
+        processing_class=tok,
+        **extra,
+    )
     from llmapps.bench.measure import PeakMemory
 
     if cuda:

@@ -214,12 +214,10 @@ def main(argv: list[str] | None = None) -> int:
         ),
         harness.Side("numpy brute force", side_run(numpy_search), **common),
     ]
-    m = harness.measure(
+    m = harness.measure_with(
+        args,
         sides,
         harness.Metric("ms/query", kind="time", scale=1000.0),
-        repeats=args.repeats,
-        warmup=args.warmup,
-        progress=print,
     )
     harness.finish(
         "bench_retrieval",

@@ -258,13 +258,11 @@ def main(argv: list[str] | None = None) -> int:
                 **common,
             )
         )
-        m = harness.measure(
+        m = harness.measure_with(
+            args,
             sides,
             harness.Metric("tokens/s"),
-            repeats=args.repeats,
-            warmup=args.warmup,
-            valid=lambda t: bool(t.strip()),
-            progress=print,
+            valid=harness.nonempty,
         )
         batching = ours_client.get("/health").json().get("batching")
     finally:

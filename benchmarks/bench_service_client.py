@@ -122,13 +122,11 @@ def main(argv: list[str] | None = None) -> int:
                     inputs=prompts,
                 )
             )
-        m = harness.measure(
+        m = harness.measure_with(
+            args,
             sides,
             harness.Metric("requests/s"),
-            repeats=args.repeats,
-            warmup=args.warmup,
-            valid=lambda t: bool(t.strip()),
-            progress=print,
+            valid=harness.nonempty,
         )
     finally:
         loop.close()

@@ -386,6 +386,21 @@ def measure(
     )
 
 
+def measure_with(
+    args: argparse.Namespace, sides: Sequence[Side], metric: Metric, **kwargs: Any
+) -> Measurement:
+    """``measure`` with the rounds of the flags every benchmark takes (``add_arguments``:
+    ``--repeats``, ``--warmup``), printing a line before each run."""
+    return measure(
+        sides, metric, repeats=args.repeats, warmup=args.warmup, progress=print, **kwargs
+    )
+
+
+def nonempty(text: str) -> bool:
+    """A ``valid`` check for free text: it says something."""
+    return bool(text.strip())
+
+
 def _quality(
     results: list[SideResult], valid: Callable[[str], bool] | None, reference: str | None
 ) -> None:
