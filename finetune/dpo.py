@@ -48,8 +48,10 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from finetune.recipe import set_dotted, validate_recipe
 from finetune.train import checkpoints_dir as checkpoints_dir
-from llmapps.errors import ConfigError, InputError, format_problems
+from finetune.train import training_arguments
+from llmapps.errors import ConfigError, InputError
 from llmapps.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -135,21 +137,8 @@ def load_dpo_recipe(name_or_path: str | Path, **overrides: Any) -> DpoRecipe:
         raise ConfigError(f"{path}: not valid YAML: {err}") from err
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: a DPO recipe must be a YAML mapping")
-    for dotted, value in overrides.items():
-        node = raw
-        *parents, leaf = dotted.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"--set {dotted}: {part} is not a section of the recipe")
-        node[leaf] = value
-    try:
-        return DpoRecipe.model_validate(raw)
-    except ValidationError as err:
-        problems = [f"{'.'.join(map(str, e['loc'])) or '(root)'}: {e['msg']}" for e in err.errors()]
-        raise ConfigError(
-            format_problems(f"{path}: {len(problems)} problem(s) in the DPO recipe:", problems)
-        ) from err
+    set_dotted(raw, overrides)
+    return validate_recipe(DpoRecipe, raw, str(path), "DPO recipe")
 
 
 # ---------------------------------------------------------------- log-probabilities and losses
@@ -374,7 +363,7 @@ def train_dpo(
         InputError: a pairs file that is missing, malformed or lacks the prompt's fields.
     """
     from peft import PeftModel
-    from transformers import TrainingArguments, set_seed
+    from transformers import set_seed
 
     from finetune.recipe import Recipe
     from finetune.train import _prepare_checkpoints, library_versions, load_base
@@ -477,28 +466,13 @@ def train_dpo(
     from datasets import Dataset
 
     train_ds = Dataset.from_list(rows)
-    args = TrainingArguments(
-        output_dir=str(root / STAGING),
-        num_train_epochs=t.epochs,
-        max_steps=t.max_steps or -1,
-        per_device_train_batch_size=t.batch_size,
-        gradient_accumulation_steps=t.gradient_accumulation,
-        learning_rate=t.learning_rate,
-        lr_scheduler_type=t.lr_scheduler,
+    args = training_arguments(
+        t,
+        root / STAGING,
+        device=device,
+        progress=progress,
         warmup_steps=t.warmup_steps,
-        weight_decay=t.weight_decay,
         eval_strategy="no",
-        save_strategy="steps",
-        save_steps=t.save_steps,
-        save_total_limit=None,
-        logging_steps=t.logging_steps,
-        seed=t.seed,
-        data_seed=t.seed,
-        use_cpu=device == "cpu",
-        remove_unused_columns=False,
-        report_to=[],
-        disable_tqdm=not progress,
-        dataloader_num_workers=0,
     )
     trainer_cls = make_dpo_trainer_class(t)
     trainer = trainer_cls(

@@ -8,12 +8,14 @@ its field names. ``load_recipe("tiny")`` finds ``finetune/recipes/tiny.yaml``; a
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from llmapps.errors import ConfigError, format_problems
+
+_M = TypeVar("_M", bound=BaseModel)
 
 RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
 
@@ -147,13 +149,30 @@ def recipe_from_dict(raw: Any, where: str = "recipe") -> Recipe:
     """Validate a mapping as a ``Recipe``, listing every field at fault."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: a recipe must be a YAML mapping, got {type(raw).__name__}")
+    return validate_recipe(Recipe, raw, where)
+
+
+def validate_recipe(cls: type[_M], raw: Any, where: str, what: str = "recipe") -> _M:
+    """``cls.model_validate(raw)``, a failure one ``ConfigError`` listing every field at fault."""
     try:
-        return Recipe.model_validate(raw)
+        return cls.model_validate(raw)
     except ValidationError as err:
         problems = [f"{'.'.join(map(str, e['loc'])) or '(root)'}: {e['msg']}" for e in err.errors()]
         raise ConfigError(
-            format_problems(f"{where}: {len(problems)} problem(s) in the recipe:", problems)
+            format_problems(f"{where}: {len(problems)} problem(s) in the {what}:", problems)
         ) from err
+
+
+def set_dotted(raw: dict[str, Any], overrides: dict[str, Any]) -> None:
+    """Apply ``--set`` overrides, dotted fields (``training.max_steps=5``), to a recipe mapping."""
+    for dotted, value in overrides.items():
+        node = raw
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {dotted}: {part} is not a section of the recipe")
+        node[leaf] = value
 
 
 def load_recipe(name_or_path: str | Path, **overrides: Any) -> Recipe:
@@ -163,10 +182,6 @@ def load_recipe(name_or_path: str | Path, **overrides: Any) -> Recipe:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from err
-    for dotted, value in overrides.items():
-        node = raw if isinstance(raw, dict) else {}
-        *parents, leaf = dotted.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
+    if isinstance(raw, dict):  # else recipe_from_dict says it is no mapping
+        set_dotted(raw, overrides)
     return recipe_from_dict(raw, str(path))

@@ -77,6 +77,39 @@ class TrainResult:
     metrics: dict[str, Any] = field(default_factory=dict)
 
 
+def training_arguments(
+    t: Any, output_dir: Path, *, device: str, progress: bool, **extra: Any
+) -> Any:
+    """The ``TrainingArguments`` of a recipe's ``training`` section ``t`` (SFT's and DPO's alike):
+    its budget, optimiser, schedule and seeds, checkpoints every ``save_steps`` into
+    ``output_dir`` (``staged_checkpoints`` keeps the newest ``t.save_total_limit``), no reporting;
+    ``extra`` adds or replaces arguments (evaluation, precision, warm-up, sampling)."""
+    from transformers import TrainingArguments
+
+    kwargs: dict[str, Any] = {
+        "output_dir": str(output_dir),
+        "num_train_epochs": t.epochs,
+        "max_steps": t.max_steps or -1,
+        "per_device_train_batch_size": t.batch_size,
+        "gradient_accumulation_steps": t.gradient_accumulation,
+        "learning_rate": t.learning_rate,
+        "lr_scheduler_type": t.lr_scheduler,
+        "weight_decay": t.weight_decay,
+        "save_strategy": "steps",
+        "save_steps": t.save_steps,
+        "save_total_limit": None,
+        "logging_steps": t.logging_steps,
+        "seed": t.seed,
+        "data_seed": t.seed,
+        "use_cpu": device == "cpu",
+        "remove_unused_columns": False,
+        "report_to": [],
+        "disable_tqdm": not progress,
+        "dataloader_num_workers": 0,
+    }
+    return TrainingArguments(**{**kwargs, **extra})
+
+
 def checkpoints_dir(out: Path) -> Path:
     """Where a run writing the adapter ``out`` keeps its checkpoints (``<out>.checkpoints``)."""
     return out.with_name(out.name + ".checkpoints")
@@ -241,7 +274,7 @@ def train(
         InputError: malformed data rows (file and line numbers named).
         ModelNotFoundError: the base model cannot be found (says how to get one).
     """
-    from transformers import TrainingArguments, set_seed
+    from transformers import set_seed
 
     from finetune.data import build_dataset, read_examples, read_train_rows
     from llmapps.adapters import (
@@ -273,34 +306,17 @@ def train(
     if t.gradient_checkpointing and not four_bit:
         model.gradient_checkpointing_enable()
     precision = "bf16" if four_bit else _precision(recipe, device)
-    args = TrainingArguments(
-        output_dir=str(
-            ckpt_root / STAGING
-        ),  # staged_checkpoints renames each whole one into ckpt_root
-        num_train_epochs=t.epochs,
-        max_steps=t.max_steps or -1,
-        per_device_train_batch_size=t.batch_size,
+    args = training_arguments(
+        t,
+        ckpt_root / STAGING,  # staged_checkpoints renames each whole one into ckpt_root
+        device=device,
+        progress=progress,
         per_device_eval_batch_size=t.batch_size,
-        gradient_accumulation_steps=t.gradient_accumulation,
-        learning_rate=t.learning_rate,
-        lr_scheduler_type=t.lr_scheduler,
         warmup_steps=t.warmup_ratio,
-        weight_decay=t.weight_decay,
         eval_strategy="epoch",
-        save_strategy="steps",
-        save_steps=t.save_steps,
-        save_total_limit=None,  # staged_checkpoints keeps the newest t.save_total_limit
-        logging_steps=t.logging_steps,
-        seed=t.seed,
-        data_seed=t.seed,
         bf16=precision == "bf16",
         fp16=precision == "fp16",
-        use_cpu=device == "cpu",
         train_sampling_strategy=sampling_strategy(recipe),
-        remove_unused_columns=False,
-        report_to=[],
-        disable_tqdm=not progress,
-        dataloader_num_workers=0,
     )
     collator = make_collator(recipe, tokenizer)
     trainer_cls = make_trainer_class()
