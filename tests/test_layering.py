@@ -435,7 +435,16 @@ GENERIC_IDENTIFIERS = {
     "variant": "the A or B side of a blinded comparison (llmapps.evaluate.human, ui)",
 }
 # Known exceptions (file, identifier): each with why.
-KNOWN_APP_IDENTIFIERS: dict[tuple[str, str], str] = {}
+KNOWN_APP_IDENTIFIERS: dict[tuple[str, str], str] = {
+    ("llmapps/api/apps.py", "riddle"): "read-only alias of MetricFields.target for old callers",
+    (
+        "llmapps/evaluate/scoring.py",
+        "riddle_field",
+    ): "read-only alias of MetricsConfig.target_field "
+    "for old callers (and settings files: BenchSettings reads it as a validation alias)",
+    ("llmapps/audit/fairness.py", "riddle"): "OutputFields(riddle=...), the audit's old keyword",
+    ("llmapps/data/augment.py", "riddle"): "teacher_rows(riddle=...), the augmenter's old keyword",
+}
 
 
 def _identifiers(tree: ast.AST) -> list[tuple[int, str]]:
