@@ -11,8 +11,8 @@ from llmapps.errors import ConfigError
 def cmd_models_build(args: argparse.Namespace) -> int:
     import shutil
 
-    from llmapps.models.packaged import ensure_packaged_model, is_packaged, packaged_models
     from llmapps.apps import default_corpus
+    from llmapps.models.packaged import ensure_packaged_model, is_packaged, packaged_models
     from llmapps.models.tiny import TEST_SPEC, TinySpec, ensure_tiny_models
     from llmapps.settings import get_settings
 
