@@ -138,36 +138,13 @@ class Bench:
         engine: Engine | None = None,
         options: OptionsFor | None = None,
     ) -> None:
-        self.context = BenchContext.open(config, settings=settings, metrics=metrics)
+        self.context = c = BenchContext.open(config, settings=settings, metrics=metrics)
+        self.config, self.settings, self.spec = c.config, c.settings, c.spec
+        self.samples, self.metrics, self.scorer = c.samples, c.metrics, c.scorer
         self.out = Path(out)
         self.progress = progress
         self.engine: Engine = engine or LocalEngine()
         self.options_for: OptionsFor = options or given_options
-        self._bar: Any = None
-
-    @property
-    def config(self) -> BenchConfig:
-        return self.context.config
-
-    @property
-    def settings(self) -> Any:
-        return self.context.settings
-
-    @property
-    def spec(self) -> Any:
-        return self.context.spec
-
-    @property
-    def samples(self) -> list[dict[str, Any]]:
-        return self.context.samples
-
-    @property
-    def metrics(self) -> Any:
-        return self.context.metrics
-
-    @property
-    def scorer(self) -> Any:
-        return self.context.scorer
 
     def load_judge(self) -> None:
         """Build the judge chain (``--judge``), if the bench has one."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -25,6 +26,7 @@ def _prompt_text(prompt: Any) -> str:
     return "\n".join(f"{getattr(m, 'type', 'message')}: {getattr(m, 'content', m)}" for m in prompt)
 
 
+@dataclass
 class BenchContext:
     """What every strategy of a bench is scored against, in one process: the app, its samples,
     the metrics and their scorer, the judge. ``Bench`` opens one; an engine running strategies
@@ -34,25 +36,18 @@ class BenchContext:
     strategy or a sweep no strategy takes; ``InputError`` for an empty split.
     """
 
-    def __init__(
-        self,
-        config: BenchConfig,
-        settings: Any,
-        spec: Any,
-        app_options: Any,
-        samples: list[dict[str, Any]],
-        metrics: Any,
-    ) -> None:
+    config: BenchConfig
+    settings: Any
+    spec: Any  # the app's AppSpec
+    app_options: Any
+    samples: list[dict[str, Any]]
+    metrics: Any  # the MetricsConfig
+    judge: Any = None
+
+    def __post_init__(self) -> None:
         from llmapps.evaluate.scoring import Scorer
 
-        self.config = config
-        self.settings = settings
-        self.spec = spec
-        self.app_options = app_options
-        self.samples = samples
-        self.metrics = metrics
-        self.scorer = Scorer(samples, metrics)
-        self.judge: Any = None
+        self.scorer = Scorer(self.samples, self.metrics)
 
     @classmethod
     def open(
@@ -105,7 +100,7 @@ class BenchContext:
     def load_judge(self) -> None:
         """Build the judge chain (``--judge``), if the bench has one."""
         if self.config.judge:
-            from llmapps.apps import load_chain
+            from llmapps import load_chain
 
             judge_app = self.config.judge_app or self.spec.judge_app
             assert judge_app is not None  # checked in open
@@ -162,7 +157,7 @@ class StrategyRun:
     def open(self, options: dict[str, Any]) -> dict[str, Any]:
         """Build the strategy, the app on it and its scoring model; the status says how it went
         (``status``, ``error``, ``options``, ``config``, ``load_s``, ``scores_perplexity``)."""
-        from llmapps.apps import load_chain
+        from llmapps import load_chain
         from llmapps.bench.measure import Price
         from llmapps.strategies.base import make_strategy
 
