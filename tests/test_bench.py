@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from testkit import cli_command
 
 from llmapps.errors import ConfigError
 
@@ -145,10 +146,7 @@ def test_a_bench_killed_with_sigkill_loses_and_repeats_nothing(
 
     out = tmp_path / "killed"
     rows_file = out / "samples" / "few-shot.jsonl"
-    cmd = [
-        sys.executable,
-        "-m",
-        "llmapps.cli",
+    cmd = cli_command(
         "bench",
         "news-riddle",
         "--strategies",
@@ -163,7 +161,7 @@ def test_a_bench_killed_with_sigkill_loses_and_repeats_nothing(
         str(out),
         "--quiet",
         "--no-perplexity",
-    ]
+    )
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     proc = subprocess.Popen(
         cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL

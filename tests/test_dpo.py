@@ -22,17 +22,9 @@ import time
 from pathlib import Path
 
 import pytest
+from testkit import FAST_TRAINING as FAST_SFT
 
 from llmapps.errors import ConfigError
-
-FAST_SFT = {
-    "training.max_steps": 6,
-    "training.batch_size": 4,
-    "training.max_length": 320,
-    "training.save_steps": 3,
-    "training.logging_steps": 2,
-    "training.learning_rate": 1e-2,
-}
 
 
 def _pairs(n: int = 8) -> list:

@@ -10,24 +10,17 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import yaml
+from testkit import FAST_TRAINING as FAST
+from testkit import cli_command
 
 from llmapps.errors import ConfigError, InputError, ModelNotFoundError
 
 ROOT = Path(__file__).resolve().parent.parent
-FAST = {
-    "training.max_steps": 6,
-    "training.batch_size": 4,
-    "training.max_length": 320,
-    "training.save_steps": 3,
-    "training.logging_steps": 2,
-    "training.learning_rate": 1e-2,
-}
 
 
 def _recipe(**extra):
@@ -169,10 +162,7 @@ def _cli(out: Path, *extra: str) -> list[str]:
         f"--set={k}={v}"
         for k, v in {**FAST, "training.max_steps": 12, "training.save_steps": 2}.items()
     ]
-    return [
-        sys.executable,
-        "-m",
-        "llmapps.cli",
+    return cli_command(
         "finetune",
         "lora",
         "--recipe",
@@ -182,7 +172,7 @@ def _cli(out: Path, *extra: str) -> list[str]:
         "--quiet",
         *sets,
         *extra,
-    ]
+    )
 
 
 @pytest.mark.slow  # three subprocess runs: ~60 s alone on 2 cores, minutes when shared

@@ -24,6 +24,7 @@ from typing import Any
 
 import httpx
 import pytest
+from testkit import cli_command
 
 from llmapps.errors import BackendError, ConfigError, InputError, ModelNotFoundError
 
@@ -141,9 +142,9 @@ def test_llmapps_serve_serves_a_gguf_on_llama_cpp(lm: Any, gguf: Path) -> None:
 
     import openai
 
+    from llmapps.cli.serve import resolve_model
     from llmapps.models.llamacpp import GGUFModel
     from llmapps.serving.app import create_app
-    from llmapps.cli.serve import resolve_model
     from llmapps.serving.server import serve_in_thread
     from llmapps.settings import ServerSettings
 
@@ -238,10 +239,7 @@ def test_a_bad_gguf_through_the_cli_is_a_message_not_a_traceback(tmp_path: Path)
         '{"id": "a1", "title": "Bridge", "text": "The council approved a bridge."}\n'
     )
     proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "llmapps.cli",
+        cli_command(
             "run",
             "news-riddle",
             "--input",
@@ -255,7 +253,7 @@ def test_a_bad_gguf_through_the_cli_is_a_message_not_a_traceback(tmp_path: Path)
             "--set",
             "example_selection=order",
             "--quiet",
-        ],
+        ),
         capture_output=True,
         text=True,
         timeout=300,

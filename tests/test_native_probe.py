@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from testkit import cli_command
 
 from llmapps.errors import BackendError
 from llmapps.models import native_probe
@@ -95,10 +96,7 @@ def test_the_cli_reports_a_crashed_build_in_one_line(home: Path, smollm2_gguf: P
     articles = home / "in.jsonl"
     articles.write_text(json.dumps({"title": "Rain", "text": "It rained all day in town."}) + "\n")
     proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "llmapps.cli",
+        cli_command(
             "run",
             "news-riddle",
             "-s",
@@ -109,7 +107,7 @@ def test_the_cli_reports_a_crashed_build_in_one_line(home: Path, smollm2_gguf: P
             str(articles),
             "-o",
             str(home / "out.jsonl"),
-        ],
+        ),
         capture_output=True,
         text=True,
         env=env,

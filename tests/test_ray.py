@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from testkit import cli_command, run_args
 
 from llmapps.cli import main
 from llmapps.errors import BackendError, ConfigError
@@ -261,16 +262,8 @@ def test_killed_driver_keeps_its_rows_and_the_rerun_finishes(
     inputs = _inputs(test_articles[:8])
     inp, out = tmp_path / "in.jsonl", tmp_path / "ray.jsonl"
     inp.write_text("".join(json.dumps(x) + "\n" for x in inputs))
-    cmd = [
-        sys.executable,
-        "-m",
-        "llmapps.cli",
-        "run",
-        "news-riddle",
-        "-i",
-        str(inp),
-        "-o",
-        str(out),
+    cmd = cli_command(
+        *run_args(str(inp), str(out)),
         "-q",
         "--max-new-tokens",
         "8",
@@ -280,7 +273,7 @@ def test_killed_driver_keeps_its_rows_and_the_rerun_finishes(
         "ray",
         "--workers",
         "1",
-    ]
+    )
     # its own process group: the kill takes the driver and the local cluster it started, at once
     proc = subprocess.Popen(
         cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True

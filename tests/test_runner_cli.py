@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from testkit import cli_command, run_args
 
 from llmapps.cli import main
 from llmapps.errors import InputError
@@ -36,12 +37,7 @@ def test_run_writes_jsonl_and_rerun_skips_done(
     inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     _write_inputs(inp, test_articles[:3])
     args = [
-        "run",
-        "news-riddle",
-        "-i",
-        str(inp),
-        "-o",
-        str(out),
+        *run_args(str(inp), str(out)),
         "-q",
         "--max-new-tokens",
         "8",
@@ -107,16 +103,7 @@ def test_read_done_drops_only_a_torn_last_line(tmp_path: Path) -> None:
 def test_cli_error_is_one_line_with_exit_code(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code = main(
-        [
-            "run",
-            "news-riddle",
-            "-i",
-            str(tmp_path / "missing.jsonl"),
-            "-o",
-            str(tmp_path / "o.jsonl"),
-        ]
-    )
+    code = main(run_args(str(tmp_path / "missing.jsonl"), str(tmp_path / "o.jsonl")))
     err = capsys.readouterr().err
     assert code == 2
     assert err.startswith("error: input ") and "does not exist" in err
@@ -132,10 +119,7 @@ def test_cli_error_is_one_line_with_exit_code(
 
 def test_debug_shows_the_traceback(tmp_path: Path) -> None:
     proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "llmapps.cli",
+        cli_command(
             "--debug",
             "run",
             "news-riddle",
@@ -143,7 +127,7 @@ def test_debug_shows_the_traceback(tmp_path: Path) -> None:
             str(tmp_path / "missing.jsonl"),
             "-o",
             str(tmp_path / "o.jsonl"),
-        ],
+        ),
         capture_output=True,
         text=True,
         timeout=120,

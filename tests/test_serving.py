@@ -18,6 +18,7 @@ import httpx
 import openai
 import pytest
 from pydantic import SecretStr
+from testkit import cli_command
 
 KEY = "serve-test-key-0123456789"
 
@@ -245,14 +246,10 @@ def test_serve_command_end_to_end(tiny_instruct: str) -> None:
     import os
     import re
     import subprocess
-    import sys
 
     env = {**os.environ, "LLMAPPS_SERVICE__SERVER__API_KEY": KEY, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "llmapps.cli",
+        cli_command(
             "serve",
             "--model",
             tiny_instruct,
@@ -260,7 +257,7 @@ def test_serve_command_end_to_end(tiny_instruct: str) -> None:
             "tiny",
             "--port",
             "0",
-        ],
+        ),
         stderr=subprocess.PIPE,
         text=True,
         env=env,

@@ -1,0 +1,27 @@
+"""Small pieces several test files share (imported as ``from testkit import ...``; pytest puts
+``tests/`` on the path, as for ``browser`` and ``feed_server``)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# A short SFT run of the tiny recipe: 6 steps of 4 rows, checkpoints every 3 steps.
+FAST_TRAINING = {
+    "training.max_steps": 6,
+    "training.batch_size": 4,
+    "training.max_length": 320,
+    "training.save_steps": 3,
+    "training.logging_steps": 2,
+    "training.learning_rate": 1e-2,
+}
+
+
+def cli_command(*args: str) -> list[str]:
+    """``llmapps ARGS`` as a subprocess runs it (``python -m llmapps.cli``), with this Python."""
+    return [sys.executable, "-m", "llmapps.cli", *args]
+
+
+def run_args(inp: Path | str, out: Path | str, *extra: str) -> list[str]:
+    """``run news-riddle -i IN -o OUT`` and ``extra``: the arguments of ``llmapps run``."""
+    return ["run", "news-riddle", "-i", str(inp), "-o", str(out), *extra]
