@@ -21,8 +21,8 @@ Files are checked before llama.cpp sees them (``read_gguf_header``, ``llmapps.mo
 truncated or names an architecture llama.cpp cannot run gets a one-line error naming the file,
 never a crash of the process.
 
-Choosing a backend: ``resolve_backend`` (a strategy's ``backend`` option, else
-``settings.generation.backend``; a ``.gguf`` source with no explicit choice runs here).
+The backend registers as ``llama.cpp`` (``LlamaCppBackend``, see ``llmapps.api.backends``); it
+claims ``.gguf`` sources, so one with no explicit backend runs here (``llmapps.models.loader``).
 """
 
 from __future__ import annotations
@@ -34,13 +34,22 @@ import sys
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, cast
+from typing import TYPE_CHECKING, Any, cast
 
+from llmapps.api.backends import BACKENDS as BACKENDS  # the registry; names as the old tuple
+from llmapps.api.backends import Backend, Capabilities, register_backend
 from llmapps.errors import BackendError, ConfigError, InputError
 from llmapps.models.gguf import GGUFInfo as GGUFInfo  # the header check; importable from here too
 from llmapps.models.gguf import read_gguf_header as read_gguf_header
 from llmapps.models.grammar_masks import NumpyGrammarProcessor, NumpyNoRepeatNGram
 from llmapps.models.langchain_local import ChatLocal, LocalLLM
+
+# the loader and the backend dispatch moved to llmapps.models.loader; importable from here
+from llmapps.models.loader import chat_llm as chat_llm
+from llmapps.models.loader import completion_llm as completion_llm
+from llmapps.models.loader import load_model as load_model
+from llmapps.models.loader import resolve_backend as resolve_backend
+from llmapps.models.loader import with_logits as with_logits
 from llmapps.models.local import GenerationOutput, GenerationParams
 from llmapps.models.native_probe import check_llamacpp
 from llmapps.models.structured import (
@@ -52,38 +61,20 @@ from llmapps.models.structured import (
 )
 
 if TYPE_CHECKING:
-    from llmapps.models.local import LocalModel
     from llmapps.models.pool import ModelPool
     from llmapps.settings import Settings
 
 log = logging.getLogger(__name__)
 
-Backend = Literal["transformers", "llama.cpp"]
-BACKENDS: tuple[Backend, ...] = ("transformers", "llama.cpp")
 INSTALL_HINT = (
     'pip install -c constraints.txt -e ".[llamacpp]"  (compiles llama.cpp: ~6 min on 2 cores)'
 )
 
-# ------------------------------------------------------------------ backend choice
+# ------------------------------------------------------------------ the backend
 
 
 def is_gguf_source(source: str) -> bool:
     return source.lower().endswith(".gguf")
-
-
-def resolve_backend(
-    requested: str | None, source: str, settings: Settings | None = None
-) -> Backend:
-    """The backend a strategy runs on: its option, else a ``.gguf`` source's, else settings'."""
-    if requested is None:
-        if is_gguf_source(source):
-            return "llama.cpp"
-        from llmapps.settings import get_settings
-
-        requested = (settings or get_settings()).generation.backend
-    if requested not in BACKENDS:
-        raise ConfigError(f"backend {requested!r} is not one of {', '.join(BACKENDS)}")
-    return cast(Backend, requested)
 
 
 def gguf_file_for(source: str, settings: Settings | None = None) -> Path:
@@ -101,23 +92,27 @@ def gguf_file_for(source: str, settings: Settings | None = None) -> Path:
     )
 
 
-def load_model(
-    source: str,
-    backend: str | None = None,
-    *,
-    device: str | None = None,
-    dtype: str | None = None,
-    batch_size: int | None = None,
-    pool: ModelPool | None = None,
-) -> LocalModel:
-    """Load ``source`` on the chosen backend (see ``resolve_backend``) into ``pool`` (default:
-    the process's ``default_pool()``).
+@register_backend("llama.cpp")
+class LlamaCppBackend(Backend):
+    """GGUF files (and packaged models' GGUFs) in llama.cpp, on the CPU; no logits."""
 
-    Typed as ``LocalModel``: a ``GGUFModel`` has the surface the strategies use on one
-    (``context_length``, ``count_tokens``, ``tokenizer(text)``, ``apply_chat_template``,
-    ``generate``); ``completion_llm``/``chat_llm`` pick the LangChain class by the real type.
-    """
-    if resolve_backend(backend, source) == "llama.cpp":
+    name = "llama.cpp"
+    capabilities = Capabilities(logits=False, devices=("cpu",), dtypes=False)
+    install_hint = INSTALL_HINT
+
+    def claims(self, source: str) -> bool:
+        return is_gguf_source(source)
+
+    def load(
+        self,
+        source: str,
+        *,
+        settings: Settings,
+        pool: ModelPool,
+        device: str | None = None,
+        dtype: str | None = None,
+        batch_size: int | None = None,
+    ) -> GGUFModel:
         if dtype not in (None, "auto"):
             raise ConfigError(
                 f"dtype={dtype!r} does not apply to the llama.cpp backend (a GGUF file fixes its "
@@ -128,29 +123,13 @@ def load_model(
                 f"device={device!r}: this llama.cpp build runs on the CPU; leave device unset or "
                 "use backend=transformers"
             )
-        return cast("LocalModel", load_gguf_model(source, pool=pool))
-    from llmapps.models.local import load_local_model
+        return load_gguf_model(source, settings=settings, pool=pool)
 
-    return load_local_model(source, device=device, dtype=dtype, batch_size=batch_size, pool=pool)
-
-
-def with_logits(lm: LocalModel | GGUFModel) -> LocalModel | None:
-    """``lm`` where it has transformers' logits (perplexity needs them); None for a GGUF model."""
-    return None if isinstance(lm, GGUFModel) else lm
-
-
-def completion_llm(lm: LocalModel | GGUFModel, **kwargs: Any) -> LocalLLM:
-    """The LangChain completion model over ``lm``, whichever backend loaded it."""
-    if isinstance(lm, GGUFModel):
+    def completion_llm(self, lm: Any, **kwargs: Any) -> LlamaCppLLM:
         return LlamaCppLLM.from_gguf(lm, **kwargs)
-    return LocalLLM.from_local(lm, **kwargs)
 
-
-def chat_llm(lm: LocalModel | GGUFModel, **kwargs: Any) -> ChatLocal:
-    """The LangChain chat model over ``lm``, whichever backend loaded it."""
-    if isinstance(lm, GGUFModel):
+    def chat_llm(self, lm: Any, **kwargs: Any) -> ChatLlamaCpp:
         return ChatLlamaCpp.from_gguf(lm, **kwargs)
-    return ChatLocal.from_local(lm, **kwargs)
 
 
 # ------------------------------------------------------------------ the model
@@ -175,7 +154,10 @@ class _TokenizerView:
 
 
 class GGUFModel:
-    """A GGUF model loaded in llama.cpp, with the generation surface of ``LocalModel``."""
+    """A GGUF model loaded in llama.cpp, with the generation surface of ``LocalModel`` (a
+    ``LocalLM``)."""
+
+    backend = "llama.cpp"
 
     def __init__(self, llama: Any, info: GGUFInfo, *, name: str, context_length: int) -> None:
         self.llama = llama

@@ -19,10 +19,12 @@ import logging
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from llmapps.api.backends import Backend, Capabilities, register_backend
+from llmapps.api.generation import GenerationOutput as GenerationOutput
+from llmapps.api.generation import GenerationParams as GenerationParams
 from llmapps.errors import BackendError, InputError, ModelNotFoundError
 
 # pick_device, pick_dtype, available_memory, estimate_generate_bytes, cut_at_stop and stream_local
@@ -50,36 +52,6 @@ if TYPE_CHECKING:  # heavy imports stay lazy
 log = logging.getLogger(__name__)
 
 BUILTIN_MODELS = ("tiny-base", "tiny-instruct")
-
-
-@dataclass
-class GenerationParams:
-    """Sampling settings for one generate call; greedy when ``temperature`` is 0."""
-
-    max_new_tokens: int = 96
-    temperature: float = 0.0
-    top_p: float = 1.0
-    stop: list[str] = field(default_factory=list)
-    seed: int | None = None
-    # Structured generation: the reply is constrained to this grammar (see llmapps.models.structured)
-    constraint: OutputConstraint | None = None
-    # Repetition control for small models that loop (1.0 / 0: off)
-    repetition_penalty: float = 1.0
-    no_repeat_ngram_size: int = 0
-
-
-@dataclass
-class GenerationOutput:
-    """One completion: text without the prompt, cut before the first stop string."""
-
-    text: str
-    prompt_tokens: int
-    completion_tokens: int
-    finish_reason: str  # "stop" (eos or stop string) or "length"
-    truncated_prompt: bool = False
-    # set when a constrained reply did not complete its grammar (e.g. it ran out of tokens): the
-    # reason, so the row is marked invalid with it instead of being cut silently
-    constraint_error: str | None = None
 
 
 def resolve_model_path(name: str, settings: Settings | None = None, *, build: bool = True) -> str:
@@ -127,7 +99,9 @@ def resolve_model_path(name: str, settings: Settings | None = None, *, build: bo
 
 
 class LocalModel:
-    """A loaded causal LM and its tokenizer, with one batched generation path."""
+    """A loaded causal LM and its tokenizer, with one batched generation path (a ``LocalLM``)."""
+
+    backend = "transformers"
 
     def __init__(
         self,
@@ -464,7 +438,7 @@ def load_local_model(
     batch_size: int | None = None,
     pool: ModelPool | None = None,
 ) -> LocalModel:
-    """Load (once per pool) the model ``name`` with its tokenizer.
+    """Load (once per pool) the model ``name`` with its tokenizer on the transformers backend.
 
     Args:
         name: ``tiny-base``/``tiny-instruct``, a directory written by ``save_pretrained``, or a
@@ -477,21 +451,63 @@ def load_local_model(
             asking for another batch size gets a view of the same loaded model with its own.
         pool: where loaded models are kept and shared (default: the process's ``default_pool()``).
     """
-    from llmapps.models.pool import default_pool
+    from llmapps.models.loader import load_model
 
-    settings = settings or get_settings()
-    path = resolve_model_path(name, settings)
-    dev = pick_device(device or settings.device)
-    dt = dtype or settings.dtype
+    lm: LocalModel = load_model(
+        name,
+        TransformersBackend.name,
+        settings=settings,
+        device=device,
+        dtype=dtype,
+        batch_size=batch_size,
+        pool=pool,
+    )
+    return lm
 
-    def load() -> LocalModel:
-        model, tokenizer = load_pretrained(path, dev, dt, settings)
-        return LocalModel(
-            model, tokenizer, name=name, device=dev, batch_size=settings.generation.batch_size
-        )
 
-    shared = (pool or default_pool()).get(("transformers", path, dev, dt), load)
-    return shared.with_batch_size(batch_size)
+@register_backend("transformers")
+class TransformersBackend(Backend):
+    """Hugging Face causal LMs in transformers (``LocalModel``); the one backend with logits."""
+
+    name = "transformers"
+    capabilities = Capabilities(logits=True, devices=("*",), dtypes=True)
+
+    def load(
+        self,
+        source: str,
+        *,
+        settings: Settings,
+        pool: ModelPool,
+        device: str | None = None,
+        dtype: str | None = None,
+        batch_size: int | None = None,
+    ) -> LocalModel:
+        path = resolve_model_path(source, settings)
+        dev = pick_device(device or settings.device)
+        dt = dtype or settings.dtype
+
+        def load() -> LocalModel:
+            model, tokenizer = load_pretrained(path, dev, dt, settings)
+            return LocalModel(
+                model,
+                tokenizer,
+                name=source,
+                device=dev,
+                batch_size=settings.generation.batch_size,
+            )
+
+        shared = pool.get(("transformers", path, dev, dt), load)
+        return shared.with_batch_size(batch_size)
+
+    def completion_llm(self, lm: Any, **kwargs: Any) -> Any:
+        from llmapps.models.langchain_local import LocalLLM
+
+        return LocalLLM.from_local(lm, **kwargs)
+
+    def chat_llm(self, lm: Any, **kwargs: Any) -> Any:
+        from llmapps.models.langchain_local import ChatLocal
+
+        return ChatLocal.from_local(lm, **kwargs)
 
 
 def load_pretrained(

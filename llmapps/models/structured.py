@@ -65,75 +65,19 @@ import warnings
 import weakref
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Any
 
-from llmapps.errors import BackendError, InputError
+# The constraint types are the generation contract (llmapps.api.generation); importable from here.
+from llmapps.api.generation import CONSTRAINT_KINDS as CONSTRAINT_KINDS
+from llmapps.api.generation import ConstraintError as ConstraintError
+from llmapps.api.generation import ConstraintKind as ConstraintKind
+from llmapps.api.generation import Layout as Layout
+from llmapps.api.generation import LayoutField as LayoutField
+from llmapps.api.generation import OutputConstraint as OutputConstraint
+from llmapps.errors import BackendError
 
 log = logging.getLogger(__name__)
-
-ConstraintKind = Literal["json_schema", "regex", "choice", "grammar", "layout"]
-CONSTRAINT_KINDS: tuple[str, ...] = ("json_schema", "regex", "choice", "grammar", "layout")
-
-
-class ConstraintError(InputError):
-    """A structured-output request that cannot be honoured (invalid schema, regex or grammar)."""
-
-    def __init__(self, message: str, param: str | None = None) -> None:
-        super().__init__(message)
-        self.param = param
-
-
-@dataclass(frozen=True)
-class LayoutField:
-    """One field of a completion layout: its name, the text before it, and its token budget."""
-
-    name: str
-    before: str
-    max_tokens: int
-    multiline: bool = False
-    max_lines: int = 4
-
-
-@dataclass(frozen=True)
-class Layout:
-    """Literal pieces and fields in order, ending with ``after`` (then end of reply). No field
-    may contain a string of ``forbid`` (the prompt's stop strings: a field that wrote one would
-    be cut there by the stop and never close)."""
-
-    fields: tuple[LayoutField, ...]
-    after: str = ""
-    forbid: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class OutputConstraint:
-    """What a reply must look like (see the module docstring for ``kind`` and ``value``)."""
-
-    kind: ConstraintKind
-    value: Any = field(default=None, hash=False, compare=False)
-    # a stable key for compiled-grammar caches (set by the constructors below)
-    key: str = ""
-
-    def __post_init__(self) -> None:
-        if self.kind not in CONSTRAINT_KINDS:
-            raise ConstraintError(
-                f"unknown constraint kind {self.kind!r}; one of {', '.join(CONSTRAINT_KINDS)}",
-                param="kind",
-            )
-        if not self.key:
-            import hashlib
-            import json
-
-            blob = json.dumps([self.kind, _plain(self.value)], sort_keys=True, default=str)
-            object.__setattr__(self, "key", hashlib.sha256(blob.encode()).hexdigest()[:16])
-
-
-def _plain(value: Any) -> Any:
-    from dataclasses import asdict, is_dataclass
-
-    return asdict(value) if is_dataclass(value) and not isinstance(value, type) else value
-
 
 # ------------------------------------------------------------------ the engine (llguidance)
 
