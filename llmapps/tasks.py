@@ -24,7 +24,7 @@ from typing import Any
 
 from langchain_core.prompts import ChatPromptTemplate
 
-from llmapps.models.structured import Layout, LayoutField, OutputConstraint
+from llmapps.api.generation import Layout, LayoutField, OutputConstraint
 
 log = logging.getLogger(__name__)
 
