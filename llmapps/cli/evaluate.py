@@ -158,9 +158,7 @@ def register(sub: Any, flags: Any) -> None:
     p.add_argument(
         "--no-semantic", action="store_true", help="skip embedding similarity and solvability"
     )
-    p.add_argument(
-        "--out", help="write aggregate metrics JSON here (and per-row metrics beside it)"
-    )
+    flags.add(p, out="write aggregate metrics JSON here (and per-row metrics beside it)")
     p.set_defaults(func=cmd_evaluate)
 
     hsub = flags.add_group(

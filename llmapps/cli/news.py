@@ -13,6 +13,8 @@ from typing import Any
 
 from llmapps.cli import flags
 
+FETCH = "fetch sources into a clean JSONL of articles (+ a per-source report)"  # its --help line
+
 
 def cmd_news_fetch(args: argparse.Namespace) -> int:
     from llmapps.files import check_output, writing
@@ -38,9 +40,7 @@ def cmd_news_fetch(args: argparse.Namespace) -> int:
 def register(subparsers: Any, flags: Any) -> None:
     """Add ``news`` (with ``news fetch``) to the ``llmapps`` command line."""
     nsub = flags.add_group(subparsers, "news", "fetch and clean news from feeds, NewsAPI and files")
-    p = nsub.add_parser(
-        "fetch", help="fetch sources into a clean JSONL of articles (+ a per-source report)"
-    )
+    p = nsub.add_parser("fetch", help=FETCH)
     flags.add_source_flags(p)
     flags.add(
         p,

@@ -16,14 +16,16 @@ from typing import Any
 from llmapps.cli import flags
 from llmapps.errors import ConfigError
 
+ABOUT = (  # llmapps serve --help
+    "Serve a local model at /v1/chat/completions, /v1/completions and /v1/models. "
+    "Set LLMAPPS_SERVICE__SERVER__API_KEY to require 'Authorization: Bearer <key>'."
+)
+
 
 def register(subparsers: Any, flags: Any) -> None:
     """Add the ``serve`` sub-command."""
     p = subparsers.add_parser(
-        "serve",
-        help="serve a local model over an OpenAI-compatible HTTP API",
-        description="Serve a local model at /v1/chat/completions, /v1/completions and /v1/models. "
-        "Set LLMAPPS_SERVICE__SERVER__API_KEY to require 'Authorization: Bearer <key>'.",
+        "serve", help="serve a local model over an OpenAI-compatible HTTP API", description=ABOUT
     )
     flags.add_strategy_flags(p)
     # default: zero-shot, or lora when --adapter names an adapter folder
