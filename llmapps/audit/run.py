@@ -3,7 +3,8 @@
 ``twins_for(spec, samples, ...)`` builds the counterfactual inputs of an app's samples;
 ``run_strategy`` runs one strategy's chain over them into ``<out>/<strategy>.jsonl`` (resumable:
 ids already there are skipped, via ``llmapps.runner.run_file``); ``report`` reads those files back
-and writes ``report.json`` and ``report.md``. Which fields are read comes from the app's
+and writes ``report.json`` and ``report.md``; ``audit`` does all of it (``llmapps audit fairness``).
+Which fields are read comes from the app's
 ``AppSpec`` (``input_keys``, ``reference_keys``, ``metric_fields``); nothing here names an app.
 """
 
@@ -13,7 +14,7 @@ import json
 import math
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -210,3 +211,47 @@ def write_report(out_dir: Path, report: Mapping[str, Any]) -> tuple[Path, Path]:
     j = atomic_write(out_dir / "report.json", json.dumps(slim, indent=2, default=str) + "\n")
     m = atomic_write(out_dir / "report.md", markdown(slim))
     return j, m
+
+
+def audit(
+    spec: Any,
+    samples: Sequence[Mapping[str, Any]],
+    twins: Sequence[Twin],
+    out_dir: Path,
+    chains: Mapping[str, Callable[[], Any] | None],
+    *,
+    split: str,
+    batch_size: int = 4,
+    said: Callable[[str, Mapping[str, Any]], None] | None = None,
+) -> tuple[dict[str, Any], Path]:
+    """The whole audit into ``out_dir``: each strategy's chain (``chains[name]()``; None: report
+    only, from the rows already there) on both twins of every pair into ``<name>.jsonl``
+    (resumable), the seconds each run took added up across resumed runs in ``timings.json``
+    (``said(name, timing)`` after each), then the report written from all the rows. Returns the
+    report and the path of ``report.md``."""
+    timings_path = out_dir / "timings.json"
+    timings: dict[str, Any] = json.loads(timings_path.read_text()) if timings_path.exists() else {}
+    for name, chain in chains.items():
+        if chain is None:
+            continue
+        took = run_strategy(chain(), twins, out_dir / f"{name}.jsonl", batch_size=batch_size)
+        if said is not None:
+            said(name, took)
+        before = timings.get(name, {})
+        took["seconds"] = round(took["seconds"] + float(before.get("seconds", 0)), 1)
+        took["done"] += int(before.get("done", 0))  # outputs the seconds paid for
+        timings[name] = took
+        atomic_write(timings_path, json.dumps(timings, indent=2) + "\n")
+    report = {
+        "app": spec.name,
+        "split": split,
+        "inputs": len(samples),
+        "twins": {a: sum(t.attribute == a for t in twins) for a in {t.attribute for t in twins}},
+        "timings": timings,
+        "strategies": {
+            name: strategy_report(spec, twins, load_rows(out_dir / f"{name}.jsonl"))
+            for name in chains
+        },
+    }
+    _, md = write_report(out_dir, report)
+    return report, md

@@ -8,7 +8,7 @@ where it stopped; the report is rewritten from all the rows at the end of every 
 from __future__ import annotations
 
 import argparse
-import json
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -37,15 +37,8 @@ def parse_options(items: list[str] | None, strategies: list[str]) -> dict[str, d
 
 def cmd_fairness(args: argparse.Namespace) -> int:
     from llmapps.apps import get_app, load_chain
-    from llmapps.audit.run import (
-        load_rows,
-        run_strategy,
-        strategy_report,
-        twins_for,
-        write_report,
-    )
+    from llmapps.audit.run import audit, twins_for
     from llmapps.files import check_output
-    from llmapps.jsonl import atomic_write
     from llmapps.strategies.base import make_strategy
 
     spec = get_app(args.app)
@@ -63,30 +56,23 @@ def cmd_fairness(args: argparse.Namespace) -> int:
     twins = twins_for(
         spec, samples, attributes=attributes, words_file=args.words, common_rows=common
     )
-    timings_path = out_dir / "timings.json"
-    timings: dict[str, Any] = json.loads(timings_path.read_text()) if timings_path.exists() else {}
-    for name in strategies:
-        if not args.report_only:
-            chain = load_chain(spec.name, built[name])
-            took = run_strategy(chain, twins, out_dir / f"{name}.jsonl", batch_size=args.batch_size)
-            print(f"{name}: {took['done']} outputs in {took['seconds']} s", flush=True)
-            before = timings.get(name, {})
-            took["seconds"] = round(took["seconds"] + float(before.get("seconds", 0)), 1)
-            took["done"] += int(before.get("done", 0))  # outputs the seconds paid for
-            timings[name] = took
-            atomic_write(timings_path, json.dumps(timings, indent=2) + "\n")
-    report = {
-        "app": spec.name,
-        "split": args.split,
-        "inputs": len(samples),
-        "twins": {a: sum(t.attribute == a for t in twins) for a in {t.attribute for t in twins}},
-        "timings": timings,
-        "strategies": {
-            name: strategy_report(spec, twins, load_rows(out_dir / f"{name}.jsonl"))
-            for name in strategies
-        },
+    # chains are built one at a time, when their turn comes (a model loads once at a time)
+    chains = {
+        name: None if args.report_only else partial(load_chain, spec.name, built[name])
+        for name in strategies
     }
-    _, md = write_report(out_dir, report)
+    _, md = audit(
+        spec,
+        samples,
+        twins,
+        out_dir,
+        chains,
+        split=args.split,
+        batch_size=args.batch_size,
+        said=lambda name, took: print(
+            f"{name}: {took['done']} outputs in {took['seconds']} s", flush=True
+        ),
+    )
     print(md.read_text(encoding="utf-8"))
     return 0
 
