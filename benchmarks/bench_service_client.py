@@ -16,7 +16,7 @@ requests/s, quality: every reply non-empty and identical across sides)::
     python benchmarks/bench_service_client.py -n 128 --latency 0.1 --sequential
     python benchmarks/bench_service_client.py --quick         # 16 requests, 20 ms
 
-The endpoint (``llmapps/service/fake_endpoint.py``) runs in its own process on 127.0.0.1; writes
+The endpoint (``llmapps/serving/fake_endpoint.py``) runs in its own process on 127.0.0.1; writes
 ``results/bench_service_client.json``.
 """
 
@@ -34,7 +34,7 @@ import harness
 
 def start_endpoint(latency: float) -> tuple[subprocess.Popen[str], str]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "llmapps.service.fake_endpoint", "--latency", str(latency)],
+        [sys.executable, "-m", "llmapps.serving.fake_endpoint", "--latency", str(latency)],
         stdout=subprocess.PIPE,
         text=True,
         env={**os.environ, "OMP_NUM_THREADS": "1"},

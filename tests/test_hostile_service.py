@@ -5,7 +5,7 @@ retries re-sent the same work to a server still computing the first (issue 22, i
 timeout defaults to the peers' (OpenAI's and LangChain's clients: 600 s) and a request that was
 sent and timed out is sent once, failing in one line that says what to raise, unless the user
 says the endpoint cancels abandoned work (``retry_timeouts``). Real HTTP to the scripted endpoint
-(``llmapps/service/fake_endpoint.py``) on loopback, whose ``slow`` fault outlasts the timeout.
+(``llmapps/serving/fake_endpoint.py``) on loopback, whose ``slow`` fault outlasts the timeout.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pydantic import SecretStr
 
 from llmapps.errors import BackendError
 from llmapps.service.chat import ServiceChatModel, forget_structured_support
-from llmapps.service.fake_endpoint import FakeEndpointState, create_fake_app
+from llmapps.serving.fake_endpoint import FakeEndpointState, create_fake_app
 from llmapps.serving.server import serve_in_thread
 
 KEY = "sk-hostile-service-key"

@@ -152,7 +152,7 @@ def test_failed_rows_are_retried_on_resume_and_the_exit_code_says_so(
 ) -> None:
     from llmapps.cli import main
     from llmapps.cli.run import ROWS_FAILED_EXIT
-    from llmapps.service.fake_endpoint import FakeEndpointState, create_fake_app
+    from llmapps.serving.fake_endpoint import FakeEndpointState, create_fake_app
     from llmapps.serving.server import serve_in_thread
 
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-key")

@@ -1,7 +1,7 @@
 """The client side of the ``service`` strategy against a scripted endpoint on loopback.
 
 Real HTTP to a small FastAPI server that answers 429, 500, garbage or too slowly on demand (see
-``llmapps/service/fake_endpoint.py``): retries happen and are counted, a batch finishes with its
+``llmapps/serving/fake_endpoint.py``): retries happen and are counted, a batch finishes with its
 failures marked and nothing completed is lost; the SQLite cache, rate limiter, cost table,
 structured-output fallback and secret hygiene are checked on the same server.
 """
@@ -26,7 +26,7 @@ from llmapps.service.chat import (
     forget_structured_support,
     structured_support,
 )
-from llmapps.service.fake_endpoint import FakeEndpointState, create_fake_app
+from llmapps.serving.fake_endpoint import FakeEndpointState, create_fake_app
 from llmapps.service.limits import RateLimiter, RetryPolicy, parse_retry_after
 from llmapps.serving.server import serve_in_thread
 

@@ -151,7 +151,7 @@ def create_fake_app(state: FakeEndpointState | None = None) -> FastAPI:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m llmapps.service.fake_endpoint --latency 0.2``: serve on loopback, print URL."""
+    """``python -m llmapps.serving.fake_endpoint --latency 0.2``: serve on loopback, print URL."""
     import argparse
     import sys
 
