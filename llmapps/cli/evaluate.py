@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from llmapps.files import check_output, writing
-from llmapps.jsonl import atomic_write, write_jsonl
+from llmapps.jsonl import atomic_write
 
 
 def _writing_out(args: argparse.Namespace, inputs: list[str]) -> Any:
@@ -20,9 +20,11 @@ def _writing_out(args: argparse.Namespace, inputs: list[str]) -> Any:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from llmapps.evaluate.files import rows_path
+
     inputs = [args.predictions, args.references]
     if args.out:
-        check_output(Path(args.out).with_suffix(".rows.jsonl"), inputs)
+        check_output(rows_path(Path(args.out)), inputs)
     with _writing_out(args, inputs):
         return _evaluate(args)
 
@@ -31,7 +33,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from llmapps.evaluate.files import evaluate_files
+    from llmapps.evaluate.files import evaluate_files, write_evaluation
 
     fields = [f.strip() for f in args.fields.split(",")] if args.fields else None
     groups, scored, config = evaluate_files(
@@ -64,19 +66,9 @@ def _evaluate(args: argparse.Namespace) -> int:
             ),
         )
     Console().print(table)
-    if args.out:  # each file replaced whole (a temp file and a rename)
-        out, rows_path = Path(args.out), Path(args.out).with_suffix(".rows.jsonl")
-        atomic_write(
-            out, json.dumps({"metrics": groups, "config": config.model_dump()}, indent=2) + "\n"
-        )
-        write_jsonl(
-            rows_path,
-            (
-                {"id": r["id"], "strategy": r.get("strategy"), "metrics": r["metrics"]}
-                for r in scored
-            ),
-        )
-        print(f"wrote {out} and {rows_path}", file=sys.stderr)
+    if args.out:
+        out, rows = write_evaluation(Path(args.out), groups, scored, config)
+        print(f"wrote {out} and {rows}", file=sys.stderr)
     return 0
 
 

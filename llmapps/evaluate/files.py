@@ -110,3 +110,26 @@ def evaluate_files(
         scored,
         config,
     )
+
+
+def rows_path(out: Path) -> Path:
+    """Where ``write_evaluation`` puts the per-row metrics beside ``out``."""
+    return Path(out).with_suffix(".rows.jsonl")
+
+
+def write_evaluation(
+    out: Path, groups: dict[str, Any], scored: Sequence[dict[str, Any]], config: Any
+) -> tuple[Path, Path]:
+    """``evaluate_files``' results: the aggregate metrics and config as JSON at ``out``, the
+    per-row metrics as JSONL beside it; each file replaced whole (a temp file and a rename)."""
+    import json
+
+    rows = rows_path(out)
+    jsonl.atomic_write(
+        out, json.dumps({"metrics": groups, "config": config.model_dump()}, indent=2) + "\n"
+    )
+    jsonl.write_jsonl(
+        rows,
+        ({"id": r["id"], "strategy": r.get("strategy"), "metrics": r["metrics"]} for r in scored),
+    )
+    return Path(out), rows
