@@ -120,13 +120,8 @@ def resolve_model(args: argparse.Namespace, options: dict[str, Any] | None = Non
 
 def server_settings(args: argparse.Namespace) -> Any:
     """Settings' ``service.server`` with the flags on top, validated."""
-    from pydantic import ValidationError
+    from llmapps.serving.server import server_settings as with_flags
 
-    from llmapps.errors import config_error_from_validation
-    from llmapps.serving.settings import ServerSettings
-    from llmapps.settings import get_settings
-
-    base = get_settings().service.server
     given = {
         "host": args.host,
         "port": args.port,
@@ -140,12 +135,7 @@ def server_settings(args: argparse.Namespace) -> Any:
         "max_tokens": args.max_tokens_limit,
         "max_body_bytes": args.max_body_bytes,
     }
-    try:
-        return ServerSettings(
-            **{**base.model_dump(), **{k: v for k, v in given.items() if v is not None}}
-        )
-    except ValidationError as err:
-        raise config_error_from_validation("serve options", err) from err
+    return with_flags(**given)
 
 
 def app_chat(args: argparse.Namespace, options: dict[str, Any] | None = None) -> Any:

@@ -36,6 +36,26 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def server_settings(base: ServerSettings | None = None, **given: Any) -> ServerSettings:
+    """``base`` (default: settings' ``service.server``) with the ``given`` values on top (a None
+    leaves the setting as it is), validated: a bad value is a ``ConfigError`` naming it."""
+    from pydantic import ValidationError
+
+    from llmapps.errors import config_error_from_validation
+    from llmapps.serving.settings import ServerSettings
+
+    if base is None:
+        from llmapps.settings import get_settings
+
+        base = get_settings().service.server
+    try:
+        return ServerSettings(
+            **{**base.model_dump(), **{k: v for k, v in given.items() if v is not None}}
+        )
+    except ValidationError as err:
+        raise config_error_from_validation("serve options", err) from err
+
+
 def bind_socket(host: str, port: int) -> socket.socket:
     """A listening TCP socket on ``host:port`` (``port`` 0: a free port)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
