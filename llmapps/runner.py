@@ -180,7 +180,7 @@ class RunSummary:
 class ResultsFile:
     """An open results file of a run: what is left to do, and the one way a result is written.
 
-    Made by ``open_results``; both engines (``run_file`` here and ``llmapps.ray_engine``) write
+    Made by ``open_results``; both engines (``run_file`` here and ``llmapps.bench.ray_engine``) write
     through it, so a row has the same keys and the file the same layout whichever ran it.
     """
 

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from testkit import cli_command
+from testkit import bench_args, cli_command
 
 from llmapps.errors import ConfigError
 
@@ -146,22 +146,7 @@ def test_a_bench_killed_with_sigkill_loses_and_repeats_nothing(
 
     out = tmp_path / "killed"
     rows_file = out / "samples" / "few-shot.jsonl"
-    cmd = cli_command(
-        "bench",
-        "news-riddle",
-        "--strategies",
-        "few-shot",
-        "--limit",
-        "4",
-        "--batch-size",
-        "1",
-        "--max-new-tokens",
-        "24",
-        "--out",
-        str(out),
-        "--quiet",
-        "--no-perplexity",
-    )
+    cmd = cli_command(*bench_args(4, 1, 24, "--out", str(out), "--quiet", "--no-perplexity"))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     proc = subprocess.Popen(
         cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
@@ -314,23 +299,51 @@ def test_peak_memory_sees_an_allocation_and_cost_uses_reported_cost_then_prices(
         Price.for_strategy("service", settings)
 
 
-def test_sweep_labels_of_paths_name_files_not_folders() -> None:
+def _labels(adapters: list[str]) -> list[str]:
+    """The row labels of a lora bench swept over these adapter paths."""
     from llmapps.bench.run import BenchConfig
 
+    config = BenchConfig(app="x", strategies=["lora"], sweep={"adapter": adapters})
+    return [label for _, label, _ in config.runs()]
+
+
+def test_sweep_labels_of_paths_name_files_not_folders() -> None:
     adapters = ["/home/me/adapters/sft/", "/home/me/adapters/dpo"]
-    labels = [
-        label
-        for _, label, _ in BenchConfig(
-            app="x", strategies=["lora"], sweep={"adapter": adapters}
-        ).runs()
-    ]
+    labels = _labels(adapters)
     assert labels == ["lora[adapter=sft]", "lora[adapter=dpo]"]
     same_tail = ["/a/run1/adapter", "/b/run2/adapter"]
-    labels = [
-        label
-        for _, label, _ in BenchConfig(
-            app="x", strategies=["lora"], sweep={"adapter": same_tail}
-        ).runs()
-    ]
+    labels = _labels(same_tail)
     assert labels == ["lora[adapter=a_run1_adapter]", "lora[adapter=b_run2_adapter]"]
     assert all("/" not in label for label in labels)
+
+
+def test_an_engine_is_one_class_and_a_retried_batch_is_written_once(
+    tmp_path: Path, tiny_models: Path
+) -> None:
+    """Any object with ``name`` and ``run(work, todo)`` is an engine: this one answers through
+    the local engine and hands every batch over twice, as a retried remote batch would be."""
+    from llmapps.bench import BenchConfig
+    from llmapps.bench.engine import LocalEngine
+    from llmapps.bench.run import Bench
+
+    class Twice:
+        name = "twice"
+
+        def run(self, work, todo):  # type: ignore[no-untyped-def]
+            for rows in LocalEngine().run(work, todo):
+                yield rows
+                yield rows
+
+    config = BenchConfig(
+        app="news-riddle",
+        strategies=["few-shot"],
+        limit=2,
+        batch_size=1,
+        perplexity=False,
+        strategy_options={"few-shot": {"max_new_tokens": 8}},
+    )
+    bench = Bench(config, tmp_path, progress=False, engine=Twice())
+    (row,) = bench.run()
+    ids = [json.loads(x)["id"] for x in _lines(tmp_path / "samples" / "few-shot.jsonl")]
+    assert row["status"] == "ran" and len(ids) == 2 and len(set(ids)) == 2
+    assert json.loads((tmp_path / "strategies.json").read_text())["few-shot"]["peak_rss_mb"] > 0

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from testkit import cli_command, run_args
+from testkit import bench_args, cli_command, run_args
 
 from llmapps.cli import main
 from llmapps.errors import BackendError, ConfigError
@@ -145,19 +145,7 @@ def test_killed_worker_loses_and_repeats_no_row(
 def test_bench_on_ray_writes_the_local_rows(
     cluster: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    args = [
-        "bench",
-        "news-riddle",
-        "--strategies",
-        "few-shot",
-        "--limit",
-        "4",
-        "--batch-size",
-        "2",
-        "--max-new-tokens",
-        "8",
-        "-q",
-    ]
+    args = bench_args(4, 2, 8, "-q")
     assert main([*args, "--out", str(tmp_path / "local")]) == 0
     assert main([*args, "--out", str(tmp_path / "ray"), "--engine", "ray", "--workers", "2"]) == 0
     assert "few-shot" in capsys.readouterr().out  # the same tables are printed

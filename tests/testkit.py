@@ -25,3 +25,20 @@ def cli_command(*args: str) -> list[str]:
 def run_args(inp: Path | str, out: Path | str, *extra: str) -> list[str]:
     """``run news-riddle -i IN -o OUT`` and ``extra``: the arguments of ``llmapps run``."""
     return ["run", "news-riddle", "-i", str(inp), "-o", str(out), *extra]
+
+
+def bench_args(limit: int, batch_size: int, max_new_tokens: int, *extra: str) -> list[str]:
+    """``bench news-riddle --strategies few-shot`` on ``limit`` samples, and ``extra``."""
+    return [
+        "bench",
+        "news-riddle",
+        "--strategies",
+        "few-shot",
+        "--limit",
+        str(limit),
+        "--batch-size",
+        str(batch_size),
+        "--max-new-tokens",
+        str(max_new_tokens),
+        *extra,
+    ]

@@ -233,9 +233,10 @@ class RunWorker:
     ) -> None:
         started = time.perf_counter()
         _prepare_worker(env, threads)
-        from llmapps.apps import load_chain
+        from llmapps.bench.strategy_run import build_chain
+        from llmapps.strategies.base import make_strategy
 
-        self.chain = load_chain(app, strategy, app_options=app_options, **strategy_options)
+        self.chain = build_chain(app, make_strategy(strategy, **strategy_options), app_options)
         self.load_s = round(time.perf_counter() - started, 3)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:

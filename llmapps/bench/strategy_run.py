@@ -26,6 +26,17 @@ def _prompt_text(prompt: Any) -> str:
     return "\n".join(f"{getattr(m, 'type', 'message')}: {getattr(m, 'content', m)}" for m in prompt)
 
 
+def build_chain(app: str, strategy: Any, app_options: Any = None) -> Any:
+    """The app ``app`` built on ``strategy`` (a made ``Strategy``), as a Runnable: what
+    ``llmapps.compose.load_chain`` does once the strategy is made (the bench is handed its
+    strategies' options, so it never needs compose)."""
+    from llmapps.api.apps import get_app
+    from llmapps.options import as_kwargs
+
+    spec = get_app(app)
+    return spec.build(strategy, **as_kwargs(spec.parse_options(app_options)))
+
+
 @dataclass
 class BenchContext:
     """What every strategy of a bench is scored against, in one process: the app, its samples,
@@ -100,11 +111,11 @@ class BenchContext:
     def load_judge(self) -> None:
         """Build the judge chain (``--judge``), if the bench has one."""
         if self.config.judge:
-            from llmapps import load_chain
+            from llmapps.strategies.base import make_strategy
 
             judge_app = self.config.judge_app or self.spec.judge_app
             assert judge_app is not None  # checked in open
-            self.judge = load_chain(judge_app, self.config.judge)
+            self.judge = build_chain(judge_app, make_strategy(self.config.judge))
 
 
 class StrategyJob(BaseModel):
@@ -157,7 +168,6 @@ class StrategyRun:
     def open(self, options: dict[str, Any]) -> dict[str, Any]:
         """Build the strategy, the app on it and its scoring model; the status says how it went
         (``status``, ``error``, ``options``, ``config``, ``load_s``, ``scores_perplexity``)."""
-        from llmapps import load_chain
         from llmapps.bench.measure import Price
         from llmapps.strategies.base import make_strategy
 
@@ -169,7 +179,7 @@ class StrategyRun:
             strategy = make_strategy(self.name, **options)
             status["config"] = strategy.describe()
             self._record_tasks(strategy)
-            self.chain = load_chain(b.config.app, strategy, app_options=b.app_options)
+            self.chain = build_chain(b.config.app, strategy, b.app_options)
             self.scoring = self._scoring_model(strategy)
         except Exception as err:  # any backend fault: record it, let the others run
             log.warning("strategy %s cannot run: %s", self.name, err)
