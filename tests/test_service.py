@@ -48,6 +48,22 @@ def endpoint(fake: Any) -> Any:
     return url, state
 
 
+def _echo_task(**extra: Any) -> Any:
+    """A one-variable task whose prompt is its input (both layouts)."""
+    from langchain_core.prompts import ChatPromptTemplate
+
+    from llmapps.tasks import CompletionLayout, Task
+
+    return Task(
+        name="t",
+        input_variables=("x",),
+        output_variables=("y",),
+        completion=CompletionLayout(prefix="", example_template="{x}", suffix="{x}"),
+        chat=ChatPromptTemplate.from_messages([("user", "{x}")]),
+        **extra,
+    )
+
+
 def model(url: str, **kw: Any) -> ServiceChatModel:
     opts: dict[str, Any] = {
         "model": "fake-model",
@@ -391,36 +407,18 @@ def test_bad_options_are_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     monkeypatch.delenv("LLMAPPS_SERVICE__API_KEY", raising=False)
     monkeypatch.delenv("LLMAPPS_SERVICE__BASE_URL", raising=False)
-    from langchain_core.prompts import ChatPromptTemplate
 
-    from llmapps.tasks import CompletionLayout, Task
-
-    task = Task(
-        name="t",
-        input_variables=("x",),
-        output_variables=("y",),
-        completion=CompletionLayout(prefix="", example_template="{x}", suffix="{x}"),
-        chat=ChatPromptTemplate.from_messages([("user", "{x}")]),
-    )
+    task = _echo_task()
     with pytest.raises(ConfigError, match="has no API key"):
         make_strategy("service").build(task)
 
 
 def test_task_stop_strings_beyond_four_are_cut_on_arrival(endpoint: Any) -> None:
-    from langchain_core.prompts import ChatPromptTemplate
 
     from llmapps.strategies.service import ServiceStrategy
-    from llmapps.tasks import CompletionLayout, Task
 
     url, _ = endpoint
-    task = Task(
-        name="t",
-        input_variables=("x",),
-        output_variables=("y",),
-        completion=CompletionLayout(prefix="", example_template="{x}", suffix="{x}"),
-        chat=ChatPromptTemplate.from_messages([("user", "{x}")]),
-        stop=("zz1", "zz2", "zz3", "zz4", "Riddle:"),
-    )
+    task = _echo_task(stop=("zz1", "zz2", "zz3", "zz4", "Riddle:"))
     strategy = ServiceStrategy(base_url=url, model="fake-model", api_key=SECRET, cache=False)
     out = strategy.build(task).invoke({"x": "cut me"})
     assert out.content == "Summary: A thing happened.\n"  # the fake ignores stops; the 5th is ours
