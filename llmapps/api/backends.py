@@ -79,6 +79,20 @@ class Capabilities:
     dtypes: bool = False
 
 
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a backend is asked to load: ``source`` (a name, directory, ``.gguf`` file or packaged
+    model) under ``settings`` into ``pool`` (a ``ModelPool``), with the caller's device, dtype and
+    batch size (None: the settings' / the backend's own)."""
+
+    source: str
+    settings: Settings
+    pool: Any
+    device: str | None = None
+    dtype: str | None = None
+    batch_size: int | None = None
+
+
 class Backend(ABC):
     """Loads models for one runtime and makes its LangChain models. Subclasses set ``name`` and
     ``capabilities`` and implement ``load``, ``completion_llm`` and ``chat_llm``."""
@@ -86,24 +100,17 @@ class Backend(ABC):
     name: ClassVar[str]
     capabilities: ClassVar[Capabilities] = Capabilities()
     install_hint: ClassVar[str] = ""
+    # a small model it loads offline: the shared backend tests load it (empty: they skip)
+    example_source: ClassVar[str] = ""
 
     def claims(self, source: str) -> bool:
         """Whether ``source`` runs here when no backend is named (e.g. a ``.gguf`` file)."""
         return False
 
     @abstractmethod
-    def load(
-        self,
-        source: str,
-        *,
-        settings: Settings,
-        pool: Any,
-        device: str | None = None,
-        dtype: str | None = None,
-        batch_size: int | None = None,
-    ) -> LocalLM:
-        """The model ``source`` loaded (once per ``pool``, a ``ModelPool``), or a typed error
-        naming the source and what to do."""
+    def load(self, spec: ModelSpec) -> LocalLM:
+        """The model ``spec.source`` loaded (once per ``spec.pool``), or a typed error naming the
+        source and what to do."""
 
     def with_logits(self, lm: LocalLM) -> Any | None:
         """``lm`` where its backend gives logits (``capabilities.logits``); None elsewhere."""

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from llmapps.api.backends import BACKENDS as BACKENDS  # the registry; names as the old tuple
-from llmapps.api.backends import Backend, Capabilities, register_backend
+from llmapps.api.backends import Backend, Capabilities, ModelSpec, register_backend
 from llmapps.errors import BackendError, ConfigError, InputError
 from llmapps.models.gguf import GGUFInfo as GGUFInfo  # the header check; importable from here too
 from llmapps.models.gguf import read_gguf_header as read_gguf_header
@@ -99,20 +99,13 @@ class LlamaCppBackend(Backend):
     name = "llama.cpp"
     capabilities = Capabilities(logits=False, devices=("cpu",), dtypes=False)
     install_hint = INSTALL_HINT
+    example_source = "smollm2-135m-instruct"
 
     def claims(self, source: str) -> bool:
         return is_gguf_source(source)
 
-    def load(
-        self,
-        source: str,
-        *,
-        settings: Settings,
-        pool: ModelPool,
-        device: str | None = None,
-        dtype: str | None = None,
-        batch_size: int | None = None,
-    ) -> GGUFModel:
+    def load(self, spec: ModelSpec) -> GGUFModel:
+        dtype, device = spec.dtype, spec.device
         if dtype not in (None, "auto"):
             raise ConfigError(
                 f"dtype={dtype!r} does not apply to the llama.cpp backend (a GGUF file fixes its "
@@ -123,7 +116,7 @@ class LlamaCppBackend(Backend):
                 f"device={device!r}: this llama.cpp build runs on the CPU; leave device unset or "
                 "use backend=transformers"
             )
-        return load_gguf_model(source, settings=settings, pool=pool)
+        return load_gguf_model(spec.source, settings=spec.settings, pool=spec.pool)
 
     def completion_llm(self, lm: Any, **kwargs: Any) -> LlamaCppLLM:
         return LlamaCppLLM.from_gguf(lm, **kwargs)

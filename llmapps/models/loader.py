@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from llmapps.api.backends import BACKENDS, Backend, LocalLM
+from llmapps.api.backends import BACKENDS, Backend, LocalLM, ModelSpec
 from llmapps.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -65,9 +65,7 @@ def load_model(
     """
     settings, pool = context(settings, pool)
     chosen = get_backend(resolve_backend(backend, source, settings))
-    return chosen.load(
-        source, settings=settings, pool=pool, device=device, dtype=dtype, batch_size=batch_size
-    )
+    return chosen.load(ModelSpec(source, settings, pool, device, dtype, batch_size))
 
 
 def backend_of(lm: LocalLM) -> Backend:

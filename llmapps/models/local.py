@@ -15,6 +15,7 @@ device and dtype in ``device``, the stitched prefill in ``prefill``, the memory 
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import threading
 import time
@@ -22,7 +23,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from llmapps.api.backends import Backend, Capabilities, register_backend
+from llmapps.api.backends import Backend, Capabilities, ModelSpec, register_backend
 from llmapps.api.generation import GenerationOutput as GenerationOutput
 from llmapps.api.generation import GenerationParams as GenerationParams
 from llmapps.errors import BackendError, InputError, ModelNotFoundError
@@ -31,6 +32,7 @@ from llmapps.errors import BackendError, InputError, ModelNotFoundError
 # moved to modules of their own and stay importable from here, where users import them
 from llmapps.models.device import pick_device, pick_dtype
 from llmapps.models.grammar_masks import TorchGrammarProcessor
+from llmapps.models.loader import load_model
 from llmapps.models.memory import available_memory, rows_within_budget
 from llmapps.models.memory import estimate_generate_bytes as estimate_generate_bytes
 from llmapps.models.prefill import UnstitchableCache, cache_arg, stitched_prefill
@@ -429,40 +431,12 @@ def _empty_cache() -> None:
         torch.cuda.empty_cache()
 
 
-def load_local_model(
-    name: str,
-    *,
-    settings: Settings | None = None,
-    device: str | None = None,
-    dtype: str | None = None,
-    batch_size: int | None = None,
-    pool: ModelPool | None = None,
-) -> LocalModel:
-    """Load (once per pool) the model ``name`` with its tokenizer on the transformers backend.
-
-    Args:
-        name: ``tiny-base``/``tiny-instruct``, a directory written by ``save_pretrained``, or a
-            Hugging Face hub id (looked up in the local cache first; downloaded only when not
-            offline).
-        settings: resolved settings; read from the environment when omitted.
-        device: ``auto`` (CUDA when present), ``cpu``, ``cuda``...
-        dtype: ``auto`` (bf16 on capable GPUs, float32 otherwise) or a dtype name.
-        batch_size: prompts per ``generate`` call, for the model returned only: a caller
-            asking for another batch size gets a view of the same loaded model with its own.
-        pool: where loaded models are kept and shared (default: the process's ``default_pool()``).
-    """
-    from llmapps.models.loader import load_model
-
-    lm: LocalModel = load_model(
-        name,
-        TransformersBackend.name,
-        settings=settings,
-        device=device,
-        dtype=dtype,
-        batch_size=batch_size,
-        pool=pool,
-    )
-    return lm
+# Load (once per pool) a model with its tokenizer on the transformers backend:
+# ``load_local_model(name, *, settings, device, dtype, batch_size, pool)``, ``name`` being
+# ``tiny-base``/``tiny-instruct``, a directory written by ``save_pretrained`` or a hub id (local
+# cache first); ``batch_size`` gives a view of the shared model with its own batch size. See
+# ``llmapps.models.loader.load_model``.
+load_local_model = functools.partial(load_model, backend="transformers")
 
 
 @register_backend("transformers")
@@ -471,33 +445,26 @@ class TransformersBackend(Backend):
 
     name = "transformers"
     capabilities = Capabilities(logits=True, devices=("*",), dtypes=True)
+    example_source = "tiny-instruct"
 
-    def load(
-        self,
-        source: str,
-        *,
-        settings: Settings,
-        pool: ModelPool,
-        device: str | None = None,
-        dtype: str | None = None,
-        batch_size: int | None = None,
-    ) -> LocalModel:
-        path = resolve_model_path(source, settings)
-        dev = pick_device(device or settings.device)
-        dt = dtype or settings.dtype
+    def load(self, spec: ModelSpec) -> LocalModel:
+        settings = spec.settings
+        path = resolve_model_path(spec.source, settings)
+        dev = pick_device(spec.device or settings.device)
+        dt = spec.dtype or settings.dtype
 
         def load() -> LocalModel:
             model, tokenizer = load_pretrained(path, dev, dt, settings)
             return LocalModel(
                 model,
                 tokenizer,
-                name=source,
+                name=spec.source,
                 device=dev,
                 batch_size=settings.generation.batch_size,
             )
 
-        shared = pool.get(("transformers", path, dev, dt), load)
-        return shared.with_batch_size(batch_size)
+        shared: LocalModel = spec.pool.get(("transformers", path, dev, dt), load)
+        return shared.with_batch_size(spec.batch_size)
 
     def completion_llm(self, lm: Any, **kwargs: Any) -> Any:
         from llmapps.models.langchain_local import LocalLLM
