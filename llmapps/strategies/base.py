@@ -6,7 +6,7 @@ import contextlib
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -31,6 +31,24 @@ class StrategyConfig(BaseModel):
 
     kind: str
 
+    def settings_defaults(self, settings: Settings) -> dict[str, Any]:
+        """The values settings give this config's fields that are left unset (None): e.g.
+        ``base_model`` from ``settings.base_model``. None here; a config with such fields says."""
+        return {}
+
+
+C = TypeVar("C", bound=StrategyConfig)
+
+
+def resolve_config(config: C, settings: Settings) -> C:
+    """``config`` with its unset fields filled from ``settings`` (``settings_defaults``): the one
+    place where explicit options beat settings. ``llmapps.compose`` hands the settings down
+    (``make_strategy(..., settings=...)``); a strategy made without them reads the environment's."""
+    fill = {
+        k: v for k, v in config.settings_defaults(settings).items() if getattr(config, k) is None
+    }
+    return config.model_copy(update=fill) if fill else config
+
 
 class Strategy(ABC):
     """Turns a ``Task`` into a Runnable: input dict in, model text (str or message) out.
@@ -45,11 +63,17 @@ class Strategy(ABC):
     requires: ClassVar[str] = ""
 
     def __init__(
-        self, config: StrategyConfig | None = None, *, pool: ModelPool | None = None, **options: Any
+        self,
+        config: StrategyConfig | None = None,
+        *,
+        pool: ModelPool | None = None,
+        settings: Settings | None = None,
+        **options: Any,
     ) -> None:
         from llmapps.models.pool import default_pool
 
         self.pool = pool or default_pool()  # where this strategy's models are loaded and shared
+        self._settings = settings
         if config is None:
             try:
                 config = self.config_class(kind=self.name, **options)
@@ -64,6 +88,17 @@ class Strategy(ABC):
         elif options:
             raise ConfigError("pass either a config or options, not both")
         self.config = config
+
+    @property
+    def settings(self) -> Settings:
+        """The settings this strategy runs under: those it was made with (``llmapps.compose``
+        hands them down), else the environment's, read afresh (a library user's
+        ``FewShotStrategy(config)``)."""
+        if self._settings is not None:
+            return self._settings
+        from llmapps.settings import get_settings
+
+        return get_settings()
 
     @abstractmethod
     def build(self, task: Task) -> Runnable[dict[str, Any], Any]:
@@ -92,10 +127,11 @@ class Strategy(ABC):
 STRATEGIES: Registry[type[Strategy]] = Registry("strategy", group="llmapps.strategies")
 
 
-def make_strategy(name: str, **options: Any) -> Strategy:
-    """Instantiate the registered strategy ``name`` with config ``options`` (validated)."""
+def make_strategy(name: str, *, settings: Settings | None = None, **options: Any) -> Strategy:
+    """Instantiate the registered strategy ``name`` with config ``options`` (validated), running
+    under ``settings`` (default: the environment's, read when needed)."""
     cls = STRATEGIES.get(name)
-    return cls(**options)
+    return cls(settings=settings, **options)
 
 
 def strategy_from_config(config: dict[str, Any]) -> Strategy:

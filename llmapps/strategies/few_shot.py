@@ -11,13 +11,15 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import Field
 
 from llmapps.errors import ConfigError
-from llmapps.strategies.base import Strategy, StrategyConfig
+from llmapps.strategies.base import StrategyConfig, resolve_config
+from llmapps.strategies.local import LocalModelStrategy
 from llmapps.strategies.structured import CompletionReply, GenerationControls, completion_model
 
 if TYPE_CHECKING:
     from langchain_core.runnables import Runnable
 
     from llmapps.models.local import LocalModel
+    from llmapps.settings import Settings
     from llmapps.tasks import Task
 
 EXAMPLE_SELECTIONS = ("order", "similarity", "mmr")
@@ -54,19 +56,24 @@ class FewShotStrategyConfig(StrategyConfig, GenerationControls):
         "settings.generation.backend, or llama.cpp for a .gguf base_model",
     )
 
+    def settings_defaults(self, settings: Settings) -> dict[str, Any]:
+        return {
+            "base_model": settings.base_model,
+            "max_prompt_tokens": settings.generation.max_prompt_tokens,
+        }
 
-def prompt_limit(lm: Any, max_new: int, max_prompt_tokens: int | None = None) -> int:
-    """Tokens a prompt may have: the prompt budget (``generation.max_prompt_tokens`` unless set),
-    within ``lm``'s context less the ``max_new`` tokens to generate. The context is the ceiling,
-    never the target: packing 8 prompts to Gemma 3's 32,768 tokens was OOM-killed at 24 GB."""
-    from llmapps.settings import get_settings
 
-    budget = max_prompt_tokens or get_settings().generation.max_prompt_tokens
-    return min(int(lm.context_length) - max_new, budget)
+def prompt_limit(lm: Any, max_new: int, max_prompt_tokens: int | None) -> int:
+    """Tokens a prompt may have: the prompt budget (``max_prompt_tokens``: the strategy's, else
+    ``generation.max_prompt_tokens``; None: none), within ``lm``'s context less the ``max_new``
+    tokens to generate. The context is the ceiling, never the target: packing 8 prompts to
+    Gemma 3's 32,768 tokens was OOM-killed at 24 GB."""
+    room = int(lm.context_length) - max_new
+    return room if max_prompt_tokens is None else min(room, max_prompt_tokens)
 
 
 def fit_inputs(
-    task: Task, lm: LocalModel, max_new: int, render: Any, max_prompt_tokens: int | None = None
+    task: Task, lm: LocalModel, max_new: int, render: Any, max_prompt_tokens: int | None
 ) -> Any:
     """A function that truncates an input so its prompt fits the prompt budget with ``max_new``."""
     from llmapps.prompting import truncate_to_fit
@@ -86,7 +93,7 @@ def fit_inputs(
     return fit
 
 
-class FewShotStrategy(Strategy):
+class FewShotStrategy(LocalModelStrategy):
     """Prompt a base model with as many ranked worked examples as fit its context."""
 
     name = "few-shot"
@@ -97,33 +104,7 @@ class FewShotStrategy(Strategy):
 
     def __init__(self, config: FewShotStrategyConfig | None = None, **options: Any) -> None:
         super().__init__(config, **options)
-        self._lm: LocalModel | None = None
         self.selectors: dict[str, Any] = {}
-
-    @property
-    def local_model(self) -> LocalModel:
-        from llmapps.models.llamacpp import load_model
-        from llmapps.settings import get_settings
-
-        if self._lm is None:
-            c = self.config
-            self._lm = load_model(
-                c.base_model or get_settings().base_model,
-                c.backend,
-                device=c.device,
-                dtype=c.dtype,
-                batch_size=c.batch_size,
-                pool=self.pool,
-            )
-        return self._lm
-
-    def scoring_model(self) -> LocalModel | None:
-        from llmapps.models.llamacpp import with_logits
-
-        return with_logits(self.local_model)
-
-    def generation_model(self) -> LocalModel:
-        return self.local_model
 
     def ranker(self, task: Task) -> Any:
         """Orders the example bank per input; ``order`` keeps the bank's order."""
@@ -155,7 +136,7 @@ class FewShotStrategy(Strategy):
         from llmapps.prompting import TokenBudgetExampleSelector
 
         lm = self.local_model
-        c = self.config
+        c = resolve_config(self.config, self.settings)
         max_new = c.max_new_tokens or task.max_new_tokens
         layout = task.completion
         example_prompt = PromptTemplate.from_template(layout.example_template)

@@ -50,7 +50,8 @@ from llmapps.adapters import read_manifest as read_manifest
 from llmapps.adapters import write_manifest as write_manifest
 from llmapps.errors import ConfigError
 from llmapps.models.local import LocalModel
-from llmapps.strategies.base import Strategy, StrategyConfig
+from llmapps.strategies.base import StrategyConfig, resolve_config
+from llmapps.strategies.local import LocalModelStrategy
 from llmapps.strategies.structured import CompletionReply, GenerationControls, completion_model
 
 if TYPE_CHECKING:
@@ -91,6 +92,14 @@ class LoraStrategyConfig(StrategyConfig, GenerationControls):
     device: str | None = None
     dtype: str | None = None
 
+    def settings_defaults(self, settings: Settings) -> dict[str, Any]:
+        return {
+            "backend": settings.generation.backend,
+            "device": settings.device,
+            "dtype": settings.dtype,
+            "batch_size": settings.generation.batch_size,
+        }
+
 
 class AdaptedModel(LocalModel):
     """A ``LocalModel`` view of a shared PEFT model with one named adapter switched on per call."""
@@ -130,7 +139,7 @@ def _adapter_name(folder: Path) -> str:
     return "a" + hashlib.sha256(str(folder.resolve()).encode()).hexdigest()[:12]
 
 
-class LoraStrategy(Strategy):
+class LoraStrategy(LocalModelStrategy):
     """Prompt a base model carrying our own fine-tuned adapter, with no worked examples."""
 
     name = "lora"
@@ -142,7 +151,6 @@ class LoraStrategy(Strategy):
     def __init__(self, config: LoraStrategyConfig | None = None, **options: Any) -> None:
         super().__init__(config, **options)
         self.manifest = read_manifest(self.config.adapter)
-        self._lm: LocalModel | None = None
         self.logit_change: float | None = None
 
     def _base_path(self, settings: Settings) -> str:
@@ -153,27 +161,19 @@ class LoraStrategy(Strategy):
         check_base(self.manifest, path, adapter=self.config.adapter, name=name)
         return path
 
-    @property
-    def local_model(self) -> LocalModel:
-        """The adapted model (loaded once; the base is shared with other ``lora`` strategies)."""
-        if self._lm is None:
-            self._lm = self._load()
-        return self._lm
-
-    def _load(self) -> LocalModel:
+    def load(self) -> LocalModel:
+        """The adapted model (the base is shared with other ``lora`` strategies)."""
         from llmapps.models.device import pick_device
         from llmapps.models.local import load_pretrained
-        from llmapps.settings import get_settings
 
-        settings = get_settings()
-        c = self.config
+        settings = self.settings
+        c = resolve_config(self.config, settings)
         path = self._base_path(settings)
         folder = Path(c.adapter).expanduser().resolve()
-        if self.backend(settings) == "llama.cpp":
+        if c.backend == "llama.cpp":
             return self._load_gguf(settings, path, folder)
-        dev = pick_device(c.device or settings.device)
-        dt = c.dtype or settings.dtype
-        batch = c.batch_size or settings.generation.batch_size
+        dev = pick_device(c.device or "auto")
+        dt, batch = c.dtype or "auto", c.batch_size or 1
         name = f"{self.manifest.base_model}+{folder.name}"
         if c.merge:  # a private base: merging rewrites its weights
             model, tok = load_pretrained(path, dev, dt, settings)
@@ -211,7 +211,7 @@ class LoraStrategy(Strategy):
 
     def backend(self, settings: Settings) -> str:
         """The backend this strategy runs on (its option, else ``settings.generation.backend``)."""
-        return self.config.backend or settings.generation.backend
+        return str(resolve_config(self.config, settings).backend)
 
     def _load_gguf(self, settings: Settings, path: str, folder: Path) -> LocalModel:
         """The base's GGUF in llama.cpp with the adapter as a llama.cpp LoRA file.
@@ -262,11 +262,6 @@ class LoraStrategy(Strategy):
             lm.activate()  # what streams through its PEFT model (generate activates per call)
         return lm
 
-    def scoring_model(self) -> LocalModel | None:
-        from llmapps.models.llamacpp import with_logits
-
-        return with_logits(self.generation_model())
-
     def check_task(self, task: Task) -> None:
         """Refuse a task the adapter was not trained for; warn when its prompt layout changed."""
         if task.name != self.manifest.task and not self.config.allow_other_task:
@@ -302,7 +297,7 @@ class LoraStrategy(Strategy):
             return self.prompt_for(task, inputs)
 
         llm = completion_model(c, task, lm, max_new_tokens=max_new, strategy=self.name)
-        fit = fit_inputs(task, lm, max_new, render)
+        fit = fit_inputs(task, lm, max_new, render, self.settings.generation.max_prompt_tokens)
         chain = (
             RunnableLambda(fit, name="fit_context")
             | RunnableLambda(render, name="render")

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 
-from llmapps.strategies.base import Strategy, StrategyConfig
+from llmapps.strategies.base import Strategy, StrategyConfig, resolve_config
 
 if TYPE_CHECKING:
     from langchain_core.runnables import Runnable
@@ -66,6 +66,14 @@ class ServiceStrategyConfig(StrategyConfig):
         # `--set structured=on` arrives as YAML's True (and off as False)
         return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
 
+    def settings_defaults(self, settings: Settings) -> dict[str, Any]:
+        s = settings.service
+        same = ("base_url", "model", "api_key", "timeout", "max_retries", "max_concurrency")
+        return {
+            **{name: getattr(s, name) for name in (*same, "rpm", "tpm", "cache")},
+            "cache_path": str(s.cache_path or settings.home / "service-cache.sqlite"),
+        }
+
 
 class ServiceStrategy(Strategy):
     """Ask a chat model behind an OpenAI-compatible API, concurrently, cached and rate limited."""
@@ -100,39 +108,33 @@ class ServiceStrategy(Strategy):
         """The configured ``ServiceChatModel`` (settings fill what the options leave open)."""
         from llmapps.errors import ConfigError
         from llmapps.service.chat import ServiceChatModel
-        from llmapps.settings import get_settings
 
-        s = get_settings().service
-        c = self.config
-        key = c.api_key or s.api_key
-        base_url = c.base_url or s.base_url
+        s = self.settings.service
+        c = resolve_config(self.config, self.settings)
+        key = c.api_key
         if key is None:
-            if base_url is None:
+            if c.base_url is None:
                 raise ConfigError(
                     "the service strategy has no API key: set OPENAI_API_KEY (or "
                     "LLMAPPS_SERVICE__API_KEY), or point LLMAPPS_SERVICE__BASE_URL at an endpoint "
                     "such as `llmapps serve`"
                 )
             key = SecretStr("no-key")  # self-hosted endpoints without auth still want a header
-        use_cache = s.cache if c.cache is None else c.cache
-        cache_path = c.cache_path or str(
-            s.cache_path or get_settings().home / "service-cache.sqlite"
-        )
         model = ServiceChatModel(
-            model=c.model or s.model,
-            base_url=base_url,
+            model=c.model,
+            base_url=c.base_url,
             api_key=key,
             temperature=c.temperature,
             top_p=c.top_p,
             seed=c.seed,
             max_tokens=max_new_tokens,  # type: ignore[call-arg]  # ChatOpenAI alias
-            timeout=c.timeout or s.timeout,
-            retries=s.max_retries if c.max_retries is None else c.max_retries,
+            timeout=c.timeout,
+            retries=c.max_retries,
             retry_timeouts=s.retry_timeouts,
-            rpm=c.rpm or s.rpm,
-            tpm=c.tpm or s.tpm,
+            rpm=c.rpm,
+            tpm=c.tpm,
             max_inflight=self.max_concurrency,
-            cache_path=cache_path if use_cache else None,
+            cache_path=c.cache_path if c.cache else None,
             prices={k: v.model_dump() for k, v in s.prices.items()},
             structured_format=response_format if c.structured != "off" else None,
             structured_required=c.structured == "on",
@@ -142,9 +144,7 @@ class ServiceStrategy(Strategy):
 
     @property
     def max_concurrency(self) -> int:
-        from llmapps.settings import get_settings
-
-        return self.config.max_concurrency or get_settings().service.max_concurrency
+        return int(resolve_config(self.config, self.settings).max_concurrency or 1)
 
     def build(self, task: Task) -> Runnable[dict[str, Any], Any]:
         from langchain_core.runnables import RunnableLambda
@@ -184,17 +184,23 @@ class ServiceStrategy(Strategy):
     @classmethod
     @contextlib.contextmanager
     def demo_options(cls, settings: Settings) -> Iterator[dict[str, Any] | None]:
-        """A configured endpoint as is; else ``llmapps serve`` (instruct model) on loopback."""
+        """A configured endpoint as is; else a local server (the ``llmapps.servers`` entry
+        point: ``llmapps serve``) running the instruct model on loopback for the block; None
+        where no local server is installed."""
         if settings.service.base_url:
             yield {}
             return
         import secrets
 
-        from llmapps.serving.server import serve_model
+        from llmapps.api.backends import SERVERS
 
+        if not SERVERS.names():
+            yield None
+            return
+        serve = SERVERS.get("llmapps" if "llmapps" in SERVERS else SERVERS.names()[0])
         key = secrets.token_urlsafe(24)
         name = settings.instruct_model
-        with serve_model(name, api_key=key, settings=settings) as url:
+        with serve(name, api_key=key, settings=settings) as url:
             yield {
                 "base_url": f"{url}/v1",
                 "model": name,

@@ -130,7 +130,7 @@ def completion_model(
     """The LangChain completion model a completion strategy (few-shot, lora) generates with:
     ``lm`` on its backend, the strategy's sampling and repetition options, and the task's
     constraint as ``controls.structured`` resolves it (``resolve_constraint``)."""
-    from llmapps.models.llamacpp import completion_llm
+    from llmapps.models.loader import completion_llm
 
     constraint = resolve_constraint(
         controls.structured, task, lm, chat=False, max_new_tokens=max_new_tokens, strategy=strategy

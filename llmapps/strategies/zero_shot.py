@@ -6,14 +6,15 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
 
-from llmapps.strategies.base import Strategy, StrategyConfig
+from llmapps.strategies.base import StrategyConfig, resolve_config
 from llmapps.strategies.few_shot import fit_inputs
+from llmapps.strategies.local import LocalModelStrategy
 from llmapps.strategies.structured import GenerationControls, resolve_constraint
 
 if TYPE_CHECKING:
     from langchain_core.runnables import Runnable
 
-    from llmapps.models.local import LocalModel
+    from llmapps.settings import Settings
     from llmapps.tasks import Task
 
 
@@ -42,8 +43,14 @@ class ZeroShotStrategyConfig(StrategyConfig, GenerationControls):
         "settings.generation.backend, or llama.cpp for a .gguf instruct_model",
     )
 
+    def settings_defaults(self, settings: Settings) -> dict[str, Any]:
+        return {
+            "instruct_model": settings.instruct_model,
+            "max_prompt_tokens": settings.generation.max_prompt_tokens,
+        }
 
-class ZeroShotStrategy(Strategy):
+
+class ZeroShotStrategy(LocalModelStrategy):
     """Describe the task to an instruction model and hand it the input; no worked examples."""
 
     name = "zero-shot"
@@ -52,42 +59,15 @@ class ZeroShotStrategy(Strategy):
     requires = "an instruct/chat causal LM (default: smollm2-135m-instruct, from the package index)"
     config: ZeroShotStrategyConfig
 
-    def __init__(self, config: ZeroShotStrategyConfig | None = None, **options: Any) -> None:
-        super().__init__(config, **options)
-        self._lm: LocalModel | None = None
-
-    @property
-    def local_model(self) -> LocalModel:
-        from llmapps.models.llamacpp import load_model
-        from llmapps.settings import get_settings
-
-        if self._lm is None:
-            c = self.config
-            self._lm = load_model(
-                c.instruct_model or get_settings().instruct_model,
-                c.backend,
-                device=c.device,
-                dtype=c.dtype,
-                batch_size=c.batch_size,
-                pool=self.pool,
-            )
-        return self._lm
-
-    def scoring_model(self) -> LocalModel | None:
-        from llmapps.models.llamacpp import with_logits
-
-        return with_logits(self.local_model)
-
-    def generation_model(self) -> LocalModel:
-        return self.local_model
+    model_field = "instruct_model"
 
     def build(self, task: Task) -> Runnable[dict[str, Any], Any]:
         from langchain_core.runnables import RunnableLambda
 
-        from llmapps.models.llamacpp import chat_llm
+        from llmapps.models.loader import chat_llm
 
         lm = self.local_model
-        c = self.config
+        c = resolve_config(self.config, self.settings)
         max_new = c.max_new_tokens or task.max_new_tokens
         # structured: the reply is the task's JSON object (its json_schema), which the app parses
         constraint = resolve_constraint(

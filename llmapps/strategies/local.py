@@ -1,0 +1,58 @@
+"""What the local-model strategies (``few-shot``, ``zero-shot``, ``lora``) share: one model loaded
+lazily through the backend loader (``llmapps.models.loader``) into the strategy's pool, the model
+it generates with (what ``llmapps serve`` serves) and the one that scores (logits, where its
+backend has them).
+
+A subclass names the config field that holds its model (``model_field``: ``base_model``,
+``instruct_model``) or overrides ``load`` (``lora``: a base with an adapter).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from llmapps.strategies.base import Strategy, resolve_config
+
+if TYPE_CHECKING:
+    from llmapps.api.backends import LocalLM
+
+
+class LocalModelStrategy(Strategy):
+    """A strategy that generates with one local model, on whichever backend loads it."""
+
+    model_field: ClassVar[str] = "base_model"  # the config field naming the model
+
+    def __init__(self, config: Any = None, **options: Any) -> None:
+        super().__init__(config, **options)
+        self._lm: Any = None
+
+    @property
+    def local_model(self) -> Any:
+        """The loaded model (once; shared through the pool with strategies that load the same)."""
+        if self._lm is None:
+            self._lm = self.load()
+        return self._lm
+
+    def load(self) -> LocalLM:
+        """Load the model named by ``model_field`` (its settings default when unset)."""
+        from llmapps.models.loader import load_model
+
+        c = resolve_config(self.config, self.settings)
+        lm: LocalLM = load_model(
+            getattr(c, self.model_field),
+            getattr(c, "backend", None),
+            device=getattr(c, "device", None),
+            dtype=getattr(c, "dtype", None),
+            batch_size=getattr(c, "batch_size", None),
+            pool=self.pool,
+            settings=self.settings,
+        )
+        return lm
+
+    def generation_model(self) -> Any:
+        return self.local_model
+
+    def scoring_model(self) -> Any:
+        from llmapps.models.loader import with_logits
+
+        return with_logits(self.generation_model())
