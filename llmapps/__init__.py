@@ -17,15 +17,20 @@ __version__ = "0.1.0"
 __all__ = ["__version__", "get_app", "load_chain", "make_strategy"]
 
 if TYPE_CHECKING:
-    from llmapps.apps import get_app, load_chain
+    from llmapps.api.apps import get_app
+    from llmapps.compose import load_chain
     from llmapps.strategies.base import make_strategy
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("load_chain", "get_app"):
-        from llmapps import apps
+    if name == "load_chain":
+        from llmapps.compose import load_chain
 
-        return getattr(apps, name)
+        return load_chain
+    if name == "get_app":
+        from llmapps.api.apps import get_app
+
+        return get_app
     if name == "make_strategy":
         from llmapps.strategies.base import make_strategy
 

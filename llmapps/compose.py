@@ -18,6 +18,11 @@ start) is kept in the set, ``reason`` saying why in one line with what to do, so
 disabled instead of offering it and failing; a surface that runs one strategy (``llmapps chat``,
 ``serve``, ``daily``) takes ``runnable_options``, which raises that reason as a one-line
 ``ConfigError``. Nothing here names an app.
+
+It is also where settings meet explicit options: ``make_strategy`` and ``load_chain`` take a
+``Settings`` (default: the environment's) and hand it to the strategy, whose config fills only its
+unset fields from it (``llmapps.strategies.base.resolve_config``); ``--tiny`` is a ``Settings``
+with the tiny models (``tiny_settings``), not a change to the environment.
 """
 
 from __future__ import annotations
@@ -30,9 +35,16 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from llmapps.errors import ConfigError, LlmappsError
+
+if TYPE_CHECKING:
+    from langchain_core.runnables import Runnable
+
+    from llmapps.options import AppOptions
+    from llmapps.settings import Settings
+    from llmapps.strategies.base import Strategy
 
 log = logging.getLogger(__name__)
 
@@ -270,3 +282,57 @@ def run_bench(config: Any, out: Path, **kwargs: Any) -> list[dict[str, Any]]:
     from llmapps.bench.run import run_bench as bench_run
 
     return bench_run(config, out, options=strategy_options, **kwargs)
+
+
+def make_strategy(name: str, settings: Settings | None = None, **options: Any) -> Strategy:
+    """The registered strategy ``name`` built with ``options`` (validated) under ``settings``
+    (default: the environment's, read now): options given win, settings fill the rest."""
+    from llmapps.settings import get_settings
+    from llmapps.strategies.base import make_strategy as build
+
+    return build(name, settings=settings or get_settings(), **options)
+
+
+def load_chain(
+    app: str,
+    strategy: str | Strategy = "few-shot",
+    *,
+    app_options: Mapping[str, Any] | AppOptions | None = None,
+    settings: Settings | None = None,
+    **strategy_options: Any,
+) -> Runnable[Any, Any]:
+    """Build the app ``app`` on ``strategy`` and return it as a LangChain ``Runnable``.
+
+    Example:
+        >>> chain = load_chain("news-riddle", strategy="few-shot")  # doctest: +SKIP
+        >>> chain.invoke({"title": "...", "text": "..."})           # doctest: +SKIP
+
+    Args:
+        app: a registered app name (``llmapps apps`` lists them).
+        strategy: a registered strategy name or a ``Strategy`` instance.
+        app_options: options for the app itself, validated by its ``AppSpec.options`` model
+            (unknown names and bad values are a ``ConfigError`` naming the valid ones).
+        settings: what a strategy named here runs under (default: the environment's).
+        **strategy_options: fields of the strategy's config (e.g. ``base_model=...``).
+    """
+    from llmapps.apps import get_app
+    from llmapps.options import as_kwargs
+
+    spec = get_app(app)
+    options = spec.parse_options(app_options)  # before any model is loaded
+    strat = (
+        strategy
+        if not isinstance(strategy, str)
+        else make_strategy(strategy, settings, **strategy_options)
+    )
+    return spec.build(strat, **as_kwargs(options))
+
+
+def tiny_settings(settings: Settings | None = None) -> Settings:
+    """``settings`` (default: the environment's) with the built-in tiny models as the base and
+    instruct models: what ``--tiny`` runs under."""
+    from llmapps.settings import get_settings
+
+    return (settings or get_settings()).model_copy(
+        update={"base_model": "tiny-base", "instruct_model": "tiny-instruct"}
+    )
