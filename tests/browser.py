@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -111,3 +112,17 @@ def scripted_strategy(name: str, reply: Callable[[Any, dict[str, Any]], str]) ->
 
     Scripted.name = name
     return Scripted()
+
+
+# An article the page tests type in (the app's own inputs, not a fixture file).
+STORY = (
+    "The town council voted on Tuesday to rebuild the old stone bridge over the river, after two "
+    "years of arguments about its cost and a petition signed by more than three thousand residents."
+)
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on now (for the app under test, or as a dead endpoint)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

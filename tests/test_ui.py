@@ -16,21 +16,16 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import tempfile
 import threading
 import time
 from pathlib import Path
 
 import pytest
-from browser import needs_chromium, open_page, scripted_strategy, sync_playwright
+from browser import STORY, free_port, needs_chromium, open_page, scripted_strategy, sync_playwright
 
 pytest.importorskip("gradio", reason="the ui extra (gradio) is not installed")
 
-STORY = (
-    "The town council voted on Tuesday to rebuild the old stone bridge over the river, after two "
-    "years of arguments about its cost and a petition signed by more than three thousand residents."
-)
 PAYLOAD_TEXT = (
     STORY + ' <script>window.__pwned=1</script> <a href="javascript:window.__pwned=4">x</a> '
     '<img src=x onerror="window.__pwned=2"> </textarea><script>window.__pwned=3</script>'
@@ -38,12 +33,6 @@ PAYLOAD_TEXT = (
 
 
 needs_browser = needs_chromium()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def hostile_strategy():

@@ -20,24 +20,12 @@ import time
 from pathlib import Path
 
 import pytest
-from browser import needs_chromium, open_page, scripted_strategy, sync_playwright
+from browser import STORY, free_port, needs_chromium, open_page, scripted_strategy, sync_playwright
 
 pytest.importorskip("gradio", reason="the ui extra (gradio) is not installed")
 
-STORY = (
-    "The town council voted on Tuesday to rebuild the old stone bridge over the river, after two "
-    "years of arguments about its cost and a petition signed by more than three thousand residents."
-)
 HOSTILE_DIR = "<img src=x onerror=window.__pwned=9>"
 needs_browser = needs_chromium()
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def refusing_strategy():

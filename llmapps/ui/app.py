@@ -94,8 +94,12 @@ def build_blocks(session: AppSession, rating: Any = None, run: Path | None = Non
     input_keys = list(ui.inputs)
     shown, hidden = list(ui.outputs), list(ui.hidden)
 
-    def input_boxes(prefix: str) -> list[Any]:
-        return [
+    def article_inputs(prefix: str) -> tuple[Any, list[Any]]:
+        """The article picker and the input boxes it fills, ids ``<prefix>-pick``/``-in-<key>``."""
+        pick = gr.Dropdown(
+            choices=articles, value=None, label="Pick an article", elem_id=f"{prefix}-pick"
+        )
+        return pick, [
             gr.Textbox(
                 label=ui.inputs[k],
                 lines=10 if k in ui.long_inputs else 1,
@@ -124,13 +128,7 @@ def build_blocks(session: AppSession, rating: Any = None, run: Path | None = Non
             with gr.Tab(ui.title, id="try"):
                 with gr.Row():
                     with gr.Column(scale=3):
-                        pick = gr.Dropdown(
-                            choices=articles,
-                            value=None,
-                            label="Pick an article",
-                            elem_id="try-pick",
-                        )
-                        ins = input_boxes("try")
+                        pick, ins = article_inputs("try")
                     with gr.Column(scale=2):
                         strategy = gr.Dropdown(
                             choices=strategies,
@@ -295,13 +293,7 @@ def build_blocks(session: AppSession, rating: Any = None, run: Path | None = Non
             with gr.Tab("Compare", id="compare"):
                 with gr.Row():
                     with gr.Column(scale=3):
-                        cpick = gr.Dropdown(
-                            choices=articles,
-                            value=None,
-                            label="Pick an article",
-                            elem_id="cmp-pick",
-                        )
-                        cins = input_boxes("cmp")
+                        cpick, cins = article_inputs("cmp")
                     with gr.Column(scale=2):
                         chosen = gr.CheckboxGroup(
                             choices=strategies,

@@ -10,7 +10,7 @@ from typing import Any
 
 from llmapps.evaluate.human import MAX_COMMENT_CHARS
 from llmapps.ui.rating import KEYS, WIN_HEADERS, RatingFlow, win_table
-from llmapps.ui.widgets import ok, safe
+from llmapps.ui.widgets import ok, safe, stats_table
 
 log = logging.getLogger(__name__)
 
@@ -92,14 +92,7 @@ def rate_tab(
     status = gr.Textbox(label="Status", interactive=False, elem_id="rate-status")
     with gr.Row():
         with gr.Column(scale=3):
-            stats = gr.Dataframe(
-                headers=WIN_HEADERS,
-                interactive=False,
-                wrap=True,
-                label="Win rates and ranking",
-                elem_id="rate-stats",
-                elem_classes=["stats"],
-            )
+            stats = stats_table("Win rates and ranking", "rate-stats", headers=WIN_HEADERS)
             note = gr.Markdown("no ratings yet", elem_id="rate-note")
         plot = gr.Plot(label="Win rates", elem_id="rate-plot")
     with gr.Row():

@@ -211,7 +211,7 @@ def styled(rows: list[list[str]], colours: list[list[str]], headers: list[str]) 
 
 def results_tab(gr: Any, view: RunView, fields: Sequence[str]) -> None:
     """The Results tab's components and events for ``view``."""
-    from llmapps.ui.widgets import bad, ok, safe
+    from llmapps.ui.widgets import bad, ok, safe, stats_table
 
     headers = ["id", "title", *view.strategies]
     metric0 = view.metrics[0] if view.metrics else ""
@@ -306,21 +306,19 @@ def results_tab(gr: Any, view: RunView, fields: Sequence[str]) -> None:
             else ([], [])
         )
         with gr.Row():
-            diff_left = gr.HighlightedText(
-                first[0],
-                label="Left",
-                combine_adjacent=True,
-                show_legend=False,
-                elem_id="res-diff-left",
-                color_map={"-": "red"},
-            )
-            diff_right = gr.HighlightedText(
-                first[1],
-                label="Right",
-                combine_adjacent=True,
-                show_legend=False,
-                elem_id="res-diff-right",
-                color_map={"+": "green"},
+            diff_left, diff_right = (
+                gr.HighlightedText(
+                    words,
+                    label=side.title(),
+                    combine_adjacent=True,
+                    show_legend=False,
+                    elem_id=f"res-diff-{side}",
+                    color_map=colour,
+                )
+                for words, side, colour in (
+                    (first[0], "left", {"-": "red"}),
+                    (first[1], "right", {"+": "green"}),
+                )
             )
 
     def diff(lname: str, rname: str, sid: str) -> tuple[Any, Any]:
@@ -334,14 +332,11 @@ def results_tab(gr: Any, view: RunView, fields: Sequence[str]) -> None:
         )
 
     headers_s, rows_s = view.summary()
-    gr.Dataframe(
+    stats_table(
+        "Summary: each metric's mean [95% bootstrap interval] over the samples",
+        "res-summary",
         value=rows_s,
         headers=headers_s,
-        interactive=False,
-        wrap=True,
-        label="Summary: each metric's mean [95% bootstrap interval] over the samples",
-        elem_id="res-summary",
-        elem_classes=["stats"],
     )
     plots = view.plots()
     if plots:

@@ -104,3 +104,12 @@ def unavailable_html(items: Sequence[tuple[str, str]]) -> str:
         for n, r in items
     )
     return f"<div class='unavailable'><p>Not available here:</p><ul>{lis}</ul></div>"
+
+
+def stats_table(label: str, elem_id: str, **kwargs: Any) -> Any:
+    """A read-only table of figures (win rates, a run's summary), wrapped, styled ``stats``."""
+    import gradio as gr
+
+    return gr.Dataframe(
+        interactive=False, wrap=True, label=label, elem_id=elem_id, elem_classes=["stats"], **kwargs
+    )
