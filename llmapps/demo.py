@@ -5,9 +5,12 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from llmapps.errors import LlmappsError
+
+if TYPE_CHECKING:
+    from llmapps.bench.run import OptionsFor
 
 log = logging.getLogger(__name__)
 
@@ -27,19 +30,22 @@ def run_demo(
     n: int = 5,
     app_options: dict[str, Any] | None = None,
     strategy_options: Mapping[str, dict[str, Any]] | None = None,
+    options: OptionsFor | None = None,
 ) -> dict[str, list[dict[str, Any]]]:
     """Run ``app`` on ``n`` test samples with each strategy; print and return the results.
 
-    ``strategy_options`` are given options per strategy name (the command's flags), on top of
-    the defaults every surface shares (``llmapps.compose``). The table shows the app's
-    ``demo_columns`` (default: its reference keys), the sample's references above the
-    strategies' outputs.
+    ``strategy_options`` are given options per strategy name (the command's flags); ``options``
+    says what each strategy runs with over them, as the bench's ``OptionsFor`` does
+    (``llmapps demo`` passes ``llmapps.compose.strategy_options``, the defaults every surface
+    shares; default: the given options alone), and a strategy it gives a reason for is skipped
+    with that reason. The table shows the app's ``demo_columns`` (default: its reference keys),
+    the sample's references above the strategies' outputs.
     """
     from rich.console import Console
     from rich.table import Table
 
     from llmapps.apps import default_corpus, get_app, load_chain
-    from llmapps.compose import strategy_options as compose_options
+    from llmapps.bench.run import given_options
     from llmapps.models.tiny import ensure_tiny_models
     from llmapps.runner import run_batches
     from llmapps.settings import get_settings
@@ -62,8 +68,7 @@ def run_demo(
     timing: dict[str, tuple[float, int, str]] = {}
     for name in names:
         given = dict((strategy_options or {}).get(name) or {})
-        # the defaults every surface shares (llmapps.compose): the bench's, the web app's
-        with compose_options(name, settings, given) as (opts, reason):
+        with (options or given_options)(name, settings, given) as (opts, reason):
             if reason is not None:
                 console.print(f"[yellow]{name}: skipped: {reason}[/yellow]")
                 continue

@@ -10,6 +10,7 @@ from llmapps.cli import flags
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from llmapps.apps import default_app
+    from llmapps.compose import strategy_options
     from llmapps.demo import run_demo
     from llmapps.strategies.base import STRATEGIES
 
@@ -17,7 +18,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     app = args.app or default_app("demo", fallback=lambda s: s.samples is not None)
     app_opts = flags.check_app_options(app, args)
     given = {n: flags.strategy_options(n, args) for n in names or STRATEGIES.names()}
-    run_demo(app, names, n=args.n, app_options=app_opts, strategy_options=given)
+    # the defaults every surface shares (llmapps.compose): the bench's, the web app's
+    run_demo(
+        app, names, n=args.n, app_options=app_opts, strategy_options=given, options=strategy_options
+    )
     return 0
 
 
