@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from testkit import bench_args, cli_command
+from testkit import bench_args, cli_command, few_shot_bench
 
 from llmapps.errors import ConfigError
 
@@ -142,7 +142,7 @@ def test_rerun_skips_done_samples_and_retries_the_failed_strategy(
 def test_a_bench_killed_with_sigkill_loses_and_repeats_nothing(
     tmp_path: Path, tiny_models: Path
 ) -> None:
-    from llmapps.bench import BenchConfig, run_bench
+    from llmapps.bench import run_bench
 
     out = tmp_path / "killed"
     rows_file = out / "samples" / "few-shot.jsonl"
@@ -163,14 +163,7 @@ def test_a_bench_killed_with_sigkill_loses_and_repeats_nothing(
     with rows_file.open("a") as f:  # what a kill in the middle of a write leaves
         f.write('{"id": "torn", "strat')
     rows = run_bench(
-        BenchConfig(
-            app="news-riddle",
-            strategies=["few-shot"],
-            limit=4,
-            batch_size=2,
-            perplexity=False,
-            strategy_options={"few-shot": {"max_new_tokens": 24}},
-        ),
+        few_shot_bench(4, 2, 24),
         out,
         progress=False,
     )
@@ -322,7 +315,6 @@ def test_an_engine_is_one_class_and_a_retried_batch_is_written_once(
 ) -> None:
     """Any object with ``name`` and ``run(work, todo)`` is an engine: this one answers through
     the local engine and hands every batch over twice, as a retried remote batch would be."""
-    from llmapps.bench import BenchConfig
     from llmapps.bench.engine import LocalEngine
     from llmapps.bench.run import Bench
 
@@ -334,15 +326,7 @@ def test_an_engine_is_one_class_and_a_retried_batch_is_written_once(
                 yield rows
                 yield rows
 
-    config = BenchConfig(
-        app="news-riddle",
-        strategies=["few-shot"],
-        limit=2,
-        batch_size=1,
-        perplexity=False,
-        strategy_options={"few-shot": {"max_new_tokens": 8}},
-    )
-    bench = Bench(config, tmp_path, progress=False, engine=Twice())
+    bench = Bench(few_shot_bench(2, 1, 8), tmp_path, progress=False, engine=Twice())
     (row,) = bench.run()
     ids = [json.loads(x)["id"] for x in _lines(tmp_path / "samples" / "few-shot.jsonl")]
     assert row["status"] == "ran" and len(ids) == 2 and len(set(ids)) == 2

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from langchain_core.messages import AIMessage
+from testkit import few_shot_bench
 
 from chains.news_riddle import parse_fields, parse_output
 from llmapps.apps import load_chain
@@ -263,15 +264,7 @@ def test_bench_sweeps_structured_side_by_side(tmp_path: Path, tiny_models: Path)
 
     sweep = parse_sweep(["structured=on,off"])
     assert sweep == {"structured": ["on", "off"]}
-    config = BenchConfig(
-        app="news-riddle",
-        strategies=["few-shot"],
-        limit=2,
-        batch_size=2,
-        perplexity=False,
-        strategy_options={"few-shot": {"max_new_tokens": 24}},
-        sweep=sweep,
-    )
+    config = few_shot_bench(2, 2, 24, sweep=sweep)
     rows = run_bench(config, tmp_path, progress=False)
     assert [r["strategy"] for r in rows] == ["few-shot[structured=on]", "few-shot[structured=off]"]
     ids = [

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 # A short SFT run of the tiny recipe: 6 steps of 4 rows, checkpoints every 3 steps.
 FAST_TRAINING = {
@@ -42,3 +43,19 @@ def bench_args(limit: int, batch_size: int, max_new_tokens: int, *extra: str) ->
         str(max_new_tokens),
         *extra,
     ]
+
+
+def few_shot_bench(limit: int, batch_size: int, max_new_tokens: int, **extra: Any) -> Any:
+    """A ``BenchConfig`` of news-riddle on few-shot alone: ``limit`` samples, short outputs, no
+    perplexity (what ``bench_args`` runs, as a library call); ``extra`` adds fields."""
+    from llmapps.bench import BenchConfig
+
+    return BenchConfig(
+        app="news-riddle",
+        strategies=["few-shot"],
+        limit=limit,
+        batch_size=batch_size,
+        perplexity=False,
+        strategy_options={"few-shot": {"max_new_tokens": max_new_tokens}},
+        **extra,
+    )
