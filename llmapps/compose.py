@@ -155,7 +155,7 @@ def strategy_options(
 
     settings = settings or get_settings()
     cls = STRATEGIES.get(name)
-    overrides = dict(overrides or {})
+    overrides = {**settings_options(name, settings), **dict(overrides or {})}
     if overrides.get(_GIVEN_BY.get(name, "")):  # e.g. --adapter DIR: nothing to find or train
         yield overrides, None
         return
@@ -203,6 +203,24 @@ def runnable_options(
         except LlmappsError as err:
             raise ConfigError(f"{flag} {name} cannot run: {reason or one_line(err)}") from err
         yield options or {}
+
+
+def settings_options(name: str, settings: Any) -> dict[str, Any]:
+    """The models ``settings`` give strategy ``name`` (its ``base_model`` or ``instruct_model``
+    default) where they differ from the environment's (``--tiny``), as options: a strategy later
+    built from options alone (by the bench, a Ray actor, the web app) runs on the models the
+    settings handed down name. Empty for settings that agree with the environment."""
+    from llmapps.settings import get_settings
+    from llmapps.strategies.base import STRATEGIES
+
+    ambient = get_settings()
+    config_class = STRATEGIES.get(name).config_class
+    defaults = config_class.model_construct(kind=name).settings_defaults(settings)
+    return {
+        k: defaults[k]
+        for k in _PINNED
+        if k in defaults and defaults[k] != getattr(ambient, k, None)
+    }
 
 
 def _no_defaults(name: str, settings: Any) -> str:
