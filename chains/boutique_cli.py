@@ -100,7 +100,9 @@ def cmd_chat(args: argparse.Namespace, flags: Any) -> int:
     # the strategy as the bench, demo, daily and web app build it (llmapps.compose): lora finds
     # or trains its demo adapter, service uses the configured endpoint or a local server
     with runnable_options(
-        args.strategy, overrides=flags.strategy_options(args.strategy, args)
+        args.strategy,
+        getattr(args, "settings", None),  # --tiny
+        overrides=flags.strategy_options(args.strategy, args),
     ) as opts:
         chain = load_chain(args.app, args.strategy, app_options=app_options, **opts)
         return run_chat(chain, args.session, sys.stdin, sys.stdout)

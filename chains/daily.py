@@ -336,7 +336,8 @@ def _daily(args: argparse.Namespace, flags: Any) -> int:
     # the strategy as the bench, the demo and the web app build it: lora's demo adapter,
     # service's local server, unless the flags say otherwise
     given = flags.strategy_options(args.strategy, args)
-    with composed_options(args.strategy, overrides=given) as (options, reason):
+    settings = getattr(args, "settings", None)  # --tiny
+    with composed_options(args.strategy, settings, overrides=given) as (options, reason):
         if options is None or reason is not None:  # no defaults: the flags must build it
             from llmapps.errors import LlmappsError
             from llmapps.strategies.base import make_strategy

@@ -31,6 +31,7 @@ def run_demo(
     app_options: dict[str, Any] | None = None,
     strategy_options: Mapping[str, dict[str, Any]] | None = None,
     options: OptionsFor | None = None,
+    settings: Any = None,
 ) -> dict[str, list[dict[str, Any]]]:
     """Run ``app`` on ``n`` test samples with each strategy; print and return the results.
 
@@ -39,7 +40,8 @@ def run_demo(
     (``llmapps demo`` passes ``llmapps.compose.strategy_options``, the defaults every surface
     shares; default: the given options alone), and a strategy it gives a reason for is skipped
     with that reason. The table shows the app's ``demo_columns`` (default: its reference keys),
-    the sample's references above the strategies' outputs.
+    the sample's references above the strategies' outputs. ``settings`` (default: the
+    environment's) is what the strategies run under (``--tiny``: the tiny models).
     """
     from rich.console import Console
     from rich.table import Table
@@ -52,7 +54,7 @@ def run_demo(
     from llmapps.strategies.base import STRATEGIES
 
     console = Console()
-    settings = get_settings()
+    settings = settings or get_settings()
     spec = get_app(app)
     spec.parse_options(app_options)  # a bad option fails before any model loads
     if spec.samples is None:

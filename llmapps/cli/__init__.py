@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from llmapps.cli import flags
+from llmapps.compose import tiny_settings
 from llmapps.errors import ConfigError, LlmappsError
 
 log = logging.getLogger("llmapps")
@@ -69,15 +70,6 @@ def _positional_count(fn: Any) -> int:
     return sum(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params)
 
 
-def use_tiny_models() -> None:
-    """``--tiny``: the tiny local models become this process's base and instruct models (through
-    the environment, so every setting reader sees them: strategies, the demo's server, lora)."""
-    import os
-
-    os.environ["LLMAPPS_BASE_MODEL"] = "tiny-base"
-    os.environ["LLMAPPS_INSTRUCT_MODEL"] = "tiny-instruct"
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
@@ -90,8 +82,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
-    if getattr(args, "tiny", False):
-        use_tiny_models()
+    # --tiny: settings with the tiny models, handed to the command (args.settings) and from it to
+    # llmapps.compose, never written to the environment; None: the environment's settings
+    args.settings = tiny_settings() if getattr(args, "tiny", False) else None
     try:
         return int(args.func(args) or 0)
     except LlmappsError as err:

@@ -45,7 +45,8 @@ def cmd_fairness(args: argparse.Namespace) -> int:
     strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
     options = parse_options(args.opt, strategies)
     # every strategy's config is validated (unknown names, missing options) before any model loads
-    built = {name: make_strategy(name, **options[name]) for name in strategies}
+    settings = getattr(args, "settings", None)  # --tiny
+    built = {name: make_strategy(name, settings=settings, **options[name]) for name in strategies}
     if spec.samples is None:
         raise ConfigError(f"app {spec.name!r} bundles no samples to audit")
     out_dir = check_output(args.out, kind="folder")

@@ -70,7 +70,9 @@ def _bench(args: argparse.Namespace, out: Path) -> int:
     # --engine ray: each strategy's batches on a pool of Ray actors
     engine = flags.engine_config(args)
     if engine is None:
-        bench = Bench(config, out, progress=not args.quiet, options=strategy_options)
+        bench = Bench(
+            config, out, settings=args.settings, progress=not args.quiet, options=strategy_options
+        )
         rows = bench.run()
     else:
         from llmapps.bench.ray_engine import RayEngine, ray_cluster
@@ -78,6 +80,7 @@ def _bench(args: argparse.Namespace, out: Path) -> int:
         bench = Bench(
             config,
             out,
+            settings=args.settings,
             progress=not args.quiet,
             engine=RayEngine(engine),
             options=strategy_options,

@@ -20,7 +20,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     given = {n: flags.strategy_options(n, args) for n in names or STRATEGIES.names()}
     # the defaults every surface shares (llmapps.compose): the bench's, the web app's
     run_demo(
-        app, names, n=args.n, app_options=app_opts, strategy_options=given, options=strategy_options
+        app,
+        names,
+        n=args.n,
+        app_options=app_opts,
+        strategy_options=given,
+        options=strategy_options,
+        settings=getattr(args, "settings", None),  # --tiny
     )
     return 0
 

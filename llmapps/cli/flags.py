@@ -225,6 +225,10 @@ def strategy_options(name: str, args: argparse.Namespace) -> dict[str, Any]:
                 f"({hint}); {'its' if len(chosen) == 1 else 'their'} options: {valid}"
             )
     opts = {attr: value for attr, (_, value) in given.items() if attr in fields[name]}
+    if getattr(args, "settings", None) is not None:  # --tiny: the models the settings name
+        from llmapps.compose import settings_options
+
+        opts = {**settings_options(name, args.settings), **opts}
     batch = getattr(args, "batch_size", None)
     if batch is not None and "batch_size" in fields[name] and "batch_size" not in opts:
         opts["batch_size"] = batch

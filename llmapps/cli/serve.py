@@ -95,7 +95,9 @@ def served_options(args: argparse.Namespace) -> Iterator[dict[str, Any] | None]:
         yield None
         return
     with runnable_options(
-        args.strategy, overrides=flags.strategy_options(args.strategy, args)
+        args.strategy,
+        getattr(args, "settings", None),  # --tiny
+        overrides=flags.strategy_options(args.strategy, args),
     ) as opts:
         yield opts
 

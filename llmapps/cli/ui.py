@@ -88,7 +88,12 @@ def cmd_ui(args: argparse.Namespace) -> int:
         + ": a missing demo adapter is trained, a local server started...",
         file=sys.stderr,
     )
-    with compose_strategies(names, run=run, options={k: v for k, v in given.items() if v}) as cs:
+    with compose_strategies(
+        names,
+        run=run,
+        options={k: v for k, v in given.items() if v},
+        settings=getattr(args, "settings", None),  # --tiny
+    ) as cs:
         session = AppSession(app, composed=cs, app_options=app_opts, articles=articles)
         session.prepare()  # build each chain now: one that cannot run is listed with why
         for name, reason in session.unavailable():
