@@ -149,8 +149,8 @@ def test_compare_sees_only_changes_beyond_the_swapped_terms(words) -> None:
 
 
 def test_bad_words_file_and_options_are_config_errors(tmp_path) -> None:
-    from llmapps.cli.audit import parse_options
     from llmapps.audit.fairness import load_words
+    from llmapps.cli.audit import parse_options
     from llmapps.errors import ConfigError
 
     bad = tmp_path / "w.yaml"

@@ -363,9 +363,9 @@ def test_served_over_the_openai_chat_endpoint(tiny_instruct: str, tmp_path: Path
 
     import openai
 
+    from llmapps.cli.serve import app_chat
     from llmapps.models.local import load_local_model
     from llmapps.serving.app import create_app
-    from llmapps.cli.serve import app_chat
     from llmapps.serving.server import serve_in_thread
     from llmapps.settings import ServerSettings
 

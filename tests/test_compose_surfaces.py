@@ -60,8 +60,8 @@ def test_serve_app_with_lora_finds_its_demo_adapter(tiny_models: Path, tmp_path:
     options (the demo adapter) for both the served model and the app's chain; answered over HTTP."""
     import openai
 
-    from llmapps.serving.app import create_app
     from llmapps.cli.serve import app_chat, resolve_model, served_options
+    from llmapps.serving.app import create_app
     from llmapps.serving.server import serve_in_thread
     from llmapps.settings import ServerSettings
     from tests.conftest import TEST_HOME
