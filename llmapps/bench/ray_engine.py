@@ -424,7 +424,9 @@ class RayEngine:
 
         status, job, config = work.status, work.job, self.config
         try:  # bad options fail here, before a pool starts
-            status["config"] = make_strategy(job.name, **job.options).describe()
+            status["config"] = make_strategy(
+                job.name, settings=work.context.settings, **job.options
+            ).describe()
         except Exception as err:
             status.update(status="failed", error=f"{type(err).__name__}: {err}")
             return

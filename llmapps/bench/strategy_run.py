@@ -115,7 +115,9 @@ class BenchContext:
 
             judge_app = self.config.judge_app or self.spec.judge_app
             assert judge_app is not None  # checked in open
-            self.judge = build_chain(judge_app, make_strategy(self.config.judge))
+            self.judge = build_chain(
+                judge_app, make_strategy(self.config.judge, settings=self.settings)
+            )
 
 
 class StrategyJob(BaseModel):
@@ -176,7 +178,7 @@ class StrategyRun:
         self.price = Price.for_strategy(self.name, b.settings)
         started = time.perf_counter()
         try:
-            strategy = make_strategy(self.name, **options)
+            strategy = make_strategy(self.name, settings=b.settings, **options)
             status["config"] = strategy.describe()
             self._record_tasks(strategy)
             self.chain = build_chain(b.config.app, strategy, b.app_options)
