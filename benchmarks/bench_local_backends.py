@@ -54,10 +54,10 @@ SIDES = ("ours-llama.cpp", "plain-llama.cpp", "ours-transformers")
 MODEL = "gemma-3-270m"
 
 
-def _articles(n: int) -> list[dict[str, Any]]:
+def _articles(n: int, split: str = "test") -> list[dict[str, Any]]:
     from chains.news_data import samples
 
-    return [{k: a[k] for k in ("id", "title", "text")} for a in samples("test")[:n]]
+    return [{k: a[k] for k in ("id", "title", "text")} for a in samples(split)[:n]]
 
 
 class _Prompts:
@@ -110,13 +110,14 @@ def make_ours(backend: str, args: argparse.Namespace) -> Callable[[], harness.Ru
         "backend": backend,
         "max_new_tokens": args.max_new_tokens,
         "temperature": 0.0,
+        "structured": args.structured,
     }
     if args.strategy == "lora":
         opts["adapter"] = str(args.adapter)
     else:
         opts.update(base_model=MODEL, example_selection=args.selection)
     chain = load_chain("news-riddle", args.strategy, **opts)
-    arts = _articles(args.n)
+    arts = _articles(args.n, args.split)
 
     def run() -> harness.Run:
         if backend == "llama.cpp":
@@ -198,21 +199,37 @@ def child(args: argparse.Namespace) -> int:
     """One side's process: load, then run whenever the harness asks."""
     if args.side == "plain-llama.cpp":
         return harness.serve_side(make_plain(args))
-    return harness.serve_side(make_ours(args.side.removeprefix("ours-"), args))
+    backend, _, dtype = args.side.removeprefix("ours-").partition("-")
+    if dtype:  # ours-transformers-<dtype>: this process loads the model at that dtype
+        os.environ["LLMAPPS_DTYPE"] = dtype
+    return harness.serve_side(make_ours(backend, args))
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("-n", type=int, default=16, help="bundled test articles")
+    ap.add_argument("-n", type=int, default=16, help="bundled articles of --split")
+    ap.add_argument("--split", choices=["test", "validation"], default="test")
+    ap.add_argument(
+        "--structured",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="constrained decoding on every side of ours (off: free text, the model's own format)",
+    )
+    ap.add_argument(
+        "--dtypes",
+        default=None,
+        help="comma list (e.g. float32,bfloat16): one transformers side per dtype, interleaved, "
+        "with our llama.cpp backend as the reference and no plain llama-cpp-python side",
+    )
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--dtype", default=None, help="transformers side (default: settings' auto)")
     ap.add_argument("--selection", choices=["order", "similarity"], default="order")
     ap.add_argument("--strategy", choices=["few-shot", "lora"], default="few-shot")
     ap.add_argument("--adapter", type=Path, help="lora: the adapter folder (default: full recipe)")
-    ap.add_argument("--side", choices=SIDES, help=argparse.SUPPRESS)
+    ap.add_argument("--side", help=argparse.SUPPRESS)
     ap.add_argument("--prompts-from", help=argparse.SUPPRESS)
     harness.add_arguments(ap)
     args = ap.parse_args(argv)
@@ -230,12 +247,16 @@ def main(argv: list[str] | None = None) -> int:
     name = {"few-shot": "bench_local_backends", "lora": "bench_local_backends_lora"}[args.strategy]
     if args.selection == "similarity" and args.strategy == "few-shot":
         name += "_similarity"
+    if args.dtypes:
+        name += "_dtypes"
     config = {
         "model": MODEL,
         "n": args.n,
         "max_new_tokens": args.max_new_tokens,
         "threads": args.threads,
-        "dtype": args.dtype or "auto",
+        "dtype": args.dtypes or args.dtype or "auto",
+        "split": args.split,
+        "structured": args.structured,
         "example_selection": args.selection if args.strategy == "few-shot" else None,
         "greedy": True,
         **({"strategy": "lora", "adapter": str(args.adapter)} if args.strategy == "lora" else {}),
@@ -251,6 +272,10 @@ def main(argv: list[str] | None = None) -> int:
         args.selection,
         "--strategy",
         args.strategy,
+        "--split",
+        args.split,
+        "--structured",
+        args.structured,
         *(["--adapter", str(args.adapter)] if args.adapter else []),
     ]
     env = {**os.environ, **({"LLMAPPS_DTYPE": args.dtype} if args.dtype else {})}
@@ -258,6 +283,8 @@ def main(argv: list[str] | None = None) -> int:
     def cmd(side: str, *extra: str) -> list[str]:
         return [sys.executable, __file__, "--side", side, *common, *extra]
 
+    if args.dtypes:
+        return _dtype_run(args, name, config, cmd, env, argv)
     with tempfile.TemporaryDirectory(prefix="bench-local-backends-") as tmp:
         spec = Path(tmp) / "prompts.json"
         ours_llama = harness.ChildSide(cmd("ours-llama.cpp"), env=env)
@@ -313,6 +340,60 @@ def main(argv: list[str] | None = None) -> int:
         config=config,
         what=f"news-riddle {args.strategy} on {MODEL}, {args.n} test articles, "
         f"{args.max_new_tokens} new tokens: our two backends vs plain llama-cpp-python",
+        argv=argv,
+    )
+    return 0
+
+
+def _dtype_run(
+    args: argparse.Namespace,
+    name: str,
+    config: dict[str, Any],
+    cmd: Callable[..., list[str]],
+    env: dict[str, str],
+    argv: list[str] | None,
+) -> int:
+    """One transformers side per dtype of ``--dtypes`` and our llama.cpp backend (the GGUF's Q4
+    kernels) as the texts' reference, each in its own process, interleaved."""
+    from chains.news_riddle import parse_fields
+
+    dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
+    children = [harness.ChildSide(cmd("ours-llama.cpp"), env=env)]
+    children += [harness.ChildSide(cmd(f"ours-transformers-{d}"), env=env) for d in dtypes]
+
+    def llama_run() -> harness.Run:
+        r = children[0]()
+        r.info.pop("prompts"), r.info.pop("stop")
+        return r
+
+    sides = [
+        harness.Side("ours-llama.cpp", llama_run, role="ours", threads=args.threads, dtype="Q4_K_M")
+    ]
+    sides += [
+        harness.Side(f"ours-transformers-{d}", c, role="ours", dtype=d, threads=args.threads)
+        for d, c in zip(dtypes, children[1:], strict=True)
+    ]
+    try:
+        m = harness.measure(
+            sides,
+            harness.Metric("articles/s"),
+            repeats=args.repeats,
+            warmup=args.warmup,
+            valid=lambda t: bool(parse_fields(t)["valid"]),
+            reference="ours-llama.cpp",
+            progress=print,
+        )
+    finally:
+        for c in children:
+            c.close()
+    harness.finish(
+        name,
+        m,
+        args,
+        config=config,
+        what=f"news-riddle {args.strategy} on {MODEL}, {args.n} {args.split} articles, "
+        f"{args.max_new_tokens} new tokens, structured {args.structured}: transformers at "
+        f"{', '.join(dtypes)} vs our llama.cpp backend (Q4_K_M)",
         argv=argv,
     )
     return 0
