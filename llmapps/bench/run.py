@@ -195,7 +195,7 @@ class Bench:
         self._write_config()
         self.load_judge()
         if {self.settings.base_model, self.settings.instruct_model} & set(BUILTIN_MODELS):
-            from llmapps.apps import default_corpus
+            from llmapps.api.apps import default_corpus
             from llmapps.models.tiny import ensure_tiny_models
 
             # build once up front, so no strategy's load time or memory includes training

@@ -65,7 +65,7 @@ class BenchContext:
         cls, config: BenchConfig, *, settings: Any = None, metrics: Any = None
     ) -> BenchContext:
         """Check ``config`` against the registries and load the samples (no model is loaded)."""
-        from llmapps.apps import get_app
+        from llmapps.api.apps import get_app
         from llmapps.evaluate.scoring import MetricsConfig
         from llmapps.settings import get_settings
         from llmapps.strategies.base import STRATEGIES
