@@ -205,6 +205,19 @@ def child(args: argparse.Namespace) -> int:
     return harness.serve_side(make_ours(backend, args))
 
 
+def _measure(args: argparse.Namespace, sides: list[harness.Side], reference: str) -> Any:
+    """Articles per second of ``sides`` against ``reference``'s texts, valid where they parse."""
+    from chains.news_riddle import parse_fields
+
+    return harness.measure_with(
+        args,
+        sides,
+        harness.Metric("articles/s"),
+        valid=lambda t: bool(parse_fields(t)["valid"]),
+        reference=reference,
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -241,8 +254,6 @@ def main(argv: list[str] | None = None) -> int:
         args.adapter = get_settings().home / "adapters" / "news-riddle-gemma-3-270m"
     if args.side:
         return child(args)
-
-    from chains.news_riddle import parse_fields
 
     name = {"few-shot": "bench_local_backends", "lora": "bench_local_backends_lora"}[args.strategy]
     if args.selection == "similarity" and args.strategy == "few-shot":
@@ -318,15 +329,7 @@ def main(argv: list[str] | None = None) -> int:
             ),
         ]
         try:
-            m = harness.measure(
-                sides,
-                harness.Metric("articles/s"),
-                repeats=args.repeats,
-                warmup=args.warmup,
-                valid=lambda t: bool(parse_fields(t)["valid"]),
-                reference="plain-llama.cpp",
-                progress=print,
-            )
+            m = _measure(args, sides, reference="plain-llama.cpp")
         finally:
             for c in (ours_llama, plain, ours_hf):
                 c.close()
@@ -355,7 +358,6 @@ def _dtype_run(
 ) -> int:
     """One transformers side per dtype of ``--dtypes`` and our llama.cpp backend (the GGUF's Q4
     kernels) as the texts' reference, each in its own process, interleaved."""
-    from chains.news_riddle import parse_fields
 
     dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
     children = [harness.ChildSide(cmd("ours-llama.cpp"), env=env)]
@@ -374,15 +376,7 @@ def _dtype_run(
         for d, c in zip(dtypes, children[1:], strict=True)
     ]
     try:
-        m = harness.measure(
-            sides,
-            harness.Metric("articles/s"),
-            repeats=args.repeats,
-            warmup=args.warmup,
-            valid=lambda t: bool(parse_fields(t)["valid"]),
-            reference="ours-llama.cpp",
-            progress=print,
-        )
+        m = _measure(args, sides, reference="ours-llama.cpp")
     finally:
         for c in children:
             c.close()
