@@ -137,6 +137,8 @@ def cmd_pairs(args: argparse.Namespace) -> int:
     weights = dict(REWARD_WEIGHTS)
     weights.update({k: float(v) for k, v in _overrides(args.reward).items()})
     samples_out = Path(args.samples) if args.samples else out.with_suffix(".samples.jsonl")
+    # the sampling flags go by their own names
+    knobs = ("limit", "temperature", "top_p", "seed", "margin", "base_model", "max_new_tokens")
     with writing(out, [args.adapter], kind="file"):
         pairs, counts = ai_feedback_pairs(
             args.app,
@@ -144,15 +146,9 @@ def cmd_pairs(args: argparse.Namespace) -> int:
             samples_out,
             k=args.sample,
             splits=[s.strip() for s in args.split.split(",") if s.strip()],
-            limit=args.limit,
-            temperature=args.temperature,
-            top_p=args.top_p,
-            seed=args.seed,
-            margin=args.margin,
             weights=weights,
-            base_model=args.base_model,
-            max_new_tokens=args.max_new_tokens,
             progress=not args.quiet,
+            **{k: getattr(args, k) for k in knobs},
         )
         digest = write_pairs(out, pairs)
     print(", ".join(f"{v} {k.replace('_', ' ')}" for k, v in counts.items()))
@@ -173,15 +169,8 @@ def cmd_dpo(args: argparse.Namespace) -> int:
     out = Path(args.out)
     sources = [s for s in (args.adapter or recipe.adapter, args.pairs or recipe.pairs) if s]
     with writing(out, sources, kind="folder"):
-        result = train_dpo(
-            recipe,
-            out,
-            adapter=args.adapter,
-            pairs=args.pairs,
-            resume=args.resume,
-            overwrite=args.overwrite,
-            progress=not args.quiet,
-        )
+        given = {k: getattr(args, k) for k in ("adapter", "pairs", "resume", "overwrite")}
+        result = train_dpo(recipe, out, progress=not args.quiet, **given)
     m = result.metrics
     first, last = m["first_logged"], m["last_logged"]
     print(f"adapter: {result.adapter}")
