@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from pydantic import SecretStr
+from testkit import fake_service_chain
 
 from llmapps.errors import BackendError
 from llmapps.service.chat import ServiceChatModel, forget_structured_support
@@ -73,20 +74,10 @@ def test_the_default_timeout_is_the_peers(monkeypatch: pytest.MonkeyPatch) -> No
 
 
 def test_a_chain_on_a_busy_server_marks_the_row_and_sends_it_once(endpoint: Any) -> None:
-    from llmapps.apps import load_chain
     from llmapps.runner import run_batches
 
     url, state = endpoint
-    chain = load_chain(
-        "news-riddle",
-        "service",
-        base_url=url,
-        model="fake-model",
-        api_key=SecretStr(KEY),
-        cache=False,
-        max_concurrency=2,
-        timeout=0.3,
-    )
+    chain = fake_service_chain(url, KEY, max_concurrency=2, timeout=0.3)
     inputs = [
         {"title": f"Story {i}", "text": f"It happened {i}." + (" [fail:slow:9]" if i else "")}
         for i in range(3)

@@ -16,7 +16,7 @@ import pytest
 from langchain_core.caches import InMemoryCache
 from langchain_core.messages import AIMessage
 from langchain_core.rate_limiters import BaseRateLimiter
-from pydantic import SecretStr
+from testkit import fake_service_chain
 
 from llmapps.errors import BackendError, ConfigError
 from llmapps.service.cache import ResponseCache
@@ -26,8 +26,8 @@ from llmapps.service.chat import (
     forget_structured_support,
     structured_support,
 )
-from llmapps.serving.fake_endpoint import FakeEndpointState, create_fake_app
 from llmapps.service.limits import RateLimiter, RetryPolicy, parse_retry_after
+from llmapps.serving.fake_endpoint import FakeEndpointState, create_fake_app
 from llmapps.serving.server import serve_in_thread
 
 SECRET = "sk-test-very-secret-value-123"
@@ -117,21 +117,10 @@ def test_batch_finishes_with_failures_marked_and_nothing_lost(endpoint: Any) -> 
 
 
 def test_news_riddle_chain_marks_failed_rows(endpoint: Any) -> None:
-    from llmapps.apps import load_chain
     from llmapps.runner import run_batches
 
     url, _ = endpoint
-    chain = load_chain(
-        "news-riddle",
-        "service",
-        base_url=url,
-        model="fake-model",
-        api_key=SecretStr(SECRET),
-        cache=False,
-        max_retries=1,
-        max_concurrency=4,
-        timeout=1.0,
-    )
+    chain = fake_service_chain(url, SECRET, max_retries=1, max_concurrency=4, timeout=1.0)
     inputs = [
         {
             "title": f"Story {i}",

@@ -59,3 +59,21 @@ def few_shot_bench(limit: int, batch_size: int, max_new_tokens: int, **extra: An
         strategy_options={"few-shot": {"max_new_tokens": max_new_tokens}},
         **extra,
     )
+
+
+def fake_service_chain(url: str, api_key: str, **options: Any) -> Any:
+    """news-riddle on the ``service`` strategy against the scripted endpoint at ``url``
+    (``llmapps.serving.fake_endpoint``; model ``fake-model``, no response cache)."""
+    from pydantic import SecretStr
+
+    from llmapps import load_chain
+
+    return load_chain(
+        "news-riddle",
+        "service",
+        base_url=url,
+        model="fake-model",
+        api_key=SecretStr(api_key),
+        cache=False,
+        **options,
+    )
