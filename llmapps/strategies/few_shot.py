@@ -11,9 +11,9 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import Field
 
 from llmapps.errors import ConfigError
-from llmapps.strategies.base import StrategyConfig, resolve_config
-from llmapps.strategies.local import LocalModelStrategy
-from llmapps.strategies.structured import CompletionReply, GenerationControls, completion_model
+from llmapps.strategies.base import resolve_config
+from llmapps.strategies.local import LocalModelConfig, LocalModelStrategy
+from llmapps.strategies.structured import CompletionReply, completion_model
 
 if TYPE_CHECKING:
     from langchain_core.runnables import Runnable
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 EXAMPLE_SELECTIONS = ("order", "similarity", "mmr")
 
 
-class FewShotStrategyConfig(StrategyConfig, GenerationControls):
+class FewShotStrategyConfig(LocalModelConfig):
     """Options of the ``few-shot`` strategy."""
 
     kind: Literal["few-shot"] = "few-shot"
@@ -33,9 +33,6 @@ class FewShotStrategyConfig(StrategyConfig, GenerationControls):
         None,
         description="packaged name, hub id, directory or .gguf file; default: settings.base_model",
     )
-    max_new_tokens: int | None = Field(None, ge=1, description="default: the task's budget")
-    temperature: float = Field(0.0, ge=0.0, le=2.0)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
     max_examples: int | None = Field(None, ge=0)
     max_prompt_tokens: int | None = Field(
         None,
@@ -46,14 +43,6 @@ class FewShotStrategyConfig(StrategyConfig, GenerationControls):
     example_selection: Literal["order", "similarity", "mmr"] = Field(
         "similarity",
         description="similarity/mmr: rank the examples per input (embeddings); order: bank order",
-    )
-    batch_size: int | None = Field(None, ge=1)
-    device: str | None = None
-    dtype: str | None = None
-    backend: Literal["transformers", "llama.cpp"] | None = Field(
-        None,
-        description="transformers or llama.cpp (GGUF files and packaged models); default: "
-        "settings.generation.backend, or llama.cpp for a .gguf base_model",
     )
 
     def settings_defaults(self, settings: Settings) -> dict[str, Any]:

@@ -11,10 +11,38 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from llmapps.strategies.base import Strategy, resolve_config
+from pydantic import Field, field_validator
+
+from llmapps.strategies.base import Strategy, StrategyConfig, resolve_config
+from llmapps.strategies.structured import GenerationControls
 
 if TYPE_CHECKING:
     from llmapps.api.backends import LocalLM
+
+
+class LocalModelConfig(StrategyConfig, GenerationControls):
+    """The options every local-model strategy has: sampling, batch, device, dtype and backend."""
+
+    max_new_tokens: int | None = Field(None, ge=1, description="default: the task's budget")
+    temperature: float = Field(0.0, ge=0.0, le=2.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    batch_size: int | None = Field(None, ge=1)
+    device: str | None = None
+    dtype: str | None = None
+    backend: str | None = Field(
+        None,
+        description="a registered model backend: transformers, or llama.cpp (GGUF files and "
+        "packaged models); default: settings.generation.backend, or llama.cpp for a .gguf model",
+    )
+
+    @field_validator("backend")
+    @classmethod
+    def _registered(cls, value: str | None) -> str | None:
+        from llmapps.api.backends import BACKENDS
+
+        if value is not None and value not in BACKENDS:
+            raise ValueError(f"{value!r} is not a registered backend ({', '.join(BACKENDS)})")
+        return value
 
 
 class LocalModelStrategy(Strategy):

@@ -50,9 +50,9 @@ from llmapps.adapters import read_manifest as read_manifest
 from llmapps.adapters import write_manifest as write_manifest
 from llmapps.errors import ConfigError
 from llmapps.models.local import LocalModel
-from llmapps.strategies.base import StrategyConfig, resolve_config
-from llmapps.strategies.local import LocalModelStrategy
-from llmapps.strategies.structured import CompletionReply, GenerationControls, completion_model
+from llmapps.strategies.base import resolve_config
+from llmapps.strategies.local import LocalModelConfig, LocalModelStrategy
+from llmapps.strategies.structured import CompletionReply, completion_model
 
 if TYPE_CHECKING:
     from langchain_core.runnables import Runnable
@@ -63,7 +63,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-class LoraStrategyConfig(StrategyConfig, GenerationControls):
+class LoraStrategyConfig(LocalModelConfig):
     """Options of the ``lora`` strategy."""
 
     kind: Literal["lora"] = "lora"
@@ -85,12 +85,6 @@ class LoraStrategyConfig(StrategyConfig, GenerationControls):
     allow_other_task: bool = Field(
         False, description="use the adapter on a task it was not trained for"
     )
-    max_new_tokens: int | None = Field(None, ge=1, description="default: the task's budget")
-    temperature: float = Field(0.0, ge=0.0, le=2.0)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    batch_size: int | None = Field(None, ge=1)
-    device: str | None = None
-    dtype: str | None = None
 
     def settings_defaults(self, settings: Settings) -> dict[str, Any]:
         return {

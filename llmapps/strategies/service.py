@@ -120,19 +120,14 @@ class ServiceStrategy(Strategy):
                     "such as `llmapps serve`"
                 )
             key = SecretStr("no-key")  # self-hosted endpoints without auth still want a header
+        # the options ServiceChatModel takes under the config's own names
+        same = ("model", "base_url", "temperature", "top_p", "seed", "timeout", "rpm", "tpm")
         model = ServiceChatModel(
-            model=c.model,
-            base_url=c.base_url,
+            **{name: getattr(c, name) for name in same},
             api_key=key,
-            temperature=c.temperature,
-            top_p=c.top_p,
-            seed=c.seed,
-            max_tokens=max_new_tokens,  # type: ignore[call-arg]  # ChatOpenAI alias
-            timeout=c.timeout,
+            max_tokens=max_new_tokens,  # ChatOpenAI alias
             retries=c.max_retries,
             retry_timeouts=s.retry_timeouts,
-            rpm=c.rpm,
-            tpm=c.tpm,
             max_inflight=self.max_concurrency,
             cache_path=c.cache_path if c.cache else None,
             prices={k: v.model_dump() for k, v in s.prices.items()},

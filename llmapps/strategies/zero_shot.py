@@ -6,10 +6,10 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
 
-from llmapps.strategies.base import StrategyConfig, resolve_config
+from llmapps.strategies.base import resolve_config
 from llmapps.strategies.few_shot import fit_inputs
-from llmapps.strategies.local import LocalModelStrategy
-from llmapps.strategies.structured import GenerationControls, resolve_constraint
+from llmapps.strategies.local import LocalModelConfig, LocalModelStrategy
+from llmapps.strategies.structured import resolve_constraint
 
 if TYPE_CHECKING:
     from langchain_core.runnables import Runnable
@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from llmapps.tasks import Task
 
 
-class ZeroShotStrategyConfig(StrategyConfig, GenerationControls):
+class ZeroShotStrategyConfig(LocalModelConfig):
     """Options of the ``zero-shot`` strategy."""
 
     kind: Literal["zero-shot"] = "zero-shot"
@@ -26,21 +26,10 @@ class ZeroShotStrategyConfig(StrategyConfig, GenerationControls):
         None,
         description="packaged name, hub id, directory or .gguf file; default: settings.instruct_model",
     )
-    max_new_tokens: int | None = Field(None, ge=1)
     max_prompt_tokens: int | None = Field(
         None,
         ge=16,
         description="longer inputs are truncated; default: settings.generation.max_prompt_tokens",
-    )
-    temperature: float = Field(0.0, ge=0.0, le=2.0)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    batch_size: int | None = Field(None, ge=1)
-    device: str | None = None
-    dtype: str | None = None
-    backend: Literal["transformers", "llama.cpp"] | None = Field(
-        None,
-        description="transformers or llama.cpp (GGUF files and packaged models); default: "
-        "settings.generation.backend, or llama.cpp for a .gguf instruct_model",
     )
 
     def settings_defaults(self, settings: Settings) -> dict[str, Any]:
