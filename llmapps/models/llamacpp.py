@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from llmapps.api.backends import BACKENDS as BACKENDS  # the registry; names as the old tuple
 from llmapps.api.backends import Backend, Capabilities, ModelSpec, register_backend
-from llmapps.errors import BackendError, ConfigError, InputError
+from llmapps.errors import BackendError, ConfigError
 from llmapps.models.gguf import GGUFInfo as GGUFInfo  # the header check; importable from here too
 from llmapps.models.gguf import read_gguf_header as read_gguf_header
 from llmapps.models.grammar_masks import NumpyGrammarProcessor, NumpyNoRepeatNGram
@@ -50,7 +50,7 @@ from llmapps.models.loader import completion_llm as completion_llm
 from llmapps.models.loader import load_model as load_model
 from llmapps.models.loader import resolve_backend as resolve_backend
 from llmapps.models.loader import with_logits as with_logits
-from llmapps.models.local import GenerationOutput, GenerationParams
+from llmapps.models.local import GenerationOutput, GenerationParams, fit_prompts
 from llmapps.models.native_probe import check_llamacpp
 from llmapps.models.structured import (
     CompiledConstraint,
@@ -209,30 +209,7 @@ class GGUFModel:
     # -------------------------------------------------------------- generation
 
     def _encode(self, prompts: Sequence[str], max_new: int) -> tuple[list[list[int]], list[bool]]:
-        limit = self.context_length - max_new
-        if limit <= 0:
-            raise InputError(
-                f"max_new_tokens={max_new} leaves no room for a prompt in the "
-                f"{self.context_length}-token context of {self.name!r}; lower max_new_tokens"
-            )
-        encoded, truncated = [], []
-        for i, p in enumerate(prompts):
-            ids = self.tokenize(p)
-            truncated.append(len(ids) > limit)
-            if len(ids) > limit:
-                log.warning(
-                    "prompt %d has %d tokens, more than the %d that fit %r with %d new tokens: "
-                    "keeping its last %d tokens",
-                    i,
-                    len(ids),
-                    limit,
-                    self.name,
-                    max_new,
-                    limit,
-                )
-                ids = ids[-limit:]
-            encoded.append(ids)
-        return encoded, truncated
+        return fit_prompts(self, [self.tokenize(p) for p in prompts], max_new)
 
     def _align_cache(self, ids: list[int]) -> None:
         """Keep only a ``reuse_step``-aligned part of the cached prefix ``ids`` shares (see above).

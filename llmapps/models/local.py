@@ -224,28 +224,11 @@ class LocalModel:
         params = params or GenerationParams()
         if not prompts:
             return []
-        encoded = [self.tokenizer(p, add_special_tokens=True)["input_ids"] for p in prompts]
-        limit = self.context_length - params.max_new_tokens
-        if limit <= 0:
-            raise InputError(
-                f"max_new_tokens={params.max_new_tokens} leaves no room for a prompt in the "
-                f"{self.context_length}-token context of {self.name!r}; lower max_new_tokens"
-            )
-        truncated = [False] * len(encoded)
-        for i, ids in enumerate(encoded):
-            if len(ids) > limit:
-                log.warning(
-                    "prompt %d has %d tokens, more than the %d that fit %r with %d new tokens: "
-                    "keeping its last %d tokens",
-                    i,
-                    len(ids),
-                    limit,
-                    self.name,
-                    params.max_new_tokens,
-                    limit,
-                )
-                encoded[i] = ids[-limit:]
-                truncated[i] = True
+        encoded, truncated = fit_prompts(
+            self,
+            [self.tokenizer(p, add_special_tokens=True)["input_ids"] for p in prompts],
+            params.max_new_tokens,
+        )
         # a constraint that does not compile fails here, before any token is generated
         compiled = self.compile(params.constraint) if params.constraint is not None else None
         order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]), reverse=True)
@@ -408,6 +391,35 @@ class LocalModel:
             log.info("%s: no stitched prefill (%s); prefilling padded batches", self.name, err)
             self.stitch_prefill = False
             return None
+
+
+def fit_prompts(
+    lm: Any, encoded: list[list[int]], max_new: int
+) -> tuple[list[list[int]], list[bool]]:
+    """Each prompt's token ids cut to its last tokens that fit ``lm``'s context with ``max_new``
+    new tokens (a warning names each cut one), and which were cut; any backend's generate.
+
+    Raises:
+        InputError: ``max_new`` leaves no room for a prompt at all.
+    """
+    limit = lm.context_length - max_new
+    if limit <= 0:
+        raise InputError(
+            f"max_new_tokens={max_new} leaves no room for a prompt in the "
+            f"{lm.context_length}-token context of {lm.name!r}; lower max_new_tokens"
+        )
+    out, truncated = [], []
+    for i, ids in enumerate(encoded):
+        truncated.append(len(ids) > limit)
+        if len(ids) > limit:
+            log.warning(
+                "prompt %d has %d tokens, more than the %d that fit %r with %d new tokens: "
+                "keeping its last %d tokens",
+                *(i, len(ids), limit, lm.name, max_new, limit),
+            )
+            ids = ids[-limit:]
+        out.append(ids)
+    return out, truncated
 
 
 def repetition_kwargs(params: GenerationParams) -> dict[str, Any]:

@@ -343,14 +343,16 @@ class Serving:
 
         from starlette.concurrency import run_in_threadpool
 
-        from llmapps.models.llamacpp import GGUFModel
+        from llmapps.models.loader import backend_of
         from llmapps.models.streaming import stream_local
 
         lm = self.lm
-        if isinstance(lm, GGUFModel):
-            source: Iterator[str] = _pumped(lambda: lm.stream(prompt, params), cancel)
-        else:
-            source = stream_local(cast(Any, _CancellableLM(lm, cancel)), prompt, params)
+        if backend_of(lm).capabilities.logits:  # transformers' generate: a stopping criterion
+            source: Iterator[str] = stream_local(
+                cast(Any, _CancellableLM(lm, cancel)), prompt, params
+            )
+        else:  # a backend's own stream (llama.cpp), pumped in a thread that checks cancel
+            source = _pumped(lambda: lm.stream(prompt, params), cancel)
         end = object()
         try:
             first = await run_in_threadpool(next, source, end)
