@@ -15,6 +15,7 @@ langchain-openai gives it (``include_raw=True`` returns ``{"raw", "parsed", "par
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass
 from operator import itemgetter
 from typing import Any, Literal
 
@@ -51,6 +52,39 @@ from llmapps.models.local import (
     load_local_model,
 )
 from llmapps.models.structured import OutputConstraint
+
+
+@dataclass
+class BatchCall:
+    """One ``batch`` call as ``OneBatch._batch_once`` gets it: the inputs, the config as given and
+    one config per input, ``return_exceptions`` and the call's keyword arguments."""
+
+    inputs: list[Any]
+    config: RunnableConfig | list[RunnableConfig] | None
+    configs: list[RunnableConfig]
+    return_exceptions: bool
+    kwargs: dict[str, Any]
+
+
+class OneBatch:
+    """``batch`` for a Runnable that answers a whole batch in one call (``_batch_once``): an
+    empty batch is empty (LangChain's own ``batch`` would call the model once per input)."""
+
+    def batch(
+        self,
+        inputs: list[Any],
+        config: RunnableConfig | list[RunnableConfig] | None = None,
+        *,
+        return_exceptions: bool = False,
+        **kwargs: Any,
+    ) -> list[Any]:
+        if not inputs:
+            return []
+        configs = get_config_list(config, len(inputs))
+        return self._batch_once(BatchCall(inputs, config, configs, return_exceptions, kwargs))
+
+    def _batch_once(self, call: BatchCall) -> list[Any]:
+        raise NotImplementedError
 
 
 class _LocalMixin(BaseModel):
@@ -186,7 +220,7 @@ def _to_dicts(messages: Sequence[BaseMessage]) -> list[dict[str, str]]:
     return out
 
 
-class ChatLocal(_LocalMixin, BaseChatModel):
+class ChatLocal(OneBatch, _LocalMixin, BaseChatModel):
     """A local instruction/chat model (Hugging Face, with a chat template) as a LangChain chat model.
 
     Example:
@@ -269,20 +303,14 @@ class ChatLocal(_LocalMixin, BaseChatModel):
             )
         )
 
-    def batch(
-        self,
-        inputs: list[Any],
-        config: RunnableConfig | list[RunnableConfig] | None = None,
-        *,
-        return_exceptions: bool = False,
-        **kwargs: Any,
-    ) -> list[AIMessage]:
-        """One batched ``generate`` for all inputs (the base class would loop one by one)."""
-        if not inputs:
-            return []
-        configs = get_config_list(config, len(inputs))
+    def _batch_once(self, call: BatchCall) -> list[Any]:
+        """One batched ``generate`` for all inputs, unless the caller caps the concurrency."""
+        inputs, configs, kwargs = call.inputs, call.configs, dict(call.kwargs)
+        return_exceptions = call.return_exceptions
         if configs[0].get("max_concurrency") is not None:
-            return super().batch(inputs, config, return_exceptions=return_exceptions, **kwargs)
+            return BaseChatModel.batch(
+                self, inputs, call.config, return_exceptions=return_exceptions, **kwargs
+            )
         stop = self._stops(kwargs.pop("stop", None))
         structured = _ls_structured_output(kwargs.pop("ls_structured_output_format", None))
         options = {"stop": stop, **kwargs, **structured}

@@ -18,10 +18,11 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from langchain_core.messages import AIMessage, AIMessageChunk
 from langchain_core.runnables import RunnableConfig, RunnableSerializable
-from langchain_core.runnables.config import ensure_config, get_config_list
+from langchain_core.runnables.config import ensure_config
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from llmapps.errors import ConfigError
+from llmapps.models.langchain_local import BatchCall, OneBatch
 
 if TYPE_CHECKING:
     from langchain_core.language_models import BaseLLM
@@ -145,7 +146,7 @@ def completion_model(
     )
 
 
-class CompletionReply(RunnableSerializable[Any, AIMessage]):
+class CompletionReply(OneBatch, RunnableSerializable[Any, AIMessage]):
     """A completion model whose replies come back as ``AIMessage``s carrying what the backend said
     (``response_metadata``: ``finish_reason``, ``constraint_error``, token counts): LangChain's
     ``BaseLLM`` returns bare strings. ``batch`` is still one batched ``generate``."""
@@ -163,18 +164,9 @@ class CompletionReply(RunnableSerializable[Any, AIMessage]):
     def invoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> AIMessage:
         return self.batch([input], [ensure_config(config)], **kwargs)[0]
 
-    def batch(
-        self,
-        inputs: list[Any],
-        config: RunnableConfig | list[RunnableConfig] | None = None,
-        *,
-        return_exceptions: bool = False,
-        **kwargs: Any,
-    ) -> list[AIMessage]:
-        if not inputs:
-            return []
+    def _batch_once(self, call: BatchCall) -> list[Any]:
         llm: BaseLLM = self.llm
-        configs = get_config_list(config, len(inputs))
+        inputs, configs, kwargs = call.inputs, call.configs, call.kwargs
         try:
             result = llm.generate_prompt(
                 [llm._convert_input(x) for x in inputs],
@@ -186,8 +178,8 @@ class CompletionReply(RunnableSerializable[Any, AIMessage]):
                 **kwargs,
             )
         except Exception as err:
-            if return_exceptions:
-                return [err] * len(inputs)  # type: ignore[list-item]
+            if call.return_exceptions:
+                return [err] * len(inputs)
             raise
         return [self._message(g[0]) for g in result.generations]
 
