@@ -73,9 +73,11 @@ def resolve_model_path(name: str, settings: Settings | None = None, *, build: bo
                     f"the built-in model {name!r} is not built yet at {path}; "
                     "run `llmapps models build`"
                 )
+            from llmapps.api.apps import default_corpus
             from llmapps.models.tiny import ensure_tiny_models
 
-            ensure_tiny_models(settings.models_dir)
+            # the corpus comes from the app contract (api), read only if nothing is built yet
+            ensure_tiny_models(settings.models_dir, corpus=default_corpus)
         return str(path)
     from llmapps.models import packaged
 
