@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from llmapps.errors import ConfigError, LlmappsError
+from llmapps.errors import ConfigError, LlmappsError, one_line
 
 if TYPE_CHECKING:
     from langchain_core.runnables import Runnable
@@ -98,15 +98,6 @@ class ComposedStrategy:
     @property
     def runnable(self) -> bool:
         return self.reason is None
-
-
-def one_line(err: BaseException | str) -> str:
-    """An error as one line for a person: our errors' own words (their lines joined), others'
-    text without the Python class name."""
-    text = str(err) if not isinstance(err, str) else err
-    parts = [" ".join(p.split()).lstrip("- ") for p in text.splitlines() if p.strip()]
-    line = "; ".join(parts) or (type(err).__name__ if not isinstance(err, str) else "")
-    return line[:600]
 
 
 def read_run(run: Path) -> tuple[list[tuple[str, str, dict[str, Any]]], dict[str, dict[str, Any]]]:

@@ -62,3 +62,12 @@ def config_error_from_validation(what: str, err: Exception) -> ConfigError:
     else:  # pragma: no cover - defensive
         problems.append(str(err))
     return ConfigError(format_problems(f"invalid {what}:", problems))
+
+
+def one_line(err: BaseException | str) -> str:
+    """An error as one line for a person: our errors' own words (their lines joined), others'
+    text without the Python class name."""
+    text = str(err) if not isinstance(err, str) else err
+    parts = [" ".join(p.split()).lstrip("- ") for p in text.splitlines() if p.strip()]
+    line = "; ".join(parts) or (type(err).__name__ if not isinstance(err, str) else "")
+    return line[:600]
