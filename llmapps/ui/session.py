@@ -17,9 +17,8 @@ from typing import Any
 
 from langchain_core.callbacks import BaseCallbackHandler
 
-from llmapps.apps import AppSpec, UiSpec, get_app
-from llmapps.compose import one_line
-from llmapps.errors import InputError, LlmappsError
+from llmapps.api.apps import AppSpec, UiSpec, get_app
+from llmapps.errors import InputError, LlmappsError, one_line
 from llmapps.observe import UsageTracker
 
 log = logging.getLogger(__name__)
@@ -225,7 +224,8 @@ class AppSession:
 
     def chain(self, name: str) -> Any:
         """The app's chain on strategy ``name``, built on first use (errors are ``LlmappsError``)."""
-        from llmapps.apps import load_chain
+        from llmapps.options import as_kwargs
+        from llmapps.strategies.base import make_strategy
 
         if name not in self.entries:
             offered = [n for n, e in self.entries.items() if e.runnable]
@@ -238,12 +238,11 @@ class AppSession:
         with self._build_lock:
             if name not in self._chains:
                 started = time.perf_counter()
-                self._chains[name] = load_chain(
-                    self.app,
-                    entry.strategy or entry.kind or name,
-                    app_options=self.app_options,
-                    **({} if entry.strategy else entry.options),
-                )
+                # what compose.load_chain does: the strategy (made here from the options the
+                # composed set gives it, unless given ready) and the app built on it
+                options = as_kwargs(self.spec.parse_options(self.app_options))  # before models
+                strategy = entry.strategy or make_strategy(entry.kind or name, **entry.options)
+                self._chains[name] = self.spec.build(strategy, **options)
                 log.info("built %s on %s in %.1f s", self.app, name, time.perf_counter() - started)
             return self._chains[name]
 
