@@ -286,7 +286,7 @@ def compose_strategies(
 
 
 def run_bench(config: Any, out: Path, **kwargs: Any) -> list[dict[str, Any]]:
-    """``llmapps.bench.run_bench`` with the defaults every surface shares (``strategy_options``:
+    """``llmapps.bench.run.run_bench`` with the defaults every surface shares (``strategy_options``:
     lora's demo adapter, service's local server), as ``llmapps bench`` runs it."""
     from llmapps.bench.run import run_bench as bench_run
 

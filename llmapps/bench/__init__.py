@@ -4,7 +4,9 @@ folder layout, ``engine`` for who answers (``LocalEngine``, ``ray_engine.RayEngi
 ``report`` for the summary.
 
 Names are imported lazily (PEP 562): ``llmapps.settings`` imports this package's ``settings``
-section, which must not pull in the bench (that imports the settings back).
+section, which must not pull in the bench (that imports the settings back). ``run_bench`` here is
+``llmapps.compose.run_bench`` (the bench with the strategy defaults every surface shares, as it
+always was); ``llmapps.bench.run.run_bench`` takes them as ``options=``.
 """
 
 from __future__ import annotations
@@ -15,6 +17,10 @@ __all__ = ["Bench", "BenchConfig", "run_bench"]
 
 
 def __getattr__(name: str) -> Any:
+    if name == "run_bench":  # the old path keeps the shared strategy defaults it always had
+        from llmapps.compose import run_bench
+
+        return run_bench
     if name in __all__:
         from llmapps.bench import run
 
