@@ -66,6 +66,19 @@ def _percentiles(means: np.ndarray, confidence: float) -> tuple[float, float]:
     return float(low), float(high)
 
 
+def _resampled(
+    x: np.ndarray, resamples: int, confidence: float, seed: int
+) -> tuple[float, float, float]:
+    """The mean of a non-empty ``x`` and its percentile interval (the point, under two values)."""
+    mean = float(x.mean())
+    if x.size < 2:
+        return mean, mean, mean
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, x.size, size=(resamples, x.size))
+    low, high = _percentiles(x[idx].mean(axis=1), confidence)
+    return mean, low, high
+
+
 def bootstrap_ci(
     values: Sequence[float | None],
     *,
@@ -78,12 +91,7 @@ def bootstrap_ci(
     x = _clean(values)
     if x.size == 0:
         return Interval(math.nan, math.nan, math.nan, 0, confidence)
-    mean = float(x.mean())
-    if x.size < 2:
-        return Interval(mean, mean, mean, int(x.size), confidence)
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, x.size, size=(resamples, x.size))
-    low, high = _percentiles(x[idx].mean(axis=1), confidence)
+    mean, low, high = _resampled(x, resamples, confidence, seed)
     return Interval(mean, low, high, int(x.size), confidence)
 
 
@@ -107,10 +115,6 @@ def paired_bootstrap(
     if not pairs:
         return PairedDifference(math.nan, math.nan, math.nan, 0, confidence, False)
     d = np.asarray([y - x for x, y in pairs], dtype=np.float64)
-    mean = float(d.mean())
-    if d.size < 2:
-        return PairedDifference(mean, mean, mean, int(d.size), confidence, False)
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, d.size, size=(resamples, d.size))
-    low, high = _percentiles(d[idx].mean(axis=1), confidence)
-    return PairedDifference(mean, low, high, int(d.size), confidence, low > 0.0 or high < 0.0)
+    mean, low, high = _resampled(d, resamples, confidence, seed)
+    significant = d.size >= 2 and (low > 0.0 or high < 0.0)
+    return PairedDifference(mean, low, high, int(d.size), confidence, significant)
