@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import sys
 import time
 from pathlib import Path
 
@@ -41,28 +42,15 @@ def _quick_inputs(tmp: Path) -> tuple[Path, Path]:
     os.environ.setdefault("LLMAPPS_BASE_MODEL", "tiny-base")
     from finetune.recipe import load_recipe
     from finetune.train import train
-    from llmapps.apps import get_app
-    from llmapps.evaluate.preferences import PreferencePair, write_pairs
+    from llmapps.evaluate.preferences import write_pairs
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    from testkit import leaky_pairs  # the same pairs tests/test_dpo.py trains on, a shorter leak
 
     sft = tmp / "sft"
     fast = {"training.max_steps": 4, "training.batch_size": 4, "training.max_length": 320}
     train(load_recipe("tiny", **fast), sft, progress=False, overwrite=True)
-    rows = get_app("news-riddle").training_examples("train")[:4]
-    pairs = [
-        PreferencePair(
-            id=f"p{i}",
-            sample_id=e["id"],
-            source="ai",
-            prompt={"title": e["title"], "text": e["text"]},
-            chosen={k: e[k] for k in ("summary", "riddle", "answer")},
-            rejected={
-                "summary": e["summary"],
-                "riddle": f"It is {e['answer']}.",
-                "answer": e["answer"],
-            },
-        )
-        for i, e in enumerate(rows)
-    ]
+    pairs = leaky_pairs(4, "It is {answer}.")
     write_pairs(tmp / "pairs.jsonl", pairs)
     return sft, tmp / "pairs.jsonl"
 

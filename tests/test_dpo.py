@@ -23,30 +23,13 @@ from pathlib import Path
 
 import pytest
 from testkit import FAST_TRAINING as FAST_SFT
+from testkit import leaky_pairs
 
 from llmapps.errors import ConfigError
 
 
 def _pairs(n: int = 8) -> list:
-    from llmapps.apps import get_app
-    from llmapps.evaluate.preferences import PreferencePair
-
-    rows = get_app("news-riddle").training_examples("train")[:n]
-    return [
-        PreferencePair(
-            id=f"p{i}",
-            sample_id=e["id"],
-            source="ai",
-            prompt={"title": e["title"], "text": e["text"]},
-            chosen={k: e[k] for k in ("summary", "riddle", "answer")},
-            rejected={
-                "summary": e["summary"],
-                "riddle": f"It is {e['answer']}. {e['answer']} is the answer.",
-                "answer": e["answer"],
-            },
-        )
-        for i, e in enumerate(rows)
-    ]
+    return leaky_pairs(n, "It is {answer}. {answer} is the answer.")
 
 
 @pytest.fixture(scope="module")

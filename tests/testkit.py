@@ -77,3 +77,74 @@ def fake_service_chain(url: str, api_key: str, **options: Any) -> Any:
         cache=False,
         **options,
     )
+
+
+def leaky_pairs(n: int, leak: str) -> list:
+    """``n`` preference pairs from news-riddle's train split: the reference reply chosen over the
+    same reply whose riddle is ``leak`` (a format string of ``answer``: it names the answer)."""
+    from llmapps.apps import get_app
+    from llmapps.evaluate.preferences import PreferencePair
+
+    rows = get_app("news-riddle").training_examples("train")[:n]
+    return [
+        PreferencePair(
+            id=f"p{i}",
+            sample_id=e["id"],
+            source="ai",
+            prompt={"title": e["title"], "text": e["text"]},
+            chosen={k: e[k] for k in ("summary", "riddle", "answer")},
+            rejected={
+                "summary": e["summary"],
+                "riddle": leak.format(answer=e["answer"]),
+                "answer": e["answer"],
+            },
+        )
+        for i, e in enumerate(rows)
+    ]
+
+
+def llama_server_command(gguf: Path | str, alias: str, port: int, n_ctx: int, *extra: str) -> list:
+    """llama-cpp-python's own OpenAI server (``python -m llama_cpp.server``) on loopback ``port``,
+    serving ``gguf`` as model ``alias`` with an ``n_ctx`` context, and ``extra`` flags."""
+    return [
+        sys.executable,
+        "-m",
+        "llama_cpp.server",
+        "--model",
+        str(gguf),
+        "--model_alias",
+        alias,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--n_ctx",
+        str(n_ctx),
+        *extra,
+    ]
+
+
+def streamed_chat(client: Any, model: str, messages: list, max_tokens: int = 12) -> tuple:
+    """A greedy streamed chat completion through the ``openai`` ``client``, usage included: its
+    chunks and the text they carry."""
+    chunks = list(
+        client.chat.completions.create(
+            model=model,
+            messages=messages,
+            max_tokens=max_tokens,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    return chunks, "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+
+
+def serve_namespace(app: str, strategy: str, **fields: Any) -> Any:
+    """The parsed ``llmapps serve --app APP --strategy STRATEGY`` arguments, as ``cmd_serve``
+    reads them: no model, instruct/base model, adapter or batch size given; ``fields`` adds or
+    sets the others."""
+    import argparse
+
+    unset = dict.fromkeys(("model", "instruct_model", "base_model", "adapter", "batch_size"))
+    return argparse.Namespace(app=app, strategy=strategy, **{**unset, **fields})
