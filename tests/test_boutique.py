@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from testkit import serve_namespace
 
 from chains import boutique, boutique_data
 from chains.boutique_guard import Resolution
@@ -359,8 +360,6 @@ def test_chat_command_rejects_an_app_without_a_chat(capsys: pytest.CaptureFixtur
 
 
 def test_served_over_the_openai_chat_endpoint(tiny_instruct: str, tmp_path: Path) -> None:
-    import argparse
-
     import openai
 
     from llmapps.cli.serve import app_chat
@@ -369,16 +368,8 @@ def test_served_over_the_openai_chat_endpoint(tiny_instruct: str, tmp_path: Path
     from llmapps.serving.server import serve_in_thread
     from llmapps.settings import ServerSettings
 
-    args = argparse.Namespace(
-        app="boutique",
-        strategy="zero-shot",
-        model=None,
-        instruct_model=tiny_instruct,
-        base_model=None,
-        adapter=None,
-        batch_size=None,
-        max_new_tokens=16,
-        set=[],
+    args = serve_namespace(
+        "boutique", "zero-shot", instruct_model=tiny_instruct, max_new_tokens=16, set=[]
     )
     app = create_app(
         load_local_model(tiny_instruct),

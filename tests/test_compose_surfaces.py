@@ -9,12 +9,12 @@ real server on loopback answering over HTTP.
 
 from __future__ import annotations
 
-import argparse
 import io
 import sys
 from pathlib import Path
 
 import pytest
+from testkit import serve_namespace
 
 KEY = "compose-surfaces-key"
 
@@ -66,14 +66,9 @@ def test_serve_app_with_lora_finds_its_demo_adapter(tiny_models: Path, tmp_path:
     from llmapps.settings import ServerSettings
     from tests.conftest import TEST_HOME
 
-    args = argparse.Namespace(
-        app="boutique",
-        strategy="lora",
-        model=None,
-        instruct_model=None,
-        base_model=None,
-        adapter=None,
-        batch_size=None,
+    args = serve_namespace(
+        "boutique",
+        "lora",
         max_new_tokens=8,
         set=["allow_other_task=true"],
         app_option=[f"history_db={tmp_path / 'h.sqlite'}"],

@@ -18,7 +18,7 @@ import httpx
 import openai
 import pytest
 from pydantic import SecretStr
-from testkit import cli_command
+from testkit import cli_command, streamed_chat
 
 KEY = "serve-test-key-0123456789"
 
@@ -72,16 +72,7 @@ def test_chat_and_streaming_agree(served: dict[str, Any]) -> None:
     assert r.object == "chat.completion" and r.choices[0].message.role == "assistant"
     assert r.choices[0].finish_reason in ("stop", "length")
     assert 0 < r.usage.completion_tokens <= 12 and r.usage.prompt_tokens > 0
-    stream = client.chat.completions.create(
-        model="tiny-instruct",
-        messages=messages,
-        max_tokens=12,
-        temperature=0,
-        stream=True,
-        stream_options={"include_usage": True},
-    )
-    chunks = list(stream)
-    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    chunks, text = streamed_chat(client, "tiny-instruct", messages)
     assert text == r.choices[0].message.content  # greedy: the same text, batched or streamed
     assert chunks[-1].usage is not None and chunks[-1].usage.prompt_tokens == r.usage.prompt_tokens
     assert any(c.choices and c.choices[0].finish_reason for c in chunks)
