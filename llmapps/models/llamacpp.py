@@ -47,6 +47,7 @@ from llmapps.models.langchain_local import ChatLocal, LocalLLM
 # the loader and the backend dispatch moved to llmapps.models.loader; importable from here
 from llmapps.models.loader import chat_llm as chat_llm
 from llmapps.models.loader import completion_llm as completion_llm
+from llmapps.models.loader import context as loader_context
 from llmapps.models.loader import load_model as load_model
 from llmapps.models.loader import resolve_backend as resolve_backend
 from llmapps.models.loader import with_logits as with_logits
@@ -397,10 +398,7 @@ def load_gguf_model(
         lora_path: a llama.cpp LoRA file applied on top (see ``llmapps.models.gguf_lora``).
         name: the loaded model's name (default ``source``).
     """
-    from llmapps.models.pool import default_pool
-    from llmapps.settings import get_settings
-
-    settings = settings or get_settings()
+    settings, pool = loader_context(settings, pool)  # the one loader's preamble
     path = gguf_file_for(source, settings)
     info = read_gguf_header(path)
     cap = context_length or settings.generation.llamacpp_context
@@ -440,7 +438,7 @@ def load_gguf_model(
         return lm
 
     lora = str(Path(lora_path).resolve()) if lora_path else None
-    return (pool or default_pool()).get(("gguf", str(path.resolve()), n_ctx, lora), load)
+    return pool.get(("gguf", str(path.resolve()), n_ctx, lora), load)
 
 
 def clear_gguf_cache(pool: ModelPool | None = None) -> None:
