@@ -7,6 +7,15 @@ Quick start::
     chain.invoke({"title": "...", "text": "..."})
 
 Heavy libraries (torch, transformers) load only when a model is first used.
+
+The map, top to bottom (imports run one way; ``tests/test_layering.py`` checks it): ``cli`` (the
+command line; nothing imports it) -> ``compose`` (joins apps, strategies, models and settings:
+``load_chain``) -> the surfaces ``bench`` (with its engines), ``serving``, ``ui``, ``demo`` ->
+``strategies``, ``evaluate`` (generic metrics), ``retrieval``, ``audit``, ``data``, ``ingest`` ->
+``models`` (backends, one loader), ``adapters``, ``service`` (the API client) -> ``api`` (the
+contracts: apps, metrics, backends, generation) and ``tasks`` -> the foundation (``settings``,
+``options``, ``registry``, ``errors``, files and locks). Apps live outside (``chains/``) and
+register through entry points.
 """
 
 from __future__ import annotations
