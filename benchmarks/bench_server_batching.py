@@ -97,31 +97,25 @@ def start_llama_server(gguf: str, threads: int, n_ctx: int, log: Path) -> tuple[
 
     from llmapps.models.native_probe import check_llamacpp
 
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    from testkit import llama_server_command  # the command tests/test_llamacpp.py starts
+
     check_llamacpp()  # a build that crashes on this CPU: one line, not a dead server
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = int(sock.getsockname()[1])
     with log.open("w") as fh:
         proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "llama_cpp.server",
-                "--model",
+            llama_server_command(
                 gguf,
-                "--model_alias",
                 "bench",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--n_ctx",
-                str(n_ctx),
+                port,
+                n_ctx,
                 "--n_threads",
                 str(threads),
                 "--n_threads_batch",
                 str(threads),
-            ],
+            ),
             stdout=fh,
             stderr=subprocess.STDOUT,
         )
@@ -138,12 +132,10 @@ def start_llama_server(gguf: str, threads: int, n_ctx: int, log: Path) -> tuple[
 
 
 def stop(proc: Any) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    from testkit import stop_process
+
+    stop_process(proc, 30)
 
 
 def main(argv: list[str] | None = None) -> int:

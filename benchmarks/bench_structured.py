@@ -54,36 +54,21 @@ def schema(max_length: int) -> dict[str, Any]:
 
 
 def layout(budget: int) -> Any:
-    from llmapps.models.structured import Layout, LayoutField
+    sys.path.insert(0, str(ROOT / "tests"))
+    from testkit import riddle_layout  # the layout tests/test_structured.py checks
 
-    return Layout(
-        fields=(
-            LayoutField("summary", "", budget),
-            LayoutField("riddle", "\n[Riddle]:", budget),
-            LayoutField("answer", "\n[Answer]:", budget),
-        )
-    )
+    return riddle_layout(budget)
 
 
 def prompts_for(lm: Any, n: int, chars: int = 800) -> tuple[list[str], bool]:
+    sys.path.insert(0, str(ROOT / "tests"))
+    from testkit import riddle_prompts  # the prompts tests/test_structured.py checks, longer
+
     from chains.news_data import samples
 
     chat = bool(lm.has_chat_template)
-    out = []
-    for a in samples("test")[:n]:
-        text = f"{a['title']}. {a['text'][:chars]}"
-        if chat:
-            ask = (
-                "Summarize the article in one sentence, write a riddle whose answer is its main "
-                f"subject, and give the answer, as JSON with keys summary, riddle, answer.\n\n{text}"
-            )
-            out.append(lm.apply_chat_template([{"role": "user", "content": ask}]))
-        else:
-            out.append(
-                "Summarize the article, then write a riddle and its answer.\n"
-                f"[Article]: {text}\n[Summary]:"
-            )
-    return out, chat
+    ask = "as JSON with keys summary, riddle, answer"
+    return riddle_prompts(lm, samples("test")[:n], chars=chars, chat=chat, json_ask=ask), chat
 
 
 def valid(text: str, chat: bool) -> bool:

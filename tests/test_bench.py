@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from testkit import bench_args, cli_command, few_shot_bench
+from testkit import bench_args, bench_two_strategies, cli_command, few_shot_bench
 
 from llmapps.errors import ConfigError
 
@@ -29,20 +29,9 @@ def first_run(
     tmp_path_factory: pytest.TempPathFactory, tiny_models: Path
 ) -> tuple[Path, list[dict]]:
     """few-shot works; zero-shot points at a model that does not exist."""
-    from llmapps.bench import BenchConfig, run_bench
-
     out = tmp_path_factory.mktemp("bench")
-    config = BenchConfig(
-        app="news-riddle",
-        strategies=["few-shot", "zero-shot"],
-        limit=3,
-        batch_size=2,
-        strategy_options={
-            "few-shot": {"max_new_tokens": 32},
-            "zero-shot": {"instruct_model": MISSING},
-        },
-    )
-    return out, run_bench(config, out, progress=False)
+    options = {"few-shot": {"max_new_tokens": 32}, "zero-shot": {"instruct_model": MISSING}}
+    return out, bench_two_strategies(out, 2, options)
 
 
 def test_a_failing_strategy_is_a_row_with_its_error_and_the_others_finish(

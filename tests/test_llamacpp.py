@@ -16,7 +16,6 @@ import contextlib
 import os
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +23,7 @@ from typing import Any
 
 import httpx
 import pytest
-from testkit import cli_command
+from testkit import cli_command, llama_server_command, stop_process, streamed_chat
 
 from llmapps.errors import BackendError, ConfigError, InputError, ModelNotFoundError
 
@@ -158,17 +157,7 @@ def test_llmapps_serve_serves_a_gguf_on_llama_cpp(lm: Any, gguf: Path) -> None:
             model="smol", messages=messages, max_tokens=12, temperature=0
         )
         assert r.choices[0].message.content and 0 < r.usage.completion_tokens <= 12
-        chunks = list(
-            client.chat.completions.create(
-                model="smol",
-                messages=messages,
-                max_tokens=12,
-                temperature=0,
-                stream=True,
-                stream_options={"include_usage": True},
-            )
-        )
-        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        chunks, text = streamed_chat(client, "smol", messages)
         assert text == r.choices[0].message.content  # greedy: streamed as answered
         assert chunks[-1].usage.prompt_tokens == r.usage.prompt_tokens
         done = client.completions.create(
@@ -283,21 +272,7 @@ def llama_server(gguf: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     log = tmp_path_factory.mktemp("llama-server") / "server.log"
     with log.open("w") as fh:
         proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "llama_cpp.server",
-                "--model",
-                str(gguf),
-                "--model_alias",
-                "smollm2",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--n_ctx",
-                "4096",
-            ],
+            llama_server_command(gguf, "smollm2", port, 4096),
             stdout=fh,
             stderr=subprocess.STDOUT,
         )
@@ -313,12 +288,7 @@ def llama_server(gguf: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
             time.sleep(0.5)
         yield f"{url}/v1"
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, 20)
 
 
 def test_service_strategy_runs_the_app_against_llama_cpp_server(

@@ -15,9 +15,10 @@ import re
 from typing import Any
 
 import pytest
+from testkit import riddle_layout, riddle_prompts
 
 from llmapps.models.local import GenerationParams, load_local_model
-from llmapps.models.structured import ConstraintError, Layout, LayoutField, OutputConstraint
+from llmapps.models.structured import ConstraintError, Layout, OutputConstraint
 
 FIELDS = ("summary", "riddle", "answer")
 
@@ -30,17 +31,6 @@ def riddle_schema(max_length: int) -> dict[str, Any]:
         "properties": {k: {"type": "string", "maxLength": max_length} for k in FIELDS},
         "required": list(FIELDS),
     }
-
-
-def riddle_layout(budget: int) -> Layout:
-    """The few-shot template's reply (after ``[Summary]:``), each field ``budget`` tokens."""
-    return Layout(
-        fields=(
-            LayoutField("summary", "", budget),
-            LayoutField("riddle", "\n[Riddle]:", budget),
-            LayoutField("answer", "\n[Answer]:", budget),
-        )
-    )
 
 
 LAYOUT_RE = re.compile(r"[^\n]+\n\[Riddle\]:[^\n]+\n\[Answer\]:[^\n]+")
@@ -181,21 +171,7 @@ def test_streaming_and_repetition_controls(tiny: Any) -> None:
 
 
 def article_prompts(lm: Any, articles: list[dict[str, Any]], *, chat: bool) -> list[str]:
-    prompts = []
-    for a in articles[:4]:
-        text = f"{a['title']}. {a['text'][:500]}"
-        if chat and lm.has_chat_template:
-            ask = (
-                "Summarize the article in one sentence, write a riddle whose answer is its main "
-                f"subject, and give the answer, as JSON.\n\n{text}"
-            )
-            prompts.append(lm.apply_chat_template([{"role": "user", "content": ask}]))
-        else:
-            prompts.append(
-                "Summarize the article, then write a riddle and its answer.\n"
-                f"[Article]: {text}\n[Summary]:"
-            )
-    return prompts
+    return riddle_prompts(lm, articles[:4], chars=500, chat=chat and lm.has_chat_template)
 
 
 def real_lm(backend: str, name: str, real_models: dict[str, Any]) -> Any:

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 from browser import STORY, free_port, needs_chromium, open_page, scripted_strategy, sync_playwright
+from testkit import bench_two_strategies
 
 pytest.importorskip("gradio", reason="the ui extra (gradio) is not installed")
 
@@ -78,18 +79,9 @@ def options(tiny_base: str, tiny_instruct: str) -> dict:
 @pytest.fixture(scope="module")
 def bench_run(tmp_path_factory: pytest.TempPathFactory, options: dict) -> Path:
     """A real bench run of two strategies on three test articles."""
-    from llmapps.bench import BenchConfig, run_bench
-
     out = tmp_path_factory.mktemp("ui-bench")
-    config = BenchConfig(
-        app="news-riddle",
-        strategies=["few-shot", "zero-shot"],
-        limit=3,
-        batch_size=3,
-        strategy_options={k: options[k] for k in ("few-shot", "zero-shot")},
-        perplexity=False,
-    )
-    run_bench(config, out, progress=False)
+    two = {k: options[k] for k in ("few-shot", "zero-shot")}
+    bench_two_strategies(out, 3, two, perplexity=False)
     return out
 
 

@@ -148,3 +148,70 @@ def serve_namespace(app: str, strategy: str, **fields: Any) -> Any:
 
     unset = dict.fromkeys(("model", "instruct_model", "base_model", "adapter", "batch_size"))
     return argparse.Namespace(app=app, strategy=strategy, **{**unset, **fields})
+
+
+def bench_two_strategies(
+    out: Path, batch_size: int, strategy_options: dict[str, Any], **extra: Any
+) -> list[dict]:
+    """A real ``run_bench`` of news-riddle's few-shot and zero-shot on 3 articles into ``out``,
+    with ``strategy_options`` (``extra`` adds ``BenchConfig`` fields): the rows."""
+    from llmapps.bench import BenchConfig, run_bench
+
+    config = BenchConfig(
+        app="news-riddle",
+        strategies=["few-shot", "zero-shot"],
+        limit=3,
+        batch_size=batch_size,
+        strategy_options=strategy_options,
+        **extra,
+    )
+    return run_bench(config, out, progress=False)
+
+
+def riddle_prompts(
+    lm: Any, articles: list[dict[str, Any]], *, chars: int, chat: bool, json_ask: str = "as JSON"
+) -> list[str]:
+    """news-riddle prompts for ``articles`` (title and the first ``chars`` of the text): a chat
+    request for summary, riddle and answer ``json_ask`` through ``lm``'s chat template when
+    ``chat``, else the base model's ``[Article]: ... [Summary]:`` layout."""
+    prompts = []
+    for a in articles:
+        text = f"{a['title']}. {a['text'][:chars]}"
+        if chat:
+            ask = (
+                "Summarize the article in one sentence, write a riddle whose answer is its main "
+                f"subject, and give the answer, {json_ask}.\n\n{text}"
+            )
+            prompts.append(lm.apply_chat_template([{"role": "user", "content": ask}]))
+        else:
+            prompts.append(
+                "Summarize the article, then write a riddle and its answer.\n"
+                f"[Article]: {text}\n[Summary]:"
+            )
+    return prompts
+
+
+def stop_process(proc: Any, timeout: float) -> None:
+    """Terminate ``proc`` (a ``subprocess.Popen``), kill it if it is still there after
+    ``timeout`` seconds, and reap it."""
+    import subprocess
+
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def riddle_layout(budget: int) -> Any:
+    """The few-shot template's reply (after ``[Summary]:``), each field ``budget`` tokens."""
+    from llmapps.models.structured import Layout, LayoutField
+
+    return Layout(
+        fields=(
+            LayoutField("summary", "", budget),
+            LayoutField("riddle", "\n[Riddle]:", budget),
+            LayoutField("answer", "\n[Answer]:", budget),
+        )
+    )
