@@ -43,6 +43,7 @@ from chains.boutique_memory import history_error, session_lock
 from chains.boutique_metrics import METRICS, score
 from llmapps.errors import InputError
 from llmapps.files import read_text
+from llmapps.models.batching import BatchCall, OneBatch
 from llmapps.options import AppOptions
 from llmapps.strategies.base import Strategy
 
@@ -353,7 +354,7 @@ def _stateless(strategy: Strategy, store: Any, k: int) -> Runnable[Any, dict[str
     )
 
 
-class BoutiqueChat(Runnable[Any, dict[str, Any]]):
+class BoutiqueChat(OneBatch, Runnable[Any, dict[str, Any]]):
     """The shop assistant: stateless on ``{"question", "history"}``, or with memory per
     ``config={"configurable": {"session_id": ...}}`` kept in SQLite by a LangGraph checkpointer."""
 
@@ -447,29 +448,22 @@ class BoutiqueChat(Runnable[Any, dict[str, Any]]):
             state = graph.invoke({"messages": [HumanMessage(question)]}, cfg)
         return dict(state["result"])
 
-    def batch(
-        self,
-        inputs: list[Any],
-        config: RunnableConfig | list[RunnableConfig] | None = None,
-        *,
-        return_exceptions: bool = False,
-        **kwargs: Any,
-    ) -> list[Any]:
-        from langchain_core.runnables.config import get_config_list
-
-        configs = get_config_list(config, len(inputs))
-        if all(((c.get("configurable") or {}).get("session_id")) is None for c in configs):
+    def _batch_once(self, call: BatchCall) -> list[Any]:
+        if all(((c.get("configurable") or {}).get("session_id")) is None for c in call.configs):
             return self.stateless.batch(
-                inputs, configs, return_exceptions=return_exceptions, **kwargs
+                call.inputs,
+                call.configs,
+                return_exceptions=call.return_exceptions,
+                **call.kwargs,
             )
         out: list[Any] = []
         for x, c in zip(
-            inputs, configs, strict=True
+            call.inputs, call.configs, strict=True
         ):  # in order: a session's turns depend on each other
             try:
                 out.append(self.invoke(x, c))
             except Exception as err:
-                if not return_exceptions:
+                if not call.return_exceptions:
                     raise
                 out.append(err)
         return out

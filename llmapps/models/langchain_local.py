@@ -15,7 +15,6 @@ langchain-openai gives it (``include_raw=True`` returns ``{"raw", "parsed", "par
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator, Sequence
-from dataclasses import dataclass
 from operator import itemgetter
 from typing import Any, Literal
 
@@ -39,12 +38,13 @@ from langchain_core.runnables import (
     RunnableMap,
     RunnablePassthrough,
 )
-from langchain_core.runnables.config import get_config_list
 from langchain_core.utils.function_calling import convert_to_json_schema
 from langchain_core.utils.pydantic import is_basemodel_subclass
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 from typing_extensions import Self
 
+from llmapps.models.batching import BatchCall as BatchCall  # its old path
+from llmapps.models.batching import OneBatch as OneBatch
 from llmapps.models.local import (
     GenerationOutput,
     GenerationParams,
@@ -52,39 +52,6 @@ from llmapps.models.local import (
     load_local_model,
 )
 from llmapps.models.structured import OutputConstraint
-
-
-@dataclass
-class BatchCall:
-    """One ``batch`` call as ``OneBatch._batch_once`` gets it: the inputs, the config as given and
-    one config per input, ``return_exceptions`` and the call's keyword arguments."""
-
-    inputs: list[Any]
-    config: RunnableConfig | list[RunnableConfig] | None
-    configs: list[RunnableConfig]
-    return_exceptions: bool
-    kwargs: dict[str, Any]
-
-
-class OneBatch:
-    """``batch`` for a Runnable that answers a whole batch in one call (``_batch_once``): an
-    empty batch is empty (LangChain's own ``batch`` would call the model once per input)."""
-
-    def batch(
-        self,
-        inputs: list[Any],
-        config: RunnableConfig | list[RunnableConfig] | None = None,
-        *,
-        return_exceptions: bool = False,
-        **kwargs: Any,
-    ) -> list[Any]:
-        if not inputs:
-            return []
-        configs = get_config_list(config, len(inputs))
-        return self._batch_once(BatchCall(inputs, config, configs, return_exceptions, kwargs))
-
-    def _batch_once(self, call: BatchCall) -> list[Any]:
-        raise NotImplementedError
 
 
 class _LocalMixin(BaseModel):

@@ -22,7 +22,7 @@ from langchain_core.runnables.config import ensure_config
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from llmapps.errors import ConfigError
-from llmapps.models.langchain_local import BatchCall, OneBatch
+from llmapps.models.batching import BatchCall, OneBatch
 
 if TYPE_CHECKING:
     from langchain_core.language_models import BaseLLM
