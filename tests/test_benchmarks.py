@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import json
 import os
 import shutil
@@ -339,3 +340,24 @@ def test_bench_local_backends_quick(tmp_path: Path) -> None:
     doc = check_result(out, sides=3, texts=True, ratios=2)  # our two backends vs plain
     assert {s["quality"]["identical_to"] for s in doc["sides"]} == {"plain-llama.cpp"}
     assert all("valid" in s["quality"] for s in doc["sides"])
+
+
+def test_bench_dpo_training_quick(tiny_models: Path, tmp_path: Path) -> None:
+    """Ours, our loop with full-vocabulary logits and (when trl is installed, as the dev extra
+    does) TRL's own DPOTrainer, on a 4-step tiny adapter: the same work on every side."""
+    out = tmp_path / "dpo.json"
+    assert bench("bench_dpo_training").main(["--quick", "--repeats", "3", "--out", str(out)]) == 0
+    trl = importlib.util.find_spec("trl") is not None
+    doc = check_result(out, sides=3 if trl else 2, texts=False)
+    losses = [s["quality"]["final_loss"] for s in doc["sides"]]
+    assert max(losses) - min(losses) < 0.01, losses  # the same steps on the same pairs
+    assert all(s["dtype"] == "float32" for s in doc["sides"])
+
+
+def test_bench_structured_quick(tiny_models: Path, tmp_path: Path) -> None:
+    out = tmp_path / "structured.json"
+    assert bench("bench_structured").main(["--quick", "--out", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert doc["runs"], "no backend ran"
+    for run in doc["runs"].values():
+        assert {"off", "on"} <= set(run) and run["on"]["tok_s_median"] > 0
