@@ -261,9 +261,9 @@ ROWS: tuple[Row, ...] = (
     ),
     Row(
         "bench_local_backends.json",
-        "news-riddle few-shot on Gemma 3 270M, 16 articles, 64 new tokens, "
-        "`example_selection=order`",
-        "python benchmarks/bench_local_backends.py",
+        "news-riddle few-shot on Gemma 3 270M, 16 articles, 64 new tokens, free text "
+        "(constrained decoding off: plain llama-cpp-python has none), `example_selection=order`",
+        "python benchmarks/bench_local_backends.py --structured off",
         _legacy_local_backends,
     ),
     Row(
