@@ -15,14 +15,18 @@ FORBIDDEN = ("chains", "prompts", "finetune")
 CORE_FILES = sorted((ROOT / "llmapps").rglob("*.py"))
 
 
-def _imported_modules(path: Path) -> list[tuple[int, str]]:
-    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
-    found: list[tuple[int, str]] = []
+def _import_statements(tree: ast.AST, skip: set[int]) -> list[tuple[int, str, list[str]]]:
+    """(line, module, names taken from it) for every absolute import in ``tree`` (``import a.b``,
+    ``from a import x, y``, ``importlib.import_module("a")`` with a literal name), but those
+    inside the nodes whose ids are in ``skip``."""
+    found: list[tuple[int, str, list[str]]] = []
     for node in ast.walk(tree):
+        if id(node) in skip:
+            continue
         if isinstance(node, ast.Import):
-            found += [(node.lineno, a.name) for a in node.names]
+            found += [(node.lineno, a.name, []) for a in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            found.append((node.lineno, node.module))
+            found.append((node.lineno, node.module, [a.name for a in node.names]))
         elif (  # importlib.import_module("chains...") with a literal name
             isinstance(node, ast.Call)
             and getattr(node.func, "attr", getattr(node.func, "id", None)) == "import_module"
@@ -30,8 +34,14 @@ def _imported_modules(path: Path) -> list[tuple[int, str]]:
             and isinstance(node.args[0], ast.Constant)
             and isinstance(node.args[0].value, str)
         ):
-            found.append((node.lineno, node.args[0].value))
+            found.append((node.lineno, node.args[0].value, []))
     return found
+
+
+def _imported_modules(path: Path) -> list[tuple[int, str]]:
+    """Every module ``path`` imports, lazy re-exports (``__getattr__``) included."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    return [(line, module) for line, module, _ in _import_statements(tree, set())]
 
 
 def test_core_files_found() -> None:
@@ -280,34 +290,19 @@ def _lazy_reexport_nodes(tree: ast.Module) -> set[int]:
 
 
 def import_edges(tree: ast.Module, modules: dict[str, Path]) -> list[tuple[int, str]]:
-    """(line, module of ours) for every import in ``tree``, parents' ``__init__`` included."""
-    skip = _lazy_reexport_nodes(tree)
+    """(line, module of ours) for every import in ``tree``, parents' ``__init__`` included (the
+    root ``llmapps`` facade only where it is imported by name, not as every module's parent)."""
     found: list[tuple[int, str]] = []
-    for node in ast.walk(tree):
-        if id(node) in skip:
-            continue
-        names: list[str] = []
-        if isinstance(node, ast.Import):
-            names = [a.name for a in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-            subs = [f"{node.module}.{a.name}" for a in node.names]
-            names = [s for s in subs if s in modules]
-            if len(names) < len(subs):  # some names are attributes of the module itself
-                names.append(node.module)
-        elif (
-            isinstance(node, ast.Call)
-            and getattr(node.func, "attr", getattr(node.func, "id", None)) == "import_module"
-            and node.args
-            and isinstance(node.args[0], ast.Constant)
-            and isinstance(node.args[0].value, str)
-        ):
-            names = [node.args[0].value]
-        for name in names:
-            parts = name.split(".")
+    for line, module, names in _import_statements(tree, _lazy_reexport_nodes(tree)):
+        subs = [f"{module}.{n}" for n in names]
+        targets = [m for m in subs if m in modules]
+        if len(targets) < len(subs) or not names:  # names of the module itself, or the module
+            targets.append(module)
+        for target in targets:
+            parts = target.split(".")
+            prefixes = (".".join(parts[:i]) for i in range(1, len(parts) + 1))
             found += [
-                (node.lineno, ".".join(parts[:i]))
-                for i in range(2, len(parts) + 1)
-                if ".".join(parts[:i]) in modules
+                (line, p) for p in prefixes if p in modules and (p != "llmapps" or p == target)
             ]
     return found
 
@@ -366,9 +361,9 @@ def _package(module: str) -> str:
 
 
 def test_import_graph_finder_sees_every_kind_of_import() -> None:
-    """Function-level and TYPE_CHECKING imports count, a parent package's ``__init__`` counts,
-    a name imported from a module is an edge to that module, and a module-level ``__getattr__``
-    (a lazy re-export for an old path) does not."""
+    """Function-level and TYPE_CHECKING imports count, a parent package's ``__init__`` counts
+    (a top-level one such as ``prompts`` too), a name imported from a module is an edge to that
+    module, and a module-level ``__getattr__`` (a lazy re-export for an old path) does not."""
     code = (
         "from typing import TYPE_CHECKING\n"
         "if TYPE_CHECKING:\n"
@@ -376,6 +371,7 @@ def test_import_graph_finder_sees_every_kind_of_import() -> None:
         "def f():\n"
         "    import llmapps.bench.run\n"
         "    from llmapps import settings\n"
+        "    from prompts import load_task\n"
         "def __getattr__(name):\n"
         "    from llmapps.compose import load_chain\n"
         "    return load_chain\n"
@@ -387,6 +383,7 @@ def test_import_graph_finder_sees_every_kind_of_import() -> None:
         "llmapps.bench",
         "llmapps.bench.run",
         "llmapps.settings",
+        "prompts",  # a top-level package of ours counts; the root llmapps facade does not
     }
     ring = {"a.x": {"b.y": 1}, "b.y": {"a.x": 2, "c.z": 3}, "c.z": {}}
     assert _strongly_connected(ring) == [{"a.x", "b.y"}]
