@@ -131,6 +131,7 @@ def cmd_pairs(args: argparse.Namespace) -> int:
         print(f"pairs: {out} (sha256 {digest[:16]})")
         return 0 if report.pairs else 1
     from finetune.pairs import REWARD_WEIGHTS, ai_feedback_pairs
+    from llmapps.options import parse_assignments
 
     if not args.adapter:
         raise ConfigError("--sample needs --adapter: the adapter folder to sample replies from")
@@ -147,6 +148,7 @@ def cmd_pairs(args: argparse.Namespace) -> int:
             k=args.sample,
             splits=[s.strip() for s in args.split.split(",") if s.strip()],
             weights=weights,
+            chain_options=parse_assignments(args.set, "--set"),
             progress=not args.quiet,
             **{k: getattr(args, k) for k in knobs},
         )
@@ -250,6 +252,13 @@ def register(subparsers: Any, flags: Any) -> None:
     )
     p.add_argument(
         "--samples", help="where every reply and its reward go (default OUT.samples.jsonl)"
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="OPTION=VALUE",
+        help="a lora strategy option of the sampling chain, e.g. --set structured=off (repeatable)",
     )
     flags.add(
         p,

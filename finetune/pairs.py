@@ -154,6 +154,7 @@ def ai_feedback_pairs(
     weights: Mapping[str, float] | None = None,
     base_model: str | None = None,
     max_new_tokens: int | None = None,
+    chain_options: Mapping[str, Any] | None = None,
     progress: bool = True,
 ) -> tuple[list[PreferencePair], dict[str, int]]:
     """Sample ``k`` replies per article of ``splits`` from ``adapter``, score, pair best vs worst.
@@ -170,6 +171,8 @@ def ai_feedback_pairs(
         seed: the run's seed; each article's generator is seeded by ``article_seed``.
         margin: the least reward difference that makes a pair.
         weights: metric -> weight (default ``REWARD_WEIGHTS``).
+        chain_options: more ``lora`` strategy options for the sampling chain (``--set``), e.g.
+            ``{"structured": "off"}`` to sample free text as the bench's free-text rows score it.
 
     Returns:
         The pairs and counts: ``articles``, ``replies``, ``pairs``, ``below_margin``,
@@ -220,6 +223,13 @@ def ai_feedback_pairs(
         options["base_model"] = base_model
     if max_new_tokens:
         options["max_new_tokens"] = max_new_tokens
+    clash = sorted(set(chain_options or {}) & {"adapter", "temperature", "top_p", "batch_size"})
+    if clash:
+        raise ConfigError(
+            f"--set {', '.join(clash)}: set by the pairs builder itself; use its own flags "
+            "(--adapter, --temperature, --top-p; batch size is --sample)"
+        )
+    options.update(chain_options or {})
     todo = [s for s in samples if str(s["id"]) not in done]
     chain: Any = load_chain(app, "lora", **options) if todo else None
     fields = list(metrics_config.fields)

@@ -251,6 +251,25 @@ def test_ai_feedback_is_deterministic_per_seed_and_never_samples_test(sft, tmp_p
         assert p.provenance["chosen"]["reward"] >= p.provenance["rejected"]["reward"]
 
 
+def test_ai_feedback_passes_strategy_options_and_refuses_its_own(sft, tmp_path) -> None:
+    """``--set structured=off`` reaches the sampling chain; a knob the builder owns is refused."""
+    from finetune.pairs import ai_feedback_pairs
+
+    kw = dict(k=2, max_new_tokens=12, progress=False, margin=0.0, limit=1)
+    with pytest.raises(ConfigError, match="--set temperature: set by the pairs builder"):
+        ai_feedback_pairs(
+            "news-riddle", sft, tmp_path / "x.jsonl", chain_options={"temperature": 0.1}, **kw
+        )  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="structured"):
+        ai_feedback_pairs(
+            "news-riddle", sft, tmp_path / "y.jsonl", chain_options={"structured": "sideways"}, **kw
+        )  # type: ignore[arg-type]
+    _pairs, counts = ai_feedback_pairs(
+        "news-riddle", sft, tmp_path / "z.jsonl", chain_options={"structured": "off"}, **kw
+    )  # type: ignore[arg-type]
+    assert counts["articles"] == 1 and counts["replies"] == 2
+
+
 def test_human_ratings_become_pairs_through_the_cli(tmp_path, capsys) -> None:
     """A bench run folder as `llmapps bench` writes it, a sheet exported from it, ratings."""
     from llmapps.cli import main
