@@ -65,6 +65,9 @@ __all__ = [
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
+    from typing_extensions import Unpack
+
+    from llmapps.adapters import TrainOptions
 
 log = logging.getLogger(__name__)
 
@@ -389,28 +392,12 @@ class PeftTrainer:
     point as ``finetune.train:train_recipe``: the core trains through it without importing
     this package."""
 
-    def __call__(
-        self,
-        recipe: str,
-        out: Path,
-        *,
-        overwrite: bool = False,
-        resume: bool = False,
-        progress: bool = True,
-        settings: Settings | None = None,
-    ) -> Path:
+    def __call__(self, recipe: str, out: Path, **options: Unpack[TrainOptions]) -> Path:
         """Train the recipe named ``recipe`` (a shipped name or a YAML path, its own ``method:``)
-        into ``out``; return ``out``."""
+        into ``out`` (``options``: ``train``'s keywords); return ``out``."""
         from finetune.recipe import load_recipe
 
-        return train(
-            load_recipe(recipe),
-            out,
-            resume=resume,
-            overwrite=overwrite,
-            progress=progress,
-            settings=settings,
-        ).adapter
+        return train(load_recipe(recipe), out, **options).adapter
 
     def demo_recipe(self, base_model: str) -> Any:
         """The ``DemoRecipe`` of ``base_model`` (``DEMO_RECIPES``), or None."""

@@ -27,7 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypedDict
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -38,6 +38,8 @@ from llmapps.jsonl import atomic_write, json_checksum, read_manifest_json
 from llmapps.registry import Registry
 
 if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
     from llmapps.settings import Settings
     from llmapps.tasks import CompletionLayout
 
@@ -89,6 +91,18 @@ class AdapterManifest(BaseModel):
     checksum: str = ""
 
 
+class TrainOptions(TypedDict, total=False):
+    """How an ``AdapterTrainer`` runs, all optional: ``overwrite`` (start afresh over an earlier
+    run's checkpoints; default False), ``resume`` (continue an interrupted run of the same recipe;
+    False), ``progress`` (a progress bar; True), ``settings`` (device, home; default: the
+    environment's)."""
+
+    overwrite: bool
+    resume: bool
+    progress: bool
+    settings: Settings | None
+
+
 class AdapterTrainer(Protocol):
     """Trains the adapter a recipe describes into ``out`` and returns ``out``; knows which of its
     recipes is the short demo of a base (``llmapps demo``, the ``lora`` strategy's default).
@@ -97,16 +111,7 @@ class AdapterTrainer(Protocol):
     ``BackendError``); never prints or exits.
     """
 
-    def __call__(
-        self,
-        recipe: str,
-        out: Path,
-        *,
-        overwrite: bool = False,
-        resume: bool = False,
-        progress: bool = True,
-        settings: Settings | None = None,
-    ) -> Path: ...
+    def __call__(self, recipe: str, out: Path, **options: Unpack[TrainOptions]) -> Path: ...
 
     def demo_recipe(self, base_model: str) -> DemoRecipe | None:
         """The demo recipe of ``base_model`` (None: it has none)."""
