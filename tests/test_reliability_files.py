@@ -113,12 +113,18 @@ FATAL: list[tuple[str, bytes, str]] = [
 ]
 
 
+def _results_file(folder: Path, data: bytes) -> Path:
+    """A results file holding ``data``, as an interrupted or damaged run left it."""
+    out = folder / "out.jsonl"
+    out.write_bytes(data)
+    return out
+
+
 @pytest.mark.parametrize("name,data,prefix", RESUMABLE, ids=[d[0] for d in RESUMABLE])
 def test_damaged_results_files_resume_exactly(
     tmp_path: Path, name: str, data: bytes, prefix: bytes
 ) -> None:
-    out = tmp_path / "out.jsonl"
-    out.write_bytes(data)
+    out = _results_file(tmp_path, data)
     summary = run_file(_echo("x"), [{"id": f"r{i}"} for i in range(6)], out, progress=False)
     assert (summary.done, summary.skipped) == (2, 4)
     assert out.read_bytes().startswith(prefix)  # every finished row kept, byte for byte
@@ -131,8 +137,7 @@ def test_damaged_results_files_resume_exactly(
 def test_damaged_results_files_fail_in_one_line_and_stay_untouched(
     tmp_path: Path, name: str, data: bytes, error: str
 ) -> None:
-    out = tmp_path / "out.jsonl"
-    out.write_bytes(data)
+    out = _results_file(tmp_path, data)
     with pytest.raises(InputError, match=error) as info:
         run_file(_echo("x"), [{"id": f"r{i}"} for i in range(6)], out, progress=False)
     assert "\n" not in str(info.value)

@@ -183,6 +183,22 @@ def real_lm(backend: str, name: str, real_models: dict[str, Any]) -> Any:
     return load_local_model(str(real_models[name]))
 
 
+@pytest.fixture
+def real_replies(real_models: dict[str, Any], test_articles: list[dict[str, Any]]) -> Any:
+    """``replies(backend, name, constraint, chat=, max_new=)``: the real model's replies to the
+    first 4 test-article prompts, held to ``constraint``."""
+
+    def replies(
+        backend: str, name: str, constraint: OutputConstraint, *, chat: bool, max_new: int
+    ) -> list[Any]:
+        lm = real_lm(backend, name, real_models)
+        prompts = article_prompts(lm, test_articles, chat=chat)
+        params = GenerationParams(max_new_tokens=max_new, constraint=constraint)
+        return lm.generate(prompts, params)
+
+    return replies
+
+
 # Gemma's 262k-vocabulary head makes its runs minutes long on 2 busy cores: marked slow, as is
 # the layout run (the JSON run already proves the batch path on a real model by default)
 REAL = [
@@ -193,13 +209,9 @@ REAL = [
 
 @pytest.mark.parametrize("backend", ["transformers", "llama.cpp"])
 @pytest.mark.parametrize("name", REAL)
-def test_real_models_json_parses_4_of_4(
-    name: str, backend: str, real_models: dict[str, Any], test_articles: list[dict[str, Any]]
-) -> None:
-    lm = real_lm(backend, name, real_models)
+def test_real_models_json_parses_4_of_4(name: str, backend: str, real_replies: Any) -> None:
     schema = OutputConstraint("json_schema", riddle_schema(60))
-    prompts = article_prompts(lm, test_articles, chat=True)
-    outs = lm.generate(prompts, GenerationParams(max_new_tokens=96, constraint=schema))
+    outs = real_replies(backend, name, schema, chat=True, max_new=96)
     assert [parses(o.text) for o in outs] == [True] * 4, [o.text for o in outs]
     assert all(o.constraint_error is None for o in outs)
 
@@ -207,13 +219,9 @@ def test_real_models_json_parses_4_of_4(
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", ["transformers", "llama.cpp"])
 @pytest.mark.parametrize("name", ["smollm2-135m-instruct", "gemma-3-270m"])
-def test_real_models_layout_closes_4_of_4(
-    name: str, backend: str, real_models: dict[str, Any], test_articles: list[dict[str, Any]]
-) -> None:
-    lm = real_lm(backend, name, real_models)
+def test_real_models_layout_closes_4_of_4(name: str, backend: str, real_replies: Any) -> None:
     layout = OutputConstraint("layout", riddle_layout(12))
-    prompts = article_prompts(lm, test_articles, chat=False)
-    outs = lm.generate(prompts, GenerationParams(max_new_tokens=60, constraint=layout))
+    outs = real_replies(backend, name, layout, chat=False, max_new=60)
     assert all(LAYOUT_RE.fullmatch(o.text) for o in outs), [o.text for o in outs]
     assert all(o.constraint_error is None for o in outs)
 

@@ -6,6 +6,7 @@ generation budget, counted with the model's own tokenizer, in the task's ``###``
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
@@ -91,9 +92,11 @@ class FewShotStrategy(LocalModelStrategy):
     requires = "a base causal LM (default: gemma-3-270m, from the package index)"
     config: FewShotStrategyConfig
 
-    def __init__(self, config: FewShotStrategyConfig | None = None, **options: Any) -> None:
-        super().__init__(config, **options)
-        self.selectors: dict[str, Any] = {}
+    @functools.cached_property
+    def selectors(self) -> dict[str, Any]:
+        """Per task name, the example selector of the prompt last built for it (its
+        ``last_selection`` shows in debug output)."""
+        return {}
 
     def ranker(self, task: Task) -> Any:
         """Orders the example bank per input; ``order`` keeps the bank's order."""
@@ -155,5 +158,5 @@ class FewShotStrategy(LocalModelStrategy):
             input_variables=list(task.input_variables),
         )
         fit = fit_inputs(task, lm, max_new, layout.render, c.max_prompt_tokens)
-        self.selectors[task.name] = selector  # its last_selection shows in debug output
+        self.selectors[task.name] = selector
         return RunnableLambda(fit, name="fit_context") | prompt
