@@ -209,8 +209,19 @@ def test_newsapi_without_a_key_is_reported_not_sent(monkeypatch):
     assert result.reports[0].error == "no API key: set NEWSAPI_KEY or LLMAPPS_INGEST__NEWSAPI_KEY"
 
 
-def test_local_directory_of_jsonl_csv_text_and_html():
-    result = ingest([str(FIXTURES / "local")], options=fast())
+@pytest.fixture
+def local_folder(tmp_path: Path) -> Path:
+    """The local-source fixtures (JSONL, CSV, text) with an HTML page beside them: the bakery
+    page the feed server serves (one file, not a second copy of it)."""
+    import shutil
+
+    folder = shutil.copytree(FIXTURES / "local", tmp_path / "local")
+    shutil.copy(FIXTURES / "pages" / "bakery.html", folder)
+    return folder
+
+
+def test_local_directory_of_jsonl_csv_text_and_html(local_folder: Path):
+    result = ingest([str(local_folder)], options=fast())
     (report,) = result.reports
     assert report.status == "partial"
     assert any("articles.jsonl: line 3: not valid JSON" in w for w in report.warnings)
