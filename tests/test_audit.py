@@ -188,14 +188,3 @@ def test_audit_cli_runs_both_twins_resumes_and_reports(tiny_models, tmp_path, ca
     assert "| few-shot | gender |" in first and "flagged (privacy)" in first
     assert main(args) == 0  # resumed: nothing left to run
     assert "few-shot: 0 outputs" in capsys.readouterr().out
-
-
-def test_audit_checks_every_strategy_before_any_model_loads(tmp_path, capsys) -> None:
-    from llmapps.cli import main
-
-    out = tmp_path / "audit"
-    code = main(["audit", "fairness", "news-riddle", "--out", str(out),
-                 "--strategies", "zero-shot,lora"])  # fmt: skip
-    assert code == 2
-    assert "adapter" in capsys.readouterr().err
-    assert not list(out.glob("*.jsonl"))  # zero-shot did not run first

@@ -100,7 +100,47 @@ def _bench(args: argparse.Namespace, out: Path) -> int:
         run_id = log_mlflow(rows, bench.out, args.experiment)
         console.print(f"logged to MLflow run {run_id}")
     failed = [r["strategy"] for r in rows if r.get("status") == "failed"]
+    if args.audit:
+        _audit(args, config, bench, out, console)
     return 3 if failed and len(failed) == len(rows) else 0
+
+
+def _audit(args: argparse.Namespace, config: Any, bench: Any, out: Path, console: Any) -> None:
+    """``--audit``: the fairness + privacy audit (``llmapps audit fairness``) of the strategies
+    that ran, on the bench's split and limit with the bench's options and batch, in
+    ``<out>/audit/`` (resumable like the bench); its table is ``<out>/audit.md``, beside
+    ``summary.md``. Each strategy runs on both counterfactual twins of every sample: the bench's
+    own outputs are not reused, since only 6 of the 54 twin sides of the test split are the
+    article as it is (an origin twin never is)."""
+    from llmapps.cli.audit import print_timing, run_audit
+    from llmapps.jsonl import atomic_write
+
+    statuses = bench.statuses()
+    ran_labels = {
+        name for name, label, _ in config.runs() if statuses.get(label, {}).get("status") == "ran"
+    }
+    ran = [n for n in config.strategies if n in ran_labels]  # a swept one: any of its rows
+    left = [n for n in config.strategies if n not in ran]
+    if left:
+        console.print(f"audit: {', '.join(left)} did not run in the bench, so not audited")
+    if not ran:
+        return
+    console.print(f"[bold]audit[/bold] {config.app} ({config.split}) with {', '.join(ran)}")
+    _, md = run_audit(
+        config.app,
+        ran,
+        out / "audit",
+        options={n: config.strategy_options.get(n, {}) for n in ran},
+        settings=args.settings,
+        split=config.split,
+        limit=config.limit,
+        batch_size=config.batch_size,
+        said=print_timing,
+    )
+    table = md.read_text(encoding="utf-8")
+    atomic_write(out / "audit.md", table)
+    console.print(table, markup=False, soft_wrap=True)
+    console.print(f"audit in {out / 'audit.md'} (outputs and report.json in {md.parent})")
 
 
 def _settings() -> Any:
@@ -150,6 +190,12 @@ def register(sub: Any, flags: Any) -> None:
         "--mlflow", action="store_true", help="log params, metrics and artifacts to MLflow"
     )
     p.add_argument("--experiment", help="MLflow experiment name")
+    p.add_argument(
+        "--audit",
+        action="store_true",
+        help="then the fairness + privacy audit (`llmapps audit fairness`) of the strategies that "
+        "ran, with their options (swept values aside): <out>/audit.md and <out>/audit/",
+    )
     flags.add_strategy_flags(p, multiple=True)
     flags.add_engine_flags(p)
     p.set_defaults(func=cmd_bench)
