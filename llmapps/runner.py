@@ -7,9 +7,9 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from langchain_core.runnables import Runnable
 
@@ -177,38 +177,33 @@ class RunSummary:
         return text
 
 
+@dataclass
 class ResultsFile:
     """An open results file of a run: what is left to do, and the one way a result is written.
 
     Made by ``open_results``; both engines (``run_file`` here and ``llmapps.bench.ray_engine``) write
     through it, so a row has the same keys and the file the same layout whichever ran it.
+    ``extra`` is added to every row; ``failed`` and ``written`` count this run's rows.
     """
 
-    KEEP = ("id", "title", "url", "source", "date")  # input keys copied into each result row
+    KEEP: ClassVar[tuple[str, ...]] = ("id", "title", "url", "source", "date")  # input keys copied
 
-    def __init__(
-        self,
-        writer: JsonlWriter,
-        todo: list[dict[str, Any]],
-        skipped: int,
-        retried: int,
-        extra: dict[str, Any] | None,
-        kept_failed: int = 0,
-    ) -> None:
-        self.todo = todo
-        self.skipped = skipped
-        self.retried = retried
-        self.kept_failed = kept_failed
-        self.failed = 0
-        self.written = 0
-        self._writer = writer
-        self._extra = extra or {}
+    writer: JsonlWriter
+    todo: list[dict[str, Any]]
+    skipped: int
+    retried: int
+    extra: dict[str, Any] | None = None
+    kept_failed: int = 0
+    failed: int = field(default=0, init=False)
+    written: int = field(default=0, init=False)
 
     def write(self, inp: dict[str, Any], row: dict[str, Any]) -> None:
         """Append the result ``row`` of input ``inp`` (flushed and fsynced)."""
         self.failed += bool(row.get("error"))
         self.written += 1
-        self._writer.write({**{k: inp[k] for k in self.KEEP if k in inp}, **row, **self._extra})
+        self.writer.write(
+            {**{k: inp[k] for k in self.KEEP if k in inp}, **row, **(self.extra or {})}
+        )
 
     def summary(self) -> RunSummary:
         return RunSummary(len(self.todo), self.skipped, self.failed, self.retried, self.kept_failed)
