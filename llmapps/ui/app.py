@@ -29,9 +29,10 @@ password); ``llmapps ui`` refuses to listen there without one.
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -94,20 +95,27 @@ def build_blocks(session: AppSession, rating: Any = None, run: Path | None = Non
     input_keys = list(ui.inputs)
     shown, hidden = list(ui.outputs), list(ui.hidden)
 
-    def article_inputs(prefix: str) -> tuple[Any, list[Any]]:
-        """The article picker and the input boxes it fills, ids ``<prefix>-pick``/``-in-<key>``."""
-        pick = gr.Dropdown(
-            choices=articles, value=None, label="Pick an article", elem_id=f"{prefix}-pick"
-        )
-        return pick, [
-            gr.Textbox(
-                label=ui.inputs[k],
-                lines=10 if k in ui.long_inputs else 1,
-                max_lines=20 if k in ui.long_inputs else 2,
-                elem_id=f"{prefix}-in-{k}",
-            )
-            for k in input_keys
-        ]
+    @contextlib.contextmanager
+    def article_row(prefix: str) -> Iterator[tuple[Any, list[Any]]]:
+        """A row of two columns: on the left the article picker and the input boxes it fills
+        (ids ``<prefix>-pick``/``-in-<key>``), yielded; on the right what the block adds (the
+        strategy choice, the button, the outputs)."""
+        with gr.Row():
+            with gr.Column(scale=3):
+                pick = gr.Dropdown(
+                    choices=articles, value=None, label="Pick an article", elem_id=f"{prefix}-pick"
+                )
+                boxes = [
+                    gr.Textbox(
+                        label=ui.inputs[k],
+                        lines=10 if k in ui.long_inputs else 1,
+                        max_lines=20 if k in ui.long_inputs else 2,
+                        elem_id=f"{prefix}-in-{k}",
+                    )
+                    for k in input_keys
+                ]
+            with gr.Column(scale=2):
+                yield pick, boxes
 
     def fill(ident: str | None) -> tuple[Any, ...]:
         article = session.articles.get(ident or "")
@@ -126,40 +134,37 @@ def build_blocks(session: AppSession, rating: Any = None, run: Path | None = Non
         with gr.Tabs():
             # ------------------------------------------------------------ the app's own tab
             with gr.Tab(ui.title, id="try"):
-                with gr.Row():
-                    with gr.Column(scale=3):
-                        pick, ins = article_inputs("try")
-                    with gr.Column(scale=2):
-                        strategy = gr.Dropdown(
-                            choices=strategies,
-                            value=first_strategy,
-                            label="Strategy (model)",
-                            elem_id="try-strategy",
+                with article_row("try") as (pick, ins):
+                    strategy = gr.Dropdown(
+                        choices=strategies,
+                        value=first_strategy,
+                        label="Strategy (model)",
+                        elem_id="try-strategy",
+                    )
+                    gr.HTML(unavailable, elem_id="try-unavailable", visible=bool(unavailable))
+                    go = gr.Button(ui.title or "Run", variant="primary", elem_id="try-go")
+                    outs = [
+                        gr.Textbox(
+                            label=ui.outputs[k],
+                            interactive=False,
+                            lines=2,
+                            elem_id=f"try-out-{k}",
                         )
-                        gr.HTML(unavailable, elem_id="try-unavailable", visible=bool(unavailable))
-                        go = gr.Button(ui.title or "Run", variant="primary", elem_id="try-go")
-                        outs = [
-                            gr.Textbox(
-                                label=ui.outputs[k],
-                                interactive=False,
-                                lines=2,
-                                elem_id=f"try-out-{k}",
-                            )
-                            for k in shown
-                        ]
-                        reveal = gr.Button(ui.reveal, elem_id="try-reveal", visible=bool(hidden))
-                        secrets = [
-                            gr.Textbox(
-                                label=ui.hidden[k],
-                                interactive=False,
-                                placeholder=f"hidden: press “{ui.reveal}”",
-                                elem_id=f"try-hidden-{k}",
-                            )
-                            for k in hidden
-                        ]
-                        status = gr.Textbox(
-                            label="Status", interactive=False, lines=2, elem_id="try-status"
+                        for k in shown
+                    ]
+                    reveal = gr.Button(ui.reveal, elem_id="try-reveal", visible=bool(hidden))
+                    secrets = [
+                        gr.Textbox(
+                            label=ui.hidden[k],
+                            interactive=False,
+                            placeholder=f"hidden: press “{ui.reveal}”",
+                            elem_id=f"try-hidden-{k}",
                         )
+                        for k in hidden
+                    ]
+                    status = gr.Textbox(
+                        label="Status", interactive=False, lines=2, elem_id="try-status"
+                    )
                 kept = gr.State({})  # the hidden outputs stay on the server until asked for
                 pick.change(fill, pick, ins, queue=False)
 
@@ -291,20 +296,15 @@ def build_blocks(session: AppSession, rating: Any = None, run: Path | None = Non
 
             # ------------------------------------------------------------------- compare
             with gr.Tab("Compare", id="compare"):
-                with gr.Row():
-                    with gr.Column(scale=3):
-                        cpick, cins = article_inputs("cmp")
-                    with gr.Column(scale=2):
-                        chosen = gr.CheckboxGroup(
-                            choices=strategies,
-                            value=[v for _, v in strategies[:2]],  # runnable ones only
-                            label=f"Strategies (2 to {COMPARE_MAX})",
-                            elem_id="cmp-strategies",
-                        )
-                        cgo = gr.Button("Compare", variant="primary", elem_id="cmp-go")
-                        cstatus = gr.Textbox(
-                            label="Status", interactive=False, elem_id="cmp-status"
-                        )
+                with article_row("cmp") as (cpick, cins):
+                    chosen = gr.CheckboxGroup(
+                        choices=strategies,
+                        value=[v for _, v in strategies[:2]],  # runnable ones only
+                        label=f"Strategies (2 to {COMPARE_MAX})",
+                        elem_id="cmp-strategies",
+                    )
+                    cgo = gr.Button("Compare", variant="primary", elem_id="cmp-go")
+                    cstatus = gr.Textbox(label="Status", interactive=False, elem_id="cmp-status")
                 cpick.change(fill, cpick, cins, queue=False)
                 cols, cboxes = [], []
                 with gr.Row():
