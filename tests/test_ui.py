@@ -13,6 +13,7 @@ The browser tests skip, saying why, where no Chromium binary is installed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -212,6 +213,16 @@ def _open(p, tmp_path: Path, width: int, height: int, mobile: bool = False):
     return open_page(p, tmp_path / f"profile-{width}", width, height, mobile=mobile)
 
 
+@contextlib.contextmanager
+def _app_page(url: str, tmp_path: Path, width: int, height: int, mobile: bool = False):
+    """(context, page, dialogs, outside) with the app at ``url`` loaded in a fresh Chromium
+    profile (``_open``); the caller closes the context, Playwright stops after the block."""
+    with sync_playwright() as p:
+        ctx, page, dialogs, outside = _open(p, tmp_path, width, height, mobile)
+        page.goto(url)
+        yield ctx, page, dialogs, outside
+
+
 def _box(page, elem_id: str):
     return page.locator(f"#{elem_id} textarea, #{elem_id} input").first
 
@@ -239,12 +250,9 @@ def _select_strategy(page, label: str) -> None:
 
 @needs_browser
 def test_try_tab_real_model_and_hostile_output_in_chromium(app_url, tmp_path, shots):
-    pw = sync_playwright()
     url, _ = app_url
-    with pw as p:
-        ctx, page, dialogs, outside = _open(p, tmp_path, 1280, 800)
+    with _app_page(url, tmp_path, 1280, 800) as (ctx, page, dialogs, outside):
         try:
-            page.goto(url)
             _box(page, "try-in-text").fill(PAYLOAD_TEXT)
             _box(page, "try-in-title").fill("Bridge <script>window.__pwned=7</script>")
             page.locator("#try-go").click()
@@ -286,12 +294,9 @@ def test_try_tab_real_model_and_hostile_output_in_chromium(app_url, tmp_path, sh
 
 @needs_browser
 def test_compare_and_batch_in_chromium(app_url, tmp_path, shots):
-    pw = sync_playwright()
     url, _ = app_url
-    with pw as p:
-        ctx, page, dialogs, outside = _open(p, tmp_path, 390, 844, mobile=True)
+    with _app_page(url, tmp_path, 390, 844, mobile=True) as (ctx, page, dialogs, outside):
         try:
-            page.goto(url)
             page.get_by_role("tab", name="Compare").click()
             _box(page, "cmp-in-text").fill(STORY)
             page.locator("#cmp-go").click()
@@ -320,14 +325,11 @@ def _stats_win_rates(text: str) -> dict[str, float]:
 
 @needs_browser
 def test_rate_three_pairs_reload_and_match_human_eval_import(app_url, tmp_path, shots, capsys):
-    pw = sync_playwright()
     from llmapps.cli import main
 
     url, store = app_url
-    with pw as p:
-        ctx, page, dialogs, outside = _open(p, tmp_path, 1280, 800)
+    with _app_page(url, tmp_path, 1280, 800) as (ctx, page, dialogs, outside):
         try:
-            page.goto(url)
             page.get_by_role("tab", name="Rate").click()
             _box(page, "rate-rater").fill("ann")
             page.locator("#rate-start").click()
