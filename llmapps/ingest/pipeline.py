@@ -11,6 +11,7 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import time
@@ -247,14 +248,9 @@ async def _to_items(
                     report.warn(f"article page {e.url}: no main text found, kept the feed's teaser")
             except FetchError as err:
                 report.warn(f"article page {e.url}: {err.reason}; kept the feed's teaser")
-        return NewsItem(
+        return NewsItem(  # the entry, its text cleaned, with an id and where it came from
+            **{**dataclasses.asdict(e), "text": text},
             id=content_id(e.url) if e.url else content_id(e.title, text),
-            title=e.title,
-            text=text,
-            url=e.url,
-            source=e.source,
-            date=e.date,
-            author=e.author,
             origin=report.source,
             full_text=full,
         )
