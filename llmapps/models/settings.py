@@ -29,6 +29,14 @@ class GenerationSettings(BaseModel):
         description="tokens of context the llama.cpp backend allocates per model "
         "(the GGUF's trained context is the ceiling)",
     )
+    # 8: see benchmarks/results/bench_local_backends*.json (Gemma 3 270M few-shot, 2 cores)
+    llamacpp_batch: int = Field(
+        8,
+        ge=1,
+        le=64,
+        description="sequences the llama.cpp backend decodes together in one greedy "
+        "generate() (1: one prompt at a time; the texts are the same)",
+    )
     # 2,048: the model's context (32,768 for Gemma 3) is a ceiling, never the target. On 2 CPU
     # cores a 2,048-token Gemma 3 prompt holds 4-5 worked examples and prefills in seconds; 8 of
     # them at the full context were OOM-killed at 24 GB (see README: What we measured).
