@@ -1,17 +1,24 @@
 """Local batched generation against LangChain's own ``HuggingFacePipeline`` on the same model.
 
-Same model object, same few-shot news-riddle prompts (from the bundled articles), same greedy
-settings, ``max_new_tokens`` and stop strings, side by side in one run:
+Same model object (so the same dtype and attention implementation, ``sdpa``), same tokenizer
+(left padding), same few-shot news-riddle prompts, same greedy settings, ``max_new_tokens`` and
+stop strings, same torch threads, side by side in one run:
 
-- ours: ``LocalLLM.batch`` (one ``LocalModel.generate``: length-sorted, left-padded batches,
-  each prompt prefilled without padding and the caches stitched into one batch cache);
+- ours: ``LocalLLM.batch`` (one ``LocalModel.generate``: length-sorted batches, each prompt
+  prefilled without padding and the caches stitched into one batch cache);
 - peer (a): ``HuggingFacePipeline`` built as users usually do (no ``batch_size`` on the pipeline),
-  driven by its default ``.batch()``;
-- peer (b): the same with the pipeline's ``batch_size`` (and the wrapper's) set to ours.
+  driven by its default ``.batch()``; left out of ``--real`` runs (one prompt at a time on Gemma
+  takes over two minutes a run) unless ``--default-peer``;
+- peer (b), tuned: the pipeline's and the wrapper's ``batch_size`` set (``--peer-batch-size``:
+  the best of the sweep below on ``--real``, else ours), and ``--peer-cache`` where it helps.
 
-The peers get the stop strings as ``stop_strings`` generation kwargs, so all three do the same
-work. Outputs are cut at the first stop string on every side and compared token by token against
-the one-by-one reference (a). Throughput is output tokens (of the cut texts) per second.
+``--sweep-peer`` times the peer once per setting (batch size 4, 8, 16; ``static`` cache;
+generate's ``prefill_chunk_size``; ``eager`` attention) after one warm-up and writes ``<name>_peer_sweep.json``: how the tuned
+peer's settings were chosen (one run each: a choice, not a claim).
+
+The peers get the stop strings as ``stop_strings`` generation kwargs, so all sides do the same
+work. Outputs are cut at the first stop string on every side. Throughput is output tokens (of
+the cut texts) per second.
 
 ::
 
@@ -19,11 +26,13 @@ the one-by-one reference (a). Throughput is output tokens (of the cut texts) per
     python benchmarks/bench_generation.py --model Qwen/Qwen2.5-0.5B -n 32 --max-new-tokens 64
     python benchmarks/bench_generation.py --real -n 16 --max-new-tokens 64
                                            # Gemma 3 270M, prompts packed to the default budget
+    python benchmarks/bench_generation.py --real -n 16 --max-new-tokens 64 --sweep-peer
     python benchmarks/bench_generation.py --quick               # 3 short prompts, 6 tokens: does it run
 
 Runs on ``benchmarks/harness.py`` (sides interleaved, repeats, spread, dtype, quality: valid =
-the output parses as a news riddle, identical = the same text as (a)) and writes
-``results/bench_generation.json`` (``--real``: ``bench_generation_gemma.json``).
+the output parses as a news riddle, identical = the same text as the reference side: (a) where it
+runs, else the tuned peer) and writes ``results/bench_generation.json`` (``--real``:
+``bench_generation_gemma.json``).
 """
 
 from __future__ import annotations
@@ -75,6 +84,20 @@ def build_packed_prompts(n: int, model: str, max_new: int) -> tuple[list[str], l
     return texts, list(task.stop)
 
 
+# The tuned peer's batch size on ``--real``: the best of ``--sweep-peer`` (results/
+# bench_generation_gemma_peer_sweep.json); elsewhere the peer gets ours.
+REAL_PEER_BATCH = 16
+SWEEP: tuple[tuple[str, int, dict[str, Any], str], ...] = (
+    # (label, batch_size, generate kwargs, attention implementation)
+    ("batch_size=4", 4, {}, "sdpa"),
+    ("batch_size=8", 8, {}, "sdpa"),
+    ("batch_size=16", 16, {}, "sdpa"),
+    ("batch_size=16, static cache", 16, {"cache_implementation": "static"}, "sdpa"),
+    ("batch_size=16, prefill_chunk_size=512", 16, {"prefill_chunk_size": 512}, "sdpa"),
+    ("batch_size=4, eager attention", 4, {}, "eager"),
+)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument(
@@ -93,7 +116,33 @@ def main(argv: list[str] | None = None) -> int:
         "--batch-size",
         type=int,
         default=None,
-        help="ours, and peer (b)'s (default: settings.generation.batch_size)",
+        help="ours (default: settings.generation.batch_size)",
+    )
+    ap.add_argument(
+        "--peer-batch-size",
+        type=int,
+        default=None,
+        help=f"the tuned peer's (default: {REAL_PEER_BATCH} on --real, else ours)",
+    )
+    ap.add_argument(
+        "--peer-cache", default=None, help="the tuned peer's cache_implementation (e.g. static)"
+    )
+    ap.add_argument(
+        "--peer-prefill-chunk",
+        type=int,
+        default=None,
+        help="the tuned peer's prefill_chunk_size (generate's chunked prefill)",
+    )
+    ap.add_argument(
+        "--default-peer",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="run peer (a), the pipeline's defaults (default: yes, but not on --real)",
+    )
+    ap.add_argument(
+        "--sweep-peer",
+        action="store_true",
+        help="time the peer once per setting and write <name>_peer_sweep.json instead",
     )
     ap.add_argument("--device", default=None)
     ap.add_argument(
@@ -108,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.model == "tiny-base":
             args.model = "gemma-3-270m"
         name = "bench_generation_gemma"
+    if args.default_peer is None:
+        args.default_peer = not args.real
 
     import torch
     from langchain_huggingface import HuggingFacePipeline
@@ -122,6 +173,8 @@ def main(argv: list[str] | None = None) -> int:
         args.model, device=args.device, dtype=args.dtype, batch_size=args.batch_size
     )
     args.batch_size = lm.batch_size
+    if args.peer_batch_size is None:
+        args.peer_batch_size = REAL_PEER_BATCH if args.real else args.batch_size
     if args.real:
         prompts, stops = build_packed_prompts(args.n, args.model, args.max_new_tokens)
     else:
@@ -129,12 +182,15 @@ def main(argv: list[str] | None = None) -> int:
     tok = lm.tokenizer
     dtype = str(lm.model.dtype).removeprefix("torch.")
     threads = torch.get_num_threads()
+    attn = str(lm.model.config._attn_implementation)
+    lengths = [lm.count_tokens(p) for p in prompts]
     print(
-        f"model {args.model} on {lm.device} ({dtype}), {args.n} prompts "
-        f"({min(map(lm.count_tokens, prompts))}-{max(map(lm.count_tokens, prompts))} tokens), "
+        f"model {args.model} on {lm.device} ({dtype}, {attn} attention), {args.n} prompts "
+        f"({min(lengths)}-{max(lengths)} tokens, {sum(lengths)} in all), "
         f"max_new_tokens={args.max_new_tokens}, stops={stops}, torch threads={threads}"
     )
 
+    inputs: list[Any] = list(prompts)  # LangChain's batch() takes any LanguageModelInput
     ours_llm = LocalLLM.from_local(lm, max_new_tokens=args.max_new_tokens, temperature=0.0)
     gen = {
         "max_new_tokens": args.max_new_tokens,
@@ -144,10 +200,10 @@ def main(argv: list[str] | None = None) -> int:
         "top_k": None,
         "pad_token_id": tok.pad_token_id,
     }
-    stop_kwargs = {"stop_strings": stops, "tokenizer": tok}
 
-    def peer(batch_size: int | None) -> HuggingFacePipeline:
-        extra = {"batch_size": batch_size} if batch_size else {}
+    def peer(batch_size: int | None, **generate: Any) -> HuggingFacePipeline:
+        extra: dict[str, Any] = {"batch_size": batch_size} if batch_size else {}
+        extra.update({k: v for k, v in generate.items() if v is not None})
         pipe = pipeline(
             "text-generation", model=lm.model, tokenizer=tok, return_full_text=False, **gen, **extra
         )
@@ -161,38 +217,10 @@ def main(argv: list[str] | None = None) -> int:
         n_tokens = sum(len(tok(t, add_special_tokens=False)["input_ids"]) for t in cut)
         return harness.Run(work=n_tokens, texts=cut)
 
-    peer_a, peer_b = peer(None), peer(args.batch_size)
-    common = {"dtype": dtype, "threads": threads, "inputs": prompts}
-    sides = [
-        harness.Side(
-            "ours: LocalLLM.batch",
-            lambda: run(ours_llm.batch(prompts, stop=stops)),
-            role="ours",
-            batch_size=args.batch_size,
-            **common,
-        ),
-        harness.Side(
-            "(a) HuggingFacePipeline .batch() default",
-            lambda: run(peer_a.batch(prompts, pipeline_kwargs=stop_kwargs)),
-            batch_size=1,
-            note="as users usually build it: no batch_size on the pipeline",
-            **common,
-        ),
-        harness.Side(
-            f"(b) HuggingFacePipeline batch_size={args.batch_size}",
-            lambda: run(peer_b.batch(prompts, pipeline_kwargs=stop_kwargs)),
-            batch_size=args.batch_size,
-            note="tuned: the pipeline's and the wrapper's batch_size set to ours",
-            **common,
-        ),
-    ]
-    m = harness.measure_with(
-        args,
-        sides,
-        harness.Metric("tokens/s"),
-        valid=lambda t: bool(parse_fields(t)["valid"]),
-        reference=sides[1].name,
-    )
+    def peer_run(p: HuggingFacePipeline) -> harness.Run:
+        # the stop strings through transformers' own criterion: the same work as ours
+        return run(p.batch(inputs, pipeline_kwargs={"stop_strings": stops, "tokenizer": tok}))
+
     config = {
         "model": args.model,
         "real": args.real,
@@ -200,17 +228,158 @@ def main(argv: list[str] | None = None) -> int:
         "words": args.words,
         "max_new_tokens": args.max_new_tokens,
         "batch_size": args.batch_size,
+        "peer_batch_size": args.peer_batch_size,
+        "peer_cache": args.peer_cache,
+        "peer_prefill_chunk": args.peer_prefill_chunk,
         "device": lm.device,
         "dtype": dtype,
+        "attn_implementation": attn,
         "stops": stops,
+        "prompt_tokens": lengths,
     }
+    if args.sweep_peer:
+        return sweep_peer(args, name, config, lm, peer, peer_run)
+
+    peer_generate = {
+        "cache_implementation": args.peer_cache,
+        "prefill_chunk_size": args.peer_prefill_chunk,
+    }
+    tuned_with = ", ".join(f"{k}={v}" for k, v in peer_generate.items() if v is not None)
+    tuned = f"(b) HuggingFacePipeline batch_size={args.peer_batch_size}" + (
+        f", {tuned_with}" if tuned_with else ""
+    )
+    peer_b = peer(args.peer_batch_size, **peer_generate)
+    common: dict[str, Any] = {"dtype": dtype, "threads": threads, "inputs": prompts}
+    settings = {"attn_implementation": attn, "padding_side": tok.padding_side}
+    sides = [
+        harness.Side(
+            "ours: LocalLLM.batch",
+            lambda: run(ours_llm.batch(inputs, stop=stops)),
+            role="ours",
+            batch_size=args.batch_size,
+            settings=settings,
+            **common,
+        )
+    ]
+    if args.default_peer:
+        peer_a = peer(None)
+        sides.append(
+            harness.Side(
+                "(a) HuggingFacePipeline .batch() default",
+                lambda: peer_run(peer_a),
+                batch_size=1,
+                note="as users usually build it: no batch_size on the pipeline",
+                settings=settings,
+                **common,
+            )
+        )
+    sides.append(
+        harness.Side(
+            tuned,
+            lambda: peer_run(peer_b),
+            batch_size=args.peer_batch_size,
+            note="tuned: the pipeline's and the wrapper's batch_size"
+            + (" (the best of --sweep-peer)" if args.real else " set to ours")
+            + (f", {tuned_with}" if tuned_with else "")
+            + "; same model object (dtype, sdpa), tokenizer padding left, same threads",
+            settings=settings | peer_generate,
+            **common,
+        )
+    )
+    m = harness.measure_with(
+        args,
+        sides,
+        harness.Metric("tokens/s"),
+        valid=lambda t: bool(parse_fields(t)["valid"]),
+        reference=sides[1].name,
+    )
     what = (
         f"greedy generation of {args.n} few-shot news-riddle prompts on {args.model} "
         f"({dtype}, {lm.device}), {args.max_new_tokens} new tokens: ours vs LangChain's "
-        "HuggingFacePipeline default and tuned, same model object"
+        "HuggingFacePipeline "
+        + ("default and tuned" if args.default_peer else "tuned")
+        + ", same model object"
     )
     harness.finish(name, m, args, config=config, what=what, argv=argv)
     return 0
+
+
+def sweep_peer(
+    args: argparse.Namespace,
+    name: str,
+    config: dict[str, Any],
+    lm: Any,
+    peer: Any,
+    peer_run: Any,
+) -> int:
+    """One timed run of the peer per setting in ``SWEEP`` (after one warm-up), written to
+    ``<name>_peer_sweep.json``: the evidence for the tuned peer's settings."""
+    import time
+
+    rows: list[dict[str, Any]] = []
+    path = harness.out_path(f"{name}_peer_sweep", args)
+    sweep = SWEEP[:2] if args.quick else SWEEP
+
+    def save() -> None:  # after every setting: a killed sweep keeps its rows
+        doc = {
+            "name": f"{name}_peer_sweep",
+            "what": "the tuned peer's settings: one run each after one warm-up (a choice of "
+            "settings, not a speed claim)",
+            "command": " ".join(["python", "benchmarks/bench_generation.py", *(argv_of(args))]),
+            "quick": args.quick,
+            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "machine": harness.machine(),
+            "versions": harness.versions(),
+            "config": config,
+            "rows": rows,
+        }
+        harness.write_result(path, doc)
+
+    peer_run(peer(sweep[0][1]))  # warm-up, not counted
+    for label, batch_size, generate, attn in sweep:
+        lm.model.set_attn_implementation(attn)
+        row: dict[str, Any] = {
+            "setting": label,
+            "batch_size": batch_size,
+            "generate": generate,
+            "attn_implementation": attn,
+            "load_1m_before": round(harness._load_1m(), 2),
+        }
+        try:
+            p = peer(batch_size, **generate)
+            started = time.perf_counter()
+            r = peer_run(p)
+            secs = time.perf_counter() - started
+        except Exception as err:  # a setting the pipeline refuses is recorded, not fatal
+            rows.append(row | {"error": f"{type(err).__name__}: {err}"})
+            print(f"  {label:<34} refused: {err}", flush=True)
+            save()
+            continue
+        finally:
+            lm.model.set_attn_implementation(config["attn_implementation"])
+        rows.append(
+            row
+            | {
+                "seconds": round(secs, 3),
+                "tokens_per_s": round(r.work / secs, 3),
+                "texts": r.texts,
+            }
+        )
+        print(f"  {label:<34} {secs:8.2f} s  {r.work / secs:8.2f} tokens/s", flush=True)
+        save()
+    best = max(rows, key=lambda r: r.get("tokens_per_s", 0.0))
+    print(f"best: {best['setting']}; wrote {path}")
+    return 0
+
+
+def argv_of(args: argparse.Namespace) -> list[str]:
+    return ["--real"] * bool(args.real) + [
+        "-n",
+        str(args.n),
+        "--max-new-tokens",
+        str(args.max_new_tokens),
+        "--sweep-peer",
+    ]
 
 
 if __name__ == "__main__":

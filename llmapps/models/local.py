@@ -115,6 +115,7 @@ class LocalModel:
         name: str,
         device: str,
         batch_size: int = 16,
+        prefill_chunk: int | None = None,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -127,6 +128,9 @@ class LocalModel:
         # Prefill each prompt on its own (no padding) and stitch the caches into one left-padded
         # batch cache before decoding together (see _stitched_prefill); False once refused.
         self.stitch_prefill = True
+        # Tokens per prefill pass on models with sliding-window layers (generation.
+        # prefill_chunk_tokens; None: a prompt in one pass); see prefill.stitched_prefill.
+        self.prefill_chunk = prefill_chunk
         self._lock = threading.Lock()  # generate() is not re-entrant on one model
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
@@ -388,6 +392,7 @@ class LocalModel:
                 width,
                 max_new_tokens,
                 static=self.cache_implementation == "static",
+                chunk=self.prefill_chunk,
             )
         except UnstitchableCache as err:
             log.info("%s: no stitched prefill (%s); prefilling padded batches", self.name, err)

@@ -31,7 +31,13 @@ class UnstitchableCache(Exception):
 
 
 def stitched_prefill(
-    model: Any, batch: list[list[int]], width: int, max_new_tokens: int, *, static: bool
+    model: Any,
+    batch: list[list[int]],
+    width: int,
+    max_new_tokens: int,
+    *,
+    static: bool,
+    chunk: int | None = None,
 ) -> Any:
     """Prefill each prompt but its last token without padding; return one left-padded cache.
 
@@ -53,9 +59,15 @@ def stitched_prefill(
     to its place in the padded batch, as for a full layer.
 
     Returns None (the caller prefills padded batches) where this does not apply: one row of
-    no shared prefix or rows of one length with none (nothing to gain), a one-token prompt,
-    an encoder-decoder model. ``static`` asks for a ``StaticCache`` (a ``DynamicCache`` where
+    no shared prefix or rows of one length with none (nothing to gain) when there are no
+    chunks to prefill, a one-token prompt, an encoder-decoder model. ``static`` asks for a ``StaticCache`` (a ``DynamicCache`` where
     the model has sliding-window layers or other layer types).
+
+    **Chunks** (``chunk``, for models with sliding-window layers): each row's tokens go through
+    the model ``chunk`` at a time, each chunk continuing the cache of the ones before. A
+    sliding-window layer then attends over its window plus the chunk instead of a masked
+    square of the whole prompt (SDPA's CPU kernel computes every block of an explicit mask):
+    the same attention, exact up to float rounding, at a fraction of the work.
 
     Raises:
         UnstitchableCache: the model's own cache holds a layer of a type not handled here (the
@@ -72,12 +84,13 @@ def stitched_prefill(
     lengths = [len(ids) for ids in batch]
     if min(lengths) < 2 or model.config.is_encoder_decoder:
         return None
+    config = model.config.get_text_config(decoder=True)
+    step = chunk if chunk and _has_sliding_layers(config) and max(lengths) - 1 > chunk else None
     shared = shared_prefix(batch) if len(batch) > 1 else 0
     if shared < _MIN_SHARED_PREFIX:
         shared = 0
-        if len(set(lengths)) < 2:
+        if len(set(lengths)) < 2 and step is None:
             return None
-    config = model.config.get_text_config(decoder=True)
     keep = {"logits_to_keep": 1} if _accepts(model.forward, "logits_to_keep") else {}
     kinds = (DynamicLayer, DynamicSlidingWindowLayer)
 
@@ -86,9 +99,19 @@ def stitched_prefill(
         return bool(layers) and all(type(layer) in kinds for layer in layers)
 
     prefix_cache: Any = None
+
+    def forward(ids: torch.Tensor, cache: Any) -> Any:
+        """The cache after ``ids`` (continuing ``cache``, None: empty), ``step`` tokens a pass."""
+        size = step or ids.shape[1]
+        for at in range(0, ids.shape[1], size):
+            extra = {cache_arg(): cache} if cache is not None else {}
+            out = model(input_ids=ids[:, at : at + size], use_cache=True, **extra, **keep)
+            cache = getattr(out, cache_arg())
+        return cache
+
     if shared:
         ids = torch.tensor([batch[0][:shared]], dtype=torch.long, device=model.device)
-        prefix_cache = getattr(model(input_ids=ids, use_cache=True, **keep), cache_arg())
+        prefix_cache = forward(ids, None)
         if not plain(prefix_cache):
             raise UnstitchableCache(f"a {type(prefix_cache).__name__} of layers not handled here")
 
@@ -114,8 +137,7 @@ def stitched_prefill(
         ids = torch.tensor(
             [batch[r][start:-1] for r in rows], dtype=torch.long, device=model.device
         )
-        extra = {cache_arg(): continued(len(rows))} if start else {}
-        pkv = getattr(model(input_ids=ids, use_cache=True, **extra, **keep), cache_arg())
+        pkv = forward(ids, continued(len(rows)) if start else None)
         if not plain(pkv):
             raise UnstitchableCache(f"a {type(pkv).__name__} of layers not handled here")
         if stitched is None:
@@ -187,6 +209,12 @@ def _dynamic_cache(stitched: list[Any], config: Any, past: int) -> Any:
         if isinstance(layer, DynamicSlidingWindowLayer):
             layer.cumulative_length = past  # its keys are the last window - 1 of them
     return cache
+
+
+def _has_sliding_layers(config: Any) -> bool:
+    """Whether some of the model's layers attend over a sliding window."""
+    types = getattr(config, "layer_types", None) or []
+    return bool(getattr(config, "sliding_window", None)) and any("sliding" in t for t in types)
 
 
 def _accepts(fn: Any, name: str) -> bool:
