@@ -46,6 +46,15 @@ class GenerationSettings(BaseModel):
         description="prompt budget of local models: few-shot packs examples up to it, "
         "longer inputs are truncated (the model's context is the ceiling)",
     )
+    # Tokens per prefill pass of the transformers backend on models with sliding-window layers
+    # (Gemma 3): each window layer then attends over window + chunk rather than a masked square
+    # of the whole prompt (llmapps.models.prefill). None: each prompt in one pass.
+    prefill_chunk_tokens: int | None = Field(
+        None,
+        ge=16,
+        description="tokens per prefill pass on models with sliding-window layers "
+        "(transformers backend); none: a prompt in one pass",
+    )
     memory_budget_gb: float | None = Field(
         None,
         gt=0,
