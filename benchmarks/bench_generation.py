@@ -13,7 +13,7 @@ stop strings, same torch threads, side by side in one run:
   the best of the sweep below on ``--real``, else ours), and ``--peer-cache`` where it helps.
 
 ``--sweep-peer`` times the peer once per setting (batch size 4, 8, 16; ``static`` cache;
-generate's ``prefill_chunk_size``; ``eager`` attention) after one warm-up and writes ``<name>_peer_sweep.json``: how the tuned
+generate's ``prefill_chunk_size``) after one warm-up and writes ``<name>_peer_sweep.json``: how the tuned
 peer's settings were chosen (one run each: a choice, not a claim).
 
 The peers get the stop strings as ``stop_strings`` generation kwargs, so all sides do the same
@@ -94,7 +94,8 @@ SWEEP: tuple[tuple[str, int, dict[str, Any], str], ...] = (
     ("batch_size=16", 16, {}, "sdpa"),
     ("batch_size=16, static cache", 16, {"cache_implementation": "static"}, "sdpa"),
     ("batch_size=16, prefill_chunk_size=512", 16, {"prefill_chunk_size": 512}, "sdpa"),
-    ("batch_size=4, eager attention", 4, {}, "eager"),
+    # not swept: eager attention (it materialises every layer's batch x 4 heads x 2,048^2 fp32
+    # scores, 1 GiB at batch 16, and is the slower kernel on long prompts)
 )
 
 
@@ -117,6 +118,13 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=None,
         help="ours (default: settings.generation.batch_size)",
+    )
+    ap.add_argument(
+        "--prefill-chunk",
+        type=int,
+        default=None,
+        help="ours: tokens per prefill pass on sliding-window models, 0 for one pass "
+        "(default: settings.generation.prefill_chunk_tokens)",
     )
     ap.add_argument(
         "--peer-batch-size",
@@ -173,6 +181,9 @@ def main(argv: list[str] | None = None) -> int:
         args.model, device=args.device, dtype=args.dtype, batch_size=args.batch_size
     )
     args.batch_size = lm.batch_size
+    if args.prefill_chunk is not None:
+        lm.prefill_chunk = args.prefill_chunk or None  # this process's model: ours only reads it
+    args.prefill_chunk = lm.prefill_chunk
     if args.peer_batch_size is None:
         args.peer_batch_size = REAL_PEER_BATCH if args.real else args.batch_size
     if args.real:
@@ -228,6 +239,7 @@ def main(argv: list[str] | None = None) -> int:
         "words": args.words,
         "max_new_tokens": args.max_new_tokens,
         "batch_size": args.batch_size,
+        "prefill_chunk": args.prefill_chunk,
         "peer_batch_size": args.peer_batch_size,
         "peer_cache": args.peer_cache,
         "peer_prefill_chunk": args.peer_prefill_chunk,
@@ -257,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
             lambda: run(ours_llm.batch(inputs, stop=stops)),
             role="ours",
             batch_size=args.batch_size,
-            settings=settings,
+            settings=settings | {"prefill_chunk": args.prefill_chunk},
             **common,
         )
     ]

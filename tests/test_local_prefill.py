@@ -137,3 +137,16 @@ def test_models_without_sliding_layers_are_not_chunked() -> None:
     from llmapps.models.prefill import _has_sliding_layers
 
     assert not _has_sliding_layers(LlamaConfig())
+
+
+def test_the_setting_reaches_the_loaded_model(gemma_dir: str) -> None:
+    from llmapps.errors import ConfigError
+    from llmapps.models.pool import ModelPool
+    from llmapps.settings import load_settings
+
+    settings = load_settings(generation={"prefill_chunk_tokens": 256})
+    lm = load_local_model(gemma_dir, settings=settings, dtype="float32", pool=ModelPool())
+    assert lm.prefill_chunk == 256
+    assert load_local_model(gemma_dir, dtype="float32", pool=ModelPool()).prefill_chunk is None
+    with pytest.raises(ConfigError, match="prefill_chunk_tokens"):
+        load_settings(generation={"prefill_chunk_tokens": 4})

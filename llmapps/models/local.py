@@ -480,6 +480,7 @@ class TransformersBackend(Backend):
                 name=spec.source,
                 device=dev,
                 batch_size=settings.generation.batch_size,
+                prefill_chunk=settings.generation.prefill_chunk_tokens,
             )
 
         shared: LocalModel = spec.pool.get(("transformers", path, dev, dt), load)
