@@ -84,8 +84,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     # --tiny: settings with the tiny models, handed to the command (args.settings) and from it to
     # llmapps.compose, never written to the environment; None: the environment's settings
-    args.settings = tiny_settings() if getattr(args, "tiny", False) else None
     try:
+        args.settings = tiny_settings() if getattr(args, "tiny", False) else None
         return int(args.func(args) or 0)
     except LlmappsError as err:
         if args.debug:

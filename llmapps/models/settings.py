@@ -4,9 +4,7 @@ defaults, read by the model backends and the local strategies. Imports nothing o
 
 from __future__ import annotations
 
-from typing import Literal
-
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class GenerationSettings(BaseModel):
@@ -18,9 +16,10 @@ class GenerationSettings(BaseModel):
     # (benchmarks/bench_generation.py); CUDA out-of-memory halves it automatically.
     batch_size: int = Field(32, ge=1, description="prompts per generate() call")
     max_new_tokens: int = Field(96, ge=1)
-    backend: Literal["transformers", "llama.cpp"] = Field(
+    backend: str = Field(
         "transformers",
-        description="backend of the local strategies (few-shot, zero-shot); a .gguf "
+        description="backend of the local strategies (few-shot, zero-shot): any registered "
+        "model backend (llmapps.backends: transformers, llama.cpp, or a plugin's); a .gguf "
         "model given without a backend runs on llama.cpp",
     )
     llamacpp_context: int = Field(
@@ -62,3 +61,16 @@ class GenerationSettings(BaseModel):
         "none: memory_fraction of what is available (RAM, or free VRAM on CUDA) at the call",
     )
     memory_fraction: float = Field(0.5, gt=0, le=0.95)
+
+    @field_validator("backend")
+    @classmethod
+    def _registered_backend(cls, value: str) -> str:
+        # the registry's names only (entry points scanned, no backend imported)
+        from llmapps.api.backends import BACKENDS
+
+        if value not in BACKENDS:
+            raise ValueError(
+                f"{value!r} is not a registered model backend; registered: "
+                f"{', '.join(BACKENDS.names())}"
+            )
+        return value
