@@ -32,7 +32,14 @@ def resolve_backend(requested: str | None, source: str, settings: Settings | Non
     ``settings.generation.backend``."""
     if requested is None:
         claimed = [n for n in BACKENDS.names() if get_backend(n).claims(source)]
-        requested = claimed[0] if claimed else context(settings)[0].generation.backend
+        if claimed:
+            return claimed[0]
+        requested = context(settings)[0].generation.backend
+        if requested not in BACKENDS:  # the setting accepts any name: checked here, before a load
+            raise ConfigError(
+                f"generation.backend (LLMAPPS_GENERATION__BACKEND) {requested!r} is not a "
+                f"registered model backend; registered: {', '.join(BACKENDS.names())}"
+            )
     get_backend(requested)  # an unknown name fails here
     return requested
 

@@ -4,7 +4,7 @@ defaults, read by the model backends and the local strategies. Imports nothing o
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class GenerationSettings(BaseModel):
@@ -19,8 +19,9 @@ class GenerationSettings(BaseModel):
     backend: str = Field(
         "transformers",
         description="backend of the local strategies (few-shot, zero-shot): any registered "
-        "model backend (llmapps.backends: transformers, llama.cpp, or a plugin's); a .gguf "
-        "model given without a backend runs on llama.cpp",
+        "model backend (llmapps.backends: transformers, llama.cpp, or a plugin's; checked by "
+        "the loader before a model loads); a .gguf model given without a backend runs on "
+        "llama.cpp",
     )
     llamacpp_context: int = Field(
         8192,
@@ -61,16 +62,3 @@ class GenerationSettings(BaseModel):
         "none: memory_fraction of what is available (RAM, or free VRAM on CUDA) at the call",
     )
     memory_fraction: float = Field(0.5, gt=0, le=0.95)
-
-    @field_validator("backend")
-    @classmethod
-    def _registered_backend(cls, value: str) -> str:
-        # the registry's names only (entry points scanned, no backend imported)
-        from llmapps.api.backends import BACKENDS
-
-        if value not in BACKENDS:
-            raise ValueError(
-                f"{value!r} is not a registered model backend; registered: "
-                f"{', '.join(BACKENDS.names())}"
-            )
-        return value
