@@ -41,11 +41,11 @@ from chains import boutique_data as data
 from chains.boutique_guard import Catalog, Resolution
 from chains.boutique_memory import history_error, session_lock
 from chains.boutique_metrics import METRICS, score
+from llmapps.api.strategies import Strategy
 from llmapps.errors import InputError
 from llmapps.files import read_text
 from llmapps.models.batching import BatchCall, OneBatch
 from llmapps.options import AppOptions
-from llmapps.strategies.base import Strategy
 
 log = logging.getLogger(__name__)
 

@@ -339,11 +339,11 @@ def _daily(args: argparse.Namespace, flags: Any) -> int:
     settings = getattr(args, "settings", None)  # --tiny
     with composed_options(args.strategy, settings, overrides=given) as (options, reason):
         if options is None or reason is not None:  # no defaults: the flags must build it
+            from llmapps.api.strategies import make_strategy
             from llmapps.errors import LlmappsError
-            from llmapps.strategies.base import make_strategy
 
             try:
-                make_strategy(args.strategy, **(options or {}))
+                make_strategy(args.strategy, settings=settings, **(options or {}))
             except LlmappsError as err:
                 raise ConfigError(f"--strategy {args.strategy}: {reason or err}") from err
         edition = make_edition(

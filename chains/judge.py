@@ -32,8 +32,8 @@ from langchain_core.runnables import Runnable, RunnableConfig, RunnableLambda
 
 from chains.news_riddle import to_text
 from llmapps.api.apps import AppSpec
+from llmapps.api.strategies import Strategy
 from llmapps.errors import InputError
-from llmapps.strategies.base import Strategy
 from prompts import load_task
 
 INPUTS = ("title", "text", "riddle", "answer")

@@ -27,10 +27,10 @@ from pydantic import Field
 
 from chains import news_data
 from chains.news_riddle import to_text
+from llmapps.api.strategies import Strategy
 from llmapps.errors import InputError
 from llmapps.files import read_text
 from llmapps.options import AppOptions
-from llmapps.strategies.base import Strategy
 from prompts import load_task
 
 log = logging.getLogger(__name__)

@@ -32,9 +32,9 @@ from pydantic import Field
 
 from chains import news_data
 from llmapps.api.apps import AppSpec, MetricFields, UiSpec
+from llmapps.api.strategies import Strategy
 from llmapps.errors import InputError
 from llmapps.options import AppOptions
-from llmapps.strategies.base import Strategy
 from prompts import load_task
 
 log = logging.getLogger(__name__)

@@ -3,10 +3,12 @@ with which options, built one way for ``llmapps bench``, ``llmapps demo`` and ``
 
 A strategy's options come, in this order (later wins), from:
 
-1. its offline defaults (``Strategy.demo_options``): ``lora`` finds, or trains on first use, the
+1. its offline defaults (``Strategy.demo_options``, entered by ``demo_options`` here, which
+   hands each the local server it may need): ``lora`` finds, or trains on first use, the
    demo adapter under ``$LLMAPPS_HOME/adapters/`` (its steps shown as it trains: ``StepPrinter``
    on stderr, or the caller's ``progress``); ``service`` takes the configured endpoint, or
-   starts ``llmapps serve`` on loopback for as long as the set is open. Options given that
+   serves the instruct model with ``llmapps serve`` (``local_server``) on loopback for as long
+   as the set is open. Options given that
    already do the defaults' job (``lora``'s ``adapter``, ``service``'s ``base_url``) skip them;
    a ``base_model``/``instruct_model`` given is the one whose defaults are looked up;
 2. a bench run's recorded options (``--run RUN``: ``RUN/config.json``'s ``strategy_options`` and
@@ -20,9 +22,10 @@ disabled instead of offering it and failing; a surface that runs one strategy (`
 ``ConfigError``. Nothing here names an app.
 
 It is also where settings meet explicit options: ``make_strategy`` and ``load_chain`` take a
-``Settings`` (default: the environment's) and hand it to the strategy, whose config fills only its
-unset fields from it (``llmapps.strategies.base.resolve_config``); ``--tiny`` is a ``Settings``
-with the tiny models (``tiny_settings``), not a change to the environment.
+``Settings`` (default: the environment's, read here) and hand it to the strategy, whose config
+fills only its unset fields from it (``llmapps.api.strategies.resolve_config``), and whose
+budgets for a task are built from both (``Strategy.budget``); ``--tiny`` is a ``Settings`` with
+the tiny models (``tiny_settings``), not a change to the environment.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from llmapps.errors import ConfigError, LlmappsError, one_line
 if TYPE_CHECKING:
     from langchain_core.runnables import Runnable
 
+    from llmapps.api.backends import LocalServer
     from llmapps.options import AppOptions
     from llmapps.settings import Settings
     from llmapps.strategies.base import Strategy
@@ -125,6 +129,31 @@ def read_run(run: Path) -> tuple[list[tuple[str, str, dict[str, Any]]], dict[str
     return bench.runs(), {k: dict(v) for k, v in bench.strategy_options.items()}
 
 
+def local_server() -> LocalServer | None:
+    """The local OpenAI-compatible server compose hands to strategies' offline defaults:
+    ``llmapps serve`` (``llmapps.servers`` entry point ``llmapps``; else the first registered),
+    None where none is installed."""
+    from llmapps.api.backends import SERVERS
+
+    names = SERVERS.names()
+    if not names:
+        return None
+    return SERVERS.get("llmapps" if "llmapps" in names else names[0])
+
+
+@contextlib.contextmanager
+def demo_options(name: str, settings: Settings | None = None) -> Iterator[dict[str, Any] | None]:
+    """Strategy ``name``'s offline defaults under ``settings`` (default: the environment's), held
+    for the block: its ``demo_options`` handed what only compose joins (the local server,
+    ``local_server``); None where it has none here."""
+    from llmapps.settings import get_settings
+    from llmapps.strategies.base import STRATEGIES
+
+    cls = STRATEGIES.get(name)
+    with cls.demo_options(settings or get_settings(), serve=local_server()) as options:
+        yield options
+
+
 @contextlib.contextmanager
 def strategy_options(
     name: str,
@@ -145,7 +174,7 @@ def strategy_options(
     from llmapps.training import reporting_progress
 
     settings = settings or get_settings()
-    cls = STRATEGIES.get(name)
+    STRATEGIES.get(name)  # an unknown name fails here, with suggestions
     overrides = {**settings_options(name, settings), **dict(overrides or {})}
     if overrides.get(_GIVEN_BY.get(name, "")):  # e.g. --adapter DIR: nothing to find or train
         yield overrides, None
@@ -157,7 +186,7 @@ def strategy_options(
     with contextlib.ExitStack() as stack:
         try:
             with reporting_progress(progress or StepPrinter(name)):
-                demo = stack.enter_context(cls.demo_options(settings))
+                demo = stack.enter_context(demo_options(name, settings))
         except LlmappsError as err:
             demo, reason = None, one_line(err)
         except Exception as err:  # a backend that would not start: say so, offer the rest
@@ -186,11 +215,13 @@ def runnable_options(
     Raises:
         ConfigError: it cannot run: one line, ``--strategy NAME cannot run: <reason and fix>``.
     """
+    from llmapps.settings import get_settings
     from llmapps.strategies.base import make_strategy
 
+    settings = settings or get_settings()
     with strategy_options(name, settings, overrides, progress=progress) as (options, reason):
         try:
-            make_strategy(name, **(options or {}))  # validates; loads no model
+            make_strategy(name, settings=settings, **(options or {}))  # validates; loads no model
         except LlmappsError as err:
             raise ConfigError(f"{flag} {name} cannot run: {reason or one_line(err)}") from err
         yield options or {}
@@ -274,7 +305,7 @@ def compose_strategies(
                 continue
             built = {**opts, **swept}
             try:
-                make_strategy(name, **built)
+                make_strategy(name, settings=settings, **built)
                 reason = None
             except LlmappsError as err:
                 reason = reason or one_line(err)

@@ -77,6 +77,17 @@ def _plain(value: Any) -> Any:
     return asdict(value) if is_dataclass(value) and not isinstance(value, type) else value
 
 
+@dataclass(frozen=True)
+class Budget:
+    """What one generation of a task may spend: ``max_new_tokens`` to generate and
+    ``max_prompt_tokens`` of prompt (None: only the model's context, less ``max_new_tokens``,
+    bounds it). Built by ``Strategy.budget(task)`` from the strategy's options, its settings and
+    the task's own budget."""
+
+    max_new_tokens: int
+    max_prompt_tokens: int | None = None
+
+
 @dataclass
 class GenerationParams:
     """Sampling settings for one generate call; greedy when ``temperature`` is 0."""

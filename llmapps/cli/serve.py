@@ -114,7 +114,8 @@ def resolve_model(args: argparse.Namespace, options: dict[str, Any] | None = Non
         return load_model(args.model, batch_size=args.batch_size)  # a .gguf runs on llama.cpp
     if options is None:
         options = flags.strategy_options(args.strategy, args)
-    lm = make_strategy(args.strategy, **options).generation_model()
+    settings = getattr(args, "settings", None)  # --tiny
+    lm = make_strategy(args.strategy, settings=settings, **options).generation_model()
     if lm is None:
         raise ConfigError(_no_local_model(args.strategy))
     return lm

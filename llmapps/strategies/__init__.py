@@ -4,9 +4,10 @@ Registered in ``STRATEGIES`` (entry-point group ``llmapps.strategies``). To add 
 (pydantic, ``extra="forbid"``, ``kind: Literal["name"]``), a ``Strategy`` subclass whose ``build``
 returns a LangChain Runnable, and an entry point; the conformance suite in ``tests/`` picks it up.
 A strategy on one local model builds on ``local.py`` (``LocalModelStrategy``, ``LocalModelConfig``)
-and loads through ``llmapps.models.loader``; settings reach it from ``llmapps.compose`` and fill
-only the options left unset (``base.resolve_config``). The registered classes are importable from
-here by class name (``llmapps.strategies.FewShotStrategy``).
+and loads through ``llmapps.models.loader``. The contract (``Strategy``, ``StrategyConfig``,
+``STRATEGIES``, ``resolve_config``) lives in ``llmapps.api.strategies``, ``base.py`` being its old
+path; settings reach a strategy from ``llmapps.compose`` and fill only the options left unset.
+The registered classes are importable from here by class name (``llmapps.strategies.FewShotStrategy``).
 """
 
 from typing import Any

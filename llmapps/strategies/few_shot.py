@@ -12,13 +12,13 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import Field
 
 from llmapps.errors import ConfigError
-from llmapps.strategies.base import resolve_config
 from llmapps.strategies.local import LocalModelConfig, LocalModelStrategy
 from llmapps.strategies.structured import CompletionReply, completion_model
 
 if TYPE_CHECKING:
     from langchain_core.runnables import Runnable
 
+    from llmapps.api.generation import Budget
     from llmapps.models.local import LocalModel
     from llmapps.settings import Settings
     from llmapps.tasks import Task
@@ -53,22 +53,20 @@ class FewShotStrategyConfig(LocalModelConfig):
         }
 
 
-def prompt_limit(lm: Any, max_new: int, max_prompt_tokens: int | None) -> int:
-    """Tokens a prompt may have: the prompt budget (``max_prompt_tokens``: the strategy's, else
-    ``generation.max_prompt_tokens``; None: none), within ``lm``'s context less the ``max_new``
-    tokens to generate. The context is the ceiling, never the target: packing 8 prompts to
-    Gemma 3's 32,768 tokens was OOM-killed at 24 GB."""
-    room = int(lm.context_length) - max_new
-    return room if max_prompt_tokens is None else min(room, max_prompt_tokens)
+def prompt_limit(lm: Any, budget: Budget) -> int:
+    """Tokens a prompt may have: the prompt budget (``budget.max_prompt_tokens``; None: none),
+    within ``lm``'s context less the ``budget.max_new_tokens`` to generate. The context is the
+    ceiling, never the target: packing 8 prompts to Gemma 3's 32,768 tokens was OOM-killed at
+    24 GB."""
+    room = int(lm.context_length) - budget.max_new_tokens
+    return room if budget.max_prompt_tokens is None else min(room, budget.max_prompt_tokens)
 
 
-def fit_inputs(
-    task: Task, lm: LocalModel, max_new: int, render: Any, max_prompt_tokens: int | None
-) -> Any:
-    """A function that truncates an input so its prompt fits the prompt budget with ``max_new``."""
+def fit_inputs(task: Task, lm: LocalModel, budget: Budget, render: Any) -> Any:
+    """A function that truncates an input so its prompt fits the prompt ``budget``."""
     from llmapps.prompting import truncate_to_fit
 
-    limit = prompt_limit(lm, max_new, max_prompt_tokens)
+    limit = prompt_limit(lm, budget)
 
     def fit(inputs: dict[str, Any]) -> dict[str, Any]:
         return truncate_to_fit(
@@ -114,9 +112,8 @@ class FewShotStrategy(LocalModelStrategy):
 
     def build(self, task: Task) -> Runnable[dict[str, Any], Any]:
         lm = self.local_model
-        c = self.config
-        max_new = c.max_new_tokens or task.max_new_tokens
-        llm = completion_model(c, task, lm, max_new_tokens=max_new, strategy=self.name)
+        max_new = self.budget(task).max_new_tokens
+        llm = completion_model(self.config, task, lm, max_new_tokens=max_new, strategy=self.name)
         chain = self.prompt(task) | CompletionReply(llm=llm, stop=list(task.stop))
         return chain.with_config(run_name=f"few-shot:{task.name}")
 
@@ -128,23 +125,23 @@ class FewShotStrategy(LocalModelStrategy):
         from llmapps.prompting import TokenBudgetExampleSelector
 
         lm = self.local_model
-        c = resolve_config(self.config, self.settings)
-        max_new = c.max_new_tokens or task.max_new_tokens
+        c = self.resolved
+        budget = self.budget(task)
         layout = task.completion
         example_prompt = PromptTemplate.from_template(layout.example_template)
         sep_tokens = max(
             1, len(lm.tokenizer(layout.separator, add_special_tokens=False)["input_ids"])
         )
-        limit = prompt_limit(lm, max_new, c.max_prompt_tokens)
+        limit = prompt_limit(lm, budget)
 
-        def budget(inputs: dict[str, Any]) -> int:
+        def room(inputs: dict[str, Any]) -> int:  # tokens left for examples beside this input
             return limit - lm.count_tokens(layout.render(inputs)) - sep_tokens
 
         selector = TokenBudgetExampleSelector(
             task.examples,
             example_prompt,
             lm.count_tokens,
-            budget,
+            room,
             separator_tokens=sep_tokens,
             ranker=self.ranker(task),
             max_examples=c.max_examples,
@@ -157,6 +154,6 @@ class FewShotStrategy(LocalModelStrategy):
             example_separator=layout.separator,
             input_variables=list(task.input_variables),
         )
-        fit = fit_inputs(task, lm, max_new, layout.render, c.max_prompt_tokens)
+        fit = fit_inputs(task, lm, budget, layout.render)
         self.selectors[task.name] = selector
         return RunnableLambda(fit, name="fit_context") | prompt

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import Field, field_validator
 
-from llmapps.strategies.base import Strategy, StrategyConfig, resolve_config
+from llmapps.api.strategies import Strategy, StrategyConfig
 from llmapps.strategies.structured import GenerationControls
 
 if TYPE_CHECKING:
@@ -55,6 +55,13 @@ class LocalModelStrategy(Strategy):
         self._lm: Any = None
 
     @property
+    def pool(self) -> Any:
+        """The ``ModelPool`` it was given, else the process's ``default_pool()``."""
+        from llmapps.models.pool import default_pool
+
+        return self._pool if self._pool is not None else default_pool()
+
+    @property
     def local_model(self) -> Any:
         """The loaded model (once; shared through the pool with strategies that load the same)."""
         if self._lm is None:
@@ -65,7 +72,7 @@ class LocalModelStrategy(Strategy):
         """Load the model named by ``model_field`` (its settings default when unset)."""
         from llmapps.models.loader import load_model
 
-        c = resolve_config(self.config, self.settings)
+        c = self.resolved
         lm: LocalLM = load_model(
             getattr(c, self.model_field),
             getattr(c, "backend", None),

@@ -48,15 +48,16 @@ from llmapps.adapters import layout_hash as layout_hash
 from llmapps.adapters import model_fingerprint as model_fingerprint
 from llmapps.adapters import read_manifest as read_manifest
 from llmapps.adapters import write_manifest as write_manifest
+from llmapps.api.strategies import resolve_config
 from llmapps.errors import ConfigError
 from llmapps.models.local import LocalModel
-from llmapps.strategies.base import resolve_config
 from llmapps.strategies.local import LocalModelConfig, LocalModelStrategy
 from llmapps.strategies.structured import CompletionReply, completion_model
 
 if TYPE_CHECKING:
     from langchain_core.runnables import Runnable
 
+    from llmapps.api.backends import LocalServer
     from llmapps.settings import Settings
     from llmapps.tasks import Task
 
@@ -161,9 +162,14 @@ class LoraStrategy(LocalModelStrategy):
         from llmapps.models.local import load_pretrained
 
         settings = self.settings
-        c = resolve_config(self.config, settings)
+        c = self.resolved
         path = self._base_path(settings)
         folder = Path(c.adapter).expanduser().resolve()
+        if c.backend not in ("transformers", "llama.cpp"):  # a plugin backend as the default
+            raise ConfigError(
+                f"the lora strategy runs on transformers (PEFT) or llama.cpp, not the backend "
+                f"{c.backend!r} the settings name; pass backend=transformers"
+            )
         if c.backend == "llama.cpp":
             return self._load_gguf(settings, path, folder)
         dev = pick_device(c.device or "auto")
@@ -284,14 +290,14 @@ class LoraStrategy(LocalModelStrategy):
 
         self.check_task(task)
         lm = self.local_model
-        c = self.config
-        max_new = c.max_new_tokens or task.max_new_tokens
+        budget = self.budget(task)
+        max_new = budget.max_new_tokens
 
         def render(inputs: dict[str, Any]) -> str:
             return self.prompt_for(task, inputs)
 
-        llm = completion_model(c, task, lm, max_new_tokens=max_new, strategy=self.name)
-        fit = fit_inputs(task, lm, max_new, render, self.settings.generation.max_prompt_tokens)
+        llm = completion_model(self.config, task, lm, max_new_tokens=max_new, strategy=self.name)
+        fit = fit_inputs(task, lm, budget, render)
         chain = (
             RunnableLambda(fit, name="fit_context")
             | RunnableLambda(render, name="render")
@@ -301,7 +307,9 @@ class LoraStrategy(LocalModelStrategy):
 
     @classmethod
     @contextlib.contextmanager
-    def demo_options(cls, settings: Settings) -> Iterator[dict[str, Any] | None]:
+    def demo_options(
+        cls, settings: Settings, *, serve: LocalServer | None = None
+    ) -> Iterator[dict[str, Any] | None]:
         """The demo adapter of ``settings.base_model`` (the trainer's ``demo_recipe``) in
         ``$LLMAPPS_HOME/adapters/``, trained on first use; None for a base with no demo recipe.
 

@@ -15,11 +15,12 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 
-from llmapps.strategies.base import Strategy, StrategyConfig, resolve_config
+from llmapps.api.strategies import Strategy, StrategyConfig
 
 if TYPE_CHECKING:
     from langchain_core.runnables import Runnable
 
+    from llmapps.api.backends import LocalServer
     from llmapps.service.chat import ServiceChatModel
     from llmapps.settings import Settings
     from llmapps.tasks import Task
@@ -110,7 +111,7 @@ class ServiceStrategy(Strategy):
         from llmapps.service.chat import ServiceChatModel
 
         s = self.settings.service
-        c = resolve_config(self.config, self.settings)
+        c = self.resolved
         key = c.api_key
         if key is None:
             if c.base_url is None:
@@ -139,12 +140,12 @@ class ServiceStrategy(Strategy):
 
     @property
     def max_concurrency(self) -> int:
-        return int(resolve_config(self.config, self.settings).max_concurrency or 1)
+        return int(self.resolved.max_concurrency or 1)
 
     def build(self, task: Task) -> Runnable[dict[str, Any], Any]:
         from langchain_core.runnables import RunnableLambda
 
-        max_new = self.config.max_new_tokens or task.max_new_tokens
+        max_new = self.budget(task).max_new_tokens
         fmt = None
         if task.json_schema:
             fmt = {
@@ -178,21 +179,25 @@ class ServiceStrategy(Strategy):
 
     @classmethod
     @contextlib.contextmanager
-    def demo_options(cls, settings: Settings) -> Iterator[dict[str, Any] | None]:
-        """A configured endpoint as is; else a local server (the ``llmapps.servers`` entry
-        point: ``llmapps serve``) running the instruct model on loopback for the block; None
-        where no local server is installed."""
+    def demo_options(
+        cls, settings: Settings, *, serve: LocalServer | None = None
+    ) -> Iterator[dict[str, Any] | None]:
+        """A configured endpoint as is; else the instruct model behind the local server compose
+        hands in (``serve``: ``llmapps serve``, see ``llmapps.compose.demo_options``) on loopback
+        for the block; None where none is handed in."""
         if settings.service.base_url:
             yield {}
             return
         import secrets
 
-        from llmapps.api.backends import SERVERS
+        if serve is None:  # not handed in: the llmapps.servers entry point (as before)
+            from llmapps.api.backends import SERVERS
 
-        if not SERVERS.names():
-            yield None
-            return
-        serve = SERVERS.get("llmapps" if "llmapps" in SERVERS else SERVERS.names()[0])
+            if not SERVERS.names():
+                yield None
+                return
+            serve = SERVERS.get("llmapps" if "llmapps" in SERVERS else SERVERS.names()[0])
+
         key = secrets.token_urlsafe(24)
         name = settings.instruct_model
         with serve(name, api_key=key, settings=settings) as url:

@@ -6,7 +6,6 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
 
-from llmapps.strategies.base import resolve_config
 from llmapps.strategies.few_shot import fit_inputs
 from llmapps.strategies.local import LocalModelConfig, LocalModelStrategy
 from llmapps.strategies.structured import resolve_constraint
@@ -56,8 +55,9 @@ class ZeroShotStrategy(LocalModelStrategy):
         from llmapps.models.loader import chat_llm
 
         lm = self.local_model
-        c = resolve_config(self.config, self.settings)
-        max_new = c.max_new_tokens or task.max_new_tokens
+        c = self.resolved
+        budget = self.budget(task)
+        max_new = budget.max_new_tokens
         # structured: the reply is the task's JSON object (its json_schema), which the app parses
         constraint = resolve_constraint(
             c.structured, task, lm, chat=True, max_new_tokens=max_new, strategy=self.name
@@ -77,7 +77,7 @@ class ZeroShotStrategy(LocalModelStrategy):
             msgs = task.chat.format_messages(**{k: inputs[k] for k in task.input_variables})
             return chat._prompt(msgs)
 
-        fit = fit_inputs(task, lm, max_new, render, c.max_prompt_tokens)
+        fit = fit_inputs(task, lm, budget, render)
         return (RunnableLambda(fit, name="fit_context") | task.chat | chat).with_config(
             run_name=f"zero-shot:{task.name}"
         )
