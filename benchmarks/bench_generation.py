@@ -127,6 +127,12 @@ def main(argv: list[str] | None = None) -> int:
         "(default: settings.generation.prefill_chunk_tokens)",
     )
     ap.add_argument(
+        "--also-chunk",
+        type=int,
+        default=None,
+        help="a second ours side with this prefill chunk (interleaved with the first)",
+    )
+    ap.add_argument(
         "--peer-batch-size",
         type=int,
         default=None,
@@ -273,6 +279,24 @@ def main(argv: list[str] | None = None) -> int:
             **common,
         )
     ]
+    if args.also_chunk:
+        import copy
+
+        chunked = copy.copy(lm)  # a view: same weights, tokenizer and lock
+        chunked.prefill_chunk = args.also_chunk
+        chunked_llm = LocalLLM.from_local(
+            chunked, max_new_tokens=args.max_new_tokens, temperature=0.0
+        )
+        sides.append(
+            harness.Side(
+                f"ours: LocalLLM.batch, prefill_chunk={args.also_chunk}",
+                lambda: run(chunked_llm.batch(inputs, stop=stops)),
+                role="ours",
+                batch_size=args.batch_size,
+                settings=settings | {"prefill_chunk": args.also_chunk},
+                **common,
+            )
+        )
     if args.default_peer:
         peer_a = peer(None)
         sides.append(
@@ -303,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
         sides,
         harness.Metric("tokens/s"),
         valid=lambda t: bool(parse_fields(t)["valid"]),
-        reference=sides[1].name,
+        reference=next(s.name for s in sides if s.role != "ours"),
     )
     what = (
         f"greedy generation of {args.n} few-shot news-riddle prompts on {args.model} "
