@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from llmapps.apps import APPS, load_chain
+from llmapps.compose import demo_options
 from llmapps.settings import get_settings
 from llmapps.strategies.base import STRATEGIES
 
@@ -38,7 +39,7 @@ def strategy(
     name = request.param
     cls = STRATEGIES.get(name)
     with contextlib.ExitStack() as stack:
-        options = stack.enter_context(cls.demo_options(get_settings()))
+        options = stack.enter_context(demo_options(name, get_settings()))
         if options is None:
             pytest.skip(f"{name}: not available offline here (demo_options yielded None)")
         fields = cls.config_class.model_fields

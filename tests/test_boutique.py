@@ -23,6 +23,7 @@ from testkit import serve_namespace
 
 from chains import boutique, boutique_data
 from chains.boutique_guard import Resolution
+from llmapps.compose import demo_options
 from llmapps.errors import ConfigError, InputError
 from llmapps.settings import get_settings
 from llmapps.strategies.base import STRATEGIES, Strategy, make_strategy
@@ -223,7 +224,7 @@ def strategy_options(
         and get_settings().instruct_model == "tiny-instruct"
     )
     with contextlib.ExitStack() as stack:
-        options = stack.enter_context(cls.demo_options(get_settings()))
+        options = stack.enter_context(demo_options(name, get_settings()))
         if options is None:
             pytest.skip(f"{name}: not available offline here")
         opts = dict(options)

@@ -195,6 +195,7 @@ def test_dynamic_batching_and_the_in_flight_limit(served: dict[str, Any]) -> Non
 
 def test_service_strategy_runs_the_app_against_llmapps_serve(tiny_instruct: str) -> None:
     from llmapps.apps import load_chain
+    from llmapps.compose import demo_options
     from llmapps.runner import run_batches
     from llmapps.service.chat import forget_structured_support, structured_support
     from llmapps.settings import get_settings
@@ -206,7 +207,7 @@ def test_service_strategy_runs_the_app_against_llmapps_serve(tiny_instruct: str)
     ]
     settings = get_settings().model_copy(update={"instruct_model": tiny_instruct})
     forget_structured_support()
-    with ServiceStrategy.demo_options(settings) as opts:
+    with demo_options("service", settings) as opts:
         assert opts is not None and opts["base_url"].startswith("http://127.0.0.1:")
         strategy = ServiceStrategy(**opts, max_new_tokens=8)
         rows = run_batches(

@@ -79,3 +79,83 @@ def test_load_chain_builds_under_the_settings_given() -> None:
     # few-shot loads its model while the chain is built: the settings' model is the one it seeks
     with pytest.raises(ModelNotFoundError, match="no-such-model-here"):
         load_chain("news-riddle", "few-shot", settings=settings)
+
+
+def _task(max_new_tokens: int) -> Any:
+    from langchain_core.prompts import ChatPromptTemplate
+
+    from llmapps.tasks import CompletionLayout, Task
+
+    return Task(
+        name="toy",
+        input_variables=("text",),
+        output_variables=("title",),
+        completion=CompletionLayout("Title the text.", "{text}\nTitle: {title}", "{text}\nTitle:"),
+        chat=ChatPromptTemplate.from_messages([("user", "Title this: {text}")]),
+        max_new_tokens=max_new_tokens,
+    )
+
+
+def test_a_tasks_budget_is_the_options_else_the_tasks_and_the_settings() -> None:
+    from llmapps.api.generation import Budget
+
+    settings = get_settings()
+    prompt = settings.generation.max_prompt_tokens
+    few = make_strategy("few-shot", settings)
+    assert few.budget(_task(50)) == Budget(max_new_tokens=50, max_prompt_tokens=prompt)
+    given = make_strategy("few-shot", settings, max_new_tokens=7, max_prompt_tokens=64)
+    assert given.budget(_task(50)) == Budget(max_new_tokens=7, max_prompt_tokens=64)
+    other = settings.generation.model_copy(update={"max_prompt_tokens": 300})
+    zero = make_strategy("zero-shot", settings.model_copy(update={"generation": other}))
+    assert zero.budget(_task(50)) == Budget(max_new_tokens=50, max_prompt_tokens=300)
+
+
+def test_a_strategy_made_without_settings_keeps_the_environments_of_that_moment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from llmapps.strategies.base import make_strategy as contract_make
+
+    monkeypatch.setenv("LLMAPPS_BASE_MODEL", "first-base")
+    strategy = contract_make("few-shot")  # no settings: the one fallback, read now
+    monkeypatch.setenv("LLMAPPS_BASE_MODEL", "second-base")
+    assert strategy.settings.base_model == "first-base"
+    assert strategy.resolved.base_model == "first-base"
+
+
+def test_the_service_strategys_local_server_is_handed_in_by_compose() -> None:
+    from llmapps.compose import local_server
+    from llmapps.strategies.service import ServiceStrategy
+
+    settings = get_settings()
+    no_endpoint = settings.model_copy(
+        update={"service": settings.service.model_copy(update={"base_url": None})}
+    )
+    with ServiceStrategy.demo_options(no_endpoint) as opts:  # nothing handed in: no default
+        assert opts is None
+    assert local_server() is not None  # llmapps serve, by its llmapps.servers entry point
+
+
+def test_generation_backend_takes_any_registered_backend(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from llmapps.api.backends import BACKENDS
+    from llmapps.errors import ConfigError
+    from llmapps.models.loader import resolve_backend
+
+    # a third backend registered the way a plugin's entry point registers (here: the
+    # transformers backend's class under another name), for this test only
+    BACKENDS.names()
+    monkeypatch.setattr(
+        BACKENDS, "_lazy", {**BACKENDS._lazy, "plugin": "llmapps.models.local:TransformersBackend"}
+    )
+    monkeypatch.setenv("LLMAPPS_GENERATION__BACKEND", "plugin")
+    settings = get_settings()
+    assert settings.generation.backend == "plugin"
+    assert resolve_backend(None, "some-model", settings) == "plugin"
+    monkeypatch.setenv("LLMAPPS_GENERATION__BACKEND", "no-such-backend")
+    with pytest.raises(
+        ConfigError,
+        match=r"^generation.backend \(LLMAPPS_GENERATION__BACKEND\) 'no-such-backend' is not a "
+        r"registered model backend; registered: llama\.cpp, plugin, transformers$",
+    ):
+        resolve_backend(None, "some-model", get_settings())

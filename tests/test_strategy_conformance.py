@@ -21,6 +21,7 @@ from langchain_core.messages import BaseMessage
 from langchain_core.prompts import ChatPromptTemplate
 
 from llmapps.apps import load_chain
+from llmapps.compose import demo_options
 from llmapps.errors import ConfigError, InputError
 from llmapps.settings import get_settings
 from llmapps.strategies.base import STRATEGIES, Strategy, make_strategy
@@ -90,7 +91,7 @@ def strategy_setup(
         variant = _llamacpp_options(model_field)
     cls = STRATEGIES.get(name)
     with contextlib.ExitStack() as stack:
-        options = stack.enter_context(cls.demo_options(get_settings()))
+        options = stack.enter_context(demo_options(name, get_settings()))
         if options is None:
             pytest.skip(f"{name}: not available offline here (demo_options yielded None)")
         # greedy and short, so batch == invoke is a fair check and the suite stays fast

@@ -148,7 +148,7 @@ def register_backend(name: str) -> Callable[[B], B]:
 
 # A local OpenAI-compatible server for a model: ``serve(name, api_key=..., settings=...)`` is a
 # context manager yielding the server's root URL for the block (``llmapps serve``'s is
-# ``llmapps.serving.server:serve_model``, entry point ``llmapps``). The ``service`` strategy's
-# offline defaults start one through here, so the client package never imports the server.
+# ``llmapps.serving.server:serve_model``, entry point ``llmapps``). ``llmapps.compose`` looks it
+# up here and hands it to the strategies' offline defaults (``Strategy.demo_options(serve=)``).
 LocalServer = Callable[..., AbstractContextManager[str]]
 SERVERS: Registry[LocalServer] = Registry("local server", group="llmapps.servers")

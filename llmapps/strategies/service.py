@@ -3,7 +3,8 @@
 The seed's third path. The endpoint, model and key come from settings (``LLMAPPS_SERVICE__*``,
 ``OPENAI_API_KEY``) or the strategy's options; calls go through ``ServiceChatModel``, which adds
 a SQLite response cache, rate limits, counted retries and cost per call. Offline, the demo and
-the tests point it at ``llmapps serve`` running ``tiny-instruct`` on a loopback port.
+the tests point it at ``llmapps serve`` running ``tiny-instruct`` on a loopback port: a server
+``llmapps.compose`` hands to ``demo_options`` (this package never looks one up or imports it).
 """
 
 from __future__ import annotations
@@ -188,15 +189,10 @@ class ServiceStrategy(Strategy):
         if settings.service.base_url:
             yield {}
             return
+        if serve is None:
+            yield None
+            return
         import secrets
-
-        if serve is None:  # not handed in: the llmapps.servers entry point (as before)
-            from llmapps.api.backends import SERVERS
-
-            if not SERVERS.names():
-                yield None
-                return
-            serve = SERVERS.get("llmapps" if "llmapps" in SERVERS else SERVERS.names()[0])
 
         key = secrets.token_urlsafe(24)
         name = settings.instruct_model
