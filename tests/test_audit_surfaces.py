@@ -49,6 +49,11 @@ def test_audit_runs_service_on_the_local_server_the_bench_would_start(
     assert len(_rows(out / "zero-shot.jsonl")) == len(rows)  # the same twins through both
     assert "| service | gender |" in printed and "| zero-shot | gender |" in printed
     assert f"service: {len(rows)} outputs in" in printed
+    report = json.loads((out / "report.json").read_text())
+    for took in report["timings"].values():  # model loading and CPU time recorded apart
+        assert took["load_seconds"] >= 0 and took["cpu_seconds"] > 0 and took["done"] == len(rows)
+    assert report["run_seconds"] >= sum(t["seconds"] for t in report["timings"].values())
+    assert "Last run:" in (out / "report.md").read_text()
 
 
 def test_audit_runs_service_on_a_given_endpoint(

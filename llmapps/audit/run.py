@@ -92,10 +92,13 @@ def run_strategy(
     """Run ``chain`` on both sides of every twin into ``out`` (JSONL, resumable); the timing."""
     from llmapps.runner import run_file
 
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     summary = run_file(chain, twin_inputs(twins), out, batch_size=batch_size, progress=False)
     return {
         "seconds": round(time.perf_counter() - started, 1),
+        # CPU seconds of this process (a served model's thread included): about 2x the seconds
+        # when both cores were ours, near 1x or below when another job took one
+        "cpu_seconds": round(time.process_time() - cpu, 1),
         "done": summary.done,
         "skipped": summary.skipped,
         "failed": summary.failed,
@@ -188,7 +191,16 @@ def markdown(report: Mapping[str, Any]) -> str:
         kinds = ", ".join(f"{k} {n}" for k, n in p["by_kind"].items()) or "none"
         took = report.get("timings", {}).get(name, {})
         secs = f"{took['seconds']} s for {took.get('done', '?')}" if took else "-"
+        if took.get("cpu_seconds") and took.get("seconds"):
+            secs += f" (CPU {took['cpu_seconds'] / took['seconds']:.1f}x)"
         lines.append(f"| {name} | {p['outputs']} | {_fmt(p['flagged'])} | {kinds} | {secs} |")
+    if report.get("run_seconds"):
+        loads = sum(float(t.get("load_seconds", 0)) for t in report.get("timings", {}).values())
+        lines += [
+            "",
+            f"Last run: {report['run_seconds']} s of wall time in all (model loading included; "
+            f"{loads:.1f} s of it loading the strategies' models).",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -223,22 +235,31 @@ def audit(
     split: str,
     batch_size: int = 4,
     said: Callable[[str, Mapping[str, Any]], None] | None = None,
+    started: float | None = None,
 ) -> tuple[dict[str, Any], Path]:
     """The whole audit into ``out_dir``: each strategy's chain (``chains[name]()``; None: report
     only, from the rows already there) on both twins of every pair into ``<name>.jsonl``
-    (resumable), the seconds each run took added up across resumed runs in ``timings.json``
-    (``said(name, timing)`` after each), then the report written from all the rows. Returns the
-    report and the path of ``report.md``."""
+    (resumable), the seconds each run took (loading its model, generating, and the CPU seconds of
+    the process meanwhile) added up across resumed runs in ``timings.json`` (``said(name,
+    timing)`` after each), then the report written from all the rows. ``started``: when the run
+    began (``time.perf_counter()``), for the report's ``run_seconds`` (this run's wall time,
+    everything included). Returns the report and the path of ``report.md``."""
     timings_path = out_dir / "timings.json"
     timings: dict[str, Any] = json.loads(timings_path.read_text()) if timings_path.exists() else {}
     for name, chain in chains.items():
         if chain is None:
             continue
-        took = run_strategy(chain(), twins, out_dir / f"{name}.jsonl", batch_size=batch_size)
+        loading = time.perf_counter()
+        built = chain()  # its model loads here (a served one loaded when its server started)
+        load_seconds = round(time.perf_counter() - loading, 1)
+        took = run_strategy(built, twins, out_dir / f"{name}.jsonl", batch_size=batch_size)
+        took["load_seconds"] = load_seconds
         if said is not None:
             said(name, took)
         before = timings.get(name, {})
         took["seconds"] = round(took["seconds"] + float(before.get("seconds", 0)), 1)
+        for key in ("cpu_seconds", "load_seconds"):
+            took[key] = round(took[key] + float(before.get(key, 0)), 1)
         took["done"] += int(before.get("done", 0))  # outputs the seconds paid for
         timings[name] = took
         atomic_write(timings_path, json.dumps(timings, indent=2) + "\n")
@@ -248,6 +269,9 @@ def audit(
         "inputs": len(samples),
         "twins": {a: sum(t.attribute == a for t in twins) for a in {t.attribute for t in twins}},
         "timings": timings,
+        "run_seconds": _last_run_seconds(out_dir)
+        if started is None
+        else round(time.perf_counter() - started, 1),
         "strategies": {
             name: strategy_report(spec, twins, load_rows(out_dir / f"{name}.jsonl"))
             for name in chains
@@ -255,3 +279,11 @@ def audit(
     }
     _, md = write_report(out_dir, report)
     return report, md
+
+
+def _last_run_seconds(out_dir: Path) -> float | None:
+    """The wall time the last run recorded (a report rewritten without running keeps it)."""
+    try:
+        return json.loads((out_dir / "report.json").read_text()).get("run_seconds")
+    except (OSError, ValueError, AttributeError):
+        return None

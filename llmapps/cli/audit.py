@@ -67,11 +67,13 @@ def run_audit(
     the rows already in ``out_dir``.
     """
     import contextlib
+    import time
 
     from llmapps.apps import get_app
     from llmapps.audit.run import audit, twins_for
     from llmapps.compose import compose_strategies, load_chain, make_strategy
 
+    started = time.perf_counter()
     spec = get_app(app)
     if spec.samples is None:
         raise ConfigError(f"app {spec.name!r} bundles no samples to audit")
@@ -96,7 +98,15 @@ def run_audit(
             }
         out_dir.mkdir(parents=True, exist_ok=True)
         return audit(
-            spec, samples, twins, out_dir, chains, split=split, batch_size=batch_size, said=said
+            spec,
+            samples,
+            twins,
+            out_dir,
+            chains,
+            split=split,
+            batch_size=batch_size,
+            said=said,
+            started=None if report_only else started,
         )
 
 
@@ -125,7 +135,12 @@ def cmd_fairness(args: argparse.Namespace) -> int:
 
 
 def print_timing(name: str, took: Mapping[str, Any]) -> None:
-    print(f"{name}: {took['done']} outputs in {took['seconds']} s", flush=True)
+    cpu = took.get("cpu_seconds", 0) / took["seconds"] if took.get("seconds") else 0
+    print(
+        f"{name}: {took['done']} outputs in {took['seconds']} s (its model loaded in "
+        f"{took.get('load_seconds', '?')} s; CPU {cpu:.1f}x the wall time)",
+        flush=True,
+    )
 
 
 def register(subparsers: Any, flags: Any) -> None:
