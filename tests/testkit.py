@@ -215,3 +215,28 @@ def riddle_layout(budget: int) -> Any:
             LayoutField("answer", "\n[Answer]:", budget),
         )
     )
+
+
+def random_causal_lm(out: Path, tokenizer_dir: str, arch: str, seed: int, **config: Any) -> str:
+    """A seeded, randomly initialised causal LM of ``arch`` (``Llama``, ``Gemma3``: the
+    transformers class prefix) saved with ``save_pretrained`` beside the tokenizer of
+    ``tokenizer_dir``; ``config`` sets its shape. Gives varied, deterministic greedy text."""
+    import torch
+    import transformers
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    torch.manual_seed(seed)
+    cfg_cls = getattr(transformers, f"{arch}TextConfig", None) or getattr(
+        transformers, f"{arch}Config"
+    )
+    cfg = cfg_cls(
+        vocab_size=len(tok),
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        **config,
+    )
+    getattr(transformers, f"{arch}ForCausalLM")(cfg).save_pretrained(out)
+    tok.save_pretrained(out)
+    return str(out)
