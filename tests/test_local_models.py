@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from testkit import random_causal_lm
 
 from llmapps.errors import InputError, ModelNotFoundError
 from llmapps.models.device import pick_dtype
@@ -41,28 +42,18 @@ PROMPTS = [
 @pytest.fixture(scope="module")
 def random_model_dir(tiny_base: str, tmp_path_factory: pytest.TempPathFactory) -> str:
     """A seeded, randomly initialised Llama saved in HF format with the tiny tokenizer."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    out = tmp_path_factory.mktemp("random-llama")
-    tok = AutoTokenizer.from_pretrained(tiny_base)
-    torch.manual_seed(1234)
-    cfg = LlamaConfig(
-        vocab_size=len(tok),
+    return random_causal_lm(
+        tmp_path_factory.mktemp("random-llama"),
+        tiny_base,
+        "Llama",
+        1234,
         hidden_size=64,
         intermediate_size=128,
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=4,
         max_position_embeddings=256,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
     )
-    model = LlamaForCausalLM(cfg)
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
-    return str(out)
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from testkit import random_causal_lm
 
 from llmapps.models.local import GenerationParams, LocalModel, load_local_model
 
@@ -30,14 +31,11 @@ PROMPTS = [
 @pytest.fixture(scope="module")
 def gemma_dir(tiny_base: str, tmp_path_factory: pytest.TempPathFactory) -> str:
     """A seeded random Gemma 3 text model: 4 layers, 3 of them on an 8-token sliding window."""
-    import torch
-    from transformers import AutoTokenizer, Gemma3ForCausalLM, Gemma3TextConfig
-
-    out = tmp_path_factory.mktemp("random-gemma3")
-    tok = AutoTokenizer.from_pretrained(tiny_base)
-    torch.manual_seed(4321)
-    cfg = Gemma3TextConfig(
-        vocab_size=len(tok),
+    return random_causal_lm(
+        tmp_path_factory.mktemp("random-gemma3"),
+        tiny_base,
+        "Gemma3",
+        4321,
         hidden_size=64,
         intermediate_size=128,
         num_hidden_layers=4,
@@ -47,13 +45,7 @@ def gemma_dir(tiny_base: str, tmp_path_factory: pytest.TempPathFactory) -> str:
         sliding_window=8,
         layer_types=["sliding_attention"] * 3 + ["full_attention"],
         max_position_embeddings=512,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
     )
-    Gemma3ForCausalLM(cfg).save_pretrained(out)
-    tok.save_pretrained(out)
-    return str(out)
 
 
 @pytest.fixture()
