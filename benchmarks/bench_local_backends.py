@@ -8,7 +8,8 @@ every side:
 - ``ours-transformers``: ``load_chain("news-riddle", "few-shot", backend="transformers")``,
   one ``chain.batch`` (``LocalModel.generate``: batched, stitched prefill);
 - ``ours-llama.cpp``: the same chain with ``backend="llama.cpp"`` (prompts ordered so shared
-  prefixes follow each other; the KV cache of the shared part is reused);
+  prefixes follow each other; the KV cache of the shared part is reused; greedy decoding runs
+  ``--llama-batch`` sequences per decode step, default the settings' ``llamacpp_batch``);
 - ``plain-llama.cpp``: the peer, ``llama_cpp.Llama.create_completion`` called directly, one prompt
   at a time in input order with its own prefix cache, on the prompts our llama.cpp run sent
   (captured from its callbacks), with the same ``Llama`` settings (context, ``n_threads``,
@@ -39,6 +40,7 @@ llama-cpp-python given the same file (``Llama(lora_path=)``). Its prompts share 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import sys
@@ -100,7 +102,7 @@ def make_ours(backend: str, args: argparse.Namespace) -> Callable[[], harness.Ru
     lora = _lora_file(args) if args.strategy == "lora" else None
     if backend == "llama.cpp":
         # cached: the chain gets this one (the lora strategy names its model base+adapter)
-        load_gguf_model(MODEL, n_threads=args.threads, lora_path=lora)
+        load_gguf_model(MODEL, n_threads=args.threads, lora_path=lora, batch_size=args.llama_batch)
     else:
         import torch
 
@@ -119,17 +121,23 @@ def make_ours(backend: str, args: argparse.Namespace) -> Callable[[], harness.Ru
     arts = _articles(args.n, args.split)
 
     def run() -> harness.Run:
+        reused = 0
         if backend == "llama.cpp":
-            load_gguf_model(MODEL, lora_path=lora).llama.reset()  # no head start from before
+            lm = load_gguf_model(MODEL, lora_path=lora)
+            lm.reset()  # no head start from before
+            reused = lm.reused_tokens
         handler = _Prompts()
         rows = chain.batch(arts, config={"callbacks": [handler]})
         info: dict[str, Any] = {"completion_tokens": handler.tokens}
         if backend == "llama.cpp":
             lm = load_gguf_model(MODEL, lora_path=lora)
-            counts = [lm.count_tokens(p) for p in handler.prompts]
+            ids = [lm.tokenize(p) for p in handler.prompts]
+            counts = [len(t) for t in ids]
             info.update(
                 dtype="GGUF Q4_K_M",
                 prompt_tokens_mean=round(sum(counts) / len(counts), 1),
+                prefilled_tokens=sum(counts) - (lm.reused_tokens - reused),
+                shared_prefix_tokens=_common_prefix(ids),
                 prompts=handler.prompts,
                 stop=_stop(),
             )
@@ -138,6 +146,15 @@ def make_ours(backend: str, args: argparse.Namespace) -> Callable[[], harness.Ru
         return harness.Run(len(arts), texts=[r["raw"] for r in rows], info=info)
 
     return run
+
+
+def _common_prefix(ids: list[list[int]]) -> int:
+    """Leading tokens every prompt has."""
+    n = min(len(t) for t in ids)
+    for j in range(n):
+        if any(t[j] != ids[0][j] for t in ids):
+            return j
+    return n
 
 
 def _lora_file(args: argparse.Namespace) -> Path:
@@ -152,6 +169,12 @@ def _stop() -> list[str]:
     from prompts import load_task
 
     return list(load_task("news_riddle/one_step").stop)
+
+
+def _settings_batch() -> int:
+    from llmapps.settings import get_settings
+
+    return get_settings().generation.llamacpp_batch
 
 
 def make_plain(args: argparse.Namespace) -> Callable[[], harness.Run]:
@@ -178,6 +201,13 @@ def make_plain(args: argparse.Namespace) -> Callable[[], harness.Run]:
         lora_path=str(_lora_file(args)) if args.strategy == "lora" else None,
     )
 
+    # what its own prefix cache leaves to prefill, input order: all but the tokens a prompt
+    # shares with the one before (one token at least); counted here, outside the timed run
+    ids = [llm.tokenize(p.encode("utf-8"), add_bos=True, special=True) for p in prompts]
+    prefilled = len(ids[0]) + sum(
+        len(b) - min(_common_prefix([a, b]), len(b) - 1) for a, b in itertools.pairwise(ids)
+    )
+
     def run() -> harness.Run:
         llm.reset()
         texts, tokens = [], 0
@@ -188,7 +218,12 @@ def make_plain(args: argparse.Namespace) -> Callable[[], harness.Run]:
         return harness.Run(
             len(prompts),
             texts=texts,
-            info={"completion_tokens": tokens, "dtype": "GGUF Q4_K_M", "n_ctx": n_ctx},
+            info={
+                "completion_tokens": tokens,
+                "dtype": "GGUF Q4_K_M",
+                "n_ctx": n_ctx,
+                "prefilled_tokens": prefilled,
+            },
         )
 
     return run
@@ -238,6 +273,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--dtype", default=None, help="transformers side (default: settings' auto)")
+    ap.add_argument(
+        "--llama-batch",
+        type=int,
+        default=None,
+        help="sequences our llama.cpp backend decodes together (default: settings' llamacpp_batch)",
+    )
     ap.add_argument("--selection", choices=["order", "similarity"], default="order")
     ap.add_argument("--strategy", choices=["few-shot", "lora"], default="few-shot")
     ap.add_argument("--adapter", type=Path, help="lora: the adapter folder (default: full recipe)")
@@ -287,6 +328,7 @@ def main(argv: list[str] | None = None) -> int:
         "--structured",
         args.structured,
         *(["--adapter", str(args.adapter)] if args.adapter else []),
+        *(["--llama-batch", str(args.llama_batch)] if args.llama_batch else []),
     ]
     env = {**os.environ, **({"LLMAPPS_DTYPE": args.dtype} if args.dtype else {})}
 
@@ -295,6 +337,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.dtypes:
         return _dtype_run(args, name, config, cmd, env, argv)
+    llama_batch = args.llama_batch or _settings_batch()
+    config["llama_batch"] = llama_batch
     with tempfile.TemporaryDirectory(prefix="bench-local-backends-") as tmp:
         spec = Path(tmp) / "prompts.json"
         ours_llama = harness.ChildSide(cmd("ours-llama.cpp"), env=env)
@@ -310,7 +354,12 @@ def main(argv: list[str] | None = None) -> int:
 
         sides = [
             harness.Side(
-                "ours-llama.cpp", llama_run, role="ours", threads=args.threads, batch_size=None
+                "ours-llama.cpp",
+                llama_run,
+                role="ours",
+                threads=args.threads,
+                batch_size=llama_batch,
+                note=f"{llama_batch} sequences per decode step (llmapps.models.llamacpp_batch)",
             ),
             harness.Side(
                 "plain-llama.cpp",

@@ -43,6 +43,7 @@ from llmapps.models.gguf import GGUFInfo as GGUFInfo  # the header check; import
 from llmapps.models.gguf import read_gguf_header as read_gguf_header
 from llmapps.models.grammar_masks import NumpyGrammarProcessor, NumpyNoRepeatNGram
 from llmapps.models.langchain_local import ChatLocal, LocalLLM
+from llmapps.models.llamacpp_batch import BatchDecoder, batch_refusal, check_batch_size
 
 # the loader and the backend dispatch moved to llmapps.models.loader; importable from here
 from llmapps.models.loader import chat_llm as chat_llm
@@ -117,7 +118,9 @@ class LlamaCppBackend(Backend):
                 f"device={device!r}: this llama.cpp build runs on the CPU; leave device unset or "
                 "use backend=transformers"
             )
-        return load_gguf_model(spec.source, settings=spec.settings, pool=spec.pool)
+        return load_gguf_model(
+            spec.source, settings=spec.settings, pool=spec.pool, batch_size=spec.batch_size
+        )
 
     def completion_llm(self, lm: Any, **kwargs: Any) -> LlamaCppLLM:
         return LlamaCppLLM.from_gguf(lm, **kwargs)
@@ -133,6 +136,7 @@ DEFAULT_CONTEXT = 8192
 # docstring), so a smaller one keeps more of it; 512 (llama.cpp's default) lost up to 511 tokens
 # of reuse per prompt.
 N_BATCH, N_UBATCH = 512, 128
+DEFAULT_BATCH = 8  # settings.generation.llamacpp_batch's default
 
 
 class _TokenizerView:
@@ -153,13 +157,25 @@ class GGUFModel:
 
     backend = "llama.cpp"
 
-    def __init__(self, llama: Any, info: GGUFInfo, *, name: str, context_length: int) -> None:
+    def __init__(
+        self,
+        llama: Any,
+        info: GGUFInfo,
+        *,
+        name: str,
+        context_length: int,
+        batch_size: int = DEFAULT_BATCH,
+        memory_fraction: float = 0.5,
+    ) -> None:
         self.llama = llama
         self.info = info
         self.name = name
         self.path = info.path
         self.device = "cpu"
-        self.batch_size = 1  # one prompt at a time; the shared prefix is what is reused
+        # sequences decoded together by generate() (llmapps.models.llamacpp_batch); 1: one at a time
+        self.batch_size = check_batch_size(batch_size)
+        self.memory_fraction = memory_fraction
+        self._batcher: BatchDecoder | None = None
         self._context_length = context_length
         self._lock = threading.Lock()  # a llama.cpp context is not re-entrant
         self.reused_tokens = 0  # prompt tokens served from the KV cache (for benchmarks)
@@ -289,8 +305,10 @@ class GGUFModel:
     ) -> list[GenerationOutput]:
         """One completion per prompt, outputs in input order; shared prefixes prefilled once.
 
-        Prompts run one at a time, ordered by their tokens so that prompts sharing a prefix
-        follow each other: llama.cpp then keeps the KV cache of the common part.
+        Prompts start in the order of their tokens, so that prompts sharing a prefix follow each
+        other and reuse its KV cache. Greedy decoding of several prompts runs ``batch_size`` of
+        them per decode step (``llmapps.models.llamacpp_batch``, the same texts); sampling,
+        repetition control and constrained decoding run one prompt at a time.
         """
         params = params or GenerationParams()
         if not prompts:
@@ -302,6 +320,9 @@ class GGUFModel:
         order = sorted(range(len(encoded)), key=lambda i: encoded[i])
         results: list[GenerationOutput | None] = [None] * len(encoded)
         with self._lock:
+            slots = self._slots_for(encoded, params)
+            if slots > 1:
+                return self._generate_batched(encoded, truncated, order, params, slots)
             for i in order:
                 self._align_cache(encoded[i])
                 try:
@@ -326,6 +347,68 @@ class GGUFModel:
                     ),
                 )
         return [r for r in results if r is not None]
+
+    def _slots_for(self, encoded: list[list[int]], params: GenerationParams) -> int:
+        """Sequences to decode together for this call: 1 (the sequential path) for one prompt,
+        a call ``batch_refusal`` refuses, or a KV cache that would not fit the memory budget."""
+        if self.batch_size < 2 or len(encoded) < 2:
+            return 1
+        reason = batch_refusal(params)
+        if reason is not None:
+            log.debug("%s: %s: one prompt at a time", self.name, reason)
+            return 1
+        slots = min(self.batch_size, len(encoded))
+        batcher = self._batcher or BatchDecoder(self.llama, slots, reuse_step=self.reuse_step)
+        per_slot = max(len(ids) for ids in encoded) + params.max_new_tokens + 1
+        fit = batcher.slots_that_fit(per_slot, self.memory_fraction)
+        if fit < slots:
+            log.warning(
+                "%s: %d sequences of %d tokens do not fit the memory budget: decoding %d at once",
+                *(self.name, slots, per_slot, max(fit, 1)),
+            )
+            slots = max(fit, 1)
+        if slots < 2:
+            return 1
+        if self._batcher is None or self._batcher.slots < slots:
+            if self._batcher is not None:
+                self._batcher.close()
+            self._batcher = BatchDecoder(
+                self.llama, slots, reuse_step=self.reuse_step, quiet=_native_stderr_to_log
+            )
+        return self._batcher.slots
+
+    def _generate_batched(
+        self,
+        encoded: list[list[int]],
+        truncated: list[bool],
+        order: list[int],
+        params: GenerationParams,
+        slots: int,
+    ) -> list[GenerationOutput]:
+        assert self._batcher is not None
+        before = self._batcher.reused_tokens
+        try:
+            replies = self._batcher.generate(encoded, order, params.max_new_tokens, params.stop)
+        except (RuntimeError, ValueError) as err:
+            raise BackendError(f"llama.cpp generation with {self.name!r} failed: {err}") from err
+        self.reused_tokens += self._batcher.reused_tokens - before
+        return [
+            GenerationOutput(
+                text=r.text.decode("utf-8", errors="ignore"),
+                prompt_tokens=len(ids),
+                completion_tokens=len(r.tokens),
+                finish_reason=r.finish,
+                truncated_prompt=cut,
+            )
+            for r, ids, cut in zip(replies, encoded, truncated, strict=True)
+        ]
+
+    def reset(self) -> None:
+        """Forget every cached prefix, the sequential path's and the batch path's."""
+        with self._lock:
+            self.llama.reset()
+            if self._batcher is not None:
+                self._batcher.reset()
 
     def stream(self, prompt: str, params: GenerationParams | None = None) -> Iterator[str]:
         """Text pieces of one completion as llama.cpp produces them (stop strings honoured)."""
@@ -383,6 +466,7 @@ def load_gguf_model(
     pool: ModelPool | None = None,
     lora_path: Path | None = None,
     name: str | None = None,
+    batch_size: int | None = None,
 ) -> GGUFModel:
     """Load (once per pool: default the process's ``default_pool()``) a ``.gguf`` file or
     packaged model in llama.cpp.
@@ -397,7 +481,15 @@ def load_gguf_model(
         pool: where loaded models are kept and shared.
         lora_path: a llama.cpp LoRA file applied on top (see ``llmapps.models.gguf_lora``).
         name: the loaded model's name (default ``source``).
+        batch_size: sequences ``generate`` decodes together (1 to 64; default
+            ``settings.generation.llamacpp_batch``); given for a model already loaded, it
+            replaces that model's.
+
+    Raises:
+        ConfigError: ``batch_size`` is not 1 to 64.
     """
+    if batch_size is not None:
+        check_batch_size(batch_size, name="batch_size")
     settings, pool = loader_context(settings, pool)  # the one loader's preamble
     path = gguf_file_for(source, settings)
     info = read_gguf_header(path)
@@ -433,12 +525,22 @@ def load_gguf_model(
                 "GGUF of an architecture this llama.cpp build runs (llama, gemma3, qwen2, phi3, ...), "
                 "a newer llama-cpp-python, or backend=transformers"
             ) from err
-        lm = GGUFModel(llama, info, name=name or source, context_length=n_ctx)
+        lm = GGUFModel(
+            llama,
+            info,
+            name=name or source,
+            context_length=n_ctx,
+            batch_size=batch_size or settings.generation.llamacpp_batch,
+            memory_fraction=settings.generation.memory_fraction,
+        )
         log.info("loaded %s in llama.cpp (%s, %d-token context)", path, info.architecture, n_ctx)
         return lm
 
     lora = str(Path(lora_path).resolve()) if lora_path else None
-    return pool.get(("gguf", str(path.resolve()), n_ctx, lora), load)
+    lm: GGUFModel = pool.get(("gguf", str(path.resolve()), n_ctx, lora), load)
+    if batch_size is not None:
+        lm.batch_size = batch_size
+    return lm
 
 
 def clear_gguf_cache(pool: ModelPool | None = None) -> None:
