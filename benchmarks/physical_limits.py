@@ -262,6 +262,7 @@ class Work:
     completion_tokens: int
     rows_together: int  # rows decoded in one batch
     shared_prefix: int = 0  # leading tokens every prompt has (prefilled once in the task floor)
+    prefilled: int | None = None  # prompt tokens the side says it ran (a reused cache skips some)
 
 
 def floor_seconds(
@@ -281,6 +282,8 @@ def floor_seconds(
     prefix = work.shared_prefix if share_prefix else 0
     flops = cost.prefill_flops(prefix) if prefix else 0.0
     flops += sum(cost.prefill_flops(t, start=prefix) for t in work.prompt_tokens)
+    if not share_prefix and work.prefilled is not None:  # as run: only what the side prefilled
+        flops *= work.prefilled / sum(work.prompt_tokens)
     prefill_s = flops / peak
     n = len(work.prompt_tokens)
     rows = max(1, min(work.rows_together, n))
@@ -325,8 +328,15 @@ def _side_work(doc: dict[str, Any], side: dict[str, Any]) -> tuple[Work, str]:
     rows = side.get("batch_size") or (1 if gguf else n)
     if not side.get("batch_size"):
         how += f"; rows decoded together not recorded, taken as {rows}"
-    shared = int(cfg.get("shared_prefix_tokens") or info.get("shared_prefix_tokens") or 0)
-    return Work(prompts, int(completion), int(rows), shared), how
+    # the shared prefix is the prompts' (one side may be the one that recorded it)
+    shared = int(
+        cfg.get("shared_prefix_tokens")
+        or max(int((s.get("info") or {}).get("shared_prefix_tokens") or 0) for s in doc["sides"])
+    )
+    prefilled = info.get("prefilled_tokens")
+    if prefilled is not None:
+        how += f"; prefilled {prefilled} of the prompt tokens (the side's own count)"
+    return Work(prompts, int(completion), int(rows), shared, prefilled), how
 
 
 def side_floors(

@@ -131,3 +131,35 @@ def test_quick_run_writes_peaks(tmp_path: Path) -> None:
     assert mm["float32"]["peak_gflops"] > 0 and mm["bfloat16"]["peak_gflops"] > 0
     assert doc["peaks"]["bandwidth"]["read_peak_gbs"] > 0
     assert doc["quick"] and doc["threads"] == 2 and doc["floors"] == []
+
+
+def test_a_recorded_prefix_and_prefill_count_lower_the_floors() -> None:
+    cost = pl.ModelCost.from_config(GEMMA)
+    peaks = {
+        "matmul": {
+            "float32": {"peak_gflops": 200.0},
+            "bfloat16": {"peak_gflops": 800.0},
+            "int8": {"peak_gops": 900.0},
+        },
+        "bandwidth": {"read_peak_gbs": 12.0},
+    }
+    side = {"dtype": "bfloat16", "batch_size": 16, "inputs": 4, "seconds": [9.0], "work": [64]}
+    doc = {
+        "name": "b",
+        "config": {"n": 4, "prompt_tokens": [2000] * 4},
+        "sides": [
+            {
+                **side,
+                "name": "cached",
+                "info": {"shared_prefix_tokens": 1500, "prefilled_tokens": 3500},
+            },
+            {**side, "name": "plain", "info": {}},
+        ],
+    }
+    cached, plain = pl.side_floors(doc, cost, peaks, None)
+    # the prefix one side recorded is the prompts': both task floors prefill it once
+    assert cached["floor_task"] == plain["floor_task"]
+    assert cached["floor_task"]["prefill_s"] < plain["floor_as_run"]["prefill_s"] / 2
+    # as run: the side that prefilled 3,500 of 8,000 tokens has that share of the prefill
+    ratio = cached["floor_as_run"]["prefill_tflop"] / plain["floor_as_run"]["prefill_tflop"]
+    assert ratio == pytest.approx(3500 / 8000, rel=1e-2)
