@@ -268,6 +268,18 @@ class PairCollator:
         }
 
 
+def disable_dropout(model: Any) -> int:
+    """Set every dropout module's probability to 0; returns how many there were."""
+    import torch
+
+    n = 0
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+            n += 1
+    return n
+
+
 def _reference_logps(
     model: Any, rows: list[dict[str, Any]], pad_token_id: int, batch_size: int
 ) -> dict[str, tuple[float, float]]:
@@ -438,6 +450,11 @@ def train_dpo(
     base, tokenizer, base_path, four_bit = load_base(sft, settings, device)
     check_base(parent, base_path, adapter=parent_dir)
     model = PeftModel.from_pretrained(base, str(parent_dir), is_trainable=True)
+    # dropout off, as TRL's DPOConfig(disable_dropout=True) does: with the SFT recipe's LoRA
+    # dropout (0.05 in the full recipe) the policy's log-probs in train mode would differ from the
+    # reference's (computed in eval mode), so step 1 would not start at ln 2 and every step's
+    # log-ratio would carry dropout noise
+    disable_dropout(model)
     rows = _tokenize_pairs(task, the_pairs, tokenizer, t.max_length)
 
     ref_path = root / REFERENCE_FILE

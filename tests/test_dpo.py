@@ -221,6 +221,23 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(sft, pairs_file, tmp_p
         ].abs().max().item(), name
 
 
+def test_dpo_turns_the_parents_lora_dropout_off(tiny_models, pairs_file, tmp_path) -> None:
+    """An SFT adapter trained with LoRA dropout (the full Gemma recipe has 0.05): the policy runs
+    without it, as TRL's disable_dropout does, so step 1 still starts at exactly ln 2."""
+    from finetune.dpo import train_dpo
+    from finetune.recipe import load_recipe
+    from finetune.train import train
+
+    sft = train(
+        load_recipe("tiny", **{**FAST_SFT, "lora.dropout": 0.3}), tmp_path / "sft", progress=False
+    ).adapter
+    result = train_dpo(
+        _recipe(**{"training.max_steps": 1}), tmp_path / "dpo", adapter=sft, pairs=pairs_file,
+        progress=False,
+    )  # fmt: skip
+    assert math.isclose(result.metrics["first_logged"]["loss"], math.log(2), abs_tol=1e-4)
+
+
 def test_ai_feedback_is_deterministic_per_seed_and_never_samples_test(sft, tmp_path) -> None:
     from finetune.pairs import ai_feedback_pairs
 
