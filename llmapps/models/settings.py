@@ -29,13 +29,15 @@ class GenerationSettings(BaseModel):
         description="tokens of context the llama.cpp backend allocates per model "
         "(the GGUF's trained context is the ceiling)",
     )
-    # 8: see benchmarks/results/bench_local_backends*.json (Gemma 3 270M few-shot, 2 cores)
+    # 3: under 4 rows llama.cpp's repacked Q4_K kernels run row by row, so Gemma 3 270M Q4_K_M
+    # gives plain llama-cpp-python's texts (16/16; at 8 rows 7/16 were): see
+    # benchmarks/results/bench_local_backends*.json and llmapps/models/llamacpp_batch.py
     llamacpp_batch: int = Field(
-        8,
+        3,
         ge=1,
         le=64,
         description="sequences the llama.cpp backend decodes together in one greedy "
-        "generate() (1: one prompt at a time; the texts are the same)",
+        "generate() (1: one prompt at a time)",
     )
     # 2,048: the model's context (32,768 for Gemma 3) is a ceiling, never the target. On 2 CPU
     # cores a 2,048-token Gemma 3 prompt holds 4-5 worked examples and prefills in seconds; 8 of
