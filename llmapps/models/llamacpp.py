@@ -136,7 +136,7 @@ DEFAULT_CONTEXT = 8192
 # docstring), so a smaller one keeps more of it; 512 (llama.cpp's default) lost up to 511 tokens
 # of reuse per prompt.
 N_BATCH, N_UBATCH = 512, 128
-DEFAULT_BATCH = 8  # settings.generation.llamacpp_batch's default
+DEFAULT_BATCH = 3  # settings.generation.llamacpp_batch's default
 
 
 class _TokenizerView:
@@ -307,8 +307,8 @@ class GGUFModel:
 
         Prompts start in the order of their tokens, so that prompts sharing a prefix follow each
         other and reuse its KV cache. Greedy decoding of several prompts runs ``batch_size`` of
-        them per decode step (``llmapps.models.llamacpp_batch``, the same texts); sampling,
-        repetition control and constrained decoding run one prompt at a time.
+        them per decode step (``llmapps.models.llamacpp_batch``; at the default 3, the same
+        texts); sampling, repetition control and constrained decoding run one prompt at a time.
         """
         params = params or GenerationParams()
         if not prompts:
