@@ -82,6 +82,9 @@ def main() -> int:
     if args.per_row is not None:
         arms["augmented"] += ["--set", f"data.augment_per_row={args.per_row}"]
     llmapps = [sys.executable, "-m", "llmapps.cli"]
+    assert spec.samples is not None  # news-riddle bundles its samples
+    test = spec.samples("test")
+    wanted = len(test[: args.limit] if args.limit else test)
     for arm, extra in arms.items():
         adapter = work / f"adapter-{arm}"
         if not (adapter / "llmapps-adapter.json").exists():
@@ -92,6 +95,8 @@ def main() -> int:
             )  # fmt: skip
         bench = work / f"bench-{arm}"
         limit = ["--limit", str(args.limit)] if args.limit else []
+        if len(_rows(bench)) >= wanted:  # benched before: its seconds stay those of that run
+            continue
         seconds[f"bench_{arm}"] = _run(
             [*llmapps, "bench", "news-riddle", "--strategies", "lora", "--adapter", str(adapter),
              "--split", "test", "--no-perplexity", "-q", "--out", str(bench), *limit]
@@ -173,7 +178,9 @@ def _merge(path: Path, args: argparse.Namespace, entry: dict[str, Any]) -> dict[
             f"{path} holds seeds of another {', '.join(differs)}; pass --out for a new file"
         )
     seeds = dict(old.get("seeds", {}))
-    seeds[str(args.seed)] = entry
+    before = seeds.get(str(args.seed), {}).get("seconds", {})
+    # a resumed seed: the stages it skipped keep the seconds of the run that did them
+    seeds[str(args.seed)] = {**entry, "seconds": {**before, **entry.get("seconds", {})}}
     return {**same, "seeds": dict(sorted(seeds.items(), key=lambda kv: int(kv[0])))}
 
 
