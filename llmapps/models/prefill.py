@@ -60,14 +60,17 @@ def stitched_prefill(
 
     Returns None (the caller prefills padded batches) where this does not apply: one row of
     no shared prefix or rows of one length with none (nothing to gain) when there are no
-    chunks to prefill, a one-token prompt, an encoder-decoder model. ``static`` asks for a ``StaticCache`` (a ``DynamicCache`` where
-    the model has sliding-window layers or other layer types).
+    chunks to prefill, a one-token prompt, an encoder-decoder model. ``static`` asks for a
+    ``StaticCache`` (a ``DynamicCache`` where the model has sliding-window layers or other
+    layer types).
 
     **Chunks** (``chunk``, for models with sliding-window layers): each row's tokens go through
     the model ``chunk`` at a time, each chunk continuing the cache of the ones before. A
     sliding-window layer then attends over its window plus the chunk instead of a masked
     square of the whole prompt (SDPA's CPU kernel computes every block of an explicit mask):
-    the same attention, exact up to float rounding, at a fraction of the work.
+    the same attention, exact up to float rounding (equal caches and texts in fp32, see
+    tests/test_local_prefill.py). Off by default (``generation.prefill_chunk_tokens``): its
+    speed on Gemma was not yet measured on the harness (``bench_generation --also-chunk``).
 
     Raises:
         UnstitchableCache: the model's own cache holds a layer of a type not handled here (the
