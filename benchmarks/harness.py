@@ -569,7 +569,9 @@ def result_document(
 ) -> dict[str, Any]:
     """The results file's content, in the one schema (``SCHEMA``)."""
     vers = versions()
-    script = f"benchmarks/{name.split('.')[0]}.py"
+    # the script that ran (a results name such as bench_generation_gemma is not a script)
+    ran = Path(sys.argv[0]).name if argv is None else ""
+    script = f"benchmarks/{ran if ran.endswith('.py') else name.split('.')[0] + '.py'}"
     args = list(sys.argv[1:] if argv is None else argv)
     return {
         "schema": SCHEMA,
