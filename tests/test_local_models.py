@@ -47,10 +47,7 @@ def random_model_dir(tiny_base: str, tmp_path_factory: pytest.TempPathFactory) -
         tiny_base,
         "Llama",
         1234,
-        hidden_size=64,
-        intermediate_size=128,
         num_hidden_layers=2,
-        num_attention_heads=4,
         num_key_value_heads=4,
         max_position_embeddings=256,
     )

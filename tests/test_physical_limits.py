@@ -29,6 +29,16 @@ GEMMA = {
     "layer_types": (["sliding_attention"] * 5 + ["full_attention"]) * 3,
 }
 
+# measured peaks as physical_limits.py records them (round figures for the arithmetic tests)
+PEAKS = {
+    "matmul": {
+        "float32": {"peak_gflops": 200.0},
+        "bfloat16": {"peak_gflops": 800.0},
+        "int8": {"peak_gops": 900.0},
+    },
+    "bandwidth": {"read_peak_gbs": 12.0},
+}
+
 
 def test_gemma_parameter_counts() -> None:
     cost = pl.ModelCost.from_config(GEMMA)
@@ -80,14 +90,7 @@ def test_floor_is_a_roofline() -> None:
 
 def test_side_floors_read_a_harness_results_file() -> None:
     cost = pl.ModelCost.from_config(GEMMA)
-    peaks = {
-        "matmul": {
-            "float32": {"peak_gflops": 200.0},
-            "bfloat16": {"peak_gflops": 800.0},
-            "int8": {"peak_gops": 900.0},
-        },
-        "bandwidth": {"read_peak_gbs": 12.0},
-    }
+    peaks = PEAKS
     doc = {
         "name": "bench_generation_gemma",
         "config": {"n": 2, "prompt_tokens": [1000, 1200]},
@@ -135,14 +138,7 @@ def test_quick_run_writes_peaks(tmp_path: Path) -> None:
 
 def test_a_recorded_prefix_and_prefill_count_lower_the_floors() -> None:
     cost = pl.ModelCost.from_config(GEMMA)
-    peaks = {
-        "matmul": {
-            "float32": {"peak_gflops": 200.0},
-            "bfloat16": {"peak_gflops": 800.0},
-            "int8": {"peak_gops": 900.0},
-        },
-        "bandwidth": {"read_peak_gbs": 12.0},
-    }
+    peaks = PEAKS
     side = {"dtype": "bfloat16", "batch_size": 16, "inputs": 4, "seconds": [9.0], "work": [64]}
     doc = {
         "name": "b",

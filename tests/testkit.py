@@ -220,7 +220,8 @@ def riddle_layout(budget: int) -> Any:
 def random_causal_lm(out: Path, tokenizer_dir: str, arch: str, seed: int, **config: Any) -> str:
     """A seeded, randomly initialised causal LM of ``arch`` (``Llama``, ``Gemma3``: the
     transformers class prefix) saved with ``save_pretrained`` beside the tokenizer of
-    ``tokenizer_dir``; ``config`` sets its shape. Gives varied, deterministic greedy text."""
+    ``tokenizer_dir``; ``config`` sets its shape over a small default (64 wide, 128 in the MLP,
+    4 heads). Gives varied, deterministic greedy text."""
     import torch
     import transformers
     from transformers import AutoTokenizer
@@ -235,7 +236,7 @@ def random_causal_lm(out: Path, tokenizer_dir: str, arch: str, seed: int, **conf
         bos_token_id=tok.bos_token_id,
         eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id,
-        **config,
+        **{"hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4, **config},
     )
     getattr(transformers, f"{arch}ForCausalLM")(cfg).save_pretrained(out)
     tok.save_pretrained(out)
