@@ -218,16 +218,25 @@ ROWS: tuple[Row, ...] = (
     ),
     Row(
         "bench_generation_gemma.json",
-        "the same on Gemma 3 270M, 16 few-shot prompts packed to 2,048 tokens, 64 new tokens",
+        "the same on Gemma 3 270M, 16 few-shot prompts packed to 2,048 tokens, 64 new tokens, vs "
+        "the tuned pipeline (`batch_size=16`: every prompt in one batch; the same model object: "
+        "bf16, sdpa, left padding, 2 threads)",
         "python benchmarks/bench_generation.py --real -n 16 --max-new-tokens 64",
         _legacy_generation,
     ),
     Row(
         "bench_lora_training.json",
-        "LoRA training on Gemma 3 270M (64 examples, 16 steps of 4) vs HF `Trainer` + PEFT padded "
+        "LoRA training on Gemma 3 270M (16 examples, 4 steps of 4) vs HF `Trainer` + PEFT padded "
         "to the longest with full-vocabulary logits",
-        "python benchmarks/bench_lora_training.py",
+        "python benchmarks/bench_lora_training.py --examples 16 --repeats 3",
         _legacy_lora_training,
+    ),
+    Row(
+        "bench_dpo_training.json",
+        "DPO training on Gemma 3 270M + the full-recipe SFT adapter (its 9 AI-feedback pairs, 2 "
+        "optimizer steps of 1 pair, 640 tokens) vs TRL `DPOTrainer` + PEFT",
+        "python benchmarks/bench_dpo_training.py --adapter SFT_DIR --pairs PAIRS --steps 2 "
+        "--repeats 3",
     ),
     Row(
         "bench_service_client.json",
@@ -269,13 +278,14 @@ ROWS: tuple[Row, ...] = (
     Row(
         "bench_local_backends_similarity.json",
         "the same with `example_selection=similarity` (the default)",
-        "python benchmarks/bench_local_backends.py --selection similarity",
+        "python benchmarks/bench_local_backends.py --structured off --selection similarity "
+        "--repeats 3",
         _legacy_local_backends,
     ),
     Row(
         "bench_local_backends_lora.json",
         "news-riddle `lora` on Gemma 3 270M + the full-recipe adapter, 16 articles",
-        "python benchmarks/bench_local_backends.py --strategy lora",
+        "python benchmarks/bench_local_backends.py --structured off --strategy lora --repeats 3",
         _legacy_local_backends,
     ),
 )
