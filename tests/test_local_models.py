@@ -39,18 +39,18 @@ PROMPTS = [
 ]
 
 
+# a seeded, randomly initialised Llama saved in HF format with the tiny tokenizer
+RANDOM_LLAMA = {
+    "num_hidden_layers": 2,
+    "num_key_value_heads": 4,
+    "max_position_embeddings": 256,
+}
+
+
 @pytest.fixture(scope="module")
 def random_model_dir(tiny_base: str, tmp_path_factory: pytest.TempPathFactory) -> str:
-    """A seeded, randomly initialised Llama saved in HF format with the tiny tokenizer."""
-    return random_causal_lm(
-        tmp_path_factory.mktemp("random-llama"),
-        tiny_base,
-        "Llama",
-        1234,
-        num_hidden_layers=2,
-        num_key_value_heads=4,
-        max_position_embeddings=256,
-    )
+    out = tmp_path_factory.mktemp("random-llama")
+    return random_causal_lm(out, tiny_base, "Llama", 1234, **RANDOM_LLAMA)
 
 
 @pytest.fixture(scope="module")
