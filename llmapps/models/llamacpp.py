@@ -322,7 +322,7 @@ class GGUFModel:
         with self._lock:
             slots = self._slots_for(encoded, params)
             if slots > 1:
-                return self._generate_batched(encoded, truncated, order, params, slots)
+                return self._generate_batched(encoded, truncated, order, params)
             for i in order:
                 self._align_cache(encoded[i])
                 try:
@@ -358,6 +358,7 @@ class GGUFModel:
             log.debug("%s: %s: one prompt at a time", self.name, reason)
             return 1
         slots = min(self.batch_size, len(encoded))
+        # the decoder makes its llama.cpp context on first use, so a new one costs nothing here
         batcher = self._batcher or BatchDecoder(self.llama, slots, reuse_step=self.reuse_step)
         per_slot = max(len(ids) for ids in encoded) + params.max_new_tokens + 1
         fit = batcher.slots_that_fit(per_slot, self.memory_fraction)
@@ -369,7 +370,8 @@ class GGUFModel:
             slots = max(fit, 1)
         if slots < 2:
             return 1
-        if self._batcher is None or self._batcher.slots < slots:
+        # a kept decoder with more streams than fit would grow its context past the budget
+        if self._batcher is None or not slots <= self._batcher.slots <= max(fit, slots):
             if self._batcher is not None:
                 self._batcher.close()
             self._batcher = BatchDecoder(
@@ -383,7 +385,6 @@ class GGUFModel:
         truncated: list[bool],
         order: list[int],
         params: GenerationParams,
-        slots: int,
     ) -> list[GenerationOutput]:
         assert self._batcher is not None
         before = self._batcher.reused_tokens
