@@ -27,7 +27,8 @@ metric column, e.g. a judge's, with a weight).
 
 Only train and validation articles are sampled: asking for the test split is a ``ConfigError``.
 Sampling writes each article's replies and scores to a JSONL file as it goes, so a killed run
-continues where it stopped, and a seed gives the same replies whatever the order or resumption
+continues where it stopped (and pairing recomputes each reply's reward from its stored metrics, so
+other ``--reward`` weights re-pair the same samples without a model), and a seed gives the same replies whatever the order or resumption
 (each article's generator is seeded from the run's seed and the article's id).
 """
 
@@ -291,7 +292,13 @@ def ai_feedback_pairs(
         if row is None:
             continue
         counts["articles"] += 1
-        kept: list[dict[str, Any]] = [r for r in row["replies"] if not r.get("error")]
+        # the reward again from each reply's stored metrics with this run's weights: a changed
+        # --reward re-pairs what was sampled without sampling again
+        kept: list[dict[str, Any]] = []
+        for r in row["replies"]:
+            if not r.get("error"):
+                value, terms = reward(r.get("metrics") or {}, weights)
+                kept.append({**r, "reward": value, "terms": terms})
         counts["replies"] += len(row["replies"])
         counts["failed_replies"] += len(row["replies"]) - len(kept)
         if len(kept) < 2:

@@ -152,6 +152,26 @@ def test_simpo_needs_no_reference_and_learns(sft, pairs_file, tmp_path) -> None:
     assert not (checkpoints_dir(out) / REFERENCE_FILE).exists()
 
 
+def test_rpo_alpha_adds_the_chosen_nll_and_keeps_chosen_likely(sft, pairs_file, tmp_path) -> None:
+    import torch
+
+    from finetune.dpo import DpoTraining, preference_loss, train_dpo
+
+    c, r = torch.tensor([-12.0, -30.0]), torch.tensor([-15.0, -20.0])
+    nc, nr = torch.tensor([4.0, 10.0]), torch.tensor([5.0, 8.0])
+    rc, rr = torch.tensor([-13.0, -29.0]), torch.tensor([-14.0, -21.0])
+    plain, stats = preference_loss(DpoTraining(beta=0.1), c, r, nc, nr, rc, rr)
+    rpo, _ = preference_loss(DpoTraining(beta=0.1, rpo_alpha=0.5), c, r, nc, nr, rc, rr)
+    assert stats["nll_chosen"] == pytest.approx((12 / 4 + 30 / 10) / 2)
+    assert float(rpo - plain) == pytest.approx(0.5 * stats["nll_chosen"])
+
+    rec = _recipe(**{"training.rpo_alpha": 1.0})
+    result = train_dpo(rec, tmp_path / "rpo", adapter=sft, pairs=pairs_file, progress=False)
+    first, last = result.metrics["first_logged"], result.metrics["last_logged"]
+    assert last["nll_chosen"] < first["nll_chosen"]
+    assert last["reward_margin"] > first["reward_margin"]
+
+
 def test_bad_inputs_are_one_line_errors(sft, pairs_file, tmp_path) -> None:
     from finetune.dpo import load_dpo_recipe, train_dpo
     from llmapps.errors import InputError
@@ -253,6 +273,16 @@ def test_ai_feedback_is_deterministic_per_seed_and_never_samples_test(sft, tmp_p
     rows_a = [json.loads(x)["replies"] for x in (tmp_path / "a.jsonl").read_text().splitlines()]
     rows_b = [json.loads(x)["replies"] for x in (tmp_path / "b.jsonl").read_text().splitlines()]
     assert rows_a == rows_b
+    # other weights re-pair the stored replies (nothing sampled again): the ranking turns over
+    kw["weights"] = {"rouge1_summary": -1.0}
+    p3, c3 = ai_feedback_pairs("news-riddle", sft, tmp_path / "a.jsonl", limit=2, **kw)  # type: ignore[arg-type]
+    assert c3 == c1 and (tmp_path / "a.jsonl").read_text().count("\n") == 2
+    flipped = {p.sample_id: p for p in p3}
+    assert any(p.provenance["margin"] > 0 for p in p1)
+    for p in p1:
+        if p.provenance["margin"] > 0:
+            assert flipped[p.sample_id].chosen == p.rejected
+            assert flipped[p.sample_id].provenance["margin"] == p.provenance["margin"]
     ai_feedback_pairs(
         "news-riddle",
         sft,
