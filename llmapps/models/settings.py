@@ -15,7 +15,6 @@ class GenerationSettings(BaseModel):
     # 32: one chunk for the bench's 32 prompts halves the decode steps of two chunks of 16
     # (benchmarks/bench_generation.py); CUDA out-of-memory halves it automatically.
     batch_size: int = Field(32, ge=1, description="prompts per generate() call")
-    max_new_tokens: int = Field(96, ge=1)
     backend: str = Field(
         "transformers",
         description="backend of the local strategies (few-shot, zero-shot): any registered "
