@@ -18,7 +18,10 @@ Preference tuning (rate -> pairs -> dpo -> bench)::
 from __future__ import annotations
 
 import argparse
+import math
 from typing import Any
+
+from llmapps.errors import ConfigError
 
 
 def _overrides(items: list[str]) -> dict[str, Any]:
@@ -28,12 +31,30 @@ def _overrides(items: list[str]) -> dict[str, Any]:
     return parse_assignments(items, "--set", dotted=True)
 
 
+def _reward_weights(items: list[str]) -> dict[str, float]:
+    """``--reward solvability@1=0.5`` items: a metric column as the bench names it (verbatim,
+    ``@`` and all) and a number."""
+    out: dict[str, float] = {}
+    for item in items:
+        metric, sep, value = item.partition("=")
+        try:
+            weight = float(value)
+        except ValueError:
+            weight = math.nan
+        if not sep or not metric.strip() or not math.isfinite(weight):
+            raise ConfigError(
+                f"--reward {item!r}: expected METRIC=WEIGHT with a number, e.g. --reward leakage=-4 "
+                "or --reward solvability@1=0"
+            )
+        out[metric.strip()] = weight
+    return out
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from finetune.recipe import load_recipe
     from finetune.train import train
-    from llmapps.errors import ConfigError
     from llmapps.files import writing
 
     overrides = _overrides(args.set)
@@ -77,7 +98,6 @@ def cmd_merge(args: argparse.Namespace) -> int:
 def cmd_recipes(args: argparse.Namespace) -> int:
     from finetune.dpo import list_dpo_recipes, load_dpo_recipe
     from finetune.recipe import list_recipes, load_recipe
-    from llmapps.errors import ConfigError
 
     shelves: list[tuple[Any, Any, Any]] = [
         (
@@ -105,7 +125,6 @@ def cmd_recipes(args: argparse.Namespace) -> int:
 def cmd_pairs(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from llmapps.errors import ConfigError
     from llmapps.evaluate.preferences import write_pairs
     from llmapps.files import writing
 
@@ -136,7 +155,7 @@ def cmd_pairs(args: argparse.Namespace) -> int:
     if not args.adapter:
         raise ConfigError("--sample needs --adapter: the adapter folder to sample replies from")
     weights = dict(REWARD_WEIGHTS)
-    weights.update({k: float(v) for k, v in _overrides(args.reward).items()})
+    weights.update(_reward_weights(args.reward))
     samples_out = Path(args.samples) if args.samples else out.with_suffix(".samples.jsonl")
     # the sampling flags go by their own names
     knobs = ("limit", "temperature", "top_p", "seed", "margin", "base_model", "max_new_tokens")

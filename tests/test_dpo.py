@@ -317,6 +317,28 @@ def test_ai_feedback_passes_strategy_options_and_refuses_its_own(sft, tmp_path) 
     assert counts["articles"] == 1 and counts["replies"] == 2
 
 
+def test_reward_flag_takes_metric_names_verbatim(sft, tmp_path, capsys) -> None:
+    """``--reward solvability@1=0`` (the bench's column name, ``@`` and all) reaches the reward;
+    a weight that is not a number is a one-line error naming the flag."""
+    from llmapps.cli import main
+    from llmapps.evaluate.preferences import read_pairs
+
+    out = tmp_path / "p.jsonl"
+    argv = ["finetune", "pairs", "--sample", "2", "--adapter", str(sft), "--limit", "2",
+            "--max-new-tokens", "12", "--margin", "0", "-q", "--out", str(out)]  # fmt: skip
+    assert main([*argv, "--reward", "solvability@1=0", "--reward", "leakage=-4"]) in (0, 1)
+    pairs = read_pairs(out)
+    assert pairs and all(
+        p.provenance["reward_weights"]["solvability@1"] == 0.0
+        and p.provenance["reward_weights"]["leakage"] == -4.0
+        for p in pairs
+    )
+    capsys.readouterr()
+    assert main([*argv, "--reward", "leakage=lots"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--reward 'leakage=lots'" in err[0]
+
+
 def test_human_ratings_become_pairs_through_the_cli(tmp_path, capsys) -> None:
     """A bench run folder as `llmapps bench` writes it, a sheet exported from it, ratings."""
     from llmapps.cli import main
