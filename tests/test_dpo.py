@@ -261,7 +261,9 @@ def test_dpo_turns_the_parents_lora_dropout_off(tiny_models, pairs_file, tmp_pat
 def test_ai_feedback_is_deterministic_per_seed_and_never_samples_test(sft, tmp_path) -> None:
     from finetune.pairs import ai_feedback_pairs
 
-    kw = dict(k=2, max_new_tokens=12, progress=False, weights={"rouge1_summary": 1.0}, margin=0.0)
+    # source_rank: where the reply ranks its own article among the split's (differs between two
+    # 12-token replies of a tiny model, where ROUGE is often 0 for both)
+    kw = dict(k=2, max_new_tokens=12, progress=False, weights={"source_rank": 1.0}, margin=0.0)
     with pytest.raises(ConfigError, match="test split is for reporting"):
         ai_feedback_pairs("news-riddle", sft, tmp_path / "t.jsonl", splits=["test"], **kw)  # type: ignore[arg-type]
     # seed 0 in one go, and again in two sittings (the second continues the file)
@@ -274,7 +276,7 @@ def test_ai_feedback_is_deterministic_per_seed_and_never_samples_test(sft, tmp_p
     rows_b = [json.loads(x)["replies"] for x in (tmp_path / "b.jsonl").read_text().splitlines()]
     assert rows_a == rows_b
     # other weights re-pair the stored replies (nothing sampled again): the ranking turns over
-    kw["weights"] = {"rouge1_summary": -1.0}
+    kw["weights"] = {"source_rank": -1.0}
     p3, c3 = ai_feedback_pairs("news-riddle", sft, tmp_path / "a.jsonl", limit=2, **kw)  # type: ignore[arg-type]
     assert c3 == c1 and (tmp_path / "a.jsonl").read_text().count("\n") == 2
     flipped = {p.sample_id: p for p in p3}
