@@ -444,12 +444,18 @@ def train_dpo(
         made_with="another recipe, parent adapter or pairs file; resume with the same ones",
     )
 
+    # a parent that is itself preference-tuned (iterative DPO: sample from it, pair, tune again)
+    # carries its own parent's SFT recipe: the prompt layout and LoRA shape come from there
+    sft_recipe: Any = parent.recipe
+    while isinstance(sft_recipe, dict) and sft_recipe.get("kind") == "preference":
+        sft_recipe = sft_recipe.get("parent_recipe")
     try:
-        sft = Recipe.model_validate(parent.recipe)
+        sft = Recipe.model_validate(sft_recipe)
     except ValidationError as err:
         raise ConfigError(
             f"{parent_dir}: its manifest's recipe is not an SFT recipe this version reads ({err.error_count()} "
-            "problem(s)); preference-tune an adapter written by `llmapps finetune lora`"
+            "problem(s)); preference-tune an adapter written by `llmapps finetune lora` or "
+            "`llmapps finetune dpo`"
         ) from err
     if recipe.base_model:
         sft = sft.model_copy(update={"base_model": recipe.base_model})
@@ -553,7 +559,8 @@ def train_dpo(
             "parent_adapter": {
                 "path": str(parent_dir),
                 "checksum": parent.checksum,
-                "recipe": parent.recipe.get("name"),
+                "recipe": parent.recipe.get("name")
+                or (parent.recipe.get("preference") or {}).get("name"),
             },
             "pairs": {
                 "path": str(pairs_path),

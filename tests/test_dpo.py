@@ -141,6 +141,26 @@ def test_manifest_names_parent_and_pairs_and_lora_loads_it(sft, pairs_file, dpo_
     assert isinstance(out, dict) and "summary" in out
 
 
+def test_a_dpo_adapter_can_be_tuned_again(dpo_run, pairs_file, tmp_path) -> None:
+    """Iterative DPO: the parent is a DPO adapter; its policy is the new reference (step 1 at
+    exactly ln 2) and the manifest keeps the chain back to the SFT recipe."""
+    from finetune.dpo import train_dpo
+    from llmapps.adapters import read_manifest
+
+    parent = dpo_run[0].adapter
+    out = tmp_path / "again"
+    result = train_dpo(_recipe(), out, adapter=parent, pairs=pairs_file, progress=False)
+    assert math.isclose(result.metrics["first_logged"]["loss"], math.log(2), abs_tol=1e-4)
+    assert result.metrics["steps"] == 4
+    recipe = read_manifest(out).recipe
+    assert recipe["parent_adapter"]["path"] == str(parent)
+    assert recipe["parent_recipe"]["kind"] == "preference"
+    assert (
+        recipe["parent_recipe"]["parent_recipe"]["name"]
+        == read_manifest(parent).recipe["parent_recipe"]["name"]
+    )
+
+
 def test_simpo_needs_no_reference_and_learns(sft, pairs_file, tmp_path) -> None:
     from finetune.dpo import REFERENCE_FILE, checkpoints_dir, train_dpo
 
