@@ -27,9 +27,10 @@ metric column, e.g. a judge's, with a weight).
 
 Only train and validation articles are sampled: asking for the test split is a ``ConfigError``.
 Sampling writes each article's replies and scores to a JSONL file as it goes, so a killed run
-continues where it stopped (and pairing recomputes each reply's reward from its stored metrics, so
-other ``--reward`` weights re-pair the same samples without a model), and a seed gives the same replies whatever the order or resumption
-(each article's generator is seeded from the run's seed and the article's id).
+continues where it stopped, and a seed gives the same replies whatever the order or resumption
+(each article's generator is seeded from the run's seed and the article's id). Pairing recomputes
+each reply's reward from its stored metrics, so other ``--reward`` weights re-pair the same
+samples without a model.
 """
 
 from __future__ import annotations
