@@ -158,7 +158,16 @@ def cmd_pairs(args: argparse.Namespace) -> int:
     weights.update(_reward_weights(args.reward))
     samples_out = Path(args.samples) if args.samples else out.with_suffix(".samples.jsonl")
     # the sampling flags go by their own names
-    knobs = ("limit", "temperature", "top_p", "seed", "margin", "base_model", "max_new_tokens")
+    knobs = (
+        "limit",
+        "temperature",
+        "top_p",
+        "seed",
+        "margin",
+        "pairing",
+        "base_model",
+        "max_new_tokens",
+    )
     with writing(out, [args.adapter], kind="file"):
         pairs, counts = ai_feedback_pairs(
             args.app,
@@ -262,6 +271,15 @@ def register(subparsers: Any, flags: Any) -> None:
     p.add_argument("--temperature", type=float, default=0.9)
     p.add_argument("--top-p", type=float, default=0.95)
     p.add_argument("--margin", type=float, default=0.5, help="least reward gap that makes a pair")
+    from finetune.pairs import PAIRINGS  # light: the model code loads when pairs are sampled
+
+    p.add_argument(
+        "--pairing",
+        choices=PAIRINGS,
+        default="best-worst",
+        help="one pair an article (best vs worst reply, default) or every two replies whose "
+        "rewards differ by --margin",
+    )
     p.add_argument(
         "--reward",
         action="append",

@@ -8,7 +8,7 @@ Two sources, one file format (``llmapps.evaluate.preferences``):
 - ``ai_feedback_pairs``: ``k`` replies per training article sampled from an adapter (temperature,
   seeded per article), each scored with the bench's own metrics (the same ``Scorer``) and summed
   into one reward, then the best against the worst reply of each article where their rewards
-  differ by at least ``margin``.
+  differ by at least ``margin`` (``pairing="all"``: every two replies that differ by it).
 
 The reward (``REWARD_WEIGHTS``, overridable per run) is a weighted sum of per-reply metrics, a
 missing metric counting 0::
@@ -55,9 +55,11 @@ REWARD_WEIGHTS: dict[str, float] = {
     "solvability@1": 0.5,
 }
 ALLOWED_SPLITS = ("train", "validation")
+PAIRINGS = ("best-worst", "all")
 
 __all__ = [
     "ALLOWED_SPLITS",
+    "PAIRINGS",
     "REWARD_WEIGHTS",
     "ai_feedback_pairs",
     "article_seed",
@@ -76,6 +78,10 @@ def reward(
         value = float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else 0.0
         terms[name] = round(w * value, 6)
     return round(sum(terms.values()), 6), terms
+
+
+def _side(r: Mapping[str, Any]) -> dict[str, Any]:
+    return {"k": r["k"], "reward": r["reward"], "terms": r["terms"], "valid": r["valid"]}
 
 
 def article_seed(seed: int, sample_id: str) -> int:
@@ -153,6 +159,7 @@ def ai_feedback_pairs(
     top_p: float = 0.95,
     seed: int = 0,
     margin: float = 0.5,
+    pairing: str = "best-worst",
     weights: Mapping[str, float] | None = None,
     base_model: str | None = None,
     max_new_tokens: int | None = None,
@@ -172,13 +179,17 @@ def ai_feedback_pairs(
         temperature, top_p: sampling settings (temperature > 0).
         seed: the run's seed; each article's generator is seeded by ``article_seed``.
         margin: the least reward difference that makes a pair.
+        pairing: ``best-worst`` (one pair an article: its best reply against its worst) or
+            ``all`` (every two replies of an article whose rewards differ by ``margin``: up to
+            k(k-1)/2 pairs, more signal from the same samples).
         weights: metric -> weight (default ``REWARD_WEIGHTS``).
         chain_options: more ``lora`` strategy options for the sampling chain (``--set``), e.g.
             ``{"structured": "off"}`` to sample free text as the bench's free-text rows score it.
 
     Returns:
-        The pairs and counts: ``articles``, ``replies``, ``pairs``, ``below_margin``,
-        ``identical_replies``, ``failed_replies``.
+        The pairs and counts: ``articles``, ``articles_paired``, ``replies``, ``pairs``,
+        ``below_margin`` (candidate pairs under the margin), ``identical_replies``,
+        ``failed_replies``.
     """
     import torch
 
@@ -195,6 +206,8 @@ def ai_feedback_pairs(
         )
     if k < 2:
         raise ConfigError(f"--sample {k}: a pair needs at least 2 replies per article")
+    if pairing not in PAIRINGS:
+        raise ConfigError(f"--pairing {pairing}: choose {' or '.join(PAIRINGS)}")
     if temperature <= 0:
         raise ConfigError(
             f"--temperature {temperature}: sampling needs a temperature above 0 (0 is greedy: k copies)"
@@ -284,7 +297,16 @@ def ai_feedback_pairs(
 
     by_id = {str(s["id"]): s for s in samples}
     counts = dict.fromkeys(
-        ("articles", "replies", "pairs", "below_margin", "identical_replies", "failed_replies"), 0
+        (
+            "articles",
+            "articles_paired",
+            "replies",
+            "pairs",
+            "below_margin",
+            "identical_replies",
+            "failed_replies",
+        ),
+        0,
     )
     pairs: list[PreferencePair] = []
     for s in samples:
@@ -308,42 +330,52 @@ def ai_feedback_pairs(
         ranked = sorted(
             kept, key=lambda r: (-float(r["reward"]), int(r["k"]))
         )  # ties: the earlier first
-        top, bottom = ranked[0], ranked[-1]
-        if top["reward"] - bottom["reward"] < margin:
-            counts["below_margin"] += 1
-            continue
-        chosen = {f: str(top.get(f) or "") for f in fields}
-        rejected = {f: str(bottom.get(f) or "") for f in fields}
-        if chosen == rejected:
-            counts["identical_replies"] += 1
-            continue
-
-        def side(r: Mapping[str, Any]) -> dict[str, Any]:
-            return {"k": r["k"], "reward": r["reward"], "terms": r["terms"], "valid": r["valid"]}
-
-        pairs.append(
-            PreferencePair(
-                id=f"ai-{sid}-{seed}",
-                sample_id=sid,
-                source="ai",
-                prompt={f: str(by_id[sid][f]) for f in spec.input_keys},
-                chosen=chosen,
-                rejected=rejected,
-                provenance={
-                    "split": row["split"],
-                    "adapter": str(adapter),
-                    "adapter_checksum": manifest.checksum,
-                    "seed": row["seed"],
-                    "run_seed": seed,
-                    "k": k,
-                    "temperature": temperature,
-                    "top_p": top_p,
-                    "reward_weights": weights,
-                    "margin": round(top["reward"] - bottom["reward"], 6),
-                    "chosen": side(top),
-                    "rejected": side(bottom),
-                },
+        if pairing == "best-worst":
+            candidates = [(ranked[0], ranked[-1])]
+        else:  # every better/worse pair of the article, the widest gaps first
+            candidates = sorted(
+                ((a, b) for i, a in enumerate(ranked) for b in ranked[i + 1 :]),
+                key=lambda ab: (-(ab[0]["reward"] - ab[1]["reward"]), ab[0]["k"], ab[1]["k"]),
             )
-        )
+        made = 0
+        for top, bottom in candidates:
+            if top["reward"] - bottom["reward"] < margin:
+                counts["below_margin"] += 1
+                continue
+            chosen = {f: str(top.get(f) or "") for f in fields}
+            rejected = {f: str(bottom.get(f) or "") for f in fields}
+            if chosen == rejected:
+                counts["identical_replies"] += 1
+                continue
+            pair_id = f"ai-{sid}-{seed}" + (
+                "" if pairing == "best-worst" else f"-{top['k']}-{bottom['k']}"
+            )
+            pairs.append(
+                PreferencePair(
+                    id=pair_id,
+                    sample_id=sid,
+                    source="ai",
+                    prompt={f: str(by_id[sid][f]) for f in spec.input_keys},
+                    chosen=chosen,
+                    rejected=rejected,
+                    provenance={
+                        "split": row["split"],
+                        "adapter": str(adapter),
+                        "adapter_checksum": manifest.checksum,
+                        "seed": row["seed"],
+                        "run_seed": seed,
+                        "k": k,
+                        "temperature": temperature,
+                        "top_p": top_p,
+                        "reward_weights": weights,
+                        "pairing": pairing,
+                        "margin": round(top["reward"] - bottom["reward"], 6),
+                        "chosen": _side(top),
+                        "rejected": _side(bottom),
+                    },
+                )
+            )
+            made += 1
+        counts["articles_paired"] += made > 0
     counts["pairs"] = len(pairs)
     return pairs, counts

@@ -320,6 +320,41 @@ def test_ai_feedback_is_deterministic_per_seed_and_never_samples_test(sft, tmp_p
         assert p.provenance["chosen"]["reward"] >= p.provenance["rejected"]["reward"]
 
 
+def test_every_pair_pairing_keeps_each_gap_over_the_margin(sft, tmp_path) -> None:
+    """``pairing="all"``: every two replies of an article whose rewards differ by the margin, the
+    widest first, each with its own id; ``best-worst`` is the first of them. Replies come from a
+    samples file written here (pairing reads it; nothing is sampled)."""
+    from finetune.pairs import ai_feedback_pairs
+    from llmapps.apps import get_app
+
+    ids = [str(r["id"]) for r in get_app("news-riddle").samples("train")[:2]]  # type: ignore[misc]
+    leaks = {ids[0]: [0.1, 0.0, 0.5], ids[1]: [0.2, 0.2, 0.2]}
+    rows = [
+        {"id": sid, "split": "train", "seed": 0, "replies": [
+            {"k": k, "summary": f"s{k}", "riddle": f"r{k}", "answer": "a", "valid": True,
+             "error": None, "metrics": {"leakage": leak}}
+            for k, leak in enumerate(leaks[sid])
+        ]}
+        for sid in ids
+    ]  # fmt: skip
+    samples = tmp_path / "s.jsonl"
+    samples.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    kw = dict(k=3, limit=2, progress=False, weights={"leakage": -1.0}, margin=0.05)
+    every, c_all = ai_feedback_pairs("news-riddle", sft, samples, pairing="all", **kw)  # type: ignore[arg-type]
+    one, c_one = ai_feedback_pairs("news-riddle", sft, samples, **kw)  # type: ignore[arg-type]
+    gaps = [(p.provenance["chosen"]["k"], p.provenance["rejected"]["k"]) for p in every]
+    assert gaps == [(1, 2), (0, 2), (1, 0)]  # gaps 0.5, 0.4, 0.1: the widest first
+    assert len({p.id for p in every}) == 3 and all(p.sample_id == ids[0] for p in every)
+    assert [p.model_dump(exclude={"id", "provenance"}) for p in one] == [
+        every[0].model_dump(exclude={"id", "provenance"})
+    ]
+    assert c_all["pairs"] == 3 and c_all["articles_paired"] == c_one["articles_paired"] == 1
+    assert c_all["below_margin"] == 3 and c_one["below_margin"] == 1  # the flat article's pairs
+    with pytest.raises(ConfigError, match="--pairing some"):
+        ai_feedback_pairs("news-riddle", sft, samples, pairing="some", **kw)  # type: ignore[arg-type]
+    assert samples.read_text().count("\n") == 2  # nothing sampled
+
+
 def test_ai_feedback_passes_strategy_options_and_refuses_its_own(sft, tmp_path) -> None:
     """``--set structured=off`` reaches the sampling chain; a knob the builder owns is refused."""
     from finetune.pairs import ai_feedback_pairs
