@@ -165,6 +165,7 @@ def cmd_pairs(args: argparse.Namespace) -> int:
         "seed",
         "margin",
         "pairing",
+        "articles",
         "base_model",
         "max_new_tokens",
     )
@@ -286,6 +287,12 @@ def register(subparsers: Any, flags: Any) -> None:
         default=[],
         metavar="METRIC=WEIGHT",
         help="change or add a reward weight, e.g. --reward leakage=-3 (repeatable)",
+    )
+    p.add_argument(
+        "--articles",
+        metavar="FILE",
+        help="sample these articles instead of --split: JSONL with id, title and text "
+        "(references optional), e.g. `llmapps data augment` output; test-derived rows are refused",
     )
     p.add_argument(
         "--samples", help="where every reply and its reward go (default OUT.samples.jsonl)"

@@ -25,7 +25,10 @@ does not (a riddle about nothing in particular leaks nothing but solves nothing)
 in the default: on this machine there is no judge model worth its cost (``--reward`` adds any
 metric column, e.g. a judge's, with a weight).
 
-Only train and validation articles are sampled: asking for the test split is a ``ConfigError``.
+Only train and validation articles are sampled, or an ``--articles`` file of train-like ones
+that need no references (augmented or freshly ingested: leakage, copying and solvability score
+them; answer F1 counts 0): asking for the test split, or a file row derived from a test
+article, is a ``ConfigError``.
 Sampling writes each article's replies and scores to a JSONL file as it goes, so a killed run
 continues where it stopped, and a seed gives the same replies whatever the order or resumption
 (each article's generator is seeded from the run's seed and the article's id). Pairing recomputes
@@ -78,6 +81,34 @@ def reward(
         value = float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else 0.0
         terms[name] = round(w * value, 6)
     return round(sum(terms.values()), 6), terms
+
+
+def _read_articles(path: str | Path, spec: Any) -> list[dict[str, Any]]:
+    """The rows of an ``--articles`` file: each has an id and the app's inputs, none is a test one."""
+    from llmapps.jsonl import read_jsonl
+
+    def check(row: dict[str, Any]) -> dict[str, Any]:
+        missing = [k for k in ("id", *spec.input_keys) if not str(row.get(k) or "").strip()]
+        if missing:
+            raise ValueError(f"no {', '.join(missing)}")
+        return row
+
+    rows = read_jsonl(path, check, what="bad article")
+    if not rows:
+        raise InputError(f"--articles {path}: no articles in it")
+    ids = [str(r["id"]) for r in rows]
+    if len(set(ids)) != len(ids):
+        raise InputError(f"--articles {path}: article ids must be unique")
+    test_ids = {str(r["id"]) for r in spec.samples("test")}
+    banned = sorted(
+        {i for r in rows for i in (str(r["id"]), str(r.get("source_id") or "")) if i in test_ids}
+    )
+    if banned:
+        raise ConfigError(
+            f"--articles {path}: {', '.join(banned[:5])} is a test article or derives from one; "
+            "the test split is for reporting"
+        )
+    return rows
 
 
 def _side(r: Mapping[str, Any]) -> dict[str, Any]:
@@ -161,6 +192,7 @@ def ai_feedback_pairs(
     margin: float = 0.5,
     pairing: str = "best-worst",
     weights: Mapping[str, float] | None = None,
+    articles: str | Path | None = None,
     base_model: str | None = None,
     max_new_tokens: int | None = None,
     chain_options: Mapping[str, Any] | None = None,
@@ -183,6 +215,11 @@ def ai_feedback_pairs(
             ``all`` (every two replies of an article whose rewards differ by ``margin``: up to
             k(k-1)/2 pairs, more signal from the same samples).
         weights: metric -> weight (default ``REWARD_WEIGHTS``).
+        articles: sample these articles instead of ``splits``: a JSONL file of rows with an
+            ``id`` and the app's input fields (e.g. augmented or freshly ingested train-like
+            articles); references are optional (``reference_answer`` or ``answer``), and the
+            metrics that need one count 0. A row that is, or derives from (``source_id``), a test
+            article is refused.
         chain_options: more ``lora`` strategy options for the sampling chain (``--set``), e.g.
             ``{"structured": "off"}`` to sample free text as the bench's free-text rows score it.
 
@@ -218,8 +255,11 @@ def ai_feedback_pairs(
     if spec.samples is None or spec.training_examples is None:
         raise ConfigError(f"the app {app!r} bundles no articles with references to sample from")
     samples: list[dict[str, Any]] = []
-    references: list[dict[str, Any]] = []  # every article of the splits: solvability's candidates
-    for split in splits:
+    references: list[dict[str, Any]] = []  # every article sampled from: solvability's candidates
+    if articles is not None:
+        references = _read_articles(articles, spec)
+        samples = [{**r, "_split": f"file:{Path(articles).name}"} for r in references[:limit]]
+    for split in () if articles is not None else splits:
         rows = spec.samples(split)
         references += rows
         samples += [{**r, "_split": split} for r in (rows[:limit] if limit else rows)]

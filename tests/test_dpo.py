@@ -25,7 +25,7 @@ import pytest
 from testkit import FAST_TRAINING as FAST_SFT
 from testkit import leaky_pairs
 
-from llmapps.errors import ConfigError
+from llmapps.errors import ConfigError, InputError
 
 
 def _pairs(n: int = 8) -> list:
@@ -353,6 +353,41 @@ def test_every_pair_pairing_keeps_each_gap_over_the_margin(sft, tmp_path) -> Non
     with pytest.raises(ConfigError, match="--pairing some"):
         ai_feedback_pairs("news-riddle", sft, samples, pairing="some", **kw)  # type: ignore[arg-type]
     assert samples.read_text().count("\n") == 2  # nothing sampled
+
+
+def test_ai_feedback_samples_an_articles_file_and_refuses_test_derived_rows(sft, tmp_path) -> None:
+    """``articles=``: rows without references are sampled and scored by what needs none
+    (leakage, copying, solvability among the file's rows); a row derived from a test article
+    is refused before anything loads."""
+    from finetune.pairs import ai_feedback_pairs
+    from llmapps.apps import get_app
+
+    spec = get_app("news-riddle")
+    train = spec.samples("train")[:2]  # type: ignore[misc]
+    test_id = str(spec.samples("test")[0]["id"])  # type: ignore[misc]
+    rows = [
+        {"id": f"{r['id']}~new", "title": r["title"] + " Again", "text": r["text"]} for r in train
+    ]
+    path = tmp_path / "articles.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    kw = dict(k=2, max_new_tokens=12, progress=False, margin=0.0)
+    pairs, counts = ai_feedback_pairs("news-riddle", sft, tmp_path / "s.jsonl", articles=path, **kw)  # type: ignore[arg-type]
+    assert counts["articles"] == 2 and counts["replies"] == 4
+    stored = [json.loads(x) for x in (tmp_path / "s.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in stored] == [r["id"] for r in rows]
+    assert {r["split"] for r in stored} == {"file:articles.jsonl"}
+    for reply in (r for row in stored for r in row["replies"]):
+        assert "answer_f1" not in reply["metrics"]  # no reference: not scored
+        assert reply["valid"] is False or "source_rank" in reply["metrics"]
+    assert all(p.provenance["split"] == "file:articles.jsonl" for p in pairs)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({**rows[0], "id": "x1", "source_id": test_id}) + "\n")
+    with pytest.raises(ConfigError, match=f"{test_id} is a test article or derives from one"):
+        ai_feedback_pairs("news-riddle", sft, tmp_path / "b.jsonl", articles=bad, **kw)  # type: ignore[arg-type]
+    bad.write_text(json.dumps({"id": "x2", "title": "t"}) + "\n")
+    with pytest.raises(InputError, match="no text"):
+        ai_feedback_pairs("news-riddle", sft, tmp_path / "b.jsonl", articles=bad, **kw)  # type: ignore[arg-type]
+    assert not (tmp_path / "b.jsonl").exists()
 
 
 def test_ai_feedback_passes_strategy_options_and_refuses_its_own(sft, tmp_path) -> None:
