@@ -361,3 +361,32 @@ def test_bench_structured_quick(tiny_models: Path, tmp_path: Path) -> None:
     assert doc["runs"], "no backend ran"
     for run in doc["runs"].values():
         assert {"off", "on"} <= set(run) and run["on"]["tok_s_median"] > 0
+
+
+def test_sampled_metrics_averages_each_article_then_pairs_them(tmp_path) -> None:
+    """``benchmarks/sampled_metrics.py``: an article's mean over its replies (a failed reply
+    skipped), articles weighted equally, the difference to the first file paired by article."""
+    mod = bench("sampled_metrics")
+
+    def write(name: str, leaks: dict[str, list[float | None]]) -> Path:
+        path = tmp_path / name
+        rows = [
+            {"id": i, "replies": [
+                {"metrics": {} if v is None else {"leakage": v}, "error": "x" if v is None else None}
+                for v in vals
+            ]}
+            for i, vals in leaks.items()
+        ]  # fmt: skip
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        return path
+
+    base = write("sft.samples.jsonl", {"a1": [0.2, 0.0], "a2": [0.4, 0.4, None]})
+    other = write("dpo.samples.jsonl", {"a1": [0.0, 0.0], "a2": [0.2, 0.2]})
+    rows = mod.compare([base, other], ("leakage",))
+    assert rows[0]["leakage"] == 0.25 and rows[1]["leakage"] == 0.1
+    assert rows[1]["leakage_diff"][0] == -0.15
+    assert rows[1]["leakage_diff"][1] <= -0.15 <= rows[1]["leakage_diff"][2]
+    assert "0.100 (-0.150 [" in mod.markdown(rows, ("leakage",))
+    short = write("short.samples.jsonl", {"a1": [0.0]})
+    with pytest.raises(SystemExit, match="no replies for a2"):
+        mod.compare([base, short], ("leakage",))
