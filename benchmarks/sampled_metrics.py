@@ -33,19 +33,17 @@ from typing import Any
 METRICS = ("leakage", "format_valid", "copying", "answer_f1", "solvability@1")
 
 
-def per_article(path: Path, metric: str) -> dict[str, float | None]:
-    """Each article's mean ``metric`` over its replies (failed replies and missing values skipped)."""
-    out: dict[str, float | None] = {}
-    for line in path.read_text().splitlines():
-        if not line.strip():
-            continue
-        row = json.loads(line)
-        values = [
-            float(r["metrics"][metric])
-            for r in row["replies"]
-            if not r.get("error") and isinstance((r.get("metrics") or {}).get(metric), (int, float))
-        ]
-        out[str(row["id"])] = statistics.fmean(values) if values else None
+def per_article(path: Path, metrics: tuple[str, ...]) -> dict[str, dict[str, float | None]]:
+    """Per metric, each article's mean over its replies (failed replies and missing values
+    skipped); the file is read once."""
+    from llmapps.jsonl import read_jsonl
+
+    out: dict[str, dict[str, float | None]] = {m: {} for m in metrics}
+    for row in read_jsonl(path, what="bad samples row"):
+        replies = [r.get("metrics") or {} for r in row["replies"] if not r.get("error")]
+        for m in metrics:
+            values = [float(r[m]) for r in replies if isinstance(r.get(m), (int, float))]
+            out[m][str(row["id"])] = statistics.fmean(values) if values else None
     return out
 
 
@@ -53,22 +51,19 @@ def compare(paths: list[Path], metrics: tuple[str, ...] = METRICS) -> list[dict[
     """One row per file: the mean of each metric, and its paired difference to the first file."""
     from llmapps.evaluate.stats import paired_bootstrap
 
-    base = {m: per_article(paths[0], m) for m in metrics}
+    base = per_article(paths[0], metrics)
     ids = sorted(base[metrics[0]])
     rows = []
     for path in paths:
-        row: dict[str, Any] = {"file": path.name, "articles": 0}
+        scores = base if path == paths[0] else per_article(path, metrics)
+        missing = [i for i in ids if i not in scores[metrics[0]]]
+        if missing:
+            raise SystemExit(f"{path}: no replies for {', '.join(missing[:5])}; sample them first")
+        row: dict[str, Any] = {"file": path.name, "articles": len(ids)}
         for m in metrics:
-            mine = per_article(path, m)
-            missing = [i for i in ids if i not in mine]
-            if missing:
-                raise SystemExit(
-                    f"{path}: no replies for {', '.join(missing[:5])}; sample them first"
-                )
-            vals = [v for v in (mine[i] for i in ids) if v is not None]
-            row["articles"] = len(ids)
+            vals = [v for v in (scores[m][i] for i in ids) if v is not None]
             row[m] = round(statistics.fmean(vals), 4) if vals else None
-            d = paired_bootstrap([base[m][i] for i in ids], [mine[i] for i in ids])
+            d = paired_bootstrap([base[m][i] for i in ids], [scores[m][i] for i in ids])
             row[f"{m}_diff"] = [round(d.mean, 4), round(d.low, 4), round(d.high, 4)]
         rows.append(row)
     return rows

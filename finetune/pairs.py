@@ -259,10 +259,11 @@ def ai_feedback_pairs(
     if articles is not None:
         references = _read_articles(articles, spec)
         samples = [{**r, "_split": f"file:{Path(articles).name}"} for r in references[:limit]]
-    for split in () if articles is not None else splits:
-        rows = spec.samples(split)
-        references += rows
-        samples += [{**r, "_split": split} for r in (rows[:limit] if limit else rows)]
+    else:
+        for split in splits:
+            rows = spec.samples(split)
+            references += rows
+            samples += [{**r, "_split": split} for r in (rows[:limit] if limit else rows)]
     if not samples:
         raise InputError(f"no {'/'.join(splits)} articles in {app!r}")
     metrics_config = MetricsConfig.for_fields(
