@@ -284,7 +284,8 @@ ROWS: tuple[Row, ...] = (
     ),
     Row(
         "bench_local_backends_lora.json",
-        "news-riddle `lora` on Gemma 3 270M + the full-recipe adapter, 16 articles",
+        "news-riddle `lora` on Gemma 3 270M + the full-recipe adapter, 16 articles, 64 new tokens "
+        "(every reply is cut before its `[Answer]`: valid 0/16 on every side)",
         "python benchmarks/bench_local_backends.py --structured off --strategy lora --repeats 3",
         _legacy_local_backends,
     ),
