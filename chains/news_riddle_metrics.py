@@ -16,7 +16,7 @@ They read the fields the app names in ``AppSpec.metric_fields`` (through the ben
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from llmapps.api.metrics import Batch, metric_table
@@ -125,16 +125,19 @@ def _text(value: Any) -> str:
     return value if isinstance(value, str) else ""
 
 
+def leak_source(row: Mapping[str, Any], ref: Mapping[str, Any], field: str) -> str:
+    """The text of ``field`` that ``leakage`` scores a reply against: the reply's own (its answer),
+    else the reference's (the article's title), else the reference's ``reference_<field>``."""
+    return _text(row.get(field)) or _text(ref.get(field)) or _text(ref.get(f"reference_{field}"))
+
+
 def _leakage(batch: Batch) -> list[dict[str, Any]]:
     c = batch.config
     if not c.target_field:
         return [{} for _ in batch.rows]
     out = []
     for r, ref in zip(batch.rows, batch.refs, strict=True):
-        sources = [
-            _text(r.get(f)) or _text(ref.get(f)) or _text(ref.get(f"reference_{f}"))
-            for f in c.leak_fields
-        ]
+        sources = [leak_source(r, ref, f) for f in c.leak_fields]
         out.append({"leakage": leakage(_text(r.get(c.target_field)), [s for s in sources if s])})
     return out
 

@@ -390,3 +390,24 @@ def test_sampled_metrics_averages_each_article_then_pairs_them(tmp_path) -> None
     short = write("short.samples.jsonl", {"a1": [0.0]})
     with pytest.raises(SystemExit, match="no replies for a2"):
         mod.compare([base, short], ("leakage",))
+
+
+def test_leak_words_counts_riddles_by_the_fields_they_leak(tmp_path) -> None:
+    """``benchmarks/leak_words.py`` on a hand-written bench folder: the reply's own answer and the
+    article's title, as the leakage metric reads them, each riddle counted once."""
+    mod = bench("leak_words")
+    metrics = {"target_field": "riddle", "leak_fields": ["answer", "title"]}
+    (tmp_path / "config.json").write_text(json.dumps({"metrics": metrics}))
+    refs = [{"id": "a1", "title": "Harbour Ferry Returns"}, {"id": "a2", "title": "Old Mill Sold"}]
+    (tmp_path / "references.jsonl").write_text("".join(json.dumps(r) + "\n" for r in refs))
+    (tmp_path / "samples").mkdir()
+    replies = [
+        {"id": "a1", "riddle": "The ferry sails home to me", "answer": "the harbour"},
+        {"id": "a2", "riddle": "Grain ground by the old stones", "answer": "the mill"},
+    ]
+    (tmp_path / "samples" / "s.jsonl").write_text("".join(json.dumps(r) + "\n" for r in replies))
+    (row,) = mod.breakdown(tmp_path)
+    assert row["riddles"] == 2 and row["leaking"] == 2
+    assert row["by_fields"] == {"title": 2}
+    assert dict(row["top_words"]) == {"ferry": 1, "old": 1}
+    assert "| s | 2 of 2 | 2 |" in mod.markdown([row])
